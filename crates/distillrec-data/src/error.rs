@@ -1,0 +1,70 @@
+//! One error type for everything that reads or writes dataset files.
+//!
+//! Every variant renders on one line and names the file (and the line when
+//! there is one), so a user can open the file at the place that is wrong.
+
+use std::path::{Path, PathBuf};
+
+/// An error while reading, validating or writing dataset files.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A malformed record at a known line of a file (1-based line numbers).
+    #[error("{}:{line}: {msg}", path.display())]
+    Parse {
+        /// The file that holds the bad record.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A problem with a whole file (missing, empty, inconsistent).
+    #[error("{}: {msg}", path.display())]
+    File {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// An operating-system error on a file.
+    #[error("{}: {err}", path.display())]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        err: std::io::Error,
+    },
+    /// An invalid option or an inconsistency not tied to a file.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    /// A malformed record at `line` of `path`.
+    pub fn parse(path: &Path, line: usize, msg: impl Into<String>) -> Self {
+        DataError::Parse {
+            path: path.to_path_buf(),
+            line,
+            msg: msg.into(),
+        }
+    }
+
+    /// A problem with the file or directory `path` as a whole.
+    pub fn file(path: &Path, msg: impl Into<String>) -> Self {
+        DataError::File {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, err: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.to_path_buf(),
+            err,
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
