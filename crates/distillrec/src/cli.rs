@@ -24,6 +24,19 @@ pub enum Command {
     Eval(EvalCommand),
     /// Run every available stage from one config (the main job).
     Pipeline(PipelineArgs),
+    /// LLM backbone: generation and item-title embeddings.
+    #[command(subcommand)]
+    Llm(crate::llm_cmd::LlmCommand),
+    /// Speed and memory benchmarks against the PyTorch references.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// LLM prefill tokens/s and one LoRA training step's tokens/s.
+    Llm(crate::llm_cmd::BenchLlmArgs),
 }
 
 /// Configuration file and overrides, shared by commands that take a config.

@@ -10,8 +10,8 @@ use distillrec_eval::{evaluate_popularity, EvalReport};
 use distillrec_run::{init_logging, BuildInfo, Metrics, Run, SplitMetrics};
 
 use crate::cli::{
-    Cli, Command, ConfigArgs, DataCommand, EvalCommand, PipelineArgs, PopularityArgs, PrepareArgs,
-    StatsArgs,
+    BenchCommand, Cli, Command, ConfigArgs, DataCommand, EvalCommand, PipelineArgs, PopularityArgs,
+    PrepareArgs, StatsArgs,
 };
 use crate::source;
 
@@ -39,6 +39,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Stats(a)) => data_stats(a),
         Command::Eval(EvalCommand::Popularity(a)) => eval_popularity(a),
         Command::Pipeline(a) => pipeline(a),
+        Command::Llm(c) => crate::llm_cmd::run(c),
+        Command::Bench(BenchCommand::Llm(a)) => crate::llm_cmd::bench(a),
     }
 }
 
