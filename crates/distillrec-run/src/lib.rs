@@ -90,6 +90,10 @@ pub struct RunRecord {
     pub wall_secs: f64,
     /// Peak resident memory of the whole run.
     pub peak_rss_mb: Option<f64>,
+    /// Costs of evaluations and other measured steps (wall time, rows/s),
+    /// kept out of `metrics.json` so that file is identical across reruns.
+    #[serde(default)]
+    pub costs: BTreeMap<String, serde_json::Value>,
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
@@ -146,6 +150,7 @@ impl Run {
             stages: Vec::new(),
             wall_secs: 0.0,
             peak_rss_mb: peak_rss_mb(),
+            costs: BTreeMap::new(),
         };
         let run = Run {
             dir: dir.to_path_buf(),
@@ -191,6 +196,14 @@ impl Run {
         self.record.peak_rss_mb = peak_rss_mb();
         self.write_record()?;
         out
+    }
+
+    /// Records the cost of a measured step under `name` and rewrites `run.json`.
+    pub fn record_cost(&mut self, name: &str, cost: impl Serialize) -> Result<(), DataError> {
+        let v = serde_json::to_value(cost)
+            .map_err(|e| DataError::Invalid(format!("cost '{name}': {e}")))?;
+        self.record.costs.insert(name.to_string(), v);
+        self.write_record()
     }
 
     /// Writes `metrics.json`.

@@ -19,9 +19,14 @@ pub enum Command {
     /// Prepare datasets and inspect them.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Train models.
+    #[command(subcommand)]
+    Train(TrainCommand),
     /// Evaluate models and baselines.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Print a trained student's top items for a history.
+    Recommend(RecommendArgs),
     /// Run every available stage from one config (the main job).
     Pipeline(PipelineArgs),
     /// LLM backbone: generation and item-title embeddings.
@@ -35,6 +40,8 @@ pub enum Command {
 /// `bench` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// One SASRec training step, comparable with ../shared/bench/torch_sasrec_step.py.
+    Student(crate::bench_cmd::BenchStudentArgs),
     /// LLM prefill tokens/s and one LoRA training step's tokens/s.
     Llm(crate::llm_cmd::BenchLlmArgs),
 }
@@ -108,11 +115,71 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// `train` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Train a student (SASRec, GRU4Rec, Caser); re-running the same command resumes.
+    Student(TrainStudentArgs),
+}
+
+/// Arguments of `train student`.
+#[derive(Args, Debug)]
+pub struct TrainStudentArgs {
+    /// A prepared dataset directory (overrides dataset.prepared / dataset.raw of the config).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Run directory (config.toml, run.json, metrics.json, history.csv, checkpoints/, run.log).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
 /// `eval` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
     /// Evaluate the most-popular-items baseline (popularity from training rows only).
     Popularity(PopularityArgs),
+    /// Evaluate a student checkpoint on validation and test.
+    Student(EvalStudentArgs),
+}
+
+/// Arguments of `eval student`.
+#[derive(Args, Debug)]
+pub struct EvalStudentArgs {
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset the checkpoint was trained on (fingerprints must match).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Optional run directory for metrics.json and run.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Config file and overrides for the `[eval]` group.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `recommend`.
+#[derive(Args, Debug)]
+pub struct RecommendArgs {
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (default: the one recorded when the checkpoint was trained).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// History, oldest first: raw item ids or titles separated by `,` (or by `|` when titles contain commas).
+    #[arg(long, value_name = "ITEMS")]
+    pub history: String,
+    /// How many items to print.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Also recommend items already in the history.
+    #[arg(long)]
+    pub include_history: bool,
 }
 
 /// Arguments of `eval popularity`.

@@ -1,17 +1,20 @@
 //! One function per command; each reads files, calls the library, writes files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use distillrec_config::{Config, DatasetKind};
-use distillrec_data::{stats, store, Dataset, SplitName};
-use distillrec_eval::{evaluate_popularity, EvalReport};
+use distillrec_data::{stats, store, Dataset, ItemId, SplitName};
+use distillrec_eval::evaluate_popularity;
 use distillrec_run::{init_logging, BuildInfo, Metrics, Run, SplitMetrics};
+use distillrec_train::checkpoint::{self, Expect};
+use distillrec_train::{evaluate_student, train_student, DatasetRef, TrainOptions, TrainOutcome};
 
 use crate::cli::{
-    BenchCommand, Cli, Command, ConfigArgs, DataCommand, EvalCommand, PipelineArgs, PopularityArgs,
-    PrepareArgs, StatsArgs,
+    BenchCommand, Cli, Command, ConfigArgs, DataCommand, EvalCommand, EvalStudentArgs,
+    PipelineArgs, PopularityArgs, PrepareArgs, RecommendArgs, StatsArgs, TrainCommand,
+    TrainStudentArgs,
 };
 use crate::source;
 
@@ -37,10 +40,14 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(DataCommand::Prepare(a)) => prepare(*a),
         Command::Data(DataCommand::Stats(a)) => data_stats(a),
+        Command::Train(TrainCommand::Student(a)) => train(a),
         Command::Eval(EvalCommand::Popularity(a)) => eval_popularity(a),
+        Command::Eval(EvalCommand::Student(a)) => eval_student(a),
+        Command::Recommend(a) => recommend(a),
         Command::Pipeline(a) => pipeline(a),
         Command::Llm(c) => crate::llm_cmd::run(c),
         Command::Bench(BenchCommand::Llm(a)) => crate::llm_cmd::bench(a),
+        Command::Bench(BenchCommand::Student(a)) => crate::bench_cmd::bench_student(a),
     }
 }
 
@@ -81,9 +88,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     push("dataset.min_seq_len", a.min_seq_len.map(|x| x.to_string()));
     push("dataset.min_history", a.min_history.map(|x| x.to_string()));
     push("seed", a.seed.map(|x| x.to_string()));
-    if let Some(seed) = a.seed {
-        sets.push(format!("dataset.synthetic.seed={seed}"));
-    }
+    push("dataset.synthetic.seed", a.seed.map(|x| x.to_string()));
     let mut cfg = load_config(&a.config, sets)?;
     cfg.dataset.prepared = None;
     let t = std::time::Instant::now();
@@ -117,22 +122,50 @@ fn data_stats(a: StatsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Metric map of one evaluation, with its cost.
-fn with_cost(r: &EvalReport) -> SplitMetrics {
-    let mut m = r.metrics.clone();
-    m.insert("rows".into(), r.rows as f64);
-    m.insert("eval_wall_secs".into(), r.wall_secs);
-    m.insert("eval_rows_per_sec".into(), r.rows_per_sec);
-    m
+/// A prepared dataset with its identity.
+struct Data {
+    ds: Dataset,
+    reference: DatasetRef,
 }
 
-/// Evaluates popularity on valid and test of `ds`.
-fn popularity_metrics(ds: &Dataset, cfg: &Config) -> Result<Metrics> {
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn load_prepared(dir: &Path) -> Result<Data> {
+    let m = store::read_manifest(dir)?;
+    let ds = store::load(dir)?;
+    Ok(Data {
+        reference: DatasetRef {
+            fingerprint: m.fingerprint,
+            name: ds.name.clone(),
+            dir: Some(absolute(dir)),
+        },
+        ds,
+    })
+}
+
+/// The dataset of a run: `--data`, else `dataset.prepared`, else built from
+/// the raw source and saved under `<out>/data` (so it has a fingerprint).
+fn run_data(cfg: &Config, data: Option<&Path>, out: &Path) -> Result<Data> {
+    if let Some(d) = data.or(cfg.dataset.prepared.as_deref()) {
+        return load_prepared(d);
+    }
+    let ds = source::build_dataset(cfg)?;
+    let dir = out.join("data");
+    store::save(&ds, &dir)?;
+    load_prepared(&dir)
+}
+
+/// Evaluates popularity on valid and test; records the cost in the run.
+fn popularity_metrics(ds: &Dataset, cfg: &Config, run: &mut Run) -> Result<Metrics> {
     let valid = evaluate_popularity(ds, SplitName::Valid, &cfg.eval)?;
     let test = evaluate_popularity(ds, SplitName::Test, &cfg.eval)?;
+    run.record_cost("popularity.valid", &serde_json::json!({"rows": valid.rows, "wall_secs": valid.wall_secs, "rows_per_sec": valid.rows_per_sec}))?;
+    run.record_cost("popularity.test", &serde_json::json!({"rows": test.rows, "wall_secs": test.wall_secs, "rows_per_sec": test.rows_per_sec}))?;
     Ok(Metrics {
-        valid: with_cost(&valid),
-        test: with_cost(&test),
+        valid: valid.metrics,
+        test: test.metrics,
     })
 }
 
@@ -149,7 +182,7 @@ fn eval_popularity(a: PopularityArgs) -> Result<()> {
     let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
     let result = (|| {
         let ds = run.stage("load", || store::load(&a.data).map_err(anyhow::Error::from))?;
-        let m = run.stage("eval", || popularity_metrics(&ds, &cfg))?;
+        let m = popularity_metrics(&ds, &cfg, &mut run)?;
         run.write_metrics(&m)?;
         print_metrics("popularity", &m);
         Ok(())
@@ -169,28 +202,227 @@ fn print_metrics(model: &str, m: &Metrics) {
     );
 }
 
-/// Markdown table of test metrics, one row per model.
-fn report_table(rows: &[(&str, &Metrics)], ks: &[usize]) -> String {
+/// Trains the configured student in `out` and records everything in `run`.
+fn train_in_run(
+    cfg: &Config,
+    data: &Data,
+    out: &Path,
+    run: &mut Run,
+) -> Result<(Metrics, TrainOutcome)> {
+    let opts = TrainOptions {
+        student: &cfg.student,
+        stage: &cfg.train.student,
+        eval: &cfg.eval,
+        seed: cfg.seed,
+        out_dir: out,
+        progress: true,
+        halt_after_epoch: None,
+    };
+    let outcome = run.stage("train.student", || {
+        train_student(&data.ds, &data.reference, &opts)
+    })?;
+    run.record_cost(
+        "student.train",
+        &serde_json::json!({
+            "epochs": outcome.epochs,
+            "best_epoch": outcome.best_epoch,
+            "mean_epoch_secs": outcome.mean_epoch_secs,
+            "resumed_after": outcome.resumed_after,
+        }),
+    )?;
+    run.record_cost("student.valid", &outcome.valid_cost)?;
+    run.record_cost("student.test", &outcome.test_cost)?;
+    let m = Metrics {
+        valid: outcome.valid.clone(),
+        test: outcome.test.clone(),
+    };
+    Ok((m, outcome))
+}
+
+fn train(a: TrainStudentArgs) -> Result<()> {
+    let cfg = load_config(&a.config, vec![])?;
+    init_logging(Some(&a.out.join("run.log")))?;
+    let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
+    let result = (|| {
+        let data = run.stage("data", || run_data(&cfg, a.data.as_deref(), &a.out))?;
+        let (m, outcome) = train_in_run(&cfg, &data, &a.out, &mut run)?;
+        run.write_metrics(&m)?;
+        print_metrics(
+            &format!(
+                "{:?} (best epoch {})",
+                cfg.student.model, outcome.best_epoch
+            )
+            .to_lowercase(),
+            &m,
+        );
+        println!("checkpoint: {}", outcome.best_checkpoint.display());
+        Ok(())
+    })();
+    finish(run, result)
+}
+
+fn eval_student(a: EvalStudentArgs) -> Result<()> {
+    let cfg = load_config(&a.config, vec![])?;
+    if let Some(out) = &a.out {
+        init_logging(Some(&out.join("run.log")))?;
+    } else {
+        init_logging(None)?;
+    }
+    let data = load_prepared(&a.data)?;
+    let loaded = checkpoint::load(
+        &a.checkpoint,
+        &Expect {
+            fingerprint: Some(&data.reference.fingerprint),
+            kind: None,
+        },
+        &candle_core::Device::Cpu,
+    )?;
+    let valid = evaluate_student(&loaded.student, &data.ds, SplitName::Valid, &cfg.eval)?;
+    let test = evaluate_student(&loaded.student, &data.ds, SplitName::Test, &cfg.eval)?;
+    let m = Metrics {
+        valid: valid.metrics.clone(),
+        test: test.metrics.clone(),
+    };
+    print_metrics(
+        &format!("{:?}", loaded.manifest.spec.kind).to_lowercase(),
+        &m,
+    );
+    println!(
+        "test: {} rows in {:.2}s ({:.0} rows/s)",
+        test.rows, test.wall_secs, test.rows_per_sec
+    );
+    if let Some(out) = &a.out {
+        let mut run = Run::create(out, Some(&cfg), cfg.seed, build_info())?;
+        run.record_cost("student.valid", &serde_json::json!({"rows": valid.rows, "wall_secs": valid.wall_secs, "rows_per_sec": valid.rows_per_sec}))?;
+        run.record_cost("student.test", &serde_json::json!({"rows": test.rows, "wall_secs": test.wall_secs, "rows_per_sec": test.rows_per_sec}))?;
+        run.write_metrics(&m)?;
+        run.finish(Ok(()))?;
+    }
+    Ok(())
+}
+
+/// Resolves one history entry: a raw item id, else a title (exact, case
+/// insensitive), else a unique title substring.
+fn resolve_item(ds: &Dataset, entry: &str) -> Result<ItemId> {
+    let e = entry.trim();
+    if let Some(i) = ds.items.iter().position(|it| it.raw_id == e) {
+        return Ok(i as ItemId + 1);
+    }
+    let lower = e.to_lowercase();
+    if let Some(i) = ds
+        .items
+        .iter()
+        .position(|it| it.title.to_lowercase() == lower)
+    {
+        return Ok(i as ItemId + 1);
+    }
+    let hits: Vec<usize> = ds
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, it)| it.title.to_lowercase().contains(&lower))
+        .map(|(i, _)| i)
+        .collect();
+    match hits.as_slice() {
+        [i] => Ok(*i as ItemId + 1),
+        [] => bail!(
+            "--history: '{e}' is neither a raw item id nor a title of dataset '{}'",
+            ds.name
+        ),
+        many => {
+            let shown: Vec<&str> = many
+                .iter()
+                .take(5)
+                .map(|&i| ds.items[i].title.as_str())
+                .collect();
+            bail!(
+                "--history: '{e}' matches {} titles ({}{}); be more specific",
+                many.len(),
+                shown.join("; "),
+                if many.len() > 5 { "; ..." } else { "" }
+            )
+        }
+    }
+}
+
+fn recommend(a: RecommendArgs) -> Result<()> {
+    let (manifest, _) = checkpoint::read_manifest(&a.checkpoint)?;
+    let dir = match (&a.data, &manifest.dataset.dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => bail!(
+            "{}: the checkpoint records no dataset directory; pass --data",
+            a.checkpoint.display()
+        ),
+    };
+    let data = load_prepared(&dir)?;
+    let loaded = checkpoint::load(
+        &a.checkpoint,
+        &Expect {
+            fingerprint: Some(&data.reference.fingerprint),
+            kind: None,
+        },
+        &candle_core::Device::Cpu,
+    )?;
+    let sep = if a.history.contains('|') { '|' } else { ',' };
+    let history: Vec<ItemId> = a
+        .history
+        .split(sep)
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| resolve_item(&data.ds, s))
+        .collect::<Result<_>>()?;
+    if history.is_empty() {
+        bail!("--history is empty");
+    }
+    let mut scores = loaded.student.score_histories(&[&history])?;
+    if !a.include_history {
+        for &h in &history {
+            scores[h as usize] = f32::NEG_INFINITY;
+        }
+    }
+    let mut order: Vec<usize> = (1..scores.len())
+        .filter(|&i| scores[i].is_finite())
+        .collect();
+    order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
+    println!(
+        "history: {}",
+        history
+            .iter()
+            .map(|&i| data.ds.title(i).unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for (rank, &i) in order.iter().take(a.top).enumerate() {
+        let it = &data.ds.items[i - 1];
+        println!(
+            "{:>3}. {:<60} (id {}, score {:.3})",
+            rank + 1,
+            it.title,
+            it.raw_id,
+            scores[i]
+        );
+    }
+    Ok(())
+}
+
+/// Markdown table of test metrics, one row per model, with its cost.
+fn report_table(rows: &[(&str, &Metrics, String)], ks: &[usize]) -> String {
     let mut cols = Vec::new();
     for k in ks {
         cols.push(format!("hr@{k}"));
         cols.push(format!("ndcg@{k}"));
     }
     let mut s = format!(
-        "| model | {} | eval rows/s |\n|---|{}---|\n",
+        "| model | {} | cost |\n|---|{}---|\n",
         cols.join(" | "),
         "---|".repeat(cols.len())
     );
-    for (name, m) in rows {
+    for (name, m, cost) in rows {
         let cells: Vec<String> = cols
             .iter()
             .map(|c| m.test.get(c).map_or("-".into(), |v| format!("{v:.4}")))
             .collect();
-        let rps = m
-            .test
-            .get("eval_rows_per_sec")
-            .map_or("-".into(), |v| format!("{v:.0}"));
-        s.push_str(&format!("| {name} | {} | {rps} |\n", cells.join(" | ")));
+        s.push_str(&format!("| {name} | {} | {cost} |\n", cells.join(" | ")));
     }
     s
 }
@@ -200,25 +432,53 @@ fn pipeline(a: PipelineArgs) -> Result<()> {
     init_logging(Some(&a.out.join("run.log")))?;
     let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
     let result = (|| {
-        let data_dir = a.out.join("data");
-        let ds = run.stage("data", || -> Result<Dataset> {
-            let ds = source::load_or_build(&cfg)?;
-            store::save(&ds, &data_dir)?;
-            Ok(ds)
+        let data = run.stage("data", || -> Result<Data> {
+            match &cfg.dataset.prepared {
+                Some(d) => load_prepared(d),
+                None => {
+                    let dir = a.out.join("data");
+                    store::save(&source::build_dataset(&cfg)?, &dir)?;
+                    load_prepared(&dir)
+                }
+            }
         })?;
-        let pop = run.stage("popularity", || popularity_metrics(&ds, &cfg))?;
+        let pop = run.stage("popularity", || {
+            popularity_metrics(
+                &data.ds,
+                &cfg,
+                &mut Run::create(&a.out.join("popularity"), None, cfg.seed, build_info())?,
+            )
+        })?;
         write_stage_metrics(&a.out.join("popularity"), &pop)?;
         print_metrics("popularity", &pop);
+        let student_dir = a.out.join("student");
+        let mut student_run = Run::create(&student_dir, Some(&cfg), cfg.seed, build_info())?;
+        let (student, outcome) = train_in_run(&cfg, &data, &student_dir, &mut student_run)?;
+        student_run.write_metrics(&student)?;
+        student_run.finish(Ok(()))?;
+        let name = format!("{:?}", cfg.student.model).to_lowercase();
+        print_metrics(&name, &student);
+        let rows = [
+            ("popularity", &pop, "-".to_string()),
+            (
+                name.as_str(),
+                &student,
+                format!(
+                    "{} epochs, {:.1} s/epoch, eval {:.0} rows/s",
+                    outcome.epochs, outcome.mean_epoch_secs, outcome.test_cost.rows_per_sec
+                ),
+            ),
+        ];
         let report = format!(
             "# distillrec pipeline report\n\ndataset: {} ({} items, {} test rows), seed {}\n\n## Test metrics\n\n{}",
-            ds.name,
-            ds.num_items(),
-            ds.test.len(),
+            data.ds.name,
+            data.ds.num_items(),
+            data.ds.test.len(),
             cfg.seed,
-            report_table(&[("popularity", &pop)], &cfg.eval.ks)
+            report_table(&rows, &cfg.eval.ks)
         );
         distillrec_data::fsutil::atomic_write(&a.out.join("report.md"), report.as_bytes())?;
-        run.write_metrics(&pop)?;
+        run.write_metrics(&student)?;
         println!("report: {}", a.out.join("report.md").display());
         Ok(())
     })();

@@ -1,7 +1,7 @@
 //! From the `[dataset]` config group to a [`Dataset`]: picks the reader,
 //! then filters and splits (raw logs) or reads the given splits.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use distillrec_config::{Config, DatasetKind};
 use distillrec_data::readers::reference::RefOptions;
@@ -45,14 +45,4 @@ pub fn build_dataset(cfg: &Config) -> Result<Dataset> {
         }
     };
     Ok(ds)
-}
-
-/// The dataset a command works on: the prepared directory if the config
-/// names one, else built from the raw source.
-pub fn load_or_build(cfg: &Config) -> Result<Dataset> {
-    match &cfg.dataset.prepared {
-        Some(dir) => distillrec_data::store::load(dir)
-            .with_context(|| "loading the prepared dataset".to_string()),
-        None => build_dataset(cfg),
-    }
 }

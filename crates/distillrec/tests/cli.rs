@@ -371,3 +371,234 @@ fn dllm2rec_game_without_training_rows_is_refused_clearly() {
     ]);
     assert_clean_error(&out, "train_data.csv: file not found");
 }
+
+const TINY: &[&str] = &[
+    "--set",
+    "dataset.synthetic.users=300",
+    "--set",
+    "student.hidden=32",
+    "--set",
+    "student.layers=1",
+    "--set",
+    "student.max_len=20",
+    "--set",
+    "student.objective=all_positions",
+    "--set",
+    "train.student.batch_size=32",
+    "--set",
+    "train.student.lr=0.005",
+    "--set",
+    "train.student.max_epochs=4",
+    "--set",
+    "train.student.patience=10",
+];
+
+fn train_cmd(out: &Path) -> Command {
+    let mut c = bin();
+    c.args([
+        "train",
+        "student",
+        "--config",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/synthetic-sasrec.toml"
+        ),
+        "--out",
+    ])
+    .arg(out)
+    .args(TINY)
+    .env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn train_kill_resume_eval_and_recommend() {
+    let d = tempfile::tempdir().unwrap();
+    // uninterrupted reference run
+    let a = d.path().join("a");
+    let out = train_cmd(&a).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics_a = std::fs::read_to_string(a.join("metrics.json")).unwrap();
+    // same command again in a fresh directory: identical metrics.json
+    let b = d.path().join("b");
+    assert!(train_cmd(&b).output().unwrap().status.success());
+    assert_eq!(
+        metrics_a,
+        std::fs::read_to_string(b.join("metrics.json")).unwrap(),
+        "same seed must give identical metrics.json"
+    );
+    // kill a third run once its first epoch is checkpointed, then re-run it
+    let c = d.path().join("c");
+    let mut child = train_cmd(&c)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = c.join("checkpoints/state.json");
+    let t0 = std::time::Instant::now();
+    while !state.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(state.exists(), "no checkpoint within 120 s");
+    assert!(
+        !c.join("metrics.json").exists(),
+        "the killed run must not have finished"
+    );
+    let out = train_cmd(&c).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metrics_a,
+        std::fs::read_to_string(c.join("metrics.json")).unwrap(),
+        "resumed run must end like the uninterrupted one"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.join("run.json")).unwrap()).unwrap();
+    assert!(
+        rec["costs"]["student.train"]["resumed_after"]
+            .as_u64()
+            .is_some(),
+        "{rec}"
+    );
+    // another seed gives other metrics
+    let e = d.path().join("e");
+    assert!(train_cmd(&e)
+        .args(["--set", "seed=9"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert_ne!(
+        metrics_a,
+        std::fs::read_to_string(e.join("metrics.json")).unwrap()
+    );
+
+    // eval student reproduces the run's test metrics from the checkpoint
+    let ckpt = a.join("checkpoints/best.safetensors");
+    let data = a.join("data");
+    let ev = d.path().join("ev");
+    let out = run(&[
+        "eval",
+        "student",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        ev.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m1: serde_json::Value = serde_json::from_str(&metrics_a).unwrap();
+    let m2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m1["test"], m2["test"]);
+
+    // recommend by title and by raw id; the next volume of a series should rank high
+    let out = run(&[
+        "recommend",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--history",
+        "Midnight Jazz, Vol. 1|Midnight Jazz, Vol. 2|Midnight Jazz, Vol. 3",
+        "--top",
+        "5",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ranked: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .split_once(". ")
+                .is_some_and(|(n, _)| n.parse::<usize>().is_ok())
+        })
+        .collect();
+    assert_eq!(ranked.len(), 5, "{text}");
+    assert!(
+        !ranked.iter().any(|l| l.contains("Midnight Jazz, Vol. 3 ")),
+        "history items must be excluded: {text}"
+    );
+    assert!(
+        ranked.iter().any(|l| l.contains("Midnight Jazz, Vol. 4 ")),
+        "the next volume should be among the top 5: {text}"
+    );
+    let out = run(&[
+        "recommend",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--history",
+        "1,2",
+        "--top",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "recommend",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--history",
+        "No Such Title",
+    ]);
+    assert_clean_error(&out, "'No Such Title' is neither a raw item id nor a title");
+
+    // refusals: checkpoint of another dataset, truncated checkpoint
+    let other = d.path().join("other");
+    let out = run(&[
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--out",
+        other.to_str().unwrap(),
+        "--set",
+        "dataset.synthetic.users=200",
+    ]);
+    assert!(out.status.success());
+    let out = run(&[
+        "eval",
+        "student",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        other.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, "checkpoint was trained on dataset 'synthetic'");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() - 100]).unwrap();
+    let out = run(&[
+        "eval",
+        "student",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, "weights do not match the manifest checksum");
+    // resuming a run directory with another config is refused
+    let out = train_cmd(&a)
+        .args(["--set", "student.hidden=16"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "holds training state for a different config");
+}

@@ -1,0 +1,129 @@
+//! Item-title embeddings: the last-layer hidden state of each title's last
+//! token (SPEC 6, the teacher cache's LLM item table), computed in batches
+//! sorted by length so little compute goes to padding.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use distillrec_data::Dataset;
+
+use crate::error::{Error, Result};
+use crate::model::{gather_rows, Model};
+use crate::tokenizer::Tokenizer;
+
+/// Name of the table inside the safetensors file.
+pub const TABLE_NAME: &str = "item_embeddings";
+
+/// Embeddings `(n, hidden)` (f32) of `titles`, one row per title, in order.
+pub fn title_embeddings(
+    model: &Model,
+    tok: &Tokenizer,
+    titles: &[&str],
+    batch_size: usize,
+) -> Result<Tensor> {
+    let batch_size = batch_size.max(1);
+    let encoded: Vec<Vec<u32>> = titles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let ids = tok.encode(t, true)?;
+            if ids.is_empty() {
+                return Err(Error::Input(format!("title #{i} `{t}` has no tokens")));
+            }
+            Ok(ids)
+        })
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..titles.len()).collect();
+    order.sort_by_key(|&i| (encoded[i].len(), i));
+    let h = model.hidden_size();
+    let mut out = vec![0f32; titles.len() * h];
+    for chunk in order.chunks(batch_size) {
+        let t = chunk.iter().map(|&i| encoded[i].len()).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(chunk.len() * t);
+        let mut mask = Vec::with_capacity(chunk.len() * t);
+        for &i in chunk {
+            let e = &encoded[i];
+            ids.extend(
+                e.iter()
+                    .copied()
+                    .chain(std::iter::repeat(tok.pad_id()).take(t - e.len())),
+            );
+            mask.extend((0..t).map(|j| (j < e.len()) as u8));
+        }
+        let ids = Tensor::from_vec(ids, (chunk.len(), t), model.device())?;
+        let mask = Tensor::from_vec(mask, (chunk.len(), t), model.device())?;
+        let hidden = model.forward_hidden(&model.embed(&ids)?, Some(&mask), None)?;
+        let last: Vec<usize> = chunk.iter().map(|&i| encoded[i].len() - 1).collect();
+        let rows = gather_rows(&hidden, &last)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for (&i, row) in chunk.iter().zip(rows) {
+            if row.iter().any(|x| !x.is_finite()) {
+                return Err(Error::Input(format!(
+                    "non-finite embedding for title #{i} `{}`",
+                    titles[i]
+                )));
+            }
+            out[i * h..(i + 1) * h].copy_from_slice(&row);
+        }
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (titles.len(), h),
+        &candle_core::Device::Cpu,
+    )?)
+}
+
+/// The item table `(N + 1, hidden)` of a dataset: row `i` embeds the title of
+/// item `i`, row 0 (padding) is zeros.
+pub fn item_table(
+    model: &Model,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    batch_size: usize,
+) -> Result<Tensor> {
+    let titles: Vec<&str> = ds.items.iter().map(|it| it.title.as_str()).collect();
+    let e = title_embeddings(model, tok, &titles, batch_size)?;
+    let zero = Tensor::zeros((1, model.hidden_size()), DType::F32, e.device())?;
+    Ok(Tensor::cat(&[&zero, &e], 0)?)
+}
+
+/// Writes `table` (f32, 2-D) as tensor [`TABLE_NAME`] of a safetensors file,
+/// atomically, with string `metadata` (dataset fingerprint, model, ...).
+pub fn save_table(path: &Path, table: &Tensor, metadata: HashMap<String, String>) -> Result<()> {
+    let (n, h) = table.dims2()?;
+    let data: Vec<f32> = table.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, h], &bytes)
+        .map_err(|e| Error::file(path, e))?;
+    let buf = safetensors::serialize([(TABLE_NAME, view)], Some(metadata))
+        .map_err(|e| Error::file(path, e))?;
+    distillrec_data::fsutil::atomic_write(path, &buf)?;
+    Ok(())
+}
+
+/// Reads a table written by [`save_table`]: the tensor and the metadata.
+pub fn load_table(path: &Path) -> Result<(Tensor, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::file(path, e))?;
+    let view = st
+        .tensor(TABLE_NAME)
+        .map_err(|e| Error::tensor(path, TABLE_NAME, e))?;
+    if view.dtype() != safetensors::Dtype::F32 || view.shape().len() != 2 {
+        return Err(Error::tensor(path, TABLE_NAME, "expected a 2-D f32 tensor"));
+    }
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let t = Tensor::from_vec(
+        data,
+        (view.shape()[0], view.shape()[1]),
+        &candle_core::Device::Cpu,
+    )?;
+    Ok((t, meta.metadata().clone().unwrap_or_default()))
+}

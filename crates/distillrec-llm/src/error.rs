@@ -1,0 +1,80 @@
+//! The crate's error type: every variant names the file, tensor or key at fault.
+
+use std::path::PathBuf;
+
+/// Errors of the LLM backbone.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or is malformed (missing, truncated, bad JSON, ...).
+    #[error("{path}: {msg}")]
+    File {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A tensor is missing, has the wrong shape or cannot be decoded.
+    #[error("{path}: tensor `{name}`: {msg}")]
+    Tensor {
+        /// The weight file (or model directory) that should hold the tensor.
+        path: PathBuf,
+        /// The tensor's name in that file.
+        name: String,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// The model uses something this backbone does not implement.
+    #[error("{path}: unsupported model: {msg}")]
+    Unsupported {
+        /// The config or model file.
+        path: PathBuf,
+        /// What is not supported.
+        msg: String,
+    },
+    /// A caller passed inconsistent inputs (shapes, masks, ids out of range).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A dataset could not be read.
+    #[error(transparent)]
+    Data(#[from] distillrec_data::error::DataError),
+    /// A tensor operation failed.
+    #[error("tensor op: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A [`Error::File`] for `path`.
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// A [`Error::Tensor`] for tensor `name` of `path`.
+    pub fn tensor(
+        path: impl Into<PathBuf>,
+        name: impl Into<String>,
+        msg: impl std::fmt::Display,
+    ) -> Self {
+        Error::Tensor {
+            path: path.into(),
+            name: name.into(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// A [`Error::Unsupported`] for `path`.
+    pub fn unsupported(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        Error::Unsupported {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+}

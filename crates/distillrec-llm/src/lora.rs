@@ -1,0 +1,229 @@
+//! Frozen linear layers with an optional trainable adapter.
+//!
+//! [`Linear`] holds a base weight that is a plain tensor (never a `Var`, so it
+//! gets no gradient and no optimiser state) and may carry an [`Adapter`]:
+//! `y = W x + b + delta(x)`. The adapter trait is the hook the iLoRA stage
+//! plugs its mixture-of-experts LoRA into; [`Lora`] is the plain LoRA used by
+//! the benchmark and the tests.
+
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor, Var,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Per-forward information handed to every adapter.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdapterCtx<'a> {
+    /// Per-sample gate `(batch, experts)` for mixture-of-experts adapters
+    /// (iLoRA); plain LoRA ignores it.
+    pub gate: Option<&'a Tensor>,
+    /// Training mode (adapters with dropout apply it only then).
+    pub train: bool,
+}
+
+/// A trainable correction added to a frozen linear layer's output.
+pub trait Adapter: Send + Sync + std::fmt::Debug {
+    /// `delta(x)` for `x` of shape `(batch, seq, in)`, returning `(batch, seq, out)`.
+    fn delta(&self, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor>;
+    /// The adapter's trainable variables (handed to the optimiser).
+    fn vars(&self) -> Vec<Var>;
+}
+
+/// A linear layer with frozen weights `(out, in)`, optional bias, and an
+/// optional adapter.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// The weight stored transposed, `(in, out)` contiguous: the layout
+    /// candle's CPU matmul is fastest with.
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+    adapter: Option<Arc<dyn Adapter>>,
+}
+
+impl Linear {
+    /// A frozen layer from its weight `(out, in)` and bias `(out)`.
+    /// Errors if `weight` is not 2-D.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        weight.dims2()?;
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+            adapter: None,
+        })
+    }
+
+    /// The frozen weight `(out, in)` (a transposed view of the stored `(in, out)`).
+    pub fn weight(&self) -> Tensor {
+        self.weight_t.t().expect("2-D weight")
+    }
+
+    /// The frozen bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.weight_t.dims()[0]
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.weight_t.dims()[1]
+    }
+
+    /// Attaches (or with `None` removes) an adapter.
+    pub fn set_adapter(&mut self, adapter: Option<Arc<dyn Adapter>>) {
+        self.adapter = adapter;
+    }
+
+    /// The attached adapter, if any.
+    pub fn adapter(&self) -> Option<&Arc<dyn Adapter>> {
+        self.adapter.as_ref()
+    }
+
+    /// `x W^T + b + delta(x)` for `x` of shape `(batch, seq, in)`.
+    pub fn forward(&self, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
+        let y = matmul_t(x, &self.weight_t)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &self.adapter {
+            Some(a) => y + a.delta(x, ctx)?,
+            None => Ok(y),
+        }
+    }
+}
+
+/// `x W^T` for `x` `(batch, seq, in)` and `W` `(out, in)`, as one 2-D matmul
+/// over all `batch * seq` rows.
+pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    matmul_t(x, &w.t()?)
+}
+
+/// `x Wt` for `x` `(batch, seq, in)` and `Wt` `(in, out)`, as one 2-D matmul
+/// over all `batch * seq` rows.
+///
+/// When `x` tracks gradients but `Wt` does not (a frozen weight on the
+/// training path), the product goes through [`FrozenMatmul`], whose backward
+/// computes only `dx`: candle's own matmul backward would also compute the
+/// (discarded) weight gradient, a third of the step's work and a weight-sized
+/// buffer per layer.
+pub fn matmul_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
+    let (b, t, i) = x.dims3()?;
+    let x2 = x.reshape((b * t, i))?;
+    let y = if x2.track_op() && !wt.track_op() && x2.device().is_cpu() {
+        x2.contiguous()?
+            .apply_op1(FrozenMatmul { wt: wt.clone() })?
+    } else {
+        x2.matmul(wt)?
+    };
+    y.reshape((b, t, wt.dim(1)?))
+}
+
+/// `x Wt` with a constant `Wt`: the backward pass returns only `dx = dy Wtᵀ`.
+#[derive(Debug, Clone)]
+pub struct FrozenMatmul {
+    wt: Tensor,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("frozen-matmul: input must be contiguous".into())
+        })?;
+        let shape = layout.shape().clone();
+        let dev = Device::Cpu;
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], shape, &dev)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], shape, &dev)?,
+            CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], shape, &dev)?,
+            CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], shape, &dev)?,
+            _ => candle_core::bail!("frozen-matmul: unsupported dtype"),
+        };
+        let y = x.matmul(&self.wt)?;
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), y.shape().clone())),
+            _ => candle_core::bail!("frozen-matmul: unexpected output layout"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.wt.t()?)?))
+    }
+}
+
+/// Plain LoRA: `delta(x) = (alpha / r) · B A x`, with `A ∈ R^{r×in}`
+/// Kaiming-uniform and `B ∈ R^{out×r}` zeros, so a fresh adapter changes nothing.
+#[derive(Debug)]
+pub struct Lora {
+    a: Var,
+    b: Var,
+    scale: f64,
+}
+
+impl Lora {
+    /// A fresh adapter for a layer `in → out`, seeded deterministically.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        rank: usize,
+        alpha: f64,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Lora> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // kaiming_uniform(a = sqrt(5)) as in PEFT: bound = 1 / sqrt(in).
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let a: Vec<f32> = (0..rank * in_dim)
+            .map(|_| rng.gen_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::from_vec(a, (rank, in_dim), device)?.to_dtype(dtype)?;
+        let b = Tensor::zeros((out_dim, rank), dtype, device)?;
+        Self::from_tensors(&a, &b, alpha)
+    }
+
+    /// An adapter with given `A (r, in)` and `B (out, r)` (tests, checkpoints).
+    pub fn from_tensors(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Lora> {
+        let rank = a.dim(0)?;
+        if b.dim(1)? != rank {
+            candle_core::bail!("lora: A is {:?} but B is {:?}", a.shape(), b.shape());
+        }
+        Ok(Lora {
+            a: Var::from_tensor(a)?,
+            b: Var::from_tensor(b)?,
+            scale: alpha / rank as f64,
+        })
+    }
+
+    /// The `A` matrix `(r, in)`.
+    pub fn a(&self) -> &Var {
+        &self.a
+    }
+
+    /// The `B` matrix `(out, r)`.
+    pub fn b(&self) -> &Var {
+        &self.b
+    }
+}
+
+impl Adapter for Lora {
+    fn delta(&self, x: &Tensor, _ctx: &AdapterCtx) -> Result<Tensor> {
+        let h = matmul_wt(x, self.a.as_tensor())?;
+        matmul_wt(&h, self.b.as_tensor())? * self.scale
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+}

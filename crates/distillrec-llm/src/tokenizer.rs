@@ -1,0 +1,310 @@
+//! Tokenizers: a Hugging Face `tokenizer.json`, or a byte-level BPE rebuilt
+//! from GGUF metadata (`tokenizer.ggml.*`) with control tokens registered as
+//! special tokens so that chat markers like `<|im_start|>` encode to one id.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::Split;
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Llama 3's pre-tokenisation regex (`tokenizer.ggml.pre = llama-bpe`).
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's pre-tokenisation regex.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`, ...).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+/// GGUF token type of user-defined tokens (added, but not special).
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// A tokenizer with the ids generation needs (BOS, EOS, padding).
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    add_bos: bool,
+    eos: Vec<u32>,
+    pad: u32,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// Wraps a `tokenizers` tokenizer. `add_bos` prepends `bos` when encoding
+    /// with special tokens (for tokenizers whose post-processor does not).
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        add_bos: bool,
+        eos: Vec<u32>,
+    ) -> Tokenizer {
+        let pad = eos.first().copied().or(bos).unwrap_or(0);
+        Tokenizer {
+            inner,
+            bos,
+            add_bos,
+            eos,
+            pad,
+        }
+    }
+
+    /// Reads `tokenizer.json` of a Hugging Face directory; EOS ids come from
+    /// the model config.
+    pub fn from_hf_dir(dir: &Path, cfg: &Config) -> Result<Tokenizer> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::file(&path, "missing"));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::file(&path, e))?;
+        Ok(Tokenizer::new(
+            inner,
+            cfg.bos_token_id,
+            false,
+            cfg.eos_token_ids.clone(),
+        ))
+    }
+
+    /// Rebuilds the tokenizer from GGUF metadata: `tokenizer.ggml.model =
+    /// gpt2` (byte-level BPE) with `tokens`, `merges`, `token_type`, `pre`,
+    /// and the BOS/EOS ids. `path` names the file in errors.
+    pub fn from_gguf(md: &HashMap<String, Value>, path: &Path) -> Result<Tokenizer> {
+        let key = |k: &str| format!("tokenizer.ggml.{k}");
+        let model = md
+            .get(&key("model"))
+            .ok_or_else(|| Error::file(path, "missing metadata key `tokenizer.ggml.model`"))?
+            .to_string()
+            .map_err(|e| Error::file(path, format!("tokenizer.ggml.model: {e}")))?;
+        if model != "gpt2" {
+            return Err(Error::unsupported(
+                path,
+                format!("tokenizer.ggml.model = `{model}` (only gpt2 byte-level BPE; use the Hugging Face directory for this model)"),
+            ));
+        }
+        let strings = |k: &str| -> Result<Vec<String>> {
+            let v = md.get(&key(k)).ok_or_else(|| {
+                Error::file(path, format!("missing metadata key `tokenizer.ggml.{k}`"))
+            })?;
+            let arr = v
+                .to_vec()
+                .map_err(|e| Error::file(path, format!("tokenizer.ggml.{k}: {e}")))?;
+            arr.iter()
+                .map(|s| {
+                    s.to_string()
+                        .cloned()
+                        .map_err(|e| Error::file(path, format!("tokenizer.ggml.{k}: {e}")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokens")?;
+        let merges_raw = strings("merges")?;
+        let types: Vec<i64> = match md.get(&key("token_type")) {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| Error::file(path, format!("tokenizer.ggml.token_type: {e}")))?
+                .iter()
+                .map(|x| {
+                    int_value(x)
+                        .ok_or_else(|| Error::file(path, "tokenizer.ggml.token_type: not integers"))
+                })
+                .collect::<Result<_>>()?,
+            None => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tokenizer.ggml.token_type has {} entries, tokens has {}",
+                    types.len(),
+                    tokens.len()
+                ),
+            ));
+        }
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.clone()).or_insert(i as u32);
+        }
+        let mut merges = Vec::with_capacity(merges_raw.len());
+        for (i, m) in merges_raw.iter().enumerate() {
+            let (a, b) = m.split_once(' ').ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("tokenizer.ggml.merges[{i}] `{m}` is not `a b`"),
+                )
+            })?;
+            merges.push((a.to_string(), b.to_string()));
+        }
+        let pre = match md.get(&key("pre")) {
+            Some(v) => v
+                .to_string()
+                .map_err(|e| Error::file(path, format!("tokenizer.ggml.pre: {e}")))?
+                .clone(),
+            None => "default".into(),
+        };
+        let ignore_merges = pre == "llama-bpe" || pre == "llama3";
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
+        let byte_level = ByteLevel::new(false, false, true);
+        let split = |re: &str| -> Result<PreTokenizerWrapper> {
+            Ok(Split::new(
+                tokenizers::pre_tokenizers::split::SplitPattern::Regex(re.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tok_err)?
+            .into())
+        };
+        let pre_tok: PreTokenizerWrapper = match pre.as_str() {
+            "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" => byte_level.into(),
+            "smollm" | "starcoder" | "refact" | "codeshell" => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+            }
+            "llama-bpe" | "llama3" => {
+                Sequence::new(vec![split(LLAMA3_REGEX)?, ByteLevel::new(false, false, false).into()]).into()
+            }
+            "qwen2" => Sequence::new(vec![split(QWEN2_REGEX)?, ByteLevel::new(false, false, false).into()]).into(),
+            other => {
+                return Err(Error::unsupported(
+                    path,
+                    format!("tokenizer.ggml.pre = `{other}` (supported: default, gpt2, smollm, starcoder, llama-bpe, qwen2)"),
+                ))
+            }
+        };
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner
+            .with_pre_tokenizer(Some(pre_tok))
+            .with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()))
+            .with_post_processor(Some(ByteLevel::new(false, false, true)));
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL)
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        let user: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &ty)| ty == TOKEN_TYPE_USER_DEFINED)
+            .map(|(t, _)| AddedToken::from(t.clone(), false))
+            .collect();
+        inner.add_special_tokens(&special);
+        inner.add_tokens(&user);
+        let id = |k: &str| -> Result<Option<u32>> {
+            match md.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => match int_value(v) {
+                    Some(x) if x >= 0 && (x as usize) < tokens.len() => Ok(Some(x as u32)),
+                    _ => Err(Error::file(
+                        path,
+                        format!("tokenizer.ggml.{k}: not a token id"),
+                    )),
+                },
+            }
+        };
+        let bos = id("bos_token_id")?;
+        let mut eos: Vec<u32> = id("eos_token_id")?.into_iter().collect();
+        if let Some(eot) = id("eot_token_id")? {
+            if !eos.contains(&eot) {
+                eos.push(eot);
+            }
+        }
+        let add_bos = match md.get(&key("add_bos_token")) {
+            Some(Value::Bool(b)) => *b,
+            _ => false,
+        };
+        let mut t = Tokenizer::new(inner, bos, add_bos, eos);
+        if let Some(p) = id("padding_token_id")? {
+            t.pad = p;
+        }
+        Ok(t)
+    }
+
+    /// Token ids of `text`; with `add_special`, BOS (and whatever the
+    /// tokenizer's post-processor adds). Special-token markers in `text` map
+    /// to their single ids.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        if add_special && self.add_bos {
+            if let Some(b) = self.bos {
+                if ids.first() != Some(&b) {
+                    ids.insert(0, b);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`, optionally without special tokens.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// The id of a token string, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// End-of-sequence ids (generation stops at any of them).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// BOS id, if the model has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// The id used to fill padded positions (they are masked; any id works).
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// Any integer GGUF value as i64.
+pub(crate) fn int_value(v: &Value) -> Option<i64> {
+    Some(match v {
+        Value::U8(x) => *x as i64,
+        Value::I8(x) => *x as i64,
+        Value::U16(x) => *x as i64,
+        Value::I16(x) => *x as i64,
+        Value::U32(x) => *x as i64,
+        Value::I32(x) => *x as i64,
+        Value::U64(x) => i64::try_from(*x).ok()?,
+        Value::I64(x) => *x,
+        _ => return None,
+    })
+}

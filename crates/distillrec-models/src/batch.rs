@@ -1,0 +1,103 @@
+//! The input every student reads: left-padded item ids `[B, L]` (SPEC 2.2),
+//! and the per-forward context (training flag, seeded dropout).
+
+use candle_core::{Device, Result, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use distillrec_data::{batch::left_pad_into, ItemId, PAD};
+
+/// A batch of left-padded histories on the host and on the device.
+pub struct SeqBatch {
+    /// Row-major `[B, L]` ids, padding `0` on the left.
+    pub ids: Vec<ItemId>,
+    /// Batch size.
+    pub b: usize,
+    /// Window length.
+    pub l: usize,
+    /// The ids as a `[B, L]` u32 tensor.
+    pub tensor: Tensor,
+}
+
+impl SeqBatch {
+    /// Left-pads `histories` to `max_len`.
+    pub fn from_histories<'a>(
+        histories: impl IntoIterator<Item = &'a [ItemId]>,
+        max_len: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut ids = Vec::new();
+        for h in histories {
+            let start = ids.len();
+            ids.resize(start + max_len, PAD);
+            left_pad_into(&mut ids[start..], h);
+        }
+        Self::from_ids(ids, max_len, device)
+    }
+
+    /// Wraps already left-padded ids.
+    pub fn from_ids(ids: Vec<ItemId>, l: usize, device: &Device) -> Result<Self> {
+        let b = ids.len() / l.max(1);
+        let tensor = Tensor::from_vec(ids.clone(), (b, l), device)?;
+        Ok(SeqBatch { ids, b, l, tensor })
+    }
+
+    /// `[B, L, 1]` mask: 1 for real items, 0 for padding.
+    pub fn pad_mask(&self) -> Result<Tensor> {
+        let m: Vec<f32> = self
+            .ids
+            .iter()
+            .map(|&i| if i == PAD { 0.0 } else { 1.0 })
+            .collect();
+        Tensor::from_vec(m, (self.b, self.l, 1), self.tensor.device())
+    }
+}
+
+/// Training or inference, with the seeded generator that draws dropout masks.
+pub struct ForwardCtx<'a> {
+    /// Dropout is applied only when training.
+    pub train: bool,
+    /// The run's generator (None at inference).
+    pub rng: Option<&'a mut ChaCha8Rng>,
+}
+
+impl<'a> ForwardCtx<'a> {
+    /// Inference: no dropout.
+    pub fn eval() -> Self {
+        ForwardCtx {
+            train: false,
+            rng: None,
+        }
+    }
+
+    /// Training with dropout masks drawn from `rng`.
+    pub fn train(rng: &'a mut ChaCha8Rng) -> Self {
+        ForwardCtx {
+            train: true,
+            rng: Some(rng),
+        }
+    }
+
+    /// Inverted dropout with a mask from the seeded generator.
+    pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let Some(rng) = self.rng.as_deref_mut() else {
+            return Ok(x.clone());
+        };
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        let threshold = (keep * u32::MAX as f64) as u32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.gen::<u32>() < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        x * Tensor::from_vec(mask, x.shape(), x.device())?
+    }
+}

@@ -1,0 +1,19 @@
+//! Student recommenders for distillrec (SPEC 4): SASRec, GRU4Rec and Caser
+//! in candle, their losses, and the fused CPU kernels they train with.
+//!
+//! Every student maps a left-padded history `[B, L]` to a representation
+//! `[B, d]` and scores all items with its item table, `scores = rep · Eᵀ`,
+//! `N + 1` columns with column 0 (padding) masked.
+
+pub mod batch;
+pub mod caser;
+pub mod gru4rec;
+pub mod loss;
+pub mod ops;
+pub mod params;
+pub mod sasrec;
+pub mod student;
+
+pub use batch::{ForwardCtx, SeqBatch};
+pub use params::{Init, Params};
+pub use student::{Student, StudentSpec};

@@ -1,0 +1,522 @@
+//! Fused CPU kernels with hand-written backward passes, and composed
+//! differentiable helpers.
+//!
+//! candle's own fused `layer_norm`, `softmax_last_dim`, `sdpa` have no
+//! backward (the gradient is silently cut), so training code uses these.
+//! Each fused op is tested against the same computation composed from
+//! candle primitives (whose gradients candle derives), see the tests.
+//!
+//! Kernels parallelise over rows with rayon; every output element is
+//! computed by exactly one task in a fixed order, and cross-row reductions
+//! sum fixed-size chunks in order, so results do not depend on the number
+//! of threads (SPEC 2.6).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
+    let CpuStorage::U32(v) = s else {
+        candle_core::bail!("{what}: expected u32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Rows per rayon task: large enough to amortise scheduling, fixed so that
+/// chunked reductions are reproducible.
+const ROW_CHUNK: usize = 16;
+
+// ---------------------------------------------------------------------------
+// Cross-entropy over the catalogue
+// ---------------------------------------------------------------------------
+
+/// Per-row softmax cross-entropy over item columns `1..C`; column 0 (the
+/// padding id) is masked out, and rows whose target is 0 are ignored
+/// (loss 0, gradient 0) so padded positions of `all_positions` cost nothing.
+struct CatalogueCrossEntropy;
+
+impl CustomOp2 for CatalogueCrossEntropy {
+    fn name(&self) -> &'static str {
+        "catalogue-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, c) = l1.shape().dims2()?;
+        let logits = f32_slice(s1, l1, self.name())?;
+        let targets = u32_slice(s2, l2, self.name())?;
+        if targets.len() != m {
+            candle_core::bail!("{}: {} targets for {m} rows", self.name(), targets.len());
+        }
+        let mut out = vec![0f32; m];
+        out.par_chunks_mut(ROW_CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (k, o) in chunk.iter_mut().enumerate() {
+                    let r = ci * ROW_CHUNK + k;
+                    let t = targets[r] as usize;
+                    if t == 0 || t >= c {
+                        continue;
+                    }
+                    let row = &logits[r * c + 1..(r + 1) * c];
+                    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let s: f32 = row.iter().map(|&x| (x - mx).exp()).sum();
+                    *o = mx + s.ln() - logits[r * c + t];
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g =
+            logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CatalogueCrossEntropyGrad)?;
+        Ok((Some(g), None))
+    }
+}
+
+/// `d loss_r / d logit_rj = g_r (softmax_rj − [j = t_r])`, column 0 zero.
+struct CatalogueCrossEntropyGrad;
+
+impl CustomOp3 for CatalogueCrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "catalogue-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, c) = l1.shape().dims2()?;
+        let logits = f32_slice(s1, l1, self.name())?;
+        let targets = u32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
+        let mut out = vec![0f32; m * c];
+        out.par_chunks_mut(c * ROW_CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (k, orow) in chunk.chunks_mut(c).enumerate() {
+                    let r = ci * ROW_CHUNK + k;
+                    let t = targets[r] as usize;
+                    if t == 0 || t >= c || g[r] == 0.0 {
+                        continue;
+                    }
+                    let row = &logits[r * c..(r + 1) * c];
+                    let mx = row[1..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut s = 0f32;
+                    for j in 1..c {
+                        let e = (row[j] - mx).exp();
+                        orow[j] = e;
+                        s += e;
+                    }
+                    let scale = g[r] / s;
+                    for o in &mut orow[1..] {
+                        *o *= scale;
+                    }
+                    orow[t] -= g[r];
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Mean softmax cross-entropy of `logits [M, N+1]` against `targets [M]`
+/// (u32 item ids), over the rows whose target is not 0. Column 0 never
+/// receives probability mass.
+pub fn catalogue_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !logits.device().is_cpu() {
+        return catalogue_cross_entropy_composed(logits, targets);
+    }
+    let per_row = logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, CatalogueCrossEntropy)?;
+    let n = targets
+        .to_vec1::<u32>()?
+        .iter()
+        .filter(|&&t| t != 0)
+        .count()
+        .max(1);
+    per_row.sum_all()? / n as f64
+}
+
+/// [`catalogue_cross_entropy`] composed from candle primitives (reference
+/// for tests, and the path on GPUs).
+pub fn catalogue_cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (_, c) = logits.dims2()?;
+    let dev = logits.device();
+    let mask: Vec<f32> = (0..c).map(|j| if j == 0 { -1e30 } else { 0.0 }).collect();
+    let masked = logits.broadcast_add(&Tensor::new(mask.as_slice(), dev)?)?;
+    let lsm = candle_nn::ops::log_softmax(&masked, 1)?;
+    let t = targets.to_vec1::<u32>()?;
+    let keep: Vec<u32> = (0..t.len() as u32)
+        .filter(|&i| t[i as usize] != 0)
+        .collect();
+    if keep.is_empty() {
+        return Tensor::new(0f32, dev);
+    }
+    let keep = Tensor::new(keep.as_slice(), dev)?;
+    candle_nn::loss::nll(
+        &lsm.index_select(&keep, 0)?,
+        &targets.index_select(&keep, 0)?,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Layer norm
+// ---------------------------------------------------------------------------
+
+/// Layer normalisation over the last dimension with affine `gamma`, `beta`.
+struct LayerNormOp {
+    eps: f32,
+}
+
+fn ln_row(x: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f32;
+    let mu = x.iter().sum::<f32>() / d;
+    let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / d;
+    (mu, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let g = f32_slice(s2, l2, self.name())?;
+        let b = f32_slice(s3, l3, self.name())?;
+        let d = g.len();
+        if d == 0 || x.len() % d != 0 || b.len() != d {
+            candle_core::bail!(
+                "layer-norm: shapes {:?}, {:?}, {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d * ROW_CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                for (k, orow) in chunk.chunks_mut(d).enumerate() {
+                    let r = ci * ROW_CHUNK + k;
+                    let xr = &x[r * d..(r + 1) * d];
+                    let (mu, rstd) = ln_row(xr, self.eps);
+                    for j in 0..d {
+                        orow[j] = (xr[j] - mu) * rstd * g[j] + b[j];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = gamma.elem_count();
+        let rows = x.elem_count() / d;
+        let packed =
+            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dg = packed.narrow(0, rows, 1)?.reshape(gamma.shape())?;
+        let db = packed.narrow(0, rows + 1, 1)?.reshape(gamma.shape())?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+/// Backward of [`LayerNormOp`], packed as `[rows + 2, D]`: `dx`, `dgamma`, `dbeta`.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let g = f32_slice(s2, l2, self.name())?;
+        let dy = f32_slice(s3, l3, self.name())?;
+        let d = g.len();
+        let rows = x.len() / d;
+        let mut dx = vec![0f32; rows * d];
+        // Per chunk: dx rows, plus the chunk's partial dgamma and dbeta.
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(d * ROW_CHUNK)
+            .enumerate()
+            .map(|(ci, chunk)| {
+                let mut dg = vec![0f32; d];
+                let mut db = vec![0f32; d];
+                let mut xhat = vec![0f32; d];
+                let mut dxhat = vec![0f32; d];
+                for (k, orow) in chunk.chunks_mut(d).enumerate() {
+                    let r = ci * ROW_CHUNK + k;
+                    let xr = &x[r * d..(r + 1) * d];
+                    let dyr = &dy[r * d..(r + 1) * d];
+                    let (mu, rstd) = ln_row(xr, self.eps);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for j in 0..d {
+                        xhat[j] = (xr[j] - mu) * rstd;
+                        dxhat[j] = dyr[j] * g[j];
+                        m1 += dxhat[j];
+                        m2 += dxhat[j] * xhat[j];
+                        dg[j] += dyr[j] * xhat[j];
+                        db[j] += dyr[j];
+                    }
+                    m1 /= d as f32;
+                    m2 /= d as f32;
+                    for j in 0..d {
+                        orow[j] = rstd * (dxhat[j] - m1 - xhat[j] * m2);
+                    }
+                }
+                (dg, db)
+            })
+            .collect();
+        let mut dg = vec![0f32; d];
+        let mut db = vec![0f32; d];
+        for (pg, pb) in &partials {
+            for j in 0..d {
+                dg[j] += pg[j];
+                db[j] += pb[j];
+            }
+        }
+        dx.extend_from_slice(&dg);
+        dx.extend_from_slice(&db);
+        Ok((CpuStorage::F32(dx), Shape::from((rows + 2, d))))
+    }
+}
+
+/// Layer norm over the last dimension (fused, differentiable in all inputs).
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return layer_norm_composed(x, gamma, beta, eps as f64);
+    }
+    x.contiguous()?.apply_op3(gamma, beta, LayerNormOp { eps })
+}
+
+/// Layer norm composed from candle primitives (the reference for tests and
+/// the path for devices without the fused kernel).
+pub fn layer_norm_composed(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let mu = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mu)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xhat = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xhat.broadcast_mul(gamma)?.broadcast_add(beta)
+}
+
+/// Softmax over the last dimension composed from differentiable primitives.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// `x · Wᵀ + b` for `x` of any rank ≥ 2, with `W [out, in]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inner = *dims.last().expect("rank >= 1");
+    let rows = x.elem_count() / inner;
+    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// Checks that a tensor is f32 (the CPU kernels' type).
+pub fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        candle_core::bail!("{what}: expected f32, got {:?}", t.dtype());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use rand::{Rng, SeedableRng};
+
+    fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..shape.iter().product::<usize>())
+            .map(|_| r.gen_range(-2.0f32..2.0))
+            .collect()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn cross_entropy_matches_composed_value_and_gradient() {
+        let dev = Device::Cpu;
+        let (m, c) = (37, 11);
+        let logits = Var::from_vec(randn(&[m, c], 1), (m, c), &dev).unwrap();
+        let t: Vec<u32> = (0..m as u32)
+            .map(|i| {
+                if i % 5 == 0 {
+                    0
+                } else {
+                    1 + i % (c as u32 - 1)
+                }
+            })
+            .collect();
+        let targets = Tensor::new(t.as_slice(), &dev).unwrap();
+        // weight each row's loss differently so the incoming gradient is not uniform
+        let ours = catalogue_cross_entropy(logits.as_tensor(), &targets).unwrap();
+        let g_ours = ours.backward().unwrap();
+        // composed: column 0 masked with -1e30, rows with target 0 dropped
+        let reference = catalogue_cross_entropy_composed(logits.as_tensor(), &targets).unwrap();
+        let g_ref = reference.backward().unwrap();
+        let (a, b) = (
+            ours.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        let d = max_diff(g_ours.get(&logits).unwrap(), g_ref.get(&logits).unwrap());
+        assert!(d < 1e-6, "gradient differs by {d}");
+        // column 0 gets no gradient, ignored rows get none
+        let g = g_ours.get(&logits).unwrap().to_vec2::<f32>().unwrap();
+        assert!(g.iter().all(|row| row[0] == 0.0));
+        assert!(g[0].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn cross_entropy_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let (m, c) = (3, 6);
+        let base = randn(&[m, c], 2);
+        let targets = Tensor::new(&[2u32, 5, 1], &dev).unwrap();
+        let f = |v: &[f32]| -> f64 {
+            let l = Tensor::from_vec(v.to_vec(), (m, c), &dev).unwrap();
+            catalogue_cross_entropy(&l, &targets)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let var = Var::from_vec(base.clone(), (m, c), &dev).unwrap();
+        let g = catalogue_cross_entropy(var.as_tensor(), &targets)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = g
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for i in 0..m * c {
+            let h = 1e-2f32;
+            let mut p = base.clone();
+            p[i] += h;
+            let mut q = base.clone();
+            q[i] -= h;
+            let fd = (f(&p) - f(&q)) / (2.0 * h as f64);
+            assert!(
+                (fd - g[i] as f64).abs() < 2e-3,
+                "index {i}: fd {fd} vs {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_composed_value_and_gradients() {
+        let dev = Device::Cpu;
+        let (rows, d) = (41, 24);
+        let x = Var::from_vec(randn(&[rows, d], 3), (rows, d), &dev).unwrap();
+        let g = Var::from_vec(randn(&[d], 4), d, &dev).unwrap();
+        let b = Var::from_vec(randn(&[d], 5), d, &dev).unwrap();
+        let w = Tensor::from_vec(randn(&[rows, d], 6), (rows, d), &dev).unwrap();
+        let ours = layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-8).unwrap();
+        let reference =
+            layer_norm_composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-8).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-5);
+        let go = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
+            let d = max_diff(go.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(d < 1e-4, "{name} gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_on_3d_input() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(randn(&[2, 3, 8], 7), (2, 3, 8), &dev).unwrap();
+        let g = Tensor::ones(8, DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(8, DType::F32, &dev).unwrap();
+        let y = layer_norm(x.as_tensor(), &g, &b, 1e-5).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 8]);
+        let gx = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(gx.get(&x).unwrap().dims(), &[2, 3, 8]);
+    }
+}

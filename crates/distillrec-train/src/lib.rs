@@ -1,0 +1,12 @@
+//! The training loop of distillrec (SPEC 4, 9): batches for the `last` and
+//! `all_positions` objectives, AdamW with saved state, early stopping on a
+//! validation metric, checkpoints with manifests, exact resume, and the
+//! final one-time test evaluation of the best checkpoint.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod trainer;
+pub mod units;
+
+pub use checkpoint::DatasetRef;
+pub use trainer::{evaluate_student, train_student, TrainOptions, TrainOutcome};

@@ -1,0 +1,399 @@
+//! The training loop shared by every student (and, with a different loss,
+//! by distillation): AdamW, shuffling from the run seed, early stopping on a
+//! validation metric, best and last checkpoints, resume, per-epoch history.
+//!
+//! Resume: after every epoch `checkpoints/last.safetensors` holds the
+//! weights and optimizer moments and `checkpoints/state.json` the loop state
+//! (epoch, step, best so far, patience, history). Each epoch's generator is
+//! derived from `(seed, epoch)` alone, so a run killed at any point and
+//! restarted with the same command continues from the last finished epoch
+//! and ends exactly as an uninterrupted run would.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use distillrec_config::{EvalOptions, LossKind, Objective, StudentConfig, TrainStage};
+use distillrec_data::fsutil::{atomic_write, atomic_write_json};
+use distillrec_data::{Dataset, Row, SplitName};
+use distillrec_eval::{evaluate, EvalError, EvalReport};
+use distillrec_models::loss::{bce_sampled, cross_entropy};
+use distillrec_models::{ForwardCtx, SeqBatch, Student, StudentSpec};
+use distillrec_run::History;
+
+use crate::checkpoint::{self, DatasetRef, Expect};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::units::{units, Batcher};
+
+/// Everything the loop needs besides the data.
+pub struct TrainOptions<'a> {
+    /// Student architecture and loss.
+    pub student: &'a StudentConfig,
+    /// Loop settings of this stage.
+    pub stage: &'a TrainStage,
+    /// Evaluation protocol for validation and test.
+    pub eval: &'a EvalOptions,
+    /// Run seed.
+    pub seed: u64,
+    /// Run directory (checkpoints/ and history.csv go here).
+    pub out_dir: &'a Path,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Stop with an error right after this epoch's checkpoint, exactly where
+    /// a killed run would stop (tests of resume; time-boxed runs).
+    pub halt_after_epoch: Option<usize>,
+}
+
+/// What a finished training run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainOutcome {
+    /// Epoch of the best validation metric (1-based).
+    pub best_epoch: usize,
+    /// Epochs completed in total (including before a resume).
+    pub epochs: usize,
+    /// Epoch this invocation resumed after, if it resumed.
+    pub resumed_after: Option<usize>,
+    /// Validation metrics of the best checkpoint.
+    pub valid: BTreeMap<String, f64>,
+    /// Test metrics of the best checkpoint (evaluated once, at the end).
+    pub test: BTreeMap<String, f64>,
+    /// Cost of the final evaluations.
+    pub valid_cost: EvalCost,
+    /// Cost of the test evaluation.
+    pub test_cost: EvalCost,
+    /// Mean wall seconds of a training epoch (excluding validation).
+    pub mean_epoch_secs: f64,
+    /// Best checkpoint path.
+    pub best_checkpoint: PathBuf,
+}
+
+/// Wall time and throughput of one evaluation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalCost {
+    /// Rows evaluated.
+    pub rows: usize,
+    /// Wall seconds.
+    pub wall_secs: f64,
+    /// Rows per second.
+    pub rows_per_sec: f64,
+}
+
+impl From<&EvalReport> for EvalCost {
+    fn from(r: &EvalReport) -> Self {
+        EvalCost {
+            rows: r.rows,
+            wall_secs: r.wall_secs,
+            rows_per_sec: r.rows_per_sec,
+        }
+    }
+}
+
+/// Loop state saved after every epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct LoopState {
+    /// What this state belongs to; a resume with anything else is refused.
+    run_key: String,
+    epoch: usize,
+    step: u64,
+    best_metric: f64,
+    best_epoch: usize,
+    bad_epochs: usize,
+    finished: bool,
+    history_columns: Vec<String>,
+    history: Vec<Vec<f64>>,
+    epoch_secs: Vec<f64>,
+}
+
+/// Evaluates `student` on one split of `ds`.
+pub fn evaluate_student(
+    student: &Student,
+    ds: &Dataset,
+    split: SplitName,
+    opts: &EvalOptions,
+) -> Result<EvalReport, EvalError> {
+    evaluate(ds, split, opts, |rows: &[&Row]| {
+        let hist: Vec<&[u32]> = rows.iter().map(|r| ds.history(r)).collect();
+        student
+            .score_histories(&hist)
+            .map_err(|e| EvalError::Model(e.to_string()))
+    })
+}
+
+fn run_key(opts: &TrainOptions, spec: &StudentSpec, fingerprint: &str) -> String {
+    serde_json::json!({
+        "spec": spec,
+        "loss": opts.student.loss,
+        "negatives": opts.student.negatives,
+        "objective": opts.student.objective,
+        "stage": opts.stage,
+        "seed": opts.seed,
+        "dataset": fingerprint,
+    })
+    .to_string()
+}
+
+/// The epoch generator: a function of the seed and the epoch only.
+pub fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(epoch as u64);
+    r
+}
+
+/// One training step's loss for a host batch.
+fn batch_loss(
+    student: &Student,
+    cfg: &StudentConfig,
+    hb: &crate::units::HostBatch,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    let dev = student.device().clone();
+    let l = student.spec.max_len;
+    let sb = SeqBatch::from_ids(hb.inputs.clone(), l, &dev)?;
+    let table = student.item_table().clone();
+    let mut ctx = ForwardCtx::train(rng);
+    let d = student.spec.hidden;
+    let rep = match cfg.objective {
+        Objective::Last => student.represent_with(&sb, &table, &mut ctx)?,
+        Objective::AllPositions => student
+            .hidden_all(&sb, &table, &mut ctx)?
+            .reshape((hb.b * l, d))?,
+    };
+    let targets = Tensor::from_vec(hb.targets.clone(), hb.targets.len(), &dev)?;
+    let loss = match cfg.loss {
+        LossKind::Ce => cross_entropy(&rep, &table, &targets)?,
+        LossKind::Bce => {
+            let n = cfg.negatives.max(1);
+            let negs = Tensor::from_vec(hb.negatives.clone(), (hb.targets.len(), n), &dev)?;
+            bce_sampled(&rep, &table, &targets, &negs)?
+        }
+    };
+    Ok(loss)
+}
+
+/// Trains a student on `ds` (described by `data`) and evaluates
+/// its best checkpoint on validation and test.
+pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Result<TrainOutcome> {
+    let fingerprint = data.fingerprint.as_str();
+    let device = Device::Cpu;
+    let cfg = opts.student;
+    let stage = opts.stage;
+    if cfg.objective == Objective::AllPositions
+        && cfg.model == distillrec_config::StudentKind::Caser
+    {
+        bail!("student.objective = \"all_positions\" needs a per-position model; caser supports only \"last\"");
+    }
+    let spec = StudentSpec::from_config(cfg, ds.num_items());
+    let ckpt_dir = opts.out_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("{}", ckpt_dir.display()))?;
+    let best_path = ckpt_dir.join("best.safetensors");
+    let last_path = ckpt_dir.join("last.safetensors");
+    let state_path = ckpt_dir.join("state.json");
+    let key = run_key(opts, &spec, fingerprint);
+    let negatives = if cfg.loss == LossKind::Bce {
+        cfg.negatives.max(1)
+    } else {
+        0
+    };
+
+    let mut student = Student::new(&spec, opts.seed, &device)?;
+    let mut opt = AdamW::new(
+        AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
+        &student.params,
+    );
+    let metric_cols: Vec<String> = {
+        let mut v = Vec::new();
+        for k in &opts.eval.ks {
+            v.push(format!("hr@{k}"));
+            v.push(format!("ndcg@{k}"));
+        }
+        v
+    };
+    let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
+    columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
+    columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
+    let mut state = LoopState {
+        run_key: key.clone(),
+        epoch: 0,
+        step: 0,
+        best_metric: f64::NEG_INFINITY,
+        best_epoch: 0,
+        bad_epochs: 0,
+        finished: false,
+        history_columns: columns.clone(),
+        history: Vec::new(),
+        epoch_secs: Vec::new(),
+    };
+    let mut resumed_after = None;
+    if state_path.exists() {
+        let saved: LoopState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
+            .with_context(|| format!("{}: unreadable training state", state_path.display()))?;
+        if saved.run_key != key {
+            bail!(
+                "{}: this run directory holds training state for a different config, dataset or seed; use another --out",
+                state_path.display()
+            );
+        }
+        if saved.epoch > 0 {
+            let loaded = checkpoint::load(
+                &last_path,
+                &Expect {
+                    fingerprint: Some(fingerprint),
+                    kind: Some(cfg.model),
+                },
+                &device,
+            )?;
+            student = loaded.student;
+            opt = AdamW::new(
+                AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
+                &student.params,
+            );
+            opt.load_state(&loaded.extra, saved.step)?;
+            resumed_after = Some(saved.epoch);
+            tracing::info!(
+                epoch = saved.epoch,
+                "resuming after the last finished epoch"
+            );
+        }
+        state = saved;
+    }
+
+    let mut all_units = units(ds, cfg.objective);
+    if all_units.is_empty() {
+        bail!("no training units for objective {:?}", cfg.objective);
+    }
+    let mut batcher = Batcher::new(ds, cfg.objective, cfg.max_len, negatives);
+    let n_batches = all_units.len().div_ceil(stage.batch_size);
+    while !state.finished && state.epoch < stage.max_epochs {
+        let epoch = state.epoch + 1;
+        let t0 = Instant::now();
+        let mut rng = epoch_rng(opts.seed, epoch);
+        all_units.sort_by_key(|u| u.row);
+        Batcher::shuffle(&mut all_units, &mut rng);
+        let bar = if opts.progress {
+            indicatif::ProgressBar::new(n_batches as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(epoch.to_string());
+        let mut loss_sum = 0f64;
+        for chunk in all_units.chunks(stage.batch_size) {
+            let hb = batcher.batch(chunk, &mut rng);
+            let loss = batch_loss(&student, cfg, &hb, &mut rng)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                bail!("epoch {epoch}: training loss is {lv}; lower train.student.lr");
+            }
+            loss_sum += lv;
+            let grads = loss.backward()?;
+            opt.step(&student.params, &grads)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let epoch_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let valid = evaluate_student(&student, ds, SplitName::Valid, opts.eval)?;
+        let eval_secs = t1.elapsed().as_secs_f64();
+        let metric = *valid
+            .metrics
+            .get(&stage.metric)
+            .with_context(|| format!("validation metric '{}' was not computed", stage.metric))?;
+        let train_loss = loss_sum / n_batches as f64;
+        tracing::info!(epoch, train_loss, metric = %stage.metric, value = metric, epoch_secs, "epoch done");
+        state.epoch = epoch;
+        state.step = opt.step;
+        state.epoch_secs.push(epoch_secs);
+        if metric > state.best_metric {
+            state.best_metric = metric;
+            state.best_epoch = epoch;
+            state.bad_epochs = 0;
+            checkpoint::save(
+                &best_path,
+                &student,
+                BTreeMap::new(),
+                data,
+                epoch,
+                &valid.metrics,
+            )?;
+        } else {
+            state.bad_epochs += 1;
+        }
+        let mut row = vec![epoch as f64, train_loss];
+        row.extend(
+            metric_cols
+                .iter()
+                .map(|c| valid.metrics.get(c).copied().unwrap_or(f64::NAN)),
+        );
+        row.extend([epoch_secs, eval_secs]);
+        state.history.push(row);
+        write_history(opts.out_dir, &state)?;
+        if state.bad_epochs >= stage.patience.max(1) || epoch >= stage.max_epochs {
+            state.finished = true;
+        }
+        checkpoint::save(
+            &last_path,
+            &student,
+            opt.state_tensors()?,
+            data,
+            epoch,
+            &valid.metrics,
+        )?;
+        atomic_write_json(&state_path, &state)?;
+        if opts.halt_after_epoch == Some(epoch) && !state.finished {
+            bail!("halted after epoch {epoch} (halt_after_epoch); re-run to resume");
+        }
+    }
+    if state.best_epoch == 0 {
+        bail!(
+            "no epoch was trained (train.student.max_epochs = {})",
+            stage.max_epochs
+        );
+    }
+    // Model selection is done; the test split is touched once, here.
+    let best = checkpoint::load(
+        &best_path,
+        &Expect {
+            fingerprint: Some(fingerprint),
+            kind: Some(cfg.model),
+        },
+        &device,
+    )?;
+    let valid = evaluate_student(&best.student, ds, SplitName::Valid, opts.eval)?;
+    let test = evaluate_student(&best.student, ds, SplitName::Test, opts.eval)?;
+    Ok(TrainOutcome {
+        best_epoch: state.best_epoch,
+        epochs: state.epoch,
+        resumed_after,
+        valid_cost: EvalCost::from(&valid),
+        test_cost: EvalCost::from(&test),
+        valid: valid.metrics,
+        test: test.metrics,
+        mean_epoch_secs: state.epoch_secs.iter().sum::<f64>()
+            / state.epoch_secs.len().max(1) as f64,
+        best_checkpoint: best_path,
+    })
+}
+
+fn write_history(dir: &Path, state: &LoopState) -> Result<()> {
+    let mut h = History::new(state.history_columns.clone());
+    for r in &state.history {
+        let row: Vec<(&str, f64)> = state
+            .history_columns
+            .iter()
+            .map(|c| c.as_str())
+            .zip(r.iter().copied())
+            .collect();
+        h.push(&row)?;
+    }
+    atomic_write(&dir.join("history.csv"), h.to_csv().as_bytes())?;
+    Ok(())
+}

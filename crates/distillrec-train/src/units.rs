@@ -1,0 +1,250 @@
+//! Training units and batches.
+//!
+//! - objective `last`: one unit per training row; the input is the row's
+//!   history window, the target the row's target.
+//! - objective `all_positions`: one unit per sequence, its last training row;
+//!   every input position predicts the next item, and a position is
+//!   supervised only if that next item is itself the target of a training
+//!   row of the sequence (so validation/test targets never leak in, and
+//!   rows dropped by `min_history` stay dropped).
+//!
+//! Negatives for the BCE loss are drawn uniformly from items that are
+//! neither in the unit's history nor its target.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use distillrec_config::Objective;
+use distillrec_data::{Dataset, ItemId, Row, PAD};
+
+/// One training unit: a row index into `ds.train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// Index of the (last) training row of this unit.
+    pub row: usize,
+}
+
+/// The units of an objective, in a fixed order.
+pub fn units(ds: &Dataset, objective: Objective) -> Vec<Unit> {
+    match objective {
+        Objective::Last => (0..ds.train.len()).map(|row| Unit { row }).collect(),
+        Objective::AllPositions => {
+            let mut last: Vec<Option<usize>> = vec![None; ds.sequences.len()];
+            for (i, r) in ds.train.iter().enumerate() {
+                let slot = &mut last[r.seq as usize];
+                if slot.is_none_or(|j| ds.train[j].pos < r.pos) {
+                    *slot = Some(i);
+                }
+            }
+            last.into_iter().flatten().map(|row| Unit { row }).collect()
+        }
+    }
+}
+
+/// For `all_positions`: which positions of each sequence are training targets.
+pub fn supervised_positions(ds: &Dataset) -> Vec<Vec<bool>> {
+    let mut sup: Vec<Vec<bool>> = ds
+        .sequences
+        .iter()
+        .map(|s| vec![false; s.items.len()])
+        .collect();
+    for r in &ds.train {
+        sup[r.seq as usize][r.pos as usize] = true;
+    }
+    sup
+}
+
+/// A host-side training batch.
+pub struct HostBatch {
+    /// Left-padded inputs `[B, L]`.
+    pub inputs: Vec<ItemId>,
+    /// Targets: `[B]` for `last`, `[B·L]` for `all_positions` (0 = none).
+    pub targets: Vec<ItemId>,
+    /// Negatives `[targets.len(), n]` (empty when `n = 0`).
+    pub negatives: Vec<ItemId>,
+    /// Batch size.
+    pub b: usize,
+}
+
+/// Builds batches for one epoch.
+pub struct Batcher<'a> {
+    ds: &'a Dataset,
+    objective: Objective,
+    max_len: usize,
+    negatives: usize,
+    supervised: Vec<Vec<bool>>,
+    seen: Vec<u32>,
+    stamp: u32,
+}
+
+impl<'a> Batcher<'a> {
+    /// A batcher over `ds` for the given objective, window and negatives.
+    pub fn new(ds: &'a Dataset, objective: Objective, max_len: usize, negatives: usize) -> Self {
+        let supervised = if objective == Objective::AllPositions {
+            supervised_positions(ds)
+        } else {
+            Vec::new()
+        };
+        Batcher {
+            ds,
+            objective,
+            max_len,
+            negatives,
+            supervised,
+            seen: vec![0; ds.num_items() + 1],
+            stamp: 0,
+        }
+    }
+
+    /// Shuffles `units` with the epoch generator.
+    pub fn shuffle(units: &mut [Unit], rng: &mut ChaCha8Rng) {
+        units.shuffle(rng);
+    }
+
+    fn sample_negatives(
+        &mut self,
+        history: &[ItemId],
+        target: ItemId,
+        rng: &mut ChaCha8Rng,
+        out: &mut Vec<ItemId>,
+    ) {
+        let n_items = self.ds.num_items() as u32;
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.seen.fill(0);
+            self.stamp = 1;
+        }
+        for &h in history {
+            self.seen[h as usize] = self.stamp;
+        }
+        self.seen[target as usize] = self.stamp;
+        let blocked = self.seen.iter().filter(|&&s| s == self.stamp).count() as u32;
+        for _ in 0..self.negatives {
+            if blocked >= n_items {
+                out.push(1 + rng.gen_range(0..n_items)); // degenerate catalogue
+                continue;
+            }
+            loop {
+                let c = 1 + rng.gen_range(0..n_items);
+                if self.seen[c as usize] != self.stamp {
+                    out.push(c);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The batch for `units`.
+    pub fn batch(&mut self, units: &[Unit], rng: &mut ChaCha8Rng) -> HostBatch {
+        let l = self.max_len;
+        let mut inputs = vec![PAD; units.len() * l];
+        let mut targets = Vec::new();
+        let mut negatives = Vec::new();
+        for (k, u) in units.iter().enumerate() {
+            let row: &Row = &self.ds.train[u.row];
+            let seq = &self.ds.sequences[row.seq as usize].items;
+            let pos = row.pos as usize;
+            let start = pos.saturating_sub(l);
+            let window = &seq[start..pos];
+            let slot = &mut inputs[k * l..(k + 1) * l];
+            distillrec_data::batch::left_pad_into(slot, window);
+            match self.objective {
+                Objective::Last => {
+                    targets.push(seq[pos]);
+                    if self.negatives > 0 {
+                        self.sample_negatives(&seq[..pos], seq[pos], rng, &mut negatives);
+                    }
+                }
+                Objective::AllPositions => {
+                    let pad = l - window.len();
+                    for j in 0..l {
+                        // input position j holds seq[start + j - pad]; its target is the next item
+                        let t = if j < pad {
+                            PAD
+                        } else {
+                            let tpos = start + (j - pad) + 1;
+                            if self.supervised[row.seq as usize][tpos] {
+                                seq[tpos]
+                            } else {
+                                PAD
+                            }
+                        };
+                        targets.push(t);
+                        if self.negatives > 0 {
+                            if t == PAD {
+                                negatives.extend(std::iter::repeat_n(1, self.negatives));
+                            } else {
+                                let tpos = start + (j - pad) + 1;
+                                self.sample_negatives(&seq[..tpos], t, rng, &mut negatives);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        HostBatch {
+            inputs,
+            targets,
+            negatives,
+            b: units.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distillrec_data::prepare::{prepare, PrepareOptions, RawInteraction, RawLog};
+    use rand::SeedableRng;
+
+    fn ds() -> Dataset {
+        let mut log = RawLog::default();
+        let u = log.users.intern("a");
+        for (t, i) in ["1", "2", "3", "4", "5", "6"].iter().enumerate() {
+            let item = log.items.intern(i);
+            log.interactions.push(RawInteraction {
+                user: u,
+                item,
+                timestamp: t as i64,
+                rating: None,
+            });
+        }
+        prepare("t", &log, &PrepareOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn all_positions_targets_are_training_targets_only() {
+        let ds = ds(); // items 1..6; train targets at pos 1..=3, valid 5, test 6
+        let us = units(&ds, Objective::AllPositions);
+        assert_eq!(us.len(), 1);
+        let mut b = Batcher::new(&ds, Objective::AllPositions, 5, 0);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let hb = b.batch(&us, &mut rng);
+        // last training row: pos 3 (target 4), history [1, 2, 3]
+        assert_eq!(hb.inputs, vec![0, 0, 1, 2, 3]);
+        assert_eq!(hb.targets, vec![0, 0, 2, 3, 4]);
+        assert!(
+            !hb.targets.contains(&5) && !hb.targets.contains(&6),
+            "valid/test targets leaked"
+        );
+    }
+
+    #[test]
+    fn last_objective_and_negatives_avoid_history_and_target() {
+        let ds = ds();
+        let us = units(&ds, Objective::Last);
+        assert_eq!(us.len(), 3);
+        let mut b = Batcher::new(&ds, Objective::Last, 2, 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let hb = b.batch(&us[2..], &mut rng); // history [1,2,3], target 4
+        assert_eq!(hb.inputs, vec![2, 3]);
+        assert_eq!(hb.targets, vec![4]);
+        assert_eq!(hb.negatives.len(), 3);
+        assert!(
+            hb.negatives.iter().all(|&n| n == 5 || n == 6),
+            "{:?}",
+            hb.negatives
+        );
+    }
+}
