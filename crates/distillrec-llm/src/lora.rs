@@ -87,15 +87,60 @@ impl Linear {
 
     /// `x W^T + b + delta(x)` for `x` of shape `(batch, seq, in)`.
     pub fn forward(&self, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
-        let y = matmul_t(x, &self.weight_t)?;
+        self.finish(matmul_t(x, &self.weight_t)?, x, ctx)
+    }
+
+    /// Adds bias and adapter to `base = x W^T` computed elsewhere (by a
+    /// [`Fused`] projection that shares `x` with sibling layers).
+    pub fn finish(&self, base: Tensor, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) => base.broadcast_add(b)?,
+            None => base,
         };
         match &self.adapter {
             Some(a) => y + a.delta(x, ctx)?,
             None => Ok(y),
         }
+    }
+}
+
+/// Several linear layers reading the same input (q/k/v, gate/up) computed
+/// with one matmul over their concatenated weights: fewer, larger matmuls
+/// pack the input once and run faster on CPU. Each part stays a [`Linear`]
+/// (its weight a view of the shared buffer) so adapters attach per layer.
+#[derive(Clone, Debug)]
+pub struct Fused {
+    weight_t: Tensor,
+    widths: Vec<usize>,
+}
+
+impl Fused {
+    /// Concatenates the weights of `parts` (same input width) and makes
+    /// each part's weight a view of the shared buffer.
+    pub fn new(parts: &mut [&mut Linear]) -> Result<Fused> {
+        let ws: Vec<Tensor> = parts.iter().map(|l| l.weight_t.clone()).collect();
+        let weight_t = Tensor::cat(&ws, 1)?;
+        let mut widths = Vec::new();
+        let mut off = 0;
+        for l in parts.iter_mut() {
+            let w = l.out_dim();
+            l.weight_t = weight_t.narrow(1, off, w)?;
+            widths.push(w);
+            off += w;
+        }
+        Ok(Fused { weight_t, widths })
+    }
+
+    /// `x W_i^T` for every part, from one matmul; `(batch, seq, out_i)` views.
+    pub fn forward_base(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let y = matmul_t(x, &self.weight_t)?;
+        let mut off = 0;
+        let mut out = Vec::with_capacity(self.widths.len());
+        for &w in &self.widths {
+            out.push(y.narrow(2, off, w)?);
+            off += w;
+        }
+        Ok(out)
     }
 }
 

@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::{Activation, Config, Family};
 use crate::error::{Error, Result};
-use crate::lora::{matmul_wt, Adapter, AdapterCtx, Linear, Lora};
+use crate::lora::{matmul_wt, Adapter, AdapterCtx, Fused, Linear, Lora};
 use crate::ops;
 use crate::weights::WeightSource;
 
@@ -128,6 +128,8 @@ pub struct Attention {
     pub v_proj: Linear,
     /// Output projection `heads·head_dim → hidden`.
     pub o_proj: Linear,
+    /// q, k and v computed by one matmul (their weights are views of it).
+    qkv: Fused,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -142,10 +144,15 @@ impl Attention {
         } else {
             "o_proj"
         };
+        let mut q_proj = src.linear(&format!("{p}.q_proj"), h, nq, cfg.qkv_bias)?;
+        let mut k_proj = src.linear(&format!("{p}.k_proj"), h, nkv, cfg.qkv_bias)?;
+        let mut v_proj = src.linear(&format!("{p}.v_proj"), h, nkv, cfg.qkv_bias)?;
+        let qkv = Fused::new(&mut [&mut q_proj, &mut k_proj, &mut v_proj])?;
         Ok(Attention {
-            q_proj: src.linear(&format!("{p}.q_proj"), h, nq, cfg.qkv_bias)?,
-            k_proj: src.linear(&format!("{p}.k_proj"), h, nkv, cfg.qkv_bias)?,
-            v_proj: src.linear(&format!("{p}.v_proj"), h, nkv, cfg.qkv_bias)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            qkv,
             o_proj: src.linear(&format!("{p}.{o_name}"), nq, h, cfg.o_bias)?,
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.num_key_value_heads,
@@ -164,9 +171,14 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
-        let mut q = heads(self.q_proj.forward(x, ctx)?, nh)?;
-        let mut k = heads(self.k_proj.forward(x, ctx)?, nkv)?;
-        let v = heads(self.v_proj.forward(x, ctx)?, nkv)?;
+        let [q, k, v]: [Tensor; 3] = self
+            .qkv
+            .forward_base(x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("qkv split".into()))?;
+        let mut q = heads(self.q_proj.finish(q, x, ctx)?, nh)?;
+        let mut k = heads(self.k_proj.finish(k, x, ctx)?, nkv)?;
+        let v = heads(self.v_proj.finish(v, x, ctx)?, nkv)?;
         if let Some((cos, sin)) = &pos.rope {
             q = ops::rope(&q, cos, sin, ops::can_fuse(allow_fused, &[&q]))?;
             k = ops::rope(&k, cos, sin, ops::can_fuse(allow_fused, &[&k]))?;
@@ -214,6 +226,8 @@ pub enum Mlp {
         up: Linear,
         /// Down projection.
         down: Linear,
+        /// gate and up computed by one matmul (their weights are views of it).
+        gate_up: Fused,
     },
     /// Two layers with an activation: `fc2(act(fc1(x)))` (OPT).
     Plain {
@@ -235,19 +249,34 @@ impl Mlp {
                 down: src.linear(&format!("{p}.fc2"), i, h, bias)?,
                 act: cfg.activation,
             },
-            _ => Mlp::Gated {
-                gate: src.linear(&format!("{p}.mlp.gate_proj"), h, i, bias)?,
-                up: src.linear(&format!("{p}.mlp.up_proj"), h, i, bias)?,
-                down: src.linear(&format!("{p}.mlp.down_proj"), i, h, bias)?,
-            },
+            _ => {
+                let mut gate = src.linear(&format!("{p}.mlp.gate_proj"), h, i, bias)?;
+                let mut up = src.linear(&format!("{p}.mlp.up_proj"), h, i, bias)?;
+                let gate_up = Fused::new(&mut [&mut gate, &mut up])?;
+                Mlp::Gated {
+                    gate,
+                    up,
+                    down: src.linear(&format!("{p}.mlp.down_proj"), i, h, bias)?,
+                    gate_up,
+                }
+            }
         })
     }
 
     fn forward(&self, x: &Tensor, ctx: &AdapterCtx) -> candle_core::Result<Tensor> {
         match self {
-            Mlp::Gated { gate, up, down } => {
-                let g = gate.forward(x, ctx)?.silu()?;
-                down.forward(&(g * up.forward(x, ctx)?)?, ctx)
+            Mlp::Gated {
+                gate,
+                up,
+                down,
+                gate_up,
+            } => {
+                let [g, u]: [Tensor; 2] = gate_up
+                    .forward_base(x)?
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("gate/up split".into()))?;
+                let g = gate.finish(g, x, ctx)?.silu()?;
+                down.forward(&(g * up.finish(u, x, ctx)?)?, ctx)
             }
             Mlp::Plain { up, down, act } => {
                 let h = up.forward(x, ctx)?;
@@ -339,7 +368,7 @@ impl DecoderLayer {
             &self.attn.o_proj,
         ];
         match &self.mlp {
-            Mlp::Gated { gate, up, down } => v.extend([gate, up, down]),
+            Mlp::Gated { gate, up, down, .. } => v.extend([gate, up, down]),
             Mlp::Plain { up, down, .. } => v.extend([up, down]),
         }
         v
@@ -726,10 +755,17 @@ impl Model {
                 for q in 0..t {
                     let qi = past + q;
                     for k in 0..s {
-                        let visible = k <= qi
-                            && mask[r][k]
-                            && window
-                                .is_none_or(|w| pos[r][qi].saturating_sub(pos[r][k]) < w as u32);
+                        // A padded query attends only to itself, so padding
+                        // never mixes with real tokens in either direction
+                        // (and no softmax row is fully masked).
+                        let visible = if mask[r][qi] {
+                            k <= qi
+                                && mask[r][k]
+                                && window
+                                    .is_none_or(|w| pos[r][qi].saturating_sub(pos[r][k]) < w as u32)
+                        } else {
+                            k == qi
+                        };
                         if !visible {
                             m[(r * t + q) * s + k] = neg;
                         }

@@ -7,6 +7,8 @@
 
 pub mod batch;
 pub mod caser;
+pub mod fastmath;
+pub mod fused_ce;
 pub mod gru4rec;
 pub mod loss;
 pub mod ops;

@@ -14,8 +14,12 @@ pub fn softplus(x: &Tensor) -> Result<Tensor> {
 
 /// Mean cross-entropy of `rep [M, d] · tableᵀ` against `targets [M]`.
 pub fn cross_entropy(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = rep.matmul(&table.t()?)?;
-    catalogue_cross_entropy(&logits, targets)
+    crate::fused_ce::fused_cross_entropy(rep, table, targets)
+}
+
+/// [`cross_entropy`] through explicit logits (reference for tests).
+pub fn cross_entropy_unfused(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    catalogue_cross_entropy(&rep.matmul(&table.t()?)?, targets)
 }
 
 /// Mean over supervised rows of `softplus(−s_pos) + Σ_n softplus(s_neg)`,

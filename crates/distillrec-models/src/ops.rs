@@ -15,6 +15,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::fastmath;
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
@@ -46,6 +48,8 @@ const ROW_CHUNK: usize = 16;
 /// Per-row softmax cross-entropy over item columns `1..C`; column 0 (the
 /// padding id) is masked out, and rows whose target is 0 are ignored
 /// (loss 0, gradient 0) so padded positions of `all_positions` cost nothing.
+/// Output `[M, 2]`: the loss and the row's log-sum-exp, which the backward
+/// pass reuses instead of a second reduction.
 struct CatalogueCrossEntropy;
 
 impl CustomOp2 for CatalogueCrossEntropy {
@@ -66,39 +70,42 @@ impl CustomOp2 for CatalogueCrossEntropy {
         if targets.len() != m {
             candle_core::bail!("{}: {} targets for {m} rows", self.name(), targets.len());
         }
-        let mut out = vec![0f32; m];
-        out.par_chunks_mut(ROW_CHUNK)
+        let mut out = vec![0f32; 2 * m];
+        out.par_chunks_mut(2 * ROW_CHUNK)
             .enumerate()
             .for_each(|(ci, chunk)| {
-                for (k, o) in chunk.iter_mut().enumerate() {
+                let mut scratch = vec![0f32; c.saturating_sub(1)];
+                for (k, o) in chunk.chunks_mut(2).enumerate() {
                     let r = ci * ROW_CHUNK + k;
                     let t = targets[r] as usize;
                     if t == 0 || t >= c {
                         continue;
                     }
-                    let row = &logits[r * c + 1..(r + 1) * c];
-                    let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let s: f32 = row.iter().map(|&x| (x - mx).exp()).sum();
-                    *o = mx + s.ln() - logits[r * c + t];
+                    let lse = fastmath::log_sum_exp(&logits[r * c + 1..(r + 1) * c], &mut scratch);
+                    o[0] = lse - logits[r * c + t];
+                    o[1] = lse;
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from(m)))
+        Ok((CpuStorage::F32(out), Shape::from((m, 2))))
     }
 
     fn bwd(
         &self,
         logits: &Tensor,
         targets: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g =
-            logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CatalogueCrossEntropyGrad)?;
-        Ok((Some(g), None))
+        let g = grad.narrow(1, 0, 1)?.contiguous()?;
+        let lse = res.narrow(1, 1, 1)?.contiguous()?;
+        let packed = Tensor::cat(&[&g, &lse], 1)?;
+        let dl = logits.apply_op3_no_bwd(targets, &packed, &CatalogueCrossEntropyGrad)?;
+        Ok((Some(dl), None))
     }
 }
 
-/// `d loss_r / d logit_rj = g_r (softmax_rj − [j = t_r])`, column 0 zero.
+/// `d loss_r / d logit_rj = g_r (softmax_rj − [j = t_r])`, column 0 zero;
+/// the third input holds `(g_r, lse_r)` per row.
 struct CatalogueCrossEntropyGrad;
 
 impl CustomOp3 for CatalogueCrossEntropyGrad {
@@ -118,7 +125,7 @@ impl CustomOp3 for CatalogueCrossEntropyGrad {
         let (m, c) = l1.shape().dims2()?;
         let logits = f32_slice(s1, l1, self.name())?;
         let targets = u32_slice(s2, l2, self.name())?;
-        let g = f32_slice(s3, l3, self.name())?;
+        let gl = f32_slice(s3, l3, self.name())?;
         let mut out = vec![0f32; m * c];
         out.par_chunks_mut(c * ROW_CHUNK)
             .enumerate()
@@ -126,22 +133,15 @@ impl CustomOp3 for CatalogueCrossEntropyGrad {
                 for (k, orow) in chunk.chunks_mut(c).enumerate() {
                     let r = ci * ROW_CHUNK + k;
                     let t = targets[r] as usize;
-                    if t == 0 || t >= c || g[r] == 0.0 {
+                    let (g, lse) = (gl[2 * r], gl[2 * r + 1]);
+                    if t == 0 || t >= c || g == 0.0 {
                         continue;
                     }
-                    let row = &logits[r * c..(r + 1) * c];
-                    let mx = row[1..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut s = 0f32;
-                    for j in 1..c {
-                        let e = (row[j] - mx).exp();
-                        orow[j] = e;
-                        s += e;
-                    }
-                    let scale = g[r] / s;
+                    fastmath::exp_shift_sum(&logits[r * c + 1..(r + 1) * c], lse, &mut orow[1..]);
                     for o in &mut orow[1..] {
-                        *o *= scale;
+                        *o *= g;
                     }
-                    orow[t] -= g[r];
+                    orow[t] -= g;
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -155,9 +155,10 @@ pub fn catalogue_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tens
     if !logits.device().is_cpu() {
         return catalogue_cross_entropy_composed(logits, targets);
     }
-    let per_row = logits
+    let out = logits
         .contiguous()?
         .apply_op2(&targets.contiguous()?, CatalogueCrossEntropy)?;
+    let per_row = out.narrow(1, 0, 1)?;
     let n = targets
         .to_vec1::<u32>()?
         .iter()

@@ -173,8 +173,7 @@ fn train_until(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path, epochs: u
         progress: false,
         halt_after_epoch: Some(epochs),
     };
-    let err = train_student(ds, r, &opts)
-        .expect_err("halt hook stops training");
+    let err = train_student(ds, r, &opts).expect_err("halt hook stops training");
     assert!(err.to_string().contains("halted after epoch"), "{err}");
     epochs
 }

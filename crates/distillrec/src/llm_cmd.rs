@@ -115,8 +115,20 @@ pub struct BenchLlmArgs {
     pub lora_rank: usize,
 }
 
+/// Candle runs element-wise ops on its own spinning thread pool besides the
+/// rayon threads of matmuls; on small machines (and under load) the spinning
+/// workers steal cycles from the matmuls. Unless the user chose otherwise,
+/// element-wise ops stay on the calling thread; matmuls still use every
+/// `RAYON_NUM_THREADS` core. Must run before the first tensor op.
+fn tune_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Runs an `llm` subcommand.
 pub fn run(c: LlmCommand) -> Result<()> {
+    tune_threads();
     match c {
         LlmCommand::Generate(a) => llm_generate(a),
         LlmCommand::Logits(a) => llm_logits(a),
@@ -236,6 +248,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs `bench llm`.
 pub fn bench(a: BenchLlmArgs) -> Result<()> {
+    tune_threads();
     if a.tokens < 2 || a.repeats == 0 {
         bail!("--tokens must be at least 2 and --repeats at least 1");
     }
