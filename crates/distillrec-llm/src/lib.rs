@@ -25,6 +25,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod lora;
+pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;

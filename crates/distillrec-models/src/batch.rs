@@ -78,6 +78,11 @@ impl<'a> ForwardCtx<'a> {
         }
     }
 
+    /// A fresh seed from the run generator (for ops that hash their own masks).
+    pub fn next_seed(&mut self) -> u64 {
+        self.rng.as_deref_mut().map_or(0, |r| r.gen::<u64>())
+    }
+
     /// Inverted dropout with a mask from the seeded generator.
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !self.train || p <= 0.0 {

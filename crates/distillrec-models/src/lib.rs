@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod caser;
 pub mod fastmath;
+pub mod fused_attention;
 pub mod fused_ce;
 pub mod gru4rec;
 pub mod loss;

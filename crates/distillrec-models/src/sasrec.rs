@@ -9,7 +9,11 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use std::cell::OnceCell;
+use std::sync::Arc;
+
 use crate::batch::{ForwardCtx, SeqBatch};
+use crate::fused_attention::CausalAttention;
 use crate::ops::{layer_norm, linear, softmax_last};
 use crate::params::{Init, Params};
 
@@ -88,28 +92,35 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(
-        &self,
-        query: &Tensor,
-        kv: &Tensor,
-        mask: &Tensor,
-        p: f64,
-        ctx: &mut ForwardCtx,
-    ) -> Result<Tensor> {
+    fn forward(&self, query: &Tensor, kv: &Tensor, batch: &SeqBatch, mask: &OnceCell<Tensor>, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let (b, l, d) = query.dims3()?;
         let dh = d / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, self.heads, dh))?.transpose(1, 2)?.contiguous() };
         let q = split(self.q.forward(query)?)?;
         let k = split(self.k.forward(kv)?)?;
         let v = split(self.v.forward(kv)?)?;
-        let scores =
-            (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(mask)?;
-        let att = ctx.dropout(&softmax_last(&scores)?, p)?;
-        let out = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        let out = if query.device().is_cpu() {
+            let bh = b * self.heads;
+            let key_valid = Arc::new(batch.ids.iter().map(|&i| i != 0).collect::<Vec<bool>>());
+            let dropout = if ctx.train { p as f32 } else { 0.0 };
+            let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
+            let op = CausalAttention { heads: self.heads, key_valid, dropout, seed };
+            let (q, k, v) = (q.reshape((bh, l, dh))?, k.reshape((bh, l, dh))?, v.reshape((bh, l, dh))?);
+            q.apply_op3(&k, &v, op)?.reshape((b, self.heads, l, dh))?
+        } else {
+            let mask = match mask.get() {
+                Some(m) => m.clone(),
+                None => {
+                    let m = attention_mask(batch)?;
+                    let _ = mask.set(m.clone());
+                    m
+                }
+            };
+            let scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(&mask)?;
+            let att = ctx.dropout(&softmax_last(&scores)?, p)?;
+            att.matmul(&v)?
+        };
+        let out = out.transpose(1, 2)?.reshape((b, l, d))?;
         self.o.forward(&out)
     }
 }
@@ -132,7 +143,7 @@ pub struct SasRec {
     ln_final: LayerNorm,
 }
 
-/// Additive attention mask `[B, 1, L, L]`: query `i` sees key `j ≤ i` if `j`
+/// Additive attention mask `[B, 1, L, L]` for the composed (non-CPU) path: query `i` sees key `j ≤ i` if `j`
 /// is a real item; the diagonal is always open so that fully padded rows
 /// stay finite (their outputs are zeroed by the padding mask anyway).
 fn attention_mask(batch: &SeqBatch) -> Result<Tensor> {
@@ -207,7 +218,7 @@ impl SasRec {
         }
         let p = self.config.dropout;
         let pad = batch.pad_mask()?;
-        let mask = attention_mask(batch)?;
+        let mask = OnceCell::new(); // built only on the composed (non-CPU) path
         let emb = item_table
             .index_select(&batch.tensor.flatten_all()?, 0)?
             .reshape((b, l, d))?;
@@ -216,7 +227,7 @@ impl SasRec {
         x = ctx.dropout(&x, p)?.broadcast_mul(&pad)?;
         for blk in &self.blocks {
             let q = blk.ln_attn.forward(&x)?;
-            let a = blk.attn.forward(&q, &x, &mask, p, ctx)?;
+            let a = blk.attn.forward(&q, &x, batch, &mask, p, ctx)?;
             x = blk.ln_ff.forward(&(q + a)?)?;
             let h = ctx.dropout(&blk.ff1.forward(&x)?.relu()?, p)?;
             let f = ctx.dropout(&blk.ff2.forward(&h)?, p)?;
