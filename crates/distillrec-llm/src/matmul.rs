@@ -46,7 +46,11 @@ fn view(st: &Storage, l: &Layout) -> Option<(*const f32, isize, isize)> {
 /// inputs are not that (the caller falls back to candle's matmul). The
 /// result does not track gradients.
 pub fn matmul_2d(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
-    if a.dtype() != DType::F32 || b.dtype() != DType::F32 || !a.device().is_cpu() || !b.device().is_cpu() {
+    if a.dtype() != DType::F32
+        || b.dtype() != DType::F32
+        || !a.device().is_cpu()
+        || !b.device().is_cpu()
+    {
         return Ok(None);
     }
     let (m, k) = a.dims2()?;
@@ -132,7 +136,14 @@ mod tests {
             for rhs in [&bt, &bt_c, &narrow] {
                 let want = a.matmul(rhs).unwrap();
                 let got = matmul_2d(&a, rhs).unwrap().expect("f32 cpu");
-                let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = (want - got)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(diff < 1e-4, "{m}x{k}x{n}: {diff}");
             }
         }

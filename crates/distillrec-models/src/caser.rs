@@ -52,12 +52,7 @@ impl Caser {
                 config.heights
             );
         }
-        let item = init.xavier(config.num_items + 1, d)?;
-        let zero = Tensor::zeros((1, d), candle_core::DType::F32, item.device())?;
-        let item_emb = params.add(
-            "item_emb",
-            Tensor::cat(&[&zero, &item.narrow(0, 1, config.num_items)?], 0)?,
-        )?;
+        let item_emb = params.add("item_emb", init.item_table(config.num_items, d)?)?;
         let mut horizontal = Vec::new();
         for &h in &config.heights {
             let fan_in = h * d;

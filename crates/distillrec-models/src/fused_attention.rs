@@ -17,12 +17,12 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::fastmath;
+use crate::ops::f32_slice;
 
 /// The attention op and its parameters.
 #[derive(Clone)]
@@ -37,19 +37,18 @@ pub struct CausalAttention {
     pub seed: u64,
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
 /// `dst = lhs · rhs` for small blocks (single-threaded; callers parallelise).
 #[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], (lrs, lcs): (usize, usize), rhs: &[f32], (rrs, rcs): (usize, usize)) {
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    lhs: &[f32],
+    (lrs, lcs): (usize, usize),
+    rhs: &[f32],
+    (rrs, rcs): (usize, usize),
+) {
     assert!(dst.len() >= m * n);
     assert!(lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
     assert!(rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
@@ -102,14 +101,17 @@ impl CausalAttention {
         for i in 0..l {
             let row = &s[i * l..(i + 1) * l];
             let out = &mut p[i * l..(i + 1) * l];
-            let mut mx = f32::NEG_INFINITY;
-            for j in 0..=i {
-                if self.allowed(b, l, i, j) {
-                    mx = mx.max(row[j] * scale);
-                }
-            }
-            for j in 0..l {
-                out[j] = if j <= i && self.allowed(b, l, i, j) { row[j] * scale - mx } else { f32::NEG_INFINITY };
+            let mx = row[..=i]
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| self.allowed(b, l, i, j))
+                .fold(f32::NEG_INFINITY, |m, (_, &x)| m.max(x * scale));
+            for (j, (o, &x)) in out.iter_mut().zip(row).enumerate() {
+                *o = if j <= i && self.allowed(b, l, i, j) {
+                    x * scale - mx
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             let src = unsafe { std::slice::from_raw_parts(out.as_ptr(), i + 1) };
             // SAFETY: exp_shift_sum reads x[j] before writing out[j] at the same index.
@@ -137,7 +139,11 @@ impl CausalAttention {
         for i in 0..l {
             for j in 0..=i {
                 let v = &mut p[i * l + j];
-                *v = if keep(self.seed, bh, i, j, l, kp) { *v * inv } else { 0.0 };
+                *v = if keep(self.seed, bh, i, j, l, kp) {
+                    *v * inv
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -162,16 +168,33 @@ impl CustomOp3 for CausalAttention {
             candle_core::bail!("{}: q, k, v shapes differ", self.name());
         }
         if self.key_valid.len() * self.heads != bh * l {
-            candle_core::bail!("{}: key mask has {} entries for {bh}×{l}", self.name(), self.key_valid.len());
+            candle_core::bail!(
+                "{}: key mask has {} entries for {bh}×{l}",
+                self.name(),
+                self.key_valid.len()
+            );
         }
-        let (q, k, v) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, f32s(s3, l3, self.name())?);
+        let (q, k, v) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
         let scale = 1.0 / (dh as f32).sqrt();
         let mut out = vec![0f32; bh * l * dh];
         out.par_chunks_mut(l * dh).enumerate().for_each_init(
             || (vec![0f32; l * l], vec![0f32; l * l]),
             |(s, p), (h, o)| {
                 let blk = h * l * dh..(h + 1) * l * dh;
-                mm(l, l, dh, s, &q[blk.clone()], (dh, 1), &k[blk.clone()], (1, dh));
+                mm(
+                    l,
+                    l,
+                    dh,
+                    s,
+                    &q[blk.clone()],
+                    (dh, 1),
+                    &k[blk.clone()],
+                    (1, dh),
+                );
                 self.softmax(h, l, scale, s, p);
                 self.drop(h, l, p);
                 mm(l, dh, l, o, p, (l, 1), &v[blk], (dh, 1));
@@ -180,11 +203,22 @@ impl CustomOp3 for CausalAttention {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let bh = q.dim(0)?;
         let qkv = Tensor::cat(&[q, k, v], 0)?;
         let g = qkv.apply_op2_no_bwd(&grad.contiguous()?, &CausalAttentionGrad(self.clone()))?;
-        Ok((Some(g.narrow(0, 0, bh)?), Some(g.narrow(0, bh, bh)?), Some(g.narrow(0, 2 * bh, bh)?)))
+        Ok((
+            Some(g.narrow(0, 0, bh)?),
+            Some(g.narrow(0, bh, bh)?),
+            Some(g.narrow(0, 2 * bh, bh)?),
+        ))
     }
 }
 
@@ -197,11 +231,17 @@ impl CustomOp2 for CausalAttentionGrad {
         "causal-attention-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (bh3, l, dh) = l1.shape().dims3()?;
         let bh = bh3 / 3;
-        let qkv = f32s(s1, l1, self.name())?;
-        let d_o = f32s(s2, l2, self.name())?;
+        let qkv = f32_slice(s1, l1, self.name())?;
+        let d_o = f32_slice(s2, l2, self.name())?;
         let (q, rest) = qkv.split_at(bh * l * dh);
         let (k, v) = rest.split_at(bh * l * dh);
         let att = &self.0;
@@ -218,7 +258,8 @@ impl CustomOp2 for CausalAttentionGrad {
                 || (vec![0f32; l * l], vec![0f32; l * l], vec![0f32; l * l]),
                 |(s, p, pd), (h, ((dq, dk), dv))| {
                     let blk = h * l * dh..(h + 1) * l * dh;
-                    let (qh, kh, vh, doh) = (&q[blk.clone()], &k[blk.clone()], &v[blk.clone()], &d_o[blk]);
+                    let (qh, kh, vh, doh) =
+                        (&q[blk.clone()], &k[blk.clone()], &v[blk.clone()], &d_o[blk]);
                     mm(l, l, dh, s, qh, (dh, 1), kh, (1, dh));
                     att.softmax(h, l, scale, s, p);
                     pd.copy_from_slice(p);
@@ -233,13 +274,21 @@ impl CustomOp2 for CausalAttentionGrad {
                         for j in 0..=i {
                             let mut dp = s[i * l + j];
                             if att.dropout > 0.0 {
-                                dp = if keep(att.seed, h, i, j, l, kp) { dp / kp } else { 0.0 };
+                                dp = if keep(att.seed, h, i, j, l, kp) {
+                                    dp / kp
+                                } else {
+                                    0.0
+                                };
                             }
                             s[i * l + j] = dp;
                             dot += p[i * l + j] * dp;
                         }
                         for j in 0..l {
-                            s[i * l + j] = if j <= i { p[i * l + j] * (s[i * l + j] - dot) * scale } else { 0.0 };
+                            s[i * l + j] = if j <= i {
+                                p[i * l + j] * (s[i * l + j] - dot) * scale
+                            } else {
+                                0.0
+                            };
                         }
                     }
                     // dQ = dS · K ; dK = dSᵀ · Q
@@ -253,13 +302,23 @@ impl CustomOp2 for CausalAttentionGrad {
 
 /// The dropout mask of [`CausalAttention`] as a tensor `[BH, L, L]` of
 /// `0` or `1/keep` (for the composed reference and tests).
-pub fn dropout_mask(seed: u64, bh: usize, l: usize, dropout: f32, device: &candle_core::Device) -> Result<Tensor> {
+pub fn dropout_mask(
+    seed: u64,
+    bh: usize,
+    l: usize,
+    dropout: f32,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let kp = 1.0 - dropout;
     let mut m = vec![0f32; bh * l * l];
     for h in 0..bh {
         for i in 0..l {
             for j in 0..l {
-                m[(h * l + i) * l + j] = if dropout <= 0.0 || keep(seed, h, i, j, l, kp) { 1.0 / kp } else { 0.0 };
+                m[(h * l + i) * l + j] = if dropout <= 0.0 || keep(seed, h, i, j, l, kp) {
+                    1.0 / kp
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -278,7 +337,16 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// Composed reference: additive mask, candle softmax, dropout mask, matmuls.
@@ -296,7 +364,8 @@ mod tests {
         }
         let dev = q.device();
         let mask = Tensor::from_vec(mask, (bh, l, l), dev).unwrap();
-        let s = ((q.matmul(&k.t().unwrap()).unwrap() / (dh as f64).sqrt()).unwrap() + mask).unwrap();
+        let s =
+            ((q.matmul(&k.t().unwrap()).unwrap() / (dh as f64).sqrt()).unwrap() + mask).unwrap();
         let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
         let p = (p * dropout_mask(op.seed, bh, l, op.dropout, dev).unwrap()).unwrap();
         p.matmul(v).unwrap()
@@ -313,13 +382,26 @@ mod tests {
         valid[l] = false;
         valid[l + 1] = false;
         valid[2 * l] = false;
-        let op = CausalAttention { heads, key_valid: Arc::new(valid), dropout, seed: 99 };
+        let op = CausalAttention {
+            heads,
+            key_valid: Arc::new(valid),
+            dropout,
+            seed: 99,
+        };
         let w = Tensor::from_vec(rand_vec(bh * l * dh, 4), (bh, l, dh), &dev).unwrap();
-        let ours = q.as_tensor().apply_op3(k.as_tensor(), v.as_tensor(), op.clone()).unwrap();
+        let ours = q
+            .as_tensor()
+            .apply_op3(k.as_tensor(), v.as_tensor(), op.clone())
+            .unwrap();
         let reference = composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &op);
         assert!(max_diff(&ours, &reference) < 1e-5, "forward differs");
         let go = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
             let d = max_diff(go.get(x).unwrap(), gr.get(x).unwrap());
             assert!(d < 1e-5, "d{name} differs by {d} (dropout {dropout})");
@@ -339,7 +421,9 @@ mod tests {
     #[test]
     fn dropout_keeps_about_the_right_fraction() {
         let n = 100_000;
-        let kept = (0..n).filter(|&i| keep(7, i / 1000, (i / 10) % 100, i % 10, 100, 0.8)).count();
+        let kept = (0..n)
+            .filter(|&i| keep(7, i / 1000, (i / 10) % 100, i % 10, 100, 0.8))
+            .count();
         let frac = kept as f64 / n as f64;
         assert!((frac - 0.8).abs() < 0.01, "{frac}");
     }

@@ -12,25 +12,15 @@
 //! Rows with target 0 (padding) are ignored; column 0 (padding) never gets
 //! probability mass. Tested against the composed reference in `ops`.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::fastmath;
+use crate::ops::f32_slice;
 
 /// Rows of logits materialised at a time.
 const BLOCK: usize = 512;
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
 
 fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
@@ -135,8 +125,8 @@ impl CustomOp3 for FusedCrossEntropy {
         if d != d2 {
             candle_core::bail!("{}: rep has {d} columns, table {d2}", self.name());
         }
-        let rep = f32s(s1, l1, self.name())?;
-        let table = f32s(s2, l2, self.name())?;
+        let rep = f32_slice(s1, l1, self.name())?;
+        let table = f32_slice(s2, l2, self.name())?;
         let CpuStorage::U32(tv) = s3 else {
             candle_core::bail!("{}: targets must be u32", self.name())
         };
@@ -219,9 +209,9 @@ impl CustomOp3 for FusedCrossEntropyGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (m, d) = l1.shape().dims2()?;
         let (c, _) = l2.shape().dims2()?;
-        let rep = f32s(s1, l1, self.name())?;
-        let table = f32s(s2, l2, self.name())?;
-        let gl = f32s(s3, l3, self.name())?;
+        let rep = f32_slice(s1, l1, self.name())?;
+        let table = f32_slice(s2, l2, self.name())?;
+        let gl = f32_slice(s3, l3, self.name())?;
         let mut out = vec![0f32; (m + c) * d];
         let (d_rep, d_table) = out.split_at_mut(m * d);
         let mut buf = vec![0f32; BLOCK.min(m) * c];

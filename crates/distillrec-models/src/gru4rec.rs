@@ -41,12 +41,7 @@ impl Gru4Rec {
     /// Builds the model with parameters registered in `params`.
     pub fn new(config: Gru4RecConfig, params: &mut Params, init: &mut Init) -> Result<Self> {
         let d = config.hidden;
-        let item = init.xavier(config.num_items + 1, d)?;
-        let zero = Tensor::zeros((1, d), candle_core::DType::F32, item.device())?;
-        let item_emb = params.add(
-            "item_emb",
-            Tensor::cat(&[&zero, &item.narrow(0, 1, config.num_items)?], 0)?,
-        )?;
+        let item_emb = params.add("item_emb", init.item_table(config.num_items, d)?)?;
         let bound = 1.0 / (d as f64).sqrt();
         // PyTorch layout: gates stacked as [reset, update, new].
         let w_ih = params.add("gru.weight_ih", init.uniform(&[3 * d, d], bound)?)?;

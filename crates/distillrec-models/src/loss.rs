@@ -5,7 +5,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use crate::ops::catalogue_cross_entropy;
+use crate::ops::catalogue_cross_entropy_composed;
 
 /// `log(1 + e^x)`, numerically stable and differentiable.
 pub fn softplus(x: &Tensor) -> Result<Tensor> {
@@ -19,7 +19,7 @@ pub fn cross_entropy(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Result<T
 
 /// [`cross_entropy`] through explicit logits (reference for tests).
 pub fn cross_entropy_unfused(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    catalogue_cross_entropy(&rep.matmul(&table.t()?)?, targets)
+    catalogue_cross_entropy_composed(&rep.matmul(&table.t()?)?, targets)
 }
 
 /// Mean over supervised rows of `softplus(−s_pos) + Σ_n softplus(s_neg)`,

@@ -12,24 +12,13 @@
 //! of threads (SPEC 2.6).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::fastmath;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a CPU storage, or an error naming the op.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
-
-fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
-    let CpuStorage::U32(v) = s else {
-        candle_core::bail!("{what}: expected u32, got {:?}", s.dtype())
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -42,134 +31,12 @@ fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]>
 const ROW_CHUNK: usize = 16;
 
 // ---------------------------------------------------------------------------
-// Cross-entropy over the catalogue
+// Cross-entropy over the catalogue (reference)
 // ---------------------------------------------------------------------------
 
-/// Per-row softmax cross-entropy over item columns `1..C`; column 0 (the
-/// padding id) is masked out, and rows whose target is 0 are ignored
-/// (loss 0, gradient 0) so padded positions of `all_positions` cost nothing.
-/// Output `[M, 2]`: the loss and the row's log-sum-exp, which the backward
-/// pass reuses instead of a second reduction.
-struct CatalogueCrossEntropy;
-
-impl CustomOp2 for CatalogueCrossEntropy {
-    fn name(&self) -> &'static str {
-        "catalogue-cross-entropy"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (m, c) = l1.shape().dims2()?;
-        let logits = f32_slice(s1, l1, self.name())?;
-        let targets = u32_slice(s2, l2, self.name())?;
-        if targets.len() != m {
-            candle_core::bail!("{}: {} targets for {m} rows", self.name(), targets.len());
-        }
-        let mut out = vec![0f32; 2 * m];
-        out.par_chunks_mut(2 * ROW_CHUNK)
-            .enumerate()
-            .for_each(|(ci, chunk)| {
-                let mut scratch = vec![0f32; c.saturating_sub(1)];
-                for (k, o) in chunk.chunks_mut(2).enumerate() {
-                    let r = ci * ROW_CHUNK + k;
-                    let t = targets[r] as usize;
-                    if t == 0 || t >= c {
-                        continue;
-                    }
-                    let lse = fastmath::log_sum_exp(&logits[r * c + 1..(r + 1) * c], &mut scratch);
-                    o[0] = lse - logits[r * c + t];
-                    o[1] = lse;
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((m, 2))))
-    }
-
-    fn bwd(
-        &self,
-        logits: &Tensor,
-        targets: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.narrow(1, 0, 1)?.contiguous()?;
-        let lse = res.narrow(1, 1, 1)?.contiguous()?;
-        let packed = Tensor::cat(&[&g, &lse], 1)?;
-        let dl = logits.apply_op3_no_bwd(targets, &packed, &CatalogueCrossEntropyGrad)?;
-        Ok((Some(dl), None))
-    }
-}
-
-/// `d loss_r / d logit_rj = g_r (softmax_rj − [j = t_r])`, column 0 zero;
-/// the third input holds `(g_r, lse_r)` per row.
-struct CatalogueCrossEntropyGrad;
-
-impl CustomOp3 for CatalogueCrossEntropyGrad {
-    fn name(&self) -> &'static str {
-        "catalogue-cross-entropy-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (m, c) = l1.shape().dims2()?;
-        let logits = f32_slice(s1, l1, self.name())?;
-        let targets = u32_slice(s2, l2, self.name())?;
-        let gl = f32_slice(s3, l3, self.name())?;
-        let mut out = vec![0f32; m * c];
-        out.par_chunks_mut(c * ROW_CHUNK)
-            .enumerate()
-            .for_each(|(ci, chunk)| {
-                for (k, orow) in chunk.chunks_mut(c).enumerate() {
-                    let r = ci * ROW_CHUNK + k;
-                    let t = targets[r] as usize;
-                    let (g, lse) = (gl[2 * r], gl[2 * r + 1]);
-                    if t == 0 || t >= c || g == 0.0 {
-                        continue;
-                    }
-                    fastmath::exp_shift_sum(&logits[r * c + 1..(r + 1) * c], lse, &mut orow[1..]);
-                    for o in &mut orow[1..] {
-                        *o *= g;
-                    }
-                    orow[t] -= g;
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
 /// Mean softmax cross-entropy of `logits [M, N+1]` against `targets [M]`
-/// (u32 item ids), over the rows whose target is not 0. Column 0 never
-/// receives probability mass.
-pub fn catalogue_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if !logits.device().is_cpu() {
-        return catalogue_cross_entropy_composed(logits, targets);
-    }
-    let out = logits
-        .contiguous()?
-        .apply_op2(&targets.contiguous()?, CatalogueCrossEntropy)?;
-    let per_row = out.narrow(1, 0, 1)?;
-    let n = targets
-        .to_vec1::<u32>()?
-        .iter()
-        .filter(|&&t| t != 0)
-        .count()
-        .max(1);
-    per_row.sum_all()? / n as f64
-}
-
-/// [`catalogue_cross_entropy`] composed from candle primitives (reference
-/// for tests, and the path on GPUs).
+/// over rows whose target is not 0, column 0 masked, composed from candle
+/// primitives: the reference for the fused kernel, and the path on GPUs.
 pub fn catalogue_cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (_, c) = logits.dims2()?;
     let dev = logits.device();
@@ -376,18 +243,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out_dims)
 }
 
-/// Checks that a tensor is f32 (the CPU kernels' type).
-pub fn ensure_f32(t: &Tensor, what: &str) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        candle_core::bail!("{what}: expected f32, got {:?}", t.dtype());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
     use rand::{Rng, SeedableRng};
 
     fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
@@ -411,54 +270,21 @@ mod tests {
     }
 
     #[test]
-    fn cross_entropy_matches_composed_value_and_gradient() {
+    fn fused_cross_entropy_gradient_matches_finite_differences() {
         let dev = Device::Cpu;
-        let (m, c) = (37, 11);
-        let logits = Var::from_vec(randn(&[m, c], 1), (m, c), &dev).unwrap();
-        let t: Vec<u32> = (0..m as u32)
-            .map(|i| {
-                if i % 5 == 0 {
-                    0
-                } else {
-                    1 + i % (c as u32 - 1)
-                }
-            })
-            .collect();
-        let targets = Tensor::new(t.as_slice(), &dev).unwrap();
-        // weight each row's loss differently so the incoming gradient is not uniform
-        let ours = catalogue_cross_entropy(logits.as_tensor(), &targets).unwrap();
-        let g_ours = ours.backward().unwrap();
-        // composed: column 0 masked with -1e30, rows with target 0 dropped
-        let reference = catalogue_cross_entropy_composed(logits.as_tensor(), &targets).unwrap();
-        let g_ref = reference.backward().unwrap();
-        let (a, b) = (
-            ours.to_scalar::<f32>().unwrap(),
-            reference.to_scalar::<f32>().unwrap(),
-        );
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-        let d = max_diff(g_ours.get(&logits).unwrap(), g_ref.get(&logits).unwrap());
-        assert!(d < 1e-6, "gradient differs by {d}");
-        // column 0 gets no gradient, ignored rows get none
-        let g = g_ours.get(&logits).unwrap().to_vec2::<f32>().unwrap();
-        assert!(g.iter().all(|row| row[0] == 0.0));
-        assert!(g[0].iter().all(|&v| v == 0.0));
-    }
-
-    #[test]
-    fn cross_entropy_gradient_matches_finite_differences() {
-        let dev = Device::Cpu;
-        let (m, c) = (3, 6);
-        let base = randn(&[m, c], 2);
+        let (m, d, c) = (3, 4, 6);
+        let base = randn(&[m, d], 2);
+        let table = Tensor::from_vec(randn(&[c, d], 3), (c, d), &dev).unwrap();
         let targets = Tensor::new(&[2u32, 5, 1], &dev).unwrap();
         let f = |v: &[f32]| -> f64 {
-            let l = Tensor::from_vec(v.to_vec(), (m, c), &dev).unwrap();
-            catalogue_cross_entropy(&l, &targets)
+            let r = Tensor::from_vec(v.to_vec(), (m, d), &dev).unwrap();
+            crate::fused_ce::fused_cross_entropy(&r, &table, &targets)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap() as f64
         };
-        let var = Var::from_vec(base.clone(), (m, c), &dev).unwrap();
-        let g = catalogue_cross_entropy(var.as_tensor(), &targets)
+        let var = Var::from_vec(base.clone(), (m, d), &dev).unwrap();
+        let g = crate::fused_ce::fused_cross_entropy(var.as_tensor(), &table, &targets)
             .unwrap()
             .backward()
             .unwrap();
@@ -469,7 +295,7 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        for i in 0..m * c {
+        for i in 0..m * d {
             let h = 1e-2f32;
             let mut p = base.clone();
             p[i] += h;

@@ -66,6 +66,13 @@ impl Init {
         self.normal(&[rows, dim], (2.0 / (rows + dim) as f64).sqrt())
     }
 
+    /// An item table `[N + 1, dim]` (Xavier-normal) whose padding row 0 starts at zero.
+    pub fn item_table(&mut self, num_items: usize, dim: usize) -> Result<Tensor> {
+        let t = self.xavier(num_items + 1, dim)?;
+        let zero = Tensor::zeros((1, dim), DType::F32, &self.device)?;
+        Tensor::cat(&[&zero, &t.narrow(0, 1, num_items)?], 0)
+    }
+
     /// Constant values.
     pub fn constant(&self, shape: &[usize], value: f64) -> Result<Tensor> {
         Tensor::full(value as f32, shape, &self.device)?.to_dtype(DType::F32)

@@ -92,10 +92,22 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, query: &Tensor, kv: &Tensor, batch: &SeqBatch, mask: &OnceCell<Tensor>, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    fn forward(
+        &self,
+        query: &Tensor,
+        kv: &Tensor,
+        batch: &SeqBatch,
+        mask: &OnceCell<Tensor>,
+        p: f64,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
         let (b, l, d) = query.dims3()?;
         let dh = d / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, self.heads, dh))?.transpose(1, 2)?.contiguous() };
+        let split = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, l, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let q = split(self.q.forward(query)?)?;
         let k = split(self.k.forward(kv)?)?;
         let v = split(self.v.forward(kv)?)?;
@@ -104,8 +116,17 @@ impl Attention {
             let key_valid = Arc::new(batch.ids.iter().map(|&i| i != 0).collect::<Vec<bool>>());
             let dropout = if ctx.train { p as f32 } else { 0.0 };
             let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
-            let op = CausalAttention { heads: self.heads, key_valid, dropout, seed };
-            let (q, k, v) = (q.reshape((bh, l, dh))?, k.reshape((bh, l, dh))?, v.reshape((bh, l, dh))?);
+            let op = CausalAttention {
+                heads: self.heads,
+                key_valid,
+                dropout,
+                seed,
+            };
+            let (q, k, v) = (
+                q.reshape((bh, l, dh))?,
+                k.reshape((bh, l, dh))?,
+                v.reshape((bh, l, dh))?,
+            );
             q.apply_op3(&k, &v, op)?.reshape((b, self.heads, l, dh))?
         } else {
             let mask = match mask.get() {
@@ -116,7 +137,8 @@ impl Attention {
                     m
                 }
             };
-            let scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(&mask)?;
+            let scores =
+                (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(&mask)?;
             let att = ctx.dropout(&softmax_last(&scores)?, p)?;
             att.matmul(&v)?
         };
@@ -167,11 +189,7 @@ impl SasRec {
     /// Builds the model with parameters registered in `params`.
     pub fn new(config: SasRecConfig, params: &mut Params, init: &mut Init) -> Result<Self> {
         let d = config.hidden;
-        let mut item = init.xavier(config.num_items + 1, d)?;
-        // padding row starts at zero
-        let zero = Tensor::zeros((1, d), candle_core::DType::F32, item.device())?;
-        item = Tensor::cat(&[&zero, &item.narrow(0, 1, config.num_items)?], 0)?;
-        let item_emb = params.add("item_emb", item)?;
+        let item_emb = params.add("item_emb", init.item_table(config.num_items, d)?)?;
         let pos_emb = params.add("pos_emb", init.xavier(config.max_len, d)?)?;
         let mut blocks = Vec::new();
         for i in 0..config.layers {
