@@ -1,41 +1,38 @@
 use candle_core::{Device, Tensor};
+use distillrec_llm::matmul::matmul_2d;
 use std::time::Instant;
-fn bench(name: &str, f: &dyn Fn() -> Tensor, flops: f64) {
+fn med(f: &dyn Fn()) -> f64 {
     let mut ts = vec![];
-    for _ in 0..30 {
+    for _ in 0..40 {
         let t = Instant::now();
-        let _ = f();
+        f();
         ts.push(t.elapsed().as_secs_f64());
     }
     ts.sort_by(|a, b| a.total_cmp(b));
-    let med = ts[ts.len() / 2];
-    println!(
-        "{name}: median {:.3} ms, {:.1} GFLOP/s",
-        med * 1e3,
-        flops / med / 1e9
-    );
+    ts[ts.len() / 2] * 1e3
 }
 fn main() {
     let d = Device::Cpu;
+    let (mut tc, mut to) = (0.0, 0.0);
     for (m, k, n) in [
-        (128, 576, 1536),
-        (128, 1536, 576),
-        (128, 576, 576),
-        (128, 576, 192),
         (128, 576, 960),
+        (128, 576, 576),
         (128, 576, 3072),
+        (128, 1536, 576),
+        (1, 576, 49152),
+        (1, 576, 3072),
     ] {
         let x = Tensor::randn(0f32, 1., (m, k), &d).unwrap();
-        let w = Tensor::randn(0f32, 1., (n, k), &d).unwrap();
-        let wt = w.t().unwrap().contiguous().unwrap();
-        let xt = x.t().unwrap().contiguous().unwrap();
-        let fl = 2.0 * (m * k * n) as f64;
-        bench(&format!("{m}x{k}x{n} x@wt"), &|| x.matmul(&wt).unwrap(), fl);
-        bench(&format!("{m}x{k}x{n} w@xt"), &|| w.matmul(&xt).unwrap(), fl);
-        bench(
-            &format!("{m}x{k}x{n} w@x.t()"),
-            &|| w.matmul(&x.t().unwrap()).unwrap(),
-            fl,
-        );
+        let wt = Tensor::randn(0f32, 1., (k, n), &d).unwrap();
+        let a = med(&|| {
+            x.matmul(&wt).unwrap();
+        });
+        let b = med(&|| {
+            matmul_2d(&x, &wt).unwrap().unwrap();
+        });
+        tc += a;
+        to += b;
+        println!("{m}x{k}x{n}: candle {a:.3} ms, ours {b:.3} ms");
     }
+    println!("total candle {tc:.2} ours {to:.2}");
 }

@@ -370,13 +370,16 @@ impl Config {
                 return bad(format!("`{k}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.family != Family::Opt && self.head_dim % 2 != 0 {
+        if self.family != Family::Opt && !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if self.family == Family::Opt
@@ -387,7 +390,7 @@ impl Config {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return bad("norm epsilon must be positive".into());
         }
         Ok(())

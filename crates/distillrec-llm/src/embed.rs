@@ -36,7 +36,7 @@ pub fn title_embeddings(
         .collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..titles.len()).collect();
     order.sort_by_key(|&i| (encoded[i].len(), i));
-    let h = model.hidden_size();
+    let h = model.last_hidden_size();
     let mut out = vec![0f32; titles.len() * h];
     for chunk in order.chunks(batch_size) {
         let t = chunk.iter().map(|&i| encoded[i].len()).max().unwrap_or(1);
@@ -47,7 +47,7 @@ pub fn title_embeddings(
             ids.extend(
                 e.iter()
                     .copied()
-                    .chain(std::iter::repeat(tok.pad_id()).take(t - e.len())),
+                    .chain(std::iter::repeat_n(tok.pad_id(), t - e.len())),
             );
             mask.extend((0..t).map(|j| (j < e.len()) as u8));
         }
@@ -85,7 +85,7 @@ pub fn item_table(
 ) -> Result<Tensor> {
     let titles: Vec<&str> = ds.items.iter().map(|it| it.title.as_str()).collect();
     let e = title_embeddings(model, tok, &titles, batch_size)?;
-    let zero = Tensor::zeros((1, model.hidden_size()), DType::F32, e.device())?;
+    let zero = Tensor::zeros((1, model.last_hidden_size()), DType::F32, e.device())?;
     Ok(Tensor::cat(&[&zero, &e], 0)?)
 }
 

@@ -548,7 +548,7 @@ impl Model {
     }
 
     /// Width of the last hidden state.
-    pub fn hidden_size(&self) -> usize {
+    pub fn last_hidden_size(&self) -> usize {
         self.cfg.word_embed_proj_dim
     }
 

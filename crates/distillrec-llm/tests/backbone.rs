@@ -406,7 +406,7 @@ fn gradients_match_finite_differences_through_one_layer() {
 }
 
 fn cfg_hidden(m: &Model) -> usize {
-    m.hidden_size()
+    m.last_hidden_size()
 }
 
 #[test]
