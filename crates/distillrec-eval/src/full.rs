@@ -27,6 +27,10 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Seed of every random choice made during evaluation (ties, candidates).
     pub seed: u64,
+    /// When above 0, [`evaluate_all`] also reports the sampled-candidate
+    /// protocol with this many negatives (19 in iLoRA/LLaRA), under
+    /// `sampled_*` keys.
+    pub sampled_negatives: usize,
 }
 
 impl Default for EvalOptions {
@@ -37,6 +41,7 @@ impl Default for EvalOptions {
             ties: TieBreak::Pessimistic,
             batch_size: 256,
             seed: 0,
+            sampled_negatives: 0,
         }
     }
 }
@@ -164,10 +169,88 @@ where
     Ok(report)
 }
 
+/// Full-ranking metrics plus, when `opts.sampled_negatives > 0`, the
+/// sampled-candidate metrics read from the same full score rows.
+pub fn evaluate_all<F>(
+    ds: &Dataset,
+    split: SplitName,
+    opts: &EvalOptions,
+    mut score: F,
+) -> Result<EvalReport, EvalError>
+where
+    F: FnMut(&[&Row]) -> Result<Vec<f32>, EvalError>,
+{
+    let mut report = evaluate(ds, split, opts, &mut score)?;
+    if opts.sampled_negatives > 0 {
+        let width = ds.num_items() + 1;
+        let sampled = crate::sampled::evaluate_sampled(
+            ds,
+            split,
+            opts,
+            opts.sampled_negatives,
+            |rows, cands| {
+                let full = score(rows)?;
+                Ok(cands
+                    .iter()
+                    .zip(full.chunks_exact(width))
+                    .map(|(c, s)| c.iter().map(|&i| s[i as usize]).collect())
+                    .collect())
+            },
+        )?;
+        report.metrics.extend(sampled.metrics);
+        report.wall_secs += sampled.wall_secs;
+        report.rows_per_sec = report.rows as f64 / report.wall_secs.max(1e-12);
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::tiny;
+
+    #[test]
+    fn evaluate_all_adds_sampled_metrics_from_full_scores() {
+        // test row 1 has every other item in its history: keep rows 0 and 2
+        let t = tiny();
+        let ds = Dataset { test: vec![t.test[0].clone(), t.test[2].clone()], ..t };
+        // scores rank items by id: the sampled rank of a target equals
+        // 1 + the number of its candidates with a larger id
+        let by_id = |rows: &[&Row]| {
+            Ok(rows
+                .iter()
+                .flat_map(|_| (0..5).map(|i| i as f32))
+                .collect::<Vec<f32>>())
+        };
+        let opts = EvalOptions {
+            exclude_history: false,
+            sampled_negatives: 1,
+            ks: vec![1, 2],
+            ..EvalOptions::default()
+        };
+        let all = evaluate_all(&ds, SplitName::Test, &opts, by_id).unwrap();
+        let direct =
+            crate::sampled::evaluate_sampled(&ds, SplitName::Test, &opts, 1, |_, cands| {
+                Ok(cands
+                    .iter()
+                    .map(|c| c.iter().map(|&i| i as f32).collect())
+                    .collect())
+            })
+            .unwrap();
+        assert_eq!(all.metrics["sampled_hr@1"], direct.metrics["sampled_hr@1"]);
+        assert!(all.metrics.contains_key("hr@1"));
+        let plain = evaluate_all(
+            &ds,
+            SplitName::Test,
+            &EvalOptions {
+                sampled_negatives: 0,
+                ..opts
+            },
+            by_id,
+        )
+        .unwrap();
+        assert!(!plain.metrics.contains_key("sampled_hr@1"));
+    }
 
     #[test]
     fn oracle_scorer_gets_perfect_hit_rate() {

@@ -34,7 +34,7 @@ pub mod sampled;
 pub(crate) mod testutil;
 
 pub use error::EvalError;
-pub use full::{evaluate, EvalOptions, EvalReport};
+pub use full::{evaluate, evaluate_all, EvalOptions, EvalReport};
 pub use metrics::MetricAccumulator;
 pub use popularity::{evaluate_popularity, Popularity};
 pub use rank::{rank_of_target, row_seed, Ranker, TieBreak};

@@ -5,7 +5,7 @@
 use distillrec_data::{Dataset, Row, SplitName};
 
 use crate::error::EvalError;
-use crate::full::{evaluate, EvalOptions, EvalReport};
+use crate::full::{evaluate_all, EvalOptions, EvalReport};
 
 /// Non-personalised baseline: one fixed score row shared by every user.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +42,7 @@ pub fn evaluate_popularity(
 ) -> Result<EvalReport, EvalError> {
     let pop = Popularity::fit(ds);
     let row = pop.scores();
-    evaluate(ds, split, opts, |rows: &[&Row]| {
+    evaluate_all(ds, split, opts, |rows: &[&Row]| {
         let mut m = Vec::with_capacity(rows.len() * row.len());
         for _ in rows {
             m.extend_from_slice(row);

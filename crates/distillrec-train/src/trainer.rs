@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use distillrec_config::{EvalOptions, LossKind, Objective, StudentConfig, TrainStage};
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
 use distillrec_data::{Dataset, Row, SplitName};
-use distillrec_eval::{evaluate, EvalError, EvalReport};
+use distillrec_eval::{evaluate_all, EvalError, EvalReport};
 use distillrec_models::loss::{bce_sampled, cross_entropy};
 use distillrec_models::{ForwardCtx, SeqBatch, Student, StudentSpec};
 use distillrec_run::History;
@@ -117,7 +117,7 @@ pub fn evaluate_student(
     split: SplitName,
     opts: &EvalOptions,
 ) -> Result<EvalReport, EvalError> {
-    evaluate(ds, split, opts, |rows: &[&Row]| {
+    evaluate_all(ds, split, opts, |rows: &[&Row]| {
         let hist: Vec<&[u32]> = rows.iter().map(|r| ds.history(r)).collect();
         student
             .score_histories(&hist)

@@ -271,7 +271,7 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
     )?;
     trainer.step(&llm.model, &ids)?; // warm-up
     let mut train_s = Vec::new();
-    for _ in 0..a.repeats.min(3).max(1) {
+    for _ in 0..a.repeats.clamp(1, 3) {
         let t = Instant::now();
         trainer.step(&llm.model, &ids)?;
         train_s.push(t.elapsed().as_secs_f64());
