@@ -213,7 +213,10 @@ mod tests {
     fn evaluate_all_adds_sampled_metrics_from_full_scores() {
         // test row 1 has every other item in its history: keep rows 0 and 2
         let t = tiny();
-        let ds = Dataset { test: vec![t.test[0].clone(), t.test[2].clone()], ..t };
+        let ds = Dataset {
+            test: vec![t.test[0].clone(), t.test[2].clone()],
+            ..t
+        };
         // scores rank items by id: the sampled rank of a target equals
         // 1 + the number of its candidates with a larger id
         let by_id = |rows: &[&Row]| {

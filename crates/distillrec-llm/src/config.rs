@@ -133,6 +133,8 @@ struct LlamaJson {
     #[serde(default = "default_rope_theta")]
     rope_theta: f64,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 layout: `{rope_theta, rope_type, factor, ...}`.
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default = "default_silu")]
@@ -244,7 +246,18 @@ impl Config {
         if c.partial_rotary_factor.is_some_and(|f| f != 1.0) {
             return Err(Error::unsupported(path, "partial_rotary_factor != 1"));
         }
-        let rope_scaling = match &c.rope_scaling {
+        // transformers >= 5 writes `rope_parameters` (theta and scaling
+        // together); older files have `rope_theta` and `rope_scaling`.
+        let (rope_theta, scaling) = match &c.rope_parameters {
+            Some(p @ serde_json::Value::Object(m)) => (
+                m.get("rope_theta")
+                    .and_then(|t| t.as_f64())
+                    .unwrap_or(c.rope_theta),
+                Some(p.clone()),
+            ),
+            _ => (c.rope_theta, c.rope_scaling.clone()),
+        };
+        let rope_scaling = match &scaling {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => {
                 let kind = v
@@ -286,7 +299,7 @@ impl Config {
             head_dim: c.head_dim.unwrap_or(c.hidden_size / heads.max(1)),
             max_position_embeddings: c.max_position_embeddings,
             norm_eps: c.rms_norm_eps,
-            rope_theta: c.rope_theta,
+            rope_theta,
             rope_scaling,
             rope_freq_factors: None,
             tie_word_embeddings: c.tie_word_embeddings,

@@ -41,8 +41,14 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] distillrec_data::error::DataError),
     /// A tensor operation failed.
-    #[error("tensor op: {0}")]
+    #[error("tensor op: {}", first_line(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// The first line of a message: candle appends a backtrace to its errors
+/// when `RUST_BACKTRACE` is set, and our errors stay one line.
+fn first_line(m: impl std::fmt::Display) -> String {
+    m.to_string().lines().next().unwrap_or("").to_string()
 }
 
 /// Result with the crate's [`Error`].
@@ -53,7 +59,7 @@ impl Error {
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::File {
             path: path.into(),
-            msg: msg.to_string(),
+            msg: first_line(msg),
         }
     }
 
@@ -66,7 +72,7 @@ impl Error {
         Error::Tensor {
             path: path.into(),
             name: name.into(),
-            msg: msg.to_string(),
+            msg: first_line(msg),
         }
     }
 
@@ -74,7 +80,7 @@ impl Error {
     pub fn unsupported(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         Error::Unsupported {
             path: path.into(),
-            msg: msg.to_string(),
+            msg: first_line(msg),
         }
     }
 }

@@ -25,7 +25,6 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod lora;
-pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;

@@ -12,8 +12,6 @@ use candle_core::{
     CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor, Var,
 };
 use rand::{Rng, SeedableRng};
-
-use crate::matmul::matmul_2d;
 use rand_chacha::ChaCha8Rng;
 
 /// Per-forward information handed to every adapter.
@@ -166,11 +164,6 @@ pub fn matmul_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let y = if x2.track_op() && !wt.track_op() && x2.device().is_cpu() {
         x2.contiguous()?
             .apply_op1(FrozenMatmul { wt: wt.clone() })?
-    } else if !x2.track_op() && !wt.track_op() {
-        match matmul_2d(&x2, wt)? {
-            Some(y) => y,
-            None => x2.matmul(wt)?,
-        }
     } else {
         x2.matmul(wt)?
     };
@@ -201,10 +194,7 @@ impl CustomOp1 for FrozenMatmul {
             CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], shape, &dev)?,
             _ => candle_core::bail!("frozen-matmul: unsupported dtype"),
         };
-        let y = match matmul_2d(&x, &self.wt)? {
-            Some(y) => y,
-            None => x.matmul(&self.wt)?,
-        };
+        let y = x.matmul(&self.wt)?;
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
             (Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), y.shape().clone())),
@@ -213,11 +203,7 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let w = self.wt.t()?;
-        Ok(Some(match matmul_2d(grad_res, &w)? {
-            Some(g) if !grad_res.track_op() => g,
-            _ => grad_res.matmul(&w)?,
-        }))
+        Ok(Some(grad_res.matmul(&self.wt.t()?)?))
     }
 }
 

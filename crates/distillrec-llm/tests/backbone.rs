@@ -760,3 +760,29 @@ fn bad_models_are_refused_with_clear_errors() {
     let e = err_of(m.forward(&ids_tensor(&[5, 100000]), None, None));
     assert!(e.contains("100000"), "{e}");
 }
+
+#[test]
+fn rope_parameters_of_transformers_5_equal_the_legacy_keys() {
+    let mut legacy = llama_config("llama", 1, false);
+    legacy["rope_theta"] = 500000.0.into();
+    legacy["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let mut v5 = llama_config("llama", 1, false);
+    v5.as_object_mut().unwrap().remove("rope_theta");
+    v5["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let a = Config::from_hf_value(&legacy, Path::new("a")).unwrap();
+    let b = Config::from_hf_value(&v5, Path::new("b")).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.rope_theta, 500000.0);
+    // Llama 3 scaling leaves high frequencies alone and divides low ones by `factor`.
+    let plain = Config {
+        rope_scaling: None,
+        ..a.clone()
+    }
+    .rope_inv_freq();
+    let scaled = a.rope_inv_freq();
+    assert_eq!(scaled[0], plain[0]);
+    let last = plain.len() - 1;
+    assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-15);
+}

@@ -9,4 +9,4 @@ pub mod trainer;
 pub mod units;
 
 pub use checkpoint::DatasetRef;
-pub use trainer::{evaluate_student, train_student, TrainOptions, TrainOutcome};
+pub use trainer::{evaluate_student, train_student, EvalCost, TrainOptions, TrainOutcome};

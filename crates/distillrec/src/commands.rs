@@ -9,7 +9,9 @@ use distillrec_data::{stats, store, Dataset, ItemId, SplitName};
 use distillrec_eval::evaluate_popularity;
 use distillrec_run::{init_logging, BuildInfo, Metrics, Run, SplitMetrics};
 use distillrec_train::checkpoint::{self, Expect};
-use distillrec_train::{evaluate_student, train_student, DatasetRef, TrainOptions, TrainOutcome};
+use distillrec_train::{
+    evaluate_student, train_student, DatasetRef, EvalCost, TrainOptions, TrainOutcome,
+};
 
 use crate::cli::{
     BenchCommand, Cli, Command, ConfigArgs, DataCommand, EvalCommand, EvalStudentArgs,
@@ -161,8 +163,8 @@ fn run_data(cfg: &Config, data: Option<&Path>, out: &Path) -> Result<Data> {
 fn popularity_metrics(ds: &Dataset, cfg: &Config, run: &mut Run) -> Result<Metrics> {
     let valid = evaluate_popularity(ds, SplitName::Valid, &cfg.eval)?;
     let test = evaluate_popularity(ds, SplitName::Test, &cfg.eval)?;
-    run.record_cost("popularity.valid", &serde_json::json!({"rows": valid.rows, "wall_secs": valid.wall_secs, "rows_per_sec": valid.rows_per_sec}))?;
-    run.record_cost("popularity.test", &serde_json::json!({"rows": test.rows, "wall_secs": test.wall_secs, "rows_per_sec": test.rows_per_sec}))?;
+    run.record_cost("popularity.valid", EvalCost::from(&valid))?;
+    run.record_cost("popularity.test", EvalCost::from(&test))?;
     Ok(Metrics {
         valid: valid.metrics,
         test: test.metrics,
@@ -223,7 +225,7 @@ fn train_in_run(
     })?;
     run.record_cost(
         "student.train",
-        &serde_json::json!({
+        serde_json::json!({
             "epochs": outcome.epochs,
             "best_epoch": outcome.best_epoch,
             "mean_epoch_secs": outcome.mean_epoch_secs,
@@ -293,8 +295,8 @@ fn eval_student(a: EvalStudentArgs) -> Result<()> {
     );
     if let Some(out) = &a.out {
         let mut run = Run::create(out, Some(&cfg), cfg.seed, build_info())?;
-        run.record_cost("student.valid", &serde_json::json!({"rows": valid.rows, "wall_secs": valid.wall_secs, "rows_per_sec": valid.rows_per_sec}))?;
-        run.record_cost("student.test", &serde_json::json!({"rows": test.rows, "wall_secs": test.wall_secs, "rows_per_sec": test.rows_per_sec}))?;
+        run.record_cost("student.valid", EvalCost::from(&valid))?;
+        run.record_cost("student.test", EvalCost::from(&test))?;
         run.write_metrics(&m)?;
         run.finish(Ok(()))?;
     }
@@ -442,14 +444,17 @@ fn pipeline(a: PipelineArgs) -> Result<()> {
                 }
             }
         })?;
+        let mut pop_run = Run::create(
+            &a.out.join("popularity"),
+            Some(&cfg),
+            cfg.seed,
+            build_info(),
+        )?;
         let pop = run.stage("popularity", || {
-            popularity_metrics(
-                &data.ds,
-                &cfg,
-                &mut Run::create(&a.out.join("popularity"), None, cfg.seed, build_info())?,
-            )
+            popularity_metrics(&data.ds, &cfg, &mut pop_run)
         })?;
-        write_stage_metrics(&a.out.join("popularity"), &pop)?;
+        pop_run.write_metrics(&pop)?;
+        pop_run.finish(Ok(()))?;
         print_metrics("popularity", &pop);
         let student_dir = a.out.join("student");
         let mut student_run = Run::create(&student_dir, Some(&cfg), cfg.seed, build_info())?;
@@ -483,10 +488,4 @@ fn pipeline(a: PipelineArgs) -> Result<()> {
         Ok(())
     })();
     finish(run, result)
-}
-
-fn write_stage_metrics(dir: &Path, m: &Metrics) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    distillrec_data::fsutil::atomic_write_json(&dir.join("metrics.json"), m)?;
-    Ok(())
 }
