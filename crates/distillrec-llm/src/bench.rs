@@ -1,7 +1,7 @@
 //! The pieces `distillrec bench llm` times: a prefill pass and one LoRA
 //! training step (forward, backward, AdamW on the adapters).
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::error::{Error, Result};
@@ -33,9 +33,7 @@ pub fn lm_loss(model: &Model, ids: &[u32], ctx: &AdapterCtx) -> Result<Tensor> {
     let t = Tensor::from_vec(ids.to_vec(), (1, n), model.device())?;
     let h = model.forward_hidden_with(&model.embed(&t)?, None, None, ctx)?;
     let logits = model.logits(&h.narrow(1, 0, n - 1)?)?.squeeze(0)?;
-    let targets = Tensor::from_vec(ids[1..].to_vec(), n - 1, model.device())?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    Ok(candle_nn::loss::nll(&logp, &targets)?)
+    Ok(crate::ops::cross_entropy(&logits, &ids[1..])?)
 }
 
 /// A model with plain LoRA on some targets and an AdamW optimiser over the adapters.

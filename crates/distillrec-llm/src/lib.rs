@@ -10,13 +10,16 @@
 //!   batched forward with attention masks, left or right padding,
 //!   `inputs_embeds`, and a KV cache.
 //! - [`ops`] — normalisation, RoPE and softmax, composed from differentiable
-//!   primitives, with fused candle kernels used only where no gradient is needed.
+//!   primitives, with fused candle kernels used only where no gradient is
+//!   needed; a fused cross-entropy with its own backward.
 //! - [`lora`] — [`lora::Linear`], a frozen linear layer that can carry an
-//!   adapter (`y = Wx + delta(x)`), and the plain LoRA adapter.
+//!   adapter (`y = Wx + delta(x)`), the plain LoRA adapter, and the frozen
+//!   matmul whose backward skips the weight gradient.
 //! - [`weights`] / [`gguf`] — loading a Hugging Face directory or a GGUF file.
 //! - [`tokenizer`] — `tokenizer.json`, or a tokenizer rebuilt from GGUF metadata.
 //! - [`generate`] — chat template and greedy generation with stop strings.
 //! - [`embed`] — item-title embeddings for a whole catalogue.
+//! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
 
 pub mod bench;
 pub mod config;

@@ -140,6 +140,41 @@ mod tests {
     }
 
     #[test]
+    fn fused_cross_entropy_matches_log_softmax_and_nll() {
+        for dtype in [DType::F32, DType::F64] {
+            let x = Var::from_tensor(&rand(&[3, 7], 9).to_dtype(dtype).unwrap()).unwrap();
+            let targets = [2u32, 0, 6];
+            let t = Tensor::new(&targets, &Device::Cpu).unwrap();
+            let a = cross_entropy(x.as_tensor(), &targets).unwrap();
+            let lsm = candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1).unwrap();
+            let b = candle_nn::loss::nll(&lsm, &t).unwrap();
+            let (ga, gb) = (
+                (&a * 3.0).unwrap().backward().unwrap(),
+                (&b * 3.0).unwrap().backward().unwrap(),
+            );
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-6, "loss {d}");
+            let (ga, gb) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            let d = max_diff(
+                &ga.to_dtype(DType::F32).unwrap(),
+                &gb.to_dtype(DType::F32).unwrap(),
+            );
+            assert!(d < 1e-6, "grad {d}");
+        }
+        assert!(cross_entropy(&rand(&[2, 4], 1), &[0, 4]).is_err());
+    }
+
+    #[test]
     fn composed_ops_have_gradients_and_fusing_is_refused_for_tracked_inputs() {
         let x = Var::from_tensor(&rand(&[2, 4, 6], 7)).unwrap();
         assert!(!can_fuse(true, &[x.as_tensor()]));
@@ -159,4 +194,118 @@ mod tests {
             .unwrap();
         assert!(n > 0.0);
     }
+}
+
+/// Row-wise log-sum-exp of a contiguous `(n, v)` buffer.
+fn row_lse<T: candle_core::WithDType>(x: &[T], v: usize) -> Vec<f64> {
+    x.chunks(v)
+        .map(|row| {
+            let m = row
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &a| m.max(a.to_f64()));
+            m + row
+                .iter()
+                .map(|&a| (a.to_f64() - m).exp())
+                .sum::<f64>()
+                .ln()
+        })
+        .collect()
+}
+
+/// Mean cross-entropy of logits against targets as one op: the forward keeps
+/// only the per-row log-sum-exp, the backward writes `softmax - onehot` once.
+/// (Composed from primitives, a log-softmax over a 50k vocabulary allocates
+/// and differentiates several logits-sized tensors.)
+#[derive(Debug, Clone)]
+struct FusedCrossEntropy {
+    targets: std::sync::Arc<Vec<u32>>,
+}
+
+impl FusedCrossEntropy {
+    fn fwd<T: candle_core::WithDType>(&self, x: &[T], v: usize) -> f64 {
+        let lse = row_lse(x, v);
+        let n = self.targets.len();
+        let total: f64 = (0..n)
+            .map(|r| lse[r] - x[r * v + self.targets[r] as usize].to_f64())
+            .sum();
+        total / n as f64
+    }
+
+    fn grad<T: candle_core::WithDType>(&self, x: &[T], v: usize, scale: f64) -> Vec<T> {
+        let lse = row_lse(x, v);
+        let n = self.targets.len();
+        let s = scale / n as f64;
+        let mut g: Vec<T> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| T::from_f64(s * (a.to_f64() - lse[i / v]).exp()))
+            .collect();
+        for (r, &t) in self.targets.iter().enumerate() {
+            let i = r * v + t as usize;
+            g[i] = T::from_f64(g[i].to_f64() - s);
+        }
+        g
+    }
+}
+
+impl candle_core::CustomOp1 for FusedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        st: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("cross-entropy: non-contiguous logits".into())
+        })?;
+        let v = l.dims()[1];
+        let out = match st {
+            S::F32(x) => S::F32(vec![self.fwd(&x[a..b], v) as f32]),
+            S::F64(x) => S::F64(vec![self.fwd(&x[a..b], v)]),
+            _ => candle_core::bail!("cross-entropy: logits must be f32 or f64"),
+        };
+        Ok((out, candle_core::Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let scale = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (n, v) = arg.dims2()?;
+        let g = match arg.dtype() {
+            DType::F32 => Tensor::from_vec(
+                self.grad(&arg.flatten_all()?.to_vec1::<f32>()?, v, scale),
+                (n, v),
+                arg.device(),
+            )?,
+            DType::F64 => Tensor::from_vec(
+                self.grad(&arg.flatten_all()?.to_vec1::<f64>()?, v, scale),
+                (n, v),
+                arg.device(),
+            )?,
+            d => candle_core::bail!("cross-entropy: dtype {d:?}"),
+        };
+        Ok(Some(g))
+    }
+}
+
+/// Mean cross-entropy of `logits` `(n, vocab)` (f32/f64, CPU) against
+/// `targets` (n ids), differentiable w.r.t. the logits. Ids outside the
+/// vocabulary are an error.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if n != targets.len() || n == 0 {
+        candle_core::bail!(
+            "cross-entropy: {n} rows of logits, {} targets",
+            targets.len()
+        );
+    }
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross-entropy: target {t} >= vocabulary {v}");
+    }
+    logits.contiguous()?.apply_op1(FusedCrossEntropy {
+        targets: std::sync::Arc::new(targets.to_vec()),
+    })
 }
