@@ -328,26 +328,8 @@ pub fn dropout_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{max_diff, uniform};
     use candle_core::{Device, Var, D};
-    use rand::{Rng, SeedableRng};
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Composed reference: additive mask, candle softmax, dropout mask, matmuls.
     fn composed(q: &Tensor, k: &Tensor, v: &Tensor, op: &CausalAttention) -> Tensor {
@@ -375,7 +357,7 @@ mod tests {
         let dev = Device::Cpu;
         let (b, heads, l, dh) = (3, 2, 7, 4);
         let bh = b * heads;
-        let mk = |s| Var::from_vec(rand_vec(bh * l * dh, s), (bh, l, dh), &dev).unwrap();
+        let mk = |s| Var::from_vec(uniform(bh * l * dh, s, 1.0), (bh, l, dh), &dev).unwrap();
         let (q, k, v) = (mk(1), mk(2), mk(3));
         // row 1 has two leading padding positions, row 2 one
         let mut valid = vec![true; b * l];
@@ -388,7 +370,7 @@ mod tests {
             dropout,
             seed: 99,
         };
-        let w = Tensor::from_vec(rand_vec(bh * l * dh, 4), (bh, l, dh), &dev).unwrap();
+        let w = Tensor::from_vec(uniform(bh * l * dh, 4, 1.0), (bh, l, dh), &dev).unwrap();
         let ours = q
             .as_tensor()
             .apply_op3(k.as_tensor(), v.as_tensor(), op.clone())

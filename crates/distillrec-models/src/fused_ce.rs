@@ -294,26 +294,8 @@ pub fn fused_cross_entropy(rep: &Tensor, table: &Tensor, targets: &Tensor) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{max_diff, uniform};
     use candle_core::{Device, Var};
-    use rand::{Rng, SeedableRng};
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Over several blocks (M > 512) with ignored rows: value and both
     /// gradients equal the composed matmul + log-softmax + nll.
@@ -321,8 +303,8 @@ mod tests {
     fn matches_composed_reference_across_blocks() {
         let dev = Device::Cpu;
         let (m, d, c) = (1100, 8, 37);
-        let rep = Var::from_vec(rand_vec(m * d, 1), (m, d), &dev).unwrap();
-        let table = Var::from_vec(rand_vec(c * d, 2), (c, d), &dev).unwrap();
+        let rep = Var::from_vec(uniform(m * d, 1, 1.0), (m, d), &dev).unwrap();
+        let table = Var::from_vec(uniform(c * d, 2, 1.0), (c, d), &dev).unwrap();
         let t: Vec<u32> = (0..m as u32)
             .map(|i| {
                 if i % 7 == 0 {

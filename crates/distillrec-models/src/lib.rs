@@ -17,6 +17,9 @@ pub mod params;
 pub mod sasrec;
 pub mod student;
 
+#[cfg(test)]
+mod testutil;
+
 pub use batch::{ForwardCtx, SeqBatch};
 pub use params::{Init, Params};
 pub use student::{Student, StudentSpec};

@@ -246,35 +246,15 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{max_diff, uniform};
     use candle_core::{DType, Device, Var};
-    use rand::{Rng, SeedableRng};
-
-    fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..shape.iter().product::<usize>())
-            .map(|_| r.gen_range(-2.0f32..2.0))
-            .collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn fused_cross_entropy_gradient_matches_finite_differences() {
         let dev = Device::Cpu;
         let (m, d, c) = (3, 4, 6);
-        let base = randn(&[m, d], 2);
-        let table = Tensor::from_vec(randn(&[c, d], 3), (c, d), &dev).unwrap();
+        let base = uniform(m * d, 2, 2.0);
+        let table = Tensor::from_vec(uniform(c * d, 3, 2.0), (c, d), &dev).unwrap();
         let targets = Tensor::new(&[2u32, 5, 1], &dev).unwrap();
         let f = |v: &[f32]| -> f64 {
             let r = Tensor::from_vec(v.to_vec(), (m, d), &dev).unwrap();
@@ -314,10 +294,10 @@ mod tests {
     fn layer_norm_matches_composed_value_and_gradients() {
         let dev = Device::Cpu;
         let (rows, d) = (41, 24);
-        let x = Var::from_vec(randn(&[rows, d], 3), (rows, d), &dev).unwrap();
-        let g = Var::from_vec(randn(&[d], 4), d, &dev).unwrap();
-        let b = Var::from_vec(randn(&[d], 5), d, &dev).unwrap();
-        let w = Tensor::from_vec(randn(&[rows, d], 6), (rows, d), &dev).unwrap();
+        let x = Var::from_vec(uniform(rows * d, 3, 2.0), (rows, d), &dev).unwrap();
+        let g = Var::from_vec(uniform(d, 4, 2.0), d, &dev).unwrap();
+        let b = Var::from_vec(uniform(d, 5, 2.0), d, &dev).unwrap();
+        let w = Tensor::from_vec(uniform(rows * d, 6, 2.0), (rows, d), &dev).unwrap();
         let ours = layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-8).unwrap();
         let reference =
             layer_norm_composed(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-8).unwrap();
@@ -338,7 +318,7 @@ mod tests {
     #[test]
     fn layer_norm_on_3d_input() {
         let dev = Device::Cpu;
-        let x = Var::from_vec(randn(&[2, 3, 8], 7), (2, 3, 8), &dev).unwrap();
+        let x = Var::from_vec(uniform(48, 7, 2.0), (2, 3, 8), &dev).unwrap();
         let g = Tensor::ones(8, DType::F32, &dev).unwrap();
         let b = Tensor::zeros(8, DType::F32, &dev).unwrap();
         let y = layer_norm(x.as_tensor(), &g, &b, 1e-5).unwrap();
