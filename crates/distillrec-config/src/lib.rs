@@ -380,9 +380,9 @@ pub struct TrainStage {
     pub metric: String,
     /// Global gradient-norm clip (0: off).
     pub grad_clip: f64,
-    /// Gradient accumulation steps.
+    /// Gradient accumulation steps (teacher; the student loop requires 1).
     pub grad_accum: usize,
-    /// Warm-up steps (teacher).
+    /// Warm-up steps (teacher; the student loop requires 0).
     pub warmup_steps: usize,
 }
 

@@ -188,6 +188,13 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
     {
         bail!("student.objective = \"all_positions\" needs a per-position model; caser supports only \"last\"");
     }
+    if stage.grad_accum != 1 || stage.warmup_steps != 0 {
+        bail!(
+            "train.student.grad_accum = {} and warmup_steps = {}: the student loop supports neither (use a larger batch_size); set them to 1 and 0",
+            stage.grad_accum,
+            stage.warmup_steps
+        );
+    }
     let spec = StudentSpec::from_config(cfg, ds.num_items());
     let ckpt_dir = opts.out_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("{}", ckpt_dir.display()))?;

@@ -115,11 +115,13 @@ impl<'a> Batcher<'a> {
             self.seen.fill(0);
             self.stamp = 1;
         }
-        for &h in history {
-            self.seen[h as usize] = self.stamp;
+        let mut blocked = 0u32;
+        for &i in history.iter().chain(std::iter::once(&target)) {
+            if self.seen[i as usize] != self.stamp {
+                self.seen[i as usize] = self.stamp;
+                blocked += 1;
+            }
         }
-        self.seen[target as usize] = self.stamp;
-        let blocked = self.seen.iter().filter(|&&s| s == self.stamp).count() as u32;
         for _ in 0..self.negatives {
             if blocked >= n_items {
                 out.push(1 + rng.gen_range(0..n_items)); // degenerate catalogue
