@@ -94,15 +94,4 @@ impl Gru4Rec {
         }
         Tensor::stack(&outs, 1)
     }
-
-    /// Sequence representation `[B, d]`: the state after the last step.
-    pub fn represent(
-        &self,
-        batch: &SeqBatch,
-        item_table: &Tensor,
-        ctx: &mut ForwardCtx,
-    ) -> Result<Tensor> {
-        let h = self.forward(batch, item_table, ctx)?;
-        h.narrow(1, batch.l - 1, 1)?.squeeze(1)?.contiguous()
-    }
 }

@@ -253,15 +253,4 @@ impl SasRec {
         }
         self.ln_final.forward(&x)
     }
-
-    /// Sequence representation `[B, d]`: the output at the last position.
-    pub fn represent(
-        &self,
-        batch: &SeqBatch,
-        item_table: &Tensor,
-        ctx: &mut ForwardCtx,
-    ) -> Result<Tensor> {
-        let h = self.forward(batch, item_table, ctx)?;
-        h.narrow(1, batch.l - 1, 1)?.squeeze(1)?.contiguous()
-    }
 }

@@ -159,9 +159,13 @@ impl Student {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         match &self.net {
-            Net::SasRec(m) => m.represent(batch, table, ctx),
-            Net::Gru4Rec(m) => m.represent(batch, table, ctx),
             Net::Caser(m) => m.represent(batch, table, ctx),
+            // left padding: the newest item is always at the last position
+            _ => self
+                .hidden_all(batch, table, ctx)?
+                .narrow(1, batch.l - 1, 1)?
+                .squeeze(1)?
+                .contiguous(),
         }
     }
 
@@ -179,5 +183,53 @@ impl Student {
             row[0] = f32::NEG_INFINITY;
         }
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: StudentKind, max_len: usize) -> StudentSpec {
+        StudentSpec {
+            kind,
+            num_items: 20,
+            hidden: 8,
+            layers: 1,
+            heads: 2,
+            dropout: 0.1,
+            max_len,
+        }
+    }
+
+    #[test]
+    fn gru4rec_representation_ignores_left_padding() {
+        // Same seed and sizes: identical weights; only the amount of padding differs.
+        let dev = Device::Cpu;
+        let a = Student::new(&spec(StudentKind::Gru4rec, 4), 3, &dev).unwrap();
+        let b = Student::new(&spec(StudentKind::Gru4rec, 9), 3, &dev).unwrap();
+        let h: &[ItemId] = &[5, 7, 2];
+        let (sa, sb) = (
+            a.score_histories(&[h]).unwrap(),
+            b.score_histories(&[h]).unwrap(),
+        );
+        for (x, y) in sa.iter().zip(&sb).skip(1) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        assert_eq!(sa[0], f32::NEG_INFINITY, "column 0 is padding");
+    }
+
+    #[test]
+    fn sasrec_scores_depend_on_the_newest_item() {
+        let dev = Device::Cpu;
+        let s = Student::new(&spec(StudentKind::Sasrec, 6), 1, &dev).unwrap();
+        let one = s.score_histories(&[&[3, 4]]).unwrap();
+        let two = s.score_histories(&[&[3, 4], &[3, 9]]).unwrap();
+        let same = one
+            .iter()
+            .zip(&two[..21])
+            .all(|(x, y)| x == y || (x - y).abs() < 1e-5);
+        assert!(same, "rows are independent of their batch");
+        assert_ne!(&two[..21], &two[21..]);
     }
 }
