@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::ops::linear;
+use crate::fused_linear::fused_linear;
 use crate::params::{Init, Params};
 
 /// Caser hyper-parameters.
@@ -117,7 +117,7 @@ impl Caser {
                 .map(|i| x.narrow(1, i, steps))
                 .collect::<Result<_>>()?;
             let win = Tensor::cat(&parts, 2)?;
-            let conv = linear(&win, w, Some(bias))?.relu()?; // [B, steps, filters]
+            let conv = fused_linear(&win, w, bias)?.relu()?; // [B, steps, filters]
             feats.push(conv.max(1)?); // max-pool over time
         }
         // vertical convolution: weighted sum over positions -> [B, d]
@@ -128,6 +128,6 @@ impl Caser {
             .squeeze(2)?;
         feats.push(v.broadcast_add(&self.vertical_bias)?);
         let z = ctx.dropout(&Tensor::cat(&feats, 1)?, self.config.dropout)?;
-        linear(&z, &self.fc_w, Some(&self.fc_b))
+        fused_linear(&z, &self.fc_w, &self.fc_b)
     }
 }

@@ -22,7 +22,7 @@ use crate::ops::f32_slice;
 /// Rows of logits materialised at a time.
 const BLOCK: usize = 512;
 
-fn parallelism() -> Parallelism {
+pub(crate) fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -32,7 +32,7 @@ fn parallelism() -> Parallelism {
 /// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]` with explicit
 /// row/column strides (elements).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::ops::linear;
+use crate::fused_linear::fused_linear;
 use crate::params::{Init, Params};
 
 /// GRU4Rec hyper-parameters.
@@ -75,13 +75,13 @@ impl Gru4Rec {
             .index_select(&batch.tensor.flatten_all()?, 0)?
             .reshape((b, l, d))?;
         let x = ctx.dropout(&emb, self.config.dropout)?;
-        let gi = linear(&x, &self.w_ih, Some(&self.b_ih))?; // [B, L, 3d]
+        let gi = fused_linear(&x, &self.w_ih, &self.b_ih)?; // [B, L, 3d]
         let pad = batch.pad_mask()?; // [B, L, 1]
         let mut h = Tensor::zeros((b, d), candle_core::DType::F32, x.device())?;
         let mut outs = Vec::with_capacity(l);
         for t in 0..l {
             let gi_t = gi.narrow(1, t, 1)?.squeeze(1)?;
-            let gh = linear(&h, &self.w_hh, Some(&self.b_hh))?;
+            let gh = fused_linear(&h, &self.w_hh, &self.b_hh)?;
             let r = (gi_t.narrow(1, 0, d)? + gh.narrow(1, 0, d)?)?
                 .apply(&candle_nn::Activation::Sigmoid)?;
             let z = (gi_t.narrow(1, d, d)? + gh.narrow(1, d, d)?)?

@@ -10,6 +10,7 @@ pub mod caser;
 pub mod fastmath;
 pub mod fused_attention;
 pub mod fused_ce;
+pub mod fused_linear;
 pub mod gru4rec;
 pub mod loss;
 pub mod ops;

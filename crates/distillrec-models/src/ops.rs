@@ -228,7 +228,8 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
-/// `x · Wᵀ + b` for `x` of any rank ≥ 2, with `W [out, in]`.
+/// `x · Wᵀ + b` for `x` of any rank ≥ 2, with `W [out, in]`, composed from
+/// candle ops (the reference for [`crate::fused_linear::fused_linear`]).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inner = *dims.last().expect("rank >= 1");

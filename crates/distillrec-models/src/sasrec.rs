@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use crate::batch::{ForwardCtx, SeqBatch};
 use crate::fused_attention::CausalAttention;
-use crate::ops::{layer_norm, linear, softmax_last};
+use crate::fused_linear::fused_linear;
+use crate::ops::{layer_norm, softmax_last};
 use crate::params::{Init, Params};
 
 /// SASRec hyper-parameters.
@@ -78,7 +79,7 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.w, Some(&self.b))
+        fused_linear(x, &self.w, &self.b)
     }
 }
 
