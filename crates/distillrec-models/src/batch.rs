@@ -4,6 +4,7 @@
 use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use distillrec_data::{batch::left_pad_into, ItemId, PAD};
 
@@ -83,26 +84,26 @@ impl<'a> ForwardCtx<'a> {
         self.rng.as_deref_mut().map_or(0, |r| r.gen::<u64>())
     }
 
-    /// Inverted dropout with a mask from the seeded generator.
+    /// Inverted dropout. The mask is a counter-based hash of a seed drawn
+    /// from the run generator and the element index, so it is reproducible
+    /// and built in parallel.
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if !self.train || p <= 0.0 {
+        if !self.train || p <= 0.0 || self.rng.is_none() {
             return Ok(x.clone());
         }
-        let Some(rng) = self.rng.as_deref_mut() else {
-            return Ok(x.clone());
-        };
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        let threshold = (keep * u32::MAX as f64) as u32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if rng.gen::<u32>() < threshold {
-                    scale
-                } else {
-                    0.0
+        let seed = self.next_seed();
+        let keep = (1.0 - p) as f32;
+        let scale = 1.0 / keep;
+        let mut mask = vec![0f32; x.elem_count()];
+        mask.par_chunks_mut(4096)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (k, m) in chunk.iter_mut().enumerate() {
+                    if crate::fused_attention::keep_index(seed, (c * 4096 + k) as u64, keep) {
+                        *m = scale;
+                    }
                 }
-            })
-            .collect();
+            });
         x * Tensor::from_vec(mask, x.shape(), x.device())?
     }
 }

@@ -78,10 +78,17 @@ fn mm(
     }
 }
 
-/// Whether dropout keeps weight `(bh, i, j)`; a splitmix64 hash of the index.
+/// Whether dropout keeps weight `(bh, i, j)` of an `L × L` block.
 #[inline]
 pub fn keep(seed: u64, bh: usize, i: usize, j: usize, l: usize, keep_prob: f32) -> bool {
-    let mut z = seed ^ (((bh * l + i) * l + j) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    keep_index(seed, ((bh * l + i) * l + j) as u64, keep_prob)
+}
+
+/// Whether dropout keeps element `index`: a splitmix64 hash of the index
+/// mixed with `seed`, compared with `keep_prob`.
+#[inline]
+pub fn keep_index(seed: u64, index: u64, keep_prob: f32) -> bool {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
