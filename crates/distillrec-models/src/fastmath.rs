@@ -56,6 +56,25 @@ fn exp_shift_sum_kernel(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
 }
 
 #[inline(always)]
+fn exp_shift_sum_inplace_kernel(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut xc = x.chunks_exact_mut(8);
+    for xs in &mut xc {
+        for k in 0..8 {
+            let e = exp1(xs[k] - shift);
+            xs[k] = e;
+            acc[k] += e;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for v in xc.into_remainder() {
+        *v = exp1(*v - shift);
+        s += *v;
+    }
+    s
+}
+
+#[inline(always)]
 fn max_kernel(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let mut xc = x.chunks_exact(8);
@@ -75,6 +94,12 @@ fn max_kernel(x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_shift_sum_avx2(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
     exp_shift_sum_kernel(x, shift, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shift_sum_inplace_avx2(x: &mut [f32], shift: f32) -> f32 {
+    exp_shift_sum_inplace_kernel(x, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -99,6 +124,16 @@ pub fn exp_shift_sum(x: &[f32], shift: f32, out: &mut [f32]) -> f32 {
         return unsafe { exp_shift_sum_avx2(x, shift, out) };
     }
     exp_shift_sum_kernel(x, shift, out)
+}
+
+/// Replaces `x[j]` by `exp(x[j] − shift)` and returns their sum.
+pub fn exp_shift_sum_inplace(x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { exp_shift_sum_inplace_avx2(x, shift) };
+    }
+    exp_shift_sum_inplace_kernel(x, shift)
 }
 
 /// The maximum of `x` (−∞ when empty).

@@ -120,9 +120,7 @@ impl CausalAttention {
                     f32::NEG_INFINITY
                 };
             }
-            let src = unsafe { std::slice::from_raw_parts(out.as_ptr(), i + 1) };
-            // SAFETY: exp_shift_sum reads x[j] before writing out[j] at the same index.
-            let sum = fastmath::exp_shift_sum(src, 0.0, &mut out[..=i]);
+            let sum = fastmath::exp_shift_sum_inplace(&mut out[..=i], 0.0);
             let inv = 1.0 / sum;
             for v in &mut out[..=i] {
                 *v *= inv;

@@ -155,13 +155,7 @@ impl CustomOp3 for FusedCrossEntropy {
                     let row = &mut logits[1..];
                     let mx = fastmath::max(row);
                     // exp values overwrite the row; it is not needed afterwards
-                    let s = {
-                        let tmp: &mut [f32] = row;
-                        let copy_free =
-                            unsafe { std::slice::from_raw_parts(tmp.as_ptr(), tmp.len()) };
-                        // SAFETY: exp_shift_sum reads x[j] before writing out[j] at the same index.
-                        fastmath::exp_shift_sum(copy_free, mx, tmp)
-                    };
+                    let s = fastmath::exp_shift_sum_inplace(row, mx);
                     let lse = mx + s.ln();
                     o[0] = lse - target_logit;
                     o[1] = lse;
@@ -230,9 +224,7 @@ impl CustomOp3 for FusedCrossEntropyGrad {
                     }
                     row[0] = 0.0;
                     let items = &mut row[1..];
-                    let src = unsafe { std::slice::from_raw_parts(items.as_ptr(), items.len()) };
-                    // SAFETY: exp_shift_sum reads x[j] before writing out[j] at the same index.
-                    fastmath::exp_shift_sum(src, lse, items);
+                    fastmath::exp_shift_sum_inplace(items, lse);
                     for v in items.iter_mut() {
                         *v *= g;
                     }
