@@ -193,6 +193,13 @@ fn every_command_has_help() {
         &["data", "prepare", "--help"],
         &["data", "stats", "--help"],
         &["eval", "popularity", "--help"],
+        &["eval", "student", "--help"],
+        &["train", "student", "--help"],
+        &["recommend", "--help"],
+        &["bench", "student", "--help"],
+        &["bench", "llm", "--help"],
+        &["llm", "generate", "--help"],
+        &["llm", "embed-items", "--help"],
         &["pipeline", "--help"],
     ] {
         let out = run(args);
