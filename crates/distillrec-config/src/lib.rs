@@ -282,6 +282,9 @@ pub struct TeacherConfig {
     pub targets: Vec<String>,
     /// Teacher top-K written to the cache.
     pub top_k: usize,
+    /// Whether the teacher's top-K leaves out the row's history items
+    /// (set it like `eval.exclude_history`).
+    pub mask_history: bool,
 }
 
 impl Default for TeacherConfig {
@@ -296,6 +299,7 @@ impl Default for TeacherConfig {
             lora_dropout: 0.1,
             targets: vec!["q_proj".into(), "v_proj".into()],
             top_k: 10,
+            mask_history: true,
         }
     }
 }
@@ -351,6 +355,10 @@ pub struct SelectionConfig {
     pub policy: String,
     /// Budget: a fraction in (0, 1] or a row count above 1.
     pub budget: f64,
+    /// Threshold of the post-hoc filters: `kl` keeps rows whose
+    /// teacher–student KL over the candidates is above it, `gt_error` rows
+    /// whose student probability of the target is below it.
+    pub threshold: Option<f64>,
 }
 
 impl Default for SelectionConfig {
@@ -358,6 +366,7 @@ impl Default for SelectionConfig {
         SelectionConfig {
             policy: "all".into(),
             budget: 1.0,
+            threshold: None,
         }
     }
 }

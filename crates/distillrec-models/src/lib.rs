@@ -23,4 +23,4 @@ mod testutil;
 
 pub use batch::{ForwardCtx, SeqBatch};
 pub use params::{Init, Params};
-pub use student::{Student, StudentSpec};
+pub use student::{Student, StudentSpec, ITEM_TABLE};

@@ -91,6 +91,14 @@ impl Params {
         Ok(t)
     }
 
+    /// Adds every variable of `other` under `prefix + name` (sharing the
+    /// same storage, so updates through either are seen by both).
+    pub fn extend_prefixed(&mut self, prefix: &str, other: &Params) {
+        for (k, v) in &other.vars {
+            self.vars.insert(format!("{prefix}{k}"), v.clone());
+        }
+    }
+
     /// The variables in name order.
     pub fn vars(&self) -> impl Iterator<Item = (&String, &Var)> {
         self.vars.iter()

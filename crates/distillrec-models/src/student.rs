@@ -14,6 +14,9 @@ use crate::gru4rec::{Gru4Rec, Gru4RecConfig};
 use crate::params::{Init, Params};
 use crate::sasrec::{SasRec, SasRecConfig};
 
+/// Parameter name of every student's item table.
+pub const ITEM_TABLE: &str = "item_emb";
+
 /// Everything needed to rebuild a student: kind, sizes, catalogue size.
 /// Stored in every checkpoint manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +131,27 @@ impl Student {
         }
     }
 
+    /// A copy of this student whose item table (inputs and scoring) is
+    /// `table [N + 1, d]`; every other parameter is copied. Distillation
+    /// exports its folded table this way, so the deployed model is a plain
+    /// student.
+    pub fn with_item_table(&self, table: &Tensor) -> Result<Student> {
+        let out = Student::new(&self.spec, 0, &self.device)?;
+        let mut tensors = self.params.tensors();
+        let want = self.item_table().dims().to_vec();
+        if table.dims() != want.as_slice() {
+            candle_core::bail!(
+                "item table has shape {:?}, the student expects {:?}",
+                table.dims(),
+                want
+            );
+        }
+        tensors.insert(ITEM_TABLE.to_string(), table.detach());
+        out.params
+            .load_from(&tensors, std::path::Path::new("<exported student>"))?;
+        Ok(out)
+    }
+
     /// Whether the model produces an output at every position
     /// (needed by the `all_positions` objective).
     pub fn has_all_positions(&self) -> bool {
@@ -167,6 +191,22 @@ impl Student {
                 .squeeze(1)?
                 .contiguous(),
         }
+    }
+
+    /// Sequence representations `[B, d]` and scores `[B, N + 1]` (column 0
+    /// = −∞) of each history at inference; selection policies need both.
+    pub fn represent_and_score(&self, histories: &[&[ItemId]]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let batch =
+            SeqBatch::from_histories(histories.iter().copied(), self.spec.max_len, &self.device)?;
+        let table = self.item_table();
+        let rep = self.represent_with(&batch, table, &mut ForwardCtx::eval())?;
+        let scores = rep.matmul(&table.t()?)?;
+        let mut v = scores.flatten_all()?.to_vec1::<f32>()?;
+        let c = self.spec.num_items + 1;
+        for row in v.chunks_mut(c) {
+            row[0] = f32::NEG_INFINITY;
+        }
+        Ok((rep.flatten_all()?.to_vec1::<f32>()?, v))
     }
 
     /// Scores `[B, N + 1]` of every item for each history (inference, no

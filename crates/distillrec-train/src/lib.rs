@@ -9,4 +9,7 @@ pub mod trainer;
 pub mod units;
 
 pub use checkpoint::DatasetRef;
-pub use trainer::{evaluate_student, train_student, EvalCost, TrainOptions, TrainOutcome};
+pub use trainer::{
+    base_loss, evaluate_student, forward_rep, train_student, train_with, BaseObjective, EvalCost,
+    StageObjective, TrainOptions, TrainOutcome,
+};

@@ -24,12 +24,13 @@ use distillrec_data::fsutil::{atomic_write, atomic_write_json};
 use distillrec_data::{Dataset, Row, SplitName};
 use distillrec_eval::{evaluate_all, EvalError, EvalReport};
 use distillrec_models::loss::{bce_sampled, cross_entropy};
+use distillrec_models::params::Params;
 use distillrec_models::{ForwardCtx, SeqBatch, Student, StudentSpec};
 use distillrec_run::History;
 
 use crate::checkpoint::{self, DatasetRef, Expect};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::units::{units, Batcher};
+use crate::units::{units, Batcher, HostBatch};
 
 /// Everything the loop needs besides the data.
 pub struct TrainOptions<'a> {
@@ -125,8 +126,13 @@ pub fn evaluate_student(
     })
 }
 
-fn run_key(opts: &TrainOptions, spec: &StudentSpec, fingerprint: &str) -> String {
-    serde_json::json!({
+fn run_key(
+    opts: &TrainOptions,
+    spec: &StudentSpec,
+    fingerprint: &str,
+    objective: serde_json::Value,
+) -> String {
+    let mut key = serde_json::json!({
         "spec": spec,
         "loss": opts.student.loss,
         "negatives": opts.student.negatives,
@@ -134,8 +140,11 @@ fn run_key(opts: &TrainOptions, spec: &StudentSpec, fingerprint: &str) -> String
         "stage": opts.stage,
         "seed": opts.seed,
         "dataset": fingerprint,
-    })
-    .to_string()
+    });
+    if !objective.is_null() {
+        key["objective_extra"] = objective;
+    }
+    key.to_string()
 }
 
 /// The epoch generator: a function of the seed and the epoch only.
@@ -145,40 +154,123 @@ pub fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
     r
 }
 
-/// One training step's loss for a host batch.
-fn batch_loss(
+/// What a training stage optimises, plugged into the shared loop: the
+/// student's own loss ([`BaseObjective`]) or distillation (in
+/// `distillrec-distill`). The loop owns batching, the optimizer, early
+/// stopping, checkpoints and resume; the objective owns the loss, any
+/// trainable tensors besides the student's, and the plain student it
+/// exports.
+pub trait StageObjective {
+    /// Config group of the stage, for messages (`train.student`).
+    fn stage_name(&self) -> &str;
+    /// Everything besides the student config that defines the objective;
+    /// part of the resume key, so a run directory is never resumed under
+    /// another objective.
+    fn key(&self) -> serde_json::Value;
+    /// Trainable tensors besides the student's (saved in `last` checkpoints
+    /// as `extra.<name>` and restored on resume).
+    fn extra_params(&self) -> Option<&Params> {
+        None
+    }
+    /// The loss of one batch (a scalar to minimise).
+    fn batch_loss(&self, student: &Student, hb: &HostBatch, rng: &mut ChaCha8Rng)
+        -> Result<Tensor>;
+    /// The plain student to evaluate and to save as `best` (distillation
+    /// folds its projected embeddings into the item table); `None` means
+    /// the trained student itself.
+    fn export(&self, student: &Student) -> Result<Option<Student>> {
+        let _ = student;
+        Ok(None)
+    }
+}
+
+/// The student's own loss (SPEC 4): CE over the catalogue or sampled BCE.
+pub struct BaseObjective<'a> {
+    /// Loss settings.
+    pub cfg: &'a StudentConfig,
+}
+
+impl StageObjective for BaseObjective<'_> {
+    fn stage_name(&self) -> &str {
+        "train.student"
+    }
+    fn key(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn batch_loss(
+        &self,
+        student: &Student,
+        hb: &HostBatch,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
+        let table = student.item_table().clone();
+        let rep = forward_rep(student, self.cfg, hb, &table, rng)?;
+        base_loss(self.cfg, &rep, &table, hb)
+    }
+}
+
+/// Representations `[M, d]` of a host batch: `[B, d]` for `last`, every
+/// position `[B·L, d]` for `all_positions` (aligned with `hb.targets`),
+/// reading items from `table`.
+pub fn forward_rep(
     student: &Student,
     cfg: &StudentConfig,
-    hb: &crate::units::HostBatch,
+    hb: &HostBatch,
+    table: &Tensor,
     rng: &mut ChaCha8Rng,
 ) -> Result<Tensor> {
     let dev = student.device().clone();
     let l = student.spec.max_len;
     let sb = SeqBatch::from_ids(hb.inputs.clone(), l, &dev)?;
-    let table = student.item_table().clone();
     let mut ctx = ForwardCtx::train(rng);
     let d = student.spec.hidden;
-    let rep = match cfg.objective {
-        Objective::Last => student.represent_with(&sb, &table, &mut ctx)?,
+    Ok(match cfg.objective {
+        Objective::Last => student.represent_with(&sb, table, &mut ctx)?,
         Objective::AllPositions => student
-            .hidden_all(&sb, &table, &mut ctx)?
+            .hidden_all(&sb, table, &mut ctx)?
             .reshape((hb.b * l, d))?,
-    };
-    let targets = Tensor::from_vec(hb.targets.clone(), hb.targets.len(), &dev)?;
-    let loss = match cfg.loss {
-        LossKind::Ce => cross_entropy(&rep, &table, &targets)?,
+    })
+}
+
+/// The student's own loss on representations from [`forward_rep`]: mean
+/// over supervised targets of CE over the catalogue or sampled BCE.
+pub fn base_loss(
+    cfg: &StudentConfig,
+    rep: &Tensor,
+    table: &Tensor,
+    hb: &HostBatch,
+) -> Result<Tensor> {
+    let dev = rep.device();
+    let targets = Tensor::from_vec(hb.targets.clone(), hb.targets.len(), dev)?;
+    Ok(match cfg.loss {
+        LossKind::Ce => cross_entropy(rep, table, &targets)?,
         LossKind::Bce => {
             let n = cfg.negatives.max(1);
-            let negs = Tensor::from_vec(hb.negatives.clone(), (hb.targets.len(), n), &dev)?;
-            bce_sampled(&rep, &table, &targets, &negs)?
+            let negs = Tensor::from_vec(hb.negatives.clone(), (hb.targets.len(), n), dev)?;
+            bce_sampled(rep, table, &targets, &negs)?
         }
-    };
-    Ok(loss)
+    })
 }
+
+/// Prefix of extra (non-student) trainable tensors in `last` checkpoints.
+const EXTRA_PREFIX: &str = "extra.";
 
 /// Trains a student on `ds` (described by `data`) and evaluates
 /// its best checkpoint on validation and test.
 pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Result<TrainOutcome> {
+    train_with(ds, data, opts, &BaseObjective { cfg: opts.student })
+}
+
+/// The shared loop with any [`StageObjective`]: trains, keeps the best
+/// exported student by validation metric, and evaluates it on validation
+/// and test once at the end.
+pub fn train_with(
+    ds: &Dataset,
+    data: &DatasetRef,
+    opts: &TrainOptions,
+    objective: &dyn StageObjective,
+) -> Result<TrainOutcome> {
+    let stage_name = objective.stage_name().to_string();
     let fingerprint = data.fingerprint.as_str();
     let device = Device::Cpu;
     let cfg = opts.student;
@@ -190,7 +282,7 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
     }
     if stage.grad_accum != 1 || stage.warmup_steps != 0 {
         bail!(
-            "train.student.grad_accum = {} and warmup_steps = {}: the student loop supports neither (use a larger batch_size); set them to 1 and 0",
+            "{stage_name}.grad_accum = {} and warmup_steps = {}: the student loop supports neither (use a larger batch_size); set them to 1 and 0",
             stage.grad_accum,
             stage.warmup_steps
         );
@@ -201,7 +293,7 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
     let best_path = ckpt_dir.join("best.safetensors");
     let last_path = ckpt_dir.join("last.safetensors");
     let state_path = ckpt_dir.join("state.json");
-    let key = run_key(opts, &spec, fingerprint);
+    let key = run_key(opts, &spec, fingerprint, objective.key());
     let negatives = if cfg.loss == LossKind::Bce {
         cfg.negatives.max(1)
     } else {
@@ -209,9 +301,15 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
     };
 
     let mut student = Student::new(&spec, opts.seed, &device)?;
+    let extra = objective.extra_params().cloned().unwrap_or_default();
+    let trainable = |s: &Student| -> Params {
+        let mut all = s.params.clone();
+        all.extend_prefixed(EXTRA_PREFIX, &extra);
+        all
+    };
     let mut opt = AdamW::new(
         AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
-        &student.params,
+        &trainable(&student),
     );
     let metric_cols: Vec<String> = {
         let mut v = Vec::new();
@@ -256,9 +354,18 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
                 &device,
             )?;
             student = loaded.student;
+            let saved_extra: BTreeMap<String, Tensor> = loaded
+                .extra
+                .iter()
+                .filter_map(|(k, t)| {
+                    k.strip_prefix(EXTRA_PREFIX)
+                        .map(|name| (name.to_string(), t.clone()))
+                })
+                .collect();
+            extra.load_from(&saved_extra, &last_path)?;
             opt = AdamW::new(
                 AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
-                &student.params,
+                &trainable(&student),
             );
             opt.load_state(&loaded.extra, saved.step)?;
             resumed_after = Some(saved.epoch);
@@ -275,6 +382,7 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
         bail!("no training units for objective {:?}", cfg.objective);
     }
     let mut batcher = Batcher::new(ds, cfg.objective, cfg.max_len, negatives);
+    let params = trainable(&student);
     let n_batches = all_units.len().div_ceil(stage.batch_size);
     while !state.finished && state.epoch < stage.max_epochs {
         let epoch = state.epoch + 1;
@@ -295,20 +403,22 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
         let mut loss_sum = 0f64;
         for chunk in all_units.chunks(stage.batch_size) {
             let hb = batcher.batch(chunk, &mut rng);
-            let loss = batch_loss(&student, cfg, &hb, &mut rng)?;
+            let loss = objective.batch_loss(&student, &hb, &mut rng)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                bail!("epoch {epoch}: training loss is {lv}; lower train.student.lr");
+                bail!("epoch {epoch}: training loss is {lv}; lower {stage_name}.lr");
             }
             loss_sum += lv;
             let grads = loss.backward()?;
-            opt.step(&student.params, &grads)?;
+            opt.step(&params, &grads)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
         let epoch_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let valid = evaluate_student(&student, ds, SplitName::Valid, opts.eval)?;
+        let exported = objective.export(&student)?;
+        let plain = exported.as_ref().unwrap_or(&student);
+        let valid = evaluate_student(plain, ds, SplitName::Valid, opts.eval)?;
         let eval_secs = t1.elapsed().as_secs_f64();
         let metric = *valid
             .metrics
@@ -325,7 +435,7 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
             state.bad_epochs = 0;
             checkpoint::save(
                 &best_path,
-                &student,
+                plain,
                 BTreeMap::new(),
                 data,
                 epoch,
@@ -346,10 +456,14 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
         if state.bad_epochs >= stage.patience.max(1) || epoch >= stage.max_epochs {
             state.finished = true;
         }
+        let mut saved_state = opt.state_tensors()?;
+        for (name, t) in extra.tensors() {
+            saved_state.insert(format!("{EXTRA_PREFIX}{name}"), t);
+        }
         checkpoint::save(
             &last_path,
             &student,
-            opt.state_tensors()?,
+            saved_state,
             data,
             epoch,
             &valid.metrics,
@@ -361,7 +475,7 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
     }
     if state.best_epoch == 0 {
         bail!(
-            "no epoch was trained (train.student.max_epochs = {})",
+            "no epoch was trained ({stage_name}.max_epochs = {})",
             stage.max_epochs
         );
     }

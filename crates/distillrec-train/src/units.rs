@@ -42,17 +42,22 @@ pub fn units(ds: &Dataset, objective: Objective) -> Vec<Unit> {
     }
 }
 
-/// For `all_positions`: which positions of each sequence are training targets.
-pub fn supervised_positions(ds: &Dataset) -> Vec<Vec<bool>> {
-    let mut sup: Vec<Vec<bool>> = ds
+/// Marks "no training row" in [`HostBatch::rows`] and [`row_positions`].
+pub const NO_ROW: u32 = u32::MAX;
+
+/// For `all_positions`: per sequence and position, the index into
+/// `ds.train` of the training row whose target sits there ([`NO_ROW`] if
+/// that position is not a training target).
+pub fn row_positions(ds: &Dataset) -> Vec<Vec<u32>> {
+    let mut at: Vec<Vec<u32>> = ds
         .sequences
         .iter()
-        .map(|s| vec![false; s.items.len()])
+        .map(|s| vec![NO_ROW; s.items.len()])
         .collect();
-    for r in &ds.train {
-        sup[r.seq as usize][r.pos as usize] = true;
+    for (i, r) in ds.train.iter().enumerate() {
+        at[r.seq as usize][r.pos as usize] = i as u32;
     }
-    sup
+    at
 }
 
 /// A host-side training batch.
@@ -61,6 +66,10 @@ pub struct HostBatch {
     pub inputs: Vec<ItemId>,
     /// Targets: `[B]` for `last`, `[B·L]` for `all_positions` (0 = none).
     pub targets: Vec<ItemId>,
+    /// Per target: the index into `ds.train` of the row it supervises
+    /// ([`NO_ROW`] where the target is 0); distillation looks up the
+    /// teacher's output for that row by it.
+    pub rows: Vec<u32>,
     /// Negatives `[targets.len(), n]` (empty when `n = 0`).
     pub negatives: Vec<ItemId>,
     /// Batch size.
@@ -73,7 +82,7 @@ pub struct Batcher<'a> {
     objective: Objective,
     max_len: usize,
     negatives: usize,
-    supervised: Vec<Vec<bool>>,
+    row_at: Vec<Vec<u32>>,
     seen: Vec<u32>,
     stamp: u32,
 }
@@ -81,8 +90,8 @@ pub struct Batcher<'a> {
 impl<'a> Batcher<'a> {
     /// A batcher over `ds` for the given objective, window and negatives.
     pub fn new(ds: &'a Dataset, objective: Objective, max_len: usize, negatives: usize) -> Self {
-        let supervised = if objective == Objective::AllPositions {
-            supervised_positions(ds)
+        let row_at = if objective == Objective::AllPositions {
+            row_positions(ds)
         } else {
             Vec::new()
         };
@@ -91,7 +100,7 @@ impl<'a> Batcher<'a> {
             objective,
             max_len,
             negatives,
-            supervised,
+            row_at,
             seen: vec![0; ds.num_items() + 1],
             stamp: 0,
         }
@@ -142,6 +151,7 @@ impl<'a> Batcher<'a> {
         let l = self.max_len;
         let mut inputs = vec![PAD; units.len() * l];
         let mut targets = Vec::new();
+        let mut rows = Vec::new();
         let mut negatives = Vec::new();
         for (k, u) in units.iter().enumerate() {
             let row: &Row = &self.ds.train[u.row];
@@ -154,6 +164,7 @@ impl<'a> Batcher<'a> {
             match self.objective {
                 Objective::Last => {
                     targets.push(seq[pos]);
+                    rows.push(u.row as u32);
                     if self.negatives > 0 {
                         self.sample_negatives(&seq[..pos], seq[pos], rng, &mut negatives);
                     }
@@ -162,17 +173,18 @@ impl<'a> Batcher<'a> {
                     let pad = l - window.len();
                     for j in 0..l {
                         // input position j holds seq[start + j - pad]; its target is the next item
-                        let t = if j < pad {
+                        let r = if j < pad {
+                            NO_ROW
+                        } else {
+                            self.row_at[row.seq as usize][start + (j - pad) + 1]
+                        };
+                        let t = if r == NO_ROW {
                             PAD
                         } else {
-                            let tpos = start + (j - pad) + 1;
-                            if self.supervised[row.seq as usize][tpos] {
-                                seq[tpos]
-                            } else {
-                                PAD
-                            }
+                            seq[start + (j - pad) + 1]
                         };
                         targets.push(t);
+                        rows.push(r);
                         if self.negatives > 0 {
                             if t == PAD {
                                 negatives.extend(std::iter::repeat_n(1, self.negatives));
@@ -188,6 +200,7 @@ impl<'a> Batcher<'a> {
         HostBatch {
             inputs,
             targets,
+            rows,
             negatives,
             b: units.len(),
         }
@@ -226,6 +239,16 @@ mod tests {
         // last training row: pos 3 (target 4), history [1, 2, 3]
         assert_eq!(hb.inputs, vec![0, 0, 1, 2, 3]);
         assert_eq!(hb.targets, vec![0, 0, 2, 3, 4]);
+        // each supervised position names the training row whose target it is
+        let keys: Vec<Option<&str>> = hb
+            .rows
+            .iter()
+            .map(|&r| (r != NO_ROW).then(|| ds.train[r as usize].key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![None, None, Some("a:1"), Some("a:2"), Some("a:3")]
+        );
         assert!(
             !hb.targets.contains(&5) && !hb.targets.contains(&6),
             "valid/test targets leaked"

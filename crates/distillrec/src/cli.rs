@@ -25,6 +25,13 @@ pub enum Command {
     /// Evaluate models and baselines.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Teacher caches: from a student checkpoint, from plain files, merge shards.
+    #[command(subcommand)]
+    Teacher(crate::distill_cmd::TeacherCommand),
+    /// Choose the training rows that get teacher supervision (selection policies).
+    Select(crate::distill_cmd::SelectArgs),
+    /// Distil a teacher cache into a student (DLLM2Rec: ranking, embedding, DRO).
+    Distill(crate::distill_cmd::DistillArgs),
     /// Print a trained student's top items for a history.
     Recommend(RecommendArgs),
     /// Run every available stage from one config (the main job).

@@ -45,6 +45,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(TrainCommand::Student(a)) => train(a),
         Command::Eval(EvalCommand::Popularity(a)) => eval_popularity(a),
         Command::Eval(EvalCommand::Student(a)) => eval_student(a),
+        Command::Teacher(c) => crate::distill_cmd::teacher(c),
+        Command::Select(a) => crate::distill_cmd::select_cmd(a),
+        Command::Distill(a) => crate::distill_cmd::distill(a),
         Command::Recommend(a) => recommend(a),
         Command::Pipeline(a) => pipeline(a),
         Command::Llm(c) => crate::llm_cmd::run(c),
@@ -58,7 +61,7 @@ fn quoted(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-fn load_config(c: &ConfigArgs, extra: Vec<String>) -> Result<Config> {
+pub(crate) fn load_config(c: &ConfigArgs, extra: Vec<String>) -> Result<Config> {
     let mut sets = c.set.clone();
     sets.extend(extra);
     Ok(Config::load(c.config.as_deref(), &sets)?)
@@ -125,16 +128,19 @@ fn data_stats(a: StatsArgs) -> Result<()> {
 }
 
 /// A prepared dataset with its identity.
-struct Data {
-    ds: Dataset,
-    reference: DatasetRef,
+/// A loaded prepared dataset and how checkpoints refer to it.
+pub(crate) struct Data {
+    /// The dataset.
+    pub ds: Dataset,
+    /// Its fingerprint, name and directory.
+    pub reference: DatasetRef,
 }
 
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn load_prepared(dir: &Path) -> Result<Data> {
+pub(crate) fn load_prepared(dir: &Path) -> Result<Data> {
     let m = store::read_manifest(dir)?;
     let ds = store::load(dir)?;
     Ok(Data {
@@ -149,7 +155,7 @@ fn load_prepared(dir: &Path) -> Result<Data> {
 
 /// The dataset of a run: `--data`, else `dataset.prepared`, else built from
 /// the raw source and saved under `<out>/data` (so it has a fingerprint).
-fn run_data(cfg: &Config, data: Option<&Path>, out: &Path) -> Result<Data> {
+pub(crate) fn run_data(cfg: &Config, data: Option<&Path>, out: &Path) -> Result<Data> {
     if let Some(d) = data.or(cfg.dataset.prepared.as_deref()) {
         return load_prepared(d);
     }
@@ -171,7 +177,7 @@ fn popularity_metrics(ds: &Dataset, cfg: &Config, run: &mut Run) -> Result<Metri
     })
 }
 
-fn finish(run: Run, result: Result<()>) -> Result<()> {
+pub(crate) fn finish(run: Run, result: Result<()>) -> Result<()> {
     let status = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
     run.finish(status)?;
     result
@@ -192,7 +198,7 @@ fn eval_popularity(a: PopularityArgs) -> Result<()> {
     finish(run, result)
 }
 
-fn print_metrics(model: &str, m: &Metrics) {
+pub(crate) fn print_metrics(model: &str, m: &Metrics) {
     let pick = |s: &SplitMetrics, k: &str| s.get(k).map_or("-".into(), |v| format!("{v:.4}"));
     println!(
         "{model}: valid ndcg@10 {}  test hr@10 {}  ndcg@10 {}  hr@20 {}  ndcg@20 {}",

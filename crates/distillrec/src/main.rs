@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench_cmd;
 mod cli;
 mod commands;
+mod distill_cmd;
 mod llm_cmd;
 mod source;
 

@@ -1,0 +1,375 @@
+//! The distillation objective (SPEC 7) plugged into the shared training
+//! loop: `L = L_base + (1/S) Σ_{rows with teacher output}
+//! (α·DRO_row + λ·RD_row)`, where `S` is the number of supervised targets
+//! in the batch, so every row with teacher output adds the same amount
+//! whatever the coverage (partial distillation), and rows without it train
+//! on `L_base` alone.
+//!
+//! With `all_positions`, a position is distilled when the training row
+//! whose target sits there has teacher output, so long histories distil
+//! in one pass per sequence.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use distillrec_cache::TeacherCache;
+use distillrec_config::{DistillConfig, StudentConfig};
+use distillrec_data::{Dataset, ItemId};
+use distillrec_models::params::{Init, Params};
+use distillrec_models::Student;
+use distillrec_train::units::{HostBatch, NO_ROW};
+use distillrec_train::{base_loss, forward_rep, StageObjective};
+
+use crate::losses::{
+    item_columns, projected_table, propensity, ranking_distill_rows, CandidateWeights, DroRows,
+};
+
+/// The teacher's output aligned with the dataset's training rows.
+#[derive(Clone, Debug)]
+pub struct TeacherRows {
+    /// Candidates per row.
+    pub k: usize,
+    /// Per `ds.train` index: the teacher row holding it, if any.
+    pub of_train: Vec<Option<usize>>,
+    /// Candidate item ids `[rows, k]`.
+    pub items: Vec<ItemId>,
+    /// Confidence distances `[rows, k]` (smaller = more confident).
+    pub distances: Vec<f32>,
+    /// LLM item embeddings `[N + 1, D]` and `D`, if the teacher has them.
+    pub embeddings: Option<(Vec<f32>, usize)>,
+}
+
+impl TeacherRows {
+    /// Aligns a loaded cache with `ds` (fingerprint and keys checked).
+    pub fn from_cache(cache: &TeacherCache, fingerprint: &str, ds: &Dataset) -> Result<Self> {
+        let of_train = cache.row_lookup(fingerprint, ds)?;
+        Ok(TeacherRows {
+            k: cache.k(),
+            of_train,
+            items: cache.items.clone(),
+            distances: cache.distances.clone(),
+            embeddings: cache.embeddings.clone().zip(cache.embedding_dim()),
+        })
+    }
+}
+
+/// Which terms are active, after the config and the teacher are combined;
+/// recorded in `run.json` so an ablation says what it left out.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ActiveTerms {
+    /// Ranking distillation (λ > 0).
+    pub ranking: bool,
+    /// DRO (α > 0).
+    pub dro: bool,
+    /// Embedding distillation (ed_weight > 0 and the teacher has embeddings).
+    pub embedding: bool,
+    /// Training rows with teacher output.
+    pub teacher_rows: usize,
+    /// Candidates used per row.
+    pub k: usize,
+}
+
+/// Embedding distillation's trainable projection `W z + b`.
+struct EmbeddingProjection {
+    z: Tensor,
+    w: Tensor,
+    b: Tensor,
+    weight: f64,
+}
+
+/// DLLM2Rec distillation as a [`StageObjective`].
+pub struct DistillObjective<'a> {
+    ds: &'a Dataset,
+    student_cfg: &'a StudentConfig,
+    cfg: DistillConfig,
+    teacher: TeacherRows,
+    k: usize,
+    weights: CandidateWeights,
+    position: Vec<f64>,
+    ps: Tensor,
+    ed: Option<EmbeddingProjection>,
+    params: Params,
+    terms: ActiveTerms,
+}
+
+impl<'a> DistillObjective<'a> {
+    /// Builds the objective; `seed` initialises the projection.
+    pub fn new(
+        ds: &'a Dataset,
+        student_cfg: &'a StudentConfig,
+        cfg: &DistillConfig,
+        teacher: TeacherRows,
+        seed: u64,
+    ) -> Result<Self> {
+        let dev = Device::Cpu;
+        if teacher.of_train.len() != ds.train.len() {
+            bail!(
+                "teacher rows cover {} training rows, the dataset has {}",
+                teacher.of_train.len(),
+                ds.train.len()
+            );
+        }
+        if cfg.k == 0 {
+            bail!("distill.k must be at least 1");
+        }
+        if cfg.k > teacher.k {
+            bail!(
+                "distill.k = {} but the teacher cache holds only the top {} per row; lower distill.k or rebuild the cache",
+                cfg.k,
+                teacher.k
+            );
+        }
+        for (name, v) in [
+            ("distill.lambda", cfg.lambda),
+            ("distill.alpha", cfg.alpha),
+            ("distill.ed_weight", cfg.ed_weight),
+            ("distill.gamma_position", cfg.gamma_position),
+            ("distill.gamma_confidence", cfg.gamma_confidence),
+            ("distill.gamma_consistency", cfg.gamma_consistency),
+            ("distill.ps_power", cfg.ps_power),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("{name} = {v}: must be a finite number ≥ 0");
+            }
+        }
+        if !(cfg.beta > 0.0 && cfg.tau > 0.0) {
+            bail!(
+                "distill.beta = {} and distill.tau = {}: both must be > 0",
+                cfg.beta,
+                cfg.tau
+            );
+        }
+        let weights = CandidateWeights {
+            gamma_position: cfg.gamma_position,
+            gamma_confidence: cfg.gamma_confidence,
+            gamma_consistency: cfg.gamma_consistency,
+            tau: cfg.tau,
+        };
+        let position = weights.position(cfg.k);
+        let ps = Tensor::from_vec(
+            propensity(&ds.train_target_counts(), cfg.ps_power),
+            ds.num_items(),
+            &dev,
+        )?;
+        let mut params = Params::default();
+        let d = student_cfg.hidden;
+        let ed = match (&teacher.embeddings, cfg.ed_weight > 0.0) {
+            (Some((z, dim)), true) => {
+                let n1 = ds.num_items() + 1;
+                if z.len() != n1 * dim {
+                    bail!(
+                        "teacher item embeddings hold {} values, expected {} × {dim}",
+                        z.len(),
+                        n1
+                    );
+                }
+                let mut init = Init::new(seed ^ 0xED, &dev);
+                let w = params.add("ed.weight", init.linear_weight(d, *dim)?)?;
+                let b = params.add("ed.bias", init.uniform(&[d], 1.0 / (*dim as f64).sqrt())?)?;
+                Some(EmbeddingProjection {
+                    z: Tensor::from_vec(z.clone(), (n1, *dim), &dev)?,
+                    w,
+                    b,
+                    weight: cfg.ed_weight,
+                })
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "the teacher cache has no item embeddings: embedding distillation is off"
+                );
+                None
+            }
+            _ => None,
+        };
+        let terms = ActiveTerms {
+            ranking: cfg.lambda > 0.0,
+            dro: cfg.alpha > 0.0,
+            embedding: ed.is_some(),
+            teacher_rows: teacher.of_train.iter().filter(|r| r.is_some()).count(),
+            k: cfg.k,
+        };
+        Ok(DistillObjective {
+            ds,
+            student_cfg,
+            cfg: cfg.clone(),
+            k: cfg.k,
+            teacher,
+            weights,
+            position,
+            ps,
+            ed,
+            params,
+            terms,
+        })
+    }
+
+    /// The terms this objective trains with.
+    pub fn terms(&self) -> &ActiveTerms {
+        &self.terms
+    }
+
+    /// The item table the student reads: its own, or with the projected
+    /// LLM embeddings added.
+    fn table(&self, student: &Student) -> Result<Tensor> {
+        let e = student.item_table();
+        Ok(match &self.ed {
+            Some(p) => projected_table(e, &p.z, &p.w, &p.b, p.weight)?,
+            None => e.clone(),
+        })
+    }
+
+    /// A negative for a distilled row: uniform outside its history, target
+    /// and candidates.
+    fn negative(&self, train_row: usize, cands: &[ItemId], rng: &mut ChaCha8Rng) -> ItemId {
+        let row = &self.ds.train[train_row];
+        let hist = self.ds.history(row);
+        let target = self.ds.target(row);
+        let n = self.ds.num_items() as u32;
+        for _ in 0..1000 {
+            let c = 1 + rng.gen_range(0..n);
+            if c != target && !cands.contains(&c) && !hist.contains(&c) {
+                return c;
+            }
+        }
+        1 + rng.gen_range(0..n) // a catalogue (almost) covered by the row
+    }
+}
+
+impl StageObjective for DistillObjective<'_> {
+    fn stage_name(&self) -> &str {
+        "train.distill"
+    }
+
+    fn key(&self) -> serde_json::Value {
+        serde_json::json!({
+            "distill": self.cfg,
+            "terms": self.terms,
+            "teacher_rows": self.teacher.items.len() / self.teacher.k.max(1),
+        })
+    }
+
+    fn extra_params(&self) -> Option<&Params> {
+        Some(&self.params)
+    }
+
+    fn batch_loss(
+        &self,
+        student: &Student,
+        hb: &HostBatch,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
+        let table = self.table(student)?;
+        let rep = forward_rep(student, self.student_cfg, hb, &table, rng)?;
+        let base = base_loss(self.student_cfg, &rep, &table, hb)?;
+        if !(self.terms.ranking || self.terms.dro) {
+            return Ok(base);
+        }
+        // positions whose training row has teacher output
+        let mut pick = Vec::new();
+        let mut trows = Vec::new();
+        for (i, &r) in hb.rows.iter().enumerate() {
+            if r != NO_ROW {
+                if let Some(t) = self.teacher.of_train[r as usize] {
+                    pick.push(i as u32);
+                    trows.push((r as usize, t));
+                }
+            }
+        }
+        if pick.is_empty() {
+            return Ok(base);
+        }
+        let supervised = hb.targets.iter().filter(|&&t| t != 0).count().max(1);
+        let dev = rep.device().clone();
+        let m = pick.len();
+        let k = self.k;
+        let n = self.ds.num_items();
+        let rep_d = rep.index_select(&Tensor::from_vec(pick.clone(), m, &dev)?, 0)?;
+        let scores = rep_d.matmul(&table.t()?)?.narrow(1, 1, n)?.contiguous()?; // [M, N], column j = item j + 1
+        let mut cands = Vec::with_capacity(m * k);
+        let mut w = Vec::with_capacity(m * k);
+        let mut negs = Vec::with_capacity(m);
+        let mut targets = Vec::with_capacity(m);
+        let host = if self.terms.ranking && self.cfg.gamma_consistency > 0.0 {
+            Some(scores.to_vec2::<f32>()?)
+        } else {
+            None
+        };
+        let tk = self.teacher.k;
+        for (i, &(train_row, t)) in trows.iter().enumerate() {
+            let c = &self.teacher.items[t * tk..t * tk + k];
+            let d = &self.teacher.distances[t * tk..t * tk + k];
+            let in_top: Vec<bool> = match &host {
+                Some(h) => {
+                    let top = top_k_items(&h[i], k);
+                    c.iter().map(|x| top.contains(x)).collect()
+                }
+                None => vec![false; k],
+            };
+            w.extend(self.weights.row(&self.position, d, &in_top));
+            cands.extend_from_slice(c);
+            negs.push(self.negative(train_row, c, rng));
+            targets.push(hb.targets[pick[i] as usize]);
+        }
+        let cand_cols = item_columns(&cands, m, k, &dev)?;
+        let w = Tensor::from_vec(w, (m, k), &dev)?;
+        let mut per_row = Tensor::zeros(m, candle_core::DType::F32, &dev)?;
+        let dro = if self.terms.dro {
+            Some(DroRows::new(&scores, &self.ps, self.cfg.beta)?)
+        } else {
+            None
+        };
+        if let Some(dro) = &dro {
+            let tcols = item_columns(&targets, m, 1, &dev)?;
+            per_row = (per_row + (dro.loss(&tcols)?.squeeze(1)? * self.cfg.alpha)?)?;
+        }
+        if self.terms.ranking {
+            let s_c = scores.gather(&cand_cols, 1)?;
+            let s_n = scores
+                .gather(&item_columns(&negs, m, 1, &dev)?, 1)?
+                .squeeze(1)?;
+            let mut rd = ranking_distill_rows(&s_c, &s_n, &w)?;
+            if let Some(dro) = &dro {
+                let dro_c = (dro.loss(&cand_cols)? * &w)?.sum(D::Minus1)?;
+                rd = (rd + (dro_c * self.cfg.alpha)?)?;
+            }
+            per_row = (per_row + (rd * self.cfg.lambda)?)?;
+        }
+        Ok((base + (per_row.sum_all()? / supervised as f64)?)?)
+    }
+
+    fn export(&self, student: &Student) -> Result<Option<Student>> {
+        Ok(match &self.ed {
+            Some(_) => Some(student.with_item_table(&self.table(student)?)?),
+            None => None,
+        })
+    }
+}
+
+/// The `k` items with the largest scores of a padding-free row (item ids).
+pub fn top_k_items(row: &[f32], k: usize) -> Vec<ItemId> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    idx.into_iter().map(|j| j + 1).collect()
+}
+
+/// Summary numbers of a distillation setup (for `run.json`).
+pub fn describe(terms: &ActiveTerms) -> BTreeMap<String, serde_json::Value> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "terms".into(),
+        serde_json::to_value(terms).unwrap_or_default(),
+    );
+    m
+}

@@ -1,0 +1,98 @@
+//! Teacher caches from any student checkpoint (`teacher from-student`):
+//! the student's top-K per training row (history masked or not), the
+//! confidence distance `d = −log p` under its softmax over the catalogue,
+//! and its item table as the embedding table. Serves model-to-model
+//! distillation and testing; an LLM teacher writes the same format.
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use distillrec_cache::TeacherCache;
+use distillrec_data::Dataset;
+use distillrec_models::Student;
+
+use crate::objective::top_k_items;
+
+/// Options of [`cache_from_student`].
+#[derive(Clone, Debug)]
+pub struct FromStudent {
+    /// Candidates per row.
+    pub k: usize,
+    /// Leave the row's history items out of the top-K.
+    pub mask_history: bool,
+    /// Rows per forward pass.
+    pub batch_size: usize,
+    /// Where the teacher came from (recorded in the manifest).
+    pub source: String,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Builds the cache of `student` on the training rows `rows` (indices into
+/// `ds.train`, in training order) of the dataset with `fingerprint`.
+pub fn cache_from_student(
+    student: &Student,
+    ds: &Dataset,
+    fingerprint: &str,
+    rows: &[usize],
+    opts: &FromStudent,
+) -> Result<TeacherCache> {
+    let n = ds.num_items();
+    anyhow::ensure!(
+        opts.k >= 1 && opts.k <= n,
+        "teacher top-K = {} must be between 1 and the catalogue size {n}",
+        opts.k
+    );
+    let mut cache = TeacherCache::new(
+        fingerprint,
+        ds,
+        opts.k,
+        "neg_log_prob",
+        opts.mask_history,
+        &opts.source,
+    );
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(rows.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for chunk in rows.chunks(opts.batch_size.max(1)) {
+        let hist: Vec<&[u32]> = chunk.iter().map(|&r| ds.history(&ds.train[r])).collect();
+        let scores = student.score_histories(&hist)?;
+        let out: Vec<(Vec<u32>, Vec<f32>)> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let s = &scores[i * (n + 1) + 1..(i + 1) * (n + 1)]; // items 1..=N
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+                let log_z = max + s.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+                let mut masked;
+                let ranked: &[f32] = if opts.mask_history {
+                    masked = s.to_vec();
+                    for &h in hist[i] {
+                        masked[h as usize - 1] = f32::NEG_INFINITY;
+                    }
+                    &masked
+                } else {
+                    s
+                };
+                let top = top_k_items(ranked, opts.k);
+                let d: Vec<f32> = top
+                    .iter()
+                    .map(|&it| (log_z - s[it as usize - 1] as f64) as f32)
+                    .collect();
+                (top, d)
+            })
+            .collect();
+        for (&r, (items, d)) in chunk.iter().zip(out) {
+            cache.push_row(&ds.train[r].key, &items, &d)?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let mut table = student.item_table().flatten_all()?.to_vec1::<f32>()?;
+    let dim = student.spec.hidden;
+    table[..dim].fill(0.0); // row 0 is padding
+    cache.set_embeddings(table, dim)?;
+    Ok(cache)
+}

@@ -1,0 +1,250 @@
+//! The plot functions write real PNGs: right signature, decodable, 800×500, and
+//! different for different inputs; empty or invalid input is an error.
+//!
+//! Set `DISTILLREC_REPORT_PLOT_DIR` to a directory to keep the images for a look.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use distillrec_report::{
+    aggregate, plot_budget_curve, plot_metric_bars, AggregateRow, BudgetPoint, RunSummary,
+    PLOT_HEIGHT, PLOT_WIDTH,
+};
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Where to write: a kept directory if asked for, the temp dir otherwise.
+fn out_dir(tmp: &tempfile::TempDir) -> PathBuf {
+    match std::env::var_os("DISTILLREC_REPORT_PLOT_DIR") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).unwrap();
+            PathBuf::from(d)
+        }
+        None => tmp.path().to_path_buf(),
+    }
+}
+
+/// Checks the signature, decodes, checks the size and returns the RGB(A) pixels.
+fn decode(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(bytes[..8], PNG_SIGNATURE, "{} is not a PNG", path.display());
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("PNG header decodes");
+    let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+    let info = reader.next_frame(&mut buf).expect("PNG image decodes");
+    assert_eq!((info.width, info.height), (800, 500));
+    assert_eq!((PLOT_WIDTH, PLOT_HEIGHT), (800, 500));
+    buf.truncate(info.buffer_size());
+    buf
+}
+
+/// Number of pixels that are not white: proof that something was drawn.
+fn ink(pixels: &[u8]) -> usize {
+    pixels
+        .chunks(3)
+        .filter(|p| p.iter().any(|&c| c < 250))
+        .count()
+}
+
+fn budget_points() -> Vec<BudgetPoint> {
+    let mut points = Vec::new();
+    for (policy, gain) in [
+        ("random", 0.10),
+        ("uncertainty", 0.14),
+        ("popularity", 0.08),
+    ] {
+        for (k, fraction) in [0.05, 0.1, 0.25, 0.5, 1.0].into_iter().enumerate() {
+            points.push(BudgetPoint {
+                policy: policy.to_string(),
+                fraction,
+                teacher_rows: (fraction * 10_000.0) as usize,
+                metric: 0.20 + gain * (1.0 - (-4.0 * fraction).exp()),
+                spread: if k % 2 == 0 { Some(0.006) } else { None },
+            });
+        }
+    }
+    points
+}
+
+#[test]
+fn budget_curve_writes_an_800x500_png_that_depends_on_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = out_dir(&tmp);
+    let points = budget_points();
+
+    let a = dir.join("budget_a.png");
+    plot_budget_curve(&points, "hr@10", Some(0.21), &a).unwrap();
+    let pa = decode(&a);
+    assert!(ink(&pa) > 5_000, "the plot is nearly blank");
+
+    // Different data, same labels: different image.
+    let mut moved = points.clone();
+    moved[3].metric += 0.05;
+    let b = dir.join("budget_b.png");
+    plot_budget_curve(&moved, "hr@10", Some(0.21), &b).unwrap();
+    assert_ne!(pa, decode(&b), "changing a point must change the image");
+
+    // Only the baseline differs: different image.
+    let c = dir.join("budget_c.png");
+    plot_budget_curve(&points, "hr@10", None, &c).unwrap();
+    assert_ne!(pa, decode(&c), "the baseline line must be visible");
+
+    // Only the metric name differs: the text is really rendered.
+    let d = dir.join("budget_d.png");
+    plot_budget_curve(&points, "ndcg@10", Some(0.21), &d).unwrap();
+    assert_ne!(pa, decode(&d), "the title/axis text must be drawn");
+
+    // Same input twice: same bytes (deterministic, no stray temp files).
+    let a2 = dir.join("budget_a2.png");
+    plot_budget_curve(&points, "hr@10", Some(0.21), &a2).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&a2).unwrap());
+    if std::env::var_os("DISTILLREC_REPORT_PLOT_DIR").is_none() {
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".png"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "temp files left behind: {leftovers:?}"
+        );
+    }
+}
+
+#[test]
+fn budget_curve_with_a_single_point_and_flat_values_still_draws() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = out_dir(&tmp).join("budget_single.png");
+    let points = vec![BudgetPoint {
+        policy: "random".into(),
+        fraction: 0.0,
+        teacher_rows: 0,
+        metric: 0.0,
+        spread: None,
+    }];
+    plot_budget_curve(&points, "hr@10", None, &path).unwrap();
+    assert!(ink(&decode(&path)) > 1_000);
+}
+
+#[test]
+fn empty_or_invalid_budget_input_is_an_error_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("empty.png");
+    let err = plot_budget_curve(&[], "hr@10", Some(0.2), &path).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("no points to plot"), "{msg}");
+    assert!(msg.contains("empty.png"), "{msg}");
+    assert!(!path.exists());
+
+    let mut points = budget_points();
+    points[2].fraction = 1.5;
+    let msg = format!(
+        "{:#}",
+        plot_budget_curve(&points, "hr@10", None, &path).unwrap_err()
+    );
+    assert!(msg.contains("[0, 1]") && msg.contains("empty.png"), "{msg}");
+
+    let mut points = budget_points();
+    points[0].metric = f64::NAN;
+    assert!(plot_budget_curve(&points, "hr@10", None, &path).is_err());
+    assert!(plot_budget_curve(&budget_points(), "hr@10", Some(f64::INFINITY), &path).is_err());
+    assert!(!path.exists());
+}
+
+fn runs() -> Vec<RunSummary> {
+    let mut out = Vec::new();
+    let specs = [
+        ("pop", "baseline", [0.05, 0.05, 0.05]),
+        ("sasrec", "baseline", [0.20, 0.22, 0.21]),
+        ("gru4rec", "baseline", [0.17, 0.18, 0.16]),
+        ("llm-teacher", "teacher", [0.30, 0.30, 0.30]),
+        ("sasrec+kd", "distilled", [0.25, 0.27, 0.26]),
+        (
+            "sasrec+kd (no ranking loss)",
+            "ablation",
+            [0.23, 0.22, 0.24],
+        ),
+    ];
+    for (label, group, hrs) in specs {
+        for (seed, hr) in hrs.into_iter().enumerate() {
+            if label == "llm-teacher" && seed > 0 {
+                continue; // the teacher ran once: no error bar
+            }
+            let mut test = BTreeMap::new();
+            test.insert("hr@10".to_string(), hr);
+            test.insert("ndcg@10".to_string(), hr / 2.0);
+            out.push(RunSummary {
+                label: label.into(),
+                model: label.split('+').next().unwrap().into(),
+                group: group.into(),
+                seed: seed as u64,
+                test,
+                valid: BTreeMap::new(),
+                wall_secs: Some(60.0 * (seed + 1) as f64),
+                teacher_rows: None,
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn metric_bars_write_an_800x500_png_that_depends_on_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = out_dir(&tmp);
+    let rows = aggregate(&runs(), &["hr@10", "ndcg@10", "wall_secs"]);
+
+    let a = dir.join("bars_a.png");
+    plot_metric_bars(&rows, "hr@10", &a).unwrap();
+    let pa = decode(&a);
+    assert!(ink(&pa) > 5_000, "the plot is nearly blank");
+
+    let b = dir.join("bars_b.png");
+    plot_metric_bars(&rows, "ndcg@10", &b).unwrap();
+    assert_ne!(pa, decode(&b), "another metric must give another image");
+
+    let mut changed = rows.clone();
+    changed[1].mean.insert("hr@10".into(), 0.1);
+    let c = dir.join("bars_c.png");
+    plot_metric_bars(&changed, "hr@10", &c).unwrap();
+    assert_ne!(pa, decode(&c), "changing a bar must change the image");
+
+    // Many long labels: drawn vertically and shortened, still a valid image.
+    let many: Vec<AggregateRow> = (0..14)
+        .map(|i| {
+            let mut r = rows[i % rows.len()].clone();
+            r.label = format!("{}-with-a-rather-long-suffix-number-{i}", r.label);
+            r
+        })
+        .collect();
+    let d = dir.join("bars_many.png");
+    plot_metric_bars(&many, "hr@10", &d).unwrap();
+    decode(&d);
+
+    // Cost per model through the wall_secs pseudo-metric.
+    let e = dir.join("bars_wall.png");
+    plot_metric_bars(&rows, "wall_secs", &e).unwrap();
+    decode(&e);
+}
+
+#[test]
+fn empty_bar_input_is_an_error_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bars.png");
+    let msg = format!("{:#}", plot_metric_bars(&[], "hr@10", &path).unwrap_err());
+    assert!(
+        msg.contains("no points to plot") && msg.contains("bars.png"),
+        "{msg}"
+    );
+
+    let rows = aggregate(&runs(), &["hr@10"]);
+    let msg = format!(
+        "{:#}",
+        plot_metric_bars(&rows, "mrr@10", &path).unwrap_err()
+    );
+    assert!(
+        msg.contains("no points to plot") && msg.contains("mrr@10"),
+        "{msg}"
+    );
+    assert!(!path.exists());
+}

@@ -1,0 +1,295 @@
+//! Diversity-based selection on row vectors: k-center greedy (coreset),
+//! k-means with proportional allocation, and k-means++ seeding (BADGE).
+//! Distances are squared Euclidean; the per-point distance updates run in
+//! parallel (rayon) and are exact, so the result depends only on the seed.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+fn dist2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Lowers `min_d[i]` to the distance of point `i` to `center`.
+fn update_min(points: &[f32], dim: usize, center: &[f32], min_d: &mut [f32]) {
+    min_d
+        .par_iter_mut()
+        .zip(points.par_chunks(dim))
+        .for_each(|(m, p)| {
+            let d = dist2(p, center);
+            if d < *m {
+                *m = d;
+            }
+        });
+}
+
+/// The index of the largest value (the earlier one on ties).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// k-center greedy (Sener & Savarese): a seeded first centre, then always
+/// the point farthest from every chosen one. Scores are the distance at
+/// the time of choice.
+pub fn k_center_greedy(
+    points: &[f32],
+    dim: usize,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, f64)> {
+    let count = points.len() / dim.max(1);
+    if count == 0 || n == 0 {
+        return Vec::new();
+    }
+    let mut min_d = vec![f32::INFINITY; count];
+    let mut chosen = vec![false; count];
+    let first = rng.gen_range(0..count);
+    let mut out = vec![(first, f64::INFINITY)];
+    chosen[first] = true;
+    update_min(
+        points,
+        dim,
+        &points[first * dim..(first + 1) * dim],
+        &mut min_d,
+    );
+    while out.len() < n.min(count) {
+        for (i, c) in chosen.iter().enumerate() {
+            if *c {
+                min_d[i] = f32::NEG_INFINITY;
+            }
+        }
+        let next = argmax(&min_d);
+        out.push((next, min_d[next] as f64));
+        chosen[next] = true;
+        update_min(
+            points,
+            dim,
+            &points[next * dim..(next + 1) * dim],
+            &mut min_d,
+        );
+    }
+    out.sort_by_key(|&(i, _)| i);
+    out
+}
+
+/// k-means++ seeding (Arthur & Vassilvitskii) as BADGE uses it: the first
+/// centre is the point with the largest norm, each next one is drawn with
+/// probability ∝ squared distance to the nearest chosen centre.
+pub fn kmeans_pp_seeds(
+    points: &[f32],
+    dim: usize,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, f64)> {
+    let count = points.len() / dim.max(1);
+    if count == 0 || n == 0 {
+        return Vec::new();
+    }
+    let norms: Vec<f32> = points
+        .chunks(dim)
+        .map(|p| p.iter().map(|x| x * x).sum())
+        .collect();
+    let first = argmax(&norms);
+    let mut chosen = vec![false; count];
+    chosen[first] = true;
+    let mut out = vec![(first, norms[first] as f64)];
+    let mut min_d = vec![f32::INFINITY; count];
+    update_min(
+        points,
+        dim,
+        &points[first * dim..(first + 1) * dim],
+        &mut min_d,
+    );
+    while out.len() < n.min(count) {
+        let total: f64 = min_d
+            .iter()
+            .zip(&chosen)
+            .filter(|(_, &c)| !c)
+            .map(|(&d, _)| d as f64)
+            .sum();
+        let next = if total > 0.0 {
+            let mut r = rng.gen::<f64>() * total;
+            let mut pick = None;
+            for (i, (&d, &c)) in min_d.iter().zip(&chosen).enumerate() {
+                if c {
+                    continue;
+                }
+                r -= d as f64;
+                if r <= 0.0 {
+                    pick = Some(i);
+                    break;
+                }
+            }
+            pick.unwrap_or_else(|| (0..count).rev().find(|&i| !chosen[i]).unwrap_or(0))
+        } else {
+            // every remaining point coincides with a centre: take them in order
+            (0..count).find(|&i| !chosen[i]).unwrap_or(0)
+        };
+        out.push((next, min_d[next] as f64));
+        chosen[next] = true;
+        update_min(
+            points,
+            dim,
+            &points[next * dim..(next + 1) * dim],
+            &mut min_d,
+        );
+    }
+    out.sort_by_key(|&(i, _)| i);
+    out
+}
+
+/// Most clusters `kmeans` forms; larger budgets are shared among them.
+pub const MAX_CLUSTERS: usize = 128;
+
+/// k-means selection: `min(n, MAX_CLUSTERS)` clusters (k-means++ init,
+/// 20 Lloyd iterations), the budget shared among clusters in proportion to
+/// their sizes (largest remainders), and within a cluster the points
+/// nearest its centroid. Scores are the negative distance to the centroid.
+pub fn kmeans_select(
+    points: &[f32],
+    dim: usize,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(usize, f64)> {
+    let count = points.len() / dim.max(1);
+    let n = n.min(count);
+    if n == 0 {
+        return Vec::new();
+    }
+    let k = n.min(MAX_CLUSTERS);
+    let seeds = kmeans_pp_seeds(points, dim, k, rng);
+    let mut centroids: Vec<f32> = seeds
+        .iter()
+        .flat_map(|&(i, _)| points[i * dim..(i + 1) * dim].to_vec())
+        .collect();
+    let mut assign = vec![0usize; count];
+    for _ in 0..20 {
+        assign
+            .par_iter_mut()
+            .zip(points.par_chunks(dim))
+            .for_each(|(a, p)| {
+                let mut best = (0, f32::INFINITY);
+                for (c, cent) in centroids.chunks(dim).enumerate() {
+                    let d = dist2(p, cent);
+                    if d < best.1 {
+                        best = (c, d);
+                    }
+                }
+                *a = best.0;
+            });
+        let mut sums = vec![0f64; k * dim];
+        let mut sizes = vec![0usize; k];
+        for (i, &a) in assign.iter().enumerate() {
+            sizes[a] += 1;
+            for j in 0..dim {
+                sums[a * dim + j] += points[i * dim + j] as f64;
+            }
+        }
+        for c in 0..k {
+            if sizes[c] > 0 {
+                for j in 0..dim {
+                    centroids[c * dim + j] = (sums[c * dim + j] / sizes[c] as f64) as f32;
+                }
+            }
+        }
+    }
+    let mut members: Vec<Vec<(f32, usize)>> = vec![Vec::new(); k];
+    for (i, &a) in assign.iter().enumerate() {
+        let d = dist2(
+            &points[i * dim..(i + 1) * dim],
+            &centroids[a * dim..(a + 1) * dim],
+        );
+        members[a].push((d, i));
+    }
+    // proportional quotas, largest remainders
+    let mut quota: Vec<usize> = members.iter().map(|m| (m.len() * n) / count).collect();
+    let mut rem: Vec<(usize, usize)> = members
+        .iter()
+        .enumerate()
+        .map(|(c, m)| ((m.len() * n) % count, c))
+        .collect();
+    rem.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut left = n - quota.iter().sum::<usize>();
+    for &(_, c) in &rem {
+        if left == 0 {
+            break;
+        }
+        if quota[c] < members[c].len() {
+            quota[c] += 1;
+            left -= 1;
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for (c, m) in members.iter_mut().enumerate() {
+        m.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        out.extend(m.iter().take(quota[c]).map(|&(d, i)| (i, -(d as f64))));
+    }
+    out.sort_by_key(|&(i, _)| i);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// Three tight groups of points on a line: 10 near 0, 10 near 100, 1 at 50.
+    fn groups() -> Vec<f32> {
+        let mut v = Vec::new();
+        for i in 0..10 {
+            v.push(i as f32 * 0.01);
+        }
+        for i in 0..10 {
+            v.push(100.0 + i as f32 * 0.01);
+        }
+        v.push(50.0);
+        v
+    }
+
+    #[test]
+    fn coreset_covers_every_group() {
+        let p = groups();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let got = k_center_greedy(&p, 1, 3, &mut rng);
+        let vals: Vec<f32> = got.iter().map(|&(i, _)| p[i]).collect();
+        assert!(vals.iter().any(|&v| v < 1.0), "{vals:?}");
+        assert!(vals.iter().any(|&v| v > 99.0), "{vals:?}");
+        assert!(vals.contains(&50.0), "{vals:?}");
+    }
+
+    #[test]
+    fn kmeans_shares_the_budget_by_cluster_size() {
+        let p = groups();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let got = kmeans_select(&p, 1, 2, &mut rng);
+        // two clusters: each big group gets one row
+        let vals: Vec<f32> = got.iter().map(|&(i, _)| p[i]).collect();
+        assert_eq!(got.len(), 2);
+        assert!(
+            vals.iter().any(|&v| v < 60.0) && vals.iter().any(|&v| v > 60.0),
+            "{vals:?}"
+        );
+        let again = kmeans_select(&p, 1, 2, &mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(got, again);
+    }
+
+    #[test]
+    fn kmeans_pp_starts_at_the_largest_norm_and_spreads() {
+        let p = groups();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let got = kmeans_pp_seeds(&p, 1, 2, &mut rng);
+        let vals: Vec<f32> = got.iter().map(|&(i, _)| p[i]).collect();
+        assert!(
+            vals.iter().any(|&v| v > 100.0),
+            "largest norm first: {vals:?}"
+        );
+        assert!(vals.iter().any(|&v| v < 60.0), "then far away: {vals:?}");
+    }
+}

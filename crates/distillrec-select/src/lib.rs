@@ -1,0 +1,401 @@
+//! Selection policies (SPEC 8): which training rows receive teacher
+//! supervision, under a budget, because the teacher is the expensive part.
+//!
+//! - `all`: every row; `random`: a seeded uniform sample.
+//! - uncertainty of the student on the row's true target or its
+//!   prediction: `loss` (−log p_target), `entropy`, `least_confidence`
+//!   (1 − max p), `margin` (smallest p₁ − p₂ first), `gradient_norm`
+//!   (‖∂loss/∂output layer‖ = ‖p − y‖·‖h‖).
+//! - diversity on the student's sequence representations: `coreset`
+//!   (k-center greedy), `kmeans` (clusters, then the rows nearest each
+//!   centroid, budget shared in proportion to cluster sizes), `badge`
+//!   (k-means++ seeding on sketched gradient embeddings).
+//! - post-hoc filters that need the teacher: `kl` (KL between teacher and
+//!   student over the candidates, rows above a threshold) and `gt_error`
+//!   (student's probability of the target below a threshold).
+//!
+//! Every choice is deterministic given the seed; ties go to the earlier
+//! training row.
+
+pub mod cluster;
+pub mod signals;
+
+use std::str::FromStr;
+
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use signals::{RowSignals, SignalOptions};
+
+/// A selection policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Every row.
+    All,
+    /// Seeded uniform sample.
+    Random,
+    /// Student loss on the target, highest first.
+    Loss,
+    /// Entropy of the student's distribution, highest first.
+    Entropy,
+    /// `1 − max p`, highest first.
+    LeastConfidence,
+    /// `p₁ − p₂`, smallest first.
+    Margin,
+    /// Output-layer gradient norm, highest first.
+    GradientNorm,
+    /// k-center greedy on representations.
+    Coreset,
+    /// k-means on representations, nearest rows to the centroids.
+    Kmeans,
+    /// k-means++ seeding on gradient embeddings.
+    Badge,
+    /// Teacher–student KL over the candidates above a threshold.
+    Kl,
+    /// Student probability of the target below a threshold.
+    GtError,
+}
+
+/// Every policy name, for help texts and errors.
+pub const POLICY_NAMES: &[&str] = &[
+    "all",
+    "random",
+    "loss",
+    "entropy",
+    "least_confidence",
+    "margin",
+    "gradient_norm",
+    "coreset",
+    "kmeans",
+    "badge",
+    "kl",
+    "gt_error",
+];
+
+impl FromStr for Policy {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "all" => Policy::All,
+            "random" => Policy::Random,
+            "loss" => Policy::Loss,
+            "entropy" => Policy::Entropy,
+            "least_confidence" => Policy::LeastConfidence,
+            "margin" => Policy::Margin,
+            "gradient_norm" => Policy::GradientNorm,
+            "coreset" => Policy::Coreset,
+            "kmeans" => Policy::Kmeans,
+            "badge" => Policy::Badge,
+            "kl" => Policy::Kl,
+            "gt_error" => Policy::GtError,
+            _ => bail!(
+                "unknown selection policy '{s}'; expected one of: {}",
+                POLICY_NAMES.join(", ")
+            ),
+        })
+    }
+}
+
+impl Policy {
+    /// The policy's name as written in configs.
+    pub fn name(self) -> &'static str {
+        let i = [
+            Policy::All,
+            Policy::Random,
+            Policy::Loss,
+            Policy::Entropy,
+            Policy::LeastConfidence,
+            Policy::Margin,
+            Policy::GradientNorm,
+            Policy::Coreset,
+            Policy::Kmeans,
+            Policy::Badge,
+            Policy::Kl,
+            Policy::GtError,
+        ]
+        .iter()
+        .position(|&p| p == self)
+        .unwrap_or(0);
+        POLICY_NAMES[i]
+    }
+
+    /// Whether the policy needs the student's signals.
+    pub fn needs_student(self) -> bool {
+        !matches!(self, Policy::All | Policy::Random)
+    }
+
+    /// Whether the policy is a post-hoc filter needing a teacher cache.
+    pub fn needs_teacher(self) -> bool {
+        matches!(self, Policy::Kl)
+    }
+}
+
+/// How many rows the teacher may see.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// A fraction of the pool in (0, 1].
+    Fraction(f64),
+    /// A number of rows.
+    Count(usize),
+}
+
+impl FromStr for Budget {
+    type Err = anyhow::Error;
+    /// `0.25`, `25%` (fractions) or `1000` (a count; any integer above 1).
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim();
+        let bad = || {
+            anyhow::anyhow!("budget '{s}': expected a fraction in (0, 1] such as 0.25 or 25%, or a row count such as 1000")
+        };
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad())?;
+            return Budget::from_value(v / 100.0).map_err(|_| bad());
+        }
+        let v: f64 = t.parse().map_err(|_| bad())?;
+        Budget::from_value(v).map_err(|_| bad())
+    }
+}
+
+impl Budget {
+    /// From a config number: a fraction when ≤ 1, a count when an integer above 1.
+    pub fn from_value(v: f64) -> Result<Self> {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("budget {v}: must be > 0");
+        }
+        if v <= 1.0 {
+            Ok(Budget::Fraction(v))
+        } else if v.fract() == 0.0 {
+            Ok(Budget::Count(v as usize))
+        } else {
+            bail!("budget {v}: a count must be a whole number")
+        }
+    }
+
+    /// The number of rows out of a pool of `pool` (at least 1, at most the pool).
+    pub fn rows(self, pool: usize) -> usize {
+        match self {
+            Budget::Fraction(f) => ((f * pool as f64).round() as usize).clamp(1.min(pool), pool),
+            Budget::Count(c) => c.min(pool),
+        }
+    }
+}
+
+/// What a selection produced: chosen rows (indices into `ds.train`, in
+/// training-row order) with the score that ranked them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// Chosen rows and their scores, in training-row order.
+    pub rows: Vec<(usize, f64)>,
+}
+
+/// Takes the `n` highest-scoring rows (ties: the earlier row first).
+fn top_by_score(scores: &[f64], n: usize) -> Vec<(usize, f64)> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut out: Vec<(usize, f64)> = idx.into_iter().take(n).map(|i| (i, scores[i])).collect();
+    out.sort_by_key(|&(i, _)| i);
+    out
+}
+
+/// Inputs of [`select`] besides the policy and the budget.
+pub struct SelectInputs<'a> {
+    /// Rows in the pool.
+    pub pool: usize,
+    /// Student signals per row (needed by every policy but `all`/`random`).
+    pub signals: Option<&'a RowSignals>,
+    /// Per row, the teacher–student KL over the candidates (`kl`; `None`
+    /// for rows without teacher output).
+    pub kl: Option<&'a [Option<f64>]>,
+    /// Threshold of the post-hoc filters.
+    pub threshold: Option<f64>,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+/// Chooses rows of the pool under `budget` with `policy`.
+pub fn select(policy: Policy, budget: Budget, inputs: &SelectInputs) -> Result<Selection> {
+    let pool = inputs.pool;
+    let n = budget.rows(pool);
+    let mut rng = ChaCha8Rng::seed_from_u64(inputs.seed);
+    let need = |what: &str| anyhow::anyhow!("policy '{}' needs {what}", policy.name());
+    let sig = || {
+        inputs
+            .signals
+            .ok_or_else(|| need("the student's signals (--student)"))
+    };
+    let rows = match policy {
+        Policy::All => {
+            if n != pool {
+                bail!("policy 'all' takes every row; with a budget below the pool use 'random' or an informed policy");
+            }
+            (0..pool).map(|i| (i, 1.0)).collect()
+        }
+        Policy::Random => {
+            let mut idx: Vec<usize> = (0..pool).collect();
+            idx.shuffle(&mut rng);
+            let mut out: Vec<(usize, f64)> = idx.into_iter().take(n).map(|i| (i, 1.0)).collect();
+            out.sort_by_key(|&(i, _)| i);
+            out
+        }
+        Policy::Loss => top_by_score(&sig()?.loss, n),
+        Policy::Entropy => top_by_score(&sig()?.entropy, n),
+        Policy::LeastConfidence => top_by_score(&sig()?.least_confidence, n),
+        Policy::Margin => {
+            let s: Vec<f64> = sig()?.margin.iter().map(|m| -m).collect();
+            top_by_score(&s, n)
+        }
+        Policy::GradientNorm => top_by_score(&sig()?.gradient_norm, n),
+        Policy::Coreset => {
+            let s = sig()?;
+            cluster::k_center_greedy(&s.reps, s.dim, n, &mut rng)
+        }
+        Policy::Kmeans => {
+            let s = sig()?;
+            cluster::kmeans_select(&s.reps, s.dim, n, &mut rng)
+        }
+        Policy::Badge => {
+            let s = sig()?;
+            cluster::kmeans_pp_seeds(&s.badge, s.badge_dim, n, &mut rng)
+        }
+        Policy::Kl => {
+            let kl = inputs
+                .kl
+                .ok_or_else(|| need("a teacher cache (--teacher-cache)"))?;
+            let th = inputs.threshold.unwrap_or(f64::NEG_INFINITY);
+            let s: Vec<f64> = kl
+                .iter()
+                .map(|v| match v {
+                    Some(x) if *x > th => *x,
+                    _ => f64::NEG_INFINITY,
+                })
+                .collect();
+            let keep = s.iter().filter(|x| x.is_finite()).count();
+            top_by_score(&s, n.min(keep))
+        }
+        Policy::GtError => {
+            let s = sig()?;
+            let th = inputs.threshold.unwrap_or(f64::INFINITY);
+            let sc: Vec<f64> = s
+                .target_prob
+                .iter()
+                .map(|&p| if p < th { -p } else { f64::NEG_INFINITY })
+                .collect();
+            let keep = sc.iter().filter(|x| x.is_finite()).count();
+            top_by_score(&sc, n.min(keep))
+        }
+    };
+    Ok(Selection { rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!("0.25".parse::<Budget>().unwrap(), Budget::Fraction(0.25));
+        assert_eq!("25%".parse::<Budget>().unwrap(), Budget::Fraction(0.25));
+        assert_eq!("1000".parse::<Budget>().unwrap(), Budget::Count(1000));
+        assert_eq!("1".parse::<Budget>().unwrap(), Budget::Fraction(1.0));
+        for bad in ["0", "-1", "2.5", "abc", "150%"] {
+            let e = bad.parse::<Budget>().unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert_eq!(Budget::Fraction(0.1).rows(95), 10);
+        assert_eq!(Budget::Count(500).rows(95), 95);
+    }
+
+    #[test]
+    fn policies_parse_and_name() {
+        for &n in POLICY_NAMES {
+            assert_eq!(n.parse::<Policy>().unwrap().name(), n);
+        }
+        assert!("bald"
+            .parse::<Policy>()
+            .unwrap_err()
+            .to_string()
+            .contains("coreset"));
+    }
+
+    fn signals() -> RowSignals {
+        RowSignals {
+            loss: vec![0.1, 3.0, 2.0, 0.5],
+            entropy: vec![1.0, 0.2, 0.3, 2.0],
+            least_confidence: vec![0.9, 0.1, 0.5, 0.2],
+            margin: vec![0.5, 0.01, 0.3, 0.9],
+            gradient_norm: vec![0.0, 1.0, 5.0, 2.0],
+            target_prob: vec![0.9, 0.05, 0.1, 0.6],
+            reps: vec![0.0; 8],
+            dim: 2,
+            badge: vec![0.0; 8],
+            badge_dim: 2,
+        }
+    }
+
+    #[test]
+    fn uncertainty_policies_take_the_most_uncertain_rows() {
+        let s = signals();
+        let inp = SelectInputs {
+            pool: 4,
+            signals: Some(&s),
+            kl: None,
+            threshold: None,
+            seed: 0,
+        };
+        let pick = |p: Policy| -> Vec<usize> {
+            select(p, Budget::Count(2), &inp)
+                .unwrap()
+                .rows
+                .iter()
+                .map(|r| r.0)
+                .collect()
+        };
+        assert_eq!(pick(Policy::Loss), vec![1, 2]);
+        assert_eq!(pick(Policy::Entropy), vec![0, 3]);
+        assert_eq!(pick(Policy::LeastConfidence), vec![0, 2]);
+        assert_eq!(pick(Policy::Margin), vec![1, 2]);
+        assert_eq!(pick(Policy::GradientNorm), vec![2, 3]);
+        assert_eq!(pick(Policy::GtError), vec![1, 2]);
+        // the filter keeps only rows under the threshold, even with room for more
+        let inp2 = SelectInputs {
+            threshold: Some(0.08),
+            ..inp
+        };
+        let r = select(Policy::GtError, Budget::Count(3), &inp2).unwrap();
+        assert_eq!(r.rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
+        let e = select(Policy::Kl, Budget::Count(1), &inp2).unwrap_err();
+        assert!(e.to_string().contains("teacher cache"), "{e}");
+    }
+
+    #[test]
+    fn kl_filter_and_random_are_deterministic() {
+        let kl = [Some(0.5), None, Some(2.0), Some(0.05)];
+        let inp = SelectInputs {
+            pool: 4,
+            signals: None,
+            kl: Some(&kl),
+            threshold: Some(0.1),
+            seed: 7,
+        };
+        let r = select(Policy::Kl, Budget::Fraction(1.0), &inp).unwrap();
+        assert_eq!(r.rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 2]);
+        let a = select(Policy::Random, Budget::Count(2), &inp).unwrap();
+        let b = select(Policy::Random, Budget::Count(2), &inp).unwrap();
+        assert_eq!(a, b);
+        let c = select(
+            Policy::Random,
+            Budget::Count(2),
+            &SelectInputs { seed: 8, ..inp },
+        )
+        .unwrap();
+        assert_eq!(c.rows.len(), 2);
+        assert!(select(
+            Policy::All,
+            Budget::Count(2),
+            &SelectInputs { seed: 8, ..inp }
+        )
+        .is_err());
+    }
+}
