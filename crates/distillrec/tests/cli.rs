@@ -201,6 +201,11 @@ fn every_command_has_help() {
         &["llm", "generate", "--help"],
         &["llm", "embed-items", "--help"],
         &["pipeline", "--help"],
+        &["teacher", "from-student", "--help"],
+        &["teacher", "from-files", "--help"],
+        &["teacher", "merge", "--help"],
+        &["select", "--help"],
+        &["distill", "--help"],
     ] {
         let out = run(args);
         assert!(out.status.success());

@@ -1,0 +1,289 @@
+//! End-to-end tests of the distillation commands: teacher caches from a
+//! student (in one go and in shards), from plain files, refusals of caches
+//! and selections that do not belong to the dataset, selection policies,
+//! and a distilled student that `eval student` reproduces.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distillrec"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn clean_error(args: &[&str], want: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(want), "want '{want}' in: {stderr}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const STUDENT: &[&str] = &[
+    "--set",
+    "student.hidden=16",
+    "--set",
+    "student.layers=1",
+    "--set",
+    "student.max_len=10",
+    "--set",
+    "train.student.max_epochs=2",
+    "--set",
+    "train.distill.max_epochs=2",
+    "--set",
+    "train.student.batch_size=64",
+    "--set",
+    "train.distill.batch_size=64",
+];
+
+fn prepare(dir: &Path, seed: &str) {
+    ok(&[
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--set",
+        "dataset.synthetic.users=150",
+        "--seed",
+        seed,
+        "--out",
+        s(dir),
+    ]);
+}
+
+fn same_files(a: &Path, b: &Path) {
+    for f in [
+        "manifest.json",
+        "keys.txt",
+        "rows.safetensors",
+        "item_embeddings.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}
+
+#[test]
+fn caches_selections_and_distillation_end_to_end() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let data = p("data");
+    prepare(&data, "1");
+    let mut args = vec!["train", "student", "--data", s(&data), "--out"];
+    let t = p("teacher");
+    args.push(s(&t));
+    args.extend_from_slice(STUDENT);
+    ok(&args);
+    let ckpt = t.join("checkpoints/best.safetensors");
+
+    // one go vs two shards merged: identical files
+    let one = p("cache");
+    ok(&[
+        "teacher",
+        "from-student",
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        s(&data),
+        "--out",
+        s(&one),
+    ]);
+    for i in 0..2 {
+        let sh = format!("{i}/2");
+        let out = p(&format!("shard{i}"));
+        ok(&[
+            "teacher",
+            "from-student",
+            "--checkpoint",
+            s(&ckpt),
+            "--data",
+            s(&data),
+            "--shard",
+            &sh,
+            "--out",
+            s(&out),
+        ]);
+    }
+    let merged = p("merged");
+    ok(&[
+        "teacher",
+        "merge",
+        "--data",
+        s(&data),
+        "--out",
+        s(&merged),
+        s(&p("shard1")),
+        s(&p("shard0")),
+    ]);
+    same_files(&one, &merged);
+    // a missing shard is refused
+    clean_error(
+        &[
+            "teacher",
+            "merge",
+            "--data",
+            s(&data),
+            "--out",
+            s(&p("bad")),
+            s(&p("shard0")),
+        ],
+        "shard",
+    );
+
+    // the same rows from plain files (keyed CSV) give the same candidates
+    let keys = std::fs::read_to_string(one.join("keys.txt")).unwrap();
+    let first_key = keys.lines().next().unwrap().to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["rows"].as_u64().unwrap() as usize,
+        keys.lines().count()
+    );
+
+    // a cache of another dataset is refused, naming the datasets
+    let other = p("other");
+    prepare(&other, "2");
+    let mut args = vec![
+        "distill",
+        "--teacher-cache",
+        s(&one),
+        "--data",
+        s(&other),
+        "--out",
+    ];
+    let r = p("refused");
+    args.push(s(&r));
+    args.extend_from_slice(STUDENT);
+    clean_error(&args, "the teacher cache was built for dataset");
+
+    // selection: 25% of the rows by entropy, as a key file
+    let sel = p("sel.csv");
+    ok(&[
+        "select",
+        "--policy",
+        "entropy",
+        "--budget",
+        "25%",
+        "--student",
+        s(&ckpt),
+        "--data",
+        s(&data),
+        "--out",
+        s(&sel),
+    ]);
+    let sel_text = std::fs::read_to_string(&sel).unwrap();
+    let selected = sel_text.lines().count() - 1;
+    let rows = keys.lines().count();
+    assert_eq!(selected, (rows as f64 * 0.25).round() as usize);
+    // policies that need a student say so
+    clean_error(
+        &[
+            "select",
+            "--policy",
+            "coreset",
+            "--budget",
+            "0.1",
+            "--data",
+            s(&data),
+            "--out",
+            s(&p("x.csv")),
+        ],
+        "--student",
+    );
+    // the teacher infers only on the selection
+    let part = p("part");
+    ok(&[
+        "teacher",
+        "from-student",
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        s(&data),
+        "--selection",
+        s(&sel),
+        "--out",
+        s(&part),
+    ]);
+    let part_keys = std::fs::read_to_string(part.join("keys.txt")).unwrap();
+    assert_eq!(part_keys.lines().count(), selected);
+
+    // a selection naming a row that does not exist is refused with its line
+    let bogus = p("bogus.csv");
+    std::fs::write(&bogus, format!("key,score\n{first_key},1\nnot-a-row,1\n")).unwrap();
+    clean_error(
+        &[
+            "teacher",
+            "from-student",
+            "--checkpoint",
+            s(&ckpt),
+            "--data",
+            s(&data),
+            "--selection",
+            s(&bogus),
+            "--out",
+            s(&p("b")),
+        ],
+        "bogus.csv:3",
+    );
+
+    // partial distillation; the exported student is a plain student
+    let run_dir = p("distilled");
+    let mut args = vec![
+        "distill",
+        "--teacher-cache",
+        s(&one),
+        "--selection",
+        s(&sel),
+        "--data",
+        s(&data),
+        "--out",
+        s(&run_dir),
+    ];
+    args.extend_from_slice(STUDENT);
+    ok(&args);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    let text = record.to_string();
+    assert!(
+        text.contains(&format!("\"teacher_rows\":{selected}")),
+        "{text}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    let eval_dir = p("eval");
+    ok(&[
+        "eval",
+        "student",
+        "--checkpoint",
+        s(&run_dir.join("checkpoints/best.safetensors")),
+        "--data",
+        s(&data),
+        "--out",
+        s(&eval_dir),
+    ]);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["test"], again["test"]);
+}
