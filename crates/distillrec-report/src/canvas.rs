@@ -24,7 +24,8 @@ static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 /// The parsed embedded font, or `None` if it does not parse (never, in practice).
 pub(crate) fn font() -> Option<&'static FontRef<'static>> {
     static FONT: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
-    FONT.get_or_init(|| FontRef::try_from_slice(FONT_BYTES).ok()).as_ref()
+    FONT.get_or_init(|| FontRef::try_from_slice(FONT_BYTES).ok())
+        .as_ref()
 }
 
 /// [`BitMapBackend`] with correct text rendering (see the module docs).
@@ -56,7 +57,8 @@ impl<'a> Canvas<'a> {
     }
 }
 
-type BackendResult = Result<(), DrawingErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
+type BackendResult =
+    Result<(), DrawingErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>>;
 
 impl DrawingBackend for Canvas<'_> {
     type ErrorType = <BitMapBackend<'static> as DrawingBackend>::ErrorType;
@@ -77,7 +79,12 @@ impl DrawingBackend for Canvas<'_> {
         self.inner.draw_pixel(point, color)
     }
 
-    fn draw_line<S: BackendStyle>(&mut self, from: BackendCoord, to: BackendCoord, style: &S) -> BackendResult {
+    fn draw_line<S: BackendStyle>(
+        &mut self,
+        from: BackendCoord,
+        to: BackendCoord,
+        style: &S,
+    ) -> BackendResult {
         self.inner.draw_line(from, to, style)
     }
 
@@ -104,7 +111,12 @@ impl DrawingBackend for Canvas<'_> {
         Ok((w.ceil() as u32, h.ceil() as u32))
     }
 
-    fn draw_text<T: BackendTextStyle>(&mut self, text: &str, style: &T, pos: BackendCoord) -> BackendResult {
+    fn draw_text<T: BackendTextStyle>(
+        &mut self,
+        text: &str,
+        style: &T,
+        pos: BackendCoord,
+    ) -> BackendResult {
         let color = style.color();
         if color.alpha == 0.0 || text.is_empty() {
             return Ok(());

@@ -17,13 +17,15 @@
 //! half-written image behind.
 //!
 //! Rendering is pure Rust: `plotters` draws into an in-memory RGB buffer, text is
-//! rasterised by `ab_glyph` from an embedded copy of DejaVu Sans (see
+//! rasterised by `ab_glyph` (through a small backend wrapper that fixes glyph placement)
+//! from an embedded copy of DejaVu Sans (see
 //! `assets/README.md` for its provenance and license), and the `png` crate encodes the
 //! result. No system library (fontconfig, freetype) is needed, so CI machines without
 //! fonts produce identical images.
 
 #![warn(missing_docs)]
 
+mod canvas;
 mod plot;
 mod tables;
 

@@ -2,12 +2,11 @@
 //!
 //! Everything is drawn by `plotters` into an in-memory RGB buffer (no
 //! `bitmap_encoder`, which would pull in the `image` crate), text is rasterised with
-//! `ab_glyph` from the embedded DejaVu Sans, and the buffer is encoded with the `png`
-//! crate and written atomically. No system library is involved, so the same input
-//! gives the same bytes on every machine.
+//! `ab_glyph` from the embedded DejaVu Sans by [`Canvas`], and the buffer is encoded
+//! with the `png` crate and written atomically. No system library is involved, so the
+//! same input gives the same bytes on every machine.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::chart::SeriesAnno;
@@ -17,6 +16,7 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::canvas::{font, Canvas};
 use crate::tables::{percent, policies_in_order};
 use crate::{AggregateRow, BudgetPoint};
 
@@ -25,10 +25,8 @@ pub const PLOT_WIDTH: u32 = 800;
 /// Height in pixels of every plot.
 pub const PLOT_HEIGHT: u32 = 500;
 
-/// DejaVu Sans 2.37 (Bitstream Vera license; see `assets/README.md`).
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-/// Font family every text style below asks for; the embedded font is registered
-/// under this name.
+/// Font family every text style below asks for (the canvas draws all text with the
+/// embedded DejaVu Sans anyway).
 const FAMILY: &str = "sans-serif";
 
 /// Okabe–Ito colours: distinguishable with the common colour-vision deficiencies.
@@ -43,7 +41,7 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(240, 228, 66),  // yellow
 ];
 
-type Root<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type Root<'a> = DrawingArea<Canvas<'a>, Shift>;
 
 /// Plots a budget curve: the distilled student's metric against the fraction of
 /// training rows given to the teacher, one line with markers per selection policy.
@@ -131,25 +129,13 @@ struct Bar<'a> {
     std: Option<f64>,
 }
 
-/// Registers the embedded font with plotters once per process.
-fn ensure_font() -> Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        bail!("the embedded font DejaVuSans.ttf could not be parsed")
-    }
-}
-
 /// Draws on a white 800×500 RGB canvas and returns the PNG bytes.
 fn render(draw: impl FnOnce(&Root<'_>) -> Result<()>) -> Result<Vec<u8>> {
-    ensure_font()?;
+    let font = font().context("the embedded font DejaVuSans.ttf could not be parsed")?;
     let mut rgb = vec![0u8; (PLOT_WIDTH * PLOT_HEIGHT * 3) as usize];
     {
-        let root =
-            BitMapBackend::with_buffer(&mut rgb, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
+        let bitmap = BitMapBackend::with_buffer(&mut rgb, (PLOT_WIDTH, PLOT_HEIGHT));
+        let root = Canvas::new(bitmap, font).into_drawing_area();
         root.fill(&WHITE)?;
         draw(&root)?;
         root.present()?;
@@ -224,8 +210,7 @@ fn text(size: u32) -> TextStyle<'static> {
     (FAMILY, size).into_font().color(&BLACK)
 }
 
-type Chart<'a, 'b> =
-    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Chart<'a, 'b> = ChartContext<'a, Canvas<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// Draws vertical error bars `(x, lo, hi)` with 8-pixel caps.
 fn draw_error_bars(
@@ -246,7 +231,7 @@ fn draw_error_bars(
 /// Sets a legend entry of a line with a marker of shape `shape % 4` (see
 /// [`draw_markers`]).
 fn legend_with_marker<'a, 'b: 'a>(
-    anno: &mut SeriesAnno<'a, BitMapBackend<'b>>,
+    anno: &mut SeriesAnno<'a, Canvas<'b>>,
     shape: usize,
     color: RGBColor,
 ) {
@@ -334,6 +319,7 @@ fn draw_budget(
         .y_desc(metric_name)
         .label_style(text(13))
         .axis_desc_style(text(15))
+        .max_light_lines(1)
         .light_line_style(RGBColor(240, 240, 240))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
@@ -346,11 +332,19 @@ fn draw_budget(
             .legend(move |(x, y)| DashedPathElement::new(vec![(x, y), (x + 20, y)], 5, 3, style));
     }
 
-    for (i, policy) in policies.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let mut pts: Vec<&BudgetPoint> = points.iter().filter(|p| &p.policy == policy).collect();
-        pts.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+    // Each policy's points, sorted by fraction.
+    let curves: Vec<(&str, Vec<&BudgetPoint>)> = policies
+        .iter()
+        .map(|policy| {
+            let mut pts: Vec<&BudgetPoint> =
+                points.iter().filter(|p| &p.policy == policy).collect();
+            pts.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+            (policy.as_str(), pts)
+        })
+        .collect();
 
+    for (i, (policy, pts)) in curves.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
         let spreads: Vec<(f64, f64, f64)> = pts
             .iter()
             .filter_map(|p| {
@@ -365,20 +359,98 @@ fn draw_budget(
                 pts.iter().map(|p| (p.fraction, p.metric)),
                 color.stroke_width(2),
             ))?
-            .label(policy.as_str());
+            .label(*policy);
         legend_with_marker(anno, i, color);
         let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.fraction, p.metric)).collect();
         draw_markers(&mut chart, &xy, i, color)?;
     }
 
+    // Put the legend in the corner that hides the least of the curves and the baseline.
+    let mut ink: Vec<(f64, f64)> = Vec::new();
+    for (_, pts) in &curves {
+        for p in pts {
+            let s = p.spread.unwrap_or(0.0);
+            ink.extend([(p.fraction, p.metric - s), (p.fraction, p.metric + s)]);
+        }
+        for w in pts.windows(2) {
+            ink.extend((0..=20).map(|k| {
+                let t = k as f64 / 20.0;
+                (
+                    w[0].fraction + t * (w[1].fraction - w[0].fraction),
+                    w[0].metric + t * (w[1].metric - w[0].metric),
+                )
+            }));
+        }
+    }
+    if let Some(b) = baseline {
+        ink.extend((0..=50).map(|k| (x0 + (x1 - x0) * k as f64 / 50.0, b)));
+    }
+    let mut entries: Vec<&str> = policies.iter().map(String::as_str).collect();
+    let baseline_label = baseline.map(|b| format!("baseline student ({b:.4})"));
+    entries.extend(baseline_label.as_deref());
+    let normalized: Vec<(f64, f64)> = ink
+        .iter()
+        .map(|&(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)))
+        .collect();
+    let position = legend_corner(&normalized, &entries, chart.plotting_area().dim_in_pixel());
+
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(text(13))
+        .position(position)
+        .label_font(text(LEGEND_FONT))
         .background_style(WHITE.mix(0.9))
         .border_style(RGBColor(160, 160, 160))
         .draw()?;
     Ok(())
+}
+
+/// Font size of legend entries.
+const LEGEND_FONT: u32 = 13;
+
+/// Legend box size in pixels for `entries`, as plotters 0.3.7 lays it out: its
+/// built-in text estimate (0.7 em per character, em = size / 1.24²), lines 1.25 × size
+/// apart, a 30-pixel glyph column and 10-pixel margins, 5 pixels from the area edge.
+fn legend_size(entries: &[&str]) -> (f64, f64) {
+    let size = f64::from(LEGEND_FONT);
+    let em = size / 1.24 / 1.24;
+    let chars = entries.iter().map(|e| e.chars().count()).max().unwrap_or(0);
+    let lines = entries.len().max(1) as f64;
+    let width = 0.7 * em * chars as f64 + 30.0 + 20.0 + 5.0;
+    let height = (lines - 1.0) * 1.25 * size + 1.24 * em + 20.0 + 5.0;
+    (width, height)
+}
+
+/// The corner of the plotting area (`area` pixels) where a legend of `entries` covers
+/// the fewest `ink` points (given as fractions of the area, y up); ties go to the
+/// first of lower right, upper left, upper right, lower left.
+fn legend_corner(ink: &[(f64, f64)], entries: &[&str], area: (u32, u32)) -> SeriesLabelPosition {
+    const SLACK_PX: f64 = 16.0;
+    let (w, h) = legend_size(entries);
+    let wf = (w + SLACK_PX) / f64::from(area.0.max(1));
+    let hf = (h + SLACK_PX) / f64::from(area.1.max(1));
+    let candidates = [
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ];
+    let covered = |right: bool, upper: bool| {
+        ink.iter()
+            .filter(|&&(x, y)| {
+                let in_x = if right { x >= 1.0 - wf } else { x <= wf };
+                let in_y = if upper { y >= 1.0 - hf } else { y <= hf };
+                in_x && in_y
+            })
+            .count()
+    };
+    let mut best = (usize::MAX, SeriesLabelPosition::LowerRight);
+    for (pos, right, upper) in candidates {
+        let c = covered(right, upper);
+        if c < best.0 {
+            best = (c, pos);
+        }
+    }
+    best.1
 }
 
 /// Colour of a bar group: fixed colours for the usual groups, the palette otherwise.
@@ -435,6 +507,15 @@ fn draw_bars(root: &Root<'_>, bars: &[Bar<'_>], metric: &str) -> Result<()> {
         30
     };
 
+    // Groups in order of appearance; a legend only when there is something to tell apart.
+    let mut groups: Vec<&str> = Vec::new();
+    for b in bars {
+        if !groups.contains(&b.group) {
+            groups.push(b.group);
+        }
+    }
+    let show_legend = groups.len() >= 2;
+
     let mut lo: f64 = 0.0;
     let mut hi: f64 = 0.0;
     for b in bars {
@@ -445,12 +526,17 @@ fn draw_bars(root: &Root<'_>, bars: &[Bar<'_>], metric: &str) -> Result<()> {
     if hi - lo < 1e-12 {
         hi = lo + 1.0;
     }
-    // Headroom for the value labels above the bars.
-    let span = hi - lo;
-    let (y0, y1) = (
-        if lo < 0.0 { lo - 0.08 * span } else { 0.0 },
-        hi + 0.12 * span,
-    );
+    let y0 = if lo < 0.0 { lo - 0.08 * (hi - lo) } else { 0.0 };
+    // Headroom above the highest bar for its value label and, when shown, the legend
+    // (upper right), computed from the approximate height of the plotting area.
+    let caption_px = 22.0 * 1.5;
+    let plot_px = f64::from(PLOT_HEIGHT - 2 * MARGIN - x_label_area) - caption_px;
+    let mut reserved_px = 22.0;
+    if show_legend {
+        reserved_px += legend_size(&groups).1 + 8.0;
+    }
+    let free = (1.0 - reserved_px / plot_px).max(0.3);
+    let y1 = y0 + (hi - y0) / free;
     let decimals = decimals_for(y1 - y0);
 
     let mut chart = ChartBuilder::on(root)
@@ -471,17 +557,12 @@ fn draw_bars(root: &Root<'_>, bars: &[Bar<'_>], metric: &str) -> Result<()> {
         .y_desc(metric)
         .label_style(text(13))
         .axis_desc_style(text(15))
+        .max_light_lines(1)
         .light_line_style(RGBColor(240, 240, 240))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()?;
 
     // One series per group so the legend lists the groups.
-    let mut groups: Vec<&str> = Vec::new();
-    for b in bars {
-        if !groups.contains(&b.group) {
-            groups.push(b.group);
-        }
-    }
     for (gi, group) in groups.iter().enumerate() {
         let color = group_color(group, gi);
         let series = chart.draw_series(
@@ -493,7 +574,7 @@ fn draw_bars(root: &Root<'_>, bars: &[Bar<'_>], metric: &str) -> Result<()> {
                     Rectangle::new([(x + 0.15, 0.0), (x + 0.85, b.mean)], color.filled())
                 }),
         )?;
-        if !group.is_empty() {
+        if show_legend {
             series.label(*group).legend(move |(x, y)| {
                 Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
             });
@@ -512,11 +593,19 @@ fn draw_bars(root: &Root<'_>, bars: &[Bar<'_>], metric: &str) -> Result<()> {
     draw_error_bars(&mut chart, &errors, BLACK.stroke_width(1))?;
 
     if n <= 16 {
+        // Metrics in [0, 1] get the tables' 4 decimals; seconds and counts fewer.
+        let largest = bars.iter().map(|b| b.mean.abs()).fold(0.0, f64::max);
+        let places = match largest {
+            m if m < 1.0 => 4,
+            m if m < 10.0 => 3,
+            m if m < 1000.0 => 1,
+            _ => 0,
+        };
         let value_style = text(12).pos(Pos::new(HPos::Center, VPos::Bottom));
         chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
             let top = b.mean.max(0.0) + b.std.unwrap_or(0.0);
             EmptyElement::at((i as f64 + 0.5, top))
-                + Text::new(format!("{:.4}", b.mean), (0, -4), value_style.clone())
+                + Text::new(format!("{:.places$}", b.mean), (0, -4), value_style.clone())
         }))?;
     }
 
@@ -533,11 +622,11 @@ fn draw_bars(root: &Root<'_>, bars: &[Bar<'_>], metric: &str) -> Result<()> {
         root.draw(&Text::new(label.as_str(), (px, py + 6), style.clone()))?;
     }
 
-    if groups.iter().any(|g| !g.is_empty()) {
+    if show_legend {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
-            .label_font(text(13))
+            .label_font(text(LEGEND_FONT))
             .background_style(WHITE.mix(0.9))
             .border_style(RGBColor(160, 160, 160))
             .draw()?;
