@@ -32,6 +32,8 @@ pub enum Command {
     Select(crate::distill_cmd::SelectArgs),
     /// Distil a teacher cache into a student (DLLM2Rec: ranking, embedding, DRO).
     Distill(crate::distill_cmd::DistillArgs),
+    /// Aggregate finished runs into tables (CSV, Markdown) and plots (models, budget curve).
+    Report(crate::report_cmd::ReportArgs),
     /// Print a trained student's top items for a history.
     Recommend(RecommendArgs),
     /// Run every available stage from one config (the main job).

@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Teacher(c) => crate::distill_cmd::teacher(c),
         Command::Select(a) => crate::distill_cmd::select_cmd(a),
         Command::Distill(a) => crate::distill_cmd::distill(a),
+        Command::Report(a) => crate::report_cmd::report(a),
         Command::Recommend(a) => recommend(a),
         Command::Pipeline(a) => pipeline(a),
         Command::Llm(c) => crate::llm_cmd::run(c),

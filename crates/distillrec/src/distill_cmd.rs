@@ -461,7 +461,10 @@ pub fn distill(a: DistillArgs) -> Result<()> {
             serde_json::json!({
                 "cache": crate::commands::absolute(&a.teacher_cache).display().to_string(),
                 "cache_source": cache.manifest.source,
-                "selection": a.selection.as_ref().map(|p| p.display().to_string()),
+                "selection": a
+                    .selection
+                    .as_ref()
+                    .map(|p| crate::commands::absolute(p).display().to_string()),
                 "selection_rows": selection_rows,
                 "teacher_rows": terms.teacher_rows,
                 "train_rows": data.ds.train.len(),

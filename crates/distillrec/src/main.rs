@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod distill_cmd;
 mod llm_cmd;
+mod report_cmd;
 mod source;
 
 use clap::Parser;

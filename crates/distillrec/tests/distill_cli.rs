@@ -286,4 +286,44 @@ fn caches_selections_and_distillation_end_to_end() {
         serde_json::from_str(&std::fs::read_to_string(eval_dir.join("metrics.json")).unwrap())
             .unwrap();
     assert_eq!(metrics["test"], again["test"]);
+
+    // the report puts them side by side and draws the budget curve
+    let rep = p("report");
+    let teacher_run = format!("teacher={}", s(&t));
+    let distilled_run = format!("distilled={}", s(&run_dir));
+    let text = ok(&[
+        "report",
+        "--runs",
+        &teacher_run,
+        &distilled_run,
+        "--budget-runs",
+        s(&run_dir),
+        "--baseline",
+        "teacher",
+        "--out",
+        s(&rep),
+    ]);
+    assert!(
+        text.contains("| teacher") && text.contains("| distilled"),
+        "{text}"
+    );
+    assert!(
+        text.contains("entropy"),
+        "budget table names the policy: {text}"
+    );
+    for f in [
+        "report.md",
+        "models.csv",
+        "budget.csv",
+        "budget_ndcg10.png",
+        "models_ndcg10.png",
+    ] {
+        let bytes = std::fs::read(rep.join(f)).unwrap();
+        assert!(!bytes.is_empty(), "{f}");
+    }
+    // an unfinished or foreign directory is refused clearly
+    clean_error(
+        &["report", "--runs", s(&data), "--out", s(&p("r2"))],
+        "run.json",
+    );
 }
