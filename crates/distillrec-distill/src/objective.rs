@@ -22,7 +22,7 @@ use distillrec_config::{DistillConfig, StudentConfig};
 use distillrec_data::{Dataset, ItemId};
 use distillrec_models::params::{Init, Params};
 use distillrec_models::Student;
-use distillrec_train::units::{HostBatch, NO_ROW};
+use distillrec_train::units::{trained_rows, HostBatch, NO_ROW};
 use distillrec_train::{base_loss, forward_rep, StageObjective};
 
 use crate::losses::{
@@ -68,8 +68,10 @@ pub struct ActiveTerms {
     pub dro: bool,
     /// Embedding distillation (ed_weight > 0 and the teacher has embeddings).
     pub embedding: bool,
-    /// Training rows with teacher output.
+    /// Trained rows (rows the student's objective supervises) with teacher output.
     pub teacher_rows: usize,
+    /// Rows the student's objective supervises (`units::trained_rows`).
+    pub trained_rows: usize,
     /// Candidates used per row.
     pub k: usize,
 }
@@ -186,11 +188,16 @@ impl<'a> DistillObjective<'a> {
             }
             _ => None,
         };
+        let trained = trained_rows(ds, student_cfg.objective, student_cfg.max_len);
         let terms = ActiveTerms {
             ranking: cfg.lambda > 0.0,
             dro: cfg.alpha > 0.0,
             embedding: ed.is_some(),
-            teacher_rows: teacher.of_train.iter().filter(|r| r.is_some()).count(),
+            teacher_rows: trained
+                .iter()
+                .filter(|&&r| teacher.of_train[r].is_some())
+                .count(),
+            trained_rows: trained.len(),
             k: cfg.k,
         };
         Ok(DistillObjective {

@@ -182,11 +182,11 @@ impl Budget {
     }
 }
 
-/// What a selection produced: chosen rows (indices into `ds.train`, in
-/// training-row order) with the score that ranked them.
+/// What a selection produced: chosen rows (indices into the pool, in
+/// pool order) with the score that ranked them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Selection {
-    /// Chosen rows and their scores, in training-row order.
+    /// Chosen pool indices and their scores, in pool order.
     pub rows: Vec<(usize, f64)>,
 }
 
@@ -205,7 +205,7 @@ pub struct SelectInputs<'a> {
     pub pool: usize,
     /// Student signals per row (needed by every policy but `all`/`random`).
     pub signals: Option<&'a RowSignals>,
-    /// Per row, the teacher–student KL over the candidates (`kl`; `None`
+    /// Per pool row, the teacher–student KL over the candidates (`kl`; `None`
     /// for rows without teacher output).
     pub kl: Option<&'a [Option<f64>]>,
     /// Threshold of the post-hoc filters.

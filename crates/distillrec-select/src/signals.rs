@@ -66,34 +66,39 @@ fn gaussian(rows: usize, cols: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
 }
 
 impl RowSignals {
-    /// Signals of `student` on every training row of `ds` (in `ds.train` order).
-    pub fn compute(student: &Student, ds: &Dataset, opts: &SignalOptions) -> Result<Self> {
+    /// Signals of `student` on the training rows `rows` (indices into
+    /// `ds.train`); signal `i` belongs to `rows[i]`.
+    pub fn compute(
+        student: &Student,
+        ds: &Dataset,
+        rows: &[usize],
+        opts: &SignalOptions,
+    ) -> Result<Self> {
         let n1 = ds.num_items() + 1;
         let d = student.spec.hidden;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xBAD6E);
         let r_p = gaussian(n1, SKETCH_P, &mut rng);
         let r_h = gaussian(d, SKETCH_H, &mut rng);
-        let rows = ds.train.len();
         let mut out = RowSignals {
             dim: d,
             badge_dim: SKETCH_P * SKETCH_H,
             ..Default::default()
         };
         let bar = if opts.progress {
-            indicatif::ProgressBar::new(rows as u64)
+            indicatif::ProgressBar::new(rows.len() as u64)
         } else {
             indicatif::ProgressBar::hidden()
         };
-        for chunk in ds.train.chunks(opts.batch_size.max(1)) {
-            let hist: Vec<&[u32]> = chunk.iter().map(|r| ds.history(r)).collect();
+        for chunk in rows.chunks(opts.batch_size.max(1)) {
+            let hist: Vec<&[u32]> = chunk.iter().map(|&r| ds.history(&ds.train[r])).collect();
             let (reps, scores) = student.represent_and_score(&hist)?;
             let per: Vec<RowStat> = chunk
                 .par_iter()
                 .enumerate()
-                .map(|(i, row)| {
+                .map(|(i, &row)| {
                     let s = &scores[i * n1..(i + 1) * n1];
                     let h = &reps[i * d..(i + 1) * d];
-                    let t = ds.target(row) as usize;
+                    let t = ds.target(&ds.train[row]) as usize;
                     row_stats(s, h, t, &r_p, &r_h)
                 })
                 .collect();

@@ -38,7 +38,8 @@ fn every_policy_respects_the_budget_and_the_seed() {
         seed: 1,
         progress: false,
     };
-    let sig = RowSignals::compute(&student, &ds, &opts).unwrap();
+    let all: Vec<usize> = (0..ds.train.len()).collect();
+    let sig = RowSignals::compute(&student, &ds, &all, &opts).unwrap();
     let pool = ds.train.len();
     assert_eq!(sig.loss.len(), pool);
     assert_eq!(sig.reps.len(), pool * 16);

@@ -42,6 +42,34 @@ pub fn units(ds: &Dataset, objective: Objective) -> Vec<Unit> {
     }
 }
 
+/// The training rows the objective actually supervises, in `ds.train`
+/// order: every row for `last`; for `all_positions`, the rows whose target
+/// falls inside a unit's window (earlier rows of long sequences are never
+/// seen). Selection draws from this pool, so a teacher budget is never
+/// spent on rows the student cannot learn from.
+pub fn trained_rows(ds: &Dataset, objective: Objective, max_len: usize) -> Vec<usize> {
+    match objective {
+        Objective::Last => (0..ds.train.len()).collect(),
+        Objective::AllPositions => {
+            let at = row_positions(ds);
+            let mut rows = Vec::new();
+            for u in units(ds, objective) {
+                let row = &ds.train[u.row];
+                let pos = row.pos as usize;
+                let start = pos.saturating_sub(max_len);
+                for tpos in start + 1..=pos {
+                    let r = at[row.seq as usize][tpos];
+                    if r != NO_ROW {
+                        rows.push(r as usize);
+                    }
+                }
+            }
+            rows.sort_unstable();
+            rows
+        }
+    }
+}
+
 /// Marks "no training row" in [`HostBatch::rows`] and [`row_positions`].
 pub const NO_ROW: u32 = u32::MAX;
 
@@ -253,6 +281,19 @@ mod tests {
             !hb.targets.contains(&5) && !hb.targets.contains(&6),
             "valid/test targets leaked"
         );
+    }
+
+    #[test]
+    fn trained_rows_are_the_supervised_window() {
+        let ds = ds(); // train rows at pos 1, 2, 3
+        assert_eq!(trained_rows(&ds, Objective::Last, 2), vec![0, 1, 2]);
+        // window of 2 before pos 3 covers targets at pos 2 and 3 only
+        let keys: Vec<&str> = trained_rows(&ds, Objective::AllPositions, 2)
+            .iter()
+            .map(|&r| ds.train[r].key.as_str())
+            .collect();
+        assert_eq!(keys, vec!["a:2", "a:3"]);
+        assert_eq!(trained_rows(&ds, Objective::AllPositions, 5).len(), 3);
     }
 
     #[test]

@@ -366,10 +366,14 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
         None => None,
     };
     let t0 = std::time::Instant::now();
+    // the rows the configured student actually trains on
+    let pool =
+        distillrec_train::units::trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len);
     let signals = match (&student, policy.needs_student() && policy != Policy::Kl) {
         (Some(s), true) => Some(RowSignals::compute(
             s,
             &data.ds,
+            &pool,
             &SignalOptions {
                 batch_size: 256,
                 seed: cfg.seed,
@@ -387,7 +391,8 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
             bail!("policy 'kl' needs --student <checkpoint>");
         };
         let cache = TeacherCache::load(dir)?;
-        Some(candidate_kl(s, &data, &cache)?)
+        let by_row = candidate_kl(s, &data, &cache)?;
+        Some(pool.iter().map(|&r| by_row[r]).collect::<Vec<_>>())
     } else {
         None
     };
@@ -395,7 +400,7 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
         policy,
         budget,
         &SelectInputs {
-            pool: data.ds.train.len(),
+            pool: pool.len(),
             signals: signals.as_ref(),
             kl: kl.as_deref(),
             threshold,
@@ -405,27 +410,30 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
     let keys: Vec<(String, f64)> = sel
         .rows
         .iter()
-        .map(|&(i, s)| (data.ds.train[i].key.clone(), s))
+        .map(|&(i, s)| (data.ds.train[pool[i]].key.clone(), s))
         .collect();
     let meta = serde_json::json!({
         "policy": policy.name(),
         "budget": format!("{budget:?}"),
         "threshold": threshold,
         "seed": cfg.seed,
-        "pool": data.ds.train.len(),
+        "pool": pool.len(),
+        "train_rows": data.ds.train.len(),
+        "objective": cfg.student.objective,
+        "max_len": cfg.student.max_len,
         "selected": keys.len(),
-        "fraction": keys.len() as f64 / data.ds.train.len().max(1) as f64,
+        "fraction": keys.len() as f64 / pool.len().max(1) as f64,
         "dataset": {"name": data.ds.name, "fingerprint": data.reference.fingerprint},
         "student": a.student.as_ref().map(|p| p.display().to_string()),
         "wall_secs": t0.elapsed().as_secs_f64(),
     });
     write_selection(&a.out, &keys, &meta)?;
     println!(
-        "{}: {} of {} rows ({:.1}%) in {:.1}s -> {}",
+        "{}: {} of {} trained rows ({:.1}%) in {:.1}s -> {}",
         policy.name(),
         keys.len(),
-        data.ds.train.len(),
-        100.0 * keys.len() as f64 / data.ds.train.len().max(1) as f64,
+        pool.len(),
+        100.0 * keys.len() as f64 / pool.len().max(1) as f64,
         t0.elapsed().as_secs_f64(),
         a.out.display()
     );
@@ -467,8 +475,9 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                     .map(|p| crate::commands::absolute(p).display().to_string()),
                 "selection_rows": selection_rows,
                 "teacher_rows": terms.teacher_rows,
+                "trained_rows": terms.trained_rows,
                 "train_rows": data.ds.train.len(),
-                "fraction": terms.teacher_rows as f64 / data.ds.train.len().max(1) as f64,
+                "fraction": terms.teacher_rows as f64 / terms.trained_rows.max(1) as f64,
                 "terms": terms,
             }),
         )?;
