@@ -150,9 +150,56 @@ fn caches_selections_and_distillation_end_to_end() {
         "shard",
     );
 
-    // the same rows from plain files (keyed CSV) give the same candidates
     let keys = std::fs::read_to_string(one.join("keys.txt")).unwrap();
     let first_key = keys.lines().next().unwrap().to_string();
+    // a cache from plain files (another recommender's keyed CSV output)
+    let second_key = keys.lines().nth(1).unwrap().to_string();
+    let topk = p("topk.csv");
+    std::fs::write(
+        &topk,
+        format!("key,c1,c2,c3\n{second_key},3,1,2\n{first_key},4,5,6\n"),
+    )
+    .unwrap();
+    let dist = p("dist.csv");
+    std::fs::write(
+        &dist,
+        format!("{first_key},0.1,0.2,0.3\n{second_key},1,2,3\n"),
+    )
+    .unwrap();
+    let files = p("files-cache");
+    ok(&[
+        "teacher",
+        "from-files",
+        "--data",
+        s(&data),
+        "--topk",
+        s(&topk),
+        "--distances",
+        s(&dist),
+        "--out",
+        s(&files),
+    ]);
+    let fk = std::fs::read_to_string(files.join("keys.txt")).unwrap();
+    assert_eq!(
+        fk.lines().collect::<Vec<_>>(),
+        vec![first_key.as_str(), second_key.as_str()],
+        "canonical order"
+    );
+    // an id outside the catalogue names the file and line
+    std::fs::write(&topk, format!("{first_key},1,2,99999\n")).unwrap();
+    clean_error(
+        &[
+            "teacher",
+            "from-files",
+            "--data",
+            s(&data),
+            "--topk",
+            s(&topk),
+            "--out",
+            s(&p("bad-files")),
+        ],
+        "topk.csv:1",
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(one.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(
