@@ -57,8 +57,7 @@ pub fn trained_rows(ds: &Dataset, objective: Objective, max_len: usize) -> Vec<u
                 let row = &ds.train[u.row];
                 let pos = row.pos as usize;
                 let start = pos.saturating_sub(max_len);
-                for tpos in start + 1..=pos {
-                    let r = at[row.seq as usize][tpos];
+                for &r in &at[row.seq as usize][start + 1..=pos] {
                     if r != NO_ROW {
                         rows.push(r as usize);
                     }
