@@ -90,6 +90,8 @@ fn read_run(dir: &Path, label: Option<String>) -> Result<RunInfo> {
         })
         .unwrap_or_default();
     let is_distill = command.iter().any(|c| c == "distill");
+    // an `eval` run's wall time is the evaluation's, not the model's cost
+    let is_eval = command.iter().any(|c| c == "eval");
     let teacher = record["costs"].get("distill.teacher").cloned();
     let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
     let model = config
@@ -121,7 +123,11 @@ fn read_run(dir: &Path, label: Option<String>) -> Result<RunInfo> {
             seed: record["seed"].as_u64().unwrap_or(0),
             test: metric_map(&metrics["test"]),
             valid: metric_map(&metrics["valid"]),
-            wall_secs: record["wall_secs"].as_f64(),
+            wall_secs: if is_eval {
+                None
+            } else {
+                record["wall_secs"].as_f64()
+            },
             teacher_rows: teacher
                 .as_ref()
                 .and_then(|t| t["teacher_rows"].as_u64())
