@@ -27,9 +27,11 @@ pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod infer;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod parmatmul;
 pub mod tokenizer;
 pub mod weights;
 

@@ -161,6 +161,9 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub fn matmul_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     let (b, t, i) = x.dims3()?;
     let x2 = x.reshape((b * t, i))?;
+    if let Some(y) = crate::parmatmul::par_matmul(&x2, wt)? {
+        return y.reshape((b, t, wt.dim(1)?));
+    }
     let y = if x2.track_op() && !wt.track_op() && x2.device().is_cpu() {
         x2.contiguous()?
             .apply_op1(FrozenMatmul { wt: wt.clone() })?

@@ -194,6 +194,12 @@ impl Attention {
             }
             None => (k, v),
         };
+        if crate::infer::applies(&[&q, &k, &v]) {
+            let scale = 1.0 / (hd as f32).sqrt();
+            if let Some(out) = crate::infer::attention(&q, &k, &v, pos.mask.as_ref(), scale)? {
+                return self.o_proj.forward(&out, ctx);
+            }
+        }
         let s = k.dim(2)?;
         let groups = nh / nkv;
         // Grouped-query attention without copying K/V: the `groups` query heads
@@ -275,8 +281,14 @@ impl Mlp {
                     .forward_base(x)?
                     .try_into()
                     .map_err(|_| candle_core::Error::Msg("gate/up split".into()))?;
-                let g = gate.finish(g, x, ctx)?.silu()?;
-                down.forward(&(g * up.finish(u, x, ctx)?)?, ctx)
+                let g = gate.finish(g, x, ctx)?;
+                let u = up.finish(u, x, ctx)?;
+                if crate::infer::applies(&[&g, &u]) {
+                    if let Some(h) = crate::infer::swiglu(&g, &u)? {
+                        return down.forward(&h, ctx);
+                    }
+                }
+                down.forward(&(g.silu()? * u)?, ctx)
             }
             Mlp::Plain { up, down, act } => {
                 let h = up.forward(x, ctx)?;

@@ -102,6 +102,30 @@ unsafe fn exp_shift_sum_inplace_avx2(x: &mut [f32], shift: f32) -> f32 {
     exp_shift_sum_inplace_kernel(x, shift)
 }
 
+#[inline(always)]
+fn silu_mul_kernel(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(g).zip(u) {
+        *o = a / (1.0 + exp1(-a)) * b;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
+    silu_mul_kernel(g, u, out)
+}
+
+/// `out[j] = silu(g[j]) · u[j]` with `silu(x) = x / (1 + e^{−x})` (SwiGLU).
+pub fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    assert!(g.len() == out.len() && u.len() == out.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked in has_avx2).
+        return unsafe { silu_mul_avx2(g, u, out) };
+    }
+    silu_mul_kernel(g, u, out)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn max_avx2(x: &[f32]) -> f32 {
@@ -177,6 +201,21 @@ mod tests {
             "masked logit gives {}",
             one[0]
         );
+    }
+
+    #[test]
+    fn silu_mul_matches_scalar() {
+        let g: Vec<f32> = (0..203).map(|i| i as f32 * 0.1 - 10.0).collect();
+        let u: Vec<f32> = (0..203).map(|i| 1.0 + i as f32 * 0.01).collect();
+        let mut out = vec![0f32; g.len()];
+        silu_mul(&g, &u, &mut out);
+        for ((o, a), b) in out.iter().zip(&g).zip(&u) {
+            let want = (*a as f64) / (1.0 + (-*a as f64).exp()) * *b as f64;
+            assert!(
+                (*o as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "{o} vs {want}"
+            );
+        }
     }
 
     #[test]
