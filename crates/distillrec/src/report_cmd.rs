@@ -20,6 +20,9 @@ pub struct ReportArgs {
     /// Run directories to compare, as `DIR` or `LABEL=DIR`; runs with the same label (default: the directory name without a `-s<seed>` suffix) are seeds of one model.
     #[arg(long, value_name = "[LABEL=]DIR", num_args = 1..)]
     pub runs: Vec<String>,
+    /// Ablation runs (`[LABEL=]DIR`), listed after the models in their own group.
+    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1..)]
+    pub ablation_runs: Vec<String>,
     /// Distillation runs that form the budget curve (policy from their selection file, fraction from the teacher rows they used).
     #[arg(long, value_name = "DIR", num_args = 1..)]
     pub budget_runs: Vec<PathBuf>,
@@ -105,11 +108,7 @@ fn read_run(dir: &Path, label: Option<String>) -> Result<RunInfo> {
         .unwrap_or_else(|| "student".into());
     let label = label.unwrap_or_else(|| default_label(dir));
     let group = if is_distill {
-        if label.contains("abl") {
-            "ablation"
-        } else {
-            "distilled"
-        }
+        "distilled"
     } else if label.contains("teacher") {
         "teacher"
     } else {
@@ -151,17 +150,27 @@ fn policy_of(teacher: &serde_json::Value) -> Result<String> {
 
 /// Runs `report`.
 pub fn report(a: ReportArgs) -> Result<()> {
-    if a.runs.is_empty() && a.budget_runs.is_empty() {
+    if a.runs.is_empty() && a.budget_runs.is_empty() && a.ablation_runs.is_empty() {
         bail!("nothing to report: give --runs and/or --budget-runs");
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let mut runs = Vec::new();
-    for spec in &a.runs {
-        let (label, dir) = match spec.split_once('=') {
+    for (spec, ablation) in a
+        .runs
+        .iter()
+        .map(|s| (s, false))
+        .chain(a.ablation_runs.iter().map(|s| (s, true)))
+    {
+        // the directory follows the last `=` (labels may contain `=`)
+        let (label, dir) = match spec.rsplit_once('=') {
             Some((l, d)) => (Some(l.to_string()), PathBuf::from(d)),
             None => (None, PathBuf::from(spec)),
         };
-        runs.push(read_run(&dir, label)?.summary);
+        let mut summary = read_run(&dir, label)?.summary;
+        if ablation {
+            summary.group = "ablation".into();
+        }
+        runs.push(summary);
     }
     let metric = a.metric.as_str();
     let cols = ["hr@10", "hr@20", "ndcg@10", "ndcg@20"];
