@@ -98,24 +98,7 @@ pub fn attention(
                                 gemm::Parallelism::None,
                             )
                         }
-                        for (r, row) in p.chunks_mut(s).enumerate() {
-                            if let Some(m) = ms {
-                                let mrow = &m[(bi * t + r) * s..(bi * t + r + 1) * s];
-                                for (x, a) in row.iter_mut().zip(mrow) {
-                                    *x += a;
-                                }
-                            }
-                            let mx = fastmath::max(row);
-                            let z = fastmath::exp_shift_sum_inplace(row, mx);
-                            // masked keys give e^{-87} ≈ 1e-38 from the clamped
-                            // exp: flush them to 0, or the PV product runs on
-                            // denormals (microcode assists, several times slower)
-                            let inv = 1.0 / z;
-                            for x in row.iter_mut() {
-                                let y = *x * inv;
-                                *x = if y < 1e-30 { 0.0 } else { y };
-                            }
-                        }
+                        softmax_rows(&mut p, s, ms.map(|m| &m[bi * t * s..(bi + 1) * t * s]));
                         // SAFETY: task (bi, h) writes only rows of sequence bi,
                         // columns [h·hd, (h+1)·hd) of the output.
                         unsafe {
@@ -157,6 +140,179 @@ pub fn attention(
         return Ok(None);
     }
     Ok(Some(Tensor::from_vec(out, (b, t, nh * hd), q.device())?))
+}
+
+/// Shapes of [`attention_qkv`]'s fused projection output.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvLayout {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Head size.
+    pub head_dim: usize,
+}
+
+/// Writes `RoPE(src)` (Hugging Face "rotate half" pairs `i, i + half`) of
+/// `t` rows read with row stride `rs` into `dst [t, hd]`.
+fn rope_rows(
+    src: &[f32],
+    rs: usize,
+    cos: &[f32],
+    sin: &[f32],
+    t: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    let half = hd / 2;
+    for r in 0..t {
+        let x = &src[r * rs..r * rs + hd];
+        let (c, s) = (
+            &cos[r * half..(r + 1) * half],
+            &sin[r * half..(r + 1) * half],
+        );
+        let o = &mut dst[r * hd..(r + 1) * hd];
+        for i in 0..half {
+            let (a, b) = (x[i], x[i + half]);
+            o[i] = a * c[i] - b * s[i];
+            o[i + half] = b * c[i] + a * s[i];
+        }
+    }
+}
+
+/// Attention straight from the fused q/k/v projection `qkv [B, T, (nh +
+/// 2·nkv)·hd]` (no KV cache: keys are the same `T` positions), with RoPE
+/// tables `cos, sin [B, T, hd/2]` applied inside each task and the
+/// optional additive mask `[B, 1, 1, T, T]`. Saves the head transposes and
+/// RoPE passes of the composed path. Returns `[B, T, nh · hd]`, or `None`
+/// when an input is not contiguous CPU f32.
+pub fn attention_qkv(
+    qkv: &Tensor,
+    layout: QkvLayout,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    let (b, t, w) = qkv.dims3()?;
+    let QkvLayout {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    } = layout;
+    if nkv == 0 || nh % nkv != 0 || w != (nh + 2 * nkv) * hd || hd % 2 != 0 {
+        return Ok(None);
+    }
+    if cos.dims() != [b, t, hd / 2] || sin.dims() != [b, t, hd / 2] {
+        return Ok(None);
+    }
+    let groups = nh / nkv;
+    let half = hd / 2;
+    let mut out = vec![0f32; b * t * nh * hd];
+    let ptr = OutPtr(out.as_mut_ptr());
+    let run = |ys: &[f32], cs: &[f32], ss: &[f32], ms: Option<&[f32]>| {
+        (0..b * nh).into_par_iter().for_each(|task| {
+            let (bi, h) = (task / nh, task % nh);
+            let g = h / groups;
+            let base = bi * t * w;
+            let (cb, sb) = (
+                &cs[bi * t * half..(bi + 1) * t * half],
+                &ss[bi * t * half..(bi + 1) * t * half],
+            );
+            let mut q = vec![0f32; t * hd];
+            let mut k = vec![0f32; t * hd];
+            rope_rows(&ys[base + h * hd..], w, cb, sb, t, hd, &mut q);
+            rope_rows(&ys[base + (nh + g) * hd..], w, cb, sb, t, hd, &mut k);
+            let v = &ys[base + (nh + nkv + g) * hd..];
+            let mut p = vec![0f32; t * t];
+            // SAFETY: q, k are [t, hd]; p is [t, t].
+            unsafe {
+                gemm::gemm(
+                    t,
+                    t,
+                    hd,
+                    p.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    hd as isize,
+                    k.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+            softmax_rows(&mut p, t, ms.map(|m| &m[bi * t * t..(bi + 1) * t * t]));
+            // SAFETY: v rows are read with stride w inside `ys` (its length
+            // covers b·t·w); task (bi, h) writes only rows of sequence bi,
+            // columns [h·hd, (h+1)·hd) of the output.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    hd,
+                    t,
+                    ptr.get().add(bi * t * nh * hd + h * hd),
+                    1,
+                    (nh * hd) as isize,
+                    false,
+                    p.as_ptr(),
+                    1,
+                    t as isize,
+                    v.as_ptr(),
+                    1,
+                    w as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+    };
+    let done = with_f32(qkv, |ys| {
+        with_f32(cos, |cs| {
+            with_f32(sin, |ss| match mask {
+                Some(m) => with_f32(m, |ms| run(ys, cs, ss, Some(ms))).is_some(),
+                None => {
+                    run(ys, cs, ss, None);
+                    true
+                }
+            })
+        })
+    });
+    if done != Some(Some(Some(true))) {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(out, (b, t, nh * hd), qkv.device())?))
+}
+
+/// Row-wise softmax of `p [rows, s]` in place after adding the optional
+/// mask rows; masked weights are flushed to exact zeros (see [`attention`]).
+fn softmax_rows(p: &mut [f32], s: usize, mask: Option<&[f32]>) {
+    for (r, row) in p.chunks_mut(s).enumerate() {
+        if let Some(m) = mask {
+            for (x, a) in row.iter_mut().zip(&m[r * s..(r + 1) * s]) {
+                *x += a;
+            }
+        }
+        let mx = fastmath::max(row);
+        let z = fastmath::exp_shift_sum_inplace(row, mx);
+        let inv = 1.0 / z;
+        // test before scaling: the product of a masked weight (≈ 1e-38)
+        // and 1/z would be a denormal, and denormal arithmetic is slow
+        for x in row.iter_mut() {
+            *x = if *x < 1e-30 { 0.0 } else { *x * inv };
+        }
+    }
 }
 
 /// `silu(g) · u` for two `[.., n]` views with unit last stride (column
@@ -274,6 +430,50 @@ mod tests {
                 .transpose(1, 2)
                 .unwrap()
                 .reshape((b, t, nh * hd))
+                .unwrap();
+            assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        }
+    }
+
+    #[test]
+    fn attention_from_qkv_matches_rope_then_attention() {
+        let dev = Device::Cpu;
+        let (b, nh, nkv, t, hd) = (2, 4, 2, 6, 8);
+        let w = (nh + 2 * nkv) * hd;
+        let y = Tensor::randn(0f32, 1.0, (b, t, w), &dev).unwrap();
+        let cos = Tensor::randn(0f32, 1.0, (b, t, hd / 2), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (b, t, hd / 2), &dev).unwrap();
+        let heads = |off: usize, n: usize| {
+            y.narrow(2, off, n * hd)
+                .unwrap()
+                .reshape((b, t, n, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let q = crate::ops::rope(&heads(0, nh), &cos, &sin, false).unwrap();
+        let k = crate::ops::rope(&heads(nh * hd, nkv), &cos, &sin, false).unwrap();
+        let v = heads((nh + nkv) * hd, nkv);
+        let mut m = vec![0f32; b * t * t];
+        for bi in 0..b {
+            for r in 0..t {
+                for c in r + 1..t {
+                    m[(bi * t + r) * t + c] = f32::MIN;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, 1, t, t), &dev).unwrap();
+        let layout = QkvLayout {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        for mk in [None, Some(&mask)] {
+            let want = attention(&q, &k, &v, mk, 0.5).unwrap().unwrap();
+            let got = attention_qkv(&y, layout, &cos, &sin, mk, 0.5)
+                .unwrap()
                 .unwrap();
             assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
         }

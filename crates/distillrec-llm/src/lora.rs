@@ -90,6 +90,11 @@ impl Linear {
         self.finish(matmul_t(x, &self.weight_t)?, x, ctx)
     }
 
+    /// Whether the layer is exactly `x W^T` (no bias, no adapter).
+    pub fn is_plain(&self) -> bool {
+        self.bias.is_none() && self.adapter.is_none()
+    }
+
     /// Adds bias and adapter to `base = x W^T` computed elsewhere (by a
     /// [`Fused`] projection that shares `x` with sibling layers).
     pub fn finish(&self, base: Tensor, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
@@ -129,6 +134,12 @@ impl Fused {
             off += w;
         }
         Ok(Fused { weight_t, widths })
+    }
+
+    /// `x [W_1; W_2; ..]^T`: every part side by side in one `(batch, seq,
+    /// Σ out_i)` tensor.
+    pub fn forward_joined(&self, x: &Tensor) -> Result<Tensor> {
+        matmul_t(x, &self.weight_t)
     }
 
     /// `x W_i^T` for every part, from one matmul; `(batch, seq, out_i)` views.

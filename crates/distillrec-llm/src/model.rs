@@ -170,6 +170,25 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // Uncached inference without bias or adapters on q/k/v: one kernel
+        // from the fused projection (RoPE inside, no head transposes).
+        if let (None, Some((cos, sin))) = (&cache, &pos.rope) {
+            let plain = self.q_proj.is_plain() && self.k_proj.is_plain() && self.v_proj.is_plain();
+            if plain && crate::infer::applies(&[x, cos, sin]) {
+                let y = self.qkv.forward_joined(x)?;
+                let layout = crate::infer::QkvLayout {
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                };
+                let scale = 1.0 / (hd as f32).sqrt();
+                let out =
+                    crate::infer::attention_qkv(&y, layout, cos, sin, pos.mask.as_ref(), scale)?;
+                if let Some(out) = out {
+                    return self.o_proj.forward(&out, ctx);
+                }
+            }
+        }
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
         let [q, k, v]: [Tensor; 3] = self
             .qkv

@@ -40,6 +40,7 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     if k != k2 || m == 0 || n < 64 {
         return Ok(None);
     }
+    let x = &x.contiguous()?;
     let (xst, xl) = x.storage_and_layout();
     let xs: &[f32] = match (&*xst, xl.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => &v[a..b],
