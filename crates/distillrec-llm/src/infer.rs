@@ -297,19 +297,47 @@ pub fn attention_qkv(
 
 /// Row-wise softmax of `p [rows, s]` in place after adding the optional
 /// mask rows; masked weights are flushed to exact zeros (see [`attention`]).
+/// Keys after a row's last visible one (the causal tail) are skipped.
 fn softmax_rows(p: &mut [f32], s: usize, mask: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { softmax_rows_avx2(p, s, mask) };
+    }
+    softmax_rows_kernel(p, s, mask)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(p: &mut [f32], s: usize, mask: Option<&[f32]>) {
+    softmax_rows_kernel(p, s, mask)
+}
+
+/// Values at or below this in an additive mask hide the key.
+const MASKED: f32 = -1e30;
+
+#[inline(always)]
+fn softmax_rows_kernel(p: &mut [f32], s: usize, mask: Option<&[f32]>) {
     for (r, row) in p.chunks_mut(s).enumerate() {
-        if let Some(m) = mask {
-            for (x, a) in row.iter_mut().zip(&m[r * s..(r + 1) * s]) {
-                *x += a;
+        let end = match mask {
+            Some(m) => {
+                let mrow = &m[r * s..(r + 1) * s];
+                let end = mrow.iter().rposition(|&a| a > MASKED).map_or(s, |i| i + 1);
+                for (x, a) in row[..end].iter_mut().zip(&mrow[..end]) {
+                    *x += a;
+                }
+                end
             }
-        }
-        let mx = fastmath::max(row);
-        let z = fastmath::exp_shift_sum_inplace(row, mx);
+            None => s,
+        };
+        let (live, tail) = row.split_at_mut(end);
+        tail.fill(0.0);
+        let mx = fastmath::max(live);
+        let z = fastmath::exp_shift_sum_inplace(live, mx);
         let inv = 1.0 / z;
         // test before scaling: the product of a masked weight (≈ 1e-38)
         // and 1/z would be a denormal, and denormal arithmetic is slow
-        for x in row.iter_mut() {
+        for x in live.iter_mut() {
             *x = if *x < 1e-30 { 0.0 } else { *x * inv };
         }
     }

@@ -53,6 +53,23 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     };
     let stride = wl.stride();
     if stride[1] != 1 {
+        // `wt` is a transposed row-major `W [N, K]` (the tied LM head): a
+        // single row (the last position's logits) is N dot products, which
+        // read W once instead of packing it as gemm would
+        if m == 1 && stride[0] == 1 && stride[1] >= k {
+            let (w_rs, w_off) = (stride[1], wl.start_offset());
+            assert!(w_off + (n - 1) * w_rs + k <= w.len());
+            let mut y = vec![0f32; n];
+            y.par_chunks_mut(1024).enumerate().for_each(|(c, out)| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let row = w_off + (c * 1024 + j) * w_rs;
+                    *o = dot(&w[row..row + k], xs);
+                }
+            });
+            drop(wst);
+            drop(xst);
+            return Ok(Some(Tensor::from_vec(y, (1, n), x.device())?));
+        }
         return Ok(None);
     }
     let w_rs = stride[0];
@@ -100,6 +117,24 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
 }
 
+/// `a · b` with eight independent accumulators (vectorised by LLVM).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +153,15 @@ mod tests {
             // a column block of a wider matrix, as Fused parts are
             let view = w.narrow(1, 40, 130).unwrap();
             for wt in [&w, &view] {
+                // a single row against a transposed row-major weight (LM head)
+                let w_rows = wt.t().unwrap().contiguous().unwrap();
+                let x1 = x.narrow(0, 3, 1).unwrap();
+                let got = par_matmul(&x1, &w_rows.t().unwrap())
+                    .unwrap()
+                    .expect("gemv");
+                let want = x1.matmul(wt).unwrap();
+                let d = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
                 let got = par_matmul(&x, wt).unwrap().expect("qualifies");
                 let want = x.matmul(wt).unwrap();
                 let diff = (got - want)
