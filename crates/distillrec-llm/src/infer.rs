@@ -15,19 +15,7 @@ use rayon::prelude::*;
 
 use distillrec_models::fastmath;
 
-/// A raw output pointer shared by tasks writing disjoint regions.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint region of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+use crate::parmatmul::OutPtr;
 
 /// Borrows a contiguous CPU f32 tensor's data.
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -42,6 +30,70 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 pub fn applies(xs: &[&Tensor]) -> bool {
     xs.iter()
         .all(|t| !t.track_op() && t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+/// One head's attention: `softmax(scale · q kᵀ + mask) v` for `q [t, hd]`
+/// (contiguous) and `s` key/value rows read with row strides `k_rs`, `v_rs`,
+/// written as `t` rows of `hd` values with row stride `out_rs`.
+///
+/// # Safety
+/// `k` and `v` must be valid for `s` rows of `hd` values at their strides,
+/// `out` for `t` rows at `out_rs`, and no other thread may write that region.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_head(
+    q: &[f32],
+    (k, k_rs): (*const f32, usize),
+    (v, v_rs): (*const f32, usize),
+    (t, s, hd): (usize, usize, usize),
+    scale: f32,
+    mask: Option<&[f32]>,
+    (out, out_rs): (*mut f32, usize),
+) {
+    debug_assert_eq!(q.len(), t * hd);
+    let mut p = vec![0f32; t * s];
+    gemm::gemm(
+        t,
+        s,
+        hd,
+        p.as_mut_ptr(),
+        1,
+        s as isize,
+        false,
+        q.as_ptr(),
+        1,
+        hd as isize,
+        k,
+        k_rs as isize,
+        1,
+        0.0,
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+    softmax_rows(&mut p, s, mask);
+    gemm::gemm(
+        t,
+        hd,
+        s,
+        out,
+        1,
+        out_rs as isize,
+        false,
+        p.as_ptr(),
+        1,
+        s as isize,
+        v,
+        1,
+        v_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 /// Attention `softmax(scale · QKᵀ + mask) V` for `q [B, nh, T, hd]`,
@@ -73,55 +125,18 @@ pub fn attention(
                         let qh = &qs[((bi * nh + h) * t) * hd..((bi * nh + h + 1) * t) * hd];
                         let kh = &ks[((bi * nkv + g) * s) * hd..((bi * nkv + g + 1) * s) * hd];
                         let vh = &vs[((bi * nkv + g) * s) * hd..((bi * nkv + g + 1) * s) * hd];
-                        let mut p = vec![0f32; t * s];
-                        // SAFETY: sizes match the slices (taken from the dims above).
+                        // SAFETY: the slices hold s rows of hd values; task
+                        // (bi, h) writes only rows of sequence bi, columns
+                        // [h·hd, (h+1)·hd) of the output.
                         unsafe {
-                            gemm::gemm(
-                                t,
-                                s,
-                                hd,
-                                p.as_mut_ptr(),
-                                1,
-                                s as isize,
-                                false,
-                                qh.as_ptr(),
-                                1,
-                                hd as isize,
-                                kh.as_ptr(),
-                                hd as isize,
-                                1,
-                                0.0,
+                            attend_head(
+                                qh,
+                                (kh.as_ptr(), hd),
+                                (vh.as_ptr(), hd),
+                                (t, s, hd),
                                 scale,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            )
-                        }
-                        softmax_rows(&mut p, s, ms.map(|m| &m[bi * t * s..(bi + 1) * t * s]));
-                        // SAFETY: task (bi, h) writes only rows of sequence bi,
-                        // columns [h·hd, (h+1)·hd) of the output.
-                        unsafe {
-                            gemm::gemm(
-                                t,
-                                hd,
-                                s,
-                                ptr.get().add(bi * t * nh * hd + h * hd),
-                                1,
-                                (nh * hd) as isize,
-                                false,
-                                p.as_ptr(),
-                                1,
-                                s as isize,
-                                vh.as_ptr(),
-                                1,
-                                hd as isize,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
+                                ms.map(|m| &m[bi * t * s..(bi + 1) * t * s]),
+                                (ptr.get().add(bi * t * nh * hd + h * hd), nh * hd),
                             )
                         }
                     });
@@ -224,56 +239,18 @@ pub fn attention_qkv(
             rope_rows(&ys[base + h * hd..], w, cb, sb, t, hd, &mut q);
             rope_rows(&ys[base + (nh + g) * hd..], w, cb, sb, t, hd, &mut k);
             let v = &ys[base + (nh + nkv + g) * hd..];
-            let mut p = vec![0f32; t * t];
-            // SAFETY: q, k are [t, hd]; p is [t, t].
+            // SAFETY: k/v rows are read with stride w inside `ys` (its
+            // length covers b·t·w); task (bi, h) writes only rows of
+            // sequence bi, columns [h·hd, (h+1)·hd) of the output.
             unsafe {
-                gemm::gemm(
-                    t,
-                    t,
-                    hd,
-                    p.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    hd as isize,
-                    k.as_ptr(),
-                    hd as isize,
-                    1,
-                    0.0,
+                attend_head(
+                    &q,
+                    (k.as_ptr(), hd),
+                    (v.as_ptr(), w),
+                    (t, t, hd),
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
-            softmax_rows(&mut p, t, ms.map(|m| &m[bi * t * t..(bi + 1) * t * t]));
-            // SAFETY: v rows are read with stride w inside `ys` (its length
-            // covers b·t·w); task (bi, h) writes only rows of sequence bi,
-            // columns [h·hd, (h+1)·hd) of the output.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    hd,
-                    t,
-                    ptr.get().add(bi * t * nh * hd + h * hd),
-                    1,
-                    (nh * hd) as isize,
-                    false,
-                    p.as_ptr(),
-                    1,
-                    t as isize,
-                    v.as_ptr(),
-                    1,
-                    w as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                    ms.map(|m| &m[bi * t * t..(bi + 1) * t * t]),
+                    (ptr.get().add(bi * t * nh * hd + h * hd), nh * hd),
                 )
             }
         });
