@@ -212,17 +212,7 @@ impl Student {
     /// Scores `[B, N + 1]` of every item for each history (inference, no
     /// dropout); column 0 is padding and is set to −∞.
     pub fn score_histories(&self, histories: &[&[ItemId]]) -> Result<Vec<f32>> {
-        let batch =
-            SeqBatch::from_histories(histories.iter().copied(), self.spec.max_len, &self.device)?;
-        let table = self.item_table();
-        let rep = self.represent_with(&batch, table, &mut ForwardCtx::eval())?;
-        let scores = rep.matmul(&table.t()?)?;
-        let mut v = scores.flatten_all()?.to_vec1::<f32>()?;
-        let c = self.spec.num_items + 1;
-        for row in v.chunks_mut(c) {
-            row[0] = f32::NEG_INFINITY;
-        }
-        Ok(v)
+        Ok(self.represent_and_score(histories)?.1)
     }
 }
 

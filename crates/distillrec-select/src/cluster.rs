@@ -35,6 +35,38 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// Greedy seeding shared by k-center and k-means++: starting from
+/// `first` (with its score), repeatedly asks `pick(min_d, chosen)` for the
+/// next centre given every point's squared distance to its nearest chosen
+/// centre, until `n` are chosen. Returns `(index, score)` in index order,
+/// the score of a later centre being its distance when chosen.
+fn greedy_centres(
+    points: &[f32],
+    dim: usize,
+    n: usize,
+    first: (usize, f64),
+    mut pick: impl FnMut(&[f32], &[bool]) -> usize,
+) -> Vec<(usize, f64)> {
+    let count = points.len() / dim.max(1);
+    let mut chosen = vec![false; count];
+    let mut min_d = vec![f32::INFINITY; count];
+    let mut out = Vec::with_capacity(n.min(count));
+    let mut next = first;
+    loop {
+        let i = next.0;
+        out.push(next);
+        chosen[i] = true;
+        update_min(points, dim, &points[i * dim..(i + 1) * dim], &mut min_d);
+        if out.len() >= n.min(count) {
+            break;
+        }
+        let j = pick(&min_d, &chosen);
+        next = (j, min_d[j] as f64);
+    }
+    out.sort_by_key(|&(i, _)| i);
+    out
+}
+
 /// k-center greedy (Sener & Savarese): a seeded first centre, then always
 /// the point farthest from every chosen one. Scores are the distance at
 /// the time of choice.
@@ -48,35 +80,16 @@ pub fn k_center_greedy(
     if count == 0 || n == 0 {
         return Vec::new();
     }
-    let mut min_d = vec![f32::INFINITY; count];
-    let mut chosen = vec![false; count];
     let first = rng.gen_range(0..count);
-    let mut out = vec![(first, f64::INFINITY)];
-    chosen[first] = true;
-    update_min(
-        points,
-        dim,
-        &points[first * dim..(first + 1) * dim],
-        &mut min_d,
-    );
-    while out.len() < n.min(count) {
-        for (i, c) in chosen.iter().enumerate() {
-            if *c {
-                min_d[i] = f32::NEG_INFINITY;
+    greedy_centres(points, dim, n, (first, f64::INFINITY), |min_d, chosen| {
+        let mut best: Option<usize> = None;
+        for (i, (&d, &c)) in min_d.iter().zip(chosen).enumerate() {
+            if !c && best.is_none_or(|b| d > min_d[b]) {
+                best = Some(i);
             }
         }
-        let next = argmax(&min_d);
-        out.push((next, min_d[next] as f64));
-        chosen[next] = true;
-        update_min(
-            points,
-            dim,
-            &points[next * dim..(next + 1) * dim],
-            &mut min_d,
-        );
-    }
-    out.sort_by_key(|&(i, _)| i);
-    out
+        best.unwrap_or(0)
+    })
 }
 
 /// k-means++ seeding (Arthur & Vassilvitskii) as BADGE uses it: the first
@@ -97,52 +110,36 @@ pub fn kmeans_pp_seeds(
         .map(|p| p.iter().map(|x| x * x).sum())
         .collect();
     let first = argmax(&norms);
-    let mut chosen = vec![false; count];
-    chosen[first] = true;
-    let mut out = vec![(first, norms[first] as f64)];
-    let mut min_d = vec![f32::INFINITY; count];
-    update_min(
+    greedy_centres(
         points,
         dim,
-        &points[first * dim..(first + 1) * dim],
-        &mut min_d,
-    );
-    while out.len() < n.min(count) {
-        let total: f64 = min_d
-            .iter()
-            .zip(&chosen)
-            .filter(|(_, &c)| !c)
-            .map(|(&d, _)| d as f64)
-            .sum();
-        let next = if total > 0.0 {
-            let mut r = rng.gen::<f64>() * total;
-            let mut pick = None;
-            for (i, (&d, &c)) in min_d.iter().zip(&chosen).enumerate() {
-                if c {
-                    continue;
+        n,
+        (first, norms[first] as f64),
+        |min_d, chosen| {
+            let total: f64 = min_d
+                .iter()
+                .zip(chosen)
+                .filter(|(_, &c)| !c)
+                .map(|(&d, _)| d as f64)
+                .sum();
+            if total > 0.0 {
+                let mut r = rng.gen::<f64>() * total;
+                for (i, (&d, &c)) in min_d.iter().zip(chosen).enumerate() {
+                    if c {
+                        continue;
+                    }
+                    r -= d as f64;
+                    if r <= 0.0 {
+                        return i;
+                    }
                 }
-                r -= d as f64;
-                if r <= 0.0 {
-                    pick = Some(i);
-                    break;
-                }
+                (0..count).rev().find(|&i| !chosen[i]).unwrap_or(0)
+            } else {
+                // every remaining point coincides with a centre: take them in order
+                (0..count).find(|&i| !chosen[i]).unwrap_or(0)
             }
-            pick.unwrap_or_else(|| (0..count).rev().find(|&i| !chosen[i]).unwrap_or(0))
-        } else {
-            // every remaining point coincides with a centre: take them in order
-            (0..count).find(|&i| !chosen[i]).unwrap_or(0)
-        };
-        out.push((next, min_d[next] as f64));
-        chosen[next] = true;
-        update_min(
-            points,
-            dim,
-            &points[next * dim..(next + 1) * dim],
-            &mut min_d,
-        );
-    }
-    out.sort_by_key(|&(i, _)| i);
-    out
+        },
+    )
 }
 
 /// Most clusters `kmeans` forms; larger budgets are shared among them.

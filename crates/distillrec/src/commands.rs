@@ -211,6 +211,23 @@ pub(crate) fn print_metrics(model: &str, m: &Metrics) {
     );
 }
 
+/// Records a finished training stage's epochs and evaluation costs in `run`
+/// (`stage` names the training entry, e.g. `student.train`).
+pub(crate) fn record_training(run: &mut Run, stage: &str, outcome: &TrainOutcome) -> Result<()> {
+    run.record_cost(
+        stage,
+        serde_json::json!({
+            "epochs": outcome.epochs,
+            "best_epoch": outcome.best_epoch,
+            "mean_epoch_secs": outcome.mean_epoch_secs,
+            "resumed_after": outcome.resumed_after,
+        }),
+    )?;
+    run.record_cost("student.valid", &outcome.valid_cost)?;
+    run.record_cost("student.test", &outcome.test_cost)?;
+    Ok(())
+}
+
 /// Trains the configured student in `out` and records everything in `run`.
 fn train_in_run(
     cfg: &Config,
@@ -230,17 +247,7 @@ fn train_in_run(
     let outcome = run.stage("train.student", || {
         train_student(&data.ds, &data.reference, &opts)
     })?;
-    run.record_cost(
-        "student.train",
-        serde_json::json!({
-            "epochs": outcome.epochs,
-            "best_epoch": outcome.best_epoch,
-            "mean_epoch_secs": outcome.mean_epoch_secs,
-            "resumed_after": outcome.resumed_after,
-        }),
-    )?;
-    run.record_cost("student.valid", &outcome.valid_cost)?;
-    run.record_cost("student.test", &outcome.test_cost)?;
+    record_training(run, "student.train", &outcome)?;
     let m = Metrics {
         valid: outcome.valid.clone(),
         test: outcome.test.clone(),

@@ -493,17 +493,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         let outcome = run.stage("train.distill", || {
             train_with(&data.ds, &data.reference, &opts, &objective)
         })?;
-        run.record_cost(
-            "distill.train",
-            serde_json::json!({
-                "epochs": outcome.epochs,
-                "best_epoch": outcome.best_epoch,
-                "mean_epoch_secs": outcome.mean_epoch_secs,
-                "resumed_after": outcome.resumed_after,
-            }),
-        )?;
-        run.record_cost("student.valid", &outcome.valid_cost)?;
-        run.record_cost("student.test", &outcome.test_cost)?;
+        crate::commands::record_training(&mut run, "distill.train", &outcome)?;
         let m = Metrics {
             valid: outcome.valid.clone(),
             test: outcome.test.clone(),
