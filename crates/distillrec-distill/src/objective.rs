@@ -16,6 +16,7 @@ use candle_core::{Device, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use distillrec_cache::TeacherCache;
 use distillrec_config::{DistillConfig, StudentConfig};
@@ -42,18 +43,39 @@ pub struct TeacherRows {
     pub distances: Vec<f32>,
     /// LLM item embeddings `[N + 1, D]` and `D`, if the teacher has them.
     pub embeddings: Option<(Vec<f32>, usize)>,
+    /// SHA-256 of the rows' keys and contents and of the embeddings: part of
+    /// the run key, so a run is never resumed with another teacher.
+    pub content_sha256: String,
 }
 
 impl TeacherRows {
     /// Aligns a loaded cache with `ds` (fingerprint and keys checked).
     pub fn from_cache(cache: &TeacherCache, fingerprint: &str, ds: &Dataset) -> Result<Self> {
         let of_train = cache.row_lookup(fingerprint, ds)?;
+        let mut h = Sha256::new();
+        for key in &cache.keys {
+            h.update(key.as_bytes());
+            h.update([b'\n']);
+        }
+        for &i in &cache.items {
+            h.update(i.to_le_bytes());
+        }
+        for &d in &cache.distances {
+            h.update(d.to_le_bytes());
+        }
+        if let Some(e) = &cache.embeddings {
+            for &x in e {
+                h.update(x.to_le_bytes());
+            }
+        }
+        let content_sha256 = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(TeacherRows {
             k: cache.k(),
             of_train,
             items: cache.items.clone(),
             distances: cache.distances.clone(),
             embeddings: cache.embeddings.clone().zip(cache.embedding_dim()),
+            content_sha256,
         })
     }
 }
@@ -257,6 +279,7 @@ impl StageObjective for DistillObjective<'_> {
             "distill": self.cfg,
             "terms": self.terms,
             "teacher_rows": self.teacher.items.len() / self.teacher.k.max(1),
+            "teacher_sha256": self.teacher.content_sha256,
         })
     }
 

@@ -282,6 +282,12 @@ fn exported_student_folds_the_projection_and_resume_is_exact() {
     let resumed = train_with(&ds, &r, &opts(&cfg, b.path(), true), &obj).unwrap();
     assert_eq!(resumed.resumed_after, Some(1));
     assert_eq!(full.test, resumed.test, "resume must be exact");
+    // the same run directory with another teacher is refused, not resumed
+    let other = random_cache(&ds, &r, 3);
+    let rows = TeacherRows::from_cache(&other, &r.fingerprint, &ds).unwrap();
+    let obj = DistillObjective::new(&ds, &cfg.student, &cfg.distill, rows, cfg.seed).unwrap();
+    let err = train_with(&ds, &r, &opts(&cfg, b.path(), true), &obj).unwrap_err();
+    assert!(err.to_string().contains("different config"), "{err}");
     // the exported checkpoint is a plain student reproducing the run's metrics
     let loaded = checkpoint::load(
         &full.best_checkpoint,

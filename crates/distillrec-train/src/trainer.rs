@@ -340,7 +340,7 @@ pub fn train_with(
             .with_context(|| format!("{}: unreadable training state", state_path.display()))?;
         if saved.run_key != key {
             bail!(
-                "{}: this run directory holds training state for a different config, dataset or seed; use another --out",
+                "{}: this run directory holds training state for a different config, dataset, seed or teacher; use another --out",
                 state_path.display()
             );
         }
