@@ -179,6 +179,38 @@ fn rope_rows(
     hd: usize,
     dst: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { rope_rows_avx2(src, rs, cos, sin, t, hd, dst) };
+    }
+    rope_rows_kernel(src, rs, cos, sin, t, hd, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope_rows_avx2(
+    src: &[f32],
+    rs: usize,
+    cos: &[f32],
+    sin: &[f32],
+    t: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
+    rope_rows_kernel(src, rs, cos, sin, t, hd, dst)
+}
+
+#[inline(always)]
+fn rope_rows_kernel(
+    src: &[f32],
+    rs: usize,
+    cos: &[f32],
+    sin: &[f32],
+    t: usize,
+    hd: usize,
+    dst: &mut [f32],
+) {
     let half = hd / 2;
     for r in 0..t {
         let x = &src[r * rs..r * rs + hd];

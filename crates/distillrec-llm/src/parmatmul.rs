@@ -74,7 +74,9 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     }
     let w_rs = stride[0];
     let w_off = wl.start_offset();
-    let mut y = vec![0f32; m * n];
+    // every element is written by exactly one block below (gemm with
+    // read_dst = false), so the buffer needs no zeroing
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = OutPtr(y.as_mut_ptr());
     // column blocks, a multiple of 16 wide, at least one per thread
     let block = n.div_ceil(threads).div_ceil(16) * 16;
@@ -85,9 +87,9 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
         let nb = block.min(n - n0);
         // SAFETY: block [n0, n0 + nb) of every output row belongs to this
         // thread alone; reads stay inside `w` and `xs` (asserted above).
-        // Computed as yᵀ = Wᵀᵀ·xᵀ: `wt` [K, N] row-major is W [N, K]
-        // column-major, the layout gemm's kernel reads the left operand in,
-        // so the weight is used in place instead of being packed per call.
+        // Computed as yᵀ = W·xᵀ: `wt` [K, N] row-major is W [N, K]
+        // column-major, which gemm packs faster as its left operand than as
+        // a row-major right operand.
         unsafe {
             gemm::gemm(
                 nb,
@@ -114,6 +116,8 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     });
     drop(wst);
     drop(xst);
+    // SAFETY: the blocks cover every column of every row, all written above.
+    unsafe { y.set_len(m * n) };
     Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
 }
 
