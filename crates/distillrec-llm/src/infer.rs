@@ -352,6 +352,55 @@ fn softmax_rows_kernel(p: &mut [f32], s: usize, mask: Option<&[f32]>) {
     }
 }
 
+/// `h = x + a` and `RMSNorm(h) · w` in one parallel pass over the rows
+/// (the residual add and the next norm of a decoder layer), for contiguous
+/// `x, a [.., d]` and `w [d]`; `None` if an input does not qualify.
+pub fn add_rms_norm(
+    x: &Tensor,
+    a: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if x.dims() != a.dims() || x.rank() < 1 {
+        return Ok(None);
+    }
+    let d = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [d] || d == 0 {
+        return Ok(None);
+    }
+    let n = x.elem_count();
+    let mut h = vec![0f32; n];
+    let mut y = vec![0f32; n];
+    let done = with_f32(x, |xs| {
+        with_f32(a, |as_| {
+            with_f32(w, |ws| {
+                h.par_chunks_mut(d)
+                    .zip(y.par_chunks_mut(d))
+                    .enumerate()
+                    .for_each(|(r, (hr, yr))| {
+                        let (xr, ar) = (&xs[r * d..(r + 1) * d], &as_[r * d..(r + 1) * d]);
+                        let mut ss = 0f32;
+                        for ((o, &p), &q) in hr.iter_mut().zip(xr).zip(ar) {
+                            *o = p + q;
+                            ss += *o * *o;
+                        }
+                        let inv = 1.0 / ((ss / d as f32) as f64 + eps).sqrt() as f32;
+                        for ((o, &v), &g) in yr.iter_mut().zip(hr.iter()).zip(ws) {
+                            *o = v * inv * g;
+                        }
+                    });
+            })
+        })
+    });
+    if done != Some(Some(Some(()))) {
+        return Ok(None);
+    }
+    Ok(Some((
+        Tensor::from_vec(h, x.shape(), x.device())?,
+        Tensor::from_vec(y, x.shape(), x.device())?,
+    )))
+}
+
 /// `silu(g) · u` for two `[.., n]` views with unit last stride (column
 /// blocks of the fused gate/up output); returns a contiguous tensor of the
 /// same shape, or `None` if the inputs do not qualify.
@@ -514,6 +563,19 @@ mod tests {
                 .unwrap();
             assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
         }
+    }
+
+    #[test]
+    fn add_rms_norm_matches_the_composed_ops() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let a = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+        let (h, y) = add_rms_norm(&x, &a, &w, 1e-5).unwrap().unwrap();
+        let want_h = (&x + &a).unwrap();
+        let want_y = crate::ops::rms_norm(&want_h, &w, 1e-5, false).unwrap();
+        assert!(max_diff(&h, &want_h) < 1e-6);
+        assert!(max_diff(&y, &want_y) < 1e-5);
     }
 
     #[test]

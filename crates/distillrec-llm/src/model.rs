@@ -360,13 +360,18 @@ impl DecoderLayer {
         fused: bool,
     ) -> candle_core::Result<Tensor> {
         if self.pre_norm {
-            let h = (x + self.attn.forward(
-                &self.attn_norm.forward(x, fused)?,
-                pos,
-                cache,
-                ctx,
-                fused,
-            )?)?;
+            let a =
+                self.attn
+                    .forward(&self.attn_norm.forward(x, fused)?, pos, cache, ctx, fused)?;
+            // inference: the residual add and the MLP norm in one pass
+            if let Norm::Rms { weight, eps } = &self.mlp_norm {
+                if fused && crate::infer::applies(&[x, &a]) {
+                    if let Some((h, n)) = crate::infer::add_rms_norm(x, &a, weight, *eps)? {
+                        return &h + self.mlp.forward(&n, ctx)?;
+                    }
+                }
+            }
+            let h = (x + a)?;
             &h + self.mlp.forward(&self.mlp_norm.forward(&h, fused)?, ctx)?
         } else {
             let h = self
