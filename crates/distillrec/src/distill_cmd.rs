@@ -459,6 +459,12 @@ pub fn distill(a: DistillArgs) -> Result<()> {
                 after = cache.rows(),
                 "teacher rows restricted to the selection"
             );
+            if cache.rows() < keys.len() {
+                tracing::warn!(
+                    missing = keys.len() - cache.rows(),
+                    "selected rows without teacher output in the cache train on the base loss alone"
+                );
+            }
         }
         let teacher = TeacherRows::from_cache(&cache, &data.reference.fingerprint, &data.ds)?;
         let objective =
