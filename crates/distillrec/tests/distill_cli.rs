@@ -242,6 +242,53 @@ fn caches_selections_and_distillation_end_to_end() {
     let selected = sel_text.lines().count() - 1;
     let rows = keys.lines().count();
     assert_eq!(selected, (rows as f64 * 0.25).round() as usize);
+    // post-hoc KL filter: a teacher cache made from the student itself
+    // agrees with it on every row (KL = 0), so a positive threshold keeps none
+    let kl_sel = p("kl.csv");
+    ok(&[
+        "select",
+        "--policy",
+        "kl",
+        "--budget",
+        "1.0",
+        "--threshold",
+        "1e-4",
+        "--student",
+        s(&ckpt),
+        "--teacher-cache",
+        s(&one),
+        "--data",
+        s(&data),
+        "--out",
+        s(&kl_sel),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&kl_sel).unwrap().lines().count(),
+        1,
+        "header only"
+    );
+    let kl_all = p("kl-all.csv");
+    ok(&[
+        "select",
+        "--policy",
+        "kl",
+        "--budget",
+        "1.0",
+        "--student",
+        s(&ckpt),
+        "--teacher-cache",
+        s(&one),
+        "--data",
+        s(&data),
+        "--out",
+        s(&kl_all),
+    ]);
+    let text = std::fs::read_to_string(&kl_all).unwrap();
+    assert_eq!(text.lines().count() - 1, rows, "no threshold: every row");
+    for line in text.lines().skip(1) {
+        let kl: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!(kl.abs() < 1e-4, "self-KL {kl}");
+    }
     // policies that need a student say so
     clean_error(
         &[
