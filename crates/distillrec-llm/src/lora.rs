@@ -208,7 +208,10 @@ impl CustomOp1 for FrozenMatmul {
             CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], shape, &dev)?,
             _ => candle_core::bail!("frozen-matmul: unsupported dtype"),
         };
-        let y = x.matmul(&self.wt)?;
+        let y = match crate::parmatmul::par_matmul(&x, &self.wt)? {
+            Some(y) => y,
+            None => x.matmul(&self.wt)?,
+        };
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
             (Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), y.shape().clone())),
@@ -217,7 +220,11 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.wt.t()?)?))
+        let wt_t = self.wt.t()?;
+        Ok(Some(match crate::parmatmul::par_matmul(grad_res, &wt_t)? {
+            Some(dx) => dx,
+            None => grad_res.matmul(&wt_t)?,
+        }))
     }
 }
 

@@ -52,27 +52,26 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
         _ => return Ok(None),
     };
     let stride = wl.stride();
-    if stride[1] != 1 {
-        // `wt` is a transposed row-major `W [N, K]` (the tied LM head): a
-        // single row (the last position's logits) is N dot products, which
-        // read W once instead of packing it as gemm would
-        if m == 1 && stride[0] == 1 && stride[1] >= k {
-            let (w_rs, w_off) = (stride[1], wl.start_offset());
-            assert!(w_off + (n - 1) * w_rs + k <= w.len());
-            let mut y = vec![0f32; n];
-            y.par_chunks_mut(1024).enumerate().for_each(|(c, out)| {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let row = w_off + (c * 1024 + j) * w_rs;
-                    *o = dot(&w[row..row + k], xs);
-                }
-            });
-            drop(wst);
-            drop(xst);
-            return Ok(Some(Tensor::from_vec(y, (1, n), x.device())?));
-        }
-        return Ok(None);
+    // `wt` is a transposed row-major `W [N, K]` (the tied LM head): a single
+    // row (the last position's logits) is N dot products, which read W once
+    // instead of packing it as gemm would
+    if m == 1 && stride[0] == 1 && stride[1] >= k {
+        let (w_rs, w_off) = (stride[1], wl.start_offset());
+        assert!(w_off + (n - 1) * w_rs + k <= w.len());
+        let mut y = vec![0f32; n];
+        y.par_chunks_mut(1024).enumerate().for_each(|(c, out)| {
+            for (j, o) in out.iter_mut().enumerate() {
+                let row = w_off + (c * 1024 + j) * w_rs;
+                *o = dot(&w[row..row + k], xs);
+            }
+        });
+        drop(wst);
+        drop(xst);
+        return Ok(Some(Tensor::from_vec(y, (1, n), x.device())?));
     }
-    let w_rs = stride[0];
+    // element (kk, j) of `wt` is at w_off + kk·s0 + j·s1 (any strides: a
+    // row-major weight, a column block of one, or a transposed view)
+    let (s0, s1) = (stride[0], stride[1]);
     let w_off = wl.start_offset();
     // every element is written by exactly one block below (gemm with
     // read_dst = false), so the buffer needs no zeroing
@@ -82,14 +81,14 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
     let block = n.div_ceil(threads).div_ceil(16) * 16;
     let starts: Vec<usize> = (0..n).step_by(block).collect();
     // Bounds: the last element each block reads of w and writes of y.
-    assert!(w_off + (k - 1) * w_rs + (n - 1) < w.len());
+    assert!(w_off + (k - 1) * s0 + (n - 1) * s1 < w.len());
     starts.par_iter().for_each(|&n0| {
         let nb = block.min(n - n0);
         // SAFETY: block [n0, n0 + nb) of every output row belongs to this
         // thread alone; reads stay inside `w` and `xs` (asserted above).
-        // Computed as yᵀ = W·xᵀ: `wt` [K, N] row-major is W [N, K]
-        // column-major, which gemm packs faster as its left operand than as
-        // a row-major right operand.
+        // Computed as yᵀ = W·xᵀ with W = wtᵀ as the left operand (for a
+        // row-major `wt`, W is column-major, which gemm packs faster than a
+        // row-major right operand).
         unsafe {
             gemm::gemm(
                 nb,
@@ -99,9 +98,9 @@ pub fn par_matmul(x: &Tensor, wt: &Tensor) -> Result<Option<Tensor>> {
                 n as isize,
                 1,
                 false,
-                w.as_ptr().add(w_off + n0),
-                w_rs as isize,
-                1,
+                w.as_ptr().add(w_off + n0 * s1),
+                s0 as isize,
+                s1 as isize,
                 xs.as_ptr(),
                 k as isize,
                 1,
@@ -154,8 +153,16 @@ mod tests {
         pool.install(|| {
             let x = Tensor::randn(0f32, 1.0, (7, 33), &dev).unwrap();
             let w = Tensor::randn(0f32, 1.0, (33, 200), &dev).unwrap();
-            // a column block of a wider matrix, as Fused parts are
+            // a column block of a wider matrix, as Fused parts are, and a
+            // transposed view (the backward product dy · Wtᵀ)
             let view = w.narrow(1, 40, 130).unwrap();
+            let w2 = Tensor::randn(0f32, 1.0, (200, 100), &dev).unwrap();
+            let xt = Tensor::randn(0f32, 1.0, (7, 200), &dev).unwrap();
+            let got = par_matmul(&xt, &w2).unwrap().expect("qualifies");
+            let tv = w2.t().unwrap().contiguous().unwrap().t().unwrap();
+            let got_t = par_matmul(&xt, &tv).unwrap().expect("strided");
+            let d = (got - got_t).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
             for wt in [&w, &view] {
                 // a single row against a transposed row-major weight (LM head)
                 let w_rows = wt.t().unwrap().contiguous().unwrap();
