@@ -9,8 +9,6 @@
 //! whose target sits there has teacher output, so long histories distil
 //! in one pass per sequence.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, D};
 use rand::Rng;
@@ -392,14 +390,4 @@ pub fn top_k_items(row: &[f32], k: usize) -> Vec<ItemId> {
     });
     idx.truncate(k);
     idx.into_iter().map(|j| j + 1).collect()
-}
-
-/// Summary numbers of a distillation setup (for `run.json`).
-pub fn describe(terms: &ActiveTerms) -> BTreeMap<String, serde_json::Value> {
-    let mut m = BTreeMap::new();
-    m.insert(
-        "terms".into(),
-        serde_json::to_value(terms).unwrap_or_default(),
-    );
-    m
 }

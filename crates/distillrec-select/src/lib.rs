@@ -58,77 +58,51 @@ pub enum Policy {
     GtError,
 }
 
-/// Every policy name, for help texts and errors.
-pub const POLICY_NAMES: &[&str] = &[
-    "all",
-    "random",
-    "loss",
-    "entropy",
-    "least_confidence",
-    "margin",
-    "gradient_norm",
-    "coreset",
-    "kmeans",
-    "badge",
-    "kl",
-    "gt_error",
+/// Every policy with its name as written in configs and on the command line.
+pub const POLICIES: &[(Policy, &str)] = &[
+    (Policy::All, "all"),
+    (Policy::Random, "random"),
+    (Policy::Loss, "loss"),
+    (Policy::Entropy, "entropy"),
+    (Policy::LeastConfidence, "least_confidence"),
+    (Policy::Margin, "margin"),
+    (Policy::GradientNorm, "gradient_norm"),
+    (Policy::Coreset, "coreset"),
+    (Policy::Kmeans, "kmeans"),
+    (Policy::Badge, "badge"),
+    (Policy::Kl, "kl"),
+    (Policy::GtError, "gt_error"),
 ];
 
 impl FromStr for Policy {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "all" => Policy::All,
-            "random" => Policy::Random,
-            "loss" => Policy::Loss,
-            "entropy" => Policy::Entropy,
-            "least_confidence" => Policy::LeastConfidence,
-            "margin" => Policy::Margin,
-            "gradient_norm" => Policy::GradientNorm,
-            "coreset" => Policy::Coreset,
-            "kmeans" => Policy::Kmeans,
-            "badge" => Policy::Badge,
-            "kl" => Policy::Kl,
-            "gt_error" => Policy::GtError,
-            _ => bail!(
-                "unknown selection policy '{s}'; expected one of: {}",
-                POLICY_NAMES.join(", ")
-            ),
-        })
+        match POLICIES.iter().find(|(_, n)| *n == s) {
+            Some(&(p, _)) => Ok(p),
+            None => {
+                let names: Vec<&str> = POLICIES.iter().map(|(_, n)| *n).collect();
+                bail!(
+                    "unknown selection policy '{s}'; expected one of: {}",
+                    names.join(", ")
+                )
+            }
+        }
     }
 }
 
 impl Policy {
     /// The policy's name as written in configs.
     pub fn name(self) -> &'static str {
-        let i = [
-            Policy::All,
-            Policy::Random,
-            Policy::Loss,
-            Policy::Entropy,
-            Policy::LeastConfidence,
-            Policy::Margin,
-            Policy::GradientNorm,
-            Policy::Coreset,
-            Policy::Kmeans,
-            Policy::Badge,
-            Policy::Kl,
-            Policy::GtError,
-        ]
-        .iter()
-        .position(|&p| p == self)
-        .unwrap_or(0);
-        POLICY_NAMES[i]
+        POLICIES
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map_or("unknown", |(_, n)| n)
     }
 
-    /// Whether the policy needs the student's signals.
-    pub fn needs_student(self) -> bool {
-        !matches!(self, Policy::All | Policy::Random)
-    }
-
-    /// Whether the policy is a post-hoc filter needing a teacher cache.
-    pub fn needs_teacher(self) -> bool {
-        matches!(self, Policy::Kl)
+    /// Whether the policy reads the student's per-row signals (every
+    /// informed policy but the `kl` filter, which compares with the teacher).
+    pub fn needs_signals(self) -> bool {
+        !matches!(self, Policy::All | Policy::Random | Policy::Kl)
     }
 }
 
@@ -309,8 +283,9 @@ mod tests {
 
     #[test]
     fn policies_parse_and_name() {
-        for &n in POLICY_NAMES {
-            assert_eq!(n.parse::<Policy>().unwrap().name(), n);
+        for &(p, n) in POLICIES {
+            assert_eq!(n.parse::<Policy>().unwrap(), p);
+            assert_eq!(p.name(), n);
         }
         assert!("bald"
             .parse::<Policy>()

@@ -369,7 +369,7 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
     // the rows the configured student actually trains on
     let pool =
         distillrec_train::units::trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len);
-    let signals = match (&student, policy.needs_student() && policy != Policy::Kl) {
+    let signals = match (&student, policy.needs_signals()) {
         (Some(s), true) => Some(RowSignals::compute(
             s,
             &data.ds,
