@@ -297,34 +297,42 @@ fn teacher_merge(a: MergeArgs) -> Result<()> {
 }
 
 /// Teacher–student KL over each row's candidates: teacher `q ∝ exp(−d)`,
-/// student `p ∝ exp(s)` over the same candidates.
+/// student `p ∝ exp(s)` over the same candidates, for the training rows
+/// `pool` (`None` where the cache has no output for the row).
 fn candidate_kl(
     student: &distillrec_models::Student,
     data: &Data,
     cache: &TeacherCache,
+    pool: &[usize],
 ) -> Result<Vec<Option<f64>>> {
     let ds = &data.ds;
     let lookup = cache.row_lookup(&data.reference.fingerprint, ds)?;
     let n1 = ds.num_items() + 1;
-    let k = cache.k();
-    let mut out = vec![None; ds.train.len()];
-    let rows: Vec<usize> = (0..ds.train.len())
-        .filter(|&i| lookup[i].is_some())
+    let mut out = vec![None; pool.len()];
+    let rows: Vec<usize> = (0..pool.len())
+        .filter(|&i| lookup[pool[i]].is_some())
         .collect();
     for chunk in rows.chunks(256) {
-        let hist: Vec<&[u32]> = chunk.iter().map(|&r| ds.history(&ds.train[r])).collect();
+        let hist: Vec<&[u32]> = chunk
+            .iter()
+            .map(|&i| ds.history(&ds.train[pool[i]]))
+            .collect();
         let scores = student.score_histories(&hist)?;
-        for (i, &r) in chunk.iter().enumerate() {
-            let t = lookup[r].expect("filtered");
-            let c = &cache.items[t * k..(t + 1) * k];
-            let d = &cache.distances[t * k..(t + 1) * k];
-            let s: Vec<f64> = c
+        for (j, &i) in chunk.iter().enumerate() {
+            let t = lookup[pool[i]].expect("filtered");
+            let s: Vec<f64> = cache
+                .row_items(t)
                 .iter()
-                .map(|&it| scores[i * n1 + it as usize] as f64)
+                .map(|&it| scores[j * n1 + it as usize] as f64)
                 .collect();
-            let lq = log_softmax(&d.iter().map(|&x| -(x as f64)).collect::<Vec<_>>());
+            let q: Vec<f64> = cache
+                .row_distances(t)
+                .iter()
+                .map(|&x| -(x as f64))
+                .collect();
+            let lq = log_softmax(&q);
             let lp = log_softmax(&s);
-            out[r] = Some(lq.iter().zip(&lp).map(|(q, p)| q.exp() * (q - p)).sum());
+            out[i] = Some(lq.iter().zip(&lp).map(|(q, p)| q.exp() * (q - p)).sum());
         }
     }
     Ok(out)
@@ -391,8 +399,7 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
             bail!("policy 'kl' needs --student <checkpoint>");
         };
         let cache = TeacherCache::load(dir)?;
-        let by_row = candidate_kl(s, &data, &cache)?;
-        Some(pool.iter().map(|&r| by_row[r]).collect::<Vec<_>>())
+        Some(candidate_kl(s, &data, &cache, &pool)?)
     } else {
         None
     };
