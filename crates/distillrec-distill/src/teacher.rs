@@ -64,8 +64,7 @@ pub fn cache_from_student(
             .enumerate()
             .map(|(i, _)| {
                 let s = &scores[i * (n + 1) + 1..(i + 1) * (n + 1)]; // items 1..=N
-                let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-                let log_z = max + s.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+                let log_z = distillrec_models::fastmath::log_sum_exp_f64(s);
                 let mut masked;
                 let ranked: &[f32] = if opts.mask_history {
                     masked = s.to_vec();

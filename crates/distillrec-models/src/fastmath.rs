@@ -179,6 +179,14 @@ pub fn log_sum_exp(x: &[f32], scratch: &mut [f32]) -> f32 {
     m + exp_shift_sum(x, m, scratch).ln()
 }
 
+/// `log Σ_j e^{x_j}` accumulated in f64 with libm's exp (exact reference
+/// quality, for scoring code off the training hot path: teacher distances,
+/// selection signals).
+pub fn log_sum_exp_f64(x: &[f32]) -> f64 {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+    m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

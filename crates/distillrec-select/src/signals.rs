@@ -133,9 +133,7 @@ struct RowStat {
 /// The statistics of one row from its scores `[N + 1]` (column 0 = −∞),
 /// representation `h` and target `t`.
 fn row_stats(s: &[f32], h: &[f32], t: usize, r_p: &[f32], r_h: &[f32]) -> RowStat {
-    let max = s[1..].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let z: f64 = s[1..].iter().map(|&x| (x as f64 - max).exp()).sum();
-    let log_z = max + z.ln();
+    let log_z = distillrec_models::fastmath::log_sum_exp_f64(&s[1..]);
     let mut ent = 0f64;
     let (mut p1, mut p2, mut top) = (0f64, 0f64, 1usize);
     let mut sq = 0f64; // ‖p − y‖²
