@@ -333,7 +333,7 @@ pub fn dropout_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{max_diff, uniform};
+    use crate::testutil::{assert_matches_composed, uniform};
     use candle_core::{Device, Var, D};
 
     /// Composed reference: additive mask, candle softmax, dropout mask, matmuls.
@@ -381,18 +381,14 @@ mod tests {
             .apply_op3(k.as_tensor(), v.as_tensor(), op.clone())
             .unwrap();
         let reference = composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &op);
-        assert!(max_diff(&ours, &reference) < 1e-5, "forward differs");
-        let go = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = (reference * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
-            let d = max_diff(go.get(x).unwrap(), gr.get(x).unwrap());
-            assert!(d < 1e-5, "d{name} differs by {d} (dropout {dropout})");
-        }
+        assert_matches_composed(
+            &ours,
+            &reference,
+            &w,
+            &[("q", &q), ("k", &k), ("v", &v)],
+            (1e-5, 1e-5),
+            &format!("dropout {dropout}"),
+        );
     }
 
     #[test]

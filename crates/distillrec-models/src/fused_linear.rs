@@ -167,7 +167,7 @@ pub fn fused_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{max_diff, uniform};
+    use crate::testutil::{assert_matches_composed, uniform};
     use candle_core::{Device, Var};
 
     #[test]
@@ -181,22 +181,13 @@ mod tests {
         let ours = fused_linear(x.as_tensor(), w.as_tensor(), bias.as_tensor()).unwrap();
         let reference =
             crate::ops::linear(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor())).unwrap();
-        assert!(max_diff(&ours, &reference) < 1e-5);
-        let go = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gr = (reference * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &x), ("w", &w), ("b", &bias)] {
-            let d = max_diff(go.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(d < 1e-5, "d{name} differs by {d}");
-        }
+        assert_matches_composed(
+            &ours,
+            &reference,
+            &probe,
+            &[("x", &x), ("w", &w), ("b", &bias)],
+            (1e-5, 1e-5),
+            "fused linear",
+        );
     }
 }
