@@ -35,6 +35,9 @@ pub mod parmatmul;
 pub mod tokenizer;
 pub mod weights;
 
+#[cfg(test)]
+mod testutil;
+
 pub use config::{Config, Family};
 pub use error::{Error, Result};
 pub use model::{KvCache, Model};
