@@ -278,7 +278,7 @@ impl TeacherCache {
                 distances.len()
             ));
         }
-        if let Some(msg) = row_problem(items, distances, n) {
+        if let Some(msg) = row_problem(items, distances, n, &self.manifest.distance) {
             return bad(msg);
         }
         self.keys.push(key.to_owned());
@@ -374,7 +374,12 @@ impl TeacherCache {
             ));
         }
         for r in 0..m.rows {
-            if let Some(msg) = row_problem(self.row_items(r), self.row_distances(r), m.num_items) {
+            if let Some(msg) = row_problem(
+                self.row_items(r),
+                self.row_distances(r),
+                m.num_items,
+                &m.distance,
+            ) {
                 return Err(DataError::file(
                     &rpath,
                     format!("row {r} (key {:?}): {msg}", self.keys[r]),
@@ -413,7 +418,9 @@ impl TeacherCache {
     /// The bytes depend only on the content, so equal caches give equal files.
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.validate(dir)?;
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        // One writer at a time; temporary files of a killed writer go first.
+        let _lock = distillrec_data::lock::DirLock::acquire(dir)?;
+        distillrec_data::lock::remove_stale_temps(dir)?;
         let m = &self.manifest;
         let mut keys = Vec::with_capacity(self.keys.iter().map(|k| k.len() + 1).sum());
         for key in &self.keys {
@@ -834,8 +841,17 @@ pub(crate) fn key_problem(key: &str) -> Option<&'static str> {
 }
 
 /// Why a row is invalid, if it is: ids outside `1..=n`, an id twice,
-/// non-finite distances.
-fn row_problem(items: &[u32], distances: &[f32], n: usize) -> Option<String> {
+/// non-finite distances, distances out of rank order (SPEC 6: the list is in
+/// rank order, distances non-decreasing along the row, because the position
+/// weight of SPEC 7 is applied by list index), or a negative distance of kind
+/// `neg_log_prob` (−log p ≥ 0). Writers break distance ties by item id; the
+/// check does not, so a foreign list without distances keeps its own order.
+pub(crate) fn row_problem(
+    items: &[u32],
+    distances: &[f32],
+    n: usize,
+    distance_kind: &str,
+) -> Option<String> {
     for (j, &id) in items.iter().enumerate() {
         if id == 0 || id as usize > n {
             return Some(format!("item id {id} in column {j} is outside 1..={n}"));
@@ -850,7 +866,41 @@ fn row_problem(items: &[u32], distances: &[f32], n: usize) -> Option<String> {
             distances[j]
         ));
     }
+    if let Some(j) = (1..distances.len()).find(|&j| distances[j] < distances[j - 1]) {
+        return Some(format!(
+            "the top-K is not in rank order: distance {} in column {j} is smaller than {} in column {} (distances must be non-decreasing along a row)",
+            distances[j],
+            distances[j - 1],
+            j - 1
+        ));
+    }
+    if distance_kind == NEG_LOG_PROB {
+        if let Some(j) = distances.iter().position(|&d| d < 0.0) {
+            return Some(format!(
+                "distance {} in column {j} is negative, but distances of kind {NEG_LOG_PROB} are −log p ≥ 0",
+                distances[j]
+            ));
+        }
+    }
     None
+}
+
+/// The distance kind of a teacher's softmax confidence, `d = −log p`.
+pub const NEG_LOG_PROB: &str = "neg_log_prob";
+
+/// Puts a row in rank order: by distance, ties by item id (the order every
+/// writer of this crate's caches uses).
+pub fn sort_row(items: &mut [u32], distances: &mut [f32]) {
+    let mut pairs: Vec<(f32, u32)> = distances
+        .iter()
+        .copied()
+        .zip(items.iter().copied())
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    for (j, (d, it)) in pairs.into_iter().enumerate() {
+        distances[j] = d;
+        items[j] = it;
+    }
 }
 
 /// Why an embedding table `[n + 1, dim]` is invalid, if it is.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use distillrec_data::fsutil::{for_each_line, Encoding};
 use distillrec_data::{DataError, Dataset};
 
-use crate::cache::{key_problem, TeacherCache};
+use crate::cache::{key_problem, row_problem, sort_row, TeacherCache};
 use crate::npy::{self, Value};
 use crate::Result;
 
@@ -65,6 +65,10 @@ pub struct FromFiles {
     pub k: Option<usize>,
     /// What the distances mean (`given`, `l2`, `neg_log_prob`, ...).
     pub distance_kind: String,
+    /// Put each row in rank order (by distance, ties by item id) instead of
+    /// refusing rows whose distances decrease along the row. With `k`, the
+    /// first `k` columns of the file are kept, then ordered.
+    pub sort: bool,
 }
 
 /// Where a record of an input file is, for messages.
@@ -549,7 +553,24 @@ pub fn from_files(spec: &FromFiles, fingerprint: &str, ds: &Dataset) -> Result<T
 
     let mut cache = TeacherCache::new(fingerprint, ds, k, distance_kind, false, "files");
     for &r in owner.iter().flatten() {
-        cache.push_row(&keys[r], top.row(r), &distances[r * k..(r + 1) * k])?;
+        let mut items = top.row(r).to_vec();
+        let mut d = distances[r * k..(r + 1) * k].to_vec();
+        if spec.sort {
+            sort_row(&mut items, &mut d);
+        }
+        if let Some(msg) = row_problem(&items, &d, ds.num_items(), distance_kind) {
+            let hint = if msg.contains("rank order") {
+                " (pass --sort to order each row by distance)"
+            } else {
+                ""
+            };
+            return Err(err_at(
+                &top.path,
+                top.locs[r],
+                format!("key {:?}: {msg}{hint}", keys[r]),
+            ));
+        }
+        cache.push_row(&keys[r], &items, &d)?;
     }
     if let Some(p) = &spec.embeddings {
         let (table, dim) = read_embeddings(p, spec.ids, ds)?;

@@ -27,6 +27,11 @@
 //! - **Item ids** are the dataset's internal ids `1..=N` (0 is padding and
 //!   never a candidate); the embedding table has `N + 1` rows, row 0 zeros.
 //!   Distances are finite; smaller means more confident.
+//! - **Rank order.** Each row's top-K is in rank order: distances
+//!   non-decreasing along the row (writers break ties by item id), checked
+//!   when a row is added and when a cache is loaded, because the DLLM2Rec
+//!   position weight is applied by list index. Distances of kind
+//!   `neg_log_prob` are never negative. [`sort_row`] orders a foreign row.
 //! - **Canonical row order** is the order of `ds.train`. Merged shards and
 //!   caches built from files come out in that order, and the manifest holds
 //!   no timestamp, so the same rows give byte-identical files however the
@@ -57,12 +62,12 @@ mod selection;
 mod shard;
 
 pub use cache::{
-    CacheManifest, DatasetRef, TeacherCache, EMBEDDINGS_FILE, FORMAT, KEYS_FILE, MANIFEST_FILE,
-    ROWS_FILE, VERSION,
+    sort_row, CacheManifest, DatasetRef, TeacherCache, EMBEDDINGS_FILE, FORMAT, KEYS_FILE,
+    MANIFEST_FILE, NEG_LOG_PROB, ROWS_FILE, VERSION,
 };
 pub use distillrec_data::DataError;
 pub use files::{from_files, FromFiles, IdSpace, RowKeys};
-pub use selection::{read_selection, selection_meta_path, write_selection};
+pub use selection::{read_selection, read_selection_rows, selection_meta_path, write_selection};
 pub use shard::ShardSpec;
 
 /// Result alias of this crate (errors name the file and line or row).

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
-use distillrec_data::DataError;
+use distillrec_data::{DataError, Dataset};
 
 use crate::cache::key_problem;
 use crate::Result;
@@ -135,6 +135,74 @@ pub fn read_selection(path: &Path) -> Result<Vec<String>> {
         keys.push(key.to_owned());
     }
     Ok(keys)
+}
+
+/// Reads a selection file for the dataset `ds` with `fingerprint` and
+/// returns the indices into `ds.train` of its rows, sorted. Refused (errors
+/// name the file and line): a key that is not a training row of `ds`; a
+/// sidecar `<path>.json` that names another dataset (by fingerprint), or
+/// that records another number of selected rows than the file holds (a file
+/// cut short). A selection without a sidecar (written by hand) is checked
+/// by its keys alone.
+pub fn read_selection_rows(path: &Path, fingerprint: &str, ds: &Dataset) -> Result<Vec<usize>> {
+    let keys = read_selection(path)?;
+    let meta_path = selection_meta_path(path);
+    if meta_path.exists() {
+        let bytes = std::fs::read(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
+        let meta: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| DataError::file(&meta_path, format!("not valid JSON: {e}")))?;
+        if let Some(fp) = meta
+            .pointer("/dataset/fingerprint")
+            .and_then(|v| v.as_str())
+        {
+            if fp != fingerprint {
+                let name = meta
+                    .pointer("/dataset/name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?");
+                return Err(DataError::file(
+                    &meta_path,
+                    format!(
+                        "the selection was made for dataset {name} ({fp}) but this is {} ({fingerprint})",
+                        ds.name
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = meta.get("selected").and_then(|v| v.as_u64()) {
+            if n != keys.len() as u64 {
+                return Err(DataError::file(
+                    path,
+                    format!(
+                        "{} selected rows but its sidecar {} records {n} (file cut short or edited?)",
+                        keys.len(),
+                        meta_path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let index: HashMap<&str, usize> = ds
+        .train
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.key.as_str(), i))
+        .collect();
+    let mut rows = Vec::with_capacity(keys.len());
+    for (line, k) in keys.iter().enumerate() {
+        match index.get(k.as_str()) {
+            Some(&i) => rows.push(i),
+            None => {
+                return Err(DataError::parse(
+                    path,
+                    line + 2,
+                    format!("{k:?} is not a training row of dataset {}", ds.name),
+                ))
+            }
+        }
+    }
+    rows.sort_unstable();
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn ds() -> Dataset {
 
 fn row_of(i: usize) -> ([u32; 3], [f32; 3]) {
     let id = |j: usize| ((i + j) % 8) as u32 + 1;
-    ([id(0), id(1), id(2)], [i as f32 * 0.5, 1.0, 2.25])
+    ([id(0), id(1), id(2)], [i as f32 * 0.2, 1.0, 2.25])
 }
 
 fn embeddings(n: usize, d: usize) -> Vec<f32> {
@@ -69,9 +69,11 @@ fn cache_of(ds: &Dataset, rows: impl IntoIterator<Item = usize>, emb: bool) -> T
     c
 }
 
+/// The files of a cache directory with their bytes (the writer's lock file aside).
 fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name() != distillrec_data::lock::LOCK_FILE)
         .map(|e| {
             let e = e.unwrap();
             (
@@ -250,18 +252,56 @@ fn load_refuses_tampered_truncated_and_foreign_files() {
     fresh();
     let mut bad = c.clone();
     bad.items[4] = 99;
+    write_rows_behind_manifest(dir, &bad);
+    let e = err(TeacherCache::load(dir));
+    assert!(
+        e.contains("rows.safetensors")
+            && e.contains("row 1")
+            && e.contains("99 in column 1 is outside 1..=8"),
+        "{e}"
+    );
+
+    // A row out of rank order on disk (distances decrease), hash updated.
+    fresh();
+    let mut bad = c.clone();
+    bad.distances.swap(3, 4);
+    write_rows_behind_manifest(dir, &bad);
+    let e = err(TeacherCache::load(dir));
+    assert!(
+        e.contains("rows.safetensors") && e.contains("row 1") && e.contains("not in rank order"),
+        "{e}"
+    );
+
+    // Negative −log p on disk, hash updated.
+    fresh();
+    let mut bad = c.clone();
+    bad.distances[0] = -0.5;
+    write_rows_behind_manifest(dir, &bad);
+    let e = err(TeacherCache::load(dir));
+    assert!(e.contains("row 0") && e.contains("is negative"), "{e}");
+
+    std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+    assert!(err(TeacherCache::load(dir)).contains("file not found"));
+}
+
+/// Overwrites `rows.safetensors` in `dir` with `bad`'s rows and puts the new
+/// file's hash in the manifest, as a hostile writer would.
+fn write_rows_behind_manifest(dir: &Path, bad: &TeacherCache) {
+    let (rows, mpath) = (dir.join(ROWS_FILE), dir.join(MANIFEST_FILE));
+    let text = std::fs::read_to_string(&mpath).unwrap();
+    let (r, k) = (bad.rows(), bad.k());
     let st = {
         let items: Vec<u8> = bad.items.iter().flat_map(|x| x.to_le_bytes()).collect();
         let d: Vec<u8> = bad.distances.iter().flat_map(|x| x.to_le_bytes()).collect();
         let v = vec![
             (
                 "items",
-                safetensors::tensor::TensorView::new(safetensors::Dtype::U32, vec![5, 3], &items)
+                safetensors::tensor::TensorView::new(safetensors::Dtype::U32, vec![r, k], &items)
                     .unwrap(),
             ),
             (
                 "distances",
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![5, 3], &d)
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![r, k], &d)
                     .unwrap(),
             ),
         ];
@@ -272,16 +312,6 @@ fn load_refuses_tampered_truncated_and_foreign_files() {
     m.files
         .insert(ROWS_FILE.into(), crate::cache::sha256_hex(&st));
     std::fs::write(&mpath, serde_json::to_string(&m).unwrap()).unwrap();
-    let e = err(TeacherCache::load(dir));
-    assert!(
-        e.contains("rows.safetensors")
-            && e.contains("row 1")
-            && e.contains("99 in column 1 is outside 1..=8"),
-        "{e}"
-    );
-
-    std::fs::remove_file(&mpath).unwrap();
-    assert!(err(TeacherCache::load(dir)).contains("file not found"));
 }
 
 #[test]
@@ -295,6 +325,12 @@ fn push_row_and_set_embeddings_validate() {
     assert!(err(c.push_row(k, &[0, 2, 3], &[0.0; 3])).contains("outside 1..=8"));
     assert!(err(c.push_row(k, &[1, 2, 1], &[0.0; 3])).contains("columns 0 and 2"));
     assert!(err(c.push_row(k, &[1, 2, 3], &[0.0, f32::NAN, 0.0])).contains("not finite"));
+    assert!(err(c.push_row(k, &[1, 2, 3], &[0.5, 0.25, 1.0]))
+        .contains("distance 0.25 in column 1 is smaller than 0.5 in column 0"));
+    // equal distances keep the writer's order (a list without distances)
+    let mut nl = TeacherCache::new(FP, &ds, 3, NEG_LOG_PROB, false, "s");
+    assert!(err(nl.push_row(k, &[1, 2, 3], &[-0.1, 0.0, 0.0])).contains("is negative"));
+    nl.push_row(k, &[3, 1, 2], &[0.0; 3]).unwrap();
     assert!(err(c.push_row("", &[1, 2, 3], &[0.0; 3])).contains("empty row key"));
     assert!(err(c.push_row("a\nb", &[1, 2, 3], &[0.0; 3])).contains("line break"));
     assert_eq!(c.rows(), 0);
@@ -453,6 +489,7 @@ fn spec(topk: PathBuf, keys: RowKeys, ids: IdSpace) -> FromFiles {
         ids,
         k: None,
         distance_kind: "given".into(),
+        sort: false,
     }
 }
 
@@ -747,6 +784,29 @@ fn from_files_bad_inputs_name_file_and_line() {
         e.contains("narrow.csv:1:") && e.contains("fewer than k = 3"),
         "{e}"
     );
+    // Distances out of rank order: refused naming the top-K file's line,
+    // unless sorting is asked for (by distance, ties by item id).
+    let mut s = keyed("rank.csv", &[(&t[0].key, "1,2,3"), (&t[1].key, "4,5,6")]);
+    s.distances = Some(write(
+        tmp.path(),
+        "rank_d.csv",
+        format!("{},0.5,1,2\n{},3,1,1\n", t[0].key, t[1].key),
+    ));
+    let e = err(from_files(&s, FP, &ds));
+    assert!(
+        e.contains("rank.csv:2:") && e.contains("not in rank order") && e.contains("--sort"),
+        "{e}"
+    );
+    s.sort = true;
+    let c = from_files(&s, FP, &ds).unwrap();
+    assert_eq!(
+        (c.row_items(0), c.row_distances(0)),
+        (&[1, 2, 3][..], &[0.5, 1.0, 2.0][..])
+    );
+    assert_eq!(
+        (c.row_items(1), c.row_distances(1)),
+        (&[5, 6, 4][..], &[1.0, 1.0, 3.0][..])
+    );
     // Keys file with the wrong number of keys.
     let s = spec(
         write(tmp.path(), "t.txt", "1 2 3\n4 5 6\n"),
@@ -765,4 +825,48 @@ fn from_files_bad_inputs_name_file_and_line() {
         IdSpace::Internal,
     );
     assert!(err(from_files(&s, FP, &ds)).contains("unsupported extension"));
+}
+
+// ------------------------------------------------------- selection files
+
+#[test]
+fn selection_rows_refuse_foreign_short_and_unknown_selections() {
+    let ds = ds();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("sel.csv");
+    let t = &ds.train;
+    let keys = vec![(t[3].key.clone(), 0.5), (t[1].key.clone(), 0.25)];
+    let meta = |fp: &str, n: usize| serde_json::json!({"policy": "loss", "selected": n, "dataset": {"name": "tiny", "fingerprint": fp}});
+    write_selection(&p, &keys, &meta(FP, 2)).unwrap();
+    assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![1, 3]);
+
+    // made for another dataset
+    write_selection(&p, &keys, &meta("sha256:other", 2)).unwrap();
+    let e = err(read_selection_rows(&p, FP, &ds));
+    assert!(
+        e.contains("sel.csv.json") && e.contains("sha256:other") && e.contains(FP),
+        "{e}"
+    );
+    // cut short against its sidecar
+    write_selection(&p, &keys[..1], &meta(FP, 2)).unwrap();
+    let e = err(read_selection_rows(&p, FP, &ds));
+    assert!(
+        e.contains("1 selected rows") && e.contains("records 2"),
+        "{e}"
+    );
+    // a key that is not a training row: file and line
+    let bad = vec![(t[0].key.clone(), 1.0), ("nope:1".to_string(), 1.0)];
+    write_selection(&p, &bad, &meta(FP, 2)).unwrap();
+    let e = err(read_selection_rows(&p, FP, &ds));
+    assert!(
+        e.contains("sel.csv:3:") && e.contains("\"nope:1\" is not a training row"),
+        "{e}"
+    );
+    // no sidecar: the keys alone decide
+    std::fs::remove_file(selection_meta_path(&p)).unwrap();
+    let e = err(read_selection_rows(&p, FP, &ds));
+    assert!(e.contains("sel.csv:3:"), "{e}");
+    write_selection(&p, &keys, &meta(FP, 2)).unwrap();
+    std::fs::remove_file(selection_meta_path(&p)).unwrap();
+    assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![1, 3]);
 }

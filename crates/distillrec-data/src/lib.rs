@@ -10,6 +10,7 @@ pub mod batch;
 pub mod dataset;
 pub mod error;
 pub mod fsutil;
+pub mod lock;
 pub mod prepare;
 pub mod readers;
 pub mod stats;

@@ -173,7 +173,9 @@ pub fn counts(ds: &Dataset) -> Counts {
 /// Writes `ds` to `dir` (created if needed); returns its manifest.
 pub fn save(ds: &Dataset, dir: &Path) -> Result<Manifest> {
     ds.validate()?;
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    // One writer at a time; temporary files of a killed writer go first.
+    let _lock = crate::lock::DirLock::acquire(dir)?;
+    crate::lock::remove_stale_temps(dir)?;
     let parts = encode(ds);
     let manifest = Manifest {
         format: FORMAT.into(),

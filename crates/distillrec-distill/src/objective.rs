@@ -378,16 +378,37 @@ impl StageObjective for DistillObjective<'_> {
     }
 }
 
-/// The `k` items with the largest scores of a padding-free row (item ids).
+/// The `k` items with the largest scores of a padding-free row (column `j`
+/// is item `j + 1`), in rank order: highest score first, ties by item id.
 pub fn top_k_items(row: &[f32], k: usize) -> Vec<ItemId> {
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     let k = k.min(idx.len());
     if k == 0 {
         return Vec::new();
     }
-    idx.select_nth_unstable_by(k - 1, |&a, &b| {
-        row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
-    });
+    let by_rank = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    idx.select_nth_unstable_by(k - 1, by_rank);
     idx.truncate(k);
+    idx.sort_unstable_by(by_rank);
     idx.into_iter().map(|j| j + 1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k_items;
+
+    #[test]
+    fn top_k_is_in_rank_order_with_ties_by_id() {
+        // 200 scores in a scrambled order; the top 10 must come back sorted
+        // (highest first), which a partial selection alone does not give.
+        let row: Vec<f32> = (0..200u32).map(|j| ((j * 73) % 200) as f32).collect();
+        let top = top_k_items(&row, 10);
+        let got: Vec<f32> = top.iter().map(|&i| row[i as usize - 1]).collect();
+        assert_eq!(got, (190..200).rev().map(|v| v as f32).collect::<Vec<_>>());
+        // equal scores: the smaller item id first
+        let tied = [1.0, 3.0, 3.0, 0.5, 3.0];
+        assert_eq!(top_k_items(&tied, 4), vec![2, 3, 5, 1]);
+        assert_eq!(top_k_items(&tied, 9).len(), 5);
+        assert!(top_k_items(&tied, 0).is_empty());
+    }
 }

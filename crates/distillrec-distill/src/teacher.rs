@@ -7,7 +7,7 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use distillrec_cache::TeacherCache;
+use distillrec_cache::{sort_row, TeacherCache, NEG_LOG_PROB};
 use distillrec_data::Dataset;
 use distillrec_models::Student;
 
@@ -47,7 +47,7 @@ pub fn cache_from_student(
         fingerprint,
         ds,
         opts.k,
-        "neg_log_prob",
+        NEG_LOG_PROB,
         opts.mask_history,
         &opts.source,
     );
@@ -75,11 +75,14 @@ pub fn cache_from_student(
                 } else {
                     s
                 };
-                let top = top_k_items(ranked, opts.k);
-                let d: Vec<f32> = top
+                let mut top = top_k_items(ranked, opts.k);
+                let mut d: Vec<f32> = top
                     .iter()
                     .map(|&it| (log_z - s[it as usize - 1] as f64) as f32)
                     .collect();
+                // Rank order by the stored distance (ties by id): scores that
+                // differ can round to one f32 distance.
+                sort_row(&mut top, &mut d);
                 (top, d)
             })
             .collect();

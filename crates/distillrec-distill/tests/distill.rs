@@ -108,7 +108,8 @@ fn random_cache(ds: &Dataset, r: &DatasetRef, seed: u64) -> TeacherCache {
                 items.push(i);
             }
         }
-        let d: Vec<f32> = (0..10).map(|_| rng.gen_range(0.0..5.0)).collect();
+        let mut d: Vec<f32> = (0..10).map(|_| rng.gen_range(0.0..5.0)).collect();
+        d.sort_by(f32::total_cmp); // a cache row is in rank order
         c.push_row(&row.key, &items, &d).unwrap();
     }
     let dim = 16;
@@ -153,6 +154,29 @@ fn strong_teacher_helps_and_random_teacher_does_not() {
         },
     )
     .unwrap();
+    // Each row is the teacher's top-10 in rank order: distances non-decreasing
+    // (ties by id), and exactly the 10 best-scoring items outside the history.
+    for (t, row) in ds.train.iter().enumerate() {
+        let (items, d) = (strong.row_items(t), strong.row_distances(t));
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "row {t}: {d:?}");
+        let scores = tstudent.score_histories(&[ds.history(row)]).unwrap();
+        let mut all: Vec<u32> = (1..=ds.num_items() as u32)
+            .filter(|i| !ds.history(row).contains(i))
+            .collect();
+        all.sort_by(|&a, &b| {
+            scores[b as usize]
+                .total_cmp(&scores[a as usize])
+                .then(a.cmp(&b))
+        });
+        let mut want = all[..10].to_vec();
+        let mut got = items.to_vec();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "row {t}");
+        if t > 200 {
+            break;
+        }
+    }
     let random = random_cache(&ds, &r, 9);
     let (mut base, mut dist, mut rand_d) = (Vec::new(), Vec::new(), Vec::new());
     for seed in [1, 2, 3] {

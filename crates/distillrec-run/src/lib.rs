@@ -12,6 +12,18 @@
 //!
 //! All files except the log are written atomically; `run.json` is rewritten
 //! after every stage so that a killed run still records what it finished.
+//!
+//! A run directory belongs to one process and one config:
+//! - [`Run::create`] takes an exclusive lock on the directory
+//!   ([`distillrec_data::lock::DirLock`]); a second process gets a one-line
+//!   error naming the holder's pid.
+//! - A directory that holds results (checkpoints, metrics, ...) of another
+//!   config is refused before anything is written, naming the keys that differ.
+//! - A refused or failed command that produced nothing (no file besides
+//!   `config.toml`, `run.json` and `run.log` changed) leaves the directory as
+//!   it found it: those three files are restored (or removed if new).
+//! - A `run.json` still saying `running` whose process is gone (its lock is
+//!   free) is marked `interrupted` by the next command that opens the run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use distillrec_config::Config;
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
+use distillrec_data::lock::{DirLock, LOCK_FILE};
 use distillrec_data::DataError;
 
 /// Metrics of one split: `"ndcg@10" -> 0.31`, plus cost entries.
@@ -115,23 +128,137 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The files a [`Run`] itself writes when it opens; everything else in the
+/// directory is a result of the command's work.
+const RUN_FILES: [&str; 4] = ["config.toml", "run.json", "run.log", LOCK_FILE];
+
+/// What a run directory held when a command opened it, to put back if the
+/// command is refused before producing anything.
+#[derive(Debug)]
+struct Snapshot {
+    /// The directory did not exist.
+    created_dir: bool,
+    /// `config.toml`, `run.json` and `run.log` as they were (`None`: absent).
+    files: Vec<(&'static str, Option<Vec<u8>>)>,
+    /// Name, size and modification time of every other entry.
+    results: Vec<(String, u64, Option<SystemTime>)>,
+}
+
+/// Name, size and modification time of the entries of `dir` that are not
+/// the run's own files or temporary files, sorted.
+fn result_entries(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if RUN_FILES.contains(&name.as_str()) || name.starts_with('.') {
+                return None;
+            }
+            let m = e.metadata().ok()?;
+            Some((name, m.len(), m.modified().ok()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Dotted keys whose values differ between two TOML documents.
+fn differing_keys(old: &toml::Value, new: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    match (old, new) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => differing_keys(x, y, &p, out),
+                    _ => out.push(p),
+                }
+            }
+        }
+        (a, b) if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
 /// An open run directory.
 pub struct Run {
     dir: PathBuf,
     record: RunRecord,
     start: Instant,
     history: Option<History>,
+    snapshot: Snapshot,
+    _lock: DirLock,
 }
 
 impl Run {
-    /// Creates (or reuses) `dir`, writes `config.toml` and a first `run.json`.
+    /// Opens `dir` for a command (created if needed): locks it, refuses a
+    /// directory whose results belong to another config (naming the keys
+    /// that differ), marks a dead run's `run.json` `interrupted`, then
+    /// writes `config.toml` and a first `run.json`.
     pub fn create(
         dir: &Path,
         config: Option<&Config>,
         seed: u64,
         build: BuildInfo,
     ) -> Result<Self, DataError> {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+        let created_dir = !dir.exists();
+        let lock = DirLock::acquire(dir)?;
+        let read = |name: &str| std::fs::read(dir.join(name)).ok();
+        let mut old_record = read("run.json");
+        if let Some(bytes) = &old_record {
+            if let Ok(mut rec) = serde_json::from_slice::<RunRecord>(bytes) {
+                if rec.status == "running" {
+                    // We hold the lock, so the process that wrote it is gone.
+                    rec.status = "interrupted".into();
+                    atomic_write_json(&dir.join("run.json"), &rec)?;
+                    old_record = read("run.json");
+                }
+            }
+        }
+        let results = result_entries(dir);
+        let old_config = read("config.toml");
+        if let (Some(c), Some(old)) = (config, &old_config) {
+            let new_text = c.to_toml();
+            if !results.is_empty() && old.as_slice() != new_text.as_bytes() {
+                let parse = |b: &[u8]| {
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|t| t.parse::<toml::Value>().ok())
+                };
+                let mut keys = Vec::new();
+                match (parse(old), parse(new_text.as_bytes())) {
+                    (Some(a), Some(b)) => differing_keys(&a, &b, "", &mut keys),
+                    _ => keys.push("(config.toml unreadable)".into()),
+                }
+                if !keys.is_empty() {
+                    return Err(DataError::file(
+                        dir,
+                        format!(
+                            "holds the results of a run with a different config ({}: {}); use another --out",
+                            if keys.len() == 1 { "key differs" } else { "keys differ" },
+                            keys.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let snapshot = Snapshot {
+            created_dir,
+            files: vec![
+                ("config.toml", old_config),
+                ("run.json", old_record),
+                ("run.log", read("run.log")),
+            ],
+            results,
+        };
         if let Some(c) = config {
             atomic_write(&dir.join("config.toml"), c.to_toml().as_bytes())?;
         }
@@ -157,9 +284,38 @@ impl Run {
             record,
             start: Instant::now(),
             history: None,
+            snapshot,
+            _lock: lock,
         };
         run.write_record()?;
         Ok(run)
+    }
+
+    /// Whether the command produced anything in the directory besides the
+    /// run's own files since [`Run::create`].
+    fn produced_results(&self) -> bool {
+        result_entries(&self.dir) != self.snapshot.results
+    }
+
+    /// Puts `config.toml`, `run.json` and `run.log` back as they were (a
+    /// directory this run created is removed again, with its lock file).
+    fn restore(&self) -> Result<(), DataError> {
+        for (name, bytes) in &self.snapshot.files {
+            let p = self.dir.join(name);
+            match bytes {
+                Some(b) => atomic_write(&p, b)?,
+                None => match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DataError::io(&p, e)),
+                },
+            }
+        }
+        if self.snapshot.created_dir {
+            let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+        Ok(())
     }
 
     /// The run directory.
@@ -220,8 +376,16 @@ impl Run {
         atomic_write(&self.dir.join("history.csv"), h.to_csv().as_bytes())
     }
 
-    /// Marks the run finished (`ok` or the error) and writes `run.json`.
+    /// Marks the run finished (`ok` or the error) and writes `run.json`. A
+    /// command that failed without producing anything (a refusal) leaves the
+    /// directory as it was before [`Run::create`] instead.
     pub fn finish(mut self, result: Result<(), String>) -> Result<RunRecord, DataError> {
+        if result.is_err() && !self.produced_results() {
+            self.restore()?;
+            let mut rec = self.record.clone();
+            rec.status = format!("refused: {}", result.unwrap_err());
+            return Ok(rec);
+        }
         self.record.finished = Some(now_rfc3339());
         self.record.wall_secs = self.start.elapsed().as_secs_f64();
         self.record.peak_rss_mb = peak_rss_mb();
@@ -350,6 +514,97 @@ mod tests {
         assert_eq!(mj["test"]["ndcg@10"], 0.5);
         let c = Config::load(Some(&d.path().join("config.toml")), &[]).unwrap();
         assert_eq!(c, cfg);
+    }
+
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                (n, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn finished_run(dir: &Path, cfg: &Config) {
+        let run = Run::create(dir, Some(cfg), 1, BuildInfo::default()).unwrap();
+        run.write_metrics(&Metrics::default()).unwrap();
+        run.finish(Ok(())).unwrap();
+    }
+
+    #[test]
+    fn a_refused_rerun_changes_nothing_and_names_the_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        finished_run(d.path(), &cfg);
+        let before = files(d.path());
+        let mut other = cfg.clone();
+        other.seed += 1;
+        other.student.hidden *= 2;
+        let e = Run::create(d.path(), Some(&other), 1, BuildInfo::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("different config") && e.contains("keys differ: seed, student.hidden"),
+            "{e}"
+        );
+        assert_eq!(files(d.path()), before);
+        // the same config re-opens the run (resume)
+        let run = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        run.finish(Ok(())).unwrap();
+    }
+
+    #[test]
+    fn a_failure_that_produced_nothing_restores_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        finished_run(d.path(), &cfg);
+        let before = files(d.path());
+        let run = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        let rec = run.finish(Err("no such cache".into())).unwrap();
+        assert!(rec.status.starts_with("refused"), "{}", rec.status);
+        assert_eq!(files(d.path()), before);
+        // a failure after producing results is recorded
+        let run = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        std::fs::write(d.path().join("history.csv"), "epoch\n1\n").unwrap();
+        let rec = run.finish(Err("diverged".into())).unwrap();
+        assert_eq!(rec.status, "failed: diverged");
+        // a new directory is removed again
+        let fresh = d.path().join("new");
+        let run = Run::create(&fresh, Some(&cfg), 1, BuildInfo::default()).unwrap();
+        run.finish(Err("bad input".into())).unwrap();
+        assert!(!fresh.exists());
+    }
+
+    #[test]
+    fn one_process_per_run_and_dead_runs_are_interrupted() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        let first = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        let e = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(&format!("in use by process {}", std::process::id())),
+            "{e}"
+        );
+        first.write_metrics(&Metrics::default()).unwrap();
+        drop(first); // killed: run.json still says running, the lock is gone
+        let rec: RunRecord =
+            serde_json::from_slice(&std::fs::read(d.path().join("run.json")).unwrap()).unwrap();
+        assert_eq!(rec.status, "running");
+        let second = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        // refused after opening: the snapshot keeps the corrected status
+        second.finish(Err("refused".into())).unwrap();
+        let rec: RunRecord =
+            serde_json::from_slice(&std::fs::read(d.path().join("run.json")).unwrap()).unwrap();
+        assert_eq!(rec.status, "interrupted");
     }
 
     #[test]

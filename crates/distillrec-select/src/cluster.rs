@@ -68,8 +68,11 @@ fn greedy_centres(
 }
 
 /// k-center greedy (Sener & Savarese): a seeded first centre, then always
-/// the point farthest from every chosen one. Scores are the distance at
-/// the time of choice.
+/// the point farthest from every chosen one. Scores are the squared
+/// distance at the time of choice; the first centre, chosen before any
+/// distance exists, scores the radius it alone covers (its squared distance
+/// to the farthest point), which is at least every later score. Every score
+/// is finite, so a selection file can record it.
 pub fn k_center_greedy(
     points: &[f32],
     dim: usize,
@@ -81,7 +84,12 @@ pub fn k_center_greedy(
         return Vec::new();
     }
     let first = rng.gen_range(0..count);
-    greedy_centres(points, dim, n, (first, f64::INFINITY), |min_d, chosen| {
+    let centre = &points[first * dim..(first + 1) * dim];
+    let radius = points
+        .par_chunks(dim)
+        .map(|p| dist2(p, centre))
+        .reduce(|| 0.0, f32::max);
+    greedy_centres(points, dim, n, (first, radius as f64), |min_d, chosen| {
         let mut best: Option<usize> = None;
         for (i, (&d, &c)) in min_d.iter().zip(chosen).enumerate() {
             if !c && best.is_none_or(|b| d > min_d[b]) {
@@ -259,6 +267,11 @@ mod tests {
         assert!(vals.iter().any(|&v| v < 1.0), "{vals:?}");
         assert!(vals.iter().any(|&v| v > 99.0), "{vals:?}");
         assert!(vals.contains(&50.0), "{vals:?}");
+        // every score is finite (a selection file refuses infinite ones), and
+        // the first centre's radius bounds the later choices' distances
+        assert!(got.iter().all(|&(_, s)| s.is_finite()), "{got:?}");
+        let max = got.iter().map(|&(_, s)| s).fold(f64::MIN, f64::max);
+        assert!(max >= 99.0 * 99.0 / 4.0, "{got:?}");
     }
 
     #[test]

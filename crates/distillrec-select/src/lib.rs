@@ -106,8 +106,10 @@ impl Policy {
     }
 }
 
-/// How many rows the teacher may see.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How many rows the teacher may see. Serialised as `{"fraction": 0.25}` or
+/// `{"count": 1000}` (selection sidecars, run records).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Budget {
     /// A fraction of the pool in (0, 1].
     Fraction(f64),
@@ -117,12 +119,16 @@ pub enum Budget {
 
 impl FromStr for Budget {
     type Err = anyhow::Error;
-    /// `0.25`, `25%` (fractions) or `1000` (a count; any integer above 1).
+    /// `0.25`, `25%`, `1.0` (fractions) or `1000` (a count; any integer of at
+    /// least 2). A bare `1` is refused: it could mean one row or every row.
     fn from_str(s: &str) -> Result<Self> {
         let t = s.trim();
         let bad = || {
             anyhow::anyhow!("budget '{s}': expected a fraction in (0, 1] such as 0.25 or 25%, or a row count such as 1000")
         };
+        if t.parse::<u64>() == Ok(1) {
+            bail!("budget '{s}' is ambiguous: write 100% or 1.0 for every row, or a count of at least 2");
+        }
         if let Some(p) = t.strip_suffix('%') {
             let v: f64 = p.trim().parse().map_err(|_| bad())?;
             return Budget::from_value(v / 100.0).map_err(|_| bad());
@@ -191,6 +197,9 @@ pub struct SelectInputs<'a> {
 /// Chooses rows of the pool under `budget` with `policy`.
 pub fn select(policy: Policy, budget: Budget, inputs: &SelectInputs) -> Result<Selection> {
     let pool = inputs.pool;
+    if inputs.threshold.is_some_and(f64::is_nan) {
+        bail!("the threshold is NaN; give a number");
+    }
     let n = budget.rows(pool);
     let mut rng = ChaCha8Rng::seed_from_u64(inputs.seed);
     let need = |what: &str| anyhow::anyhow!("policy '{}' needs {what}", policy.name());
@@ -272,7 +281,13 @@ mod tests {
         assert_eq!("0.25".parse::<Budget>().unwrap(), Budget::Fraction(0.25));
         assert_eq!("25%".parse::<Budget>().unwrap(), Budget::Fraction(0.25));
         assert_eq!("1000".parse::<Budget>().unwrap(), Budget::Count(1000));
-        assert_eq!("1".parse::<Budget>().unwrap(), Budget::Fraction(1.0));
+        assert_eq!("1.0".parse::<Budget>().unwrap(), Budget::Fraction(1.0));
+        assert_eq!("100%".parse::<Budget>().unwrap(), Budget::Fraction(1.0));
+        assert_eq!("2".parse::<Budget>().unwrap(), Budget::Count(2));
+        for one in ["1", " 1 ", "01"] {
+            let e = one.parse::<Budget>().unwrap_err().to_string();
+            assert!(e.contains("ambiguous") && e.contains("100%"), "{e}");
+        }
         for bad in ["0", "-1", "2.5", "abc", "150%"] {
             let e = bad.parse::<Budget>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
@@ -342,6 +357,12 @@ mod tests {
         assert_eq!(r.rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
         let e = select(Policy::Kl, Budget::Count(1), &inp2).unwrap_err();
         assert!(e.to_string().contains("teacher cache"), "{e}");
+        let nan = SelectInputs {
+            threshold: Some(f64::NAN),
+            ..inp
+        };
+        let e = select(Policy::GtError, Budget::Count(1), &nan).unwrap_err();
+        assert!(e.to_string().contains("threshold is NaN"), "{e}");
     }
 
     #[test]

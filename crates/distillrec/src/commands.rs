@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 
 use distillrec_config::{Config, DatasetKind};
 use distillrec_data::{stats, store, Dataset, ItemId, SplitName};
-use distillrec_eval::evaluate_popularity;
+use distillrec_eval::{evaluate_popularity, EvalReport};
 use distillrec_run::{init_logging, BuildInfo, Metrics, Run, SplitMetrics};
 use distillrec_train::checkpoint::{self, Expect};
 use distillrec_train::{
@@ -187,8 +187,8 @@ pub(crate) fn finish(run: Run, result: Result<()>) -> Result<()> {
 fn eval_popularity(a: PopularityArgs) -> Result<()> {
     let mut cfg = load_config(&a.config, vec![])?;
     cfg.dataset.prepared = Some(a.data.clone());
-    init_logging(Some(&a.out.join("run.log")))?;
     let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
+    init_logging(Some(&a.out.join("run.log")))?;
     let result = (|| {
         let ds = run.stage("load", || store::load(&a.data).map_err(anyhow::Error::from))?;
         let m = popularity_metrics(&ds, &cfg, &mut run)?;
@@ -257,8 +257,8 @@ fn train_in_run(
 
 fn train(a: TrainStudentArgs) -> Result<()> {
     let cfg = load_config(&a.config, vec![])?;
-    init_logging(Some(&a.out.join("run.log")))?;
     let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
+    init_logging(Some(&a.out.join("run.log")))?;
     let result = (|| {
         let data = run.stage("data", || run_data(&cfg, a.data.as_deref(), &a.out))?;
         let (m, outcome) = train_in_run(&cfg, &data, &a.out, &mut run)?;
@@ -279,11 +279,33 @@ fn train(a: TrainStudentArgs) -> Result<()> {
 
 fn eval_student(a: EvalStudentArgs) -> Result<()> {
     let cfg = load_config(&a.config, vec![])?;
-    if let Some(out) = &a.out {
-        init_logging(Some(&out.join("run.log")))?;
-    } else {
-        init_logging(None)?;
+    let run = match &a.out {
+        Some(out) => {
+            let run = Run::create(out, Some(&cfg), cfg.seed, build_info())?;
+            init_logging(Some(&out.join("run.log")))?;
+            Some(run)
+        }
+        None => {
+            init_logging(None)?;
+            None
+        }
+    };
+    let result = eval_student_in(&a, &cfg);
+    match (run, result) {
+        (Some(mut run), Ok((valid, test, m))) => {
+            run.record_cost("student.valid", EvalCost::from(&valid))?;
+            run.record_cost("student.test", EvalCost::from(&test))?;
+            run.write_metrics(&m)?;
+            run.finish(Ok(()))?;
+            Ok(())
+        }
+        (Some(run), Err(e)) => finish(run, Err(e)),
+        (None, r) => r.map(|_| ()),
     }
+}
+
+/// Evaluates the checkpoint of `eval student` and prints its metrics.
+fn eval_student_in(a: &EvalStudentArgs, cfg: &Config) -> Result<(EvalReport, EvalReport, Metrics)> {
     let data = load_prepared(&a.data)?;
     let loaded = checkpoint::load(
         &a.checkpoint,
@@ -307,14 +329,7 @@ fn eval_student(a: EvalStudentArgs) -> Result<()> {
         "test: {} rows in {:.2}s ({:.0} rows/s)",
         test.rows, test.wall_secs, test.rows_per_sec
     );
-    if let Some(out) = &a.out {
-        let mut run = Run::create(out, Some(&cfg), cfg.seed, build_info())?;
-        run.record_cost("student.valid", EvalCost::from(&valid))?;
-        run.record_cost("student.test", EvalCost::from(&test))?;
-        run.write_metrics(&m)?;
-        run.finish(Ok(()))?;
-    }
-    Ok(())
+    Ok((valid, test, m))
 }
 
 /// Resolves one history entry: a raw item id, else a title (exact, case
@@ -445,8 +460,8 @@ fn report_table(rows: &[(&str, &Metrics, String)], ks: &[usize]) -> String {
 
 fn pipeline(a: PipelineArgs) -> Result<()> {
     let cfg = load_config(&a.config, vec![])?;
-    init_logging(Some(&a.out.join("run.log")))?;
     let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
+    init_logging(Some(&a.out.join("run.log")))?;
     let result = (|| {
         let data = run.stage("data", || -> Result<Data> {
             match &cfg.dataset.prepared {

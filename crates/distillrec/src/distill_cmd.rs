@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use distillrec_cache::{
-    from_files, read_selection, write_selection, FromFiles, IdSpace, RowKeys, ShardSpec,
+    from_files, read_selection_rows, write_selection, FromFiles, IdSpace, RowKeys, ShardSpec,
     TeacherCache,
 };
 use distillrec_distill::teacher::{cache_from_student, FromStudent};
@@ -90,6 +90,9 @@ pub struct FromFilesArgs {
     /// What the distances are (recorded in the manifest), e.g. `l2` or `neg_log_prob`.
     #[arg(long, default_value = "given")]
     pub distance_kind: String,
+    /// Order each row by distance (ties by item id) instead of refusing rows whose distances decrease.
+    #[arg(long)]
+    pub sort: bool,
     /// Output cache directory.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -170,31 +173,14 @@ pub fn teacher(c: TeacherCommand) -> Result<()> {
 
 /// Indices into `ds.train` of the rows named by a selection file (all rows without one).
 fn selected_rows(data: &Data, selection: Option<&Path>) -> Result<Vec<usize>> {
-    let Some(path) = selection else {
-        return Ok((0..data.ds.train.len()).collect());
-    };
-    let keys = read_selection(path)?;
-    let index: std::collections::HashMap<&str, usize> = data
-        .ds
-        .train
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.key.as_str(), i))
-        .collect();
-    let mut rows = Vec::with_capacity(keys.len());
-    for (line, k) in keys.iter().enumerate() {
-        match index.get(k.as_str()) {
-            Some(&i) => rows.push(i),
-            None => bail!(
-                "{}:{}: '{k}' is not a training row of dataset '{}'",
-                path.display(),
-                line + 2,
-                data.ds.name
-            ),
-        }
+    match selection {
+        None => Ok((0..data.ds.train.len()).collect()),
+        Some(path) => Ok(read_selection_rows(
+            path,
+            &data.reference.fingerprint,
+            &data.ds,
+        )?),
     }
-    rows.sort_unstable();
-    Ok(rows)
 }
 
 fn teacher_from_student(a: FromStudentArgs) -> Result<()> {
@@ -263,6 +249,7 @@ fn teacher_from_files(a: FromFilesArgs) -> Result<()> {
         ids,
         k: a.k,
         distance_kind: a.distance_kind.clone(),
+        sort: a.sort,
     };
     let cache = from_files(&spec, &data.reference.fingerprint, &data.ds)?;
     cache.save(&a.out)?;
@@ -421,7 +408,7 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
         .collect();
     let meta = serde_json::json!({
         "policy": policy.name(),
-        "budget": format!("{budget:?}"),
+        "budget": budget,
         "threshold": threshold,
         "seed": cfg.seed,
         "pool": pool.len(),
@@ -450,17 +437,27 @@ pub fn select_cmd(a: SelectArgs) -> Result<()> {
 /// Runs `distill`.
 pub fn distill(a: DistillArgs) -> Result<()> {
     let cfg = load_config(&a.config, vec![])?;
-    init_logging(Some(&a.out.join("run.log")))?;
     let mut run = Run::create(&a.out, Some(&cfg), cfg.seed, build_info())?;
+    init_logging(Some(&a.out.join("run.log")))?;
     let result = (|| {
         let data = run.stage("data", || run_data(&cfg, a.data.as_deref(), &a.out))?;
         let mut cache = TeacherCache::load(&a.teacher_cache)?;
         let mut selection_rows = None;
         if let Some(sel) = &a.selection {
-            let keys: HashSet<String> = read_selection(sel)?.into_iter().collect();
+            let rows = selected_rows(&data, Some(sel))?;
+            let keys: HashSet<String> =
+                rows.iter().map(|&r| data.ds.train[r].key.clone()).collect();
             let before = cache.rows();
             cache = cache.restrict(&keys);
             selection_rows = Some(keys.len());
+            if cache.rows() == 0 && !keys.is_empty() {
+                bail!(
+                    "none of the {} rows of the selection {} has teacher output in the cache {}: was the cache made for another selection?",
+                    keys.len(),
+                    sel.display(),
+                    a.teacher_cache.display()
+                );
+            }
             tracing::info!(
                 before,
                 after = cache.rows(),

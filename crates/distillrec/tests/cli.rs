@@ -612,5 +612,8 @@ fn train_kill_resume_eval_and_recommend() {
         .args(["--set", "student.hidden=16"])
         .output()
         .unwrap();
-    assert_clean_error(&out, "holds training state for a different config");
+    assert_clean_error(
+        &out,
+        "holds the results of a run with a different config (key differs: student.hidden)",
+    );
 }

@@ -1,0 +1,299 @@
+//! Regression tests of issue 10's findings through the binary: selection
+//! policies and files that were accepted wrongly, and run directories that a
+//! refused or concurrent command could spoil.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distillrec"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Asserts exit code 1, one `error:` line containing `want`, no panic.
+fn clean_error(args: &[&str], want: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(want), "want '{want}' in: {stderr}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every file under `dir` with its bytes, sorted by path (lock files aside).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if e.file_name() != ".distillrec.lock" {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const SMALL: &[&str] = &[
+    "--set",
+    "student.hidden=16",
+    "--set",
+    "student.layers=1",
+    "--set",
+    "student.max_len=10",
+    "--set",
+    "train.student.max_epochs=2",
+    "--set",
+    "train.distill.max_epochs=1",
+    "--set",
+    "train.student.batch_size=64",
+    "--set",
+    "train.distill.batch_size=64",
+];
+
+fn prepare(dir: &Path, seed: &str) {
+    ok(&[
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--set",
+        "dataset.synthetic.users=120",
+        "--seed",
+        seed,
+        "--out",
+        s(dir),
+    ]);
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "student", "--data", s(data), "--out", s(out)];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn selections_coreset_budgets_and_thresholds() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let (data, other) = (p("data"), p("other"));
+    prepare(&data, "1");
+    prepare(&other, "2");
+    assert!(train(&data, &p("student"), &[]).status.success());
+    let ckpt = p("student/checkpoints/best.safetensors");
+    let select = |policy: &str, budget: &str, out: &Path, data: &Path| -> Vec<String> {
+        let mut v = vec!["select", "--policy", policy, "--budget", budget];
+        if policy != "random" {
+            v.extend(["--student", s(&ckpt)]);
+        }
+        v.extend(["--data", s(data), "--out", s(out)]);
+        v.into_iter().map(String::from).collect()
+    };
+    let call = |v: Vec<String>| run(&v.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // coreset works on valid data and records finite scores
+    let sel = p("coreset.csv");
+    let out = call(select("coreset", "25%", &sel, &data));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&sel).unwrap();
+    assert!(text.lines().count() > 2);
+    for line in text.lines().skip(1) {
+        let score: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+        assert!(score.is_finite(), "{line}");
+    }
+    // the sidecar records the budget as a value, not a Rust debug string
+    let meta = std::fs::read_to_string(p("coreset.csv.json")).unwrap();
+    assert!(meta.contains("\"fraction\": 0.25"), "{meta}");
+
+    // a bare 1 is ambiguous; 100% and 1.0 are not
+    let bad = call(select("random", "1", &p("one.csv"), &data));
+    assert_eq!(bad.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("ambiguous") && e.contains("100%"), "{e}");
+    assert!(!p("one.csv").exists());
+    assert!(call(select("random", "100%", &p("all.csv"), &data))
+        .status
+        .success());
+
+    // a NaN threshold is refused
+    let mut nan = select("gt_error", "50%", &p("nan.csv"), &data);
+    nan.extend(["--threshold".to_string(), "NaN".to_string()]);
+    let bad = call(nan);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("threshold is NaN"));
+
+    // a cache for the distillation checks
+    let cache = p("cache");
+    ok(&[
+        "teacher",
+        "from-student",
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        s(&data),
+        "--out",
+        s(&cache),
+    ]);
+    let distill = |sel: &Path, out: &Path| {
+        let mut a = vec![
+            "distill",
+            "--data",
+            s(&data),
+            "--teacher-cache",
+            s(&cache),
+            "--selection",
+            s(sel),
+            "--out",
+            s(out),
+        ];
+        a.extend_from_slice(SMALL);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    // a selection made for another dataset
+    let foreign = p("foreign.csv");
+    assert!(call(select("random", "25%", &foreign, &other))
+        .status
+        .success());
+    let out = call(distill(&foreign, &p("d1")));
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("foreign.csv.json") && e.contains("was made for dataset"),
+        "{e}"
+    );
+    assert!(
+        !p("d1").exists(),
+        "a refused command leaves no run directory"
+    );
+
+    // cut short against its sidecar
+    let short = p("short.csv");
+    let text = std::fs::read_to_string(&sel).unwrap();
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&short, kept.join("\n") + "\n").unwrap();
+    std::fs::copy(p("coreset.csv.json"), p("short.csv.json")).unwrap();
+    let out = call(distill(&short, &p("d2")));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("2 selected rows") && e.contains("records"),
+        "{e}"
+    );
+
+    // keys that are not training rows
+    let unknown = p("unknown.csv");
+    std::fs::write(&unknown, "key,score\nnot-a-row:1,\n").unwrap();
+    let out = call(distill(&unknown, &p("d3")));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("unknown.csv:2:") && e.contains("is not a training row"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refused_reruns_change_nothing_and_name_the_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, out) = (d.path().join("data"), d.path().join("run"));
+    prepare(&data, "1");
+    assert!(train(&data, &out, &[]).status.success());
+    let before = snapshot(&out);
+    let args: Vec<String> = ["train", "student", "--data", s(&data), "--out", s(&out)]
+        .into_iter()
+        .chain(SMALL.iter().copied())
+        .chain(["--set", "student.hidden=32", "--set", "seed=7"])
+        .map(String::from)
+        .collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    clean_error(&refs, "keys differ: seed, student.hidden");
+    assert_eq!(
+        snapshot(&out),
+        before,
+        "the refused command changed the run"
+    );
+
+    // a run whose process died is marked interrupted by the next command
+    let rj = out.join("run.json");
+    let text = std::fs::read_to_string(&rj).unwrap();
+    std::fs::write(
+        &rj,
+        text.replace("\"status\": \"ok\"", "\"status\": \"running\""),
+    )
+    .unwrap();
+    clean_error(&refs, "different config");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rj).unwrap()).unwrap();
+    assert_eq!(rec["status"], "interrupted");
+}
+
+#[test]
+fn a_locked_run_directory_is_refused_naming_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, out) = (d.path().join("data"), d.path().join("run"));
+    prepare(&data, "1");
+    std::fs::create_dir_all(&out).unwrap();
+    // another process holds the lock: this test process, with its pid inside
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out.join(".distillrec.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    std::fs::write(
+        out.join(".distillrec.lock"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let o = train(&data, &out, &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("is in use by process {}", std::process::id())),
+        "{e}"
+    );
+    assert!(!out.join("config.toml").exists() && !out.join("run.json").exists());
+    // a prepared dataset being written is locked the same way
+    let o = run(&[
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--out",
+        s(&out),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is in use by process"));
+    lock.unlock().unwrap();
+    assert!(train(&data, &out, &[]).status.success());
+}
