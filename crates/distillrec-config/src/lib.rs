@@ -20,8 +20,9 @@ pub use distillrec_eval::EvalOptions;
 /// A configuration error; one line, naming the file and/or the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{}: {err}", path.display())]
+    /// The file could not be read (said in words: missing, a directory, a
+    /// symlink loop, unreadable).
+    #[error("{}: {}", path.display(), distillrec_data::fsutil::io_reason(err))]
     Io {
         /// Config file.
         path: PathBuf,
@@ -542,13 +543,11 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let user: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: PathBuf::from(source_name),
-            msg: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid TOML")
-                .to_string()
-                + &location(text, &e),
+            msg: format!(
+                "invalid TOML{}: {}",
+                location(text, &e),
+                e.message().trim().replace('\n', "; ")
+            ),
         })?;
         let mut table = toml::Table::try_from(Config::default()).expect("defaults serialise");
         merge(&mut table, user);
@@ -573,9 +572,19 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|err| ConfigError::Io {
-                    path: p.to_path_buf(),
-                    err,
+                use distillrec_data::fsutil::{read_text_limited, LimitedReadError};
+                let limit = distillrec_data::fsutil::MAX_SMALL_FILE_BYTES;
+                let text = read_text_limited(p, limit).map_err(|e| match e {
+                    LimitedReadError::Io(err) => ConfigError::Io {
+                        path: p.to_path_buf(),
+                        err,
+                    },
+                    LimitedReadError::TooLarge(n) => ConfigError::Syntax {
+                        path: p.to_path_buf(),
+                        msg: format!(
+                            "{n} bytes is larger than the limit of {limit} bytes for a config file"
+                        ),
+                    },
                 })?;
                 Self::from_toml_str(&text, &p.display().to_string(), overrides)
             }
@@ -620,6 +629,21 @@ impl Config {
                     format!("must be positive, got {}", st.lr),
                 );
             }
+            if !(st.weight_decay >= 0.0 && st.weight_decay.is_finite()) {
+                return bad(
+                    &format!("train.{name}.weight_decay"),
+                    format!("must be a finite number >= 0, got {}", st.weight_decay),
+                );
+            }
+            if !(st.grad_clip >= 0.0 && st.grad_clip.is_finite()) {
+                return bad(
+                    &format!("train.{name}.grad_clip"),
+                    format!(
+                        "must be a finite number >= 0 (0: off), got {}",
+                        st.grad_clip
+                    ),
+                );
+            }
             if st.grad_accum == 0 {
                 return bad(
                     &format!("train.{name}.grad_accum"),
@@ -656,6 +680,13 @@ impl Config {
         if !(0.0..1.0).contains(&s.dropout) {
             return bad("student.dropout", format!("{} is not in [0, 1)", s.dropout));
         }
+        if s.loss == LossKind::Bce && s.negatives == 0 {
+            return bad(
+                "student.negatives",
+                "must be at least 1 with student.loss = \"bce\" (the loss needs sampled negatives)"
+                    .into(),
+            );
+        }
         if self.dataset.kind != DatasetKind::Synthetic
             && self.dataset.raw.is_none()
             && self.dataset.prepared.is_none()
@@ -672,11 +703,19 @@ impl Config {
     }
 }
 
+/// ` at line L, column C` of the parser's error span (1-based, column in
+/// characters), or nothing when the parser gave no span.
 fn location(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
+            let mut start = span.start.min(text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!(" at line {line}, column {column}")
         }
         None => String::new(),
     }
@@ -763,6 +802,7 @@ mod tests {
     fn syntax_errors_and_value_checks() {
         let e = load("[student\nhidden = 3\n", &[]).unwrap_err().to_string();
         assert!(e.starts_with("test.toml: ") && e.contains("line 1"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
         let e = load("", &["student.heads=3"]).unwrap_err().to_string();
         assert!(e.contains("`student.heads`: 3 does not divide"), "{e}");
         let e = load("", &["train.student.metric=auc@10"])
@@ -771,6 +811,73 @@ mod tests {
         assert!(e.contains("`train.student.metric`"), "{e}");
         let e = load("", &["dataset.kind=ml-1m"]).unwrap_err().to_string();
         assert!(e.contains("`dataset.raw`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn err(text: &str, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::from_toml_str(text, "test.toml", &sets)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn negative_or_nan_optimiser_settings_name_their_key() {
+        let e = err("", &["train.student.grad_clip=-1.0"]);
+        assert!(
+            e.contains("config key `train.student.grad_clip`: must be a finite number >= 0"),
+            "{e}"
+        );
+        let e = err("", &["train.distill.weight_decay=-0.1"]);
+        assert!(e.contains("config key `train.distill.weight_decay`"), "{e}");
+        let e = err("[train.student]\nweight_decay = nan\n", &[]);
+        assert!(e.contains("config key `train.student.weight_decay`"), "{e}");
+        assert!(!e.contains("lr"), "{e}");
+    }
+
+    #[test]
+    fn bce_without_negatives_is_refused() {
+        let e = err("", &["student.loss=bce", "student.negatives=0"]);
+        assert!(
+            e.contains("config key `student.negatives`: must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn toml_errors_keep_the_reason_and_position() {
+        let e = err("seed = 1\n[student]\nhidden = = 3\n", &[]);
+        assert!(
+            e.starts_with("test.toml: invalid TOML at line 3, column 10: "),
+            "{e}"
+        );
+        assert!(
+            e.contains("string") || e.contains("value"),
+            "reason kept: {e}"
+        );
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn unreadable_config_paths_say_why() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Config::load(Some(d.path()), &[]).unwrap_err().to_string();
+        assert!(e.ends_with(": is a directory, not a file"), "{e}");
+        #[cfg(unix)]
+        {
+            let l = d.path().join("loop.toml");
+            std::os::unix::fs::symlink(&l, &l).unwrap();
+            let e = Config::load(Some(&l), &[]).unwrap_err().to_string();
+            assert!(e.ends_with("loop.toml: symbolic link loop"), "{e}");
+        }
+        let e = Config::load(Some(&d.path().join("none.toml")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("none.toml: file not found"), "{e}");
     }
 }
 

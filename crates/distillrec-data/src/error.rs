@@ -26,8 +26,9 @@ pub enum DataError {
         /// What is wrong with it.
         msg: String,
     },
-    /// An operating-system error on a file.
-    #[error("{}: {err}", path.display())]
+    /// An operating-system error on a file (said in words by
+    /// [`crate::fsutil::io_reason`]).
+    #[error("{}: {}", path.display(), crate::fsutil::io_reason(err))]
     Io {
         /// The file or directory concerned.
         path: PathBuf,
@@ -57,8 +58,15 @@ impl DataError {
         }
     }
 
-    /// An I/O error on `path`.
+    /// An I/O error on `path`; a [`crate::fsutil::LineTooLong`] error
+    /// becomes a parse error naming the line.
     pub fn io(path: &Path, err: std::io::Error) -> Self {
+        if let Some(long) = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<crate::fsutil::LineTooLong>())
+        {
+            return DataError::parse(path, long.line, long.to_string());
+        }
         DataError::Io {
             path: path.to_path_buf(),
             err,

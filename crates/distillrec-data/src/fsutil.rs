@@ -1,4 +1,5 @@
-//! File helpers shared by every stage: atomic writes and line readers.
+//! File helpers shared by every stage: atomic writes, line readers with a
+//! length limit, encoding detection and io errors that say what is wrong.
 //!
 //! Atomic write = write a temporary file in the same directory, flush and
 //! sync it, then rename it over the destination. A killed process leaves the
@@ -54,22 +55,208 @@ pub fn atomic_write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     atomic_write(path, &bytes)
 }
 
+/// The longest line (bytes, without its terminator) any line reader accepts.
+/// Every text format read here has short records; a longer line means a
+/// wrong or hostile file, and refusing it bounds the memory a line can take.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The largest small JSON/TOML file (manifests, `data_statis.json`,
+/// `config.json`, configs) read whole into memory.
+pub const MAX_SMALL_FILE_BYTES: u64 = 64 << 20;
+
+/// Why a path could not be opened, in words: "file not found", "is a
+/// directory, not a file", "permission denied", "symbolic link loop", or the
+/// operating system's message. One helper, so every command says the same.
+pub fn io_reason(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    // ELOOP: Linux 40, macOS/BSD 62.
+    let eloop = if cfg!(target_os = "linux") { 40 } else { 62 };
+    match err.kind() {
+        ErrorKind::NotFound => "file not found".into(),
+        ErrorKind::IsADirectory => "is a directory, not a file".into(),
+        ErrorKind::NotADirectory => "a component of the path is not a directory".into(),
+        ErrorKind::PermissionDenied => "permission denied (not readable)".into(),
+        _ if err.raw_os_error() == Some(eloop) => "symbolic link loop".into(),
+        _ => err.to_string(),
+    }
+}
+
 /// Checks that `dir` exists and is a directory.
 pub fn require_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(DataError::file(dir, "is not a directory")),
-        Err(_) => Err(DataError::file(dir, "directory does not exist")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(DataError::file(dir, "directory does not exist"))
+        }
+        Err(e) => Err(DataError::file(dir, io_reason(&e))),
     }
 }
 
-/// Returns `dir/name` if it exists as a file, else an error naming it.
+/// Returns `dir/name` if it exists as a file, else an error naming it and
+/// saying why (missing, a directory, a symlink loop, ...).
 pub fn require_file(dir: &Path, name: &str) -> Result<PathBuf> {
     let p = dir.join(name);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(DataError::file(&p, "file not found"))
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        Ok(m) if m.is_dir() => Err(DataError::file(&p, "is a directory, not a file")),
+        Ok(_) => Err(DataError::file(&p, "is not a regular file")),
+        Err(e) => Err(DataError::file(&p, io_reason(&e))),
+    }
+}
+
+/// Reads a small text file whole (JSON manifests, `data_statis.json`),
+/// refusing files larger than [`MAX_SMALL_FILE_BYTES`] before reading them.
+pub fn read_small_text(path: &Path) -> Result<String> {
+    read_text_limited(path, MAX_SMALL_FILE_BYTES).map_err(|e| match e {
+        LimitedReadError::Io(e) => DataError::io(path, e),
+        LimitedReadError::TooLarge(n) => DataError::file(
+            path,
+            format!(
+                "{n} bytes is larger than the limit of {MAX_SMALL_FILE_BYTES} bytes for this file"
+            ),
+        ),
+    })
+}
+
+/// Why [`read_text_limited`] failed.
+#[derive(Debug)]
+pub enum LimitedReadError {
+    /// The file could not be opened or read, or is not UTF-8.
+    Io(std::io::Error),
+    /// The file holds this many bytes, more than the limit.
+    TooLarge(u64),
+}
+
+/// Reads `path` as UTF-8 text if it holds at most `max` bytes; the size is
+/// checked before anything is allocated, and reading stops at `max + 1`
+/// bytes even if the file grows meanwhile.
+pub fn read_text_limited(path: &Path, max: u64) -> std::result::Result<String, LimitedReadError> {
+    let file = File::open(path).map_err(LimitedReadError::Io)?;
+    let len = file.metadata().map_err(LimitedReadError::Io)?.len();
+    if len > max {
+        return Err(LimitedReadError::TooLarge(len));
+    }
+    let mut text = String::new();
+    let n = file
+        .take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(LimitedReadError::Io)?;
+    if n as u64 > max {
+        return Err(LimitedReadError::TooLarge(n as u64));
+    }
+    Ok(text)
+}
+
+/// The io error [`LineLimited`] returns for a line longer than its limit;
+/// [`DataError::io`] turns it into a parse error naming the line.
+#[derive(Debug)]
+pub struct LineTooLong {
+    /// 1-based line number.
+    pub line: usize,
+    /// The limit in bytes.
+    pub max: usize,
+}
+
+impl std::fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line longer than {} bytes (the limit for one line is {} MiB)",
+            self.max,
+            self.max >> 20
+        )
+    }
+}
+
+impl std::error::Error for LineTooLong {}
+
+/// A reader that fails with [`LineTooLong`] as soon as one line exceeds
+/// `max` bytes, so that line-based parsers (ours and the `csv` crate's)
+/// never buffer an unbounded line.
+pub struct LineLimited<R> {
+    inner: R,
+    max: usize,
+    /// Bytes since the last `\n`.
+    current: usize,
+    /// 1-based number of the current line.
+    line: usize,
+}
+
+impl<R: Read> LineLimited<R> {
+    /// Wraps `inner` with a per-line limit of `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        LineLimited {
+            inner,
+            max,
+            current: 0,
+            line: 1,
+        }
+    }
+}
+
+impl<R: Read> Read for LineLimited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut rest = &buf[..n];
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            if self.current + i > self.max {
+                break;
+            }
+            self.current = 0;
+            self.line += 1;
+            rest = &rest[i + 1..];
+        }
+        if rest.contains(&b'\n') || self.current + rest.len() > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                LineTooLong {
+                    line: self.line,
+                    max: self.max,
+                },
+            ));
+        }
+        self.current += rest.len();
+        Ok(n)
+    }
+}
+
+/// Opens `path` (transparently decompressing `.gz`) behind a [`LineLimited`]
+/// reader with the limit [`MAX_LINE_BYTES`]; for readers that hand the
+/// stream to a record parser such as `csv`.
+pub fn open_lines(path: &Path) -> Result<LineLimited<Box<dyn Read>>> {
+    Ok(LineLimited::new(open_maybe_gz(path)?, MAX_LINE_BYTES))
+}
+
+/// Whether the whole file (decompressed if `.gz`) is valid UTF-8: files
+/// whose encoding varies in the wild (MovieLens titles) are decoded as
+/// UTF-8 when they are, else as Latin-1 (where every byte is a character).
+pub fn detect_encoding(path: &Path) -> Result<Encoding> {
+    let mut reader = open_maybe_gz(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    // Bytes of a character cut at the end of the previous chunk (at most 3).
+    let mut carry = 0usize;
+    loop {
+        let n = reader
+            .read(&mut buf[carry..])
+            .map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            return Ok(if carry == 0 {
+                Encoding::Utf8
+            } else {
+                Encoding::Latin1
+            });
+        }
+        let end = carry + n;
+        match std::str::from_utf8(&buf[..end]) {
+            Ok(_) => carry = 0,
+            Err(e) if e.error_len().is_none() => {
+                let valid = e.valid_up_to();
+                buf.copy_within(valid..end, 0);
+                carry = end - valid;
+            }
+            Err(_) => return Ok(Encoding::Latin1),
+        }
     }
 }
 
@@ -113,13 +300,14 @@ pub fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
 ///
 /// Line endings `\n` and `\r\n` are accepted; the callback gets the line
 /// without its terminator. Empty files are an error, because every format
-/// this crate reads needs at least one record.
+/// this crate reads needs at least one record. A line longer than
+/// [`MAX_LINE_BYTES`] is an error naming it, found before it is buffered whole.
 pub fn for_each_line(
     path: &Path,
     encoding: Encoding,
     mut f: impl FnMut(usize, &str) -> Result<()>,
 ) -> Result<usize> {
-    let mut reader = BufReader::with_capacity(1 << 16, open_maybe_gz(path)?);
+    let mut reader = BufReader::with_capacity(1 << 16, open_lines(path)?);
     let mut buf = Vec::with_capacity(256);
     let mut line_no = 0usize;
     let mut text = String::new();
@@ -206,5 +394,70 @@ mod tests {
         std::fs::write(&p, b"").unwrap();
         let err = for_each_line(&p, Encoding::Utf8, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().ends_with("x.dat: file is empty"), "{err}");
+    }
+
+    #[test]
+    fn overlong_line_in_gzip_is_refused_after_the_limit() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.jsonl.gz");
+        let mut gz =
+            flate2::write::GzEncoder::new(File::create(&p).unwrap(), flate2::Compression::fast());
+        gz.write_all(b"short line\n").unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        // 64 MiB without a newline: refused after about 1 MiB is buffered.
+        for _ in 0..64 {
+            gz.write_all(&chunk).unwrap();
+        }
+        gz.finish().unwrap();
+        let mut seen = 0;
+        let err = for_each_line(&p, Encoding::Utf8, |_, _| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(seen, 1);
+        assert!(
+            err.to_string()
+                .contains("big.jsonl.gz:2: line longer than 1048576 bytes"),
+            "{err}"
+        );
+        // A line of exactly the limit is accepted.
+        let q = dir.path().join("ok.txt");
+        let mut line = vec![b'y'; MAX_LINE_BYTES];
+        line.push(b'\n');
+        line.extend_from_slice(b"z\n");
+        std::fs::write(&q, &line).unwrap();
+        assert_eq!(for_each_line(&q, Encoding::Utf8, |_, _| Ok(())).unwrap(), 2);
+    }
+
+    #[test]
+    fn encoding_detection_reads_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.dat");
+        // A two-byte character split across the 64 KiB chunk boundary.
+        let mut bytes = vec![b'a'; (1 << 16) - 1];
+        bytes.extend_from_slice("é\n".as_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(detect_encoding(&p).unwrap(), Encoding::Utf8);
+        bytes.extend_from_slice(b"caf\xe9\n");
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(detect_encoding(&p).unwrap(), Encoding::Latin1);
+    }
+
+    #[test]
+    fn path_errors_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let e = require_file(dir.path(), "sub").unwrap_err().to_string();
+        assert!(e.ends_with("sub: is a directory, not a file"), "{e}");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+            let e = require_file(dir.path(), "loop").unwrap_err().to_string();
+            assert!(e.ends_with("loop: symbolic link loop"), "{e}");
+        }
+        let e = require_file(dir.path(), "none").unwrap_err().to_string();
+        assert!(e.ends_with("none: file not found"), "{e}");
     }
 }

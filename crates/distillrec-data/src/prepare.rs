@@ -294,6 +294,14 @@ pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Datase
     }
     // 6. split.
     let (train, valid, test) = split(&sequences, &file_pos, opts);
+    for (which, rows) in [("train", &train), ("valid", &valid), ("test", &test)] {
+        if rows.is_empty() {
+            return Err(DataError::Invalid(format!(
+                "dataset '{name}': the {which} split has no rows: {}",
+                empty_split_reason(which, sequences.len(), opts)
+            )));
+        }
+    }
     let ds = Dataset {
         name: name.to_string(),
         items,
@@ -311,6 +319,39 @@ pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Datase
     };
     ds.validate()?;
     Ok(ds)
+}
+
+/// Why `split` of a `prepare` over `users` sequences came out empty, in
+/// terms of the options a user can change.
+fn empty_split_reason(split: &str, users: usize, opts: &PrepareOptions) -> String {
+    let h = opts.min_history;
+    let fraction = match split {
+        "valid" => opts.valid_fraction,
+        _ => opts.test_fraction,
+    };
+    match (opts.split, split) {
+        (SplitKind::LeaveOneOut, "train") => format!(
+            "leave_one_out trains on positions min_history ({h}) .. len - 2, and no sequence is longer than {}",
+            h + 2
+        ),
+        (SplitKind::LeaveOneOut, _) => format!(
+            "leave_one_out needs a sequence of at least {} items (dataset.min_history = {h}); none is left after filtering",
+            h + 2
+        ),
+        (SplitKind::Temporal, "train") => format!(
+            "the temporal cut leaves no training interaction with at least dataset.min_history = {h} earlier items"
+        ),
+        (SplitKind::Temporal, _) => format!(
+            "dataset.{split}_fraction = {fraction} of the timeline holds no interaction with at least dataset.min_history = {h} earlier items of its user"
+        ),
+        (SplitKind::ByUser, "train") => format!(
+            "no training user has more than dataset.min_history = {h} items"
+        ),
+        (SplitKind::ByUser, _) => format!(
+            "dataset.{split}_fraction = {fraction} of {users} users gives {} users, or none of them has more than dataset.min_history = {h} items",
+            (fraction * users as f64).round() as usize
+        ),
+    }
 }
 
 fn row(seq: &Sequence, s: usize, pos: usize) -> Row {
@@ -619,5 +660,48 @@ mod tests {
         };
         let e = prepare("t", &l, &opts).unwrap_err().to_string();
         assert!(e.contains("no interaction is left"), "{e}");
+    }
+
+    #[test]
+    fn empty_validation_or_test_split_is_refused_with_the_reason() {
+        let mut rows = Vec::new();
+        let users = ["a", "b", "c", "d"];
+        for (u, name) in users.iter().enumerate() {
+            for t in 0..5 {
+                rows.push((*name, ["1", "2", "3", "4", "5"][(u + t) % 5], t as i64, 1.0));
+            }
+        }
+        let l = log(&rows);
+        let opts = PrepareOptions {
+            split: SplitKind::ByUser,
+            valid_fraction: 0.0,
+            ..PrepareOptions::default()
+        };
+        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "the valid split has no rows: dataset.valid_fraction = 0 of 4 users gives 0 users"
+            ),
+            "{e}"
+        );
+        let opts = PrepareOptions {
+            split: SplitKind::Temporal,
+            test_fraction: 0.0,
+            ..PrepareOptions::default()
+        };
+        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("the test split has no rows: dataset.test_fraction = 0"),
+            "{e}"
+        );
+        let opts = PrepareOptions {
+            min_history: 4,
+            ..PrepareOptions::default()
+        };
+        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("the train split has no rows: leave_one_out"),
+            "{e}"
+        );
     }
 }

@@ -13,14 +13,12 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::config::{Activation, Config, Family};
 use crate::error::{Error, Result};
-use crate::generate::ChatTemplate;
-use crate::model::Model;
-use crate::tokenizer::{int_value, Tokenizer};
-use crate::weights::{Llm, LoadOptions, WeightSource};
+use crate::source::WeightSource;
+use crate::tokenizer::int_value;
 
 /// The tensors of a GGUF file, addressed by Hugging Face names.
 pub struct GgufSource {
@@ -86,7 +84,8 @@ pub fn unpermute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
 }
 
 impl GgufSource {
-    fn new(
+    /// A source over the tensors of `content`, read through `reader`.
+    pub fn new(
         path: &Path,
         reader: BufReader<File>,
         content: Content,
@@ -286,46 +285,4 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
     };
     cfg.validate(path)?;
     Ok(cfg)
-}
-
-/// Loads model, tokenizer and chat template from a GGUF file.
-pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Llm> {
-    let (mut reader, content) = read_content(path)?;
-    let mut cfg = config_from_gguf(&content, path)?;
-    if let Some(n) = opts.num_layers {
-        cfg.truncate_layers(n)?;
-    }
-    if let Some(info) = content.tensor_infos.get("rope_freqs.weight") {
-        let t = info
-            .read(&mut reader, content.tensor_data_offset, &Device::Cpu)
-            .and_then(|q| q.dequantize(&Device::Cpu))
-            .map_err(|e| Error::tensor(path, "rope_freqs.weight", e))?;
-        let f = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        if f.len() != cfg.head_dim / 2 {
-            return Err(Error::tensor(
-                path,
-                "rope_freqs.weight",
-                format!("{} factors, expected {}", f.len(), cfg.head_dim / 2),
-            ));
-        }
-        cfg.rope_freq_factors = Some(f);
-    }
-    let tokenizer = Tokenizer::from_gguf(&content.metadata, path)?;
-    let template = match content.metadata.get("tokenizer.chat_template") {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let chat = ChatTemplate::detect(template.as_deref(), &tokenizer);
-    let arch = match content.metadata.get("general.architecture") {
-        Some(Value::String(s)) => s.clone(),
-        _ => String::new(),
-    };
-    let mut src = GgufSource::new(path, reader, content, &cfg, &arch);
-    let model = Model::new(&cfg, &mut src, opts.dtype, &opts.device)?;
-    Ok(Llm {
-        model,
-        tokenizer,
-        chat,
-        source: path.to_path_buf(),
-    })
 }

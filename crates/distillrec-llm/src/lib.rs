@@ -15,31 +15,43 @@
 //! - [`lora`] — [`lora::Linear`], a frozen linear layer that can carry an
 //!   adapter (`y = Wx + delta(x)`), the plain LoRA adapter, and the frozen
 //!   matmul whose backward skips the weight gradient.
-//! - [`weights`] / [`gguf`] — loading a Hugging Face directory or a GGUF file.
+//! - [`source`] — [`source::WeightSource`], where tensors come from; the
+//!   on-disk sources are [`weights`] (a Hugging Face directory's safetensors)
+//!   and [`gguf`] (a GGUF file, dequantized at load).
 //! - [`tokenizer`] — `tokenizer.json`, or a tokenizer rebuilt from GGUF metadata.
-//! - [`generate`] — chat template and greedy generation with stop strings.
+//! - [`chat`] — chat templates.
+//! - [`loader`] — [`load`]: model, tokenizer and chat template from a path.
+//! - [`generate`] — greedy generation with stop strings.
+//!
+//! Modules depend one way: `config` ← `tokenizer` ← `source` ← `weights`/`gguf`;
+//! `source` ← `model` ← `loader` (with `chat`) and `model` ← `generate`, `embed`, `bench`.
 //! - [`embed`] — item-title embeddings for a whole catalogue.
 //! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
 
 pub mod bench;
+pub mod chat;
 pub mod config;
 pub mod embed;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod infer;
+pub mod loader;
 pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod parmatmul;
+pub mod source;
 pub mod tokenizer;
 pub mod weights;
 
 #[cfg(test)]
 mod testutil;
 
+pub use chat::ChatTemplate;
 pub use config::{Config, Family};
 pub use error::{Error, Result};
+pub use loader::{load, Llm, LoadOptions};
 pub use model::{KvCache, Model};
+pub use source::{MapSource, WeightSource};
 pub use tokenizer::Tokenizer;
-pub use weights::{load, Llm, LoadOptions};

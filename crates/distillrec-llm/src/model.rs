@@ -20,7 +20,7 @@ use crate::config::{Activation, Config, Family};
 use crate::error::{Error, Result};
 use crate::lora::{matmul_wt, Adapter, AdapterCtx, Fused, Linear, Lora};
 use crate::ops;
-use crate::weights::WeightSource;
+use crate::source::WeightSource;
 
 /// A normalisation layer with its (frozen) parameters.
 #[derive(Clone, Debug)]

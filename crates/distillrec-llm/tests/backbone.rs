@@ -10,13 +10,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use distillrec_llm::bench::{lm_loss, LoraTrainer};
+use distillrec_llm::chat::ChatTemplate;
 use distillrec_llm::embed::{item_table, load_table, save_table, title_embeddings};
-use distillrec_llm::generate::{
-    argmax, generate, next_logits, ChatTemplate, Finish, GenerateOptions,
-};
+use distillrec_llm::generate::{argmax, generate, next_logits, Finish, GenerateOptions};
 use distillrec_llm::lora::{Adapter, AdapterCtx, Lora};
 use distillrec_llm::model::{gather_rows, Target};
-use distillrec_llm::weights::MapSource;
+use distillrec_llm::source::MapSource;
 use distillrec_llm::{load, Config, KvCache, LoadOptions, Model};
 
 fn opts() -> LoadOptions {

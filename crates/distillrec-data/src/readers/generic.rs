@@ -103,7 +103,7 @@ fn normalise(h: &str) -> String {
 
 /// An open delimited file positioned after its header.
 struct Table {
-    rdr: csv::Reader<File>,
+    rdr: csv::Reader<crate::fsutil::LineLimited<File>>,
     delim: u8,
     cols: Vec<String>,
 }
@@ -112,9 +112,12 @@ struct Table {
 fn open_table(path: &Path) -> Result<Table> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut first = Vec::new();
-    let n = BufReader::new(file)
-        .read_until(b'\n', &mut first)
-        .map_err(|e| DataError::io(path, e))?;
+    let n = BufReader::new(crate::fsutil::LineLimited::new(
+        file,
+        crate::fsutil::MAX_LINE_BYTES,
+    ))
+    .read_until(b'\n', &mut first)
+    .map_err(|e| DataError::io(path, e))?;
     if n == 0 {
         return Err(DataError::file(path, "file is empty"));
     }
@@ -124,7 +127,10 @@ fn open_table(path: &Path) -> Result<Table> {
         .delimiter(delim)
         .has_headers(true)
         .trim(csv::Trim::All)
-        .from_reader(file);
+        .from_reader(crate::fsutil::LineLimited::new(
+            file,
+            crate::fsutil::MAX_LINE_BYTES,
+        ));
     let cols = rdr
         .headers()
         .map_err(|e| csv_err(path, delim, e))?

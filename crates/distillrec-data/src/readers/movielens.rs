@@ -1,6 +1,12 @@
 //! MovieLens 100k (`u.data`, `u.item`) and 1M (`ratings.dat`, `movies.dat`).
 //!
-//! Titles are Latin-1. Every rating is an interaction unless
+//! Encoding of the item file: UTF-8 when the whole file is valid UTF-8,
+//! else Latin-1 (the original GroupLens files are Latin-1; re-encoded
+//! copies are UTF-8; a Latin-1 file of real titles is practically never
+//! valid UTF-8). The ratings files are ASCII. An item id listed twice is an
+//! error naming both lines. In ML-1M `movies.dat` the title is everything
+//! between the first and the last `::` (titles may contain `::`; the genres
+//! are the last field). Every rating is an interaction unless
 //! `min_rating` filters it later. A rating of an item that the item file
 //! does not list is an error naming the line, because it means the two files
 //! do not belong together. Tie rule: see [`crate::prepare`] (file order).
@@ -57,16 +63,39 @@ fn fields<'a>(
     Ok(f)
 }
 
+/// Where the title sits in a line of the item file.
+#[derive(Clone, Copy)]
+enum TitleField {
+    /// The second field (ML-100k `u.item`: `id|title|date|...`).
+    Second,
+    /// Everything between the first and the last separator (ML-1M
+    /// `movies.dat`: `id::title::genres`, titles may contain `::`).
+    Middle,
+}
+
 /// Reads the item file: `id<sep>title<sep>...`.
-fn read_items(log: &mut RawLog, path: &Path, sep: &str) -> Result<()> {
-    for_each_line(path, Encoding::Latin1, |line, text| {
+fn read_items(log: &mut RawLog, path: &Path, sep: &str, title: TitleField) -> Result<()> {
+    let encoding = crate::fsutil::detect_encoding(path)?;
+    let mut first_line: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for_each_line(path, encoding, |line, text| {
         if text.trim().is_empty() {
             return Ok(());
         }
         let f = fields(path, line, text, sep, 2)?;
         let id: u64 = int_field(path, line, "movie id", f[0])?;
+        if let Some(first) = first_line.insert(id, line) {
+            return Err(DataError::parse(
+                path,
+                line,
+                format!("movie id {id} is listed twice (first on line {first})"),
+            ));
+        }
+        let t = match title {
+            TitleField::Middle if f.len() > 2 => f[1..f.len() - 1].join(sep),
+            _ => f[1].to_string(),
+        };
         let idx = log.items.intern(&id.to_string());
-        log.titles.insert(idx, f[1].trim().to_string());
+        log.titles.insert(idx, t.trim().to_string());
         Ok(())
     })?;
     if log.items.is_empty() {
@@ -118,7 +147,7 @@ pub fn read_ml_100k(dir: &Path) -> Result<RawLog> {
     let items = require_file(dir, "u.item")?;
     let data = require_file(dir, "u.data")?;
     let mut log = RawLog::default();
-    read_items(&mut log, &items, "|")?;
+    read_items(&mut log, &items, "|", TitleField::Second)?;
     read_ratings(&mut log, &data, "\t")?;
     Ok(log)
 }
@@ -129,7 +158,7 @@ pub fn read_ml_1m(dir: &Path) -> Result<RawLog> {
     let movies = require_file(dir, "movies.dat")?;
     let ratings = require_file(dir, "ratings.dat")?;
     let mut log = RawLog::default();
-    read_items(&mut log, &movies, "::")?;
+    read_items(&mut log, &movies, "::", TitleField::Middle)?;
     read_ratings(&mut log, &ratings, "::")?;
     Ok(log)
 }
@@ -230,6 +259,40 @@ mod tests {
         };
         assert!(
             e.contains("u.data:2: rating 'three' is not a number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn utf8_item_file_is_decoded_as_utf8() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "movies.dat", "1::Café (1999)::Drama\n".as_bytes());
+        write(d.path(), "ratings.dat", b"1::1::5::100\n");
+        let log = read_ml_1m(d.path()).unwrap();
+        assert_eq!(log.titles[&log.items.get("1").unwrap()], "Café (1999)");
+    }
+
+    #[test]
+    fn ml1m_title_with_double_colon_is_kept_whole() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "movies.dat", b"1::Foo:: Bar (1999)::Comedy\n");
+        write(d.path(), "ratings.dat", b"1::1::5::100\n");
+        let log = read_ml_1m(d.path()).unwrap();
+        assert_eq!(log.titles[&log.items.get("1").unwrap()], "Foo:: Bar (1999)");
+    }
+
+    #[test]
+    fn duplicated_item_id_names_both_lines() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "u.item",
+            b"1|A (1995)|x\n2|B (1995)|x\n1|C (1995)|x\n",
+        );
+        write(d.path(), "u.data", b"196\t2\t3\t881250949\n");
+        let e = read_ml_100k(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("u.item:3: movie id 1 is listed twice (first on line 1)"),
             "{e}"
         );
     }

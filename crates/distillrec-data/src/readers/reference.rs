@@ -37,9 +37,20 @@ fn find_ci(dir: &Path, name: &str) -> Result<PathBuf> {
     Err(DataError::file(&dir.join(name), "file not found"))
 }
 
+/// The largest catalogue the reference layouts may declare (`item_num`, ids
+/// in `id2name.txt`): 2^24 items. Checked before anything is sized by it.
+pub const MAX_ITEMS: u64 = 1 << 24;
+
+/// The longest padded sequence (`seq_size` of `data_statis.json`).
+pub const MAX_SEQ_SIZE: u64 = 1 << 16;
+
 /// Reads `id::title` lines; ids must be `0..n` in any order, each once.
+/// The table is sized by the lines present, never by the largest id, and
+/// every id must be below [`MAX_ITEMS`].
 fn read_id2name(path: &Path) -> Result<Vec<String>> {
-    let mut titles: Vec<Option<String>> = Vec::new();
+    // id -> (title, line)
+    let mut seen: std::collections::HashMap<u32, (String, usize)> =
+        std::collections::HashMap::new();
     for_each_line(path, Encoding::Utf8, |line, text| {
         if text.trim().is_empty() {
             return Ok(());
@@ -47,25 +58,44 @@ fn read_id2name(path: &Path) -> Result<Vec<String>> {
         let (id, title) = text
             .split_once("::")
             .ok_or_else(|| DataError::parse(path, line, "expected 'id::title'"))?;
-        let id: usize = id.trim().parse().map_err(|_| {
+        let id: u64 = id.trim().parse().map_err(|_| {
             DataError::parse(
                 path,
                 line,
                 format!("item id '{id}' is not a non-negative integer"),
             )
         })?;
-        if id >= titles.len() {
-            titles.resize(id + 1, None);
-        }
-        if titles[id].replace(title.trim().to_string()).is_some() {
+        if id >= MAX_ITEMS {
             return Err(DataError::parse(
                 path,
                 line,
-                format!("item id {id} appears twice"),
+                format!("item id {id} is not below the limit of {MAX_ITEMS} items"),
             ));
         }
+        if let Some((_, first)) = seen.get(&(id as u32)) {
+            return Err(DataError::parse(
+                path,
+                line,
+                format!("item id {id} appears twice (first on line {first})"),
+            ));
+        }
+        seen.insert(id as u32, (title.trim().to_string(), line));
         Ok(())
     })?;
+    let n = seen.len();
+    let mut titles: Vec<Option<String>> = vec![None; n];
+    for (id, (title, line)) in seen {
+        match titles.get_mut(id as usize) {
+            Some(slot) => *slot = Some(title),
+            None => {
+                return Err(DataError::parse(
+                    path,
+                    line,
+                    format!("item id {id} is not below the number of items {n} (ids must be 0..n)"),
+                ))
+            }
+        }
+    }
     titles
         .into_iter()
         .enumerate()
@@ -175,17 +205,34 @@ fn parse_list(path: &Path, line: usize, s: &str) -> Result<Vec<i64>> {
         .collect()
 }
 
-fn read_dllm2rec_csv(path: &Path, pad: u32) -> Result<Vec<RefRow>> {
+/// A `csv` error as a [`DataError`]: an io error (a line over the limit)
+/// keeps its own message; anything else is a bad record at its line.
+fn csv_error(path: &Path, what: &str, e: csv::Error) -> DataError {
+    let line = e.position().map(|p| p.line() as usize).unwrap_or(1);
+    let msg = format!("{what}: {e}");
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => DataError::io(path, io),
+        _ => DataError::parse(path, line, msg),
+    }
+}
+
+/// Reads a DLLM2Rec CSV; every `seq` list must hold exactly `seq_size`
+/// entries (the reference pads each window to `seq_size`).
+fn read_dllm2rec_csv(path: &Path, pad: u32, seq_size: usize) -> Result<Vec<RefRow>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(DataError::file(path, "file is empty"));
     }
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(file);
+    let mut rdr =
+        csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(crate::fsutil::LineLimited::new(
+                file,
+                crate::fsutil::MAX_LINE_BYTES,
+            ));
     let headers = rdr
         .headers()
-        .map_err(|e| DataError::parse(path, 1, format!("bad header: {e}")))?
+        .map_err(|e| csv_error(path, "bad header", e))?
         .clone();
     let col = |name: &str| {
         headers
@@ -202,13 +249,20 @@ fn read_dllm2rec_csv(path: &Path, pad: u32) -> Result<Vec<RefRow>> {
     let (c_seq, c_len, c_next) = (col("seq")?, col("len_seq")?, col("next")?);
     let mut rows = Vec::new();
     for rec in rdr.records() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
-            DataError::parse(path, line, format!("bad CSV record: {e}"))
-        })?;
+        let rec = rec.map_err(|e| csv_error(path, "bad CSV record", e))?;
         let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
         let get = |c: usize| rec.get(c).unwrap_or("");
         let seq = parse_list(path, line, get(c_seq))?;
+        if seq.len() != seq_size {
+            return Err(DataError::parse(
+                path,
+                line,
+                format!(
+                    "seq holds {} entries but data_statis.json says seq_size = {seq_size} (every window is padded to seq_size)",
+                    seq.len()
+                ),
+            ));
+        }
         let len_seq: i64 = get(c_len).trim().parse().map_err(|_| {
             DataError::parse(
                 path,
@@ -289,6 +343,14 @@ fn build(
             });
         }
     }
+    for (rows, which) in out.iter().zip(["train", "valid", "test"]) {
+        if rows.is_empty() {
+            return Err(DataError::Invalid(format!(
+                "dataset '{name}': the {which} split has no rows with at least min_history = {} items of history",
+                opts.min_history
+            )));
+        }
+    }
     let [train, valid, test] = out;
     let ds = Dataset {
         name: name.to_string(),
@@ -329,29 +391,47 @@ pub fn read_ilora(dir: &Path, opts: &RefOptions) -> Result<Dataset> {
     )
 }
 
-/// `data_statis.json` of the DLLM2Rec layout (converted from its pickle).
+/// `data_statis.json` of the DLLM2Rec layout (converted from its pickle):
+/// `seq_size` is the length every padded `seq` list has, `item_num` the
+/// number of items (ids `0..item_num`, `item_num` itself is the padding).
 #[derive(Deserialize)]
 struct Statis {
-    #[allow(dead_code)]
-    seq_size: Option<u32>,
-    item_num: u32,
+    seq_size: u64,
+    item_num: u64,
 }
 
 /// Reads the DLLM2Rec CSV layout from `dir`.
 pub fn read_dllm2rec(dir: &Path, opts: &RefOptions) -> Result<Dataset> {
     require_dir(dir)?;
     let statis_path = dir.join("data_statis.json");
-    let statis: Statis = match std::fs::read_to_string(&statis_path) {
+    let statis: Statis = match crate::fsutil::read_small_text(&statis_path) {
         Ok(s) => serde_json::from_str(&s)
             .map_err(|e| DataError::file(&statis_path, format!("bad JSON: {e}")))?,
-        Err(_) => {
+        Err(DataError::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
             return Err(DataError::file(
                 &statis_path,
                 "file not found; write {\"seq_size\":10,\"item_num\":N} (the pickled data_statis.df is never loaded)",
             ))
         }
+        Err(e) => return Err(e),
     };
-    let pad = statis.item_num;
+    if statis.item_num == 0 || statis.item_num >= MAX_ITEMS {
+        return Err(DataError::file(
+            &statis_path,
+            format!("item_num {} is not in 1..{MAX_ITEMS}", statis.item_num),
+        ));
+    }
+    if statis.seq_size == 0 || statis.seq_size > MAX_SEQ_SIZE {
+        return Err(DataError::file(
+            &statis_path,
+            format!("seq_size {} is not in 1..={MAX_SEQ_SIZE}", statis.seq_size),
+        ));
+    }
+    let pad = statis.item_num as u32;
+    let seq_size = statis.seq_size as usize;
+    let train = read_dllm2rec_csv(&require_file(dir, "train_data.csv")?, pad, seq_size)?;
+    let valid = read_dllm2rec_csv(&require_file(dir, "val_data.csv")?, pad, seq_size)?;
+    let test = read_dllm2rec_csv(&require_file(dir, "test_data.csv")?, pad, seq_size)?;
     let titles = match find_ci(dir, "id2name.txt") {
         Ok(p) => {
             let t = read_id2name(&p)?;
@@ -363,11 +443,26 @@ pub fn read_dllm2rec(dir: &Path, opts: &RefOptions) -> Result<Dataset> {
             }
             t
         }
-        Err(_) => (0..pad).map(|i| format!("item {i}")).collect(),
+        Err(_) => {
+            // Without a title file the table is sized by the ids the rows
+            // use, never by the declared count alone.
+            let used = [&train, &valid, &test]
+                .iter()
+                .flat_map(|rows| rows.iter())
+                .flat_map(|r| r.history.iter().chain(std::iter::once(&r.next)))
+                .max()
+                .map_or(0, |&m| m as u64 + 1);
+            if used < statis.item_num {
+                return Err(DataError::file(
+                    &statis_path,
+                    format!(
+                        "item_num is {pad} but the rows only use ids below {used}; fix item_num or add id2name.txt listing every item"
+                    ),
+                ));
+            }
+            (0..pad).map(|i| format!("item {i}")).collect()
+        }
     };
-    let train = read_dllm2rec_csv(&require_file(dir, "train_data.csv")?, pad)?;
-    let valid = read_dllm2rec_csv(&require_file(dir, "val_data.csv")?, pad)?;
-    let test = read_dllm2rec_csv(&require_file(dir, "test_data.csv")?, pad)?;
     build(
         "dllm2rec",
         titles,
@@ -480,5 +575,74 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.ends_with("train_data.csv: file not found"), "{e}");
+    }
+
+    #[test]
+    fn id2name_huge_id_is_refused_without_allocating() {
+        let d = ilora_dir(TRAIN);
+        std::fs::write(d.path().join("id2name.txt"), "0::A\n4000000000::Huge\n").unwrap();
+        let e = read_ilora(d.path(), &RefOptions { min_history: 1 })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("id2name.txt:2: item id 4000000000 is not below the limit"),
+            "{e}"
+        );
+        // Below the cap but far beyond the lines present: sized by the lines.
+        std::fs::write(d.path().join("id2name.txt"), "0::A\n16000000::Big\n").unwrap();
+        let e = read_ilora(d.path(), &RefOptions { min_history: 1 })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("id2name.txt:2: item id 16000000 is not below the number of items 2"),
+            "{e}"
+        );
+        std::fs::write(d.path().join("id2name.txt"), "0::A\n1::B\n0::C\n").unwrap();
+        let e = read_ilora(d.path(), &RefOptions { min_history: 1 })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("id2name.txt:3: item id 0 appears twice (first on line 1)"),
+            "{e}"
+        );
+    }
+
+    fn dllm2rec_dir(statis: &str, rows: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("data_statis.json"), statis).unwrap();
+        for f in ["train_data.csv", "val_data.csv", "test_data.csv"] {
+            std::fs::write(d.path().join(f), rows).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn dllm2rec_statis_is_bounded_and_checked_against_rows() {
+        let rows = "seq,len_seq,next\n\"[1, 1, 5]\",2,4.0\n";
+        let opts = RefOptions { min_history: 1 };
+        let d = dllm2rec_dir("{\"seq_size\":3,\"item_num\":4000000000}", rows);
+        let e = read_dllm2rec(d.path(), &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("data_statis.json: item_num 4000000000 is not in 1..16777216"),
+            "{e}"
+        );
+        let unpadded = "seq,len_seq,next\n\"[1, 1, 4]\",3,2.0\n";
+        let d = dllm2rec_dir("{\"seq_size\":3,\"item_num\":9000000}", unpadded);
+        let e = read_dllm2rec(d.path(), &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("item_num is 9000000 but the rows only use ids below 5"),
+            "{e}"
+        );
+        let d = dllm2rec_dir("{\"seq_size\":2,\"item_num\":5}", rows);
+        let e = read_dllm2rec(d.path(), &opts).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "train_data.csv:2: seq holds 3 entries but data_statis.json says seq_size = 2"
+            ),
+            "{e}"
+        );
+        let d = dllm2rec_dir("{\"seq_size\":0,\"item_num\":5}", rows);
+        let e = read_dllm2rec(d.path(), &opts).unwrap_err().to_string();
+        assert!(e.contains("seq_size 0 is not in"), "{e}");
     }
 }
