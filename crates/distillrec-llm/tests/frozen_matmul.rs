@@ -126,8 +126,15 @@ fn linear_layer_gradient_reaches_the_input_through_the_frozen_weight() {
     let layer = Linear::new(w.clone(), None).unwrap();
     let x = Var::from_vec(uniform(b * t * inp, 6), (b, t, inp), &dev).unwrap();
     let probe = Tensor::from_vec(uniform(b * t * out, 7), (b, t, out), &dev).unwrap();
-    let y = layer.forward(x.as_tensor(), &AdapterCtx::default()).unwrap();
-    let grads = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let y = layer
+        .forward(x.as_tensor(), &AdapterCtx::default())
+        .unwrap();
+    let grads = (&y * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let dx = grads.get(x.as_tensor()).expect("gradient for x");
     // d(Σ probe · x Wᵀ)/dx = probe · W, computed here without autograd
     let want = probe
@@ -171,8 +178,17 @@ fn frozen_matmul_input_gradient_matches_finite_differences_in_f64() {
         .unwrap()
         .to_scalar::<f64>()
         .unwrap();
-    assert!((value - loss(&xv)).abs() < 1e-12, "{value} vs {}", loss(&xv));
-    let grads = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(
+        (value - loss(&xv)).abs() < 1e-12,
+        "{value} vs {}",
+        loss(&xv)
+    );
+    let grads = (&y * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let dx = grads
         .get(x.as_tensor())
         .expect("gradient for x")
