@@ -1,9 +1,18 @@
 //! The distillation objective (SPEC 7) plugged into the shared training
-//! loop: `L = L_base + (1/S) Σ_{rows with teacher output}
-//! (α·DRO_row + λ·RD_row)`, where `S` is the number of supervised targets
-//! in the batch, so every row with teacher output adds the same amount
-//! whatever the coverage (partial distillation), and rows without it train
-//! on `L_base` alone.
+//! loop (`t_r` the target, `c_rk` the teacher's candidates, `w_rk` their
+//! weights, `s_neg_r` a sampled negative, `p_i` the propensities):
+//!
+//! ```text
+//! L = L_base + (1/S) · Σ_{r ∈ T} [α·DRO_r(t_r) + λ·(RD_r + α·Σ_k w_rk·DRO_r(c_rk))]
+//!   L_base    mean student loss (CE or BCE) over the S supervised targets of the batch
+//!   T         the supervised positions whose training row has teacher output
+//!   RD_r      Σ_k w_rk·(−log σ(s_c_rk) − log σ(−s_neg_r))
+//!   DRO_r(j)  log Σ_i exp(p_i·(s_i − 1[i = j])² / β)
+//! ```
+//!
+//! Dividing by `S` makes every row with teacher output add the same amount
+//! whatever the coverage (partial distillation); rows without it train on
+//! `L_base` alone.
 //!
 //! With `all_positions`, a position is distilled when the training row
 //! whose target sits there has teacher output, so long histories distil

@@ -334,28 +334,57 @@ pub fn dropout_mask(
 mod tests {
     use super::*;
     use crate::testutil::{assert_matches_composed, uniform};
-    use candle_core::{Device, Var, D};
+    use candle_core::{DType, Device, Var, D};
 
-    /// Composed reference: additive mask, candle softmax, dropout mask, matmuls.
+    /// Which keys each query may see, built from scratch with candle ops
+    /// (not with the kernel's own mask code): causal (`j ≤ i`, a lower
+    /// triangle) and a real key, or the query's own position (the diagonal,
+    /// so padded query rows stay finite). `[B·heads, L, L]` of 0/1.
+    fn allowed_mask(key_valid: &[bool], heads: usize, l: usize, dev: &Device) -> Tensor {
+        let b = key_valid.len() / l;
+        let keys: Vec<f32> = key_valid.iter().map(|&v| f32::from(u8::from(v))).collect();
+        let keys = Tensor::from_vec(keys, (b, 1, 1, l), dev).unwrap();
+        let causal = Tensor::tril2(l, DType::F32, dev).unwrap();
+        let eye = Tensor::eye(l, DType::F32, dev).unwrap();
+        causal
+            .broadcast_mul(&keys)
+            .unwrap()
+            .broadcast_maximum(&eye)
+            .unwrap()
+            .broadcast_as((b, heads, l, l))
+            .unwrap()
+            .reshape((b * heads, l, l))
+            .unwrap()
+    }
+
+    /// Composed reference: additive mask from [`allowed_mask`], candle
+    /// softmax, the dropout mask, matmuls.
     fn composed(q: &Tensor, k: &Tensor, v: &Tensor, op: &CausalAttention) -> Tensor {
         let (bh, l, dh) = q.dims3().unwrap();
-        let mut mask = vec![-1e9f32; bh * l * l];
-        for h in 0..bh {
-            for i in 0..l {
-                for j in 0..=i {
-                    if op.allowed(h / op.heads, l, i, j) {
-                        mask[(h * l + i) * l + j] = 0.0;
-                    }
-                }
-            }
-        }
         let dev = q.device();
-        let mask = Tensor::from_vec(mask, (bh, l, l), dev).unwrap();
+        let allowed = allowed_mask(&op.key_valid, op.heads, l, dev);
+        let mask = ((allowed - 1.0).unwrap() * 1e9).unwrap();
         let s =
             ((q.matmul(&k.t().unwrap()).unwrap() / (dh as f64).sqrt()).unwrap() + mask).unwrap();
         let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
         let p = (p * dropout_mask(op.seed, bh, l, op.dropout, dev).unwrap()).unwrap();
         p.matmul(v).unwrap()
+    }
+
+    #[test]
+    fn reference_mask_is_causal_with_key_padding() {
+        // one row of length 4 whose first key is padding, two heads
+        let m = allowed_mask(&[false, true, true, true], 2, 4, &Device::Cpu);
+        let want = [
+            [1f32, 0., 0., 0.], // a padded query sees only itself
+            [0., 1., 0., 0.],
+            [0., 1., 1., 0.],
+            [0., 1., 1., 1.],
+        ];
+        for h in 0..2 {
+            let got = m.get(h).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(got, want, "head {h}");
+        }
     }
 
     fn check(dropout: f32) {
