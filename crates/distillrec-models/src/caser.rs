@@ -9,7 +9,8 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::fused_linear::fused_linear;
+use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
+use crate::ops::linear;
 use crate::params::{Init, Params};
 
 /// Caser hyper-parameters.
@@ -52,7 +53,7 @@ impl Caser {
                 config.heights
             );
         }
-        let item_emb = params.add("item_emb", init.item_table(config.num_items, d)?)?;
+        let item_emb = params.add(ITEM_TABLE, init.item_table(config.num_items, d)?)?;
         let mut horizontal = Vec::new();
         for &h in &config.heights {
             let fan_in = h * d;
@@ -86,11 +87,6 @@ impl Caser {
         })
     }
 
-    /// The item table `E [N + 1, d]`.
-    pub fn item_table(&self) -> &Tensor {
-        &self.item_emb
-    }
-
     /// Sequence representation `[B, d]`.
     pub fn represent(
         &self,
@@ -117,7 +113,7 @@ impl Caser {
                 .map(|i| x.narrow(1, i, steps))
                 .collect::<Result<_>>()?;
             let win = Tensor::cat(&parts, 2)?;
-            let conv = fused_linear(&win, w, bias)?.relu()?; // [B, steps, filters]
+            let conv = linear(&win, w, bias)?.relu()?; // [B, steps, filters]
             feats.push(conv.max(1)?); // max-pool over time
         }
         // vertical convolution: weighted sum over positions -> [B, d]
@@ -128,6 +124,44 @@ impl Caser {
             .squeeze(2)?;
         feats.push(v.broadcast_add(&self.vertical_bias)?);
         let z = ctx.dropout(&Tensor::cat(&feats, 1)?, self.config.dropout)?;
-        fused_linear(&z, &self.fc_w, &self.fc_b)
+        linear(&z, &self.fc_w, &self.fc_b)
+    }
+}
+
+/// Filters per horizontal height (as in the DLLM2Rec reference).
+const FILTERS: usize = 16;
+
+impl StudentNet for Caser {
+    /// Horizontal heights 2..=4, those that fit in `max_len`.
+    fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Self> {
+        Caser::new(
+            CaserConfig {
+                num_items: spec.num_items,
+                hidden: spec.hidden,
+                filters: FILTERS,
+                heights: (2..=4).filter(|&h| h <= spec.max_len).collect(),
+                dropout: spec.dropout,
+                max_len: spec.max_len,
+            },
+            params,
+            init,
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        "caser"
+    }
+
+    fn item_table(&self) -> &Tensor {
+        &self.item_emb
+    }
+
+    /// Pooled convolutions see the whole window at once: no per-position output.
+    fn per_position(&self) -> bool {
+        false
+    }
+
+    fn represent(&self, batch: &SeqBatch, table: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        Caser::represent(self, batch, table, ctx)
     }
 }

@@ -21,8 +21,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::cpu::f32_slice;
 use crate::fastmath;
-use crate::ops::f32_slice;
 
 /// The attention op and its parameters.
 #[derive(Clone)]

@@ -13,71 +13,13 @@
 //! probability mass. Tested against the composed reference in `ops`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::cpu::{f32_slice, matmul};
 use crate::fastmath;
-use crate::ops::f32_slice;
 
 /// Rows of logits materialised at a time.
 const BLOCK: usize = 512;
-
-pub(crate) fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// `dst[m×n] = (accumulate ? dst : 0) + lhs[m×k] · rhs[k×n]` with explicit
-/// row/column strides (elements).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Bounds: the furthest element each operand is read or written at.
-    assert!((m - 1) * dst_rs + (n - 1) * dst_cs < dst.len());
-    if k > 0 {
-        assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len());
-        assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len());
-    }
-    // SAFETY: the asserts above keep every access inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
-    }
-}
 
 /// Logits of rows `r0..r0+rows` into `buf` (`rows × c`).
 fn block_logits(

@@ -7,8 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::fused_ce::matmul;
-use crate::ops::f32_slice;
+use crate::cpu::{f32_slice, matmul};
 
 /// The fused affine map; inputs `x [rows, in]`, `W [out, in]`, `b [out]`.
 struct FusedLinear;
@@ -148,7 +147,8 @@ impl CustomOp3 for FusedLinearGrad {
     }
 }
 
-/// `x · Wᵀ + b` for `x` of any rank ≥ 2 (fused on CPU, composed elsewhere).
+/// `x · Wᵀ + b` for `x` of any rank ≥ 2 as one CPU op (models call
+/// [`crate::ops::linear`], which picks this kernel on CPU).
 pub fn fused_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inner = *dims.last().expect("rank >= 1");
@@ -156,12 +156,8 @@ pub fn fused_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut out_dims = dims;
     *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
     let x2 = x.reshape((rows, inner))?.contiguous()?;
-    let y = if x.device().is_cpu() {
-        x2.apply_op3(&w.contiguous()?, &b.contiguous()?, FusedLinear)?
-    } else {
-        x2.matmul(&w.t()?)?.broadcast_add(b)?
-    };
-    y.reshape(out_dims)
+    x2.apply_op3(&w.contiguous()?, &b.contiguous()?, FusedLinear)?
+        .reshape(out_dims)
 }
 
 #[cfg(test)]
@@ -180,7 +176,7 @@ mod tests {
         let probe = Tensor::from_vec(uniform(b * l * out, 4, 1.0), (b, l, out), &dev).unwrap();
         let ours = fused_linear(x.as_tensor(), w.as_tensor(), bias.as_tensor()).unwrap();
         let reference =
-            crate::ops::linear(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor())).unwrap();
+            crate::ops::linear_composed(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor())).unwrap();
         assert_matches_composed(
             &ours,
             &reference,

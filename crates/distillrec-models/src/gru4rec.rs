@@ -10,7 +10,8 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::fused_linear::fused_linear;
+use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
+use crate::ops::linear;
 use crate::params::{Init, Params};
 
 /// GRU4Rec hyper-parameters.
@@ -41,7 +42,7 @@ impl Gru4Rec {
     /// Builds the model with parameters registered in `params`.
     pub fn new(config: Gru4RecConfig, params: &mut Params, init: &mut Init) -> Result<Self> {
         let d = config.hidden;
-        let item_emb = params.add("item_emb", init.item_table(config.num_items, d)?)?;
+        let item_emb = params.add(ITEM_TABLE, init.item_table(config.num_items, d)?)?;
         let bound = 1.0 / (d as f64).sqrt();
         // PyTorch layout: gates stacked as [reset, update, new].
         let w_ih = params.add("gru.weight_ih", init.uniform(&[3 * d, d], bound)?)?;
@@ -58,11 +59,6 @@ impl Gru4Rec {
         })
     }
 
-    /// The item table `E [N + 1, d]`.
-    pub fn item_table(&self) -> &Tensor {
-        &self.item_emb
-    }
-
     /// Hidden states `[B, L, d]` after each step.
     pub fn forward(
         &self,
@@ -75,13 +71,13 @@ impl Gru4Rec {
             .index_select(&batch.tensor.flatten_all()?, 0)?
             .reshape((b, l, d))?;
         let x = ctx.dropout(&emb, self.config.dropout)?;
-        let gi = fused_linear(&x, &self.w_ih, &self.b_ih)?; // [B, L, 3d]
+        let gi = linear(&x, &self.w_ih, &self.b_ih)?; // [B, L, 3d]
         let pad = batch.pad_mask()?; // [B, L, 1]
         let mut h = Tensor::zeros((b, d), candle_core::DType::F32, x.device())?;
         let mut outs = Vec::with_capacity(l);
         for t in 0..l {
             let gi_t = gi.narrow(1, t, 1)?.squeeze(1)?;
-            let gh = fused_linear(&h, &self.w_hh, &self.b_hh)?;
+            let gh = linear(&h, &self.w_hh, &self.b_hh)?;
             let r = (gi_t.narrow(1, 0, d)? + gh.narrow(1, 0, d)?)?
                 .apply(&candle_nn::Activation::Sigmoid)?;
             let z = (gi_t.narrow(1, d, d)? + gh.narrow(1, d, d)?)?
@@ -93,5 +89,36 @@ impl Gru4Rec {
             outs.push(h.clone());
         }
         Tensor::stack(&outs, 1)
+    }
+}
+
+impl StudentNet for Gru4Rec {
+    fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Self> {
+        Gru4Rec::new(
+            Gru4RecConfig {
+                num_items: spec.num_items,
+                hidden: spec.hidden,
+                dropout: spec.dropout,
+                max_len: spec.max_len,
+            },
+            params,
+            init,
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        "gru4rec"
+    }
+
+    fn item_table(&self) -> &Tensor {
+        &self.item_emb
+    }
+
+    fn per_position(&self) -> bool {
+        true
+    }
+
+    fn hidden_all(&self, batch: &SeqBatch, table: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.forward(batch, table, ctx)
     }
 }

@@ -7,12 +7,14 @@
 
 pub mod batch;
 pub mod caser;
+mod cpu;
 pub mod fastmath;
 pub mod fused_attention;
 pub mod fused_ce;
 pub mod fused_linear;
 pub mod gru4rec;
 pub mod loss;
+pub mod net;
 pub mod ops;
 pub mod params;
 pub mod sasrec;
@@ -23,4 +25,5 @@ mod testutil;
 
 pub use batch::{ForwardCtx, SeqBatch};
 pub use params::{Init, Params};
-pub use student::{Student, StudentSpec, ITEM_TABLE};
+pub use net::{StudentNet, StudentSpec, ITEM_TABLE};
+pub use student::Student;

@@ -1,5 +1,7 @@
-//! Fused CPU kernels with hand-written backward passes, and composed
-//! differentiable helpers.
+//! One function per op that the students call — [`linear`],
+//! [`layer_norm`], [`attention`] — each picking the fused CPU kernel or,
+//! on other devices, the same computation composed from candle primitives;
+//! the composed references; and the layer-norm kernel.
 //!
 //! candle's own fused `layer_norm`, `softmax_last_dim`, `sdpa` have no
 //! backward (the gradient is silently cut), so training code uses these.
@@ -11,20 +13,16 @@
 //! sum fixed-size chunks in order, so results do not depend on the number
 //! of threads (SPEC 2.6).
 
-use candle_core::backend::BackendStorage;
+use std::cell::OnceCell;
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// The contiguous f32 data of a CPU storage, or an error naming the op.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
+use crate::batch::{ForwardCtx, SeqBatch};
+use crate::cpu::f32_slice;
+use crate::fused_attention::CausalAttention;
+use crate::fused_linear::fused_linear;
 
 /// Rows per rayon task: large enough to amortise scheduling, fixed so that
 /// chunked reductions are reproducible.
@@ -228,9 +226,22 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
 }
 
+// ---------------------------------------------------------------------------
+// Linear
+// ---------------------------------------------------------------------------
+
+/// `x · Wᵀ + b` for `x` of any rank ≥ 2, with `W [out, in]`: the fused
+/// kernel on CPU, composed candle ops elsewhere.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return linear_composed(x, w, Some(b));
+    }
+    fused_linear(x, w, b)
+}
+
 /// `x · Wᵀ + b` for `x` of any rank ≥ 2, with `W [out, in]`, composed from
 /// candle ops (the reference for [`crate::fused_linear::fused_linear`]).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inner = *dims.last().expect("rank >= 1");
     let rows = x.elem_count() / inner;
@@ -242,6 +253,111 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let mut out_dims = dims;
     *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
     y.reshape(out_dims)
+}
+
+// ---------------------------------------------------------------------------
+// Causal self-attention
+// ---------------------------------------------------------------------------
+
+/// Which keys of a batch are real items, for causal self-attention; the
+/// additive mask of the composed path is built once, on first use, and
+/// shared by every layer of one forward pass.
+pub struct AttentionMask {
+    key_valid: Arc<Vec<bool>>,
+    b: usize,
+    l: usize,
+    additive: OnceCell<Tensor>,
+    device: candle_core::Device,
+}
+
+impl AttentionMask {
+    /// The key padding of `batch` (id 0 = padding).
+    pub fn new(batch: &SeqBatch) -> Self {
+        AttentionMask {
+            key_valid: Arc::new(batch.ids.iter().map(|&i| i != 0).collect()),
+            b: batch.b,
+            l: batch.l,
+            additive: OnceCell::new(),
+            device: batch.tensor.device().clone(),
+        }
+    }
+
+    /// Additive mask `[B, 1, L, L]` for the composed path: query `i` sees
+    /// key `j ≤ i` if `j` is a real item; the diagonal is always open so
+    /// that fully padded rows stay finite (their outputs are zeroed by the
+    /// padding mask anyway).
+    fn additive(&self) -> Result<Tensor> {
+        if let Some(m) = self.additive.get() {
+            return Ok(m.clone());
+        }
+        let (b, l) = (self.b, self.l);
+        let mut m = vec![-1e9f32; b * l * l];
+        for r in 0..b {
+            let valid = &self.key_valid[r * l..(r + 1) * l];
+            for i in 0..l {
+                let row = &mut m[(r * l + i) * l..(r * l + i + 1) * l];
+                for j in 0..=i {
+                    if valid[j] || j == i {
+                        row[j] = 0.0;
+                    }
+                }
+            }
+        }
+        let m = Tensor::from_vec(m, (b, 1, l, l), &self.device)?;
+        let _ = self.additive.set(m.clone());
+        Ok(m)
+    }
+}
+
+/// Causal multi-head attention `softmax(Q Kᵀ / √dₕ + mask) V` with
+/// dropout `p` on the weights (training only), for `q`, `k`, `v` of shape
+/// `[B, h, L, dₕ]`: the fused kernel on CPU (scores never become autograd
+/// nodes), composed candle ops elsewhere.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    p: f64,
+    ctx: &mut ForwardCtx,
+) -> Result<Tensor> {
+    if !q.device().is_cpu() {
+        return attention_composed(q, k, v, mask, p, ctx);
+    }
+    let (b, heads, l, dh) = q.dims4()?;
+    let dropout = if ctx.train { p as f32 } else { 0.0 };
+    let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
+    let op = CausalAttention {
+        heads,
+        key_valid: mask.key_valid.clone(),
+        dropout,
+        seed,
+    };
+    let bh = b * heads;
+    let (q, k, v) = (
+        q.reshape((bh, l, dh))?,
+        k.reshape((bh, l, dh))?,
+        v.reshape((bh, l, dh))?,
+    );
+    q.apply_op3(&k, &v, op)?.reshape((b, heads, l, dh))
+}
+
+/// [`attention`] composed from candle primitives with the additive mask
+/// (the path for devices without the fused kernel; its dropout masks are
+/// drawn by [`ForwardCtx::dropout`], not the kernel's hash).
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    p: f64,
+    ctx: &mut ForwardCtx,
+) -> Result<Tensor> {
+    let dh = q.dim(3)?;
+    let scores =
+        (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(&mask.additive()?)?;
+    let att = ctx.dropout(&softmax_last(&scores)?, p)?;
+    att.matmul(v)
 }
 
 #[cfg(test)]
@@ -309,6 +425,37 @@ mod tests {
             &[("x", &x), ("gamma", &g), ("beta", &b)],
             (1e-5, 1e-4),
             "layer norm",
+        );
+    }
+
+    #[test]
+    fn attention_kernel_matches_the_composed_path_with_padding() {
+        // The composed path builds its mask from the batch ids
+        // (`AttentionMask::additive`), independently of the kernel's own.
+        let dev = Device::Cpu;
+        let (b, heads, l, dh) = (3, 2, 6, 4);
+        let ids: Vec<u32> = vec![
+            0, 0, 4, 7, 1, 2, // two leading pads
+            5, 3, 9, 8, 6, 2, // none
+            0, 0, 0, 0, 0, 3, // one item
+        ];
+        let batch = SeqBatch::from_ids(ids, l, &dev).unwrap();
+        let mask = AttentionMask::new(&batch);
+        let n = b * heads * l * dh;
+        let mk = |s| Var::from_vec(uniform(n, s, 1.0), (b, heads, l, dh), &dev).unwrap();
+        let (q, k, v) = (mk(11), mk(12), mk(13));
+        let (q_, k_, v_) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+        let ours = attention(q_, k_, v_, &mask, 0.3, &mut ForwardCtx::eval()).unwrap();
+        let reference =
+            attention_composed(q_, k_, v_, &mask, 0.3, &mut ForwardCtx::eval()).unwrap();
+        let w = Tensor::from_vec(uniform(n, 14, 1.0), (b, heads, l, dh), &dev).unwrap();
+        assert_matches_composed(
+            &ours,
+            &reference,
+            &w,
+            &[("q", &q), ("k", &k), ("v", &v)],
+            (1e-5, 1e-5),
+            "attention at inference",
         );
     }
 

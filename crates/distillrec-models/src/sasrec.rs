@@ -9,13 +9,9 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use std::cell::OnceCell;
-use std::sync::Arc;
-
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::fused_attention::CausalAttention;
-use crate::fused_linear::fused_linear;
-use crate::ops::{layer_norm, softmax_last};
+use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
+use crate::ops::{self, AttentionMask};
 use crate::params::{Init, Params};
 
 /// SASRec hyper-parameters.
@@ -52,7 +48,7 @@ impl LayerNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.gamma, &self.beta, LN_EPS)
+        ops::layer_norm(x, &self.gamma, &self.beta, LN_EPS)
     }
 }
 
@@ -79,7 +75,7 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        fused_linear(x, &self.w, &self.b)
+        ops::linear(x, &self.w, &self.b)
     }
 }
 
@@ -93,12 +89,12 @@ struct Attention {
 }
 
 impl Attention {
+    /// `MHA(query, kv, kv)`: project, split heads, attend, merge, project.
     fn forward(
         &self,
         query: &Tensor,
         kv: &Tensor,
-        batch: &SeqBatch,
-        mask: &OnceCell<Tensor>,
+        mask: &AttentionMask,
         p: f64,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
@@ -112,48 +108,42 @@ impl Attention {
         let q = split(self.q.forward(query)?)?;
         let k = split(self.k.forward(kv)?)?;
         let v = split(self.v.forward(kv)?)?;
-        let out = if query.device().is_cpu() {
-            let bh = b * self.heads;
-            let key_valid = Arc::new(batch.ids.iter().map(|&i| i != 0).collect::<Vec<bool>>());
-            let dropout = if ctx.train { p as f32 } else { 0.0 };
-            let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
-            let op = CausalAttention {
-                heads: self.heads,
-                key_valid,
-                dropout,
-                seed,
-            };
-            let (q, k, v) = (
-                q.reshape((bh, l, dh))?,
-                k.reshape((bh, l, dh))?,
-                v.reshape((bh, l, dh))?,
-            );
-            q.apply_op3(&k, &v, op)?.reshape((b, self.heads, l, dh))?
-        } else {
-            let mask = match mask.get() {
-                Some(m) => m.clone(),
-                None => {
-                    let m = attention_mask(batch)?;
-                    let _ = mask.set(m.clone());
-                    m
-                }
-            };
-            let scores =
-                (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(&mask)?;
-            let att = ctx.dropout(&softmax_last(&scores)?, p)?;
-            att.matmul(&v)?
-        };
-        let out = out.transpose(1, 2)?.reshape((b, l, d))?;
-        self.o.forward(&out)
+        let out = ops::attention(&q, &k, &v, mask, p, ctx)?;
+        self.o.forward(&out.transpose(1, 2)?.reshape((b, l, d))?)
     }
 }
 
+/// One SASRec block: attention and a point-wise feed-forward network.
 struct Block {
     ln_attn: LayerNorm,
     attn: Attention,
     ln_ff: LayerNorm,
     ff1: Linear,
     ff2: Linear,
+}
+
+impl Block {
+    /// `Q = LN(x)`, `x = LN(Q + MHA(Q, x, x))`, `x = (x + FFN(x)) · pad`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &AttentionMask,
+        pad: &Tensor,
+        p: f64,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let q = self.ln_attn.forward(x)?;
+        let a = self.attn.forward(&q, x, mask, p, ctx)?;
+        let x = self.ln_ff.forward(&(q + a)?)?;
+        let f = self.ffn(&x, p, ctx)?;
+        (x + f)?.broadcast_mul(pad)
+    }
+
+    /// `FFN(x) = dropout(W₂ · dropout(ReLU(W₁ x + b₁)) + b₂)`.
+    fn ffn(&self, x: &Tensor, p: f64, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let h = ctx.dropout(&self.ff1.forward(x)?.relu()?, p)?;
+        ctx.dropout(&self.ff2.forward(&h)?, p)
+    }
 }
 
 /// The SASRec model.
@@ -166,31 +156,11 @@ pub struct SasRec {
     ln_final: LayerNorm,
 }
 
-/// Additive attention mask `[B, 1, L, L]` for the composed (non-CPU) path: query `i` sees key `j ≤ i` if `j`
-/// is a real item; the diagonal is always open so that fully padded rows
-/// stay finite (their outputs are zeroed by the padding mask anyway).
-fn attention_mask(batch: &SeqBatch) -> Result<Tensor> {
-    let (b, l) = (batch.b, batch.l);
-    let mut m = vec![-1e9f32; b * l * l];
-    for r in 0..b {
-        let ids = &batch.ids[r * l..(r + 1) * l];
-        for i in 0..l {
-            let row = &mut m[(r * l + i) * l..(r * l + i + 1) * l];
-            for j in 0..=i {
-                if ids[j] != 0 || j == i {
-                    row[j] = 0.0;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, l, l), batch.tensor.device())
-}
-
 impl SasRec {
     /// Builds the model with parameters registered in `params`.
     pub fn new(config: SasRecConfig, params: &mut Params, init: &mut Init) -> Result<Self> {
         let d = config.hidden;
-        let item_emb = params.add("item_emb", init.item_table(config.num_items, d)?)?;
+        let item_emb = params.add(ITEM_TABLE, init.item_table(config.num_items, d)?)?;
         let pos_emb = params.add("pos_emb", init.xavier(config.max_len, d)?)?;
         let mut blocks = Vec::new();
         for i in 0..config.layers {
@@ -219,11 +189,6 @@ impl SasRec {
         })
     }
 
-    /// The item table `E [N + 1, d]` used for input and scoring.
-    pub fn item_table(&self) -> &Tensor {
-        &self.item_emb
-    }
-
     /// Hidden states `[B, L, d]` at every position.
     pub fn forward(
         &self,
@@ -237,7 +202,7 @@ impl SasRec {
         }
         let p = self.config.dropout;
         let pad = batch.pad_mask()?;
-        let mask = OnceCell::new(); // built only on the composed (non-CPU) path
+        let mask = AttentionMask::new(batch);
         let emb = item_table
             .index_select(&batch.tensor.flatten_all()?, 0)?
             .reshape((b, l, d))?;
@@ -245,13 +210,41 @@ impl SasRec {
         let mut x = (emb * (d as f64).sqrt())?.broadcast_add(&pos)?;
         x = ctx.dropout(&x, p)?.broadcast_mul(&pad)?;
         for blk in &self.blocks {
-            let q = blk.ln_attn.forward(&x)?;
-            let a = blk.attn.forward(&q, &x, batch, &mask, p, ctx)?;
-            x = blk.ln_ff.forward(&(q + a)?)?;
-            let h = ctx.dropout(&blk.ff1.forward(&x)?.relu()?, p)?;
-            let f = ctx.dropout(&blk.ff2.forward(&h)?, p)?;
-            x = (x + f)?.broadcast_mul(&pad)?;
+            x = blk.forward(&x, &mask, &pad, p, ctx)?;
         }
         self.ln_final.forward(&x)
+    }
+}
+
+impl StudentNet for SasRec {
+    fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Self> {
+        SasRec::new(
+            SasRecConfig {
+                num_items: spec.num_items,
+                hidden: spec.hidden,
+                layers: spec.layers,
+                heads: spec.heads,
+                dropout: spec.dropout,
+                max_len: spec.max_len,
+            },
+            params,
+            init,
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        "sasrec"
+    }
+
+    fn item_table(&self) -> &Tensor {
+        &self.item_emb
+    }
+
+    fn per_position(&self) -> bool {
+        true
+    }
+
+    fn hidden_all(&self, batch: &SeqBatch, table: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.forward(batch, table, ctx)
     }
 }

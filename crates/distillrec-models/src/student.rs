@@ -1,61 +1,27 @@
-//! One interface over the three students: build from a config, represent a
-//! batch of histories, score the catalogue, and name the model kind so that
-//! checkpoints of another kind are refused.
+//! The student: a registered [`StudentNet`] with its parameters. Build from
+//! a spec, represent a batch of histories, score the catalogue; the spec's
+//! kind lets checkpoints of another kind be refused.
 
 use candle_core::{Device, Result, Tensor};
-use serde::{Deserialize, Serialize};
 
-use distillrec_config::{StudentConfig, StudentKind};
+use distillrec_config::StudentKind;
 use distillrec_data::ItemId;
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::caser::{Caser, CaserConfig};
-use crate::gru4rec::{Gru4Rec, Gru4RecConfig};
+use crate::caser::Caser;
+use crate::gru4rec::Gru4Rec;
+pub use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
 use crate::params::{Init, Params};
-use crate::sasrec::{SasRec, SasRecConfig};
+use crate::sasrec::SasRec;
 
-/// Parameter name of every student's item table.
-pub const ITEM_TABLE: &str = "item_emb";
-
-/// Everything needed to rebuild a student: kind, sizes, catalogue size.
-/// Stored in every checkpoint manifest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StudentSpec {
-    /// Architecture.
-    pub kind: StudentKind,
-    /// Catalogue size `N`.
-    pub num_items: usize,
-    /// Embedding size.
-    pub hidden: usize,
-    /// Blocks (SASRec).
-    pub layers: usize,
-    /// Heads (SASRec).
-    pub heads: usize,
-    /// Dropout.
-    pub dropout: f64,
-    /// Window length.
-    pub max_len: usize,
-}
-
-impl StudentSpec {
-    /// The spec of `config` on a catalogue of `num_items`.
-    pub fn from_config(config: &StudentConfig, num_items: usize) -> Self {
-        StudentSpec {
-            kind: config.model,
-            num_items,
-            hidden: config.hidden,
-            layers: config.layers,
-            heads: config.heads,
-            dropout: config.dropout,
-            max_len: config.max_len,
-        }
-    }
-}
-
-enum Net {
-    SasRec(SasRec),
-    Gru4Rec(Gru4Rec),
-    Caser(Caser),
+/// The model zoo: the one place that maps a config name to its net. A new
+/// student is one file implementing [`StudentNet`] plus one line here.
+fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Box<dyn StudentNet>> {
+    Ok(match spec.kind {
+        StudentKind::Sasrec => Box::new(SasRec::build(spec, params, init)?),
+        StudentKind::Gru4rec => Box::new(Gru4Rec::build(spec, params, init)?),
+        StudentKind::Caser => Box::new(Caser::build(spec, params, init)?),
+    })
 }
 
 /// A student model with its parameters.
@@ -64,7 +30,7 @@ pub struct Student {
     pub spec: StudentSpec,
     /// Its trainable parameters.
     pub params: Params,
-    net: Net,
+    net: Box<dyn StudentNet>,
     device: Device,
 }
 
@@ -73,48 +39,18 @@ impl Student {
     pub fn new(spec: &StudentSpec, seed: u64, device: &Device) -> Result<Self> {
         let mut params = Params::default();
         let mut init = Init::new(seed, device);
-        let net = match spec.kind {
-            StudentKind::Sasrec => Net::SasRec(SasRec::new(
-                SasRecConfig {
-                    num_items: spec.num_items,
-                    hidden: spec.hidden,
-                    layers: spec.layers,
-                    heads: spec.heads,
-                    dropout: spec.dropout,
-                    max_len: spec.max_len,
-                },
-                &mut params,
-                &mut init,
-            )?),
-            StudentKind::Gru4rec => Net::Gru4Rec(Gru4Rec::new(
-                Gru4RecConfig {
-                    num_items: spec.num_items,
-                    hidden: spec.hidden,
-                    dropout: spec.dropout,
-                    max_len: spec.max_len,
-                },
-                &mut params,
-                &mut init,
-            )?),
-            StudentKind::Caser => Net::Caser(Caser::new(
-                CaserConfig {
-                    num_items: spec.num_items,
-                    hidden: spec.hidden,
-                    filters: 16,
-                    heights: (2..=4).filter(|&h| h <= spec.max_len).collect(),
-                    dropout: spec.dropout,
-                    max_len: spec.max_len,
-                },
-                &mut params,
-                &mut init,
-            )?),
-        };
+        let net = build(spec, &mut params, &mut init)?;
         Ok(Student {
             spec: spec.clone(),
             params,
             net,
             device: device.clone(),
         })
+    }
+
+    /// The network's name (the config's `student.model`), for messages.
+    pub fn name(&self) -> &'static str {
+        self.net.name()
     }
 
     /// The device the parameters live on.
@@ -124,11 +60,7 @@ impl Student {
 
     /// The model's own item table `E [N + 1, d]` (inputs and scoring).
     pub fn item_table(&self) -> &Tensor {
-        match &self.net {
-            Net::SasRec(m) => m.item_table(),
-            Net::Gru4Rec(m) => m.item_table(),
-            Net::Caser(m) => m.item_table(),
-        }
+        self.net.item_table()
     }
 
     /// A copy of this student whose item table (inputs and scoring) is
@@ -155,23 +87,18 @@ impl Student {
     /// Whether the model produces an output at every position
     /// (needed by the `all_positions` objective).
     pub fn has_all_positions(&self) -> bool {
-        !matches!(self.net, Net::Caser(_))
+        self.net.per_position()
     }
 
-    /// Hidden states `[B, L, d]` at every position (SASRec, GRU4Rec).
+    /// Hidden states `[B, L, d]` at every position (nets with
+    /// [`Student::has_all_positions`]).
     pub fn hidden_all(
         &self,
         batch: &SeqBatch,
         table: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        match &self.net {
-            Net::SasRec(m) => m.forward(batch, table, ctx),
-            Net::Gru4Rec(m) => m.forward(batch, table, ctx),
-            Net::Caser(_) => {
-                candle_core::bail!("caser has no per-position output; use objective = \"last\"")
-            }
-        }
+        self.net.hidden_all(batch, table, ctx)
     }
 
     /// Sequence representation `[B, d]` using `table` as the item table
@@ -182,15 +109,7 @@ impl Student {
         table: &Tensor,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
-        match &self.net {
-            Net::Caser(m) => m.represent(batch, table, ctx),
-            // left padding: the newest item is always at the last position
-            _ => self
-                .hidden_all(batch, table, ctx)?
-                .narrow(1, batch.l - 1, 1)?
-                .squeeze(1)?
-                .contiguous(),
-        }
+        self.net.represent(batch, table, ctx)
     }
 
     /// Sequence representations `[B, d]` and scores `[B, N + 1]` (column 0
@@ -229,6 +148,89 @@ mod tests {
             heads: 2,
             dropout: 0.1,
             max_len,
+        }
+    }
+
+    fn names(kind: StudentKind) -> Vec<String> {
+        let s = Student::new(&spec(kind, 6), 0, &Device::Cpu).unwrap();
+        s.params.vars().map(|(k, _)| k.clone()).collect()
+    }
+
+    #[test]
+    fn parameter_names_are_the_checkpoint_keys_of_every_release() {
+        // Checkpoints store parameters under these names; renaming one
+        // breaks loading every checkpoint written before.
+        let mut sasrec: Vec<String> = ["item_emb", "ln_final.bias", "ln_final.weight", "pos_emb"]
+            .map(String::from)
+            .to_vec();
+        let block = [
+            "attn.k.bias",
+            "attn.k.weight",
+            "attn.o.bias",
+            "attn.o.weight",
+            "attn.q.bias",
+            "attn.q.weight",
+            "attn.v.bias",
+            "attn.v.weight",
+            "ff1.bias",
+            "ff1.weight",
+            "ff2.bias",
+            "ff2.weight",
+            "ln_attn.bias",
+            "ln_attn.weight",
+            "ln_ff.bias",
+            "ln_ff.weight",
+        ];
+        sasrec.extend(block.iter().map(|s| format!("blocks.0.{s}")));
+        sasrec.sort_unstable();
+        let gru4rec = [
+            "gru.bias_hh",
+            "gru.bias_ih",
+            "gru.weight_hh",
+            "gru.weight_ih",
+            "item_emb",
+        ];
+        let caser = [
+            "conv_h2.bias",
+            "conv_h2.weight",
+            "conv_h3.bias",
+            "conv_h3.weight",
+            "conv_h4.bias",
+            "conv_h4.weight",
+            "conv_v.bias",
+            "conv_v.weight",
+            "fc.bias",
+            "fc.weight",
+            "item_emb",
+        ];
+        assert_eq!(names(StudentKind::Sasrec), sasrec);
+        assert_eq!(names(StudentKind::Gru4rec), gru4rec);
+        assert_eq!(names(StudentKind::Caser), caser);
+    }
+
+    #[test]
+    fn per_position_output_is_a_property_of_the_net() {
+        let dev = Device::Cpu;
+        let batch = SeqBatch::from_histories([&[3u32, 4][..]], 6, &dev).unwrap();
+        for (kind, per_position) in [
+            (StudentKind::Sasrec, true),
+            (StudentKind::Gru4rec, true),
+            (StudentKind::Caser, false),
+        ] {
+            let s = Student::new(&spec(kind, 6), 0, &dev).unwrap();
+            assert_eq!(s.has_all_positions(), per_position, "{kind:?}");
+            let all = s.hidden_all(&batch, s.item_table(), &mut ForwardCtx::eval());
+            match all {
+                Ok(h) => assert_eq!(h.dims(), &[1, 6, 8], "{kind:?}"),
+                Err(e) => {
+                    assert!(!per_position, "{kind:?}: {e}");
+                    assert!(e.to_string().contains("caser has no per-position output"));
+                }
+            }
+            let rep = s
+                .represent_with(&batch, s.item_table(), &mut ForwardCtx::eval())
+                .unwrap();
+            assert_eq!(rep.dims(), &[1, 8], "{kind:?}");
         }
     }
 

@@ -30,7 +30,7 @@ use distillrec_run::History;
 
 use crate::checkpoint::{self, DatasetRef, Expect};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::units::{units, Batcher, HostBatch};
+use crate::units::{units, Batcher, HostBatch, Unit};
 
 /// Everything the loop needs besides the data.
 pub struct TrainOptions<'a> {
@@ -270,90 +270,139 @@ pub fn train_with(
     opts: &TrainOptions,
     objective: &dyn StageObjective,
 ) -> Result<TrainOutcome> {
-    let stage_name = objective.stage_name().to_string();
-    let fingerprint = data.fingerprint.as_str();
-    let device = Device::Cpu;
-    let cfg = opts.student;
-    let stage = opts.stage;
-    if cfg.objective == Objective::AllPositions
-        && cfg.model == distillrec_config::StudentKind::Caser
-    {
-        bail!("student.objective = \"all_positions\" needs a per-position model; caser supports only \"last\"");
-    }
-    if stage.grad_accum != 1 || stage.warmup_steps != 0 {
-        bail!(
-            "{stage_name}.grad_accum = {} and warmup_steps = {}: the student loop supports neither (use a larger batch_size); set them to 1 and 0",
-            stage.grad_accum,
-            stage.warmup_steps
-        );
-    }
-    let spec = StudentSpec::from_config(cfg, ds.num_items());
-    let ckpt_dir = opts.out_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("{}", ckpt_dir.display()))?;
-    let best_path = ckpt_dir.join("best.safetensors");
-    let last_path = ckpt_dir.join("last.safetensors");
-    let state_path = ckpt_dir.join("state.json");
-    let key = run_key(opts, &spec, fingerprint, objective.key());
-    let negatives = if cfg.loss == LossKind::Bce {
-        cfg.negatives.max(1)
-    } else {
-        0
-    };
+    let mut run = TrainRun::start(ds, data, opts, objective)?;
+    let resumed_after = run.resume()?;
+    run.train_epochs()?;
+    run.final_evaluation(resumed_after)
+}
 
-    let mut student = Student::new(&spec, opts.seed, &device)?;
-    let extra = objective.extra_params().cloned().unwrap_or_default();
-    let trainable = |s: &Student| -> Params {
-        let mut all = s.params.clone();
-        all.extend_prefixed(EXTRA_PREFIX, &extra);
-        all
-    };
-    let mut opt = AdamW::new(
-        AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
-        &trainable(&student),
-    );
-    let metric_cols: Vec<String> = {
-        let mut v = Vec::new();
-        for k in &opts.eval.ks {
-            v.push(format!("hr@{k}"));
-            v.push(format!("ndcg@{k}"));
-        }
-        v
-    };
-    let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
-    columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
-    columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
-    let mut state = LoopState {
-        run_key: key.clone(),
-        epoch: 0,
-        step: 0,
-        best_metric: f64::NEG_INFINITY,
-        best_epoch: 0,
-        bad_epochs: 0,
-        finished: false,
-        history_columns: columns.clone(),
-        history: Vec::new(),
-        epoch_secs: Vec::new(),
-    };
-    let mut resumed_after = None;
-    if state_path.exists() {
-        let saved: LoopState = serde_json::from_str(&std::fs::read_to_string(&state_path)?)
-            .with_context(|| format!("{}: unreadable training state", state_path.display()))?;
-        if saved.run_key != key {
+/// Where a run keeps its checkpoints and loop state.
+struct CheckpointPaths {
+    best: PathBuf,
+    last: PathBuf,
+    state: PathBuf,
+}
+
+/// One training run in progress: what it trains, where it writes, and
+/// where the loop stands.
+struct TrainRun<'a> {
+    ds: &'a Dataset,
+    data: &'a DatasetRef,
+    opts: &'a TrainOptions<'a>,
+    objective: &'a dyn StageObjective,
+    device: Device,
+    paths: CheckpointPaths,
+    student: Student,
+    /// The objective's trainable tensors besides the student's.
+    extra: Params,
+    opt: AdamW,
+    state: LoopState,
+    /// Validation metrics written to `history.csv`.
+    metric_cols: Vec<String>,
+}
+
+impl<'a> TrainRun<'a> {
+    /// Checks the stage settings against the student, builds the student
+    /// from the seed and a fresh loop state, creates `checkpoints/`.
+    fn start(
+        ds: &'a Dataset,
+        data: &'a DatasetRef,
+        opts: &'a TrainOptions<'a>,
+        objective: &'a dyn StageObjective,
+    ) -> Result<Self> {
+        let stage_name = objective.stage_name();
+        let (cfg, stage) = (opts.student, opts.stage);
+        let device = Device::Cpu;
+        let spec = StudentSpec::from_config(cfg, ds.num_items());
+        let student = Student::new(&spec, opts.seed, &device)?;
+        if cfg.objective == Objective::AllPositions && !student.has_all_positions() {
             bail!(
-                "{}: this run directory holds training state for a different config, dataset, seed or teacher; use another --out",
-                state_path.display()
+                "student.objective = \"all_positions\" needs a per-position model; {} supports only \"last\"",
+                student.name()
             );
         }
+        if stage.grad_accum != 1 || stage.warmup_steps != 0 {
+            bail!(
+                "{stage_name}.grad_accum = {} and warmup_steps = {}: the student loop supports neither (use a larger batch_size); set them to 1 and 0",
+                stage.grad_accum,
+                stage.warmup_steps
+            );
+        }
+        let ckpt_dir = opts.out_dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("{}", ckpt_dir.display()))?;
+        let paths = CheckpointPaths {
+            best: ckpt_dir.join("best.safetensors"),
+            last: ckpt_dir.join("last.safetensors"),
+            state: ckpt_dir.join("state.json"),
+        };
+        let metric_cols: Vec<String> = opts
+            .eval
+            .ks
+            .iter()
+            .flat_map(|k| [format!("hr@{k}"), format!("ndcg@{k}")])
+            .collect();
+        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
+        columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
+        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
+        let state = LoopState {
+            run_key: run_key(opts, &spec, &data.fingerprint, objective.key()),
+            epoch: 0,
+            step: 0,
+            best_metric: f64::NEG_INFINITY,
+            best_epoch: 0,
+            bad_epochs: 0,
+            finished: false,
+            history_columns: columns,
+            history: Vec::new(),
+            epoch_secs: Vec::new(),
+        };
+        let extra = objective.extra_params().cloned().unwrap_or_default();
+        let opt = optimizer(stage, &trainable(&student, &extra));
+        Ok(TrainRun {
+            ds,
+            data,
+            opts,
+            objective,
+            device,
+            paths,
+            student,
+            extra,
+            opt,
+            state,
+            metric_cols,
+        })
+    }
+
+    /// What a checkpoint of this run must match.
+    fn expect(&self) -> Expect<'_> {
+        Expect {
+            fingerprint: Some(self.data.fingerprint.as_str()),
+            kind: Some(self.opts.student.model),
+        }
+    }
+
+    /// Continues from `state.json` if there is one: refuses another run's
+    /// state, and after a finished epoch restores the weights, the extra
+    /// tensors and the optimizer moments from `last`. Returns the epoch it
+    /// resumed after.
+    fn resume(&mut self) -> Result<Option<usize>> {
+        let path = &self.paths.state;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let saved: LoopState = serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("{}: unreadable training state", path.display()))?;
+        if saved.run_key != self.state.run_key {
+            bail!(
+                "{}: this run directory holds training state for a different config, dataset, seed or teacher; use another --out",
+                path.display()
+            );
+        }
+        let mut resumed_after = None;
         if saved.epoch > 0 {
-            let loaded = checkpoint::load(
-                &last_path,
-                &Expect {
-                    fingerprint: Some(fingerprint),
-                    kind: Some(cfg.model),
-                },
-                &device,
-            )?;
-            student = loaded.student;
+            let last = &self.paths.last;
+            let loaded = checkpoint::load(last, &self.expect(), &self.device)?;
+            self.student = loaded.student;
             let saved_extra: BTreeMap<String, Tensor> = loaded
                 .extra
                 .iter()
@@ -362,82 +411,125 @@ pub fn train_with(
                         .map(|name| (name.to_string(), t.clone()))
                 })
                 .collect();
-            extra.load_from(&saved_extra, &last_path)?;
-            opt = AdamW::new(
-                AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
-                &trainable(&student),
-            );
-            opt.load_state(&loaded.extra, saved.step)?;
+            self.extra.load_from(&saved_extra, last)?;
+            self.opt = optimizer(self.opts.stage, &trainable(&self.student, &self.extra));
+            self.opt.load_state(&loaded.extra, saved.step)?;
             resumed_after = Some(saved.epoch);
             tracing::info!(
                 epoch = saved.epoch,
                 "resuming after the last finished epoch"
             );
         }
-        state = saved;
+        self.state = saved;
+        Ok(resumed_after)
     }
 
-    let mut all_units = units(ds, cfg.objective);
-    if all_units.is_empty() {
-        bail!("no training units for objective {:?}", cfg.objective);
-    }
-    let mut batcher = Batcher::new(ds, cfg.objective, cfg.max_len, negatives);
-    let params = trainable(&student);
-    let n_batches = all_units.len().div_ceil(stage.batch_size);
-    while !state.finished && state.epoch < stage.max_epochs {
-        let epoch = state.epoch + 1;
-        let t0 = Instant::now();
-        let mut rng = epoch_rng(opts.seed, epoch);
-        all_units.sort_by_key(|u| u.row);
-        Batcher::shuffle(&mut all_units, &mut rng);
-        let bar = if opts.progress {
-            indicatif::ProgressBar::new(n_batches as u64)
+    /// Runs epochs until early stopping or `max_epochs`; after each one,
+    /// validation, the best checkpoint if it improved, `history.csv`, and
+    /// the `last` checkpoint with `state.json`.
+    fn train_epochs(&mut self) -> Result<()> {
+        let cfg = self.opts.student;
+        let mut all_units = units(self.ds, cfg.objective);
+        if all_units.is_empty() {
+            bail!("no training units for objective {:?}", cfg.objective);
+        }
+        let negatives = if cfg.loss == LossKind::Bce {
+            cfg.negatives.max(1)
         } else {
-            indicatif::ProgressBar::hidden()
+            0
         };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} ({eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(epoch.to_string());
+        let mut batcher = Batcher::new(self.ds, cfg.objective, cfg.max_len, negatives);
+        let params = trainable(&self.student, &self.extra);
+        while !self.state.finished && self.state.epoch < self.opts.stage.max_epochs {
+            let epoch = self.state.epoch + 1;
+            let t0 = Instant::now();
+            let train_loss = self.run_epoch(epoch, &mut all_units, &mut batcher, &params)?;
+            let epoch_secs = t0.elapsed().as_secs_f64();
+            let valid = self.validate(epoch, train_loss, epoch_secs)?;
+            self.save_last(epoch, &valid)?;
+            if self.opts.halt_after_epoch == Some(epoch) && !self.state.finished {
+                bail!("halted after epoch {epoch} (halt_after_epoch); re-run to resume");
+            }
+        }
+        if self.state.best_epoch == 0 {
+            bail!(
+                "no epoch was trained ({}.max_epochs = {})",
+                self.objective.stage_name(),
+                self.opts.stage.max_epochs
+            );
+        }
+        Ok(())
+    }
+
+    /// One pass over the units in this epoch's shuffled order, one AdamW
+    /// step per batch; returns the mean batch loss.
+    fn run_epoch(
+        &mut self,
+        epoch: usize,
+        all_units: &mut [Unit],
+        batcher: &mut Batcher,
+        params: &Params,
+    ) -> Result<f64> {
+        let batch_size = self.opts.stage.batch_size;
+        let n_batches = all_units.len().div_ceil(batch_size);
+        let mut rng = epoch_rng(self.opts.seed, epoch);
+        all_units.sort_by_key(|u| u.row);
+        Batcher::shuffle(all_units, &mut rng);
+        let bar = progress_bar(self.opts.progress, n_batches, epoch);
         let mut loss_sum = 0f64;
-        for chunk in all_units.chunks(stage.batch_size) {
+        for chunk in all_units.chunks(batch_size) {
             let hb = batcher.batch(chunk, &mut rng);
-            let loss = objective.batch_loss(&student, &hb, &mut rng)?;
+            let loss = self.objective.batch_loss(&self.student, &hb, &mut rng)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                bail!("epoch {epoch}: training loss is {lv}; lower {stage_name}.lr");
+                bail!(
+                    "epoch {epoch}: training loss is {lv}; lower {}.lr",
+                    self.objective.stage_name()
+                );
             }
             loss_sum += lv;
             let grads = loss.backward()?;
-            opt.step(&params, &grads)?;
+            self.opt.step(params, &grads)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let epoch_secs = t0.elapsed().as_secs_f64();
+        Ok(loss_sum / n_batches as f64)
+    }
+
+    /// Evaluates the exported student on validation, updates the best
+    /// epoch and the patience count (saving `best` on improvement),
+    /// appends the epoch to `history.csv` and decides whether to stop.
+    /// Returns the validation metrics.
+    fn validate(
+        &mut self,
+        epoch: usize,
+        train_loss: f64,
+        epoch_secs: f64,
+    ) -> Result<BTreeMap<String, f64>> {
+        let stage = self.opts.stage;
         let t1 = Instant::now();
-        let exported = objective.export(&student)?;
-        let plain = exported.as_ref().unwrap_or(&student);
-        let valid = evaluate_student(plain, ds, SplitName::Valid, opts.eval)?;
+        let exported = self.objective.export(&self.student)?;
+        let plain = exported.as_ref().unwrap_or(&self.student);
+        let valid = evaluate_student(plain, self.ds, SplitName::Valid, self.opts.eval)?;
         let eval_secs = t1.elapsed().as_secs_f64();
         let metric = *valid
             .metrics
             .get(&stage.metric)
             .with_context(|| format!("validation metric '{}' was not computed", stage.metric))?;
-        let train_loss = loss_sum / n_batches as f64;
         tracing::info!(epoch, train_loss, metric = %stage.metric, value = metric, epoch_secs, "epoch done");
+        let state = &mut self.state;
         state.epoch = epoch;
-        state.step = opt.step;
+        state.step = self.opt.step;
         state.epoch_secs.push(epoch_secs);
         if metric > state.best_metric {
             state.best_metric = metric;
             state.best_epoch = epoch;
             state.bad_epochs = 0;
             checkpoint::save(
-                &best_path,
+                &self.paths.best,
                 plain,
                 BTreeMap::new(),
-                data,
+                self.data,
                 epoch,
                 &valid.metrics,
             )?;
@@ -446,62 +538,88 @@ pub fn train_with(
         }
         let mut row = vec![epoch as f64, train_loss];
         row.extend(
-            metric_cols
+            self.metric_cols
                 .iter()
                 .map(|c| valid.metrics.get(c).copied().unwrap_or(f64::NAN)),
         );
         row.extend([epoch_secs, eval_secs]);
         state.history.push(row);
-        write_history(opts.out_dir, &state)?;
+        write_history(self.opts.out_dir, state)?;
         if state.bad_epochs >= stage.patience.max(1) || epoch >= stage.max_epochs {
             state.finished = true;
         }
-        let mut saved_state = opt.state_tensors()?;
-        for (name, t) in extra.tensors() {
+        Ok(valid.metrics)
+    }
+
+    /// Writes `last` (weights, optimizer moments, extra tensors) and then
+    /// `state.json`, so that a state file never points past its checkpoint.
+    fn save_last(&self, epoch: usize, valid: &BTreeMap<String, f64>) -> Result<()> {
+        let mut saved_state = self.opt.state_tensors()?;
+        for (name, t) in self.extra.tensors() {
             saved_state.insert(format!("{EXTRA_PREFIX}{name}"), t);
         }
         checkpoint::save(
-            &last_path,
-            &student,
+            &self.paths.last,
+            &self.student,
             saved_state,
-            data,
+            self.data,
             epoch,
-            &valid.metrics,
+            valid,
         )?;
-        atomic_write_json(&state_path, &state)?;
-        if opts.halt_after_epoch == Some(epoch) && !state.finished {
-            bail!("halted after epoch {epoch} (halt_after_epoch); re-run to resume");
-        }
+        atomic_write_json(&self.paths.state, &self.state)?;
+        Ok(())
     }
-    if state.best_epoch == 0 {
-        bail!(
-            "no epoch was trained ({stage_name}.max_epochs = {})",
-            stage.max_epochs
-        );
+
+    /// Model selection is done; the test split is touched once, here, on
+    /// the best checkpoint (validation is re-evaluated on it too).
+    fn final_evaluation(&self, resumed_after: Option<usize>) -> Result<TrainOutcome> {
+        let best = checkpoint::load(&self.paths.best, &self.expect(), &self.device)?;
+        let valid = evaluate_student(&best.student, self.ds, SplitName::Valid, self.opts.eval)?;
+        let test = evaluate_student(&best.student, self.ds, SplitName::Test, self.opts.eval)?;
+        let secs = &self.state.epoch_secs;
+        Ok(TrainOutcome {
+            best_epoch: self.state.best_epoch,
+            epochs: self.state.epoch,
+            resumed_after,
+            valid_cost: EvalCost::from(&valid),
+            test_cost: EvalCost::from(&test),
+            valid: valid.metrics,
+            test: test.metrics,
+            mean_epoch_secs: secs.iter().sum::<f64>() / secs.len().max(1) as f64,
+            best_checkpoint: self.paths.best.clone(),
+        })
     }
-    // Model selection is done; the test split is touched once, here.
-    let best = checkpoint::load(
-        &best_path,
-        &Expect {
-            fingerprint: Some(fingerprint),
-            kind: Some(cfg.model),
-        },
-        &device,
-    )?;
-    let valid = evaluate_student(&best.student, ds, SplitName::Valid, opts.eval)?;
-    let test = evaluate_student(&best.student, ds, SplitName::Test, opts.eval)?;
-    Ok(TrainOutcome {
-        best_epoch: state.best_epoch,
-        epochs: state.epoch,
-        resumed_after,
-        valid_cost: EvalCost::from(&valid),
-        test_cost: EvalCost::from(&test),
-        valid: valid.metrics,
-        test: test.metrics,
-        mean_epoch_secs: state.epoch_secs.iter().sum::<f64>()
-            / state.epoch_secs.len().max(1) as f64,
-        best_checkpoint: best_path,
-    })
+}
+
+/// Every trainable tensor: the student's, then the objective's under
+/// [`EXTRA_PREFIX`] (sharing storage, so updates through either reach both).
+fn trainable(student: &Student, extra: &Params) -> Params {
+    let mut all = student.params.clone();
+    all.extend_prefixed(EXTRA_PREFIX, extra);
+    all
+}
+
+/// A fresh AdamW over `params` with the stage's settings.
+fn optimizer(stage: &TrainStage, params: &Params) -> AdamW {
+    AdamW::new(
+        AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
+        params,
+    )
+}
+
+/// The per-epoch progress bar (hidden unless `show`).
+fn progress_bar(show: bool, n_batches: usize, epoch: usize) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(n_batches as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(epoch.to_string());
+    bar
 }
 
 fn write_history(dir: &Path, state: &LoopState) -> Result<()> {
