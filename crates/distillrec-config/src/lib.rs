@@ -533,13 +533,70 @@ fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError>
     Ok(())
 }
 
+/// The config groups a command reads, as dotted prefixes (`seed`,
+/// `student`, `train.student`, `eval`, ...). A command validates only what it
+/// reads, and a `--set` of a key it does not read earns a warning instead of
+/// being silently ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reads(pub &'static [&'static str]);
+
+impl Reads {
+    /// Every group (the `pipeline`, and tests).
+    pub const ALL: Reads = Reads(&[
+        "seed",
+        "dataset",
+        "student",
+        "teacher",
+        "distill",
+        "selection",
+        "train",
+        "eval",
+    ]);
+
+    /// Whether `key` (dotted) lies in a group read, or is a group that
+    /// holds one (`train` when `train.student` is read).
+    pub fn covers(&self, key: &str) -> bool {
+        self.0.iter().any(|p| {
+            key == *p
+                || key.strip_prefix(p).is_some_and(|r| r.starts_with('.'))
+                || p.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
+        })
+    }
+
+    /// Warnings for the overrides whose key this command does not read.
+    pub fn unread_overrides(&self, overrides: &[String]) -> Vec<String> {
+        overrides
+            .iter()
+            .filter_map(|o| {
+                let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+                (!self.covers(key)).then(|| {
+                    format!(
+                        "--set {o}: this command does not read `{key}`; it reads {}",
+                        self.0.join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 impl Config {
     /// Resolves defaults, then the TOML text `text` (named `source_name` in
-    /// errors), then the overrides.
+    /// errors), then the overrides, and validates every group.
     pub fn from_toml_str(
         text: &str,
         source_name: &str,
         overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        Self::from_toml_str_for(text, source_name, overrides, Reads::ALL)
+    }
+
+    /// [`Config::from_toml_str`] validating only the groups in `reads`.
+    pub fn from_toml_str_for(
+        text: &str,
+        source_name: &str,
+        overrides: &[String],
+        reads: Reads,
     ) -> Result<Self, ConfigError> {
         let user: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: PathBuf::from(source_name),
@@ -564,12 +621,22 @@ impl Config {
                     msg: msg.lines().next().unwrap_or("").trim().to_string(),
                 }
             })?;
-        cfg.check(source_name)?;
+        cfg.check(source_name, reads)?;
         Ok(cfg)
     }
 
     /// Loads a config file (or the defaults when `path` is None) with overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::load_for(path, overrides, Reads::ALL)
+    }
+
+    /// Loads a config for a command that reads `reads`: only those groups
+    /// are validated (use [`Reads::unread_overrides`] to warn about the rest).
+    pub fn load_for(
+        path: Option<&Path>,
+        overrides: &[String],
+        reads: Reads,
+    ) -> Result<Self, ConfigError> {
         match path {
             Some(p) => {
                 use distillrec_data::fsutil::{read_text_limited, LimitedReadError};
@@ -586,9 +653,9 @@ impl Config {
                         ),
                     },
                 })?;
-                Self::from_toml_str(&text, &p.display().to_string(), overrides)
+                Self::from_toml_str_for(&text, &p.display().to_string(), overrides, reads)
             }
-            None => Self::from_toml_str("", "defaults", overrides),
+            None => Self::from_toml_str_for("", "defaults", overrides, reads),
         }
     }
 
@@ -597,8 +664,8 @@ impl Config {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
-    /// Value checks that types alone cannot express.
-    fn check(&self, source_name: &str) -> Result<(), ConfigError> {
+    /// Value checks that types alone cannot express, for the groups read.
+    fn check(&self, source_name: &str, reads: Reads) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: String| {
             Err(ConfigError::Key {
                 source_name: source_name.to_string(),
@@ -606,7 +673,7 @@ impl Config {
                 msg,
             })
         };
-        if self.eval.ks.is_empty() || self.eval.ks.contains(&0) {
+        if reads.covers("eval") && (self.eval.ks.is_empty() || self.eval.ks.contains(&0)) {
             return bad(
                 "eval.ks",
                 "must be a non-empty list of positive cut-offs".into(),
@@ -617,6 +684,9 @@ impl Config {
             ("teacher", &self.train.teacher),
             ("distill", &self.train.distill),
         ] {
+            if !reads.covers(&format!("train.{name}")) {
+                continue;
+            }
             if st.batch_size == 0 {
                 return bad(
                     &format!("train.{name}.batch_size"),
@@ -664,6 +734,34 @@ impl Config {
                 );
             }
         }
+        if reads.covers("student") {
+            self.check_student(source_name)?;
+        }
+        if reads.covers("dataset")
+            && self.dataset.kind != DatasetKind::Synthetic
+            && self.dataset.raw.is_none()
+            && self.dataset.prepared.is_none()
+        {
+            return bad(
+                "dataset.raw",
+                format!(
+                    "dataset.kind = \"{}\" needs dataset.raw or dataset.prepared",
+                    self.dataset.kind.name()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks of the `[student]` group.
+    fn check_student(&self, source_name: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| {
+            Err(ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: key.to_string(),
+                msg,
+            })
+        };
         let s = &self.student;
         if s.hidden == 0 || s.max_len == 0 || s.layers == 0 {
             return bad(
@@ -685,18 +783,6 @@ impl Config {
                 "student.negatives",
                 "must be at least 1 with student.loss = \"bce\" (the loss needs sampled negatives)"
                     .into(),
-            );
-        }
-        if self.dataset.kind != DatasetKind::Synthetic
-            && self.dataset.raw.is_none()
-            && self.dataset.prepared.is_none()
-        {
-            return bad(
-                "dataset.raw",
-                format!(
-                    "dataset.kind = \"{}\" needs dataset.raw or dataset.prepared",
-                    self.dataset.kind.name()
-                ),
             );
         }
         Ok(())
@@ -728,6 +814,38 @@ mod tests {
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::from_toml_str(text, "test.toml", &sets)
+    }
+
+    #[test]
+    fn a_command_validates_only_what_it_reads_and_names_unread_overrides() {
+        const EVAL: Reads = Reads(&["seed", "eval"]);
+        const DISTILL: Reads = Reads(&["seed", "student", "distill", "train.distill", "eval"]);
+        // eval.ks without 10 breaks train.*.metric = ndcg@10, which `eval student` never uses
+        let sets = vec!["eval.ks=[5, 50]".to_string()];
+        let c = Config::from_toml_str_for("", "t.toml", &sets, EVAL).unwrap();
+        assert_eq!(c.eval.ks, vec![5, 50]);
+        let e = Config::from_toml_str_for("", "t.toml", &sets, DISTILL)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.distill.metric"), "{e}");
+        assert!(Config::from_toml_str("", "t.toml", &sets).is_err());
+        // overrides of groups the command does not read are named
+        let sets: Vec<String> = [
+            "train.student.max_epochs=3",
+            "train.distill.max_epochs=2",
+            "seed=1",
+            "train={}",
+        ]
+        .map(String::from)
+        .to_vec();
+        let w = DISTILL.unread_overrides(&sets);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("`train.student.max_epochs`") && w[0].contains("train.distill"),
+            "{w:?}"
+        );
+        assert!(Reads::ALL.unread_overrides(&sets).is_empty());
+        assert!(!DISTILL.covers("student_x") && DISTILL.covers("student.hidden"));
     }
 
     #[test]
