@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod caser;
+pub mod device;
 pub mod fastmath;
 pub mod fused_attention;
 pub mod fused_ce;
