@@ -9,10 +9,14 @@
 //! key (`train.student.max_epoch: unknown field ...`) and the resolved
 //! config written into a run directory is always complete.
 
+mod device;
+mod source;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use device::DeviceSpec;
 pub use distillrec_data::synthetic::SyntheticOptions;
 use distillrec_data::{Dedup, PrepareOptions, SplitKind};
 pub use distillrec_eval::EvalOptions;
@@ -444,6 +448,9 @@ impl Default for TrainConfig {
 pub struct Config {
     /// Run seed; every random choice derives from it (SPEC 2.6).
     pub seed: u64,
+    /// Where models run: `cpu` (default), `cuda` or `cuda:N` (`--device`
+    /// overrides it).
+    pub device: DeviceSpec,
     /// Dataset group.
     pub dataset: DatasetConfig,
     /// Student group.
@@ -464,6 +471,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             seed: 42,
+            device: DeviceSpec::Cpu,
             dataset: DatasetConfig::default(),
             student: StudentConfig::default(),
             teacher: TeacherConfig::default(),

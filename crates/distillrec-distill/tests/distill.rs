@@ -78,6 +78,7 @@ fn opts<'a>(cfg: &'a Config, out: &'a Path, distill: bool) -> TrainOptions<'a> {
         eval: &cfg.eval,
         seed: cfg.seed,
         out_dir: out,
+        device: &candle_core::Device::Cpu,
         progress: false,
         halt_after_epoch: None,
     }

@@ -1,104 +1,15 @@
 //! Full-ranking evaluation over all `N` items (SPEC 5).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use distillrec_data::{Dataset, Row, SplitName};
-use serde::{Deserialize, Serialize};
 
 use crate::error::EvalError;
 use crate::metrics::MetricAccumulator;
-use crate::rank::{row_seed, Ranker, TieBreak};
-
-/// How to evaluate: cut-offs, history masking, tie rule, batch size and seed.
-/// Unknown fields in a config are an error, missing ones take the defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalOptions {
-    /// Metric cut-offs `K` (default `[1, 5, 10, 20]`).
-    pub ks: Vec<usize>,
-    /// Mask every item of the row's whole history (never the target).
-    /// Default on (SPEC 5, MovieLens and raw logs); the DLLM2Rec presets turn
-    /// it off because that layout allows repeats.
-    pub exclude_history: bool,
-    /// Tie rule (default pessimistic).
-    pub ties: TieBreak,
-    /// Rows per call of the scorer (default 256).
-    pub batch_size: usize,
-    /// Seed of every random choice made during evaluation (ties, candidates).
-    pub seed: u64,
-    /// When above 0, [`evaluate_all`] also reports the sampled-candidate
-    /// protocol with this many negatives (19 in iLoRA/LLaRA), under
-    /// `sampled_*` keys.
-    pub sampled_negatives: usize,
-}
-
-impl Default for EvalOptions {
-    fn default() -> Self {
-        Self {
-            ks: vec![1, 5, 10, 20],
-            exclude_history: true,
-            ties: TieBreak::Pessimistic,
-            batch_size: 256,
-            seed: 0,
-            sampled_negatives: 0,
-        }
-    }
-}
-
-impl EvalOptions {
-    /// Refuses options that cannot produce meaningful metrics.
-    pub fn validate(&self) -> Result<(), EvalError> {
-        if self.ks.is_empty() {
-            return Err(EvalError::BadOptions("ks is empty".into()));
-        }
-        if self.ks.contains(&0) {
-            return Err(EvalError::BadOptions("ks contains 0".into()));
-        }
-        if self.batch_size == 0 {
-            return Err(EvalError::BadOptions("batch_size is 0".into()));
-        }
-        Ok(())
-    }
-}
-
-/// The outcome of one evaluation: mean metrics and what it cost.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// Mean metrics keyed `hr@K`, `ndcg@K`, `recall@K`, `mrr@K`
-    /// (`sampled_hr@K`, `sampled_ndcg@K` for the sampled protocol).
-    pub metrics: BTreeMap<String, f64>,
-    /// Rows evaluated.
-    pub rows: usize,
-    /// Wall time including scoring, in seconds.
-    pub wall_secs: f64,
-    /// Rows per second of wall time.
-    pub rows_per_sec: f64,
-}
-
-impl EvalReport {
-    pub(crate) fn new(metrics: BTreeMap<String, f64>, rows: usize, start: Instant) -> Self {
-        let wall_secs = start.elapsed().as_secs_f64();
-        Self {
-            metrics,
-            rows,
-            wall_secs,
-            rows_per_sec: rows as f64 / wall_secs.max(1e-9),
-        }
-    }
-}
-
-/// Rows of a split, refusing an empty one.
-pub(crate) fn split_rows(ds: &Dataset, split: SplitName) -> Result<&[Row], EvalError> {
-    let rows = ds.rows(split);
-    if rows.is_empty() {
-        return Err(EvalError::EmptySplit {
-            dataset: ds.name.clone(),
-            split,
-        });
-    }
-    Ok(rows)
-}
+use crate::options::split_rows;
+pub use crate::options::{EvalOptions, EvalReport};
+use crate::rank::{row_seed, Ranker};
+use crate::sampled::evaluate_sampled;
 
 /// Full-ranking evaluation of `split`. `score` receives up to
 /// `opts.batch_size` rows and returns a row-major `[B x (N + 1)]` score
@@ -183,20 +94,14 @@ where
     let mut report = evaluate(ds, split, opts, &mut score)?;
     if opts.sampled_negatives > 0 {
         let width = ds.num_items() + 1;
-        let sampled = crate::sampled::evaluate_sampled(
-            ds,
-            split,
-            opts,
-            opts.sampled_negatives,
-            |rows, cands| {
-                let full = score(rows)?;
-                Ok(cands
-                    .iter()
-                    .zip(full.chunks_exact(width))
-                    .map(|(c, s)| c.iter().map(|&i| s[i as usize]).collect())
-                    .collect())
-            },
-        )?;
+        let sampled = evaluate_sampled(ds, split, opts, opts.sampled_negatives, |rows, cands| {
+            let full = score(rows)?;
+            Ok(cands
+                .iter()
+                .zip(full.chunks_exact(width))
+                .map(|(c, s)| c.iter().map(|&i| s[i as usize]).collect())
+                .collect())
+        })?;
         report.metrics.extend(sampled.metrics);
         report.wall_secs += sampled.wall_secs;
         report.rows_per_sec = report.rows as f64 / report.wall_secs.max(1e-12);
@@ -207,6 +112,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rank::TieBreak;
     use crate::testutil::tiny;
 
     #[test]
@@ -232,14 +138,13 @@ mod tests {
             ..EvalOptions::default()
         };
         let all = evaluate_all(&ds, SplitName::Test, &opts, by_id).unwrap();
-        let direct =
-            crate::sampled::evaluate_sampled(&ds, SplitName::Test, &opts, 1, |_, cands| {
-                Ok(cands
-                    .iter()
-                    .map(|c| c.iter().map(|&i| i as f32).collect())
-                    .collect())
-            })
-            .unwrap();
+        let direct = evaluate_sampled(&ds, SplitName::Test, &opts, 1, |_, cands| {
+            Ok(cands
+                .iter()
+                .map(|c| c.iter().map(|&i| i as f32).collect())
+                .collect())
+        })
+        .unwrap();
         assert_eq!(all.metrics["sampled_hr@1"], direct.metrics["sampled_hr@1"]);
         assert!(all.metrics.contains_key("hr@1"));
         let plain = evaluate_all(

@@ -26,6 +26,7 @@
 pub mod error;
 pub mod full;
 pub mod metrics;
+pub mod options;
 pub mod popularity;
 pub mod rank;
 pub mod sampled;
@@ -34,8 +35,9 @@ pub mod sampled;
 pub(crate) mod testutil;
 
 pub use error::EvalError;
-pub use full::{evaluate, evaluate_all, EvalOptions, EvalReport};
+pub use full::{evaluate, evaluate_all};
 pub use metrics::MetricAccumulator;
+pub use options::{EvalOptions, EvalReport};
 pub use popularity::{evaluate_popularity, Popularity};
 pub use rank::{rank_of_target, row_seed, Ranker, TieBreak};
 pub use sampled::{evaluate_sampled, sample_candidates};

@@ -5,7 +5,8 @@
 use distillrec_data::{Dataset, Row, SplitName};
 
 use crate::error::EvalError;
-use crate::full::{evaluate_all, EvalOptions, EvalReport};
+use crate::full::evaluate_all;
+use crate::options::{EvalOptions, EvalReport};
 
 /// Non-personalised baseline: one fixed score row shared by every user.
 #[derive(Clone, Debug, PartialEq)]

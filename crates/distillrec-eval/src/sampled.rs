@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{EvalError, UNLOCATED};
-use crate::full::{split_rows, EvalOptions, EvalReport};
 use crate::metrics::MetricAccumulator;
+use crate::options::{split_rows, EvalOptions, EvalReport};
 use crate::rank::{check_target_score, resolve_rank, row_seed};
 
 /// Mixed into `opts.seed` for candidate draws, so candidates and tie

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod caser;
 mod cpu;
+pub mod device;
 pub mod fastmath;
 pub mod fused_attention;
 pub mod fused_ce;

@@ -1,8 +1,11 @@
 //! Reports for distillrec: turns finished runs into tables and plots (SPEC §9, `report`).
 //!
-//! The crate sits at the end of the pipeline and deliberately knows nothing about
-//! run directories or file formats: the caller parses `metrics.json`, `run.json` and
-//! friends into [`RunSummary`] / [`BudgetPoint`] values, and this crate
+//! The crate sits at the end of the pipeline. [`runs`] reads finished run
+//! directories into typed records ([`RunDir`]: `run.json`, `metrics.json`,
+//! `config.toml` through serde), decides what each run is (baseline, teacher,
+//! distilled) from its record, and writes the whole report
+//! ([`write_report`]); the rest of the crate works on plain values
+//! ([`RunSummary`], [`BudgetPoint`]) and
 //!
 //! - aggregates runs over seeds ([`aggregate`] → [`AggregateRow`]: mean and sample
 //!   standard deviation per label),
@@ -27,18 +30,19 @@
 
 mod canvas;
 mod plot;
+pub mod runs;
 mod tables;
 
 use std::collections::BTreeMap;
 
 pub use plot::{plot_budget_curve, plot_metric_bars, PLOT_HEIGHT, PLOT_WIDTH};
+pub use runs::{budget_points, write_report, ReportRequest, RunDir, RunKind, RunSpec};
 pub use tables::{budget_csv, budget_markdown, csv_table, markdown_table};
 
 /// One finished run as the report sees it.
 ///
-/// Built by the caller from a run directory (`metrics.json`, `run.json`, …); the
-/// report only needs these few fields, which keeps it independent of the on-disk
-/// formats.
+/// Built from a run directory by [`RunDir::summary`] (or by hand); the tables and
+/// plots only need these few fields.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunSummary {
     /// Row name in tables and plots; runs with the same label are one model trained
@@ -180,7 +184,7 @@ pub fn aggregate(runs: &[RunSummary], metrics: &[&str]) -> Vec<AggregateRow> {
 
 /// Mean and sample standard deviation of `values`; `None` for an empty slice, no std
 /// for a single value.
-fn mean_std(values: &[f64]) -> Option<(f64, Option<f64>)> {
+pub(crate) fn mean_std(values: &[f64]) -> Option<(f64, Option<f64>)> {
     if values.is_empty() {
         return None;
     }

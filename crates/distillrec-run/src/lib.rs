@@ -31,7 +31,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use distillrec_config::Config;
+use distillrec_config::{Config, DeviceSpec};
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
 use distillrec_data::lock::{DirLock, LOCK_FILE};
 use distillrec_data::DataError;
@@ -85,6 +85,9 @@ pub struct RunRecord {
     pub build: BuildInfo,
     /// Run seed.
     pub seed: u64,
+    /// The device the run's models ran on (absent for runs without a model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
     /// Host name.
     pub host: String,
     /// Operating system and architecture.
@@ -266,6 +269,7 @@ impl Run {
             command: std::env::args().collect(),
             build,
             seed,
+            device: None,
             host: host_name(),
             platform: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
             cpus: std::thread::available_parallelism()
@@ -352,6 +356,12 @@ impl Run {
         self.record.peak_rss_mb = peak_rss_mb();
         self.write_record()?;
         out
+    }
+
+    /// Records the device the run's models run on and rewrites `run.json`.
+    pub fn set_device(&mut self, device: DeviceSpec) -> Result<(), DataError> {
+        self.record.device = Some(device);
+        self.write_record()
     }
 
     /// Records the cost of a measured step under `name` and rewrites `run.json`.

@@ -18,6 +18,7 @@
 //! training row.
 
 pub mod cluster;
+pub mod kl;
 pub mod signals;
 
 use std::str::FromStr;
@@ -27,6 +28,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use kl::candidate_kl;
 pub use signals::{RowSignals, SignalOptions};
 
 /// A selection policy.

@@ -3,6 +3,7 @@
 //! validation metric, checkpoints with manifests, exact resume, and the
 //! final one-time test evaluation of the best checkpoint.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod optim;
 pub mod trainer;
@@ -10,6 +11,6 @@ pub mod units;
 
 pub use checkpoint::DatasetRef;
 pub use trainer::{
-    base_loss, evaluate_student, forward_rep, train_student, train_with, BaseObjective, EvalCost,
-    StageObjective, TrainOptions, TrainOutcome,
+    base_loss, evaluate_student, forward_rep, train_step, train_student, train_with, BaseObjective,
+    EvalCost, StageObjective, StepReport, TrainOptions, TrainOutcome,
 };

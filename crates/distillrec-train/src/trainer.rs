@@ -44,6 +44,8 @@ pub struct TrainOptions<'a> {
     pub seed: u64,
     /// Run directory (checkpoints/ and history.csv go here).
     pub out_dir: &'a Path,
+    /// Device the student trains and evaluates on.
+    pub device: &'a Device,
     /// Show progress bars.
     pub progress: bool,
     /// Stop with an error right after this epoch's checkpoint, exactly where
@@ -252,6 +254,50 @@ pub fn base_loss(
     })
 }
 
+/// What one optimisation step reports: the batch loss and the wall time of
+/// its phases (the benchmark prints them; the loop sums the loss).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepReport {
+    /// The batch loss before the update.
+    pub loss: f64,
+    /// Seconds in the forward pass and loss (up to the loss value on the host).
+    pub forward_secs: f64,
+    /// Seconds in backpropagation.
+    pub backward_secs: f64,
+    /// Seconds in the optimizer update.
+    pub optimizer_secs: f64,
+}
+
+/// One optimisation step, the only one the loop (and `bench student`) runs:
+/// the objective's loss of `hb`, backward, then AdamW on `params`. A
+/// non-finite loss is refused before the weights change.
+pub fn train_step(
+    objective: &dyn StageObjective,
+    student: &Student,
+    params: &Params,
+    opt: &mut AdamW,
+    hb: &HostBatch,
+    rng: &mut ChaCha8Rng,
+) -> Result<StepReport> {
+    let t0 = Instant::now();
+    let loss = objective.batch_loss(student, hb, rng)?;
+    let lv = loss.to_scalar::<f32>()? as f64;
+    if !lv.is_finite() {
+        bail!("training loss is {lv}; lower {}.lr", objective.stage_name());
+    }
+    let t1 = Instant::now();
+    let grads = loss.backward()?;
+    let t2 = Instant::now();
+    opt.step(params, &grads)?;
+    let t3 = Instant::now();
+    Ok(StepReport {
+        loss: lv,
+        forward_secs: (t1 - t0).as_secs_f64(),
+        backward_secs: (t2 - t1).as_secs_f64(),
+        optimizer_secs: (t3 - t2).as_secs_f64(),
+    })
+}
+
 /// Prefix of extra (non-student) trainable tensors in `last` checkpoints.
 const EXTRA_PREFIX: &str = "extra.";
 
@@ -312,7 +358,7 @@ impl<'a> TrainRun<'a> {
     ) -> Result<Self> {
         let stage_name = objective.stage_name();
         let (cfg, stage) = (opts.student, opts.stage);
-        let device = Device::Cpu;
+        let device = opts.device.clone();
         let spec = StudentSpec::from_config(cfg, ds.num_items());
         let student = Student::new(&spec, opts.seed, &device)?;
         if cfg.objective == Objective::AllPositions && !student.has_all_positions() {
@@ -479,17 +525,16 @@ impl<'a> TrainRun<'a> {
         let mut loss_sum = 0f64;
         for chunk in all_units.chunks(batch_size) {
             let hb = batcher.batch(chunk, &mut rng);
-            let loss = self.objective.batch_loss(&self.student, &hb, &mut rng)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
-                bail!(
-                    "epoch {epoch}: training loss is {lv}; lower {}.lr",
-                    self.objective.stage_name()
-                );
-            }
-            loss_sum += lv;
-            let grads = loss.backward()?;
-            self.opt.step(params, &grads)?;
+            let step = train_step(
+                self.objective,
+                &self.student,
+                params,
+                &mut self.opt,
+                &hb,
+                &mut rng,
+            )
+            .with_context(|| format!("epoch {epoch}"))?;
+            loss_sum += step.loss;
             bar.inc(1);
         }
         bar.finish_and_clear();

@@ -58,6 +58,7 @@ fn train(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path) -> TrainOutcome
         eval: &cfg.eval,
         seed: cfg.seed,
         out_dir: out,
+        device: &Device::Cpu,
         progress: false,
         halt_after_epoch: None,
     };
@@ -170,6 +171,7 @@ fn train_until(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path, epochs: u
         eval: &cfg.eval,
         seed: cfg.seed,
         out_dir: out,
+        device: &Device::Cpu,
         progress: false,
         halt_after_epoch: Some(epochs),
     };

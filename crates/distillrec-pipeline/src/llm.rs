@@ -1,0 +1,228 @@
+//! The LLM backbone's jobs: generation, next-token logits, item-title
+//! embeddings of a prepared dataset, and the speed benchmark.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+use distillrec_data::store;
+use distillrec_llm::bench::{bench_ids, prefill, LoraTrainer};
+use distillrec_llm::embed::{item_table, save_table};
+use distillrec_llm::generate::{generate as greedy, next_logits, GenerateOptions, Generation};
+use distillrec_llm::model::Target;
+use distillrec_llm::{load, KvCache, Llm, LoadOptions};
+
+/// Which backbone to load, and where.
+#[derive(Clone, Debug)]
+pub struct Backbone {
+    /// Hugging Face model directory or GGUF file.
+    pub path: PathBuf,
+    /// Keep only the first n decoder layers.
+    pub num_layers: Option<usize>,
+}
+
+impl Backbone {
+    /// Loads the backbone onto `device`.
+    pub fn load(&self, device: &Device) -> Result<Llm> {
+        let opts = LoadOptions {
+            num_layers: self.num_layers,
+            device: device.clone(),
+            ..Default::default()
+        };
+        load(&self.path, &opts).with_context(|| format!("loading {}", self.path.display()))
+    }
+}
+
+/// The token ids of `prompt`, rendered with the chat template first when
+/// `chat` (the template's BOS is not added twice).
+pub fn prompt_ids(llm: &Llm, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    let text = if chat {
+        llm.chat.render(prompt)
+    } else {
+        prompt.to_string()
+    };
+    let add_special = !(chat && llm.chat.includes_bos());
+    let ids = llm.tokenizer.encode(&text, add_special)?;
+    if ids.is_empty() {
+        bail!("the prompt has no tokens");
+    }
+    Ok(ids)
+}
+
+/// A greedy generation and what it cost.
+pub struct Generated {
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// The generation.
+    pub generation: Generation,
+    /// Wall seconds of the generation.
+    pub secs: f64,
+}
+
+/// Greedy generation for `prompt`: with the chat template and its stop
+/// strings unless `raw`, plus the `stop` strings given.
+pub fn generate(
+    backbone: &Backbone,
+    prompt: &str,
+    max_tokens: usize,
+    raw: bool,
+    stop: Vec<String>,
+    device: &Device,
+) -> Result<Generated> {
+    let llm = backbone.load(device)?;
+    let ids = prompt_ids(&llm, prompt, !raw)?;
+    let mut stops = if raw {
+        Vec::new()
+    } else {
+        llm.chat.stop_strings()
+    };
+    stops.extend(stop);
+    let t0 = Instant::now();
+    let generation = greedy(
+        &llm.model,
+        &llm.tokenizer,
+        &ids,
+        &GenerateOptions {
+            max_tokens,
+            stop: stops,
+        },
+    )?;
+    Ok(Generated {
+        prompt_tokens: ids.len(),
+        generation,
+        secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The prompt's token ids and the logits of its last position.
+pub fn logits(
+    backbone: &Backbone,
+    prompt: &str,
+    chat: bool,
+    device: &Device,
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    let llm = backbone.load(device)?;
+    let ids = prompt_ids(&llm, prompt, chat)?;
+    let mut cache = KvCache::new(&llm.model);
+    let logits = next_logits(&llm.model, &ids, &mut cache)?;
+    Ok((ids, logits))
+}
+
+/// What `embed_items` wrote.
+pub struct ItemEmbeddings {
+    /// Items embedded (the table has one more row, the padding row).
+    pub items: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Seconds to load the dataset and the model.
+    pub load_secs: f64,
+    /// Seconds to embed the titles.
+    pub embed_secs: f64,
+    /// Seconds in total, writing the table included.
+    pub total_secs: f64,
+}
+
+/// Embeds every item title of the prepared dataset `data` (last hidden
+/// state of the title's last token, `batch_size` titles per pass) and
+/// writes the table with the dataset's fingerprint to `out`.
+pub fn embed_items(
+    backbone: &Backbone,
+    data: &Path,
+    out: &Path,
+    batch_size: usize,
+    device: &Device,
+) -> Result<ItemEmbeddings> {
+    let t0 = Instant::now();
+    let ds = store::load(data)?;
+    let manifest = store::read_manifest(data)?;
+    let llm = backbone.load(device)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let table = item_table(&llm.model, &llm.tokenizer, &ds, batch_size)?;
+    let embed_secs = t0.elapsed().as_secs_f64() - load_secs;
+    let meta = HashMap::from([
+        ("dataset".to_string(), manifest.name.clone()),
+        (
+            "dataset_fingerprint".to_string(),
+            manifest.fingerprint.clone(),
+        ),
+        ("model".to_string(), backbone.path.display().to_string()),
+        (
+            "num_layers".to_string(),
+            llm.model.config().num_hidden_layers.to_string(),
+        ),
+        (
+            "pooling".to_string(),
+            "last_token_last_hidden_state".to_string(),
+        ),
+    ]);
+    save_table(out, &table, meta)?;
+    let (n, hidden) = table.dims2()?;
+    Ok(ItemEmbeddings {
+        items: n - 1,
+        hidden,
+        load_secs,
+        embed_secs,
+        total_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Median seconds of the LLM benchmark's two measurements.
+pub struct LlmBench {
+    /// One prefill pass over the prompt.
+    pub prefill_secs: f64,
+    /// One LoRA training step on the prompt.
+    pub train_secs: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Prefill and LoRA-step speed on a `tokens`-long prompt: medians over
+/// `repeats` (at most 3 training steps), each after one warm-up.
+pub fn bench(
+    path: &Path,
+    tokens: usize,
+    repeats: usize,
+    lora_rank: usize,
+    device: &Device,
+) -> Result<LlmBench> {
+    if tokens < 2 || repeats == 0 {
+        bail!("--tokens must be at least 2 and --repeats at least 1");
+    }
+    let mut llm = Backbone {
+        path: path.to_path_buf(),
+        num_layers: None,
+    }
+    .load(device)?;
+    let ids = bench_ids(tokens, llm.model.config().vocab_size);
+    prefill(&llm.model, &ids)?; // warm-up
+    let mut prefill_s = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        prefill(&llm.model, &ids)?;
+        prefill_s.push(t.elapsed().as_secs_f64());
+    }
+    let mut trainer = LoraTrainer::new(
+        &mut llm.model,
+        &[Target::Q, Target::V],
+        lora_rank,
+        2.0 * lora_rank as f64,
+        1e-4,
+    )?;
+    trainer.step(&llm.model, &ids)?; // warm-up
+    let mut train_s = Vec::new();
+    for _ in 0..repeats.clamp(1, 3) {
+        let t = Instant::now();
+        trainer.step(&llm.model, &ids)?;
+        train_s.push(t.elapsed().as_secs_f64());
+    }
+    Ok(LlmBench {
+        prefill_secs: median(prefill_s),
+        train_secs: median(train_s),
+    })
+}

@@ -1,0 +1,46 @@
+//! Data preparation and the popularity baseline.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use distillrec_config::Config;
+use distillrec_data::store::{self, Manifest};
+use distillrec_data::{Dataset, SplitName};
+use distillrec_eval::evaluate_popularity;
+use distillrec_run::{BuildInfo, Metrics, Run};
+use distillrec_train::EvalCost;
+
+use crate::runs::with_run;
+
+/// Builds the dataset `cfg.dataset` describes from its raw source and saves
+/// it in the prepared format under `out`.
+pub fn prepare(cfg: &Config, out: &Path) -> Result<(Dataset, Manifest)> {
+    let ds = cfg.build_dataset()?;
+    let manifest = store::save(&ds, out)?;
+    Ok((ds, manifest))
+}
+
+/// Evaluates the popularity baseline on validation and test; records the
+/// cost in `run`.
+pub fn popularity(ds: &Dataset, cfg: &Config, run: &mut Run) -> Result<Metrics> {
+    let valid = evaluate_popularity(ds, SplitName::Valid, &cfg.eval)?;
+    let test = evaluate_popularity(ds, SplitName::Test, &cfg.eval)?;
+    run.record_cost("popularity.valid", EvalCost::from(&valid))?;
+    run.record_cost("popularity.test", EvalCost::from(&test))?;
+    Ok(Metrics {
+        valid: valid.metrics,
+        test: test.metrics,
+    })
+}
+
+/// `eval popularity`: the baseline on the prepared dataset `data`, in the
+/// run directory `out` (`metrics.json`, costs in `run.json`).
+pub fn eval_popularity(cfg: &Config, data: &Path, out: &Path, build: BuildInfo) -> Result<Metrics> {
+    with_run(out, cfg, build, |run| {
+        let ds = run.stage("load", || store::load(data).map_err(anyhow::Error::from))?;
+        let m = popularity(&ds, cfg, run)?;
+        run.write_metrics(&m)?;
+        Ok(m)
+    })
+}

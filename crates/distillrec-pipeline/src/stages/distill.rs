@@ -1,0 +1,135 @@
+//! Distillation (DLLM2Rec, SPEC 7) of a teacher cache into a student.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+
+use distillrec_cache::TeacherCache;
+use distillrec_config::Config;
+use distillrec_distill::{DistillObjective, TeacherRows};
+use distillrec_models::device::spec_of;
+use distillrec_run::{BuildInfo, Metrics};
+use distillrec_train::{train_with, TrainOptions, TrainOutcome};
+
+use crate::prepared::{absolute, run_data};
+use crate::stages::select::selected_rows;
+use crate::runs::{record_training, with_run};
+
+/// What `distill` reads and writes.
+pub struct DistillRequest {
+    /// The teacher cache.
+    pub teacher_cache: PathBuf,
+    /// Distil only the rows of this selection file.
+    pub selection: Option<PathBuf>,
+    /// A prepared dataset (else the config's).
+    pub data: Option<PathBuf>,
+    /// Run directory.
+    pub out: PathBuf,
+}
+
+/// A distilled student.
+pub struct DistillOutcome {
+    /// Validation and test metrics of the exported best checkpoint.
+    pub metrics: Metrics,
+    /// Epochs, costs and the best checkpoint's path.
+    pub outcome: TrainOutcome,
+    /// Training rows that had teacher output.
+    pub teacher_rows: usize,
+}
+
+/// Distils the teacher cache (restricted to the selection, if any) into the
+/// configured student in the run directory `req.out`. Rows without teacher
+/// output train on the student's own loss.
+pub fn distill(
+    cfg: &Config,
+    req: &DistillRequest,
+    build: BuildInfo,
+    device: &Device,
+) -> Result<DistillOutcome> {
+    if !device.is_cpu() {
+        // DistillObjective builds its projection on the CPU.
+        bail!("distill: the distillation objective runs on the CPU only for now; use --device cpu");
+    }
+    let out: &Path = &req.out;
+    with_run(out, cfg, build, |run| {
+        run.set_device(spec_of(device))?;
+        let data = run.stage("data", || run_data(cfg, req.data.as_deref(), out))?;
+        let mut cache = TeacherCache::load(&req.teacher_cache)?;
+        let mut selection_rows = None;
+        if let Some(sel) = &req.selection {
+            let keys: HashSet<String> = selected_rows(&data, Some(sel))?
+                .into_iter()
+                .map(|r| data.ds.train[r].key.clone())
+                .collect();
+            let before = cache.rows();
+            cache = cache.restrict(&keys);
+            selection_rows = Some(keys.len());
+            if cache.rows() == 0 && !keys.is_empty() {
+                bail!(
+                    "none of the {} rows of the selection {} has teacher output in the cache {}: was the cache made for another selection?",
+                    keys.len(),
+                    sel.display(),
+                    req.teacher_cache.display()
+                );
+            }
+            tracing::info!(
+                before,
+                after = cache.rows(),
+                "teacher rows restricted to the selection"
+            );
+            if cache.rows() < keys.len() {
+                tracing::warn!(
+                    missing = keys.len() - cache.rows(),
+                    "selected rows without teacher output in the cache train on the base loss alone"
+                );
+            }
+        }
+        let teacher = TeacherRows::from_cache(&cache, &data.reference.fingerprint, &data.ds)?;
+        let objective =
+            DistillObjective::new(&data.ds, &cfg.student, &cfg.distill, teacher, cfg.seed)?;
+        let terms = objective.terms().clone();
+        run.record_cost(
+            "distill.teacher",
+            serde_json::json!({
+                "cache": absolute(&req.teacher_cache).display().to_string(),
+                "cache_source": cache.manifest.source,
+                "selection": req
+                    .selection
+                    .as_ref()
+                    .map(|p| absolute(p).display().to_string()),
+                "selection_rows": selection_rows,
+                "teacher_rows": terms.teacher_rows,
+                "trained_rows": terms.trained_rows,
+                "train_rows": data.ds.train.len(),
+                "fraction": terms.teacher_rows as f64 / terms.trained_rows.max(1) as f64,
+                "terms": terms,
+            }),
+        )?;
+        let opts = TrainOptions {
+            student: &cfg.student,
+            stage: &cfg.train.distill,
+            eval: &cfg.eval,
+            seed: cfg.seed,
+            out_dir: out,
+            device,
+            progress: true,
+            halt_after_epoch: None,
+        };
+        let outcome = run.stage("train.distill", || {
+            train_with(&data.ds, &data.reference, &opts, &objective)
+        })?;
+        record_training(run, "distill.train", &outcome)?;
+        let metrics = Metrics {
+            valid: outcome.valid.clone(),
+            test: outcome.test.clone(),
+        };
+        run.write_metrics(&metrics)?;
+        Ok(DistillOutcome {
+            metrics,
+            outcome,
+            teacher_rows: terms.teacher_rows,
+        })
+    })
+}

@@ -1,0 +1,17 @@
+//! One function per pipeline stage. Stages that train or evaluate come in
+//! two forms: `*_in` works inside a run directory someone else opened (the
+//! pipeline), the plain form opens its own (a command).
+
+mod data;
+mod distill;
+mod recommend;
+mod select;
+mod student;
+mod teacher;
+
+pub use data::{eval_popularity, popularity, prepare};
+pub use distill::{distill, DistillOutcome, DistillRequest};
+pub use recommend::{recommend, resolve_item, Recommendation};
+pub use select::{select, selected_rows, SelectOutcome, SelectRequest};
+pub use student::{eval_student, train_student, train_student_in, StudentEval, TrainedStudent};
+pub use teacher::{merge_shards, teacher_from_files, teacher_from_student, TeacherFromStudent};

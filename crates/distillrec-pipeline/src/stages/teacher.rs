@@ -1,0 +1,96 @@
+//! Teacher caches: from a student checkpoint, from plain files, merged
+//! shards.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use candle_core::Device;
+
+use distillrec_cache::{from_files, FromFiles, ShardSpec, TeacherCache};
+use distillrec_config::Config;
+use distillrec_distill::teacher::{cache_from_student, FromStudent};
+use distillrec_train::checkpoint::{self, Expect};
+
+use crate::prepared::{absolute, load_prepared};
+use crate::stages::select::selected_rows;
+
+/// Rows per forward pass of the teacher student.
+const BATCH: usize = 256;
+
+/// What `teacher from-student` reads and writes.
+pub struct TeacherFromStudent {
+    /// The teacher: a student checkpoint (weights or manifest).
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (its fingerprint must match the checkpoint's).
+    pub data: PathBuf,
+    /// Output cache directory.
+    pub out: PathBuf,
+    /// Only the training rows of this selection file.
+    pub selection: Option<PathBuf>,
+    /// Only this shard of the (selected) rows.
+    pub shard: Option<ShardSpec>,
+    /// Candidates per row (default: `teacher.top_k`).
+    pub k: Option<usize>,
+}
+
+/// A teacher cache from a student checkpoint (top-K of its scores,
+/// `d = −log p`, its item table, history masked per
+/// `teacher.mask_history`), saved under `req.out`.
+pub fn teacher_from_student(
+    cfg: &Config,
+    req: &TeacherFromStudent,
+    device: &Device,
+) -> Result<TeacherCache> {
+    let data = load_prepared(&req.data)?;
+    let loaded = checkpoint::load(
+        &req.checkpoint,
+        &Expect {
+            fingerprint: Some(&data.reference.fingerprint),
+            kind: None,
+        },
+        device,
+    )?;
+    let mut rows = selected_rows(&data, req.selection.as_deref())?;
+    if let Some(sh) = &req.shard {
+        rows = rows[sh.range(rows.len())].to_vec();
+    }
+    let opts = FromStudent {
+        k: req.k.unwrap_or(cfg.teacher.top_k),
+        mask_history: cfg.teacher.mask_history,
+        batch_size: BATCH,
+        source: format!("student:{}", absolute(&req.checkpoint).display()),
+        progress: true,
+    };
+    let mut cache = cache_from_student(
+        &loaded.student,
+        &data.ds,
+        &data.reference.fingerprint,
+        &rows,
+        &opts,
+    )?;
+    cache.manifest.shard = req.shard;
+    cache.save(&req.out)?;
+    Ok(cache)
+}
+
+/// A teacher cache from plain files (`spec`) for the prepared dataset
+/// `data`, saved under `out`.
+pub fn teacher_from_files(data: &Path, spec: &FromFiles, out: &Path) -> Result<TeacherCache> {
+    let data = load_prepared(data)?;
+    let cache = from_files(spec, &data.reference.fingerprint, &data.ds)?;
+    cache.save(out)?;
+    Ok(cache)
+}
+
+/// Joins cache shards by row key (rows in the training order of `data`),
+/// saved under `out`.
+pub fn merge_shards(data: &Path, shards: &[PathBuf], out: &Path) -> Result<TeacherCache> {
+    let data = load_prepared(data)?;
+    let shards = shards
+        .iter()
+        .map(|p| TeacherCache::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = TeacherCache::merge(shards, &data.reference.fingerprint, &data.ds)?;
+    merged.save(out)?;
+    Ok(merged)
+}

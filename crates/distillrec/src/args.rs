@@ -1,0 +1,561 @@
+//! Every command-line argument of `distillrec`, in one place. Every option
+//! has help text (`--help`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use distillrec_cache::ShardSpec;
+use distillrec_config::DeviceSpec;
+use distillrec_report::RunSpec;
+
+/// Distil LLM-based sequential recommenders into small, fast conventional ones.
+#[derive(Parser, Debug)]
+#[command(name = "distillrec", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands, in pipeline order.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Prepare datasets and inspect them.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Train models.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Evaluate models and baselines.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Teacher caches: from a student checkpoint, from plain files, merge shards.
+    #[command(subcommand)]
+    Teacher(TeacherCommand),
+    /// Choose the training rows that get teacher supervision (selection policies).
+    Select(SelectArgs),
+    /// Distil a teacher cache into a student (DLLM2Rec: ranking, embedding, DRO).
+    Distill(DistillArgs),
+    /// Aggregate finished runs into tables (CSV, Markdown) and plots (models, budget curve).
+    Report(ReportArgs),
+    /// Print a trained student's top items for a history.
+    Recommend(RecommendArgs),
+    /// Run every available stage from one config (the main job).
+    Pipeline(PipelineArgs),
+    /// LLM backbone: generation and item-title embeddings.
+    #[command(subcommand)]
+    Llm(LlmCommand),
+    /// Speed and memory benchmarks against the PyTorch references.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// One SASRec training step, comparable with ../shared/bench/torch_sasrec_step.py.
+    Student(BenchStudentArgs),
+    /// LLM prefill tokens/s and one LoRA training step's tokens/s.
+    Llm(BenchLlmArgs),
+}
+
+/// Configuration file and overrides, shared by commands that take a config.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// TOML config file (see configs/); defaults are used for missing keys.
+    #[arg(long, value_name = "TOML")]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set train.student.max_epochs=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The device option of every command that runs a model.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
+    /// Device the model runs on: cpu or cuda[:N] (CUDA needs a build with `--features cuda`). Default: the config's `device`, else cpu.
+    #[arg(long, value_name = "cpu|cuda[:N]")]
+    pub device: Option<DeviceSpec>,
+}
+
+/// `data` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Read a raw dataset, filter and split it, and save it in the prepared format.
+    Prepare(Box<PrepareArgs>),
+    /// Print users, items, interactions, density, length distribution and split sizes.
+    Stats(StatsArgs),
+}
+
+/// Arguments of `data prepare`.
+#[derive(Args, Debug)]
+pub struct PrepareArgs {
+    /// Source layout: synthetic, ml-100k, ml-1m, amazon, csv, dllm2rec or ilora.
+    #[arg(long, value_name = "NAME")]
+    pub dataset: String,
+    /// Directory with the raw files (not needed for synthetic).
+    #[arg(long, value_name = "DIR")]
+    pub raw: Option<PathBuf>,
+    /// Output directory for the prepared dataset.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Split strategy: leave_one_out, temporal or by_user (raw-log layouts).
+    #[arg(long, value_name = "SPLIT")]
+    pub split: Option<String>,
+    /// Keep only interactions rated at least this (default: every rating counts).
+    #[arg(long, value_name = "R")]
+    pub min_rating: Option<f32>,
+    /// k-core filter on users and items (0: off).
+    #[arg(long, value_name = "K")]
+    pub k_core: Option<usize>,
+    /// Drop users with fewer interactions than this (default 3).
+    #[arg(long, value_name = "N")]
+    pub min_seq_len: Option<usize>,
+    /// Drop rows with a shorter history (default 1; 3 for ilora as in its loaders).
+    #[arg(long, value_name = "N")]
+    pub min_history: Option<usize>,
+    /// Consecutive repeats: keep or drop_consecutive.
+    #[arg(long, value_name = "MODE")]
+    pub dedup: Option<String>,
+    /// Seed for the split and the synthetic generator.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Config file and overrides for the `[dataset]` group.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `data stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// A prepared dataset directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `train` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Train a student (SASRec, GRU4Rec, Caser); re-running the same command resumes.
+    Student(TrainStudentArgs),
+}
+
+/// Arguments of `train student`.
+#[derive(Args, Debug)]
+pub struct TrainStudentArgs {
+    /// A prepared dataset directory (overrides dataset.prepared / dataset.raw of the config).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Run directory (config.toml, run.json, metrics.json, history.csv, checkpoints/, run.log).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `eval` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Evaluate the most-popular-items baseline (popularity from training rows only).
+    Popularity(PopularityArgs),
+    /// Evaluate a student checkpoint on validation and test.
+    Student(EvalStudentArgs),
+}
+
+/// Arguments of `eval student`.
+#[derive(Args, Debug)]
+pub struct EvalStudentArgs {
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset the checkpoint was trained on (fingerprints must match).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Optional run directory for metrics.json and run.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides for the `[eval]` group.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `recommend`.
+#[derive(Args, Debug)]
+pub struct RecommendArgs {
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (default: the one recorded when the checkpoint was trained).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// History, oldest first: raw item ids or titles separated by `,` (or by `|` when titles contain commas).
+    #[arg(long, value_name = "ITEMS")]
+    pub history: String,
+    /// How many items to print.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Also recommend items already in the history.
+    #[arg(long)]
+    pub include_history: bool,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Arguments of `eval popularity`.
+#[derive(Args, Debug)]
+pub struct PopularityArgs {
+    /// A prepared dataset directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Run directory to write (config.toml, run.json, metrics.json, run.log).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Config file and overrides for the `[eval]` group.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `pipeline`.
+#[derive(Args, Debug)]
+pub struct PipelineArgs {
+    /// Run directory; each stage writes a subdirectory and `report.md` sums up.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `teacher` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TeacherCommand {
+    /// Build a teacher cache from a trained student checkpoint (top-K of its scores, d = −log p, its item table).
+    FromStudent(FromStudentArgs),
+    /// Build a teacher cache from plain files (top-K ids and distances as CSV/TXT/NPY, item embeddings as NPY or safetensors).
+    FromFiles(FromFilesArgs),
+    /// Join cache shards (written with --shard i/n) into one cache, by row key.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `teacher from-student`.
+#[derive(Args, Debug)]
+pub struct FromStudentArgs {
+    /// The teacher: a student checkpoint (`.safetensors` or its `.json` manifest).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (its fingerprint must match the checkpoint's).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Output cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Only these training rows (a selection file from `distillrec select`).
+    #[arg(long, value_name = "FILE")]
+    pub selection: Option<PathBuf>,
+    /// Write only shard i of n (0-based), e.g. `--shard 0/4`; join with `teacher merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<ShardSpec>,
+    /// Candidates per row (default: teacher.top_k of the config).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides (`teacher.top_k`, `teacher.mask_history`).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `teacher from-files`.
+#[derive(Args, Debug)]
+pub struct FromFilesArgs {
+    /// The prepared dataset the rows belong to.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Top-K item ids: CSV (`key,c1..cK`, or `c1..cK` with --keys/--train-order), whitespace TXT, or NPY `[rows, K]`.
+    #[arg(long, value_name = "FILE")]
+    pub topk: PathBuf,
+    /// Confidence distances in the same layout (smaller = more confident); without them every candidate is equally confident.
+    #[arg(long, value_name = "FILE")]
+    pub distances: Option<PathBuf>,
+    /// LLM item embeddings: NPY or safetensors, `[N + 1, D]` / `[N, D]` (internal ids) or one row per raw id.
+    #[arg(long, value_name = "FILE")]
+    pub embeddings: Option<PathBuf>,
+    /// A file with one row key per line, naming the rows of the arrays.
+    #[arg(long, value_name = "FILE", conflicts_with = "train_order")]
+    pub keys: Option<PathBuf>,
+    /// Row i of the arrays is the dataset's i-th training row (as DLLM2Rec's files are).
+    #[arg(long)]
+    pub train_order: bool,
+    /// Id space of the files: `internal` (1..=N) or `raw` (the dataset's raw item ids).
+    #[arg(long, default_value = "internal")]
+    pub ids: String,
+    /// Keep only the first K candidates.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// What the distances are (recorded in the manifest), e.g. `l2` or `neg_log_prob`.
+    #[arg(long, default_value = "given")]
+    pub distance_kind: String,
+    /// Order each row by distance (ties by item id) instead of refusing rows whose distances decrease.
+    #[arg(long)]
+    pub sort: bool,
+    /// Output cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `teacher merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The prepared dataset (rows are put back in training order).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Output cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Shard directories.
+    #[arg(value_name = "SHARD", required = true)]
+    pub shards: Vec<PathBuf>,
+}
+
+/// Arguments of `select`.
+#[derive(Args, Debug)]
+pub struct SelectArgs {
+    /// Policy: all, random, loss, entropy, least_confidence, margin, gradient_norm, coreset, kmeans, badge, kl, gt_error (default: selection.policy).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Budget: a fraction (0.25 or 25%) or a row count (1000) (default: selection.budget).
+    #[arg(long)]
+    pub budget: Option<String>,
+    /// The student whose signals inform the policy (every policy but all/random).
+    #[arg(long, value_name = "FILE")]
+    pub student: Option<PathBuf>,
+    /// The prepared dataset.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// A teacher cache (the post-hoc `kl` filter).
+    #[arg(long, value_name = "DIR")]
+    pub teacher_cache: Option<PathBuf>,
+    /// Threshold of the post-hoc filters (default: selection.threshold).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Output selection file (CSV `key,score`, plus `<file>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides (`seed`, `[selection]`).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `distill`.
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher cache.
+    #[arg(long, value_name = "DIR")]
+    pub teacher_cache: PathBuf,
+    /// Distil only the rows of this selection file (others train on the base loss).
+    #[arg(long, value_name = "FILE")]
+    pub selection: Option<PathBuf>,
+    /// A prepared dataset directory (overrides dataset.prepared / dataset.raw).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides (`[student]`, `[distill]`, `[train.distill]`).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories to compare, as `DIR` or `LABEL=DIR`; runs with the same label (default: the directory name without a `-s<seed>` suffix) are seeds of one model.
+    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1..)]
+    pub runs: Vec<RunSpec>,
+    /// Ablation runs (`[LABEL=]DIR`), listed after the models in their own group.
+    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1..)]
+    pub ablation_runs: Vec<RunSpec>,
+    /// Distillation runs that form the budget curve (policy from their selection file, fraction from the teacher rows they used).
+    #[arg(long, value_name = "DIR", num_args = 1..)]
+    pub budget_runs: Vec<PathBuf>,
+    /// Label of the baseline drawn as a dashed line on the budget plot.
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Metric of the plots and the budget table.
+    #[arg(long, default_value = "ndcg@10")]
+    pub metric: String,
+    /// Output directory (report.md, models.csv, budget.csv, PNG plots).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Objective names as the PyTorch script spells them.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BenchObjective {
+    /// One target per row at the last position.
+    Last,
+    /// Every position predicts the next item.
+    #[value(name = "all_positions")]
+    AllPositions,
+}
+
+/// Arguments of `bench student` (same names and defaults as the PyTorch
+/// reference). They become a checked config (`[student]`, `[train.student]`),
+/// so sizes are validated like any run's.
+#[derive(Args, Debug)]
+pub struct BenchStudentArgs {
+    /// Training objective (student.objective).
+    #[arg(long, value_enum, default_value = "last")]
+    pub objective: BenchObjective,
+    /// Attention heads (student.heads).
+    #[arg(long, default_value_t = 1)]
+    pub heads: usize,
+    /// Transformer blocks (student.layers).
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Hidden size (student.hidden).
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Catalogue size.
+    #[arg(long, default_value_t = 3500)]
+    pub items: usize,
+    /// Sequence length (student.max_len).
+    #[arg(long = "len", default_value_t = 50)]
+    pub len: usize,
+    /// Batch size (train.student.batch_size).
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Timed steps (after 3 warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Worker threads (rayon and the matmul kernels).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print a per-phase breakdown (forward, backward, optimizer).
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `llm` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum LlmCommand {
+    /// Greedy generation with the model's chat template.
+    Generate(GenerateArgs),
+    /// Last-position logits of a prompt, as JSON (for comparisons with other implementations).
+    Logits(LogitsArgs),
+    /// Item-title embeddings (last hidden state of each title's last token) of a prepared dataset.
+    EmbedItems(EmbedItemsArgs),
+}
+
+/// Model options shared by the `llm` commands.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model directory or GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Keep only the first n decoder layers (a cheaper backbone).
+    #[arg(long)]
+    pub num_layers: Option<usize>,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Arguments of `llm generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The user prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most new tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Use the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Extra stop string (repeatable); the template's end-of-turn marker is always one.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+/// Arguments of `llm logits`.
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Render the prompt with the chat template first.
+    #[arg(long)]
+    pub chat: bool,
+    /// Output JSON file (`{"ids": [...], "logits": [...]}`); stdout if absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `llm embed-items`.
+#[derive(Args, Debug)]
+pub struct EmbedItemsArgs {
+    /// Model options.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prepared dataset directory (`distillrec data prepare`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output safetensors file; tensor `item_embeddings` of shape (N + 1, hidden), row 0 zeros.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Titles per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+/// Arguments of `bench llm`.
+#[derive(Args, Debug)]
+pub struct BenchLlmArgs {
+    /// Hugging Face model directory or GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// LoRA rank of the training step (adapters on q_proj and v_proj of every layer).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}

@@ -1,0 +1,77 @@
+//! `bench student` (`bench llm` lives with the other LLM commands).
+
+use anyhow::Result;
+
+use distillrec_config::Config;
+use distillrec_train::bench::{bench_step, StepBench};
+
+use crate::args::{BenchObjective, BenchStudentArgs};
+use crate::common::config_device;
+
+/// The objective as the config and the PyTorch script spell it.
+fn objective_name(o: BenchObjective) -> &'static str {
+    match o {
+        BenchObjective::Last => "last",
+        BenchObjective::AllPositions => "all_positions",
+    }
+}
+
+/// The benchmark's arguments as config overrides: a SASRec student and the
+/// student stage with plain AdamW (no weight decay, no clipping), as the
+/// PyTorch reference.
+fn overrides(a: &BenchStudentArgs) -> Vec<String> {
+    let objective = objective_name(a.objective);
+    vec![
+        "student.model=sasrec".into(),
+        format!("student.objective={objective}"),
+        format!("student.heads={}", a.heads),
+        format!("student.layers={}", a.layers),
+        format!("student.hidden={}", a.hidden),
+        format!("student.max_len={}", a.len),
+        "student.dropout=0.2".into(),
+        "student.loss=ce".into(),
+        format!("train.student.batch_size={}", a.batch),
+        "train.student.lr=0.001".into(),
+        "train.student.weight_decay=0.0".into(),
+        "train.student.grad_clip=0.0".into(),
+    ]
+}
+
+/// Runs `bench student`: the trainer's step, timed, printed as the PyTorch
+/// script prints it.
+pub fn student(a: BenchStudentArgs) -> Result<()> {
+    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global();
+    let mut cfg = Config::from_toml_str("", "bench student arguments", &overrides(&a))?;
+    let device = config_device(&mut cfg, &a.device)?;
+    let bench = StepBench {
+        items: a.items,
+        warmup: 3,
+        steps: a.steps,
+    };
+    let r = bench_step(&cfg.student, &cfg.train.student, &bench, &device)?;
+    let rss = distillrec_run::peak_rss_mb().unwrap_or(0.0);
+    let obj = objective_name(a.objective);
+    if a.breakdown {
+        let n = r.steps as f64;
+        println!(
+            "breakdown ms/step: forward {:.1}  backward {:.1}  optimizer {:.1}",
+            1e3 * r.forward_secs / n,
+            1e3 * r.backward_secs / n,
+            1e3 * r.optimizer_secs / n
+        );
+    }
+    println!(
+        "RESULT impl=distillrec objective={obj} heads={} items={} len={} batch={} steps_per_s={:.3} ms_per_step={:.1} peak_rss_mb={:.0}",
+        a.heads,
+        a.items,
+        a.len,
+        a.batch,
+        r.steps as f64 / r.wall_secs,
+        1000.0 * r.wall_secs / r.steps as f64,
+        rss
+    );
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `eval popularity`, `eval student`.
+
+use anyhow::Result;
+
+use distillrec_pipeline::stages;
+use distillrec_run::init_logging;
+
+use crate::args::{EvalCommand, EvalStudentArgs, PopularityArgs};
+use crate::common::{build_info, config_device, load_config, print_metrics};
+
+/// Runs an `eval` subcommand.
+pub fn run(c: EvalCommand) -> Result<()> {
+    match c {
+        EvalCommand::Popularity(a) => popularity(a),
+        EvalCommand::Student(a) => student(a),
+    }
+}
+
+fn popularity(a: PopularityArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config, vec![])?;
+    cfg.dataset.prepared = Some(a.data.clone());
+    let m = stages::eval_popularity(&cfg, &a.data, &a.out, build_info())?;
+    print_metrics("popularity", &m);
+    Ok(())
+}
+
+fn student(a: EvalStudentArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config, vec![])?;
+    let device = config_device(&mut cfg, &a.device)?;
+    if a.out.is_none() {
+        init_logging(None)?; // with --out, the run directory's log starts once it is opened
+    }
+    let e = stages::eval_student(
+        &cfg,
+        &a.checkpoint,
+        &a.data,
+        a.out.as_deref(),
+        build_info(),
+        &device,
+    )?;
+    print_metrics(&format!("{:?}", e.kind).to_lowercase(), &e.metrics());
+    println!(
+        "test: {} rows in {:.2}s ({:.0} rows/s)",
+        e.test.rows, e.test.wall_secs, e.test.rows_per_sec
+    );
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `select`.
+
+use anyhow::{Context, Result};
+
+use distillrec_pipeline::stages::{self, SelectRequest};
+use distillrec_run::init_logging;
+use distillrec_select::{Budget, Policy};
+
+use crate::args::SelectArgs;
+use crate::common::{config_device, load_config};
+
+/// Runs `select`; `--policy`, `--budget` and `--threshold` override the
+/// config's `[selection]`.
+pub fn run(a: SelectArgs) -> Result<()> {
+    init_logging(None)?;
+    let mut cfg = load_config(&a.config, vec![])?;
+    let policy: Policy = a
+        .policy
+        .as_deref()
+        .unwrap_or(&cfg.selection.policy)
+        .parse()?;
+    let budget: Budget = match &a.budget {
+        Some(b) => b.parse()?,
+        None => Budget::from_value(cfg.selection.budget).context("selection.budget")?,
+    };
+    let device = config_device(&mut cfg, &a.device)?;
+    let req = SelectRequest {
+        policy,
+        budget,
+        threshold: a.threshold.or(cfg.selection.threshold),
+        data: a.data,
+        student: a.student,
+        teacher_cache: a.teacher_cache,
+        out: a.out,
+    };
+    let o = stages::select(&cfg, &req, &device)?;
+    println!(
+        "{}: {} of {} trained rows ({:.1}%) in {:.1}s -> {}",
+        policy.name(),
+        o.selected,
+        o.pool,
+        100.0 * o.selected as f64 / o.pool.max(1) as f64,
+        o.wall_secs,
+        req.out.display()
+    );
+    Ok(())
+}

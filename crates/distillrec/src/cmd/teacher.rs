@@ -1,0 +1,91 @@
+//! `teacher from-student | from-files | merge`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use distillrec_cache::{FromFiles, IdSpace, RowKeys};
+use distillrec_pipeline::stages::{self, TeacherFromStudent};
+use distillrec_run::init_logging;
+
+use crate::args::{FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand};
+use crate::common::{config_device, load_config};
+
+/// Runs a `teacher` subcommand.
+pub fn run(c: TeacherCommand) -> Result<()> {
+    init_logging(None)?;
+    match c {
+        TeacherCommand::FromStudent(a) => from_student(a),
+        TeacherCommand::FromFiles(a) => from_files(a),
+        TeacherCommand::Merge(a) => merge(a),
+    }
+}
+
+fn from_student(a: FromStudentArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config, vec![])?;
+    let device = config_device(&mut cfg, &a.device)?;
+    let t0 = Instant::now();
+    let req = TeacherFromStudent {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        out: a.out,
+        selection: a.selection,
+        shard: a.shard,
+        k: a.k,
+    };
+    let cache = stages::teacher_from_student(&cfg, &req, &device)?;
+    println!(
+        "teacher cache: {} rows, top-{}, {}-d item embeddings, {:.1}s -> {}",
+        cache.rows(),
+        cache.k(),
+        cache.embedding_dim().unwrap_or(0),
+        t0.elapsed().as_secs_f64(),
+        req.out.display()
+    );
+    Ok(())
+}
+
+fn from_files(a: FromFilesArgs) -> Result<()> {
+    let ids = match a.ids.as_str() {
+        "internal" => IdSpace::Internal,
+        "raw" => IdSpace::Raw,
+        other => bail!("--ids {other}: expected internal or raw"),
+    };
+    let keys = match (a.keys, a.train_order) {
+        (Some(k), _) => RowKeys::KeysFile(k),
+        (None, true) => RowKeys::TrainOrder,
+        (None, false) => RowKeys::InFile,
+    };
+    let spec = FromFiles {
+        topk: a.topk,
+        distances: a.distances,
+        embeddings: a.embeddings,
+        keys,
+        ids,
+        k: a.k,
+        distance_kind: a.distance_kind,
+        sort: a.sort,
+    };
+    let cache = stages::teacher_from_files(&a.data, &spec, &a.out)?;
+    println!(
+        "teacher cache: {} rows, top-{}, embeddings {} -> {}",
+        cache.rows(),
+        cache.k(),
+        cache
+            .embedding_dim()
+            .map_or("none".to_string(), |d| format!("{d}-d")),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let merged = stages::merge_shards(&a.data, &a.shards, &a.out)?;
+    println!(
+        "merged {} shards: {} rows -> {}",
+        a.shards.len(),
+        merged.rows(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! What several commands share: the build record, config loading, the
+//! device, and the one-line metrics summary.
+
+use anyhow::Result;
+use candle_core::Device;
+
+use distillrec_config::{Config, DeviceSpec};
+use distillrec_run::{BuildInfo, Metrics, SplitMetrics};
+
+use crate::args::{ConfigArgs, DeviceArgs};
+
+/// What this binary was built from, for `run.json`.
+pub fn build_info() -> BuildInfo {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: opt(env!("DISTILLREC_GIT_COMMIT")),
+        git_dirty: opt(env!("DISTILLREC_GIT_DIRTY")).map(|s| s == "true"),
+        rustc: opt(env!("DISTILLREC_RUSTC")),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_string(),
+    }
+}
+
+/// A TOML literal for a `--set` value (JSON string escapes are valid TOML).
+pub fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// The config of `--config` with the `--set` overrides, then `extra` ones.
+pub fn load_config(c: &ConfigArgs, extra: Vec<String>) -> Result<Config> {
+    let mut sets = c.set.clone();
+    sets.extend(extra);
+    Ok(Config::load(c.config.as_deref(), &sets)?)
+}
+
+/// Opens the device: `--device` if given (it also becomes the config's
+/// `device`, so `config.toml` records it), else the config's.
+pub fn config_device(cfg: &mut Config, arg: &DeviceArgs) -> Result<Device> {
+    if let Some(d) = arg.device {
+        cfg.device = d;
+    }
+    Ok(distillrec_models::device::open(cfg.device)?)
+}
+
+/// Opens the device of a command without a config (default: the CPU).
+pub fn device(arg: &DeviceArgs) -> Result<Device> {
+    Ok(distillrec_models::device::open(
+        arg.device.unwrap_or(DeviceSpec::Cpu),
+    )?)
+}
+
+/// Prints the headline metrics of one model on one line.
+pub fn print_metrics(model: &str, m: &Metrics) {
+    let pick = |s: &SplitMetrics, k: &str| s.get(k).map_or("-".into(), |v| format!("{v:.4}"));
+    println!(
+        "{model}: valid ndcg@10 {}  test hr@10 {}  ndcg@10 {}  hr@20 {}  ndcg@20 {}",
+        pick(&m.valid, "ndcg@10"),
+        pick(&m.test, "hr@10"),
+        pick(&m.test, "ndcg@10"),
+        pick(&m.test, "hr@20"),
+        pick(&m.test, "ndcg@20"),
+    );
+}
