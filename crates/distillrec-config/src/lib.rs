@@ -552,6 +552,7 @@ impl Reads {
     /// Every group (the `pipeline`, and tests).
     pub const ALL: Reads = Reads(&[
         "seed",
+        "device",
         "dataset",
         "student",
         "teacher",

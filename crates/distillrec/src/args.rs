@@ -66,7 +66,7 @@ pub struct ConfigArgs {
     /// TOML config file (see configs/); defaults are used for missing keys.
     #[arg(long, value_name = "TOML")]
     pub config: Option<PathBuf>,
-    /// Override a config key, e.g. `--set train.student.max_epochs=5` (repeatable).
+    /// Override a config key, e.g. `--set seed=7` (repeatable); a key this command does not read gets a warning.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use candle_core::Device;
 
-use distillrec_config::{Config, DeviceSpec};
+use distillrec_config::{Config, DeviceSpec, Reads};
 use distillrec_run::{BuildInfo, Metrics, SplitMetrics};
 
 use crate::args::{ConfigArgs, DeviceArgs};
@@ -31,12 +31,49 @@ pub fn quoted(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-/// The config of `--config` with the `--set` overrides, then `extra` ones.
-pub fn load_config(c: &ConfigArgs, extra: Vec<String>) -> Result<Config> {
+/// The config of `--config` with the `--set` overrides, then `extra` ones,
+/// for a command that reads `reads`: only those groups are validated, and a
+/// `--set` of a key the command does not read gets a warning on stderr.
+pub fn load_config(c: &ConfigArgs, extra: Vec<String>, reads: Reads) -> Result<Config> {
+    for w in reads.unread_overrides(&c.set) {
+        eprintln!("warning: {w}");
+    }
     let mut sets = c.set.clone();
     sets.extend(extra);
-    Ok(Config::load(c.config.as_deref(), &sets)?)
+    Ok(Config::load_for(c.config.as_deref(), &sets, reads)?)
 }
+
+/// The groups `data prepare` reads.
+pub const READS_PREPARE: Reads = Reads(&["seed", "dataset"]);
+/// The groups `train student` reads.
+pub const READS_TRAIN_STUDENT: Reads = Reads(&[
+    "seed",
+    "device",
+    "dataset",
+    "student",
+    "train.student",
+    "eval",
+]);
+/// The groups `eval popularity` reads.
+pub const READS_EVAL_POPULARITY: Reads = Reads(&["seed", "eval"]);
+/// The groups `eval student` reads.
+pub const READS_EVAL_STUDENT: Reads = Reads(&["seed", "device", "eval"]);
+/// The groups `teacher from-student` reads.
+pub const READS_TEACHER: Reads = Reads(&["device", "teacher"]);
+/// The groups `select` reads (`student` for the pool of trained rows).
+pub const READS_SELECT: Reads = Reads(&["seed", "device", "selection", "student"]);
+/// The groups `distill` reads.
+pub const READS_DISTILL: Reads = Reads(&[
+    "seed",
+    "device",
+    "dataset",
+    "student",
+    "distill",
+    "train.distill",
+    "eval",
+]);
+/// The groups `pipeline` reads (its stages today: data, popularity, student).
+pub const READS_PIPELINE: Reads = READS_TRAIN_STUDENT;
 
 /// Opens the device: `--device` if given (it also becomes the config's
 /// `device`, so `config.toml` records it), else the config's.
@@ -65,4 +102,12 @@ pub fn print_metrics(model: &str, m: &Metrics) {
         pick(&m.test, "hr@20"),
         pick(&m.test, "ndcg@20"),
     );
+}
+
+/// Records `--data` in the config as `dataset.prepared` (absolute), so the
+/// run's `config.toml` names the dataset it was trained on.
+pub fn record_data(cfg: &mut Config, data: Option<&std::path::Path>) {
+    if let Some(d) = data {
+        cfg.dataset.prepared = Some(distillrec_pipeline::absolute(d));
+    }
 }

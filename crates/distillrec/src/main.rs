@@ -32,7 +32,20 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it, so a write to a
+/// closed pipe becomes a panic): `distillrec data stats d | head` then ends
+/// quietly, like other Unix tools.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at the start of `main`, before any other thread
+    // exists; `signal` with SIG_DFL installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    default_sigpipe();
     if let Err(e) = dispatch(Cli::parse()) {
         // One line, naming the file/line/key (the errors carry them).
         let msg = format!("{e:#}").replace('\n', " ");

@@ -297,3 +297,133 @@ fn a_locked_run_directory_is_refused_naming_the_holder() {
     lock.unlock().unwrap();
     assert!(train(&data, &out, &[]).status.success());
 }
+
+#[test]
+fn outputs_never_overwrite_inputs_and_the_config_names_the_data() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let data = p("data");
+    prepare(&data, "1");
+    let out = p("run");
+    assert!(train(&data, &out, &[]).status.success());
+    // config.toml records --data
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let abs = std::fs::canonicalize(&data).unwrap();
+    assert!(
+        cfg.contains(&format!("prepared = \"{}\"", abs.display())),
+        "{cfg}"
+    );
+    // teacher merge --out equal to one of its shards
+    let ckpt = out.join("checkpoints/best.safetensors");
+    for i in 0..2 {
+        ok(&[
+            "teacher",
+            "from-student",
+            "--checkpoint",
+            s(&ckpt),
+            "--data",
+            s(&data),
+            "--shard",
+            &format!("{i}/2"),
+            "--out",
+            s(&p(&format!("shard{i}"))),
+        ]);
+    }
+    let before = snapshot(&p("shard0"));
+    clean_error(
+        &[
+            "teacher",
+            "merge",
+            "--data",
+            s(&data),
+            "--out",
+            s(&p("shard0")),
+            s(&p("shard0")),
+            s(&p("shard1")),
+        ],
+        "is the shard",
+    );
+    assert_eq!(snapshot(&p("shard0")), before);
+    // data prepare --out equal to --raw
+    let raw = p("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    std::fs::write(raw.join("movies.dat"), "1::Toy Story (1995)::Animation\n").unwrap();
+    std::fs::write(raw.join("ratings.dat"), "1::1::5::978300760\n").unwrap();
+    let before = snapshot(&raw);
+    clean_error(
+        &[
+            "data",
+            "prepare",
+            "--dataset",
+            "ml-1m",
+            "--raw",
+            s(&raw),
+            "--out",
+            s(&raw),
+        ],
+        "is the raw directory",
+    );
+    assert_eq!(snapshot(&raw), before);
+}
+
+#[test]
+fn unread_overrides_are_named_and_unread_groups_not_validated() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, out) = (d.path().join("data"), d.path().join("run"));
+    prepare(&data, "1");
+    // train.student.* is not read by `eval student`; eval.ks without 10 no
+    // longer fails on train.*.metric = ndcg@10, which it does not use
+    assert!(train(&data, &out, &[]).status.success());
+    let o = run(&[
+        "eval",
+        "student",
+        "--checkpoint",
+        s(&out.join("checkpoints/best.safetensors")),
+        "--data",
+        s(&data),
+        "--set",
+        "eval.ks=[5,50]",
+        "--set",
+        "train.student.max_epochs=3",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("warning: --set train.student.max_epochs=3: this command does not read `train.student.max_epochs`"),
+        "{e}"
+    );
+    // the same overrides on a command that trains with ndcg@10 are refused
+    clean_error(
+        &[
+            "train",
+            "student",
+            "--data",
+            s(&data),
+            "--out",
+            s(&d.path().join("r2")),
+            "--set",
+            "eval.ks=[5,50]",
+        ],
+        "train.student.metric",
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    prepare(&data, "1");
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distillrec"))
+            .args(["data", "stats", s(&data)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away, as `| head -0` would
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.trim().is_empty(), "{stderr}");
+    }
+}

@@ -11,11 +11,20 @@ use distillrec_eval::evaluate_popularity;
 use distillrec_run::{BuildInfo, Metrics, Run};
 use distillrec_train::EvalCost;
 
+use crate::prepared::same_place;
 use crate::runs::with_run;
 
 /// Builds the dataset `cfg.dataset` describes from its raw source and saves
 /// it in the prepared format under `out`.
 pub fn prepare(cfg: &Config, out: &Path) -> Result<(Dataset, Manifest)> {
+    if let Some(raw) = &cfg.dataset.raw {
+        if same_place(raw, out) {
+            anyhow::bail!(
+                "--out {} is the raw directory: the prepared files would overwrite raw files; choose another --out",
+                out.display()
+            );
+        }
+    }
     let ds = cfg.build_dataset()?;
     let manifest = store::save(&ds, out)?;
     Ok((ds, manifest))

@@ -11,7 +11,7 @@ use distillrec_config::Config;
 use distillrec_distill::teacher::{cache_from_student, FromStudent};
 use distillrec_train::checkpoint::{self, Expect};
 
-use crate::prepared::{absolute, load_prepared};
+use crate::prepared::{absolute, load_prepared, same_place};
 use crate::stages::select::selected_rows;
 
 /// Rows per forward pass of the teacher student.
@@ -85,6 +85,13 @@ pub fn teacher_from_files(data: &Path, spec: &FromFiles, out: &Path) -> Result<T
 /// Joins cache shards by row key (rows in the training order of `data`),
 /// saved under `out`.
 pub fn merge_shards(data: &Path, shards: &[PathBuf], out: &Path) -> Result<TeacherCache> {
+    if let Some(s) = shards.iter().find(|s| same_place(s, out)) {
+        anyhow::bail!(
+            "--out {} is the shard {}: write the merged cache to another directory",
+            out.display(),
+            s.display()
+        );
+    }
     let data = load_prepared(data)?;
     let shards = shards
         .iter()

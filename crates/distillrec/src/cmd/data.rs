@@ -10,7 +10,7 @@ use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
 
 use crate::args::{DataCommand, PrepareArgs, StatsArgs};
-use crate::common::{load_config, quoted};
+use crate::common::{load_config, quoted, READS_PREPARE};
 
 /// Runs a `data` subcommand.
 pub fn run(c: DataCommand) -> Result<()> {
@@ -47,7 +47,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     push("dataset.min_history", a.min_history.map(|x| x.to_string()));
     push("seed", a.seed.map(|x| x.to_string()));
     push("dataset.synthetic.seed", a.seed.map(|x| x.to_string()));
-    let mut cfg = load_config(&a.config, sets)?;
+    let mut cfg = load_config(&a.config, sets, READS_PREPARE)?;
     cfg.dataset.prepared = None;
     let t = Instant::now();
     let (ds, manifest) = stages::prepare(&cfg, &a.out)?;

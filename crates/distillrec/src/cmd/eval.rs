@@ -6,7 +6,10 @@ use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
 
 use crate::args::{EvalCommand, EvalStudentArgs, PopularityArgs};
-use crate::common::{build_info, config_device, load_config, print_metrics};
+use crate::common::{
+    build_info, config_device, load_config, print_metrics, READS_EVAL_POPULARITY,
+    READS_EVAL_STUDENT,
+};
 
 /// Runs an `eval` subcommand.
 pub fn run(c: EvalCommand) -> Result<()> {
@@ -17,7 +20,7 @@ pub fn run(c: EvalCommand) -> Result<()> {
 }
 
 fn popularity(a: PopularityArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![])?;
+    let mut cfg = load_config(&a.config, vec![], READS_EVAL_POPULARITY)?;
     cfg.dataset.prepared = Some(a.data.clone());
     let m = stages::eval_popularity(&cfg, &a.data, &a.out, build_info())?;
     print_metrics("popularity", &m);
@@ -25,7 +28,7 @@ fn popularity(a: PopularityArgs) -> Result<()> {
 }
 
 fn student(a: EvalStudentArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![])?;
+    let mut cfg = load_config(&a.config, vec![], READS_EVAL_STUDENT)?;
     let device = config_device(&mut cfg, &a.device)?;
     if a.out.is_none() {
         init_logging(None)?; // with --out, the run directory's log starts once it is opened

@@ -7,13 +7,13 @@ use distillrec_run::init_logging;
 use distillrec_select::{Budget, Policy};
 
 use crate::args::SelectArgs;
-use crate::common::{config_device, load_config};
+use crate::common::{config_device, load_config, READS_SELECT};
 
 /// Runs `select`; `--policy`, `--budget` and `--threshold` override the
 /// config's `[selection]`.
 pub fn run(a: SelectArgs) -> Result<()> {
     init_logging(None)?;
-    let mut cfg = load_config(&a.config, vec![])?;
+    let mut cfg = load_config(&a.config, vec![], READS_SELECT)?;
     let policy: Policy = a
         .policy
         .as_deref()

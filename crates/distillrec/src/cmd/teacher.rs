@@ -9,7 +9,7 @@ use distillrec_pipeline::stages::{self, TeacherFromStudent};
 use distillrec_run::init_logging;
 
 use crate::args::{FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand};
-use crate::common::{config_device, load_config};
+use crate::common::{config_device, load_config, READS_TEACHER};
 
 /// Runs a `teacher` subcommand.
 pub fn run(c: TeacherCommand) -> Result<()> {
@@ -22,7 +22,7 @@ pub fn run(c: TeacherCommand) -> Result<()> {
 }
 
 fn from_student(a: FromStudentArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![])?;
+    let mut cfg = load_config(&a.config, vec![], READS_TEACHER)?;
     let device = config_device(&mut cfg, &a.device)?;
     let t0 = Instant::now();
     let req = TeacherFromStudent {
