@@ -379,7 +379,7 @@ fn tiny_model(dir: &Path, nan_in: Option<&str>) {
         );
     }
     let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-    while head.len() % 8 != 0 {
+    while !head.len().is_multiple_of(8) {
         head.push(b' ');
     }
     let mut file = Vec::new();
