@@ -197,7 +197,7 @@ fn default_true() -> bool {
 impl Config {
     /// Reads a Hugging Face `config.json` (Llama, Mistral, Qwen2 or OPT).
     pub fn from_hf_json(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let text = crate::error::read_small_file(path)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::file(path, format!("bad JSON: {e}")))?;
         Self::from_hf_value(&value, path)
@@ -367,7 +367,9 @@ impl Config {
     }
 
     /// Checks that the shape fields are consistent (non-zero, heads divide
-    /// evenly, even head width for RoPE). `path` names the source in errors.
+    /// evenly, even head width for RoPE), that RoPE's base is a positive
+    /// finite number and that the BOS/EOS ids are in the vocabulary. `path`
+    /// names the source in errors.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |msg: String| Err(Error::file(path, msg));
         for (k, v) in [
@@ -378,6 +380,7 @@ impl Config {
             ("num_attention_heads", self.num_attention_heads),
             ("num_key_value_heads", self.num_key_value_heads),
             ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
         ] {
             if v == 0 {
                 return bad(format!("`{k}` must be positive"));
@@ -405,6 +408,25 @@ impl Config {
         }
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return bad("norm epsilon must be positive".into());
+        }
+        if self.family != Family::Opt && !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!(
+                "`rope_theta` must be a positive finite number, got {}",
+                self.rope_theta
+            ));
+        }
+        let ids = self
+            .bos_token_id
+            .iter()
+            .map(|&i| ("bos_token_id", i))
+            .chain(self.eos_token_ids.iter().map(|&i| ("eos_token_id", i)));
+        for (key, id) in ids {
+            if id as usize >= self.vocab_size {
+                return bad(format!(
+                    "`{key}` {id} is outside the vocabulary (vocab_size {})",
+                    self.vocab_size
+                ));
+            }
         }
         Ok(())
     }

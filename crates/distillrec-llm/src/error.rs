@@ -51,6 +51,23 @@ fn first_line(m: impl std::fmt::Display) -> String {
     m.to_string().lines().next().unwrap_or("").to_string()
 }
 
+/// The largest JSON file read whole (`config.json`, `tokenizer.json`,
+/// `tokenizer_config.json`, the safetensors index): checked before reading.
+pub const MAX_JSON_BYTES: u64 = 256 << 20;
+
+/// Reads a JSON/text file of a model whole, refusing files larger than
+/// [`MAX_JSON_BYTES`] before anything is allocated.
+pub fn read_small_file(path: &std::path::Path) -> Result<String> {
+    use distillrec_data::fsutil::{io_reason, read_text_limited, LimitedReadError};
+    read_text_limited(path, MAX_JSON_BYTES).map_err(|e| match e {
+        LimitedReadError::Io(e) => Error::file(path, io_reason(&e)),
+        LimitedReadError::TooLarge(n) => Error::file(
+            path,
+            format!("{n} bytes is larger than the limit of {MAX_JSON_BYTES} bytes"),
+        ),
+    })
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

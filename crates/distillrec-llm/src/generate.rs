@@ -62,7 +62,9 @@ pub fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Ve
 }
 
 /// Greedy decoding from `prompt` ids with a KV cache: one prefill pass, then
-/// one token per step, until EOS, a stop string or `max_tokens`.
+/// one token per step, until EOS, a stop string, `max_tokens` or the end of
+/// the model's context (both [`Finish::Length`]). A prompt longer than the
+/// context is an error before anything is computed.
 pub fn generate(
     model: &Model,
     tok: &Tokenizer,
@@ -99,7 +101,7 @@ pub fn generate(
                 finish: Finish::Stop(s.clone()),
             });
         }
-        if ids.len() == opts.max_tokens {
+        if ids.len() == opts.max_tokens || cache.len() >= model.config().max_position_embeddings {
             break;
         }
         logits = next_logits(model, &[next], &mut cache)?;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -30,13 +30,259 @@ pub struct GgufSource {
     permuted_qk: bool,
 }
 
-/// Opens and parses the header of a GGUF file.
+/// The most memory the parsed header (metadata values, tensor infos) may
+/// take, estimated before parsing: a parsed value takes up to
+/// [`VALUE_BYTES`] bytes in memory for as little as one byte on disk.
+pub const MAX_HEADER_MEMORY: u64 = 1 << 30;
+
+/// In-memory size of one parsed metadata value (candle's `Value`).
+const VALUE_BYTES: u64 = 32;
+
+/// Element count limit of one tensor (2^40 values).
+const MAX_TENSOR_ELEMS: u64 = 1 << 40;
+
+/// Opens and parses the header of a GGUF file. The header is first walked
+/// without allocating ([`check_header`]), so a hostile count, length or
+/// shape ends with an error naming the file instead of a huge allocation.
 pub fn read_content(path: &Path) -> Result<(BufReader<File>, Content)> {
     let file = File::open(path).map_err(|e| Error::file(path, e))?;
     let mut reader = BufReader::new(file);
+    check_header(&mut reader)
+        .map_err(|e| Error::file(path, format!("not a valid GGUF file: {e}")))?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::file(path, e))?;
     let content = Content::read(&mut reader)
         .map_err(|e| Error::file(path, format!("not a valid GGUF file: {e}")))?;
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        if dims.is_empty() || dims.contains(&0) {
+            return Err(Error::tensor(
+                path,
+                name,
+                format!("shape {dims:?} has no elements"),
+            ));
+        }
+    }
     Ok((reader, content))
+}
+
+/// Walks a GGUF header (magic, version, counts, metadata, tensor infos)
+/// with every count and length bounded by the bytes left in the file and
+/// the estimated memory of the parsed header bounded by
+/// [`MAX_HEADER_MEMORY`]; checks `general.alignment` (a positive power of
+/// two) and that each tensor's element count fits. Allocates nothing that
+/// the file does not justify; strings are skipped, not read.
+pub fn check_header<R: Read + Seek>(r: &mut R) -> std::result::Result<(), String> {
+    let file_len = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut h = HeaderWalk {
+        r,
+        file_len,
+        pos: 0,
+        memory: 0,
+        wide: true,
+    };
+    let magic = h.u32()?;
+    if magic != 0x4655_4747 && magic != 0x4747_5546 {
+        return Err(format!("bad magic 0x{magic:08x}"));
+    }
+    let version = h.u32()?;
+    if !(1..=3).contains(&version) {
+        return Err(format!("unsupported GGUF version {version}"));
+    }
+    h.wide = version >= 2;
+    let tensors = h.len()?;
+    let kvs = h.len()?;
+    let prefix = if h.wide { 8 } else { 4 };
+    h.need(kvs.saturating_mul(prefix + 4 + 1), "metadata entries")?;
+    h.need(tensors.saturating_mul(prefix + 4 + 4 + 8), "tensor infos")?;
+    for _ in 0..kvs {
+        let is_alignment = h.key_is(b"general.alignment")?;
+        let ty = h.u32()?;
+        let value = h.value(ty, 0)?;
+        // The parser divides by an integer alignment (other types: default).
+        if let (true, Some(a)) = (is_alignment, value) {
+            if a == 0 || !a.is_power_of_two() {
+                return Err(format!(
+                    "general.alignment {a} is not a positive power of two"
+                ));
+            }
+        }
+    }
+    for _ in 0..tensors {
+        h.string()?;
+        let n_dims = h.u32()?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(format!(
+                "a tensor has {n_dims} dimensions (1 to 4 supported)"
+            ));
+        }
+        let mut elems: u64 = 1;
+        for _ in 0..n_dims {
+            let d = h.len()?;
+            elems = elems
+                .checked_mul(d)
+                .filter(|&e| e <= MAX_TENSOR_ELEMS)
+                .ok_or_else(|| {
+                    format!("a tensor's shape has more than {MAX_TENSOR_ELEMS} elements")
+                })?;
+        }
+        h.u32()?; // dtype (checked by the parser)
+        h.len64()?; // offset (checked against the file when read)
+        h.add_memory(128)?;
+    }
+    Ok(())
+}
+
+/// State of [`check_header`]'s walk.
+struct HeaderWalk<'a, R> {
+    r: &'a mut R,
+    file_len: u64,
+    pos: u64,
+    memory: u64,
+    /// Lengths are u64 (v2, v3) rather than u32 (v1).
+    wide: bool,
+}
+
+impl<R: Read + Seek> HeaderWalk<'_, R> {
+    fn need(&self, bytes: u64, what: &str) -> std::result::Result<(), String> {
+        let left = self.file_len.saturating_sub(self.pos);
+        if bytes > left {
+            return Err(format!(
+                "{what}: {bytes} bytes needed, only {left} left in the file"
+            ));
+        }
+        Ok(())
+    }
+    fn add_memory(&mut self, bytes: u64) -> std::result::Result<(), String> {
+        self.memory = self.memory.saturating_add(bytes);
+        if self.memory > MAX_HEADER_MEMORY {
+            return Err(format!(
+                "the header would take more than {MAX_HEADER_MEMORY} bytes of memory"
+            ));
+        }
+        Ok(())
+    }
+    fn bytes<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        self.need(N as u64, "the header")?;
+        let mut b = [0u8; N];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|e| format!("truncated header: {e}"))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.bytes::<4>()?))
+    }
+    fn len64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.bytes::<8>()?))
+    }
+    fn len(&mut self) -> std::result::Result<u64, String> {
+        if self.wide {
+            self.len64()
+        } else {
+            Ok(self.u32()? as u64)
+        }
+    }
+    fn skip(&mut self, n: u64) -> std::result::Result<(), String> {
+        self.need(n, "a string")?;
+        self.r
+            .seek(SeekFrom::Current(n as i64))
+            .map_err(|e| e.to_string())?;
+        self.pos += n;
+        Ok(())
+    }
+    /// Reads a metadata key; whether it equals `want` (only a key of that
+    /// length is read, any other is skipped).
+    fn key_is(&mut self, want: &[u8]) -> std::result::Result<bool, String> {
+        let n = self.len()?;
+        self.need(n, "a key")?;
+        self.add_memory(n + 24)?;
+        if n != want.len() as u64 {
+            self.skip(n)?;
+            return Ok(false);
+        }
+        let mut b = vec![0u8; want.len()];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|e| format!("truncated header: {e}"))?;
+        self.pos += n;
+        Ok(b == want)
+    }
+
+    /// Skips a string; returns its length.
+    fn string(&mut self) -> std::result::Result<u64, String> {
+        let n = self.len()?;
+        self.need(n, "a string")?;
+        self.add_memory(n + 24)?;
+        self.skip(n)?;
+        Ok(n)
+    }
+    /// Skips a value of type `ty`; returns it when it is an unsigned or
+    /// non-negative integer (for `general.alignment`).
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<Option<u64>, String> {
+        if depth > 8 {
+            return Err("metadata arrays nested too deeply".into());
+        }
+        self.add_memory(VALUE_BYTES)?;
+        Ok(match ty {
+            0 => Some(self.bytes::<1>()?[0] as u64),
+            1 => u64::try_from(self.bytes::<1>()?[0] as i8).ok(),
+            7 => {
+                self.bytes::<1>()?;
+                None
+            }
+            2 => Some(u16::from_le_bytes(self.bytes::<2>()?) as u64),
+            3 => u64::try_from(i16::from_le_bytes(self.bytes::<2>()?)).ok(),
+            4 => Some(self.u32()? as u64),
+            5 => u64::try_from(i32::from_le_bytes(self.bytes::<4>()?)).ok(),
+            6 => {
+                self.bytes::<4>()?;
+                None
+            }
+            10..=12 => {
+                self.bytes::<8>()?;
+                None
+            }
+            8 => {
+                self.string()?;
+                None
+            }
+            9 => {
+                let elem = self.u32()?;
+                let n = self.len()?;
+                let min = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    10..=12 => 8,
+                    8 => {
+                        if self.wide {
+                            8
+                        } else {
+                            4
+                        }
+                    }
+                    9 => 4 + if self.wide { 8 } else { 4 },
+                    other => return Err(format!("unknown metadata value type {other}")),
+                };
+                self.need(n.saturating_mul(min), "an array")?;
+                self.add_memory(n.saturating_mul(VALUE_BYTES))?;
+                match elem {
+                    8 | 9 => {
+                        for _ in 0..n {
+                            self.value(elem, depth + 1)?;
+                        }
+                    }
+                    _ => self.skip(n * min)?,
+                }
+                None
+            }
+            other => return Err(format!("unknown metadata value type {other}")),
+        })
+    }
 }
 
 /// The llama.cpp name of a Hugging Face tensor name (Llama/Qwen2 layout).
@@ -238,10 +484,29 @@ pub fn config_from_gguf(content: &Content, path: &Path) -> Result<Config> {
     let vocab = match md_int(md, &format!("{arch}.vocab_size"), path)? {
         Some(v) => v,
         None => match content.tensor_infos.get("token_embd.weight") {
-            Some(i) => i.shape.dims()[0],
+            Some(i) => i.shape.dims().first().copied().unwrap_or(0),
             None => return Err(Error::tensor(path, "token_embd.weight", "missing")),
         },
     };
+    let rope_key = format!("{arch}.rope.freq_base");
+    if let Some(theta) = md_float(md, &rope_key, path)? {
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(Error::file(
+                path,
+                format!("metadata `{rope_key}` must be a positive finite number, got {theta}"),
+            ));
+        }
+    }
+    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
+        if let Some(id) = md_int(md, key, path)? {
+            if id >= vocab {
+                return Err(Error::file(
+                    path,
+                    format!("metadata `{key}` {id} is outside the vocabulary (vocab_size {vocab})"),
+                ));
+            }
+        }
+    }
     let has = |n: &str| content.tensor_infos.contains_key(n);
     let cfg = Config {
         family,

@@ -86,7 +86,7 @@ fn read_chat_template(path: &Path) -> Result<Option<String>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    let text = crate::error::read_small_file(path)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::file(path, format!("bad JSON: {e}")))?;
     Ok(v.get("chat_template")
@@ -107,6 +107,16 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Llm> {
             .and_then(|q| q.dequantize(&Device::Cpu))
             .map_err(|e| Error::tensor(path, "rope_freqs.weight", e))?;
         let f = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if let Some(i) = f.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(Error::tensor(
+                path,
+                "rope_freqs.weight",
+                format!(
+                    "factor {} at index {i} is not a positive finite number",
+                    f[i]
+                ),
+            ));
+        }
         if f.len() != cfg.head_dim / 2 {
             return Err(Error::tensor(
                 path,

@@ -459,6 +459,21 @@ pub struct Model {
     allow_fused: bool,
 }
 
+/// The flat index of the first NaN or infinite value of `t`, if any.
+fn first_non_finite(t: &Tensor) -> Result<Option<usize>> {
+    let flat = t.flatten_all()?;
+    let found = match flat.dtype() {
+        DType::F32 => flat.to_vec1::<f32>()?.iter().position(|x| !x.is_finite()),
+        DType::F64 => flat.to_vec1::<f64>()?.iter().position(|x| !x.is_finite()),
+        _ => flat
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .position(|x| !x.is_finite()),
+    };
+    Ok(found)
+}
+
 /// Resolves Hugging Face tensor names against a [`WeightSource`], checking
 /// shapes and converting to the model's dtype and device.
 pub(crate) struct Loader<'a> {
@@ -468,6 +483,9 @@ pub(crate) struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Reads one tensor, checks its shape and that every value is finite
+    /// (once, at load: a NaN or infinite weight would only show up later as
+    /// garbage text), then converts it to the model's dtype and device.
     fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.src.load(name, shape)?;
         if t.dims() != shape {
@@ -475,6 +493,13 @@ impl Loader<'_> {
                 self.src.path(),
                 name,
                 format!("shape {:?}, expected {:?}", t.dims(), shape),
+            ));
+        }
+        if let Some(i) = first_non_finite(&t)? {
+            return Err(Error::tensor(
+                self.src.path(),
+                name,
+                format!("holds a non-finite value (NaN or infinity) at flat index {i}"),
             ));
         }
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
@@ -594,10 +619,30 @@ impl Model {
         self.allow_fused = allow;
     }
 
+    /// Refuses a forward pass over `new` positions after `past` cached
+    /// ones when that exceeds the context length (`max_position_embeddings`):
+    /// checked before anything is allocated for the sequence.
+    pub fn check_context(&self, past: usize, new: usize) -> Result<()> {
+        let ctx = self.cfg.max_position_embeddings;
+        if past.saturating_add(new) > ctx {
+            let what = if past == 0 {
+                format!("a sequence of {new} tokens")
+            } else {
+                format!("{past} cached + {new} new tokens")
+            };
+            return Err(Error::Input(format!(
+                "{what} exceeds the model's context length of {ctx} tokens (max_position_embeddings)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Token embeddings for `ids` `(batch, seq)` (u32): `(batch, seq, embed_dim)`.
-    /// Errors on ids outside the vocabulary.
+    /// Errors on ids outside the vocabulary and on sequences longer than
+    /// the context length.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        self.check_context(0, t)?;
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
         if let Some(&bad) = flat
             .to_vec1::<u32>()?
@@ -658,6 +703,8 @@ impl Model {
         if t == 0 {
             return Err(Error::Input("empty sequence".into()));
         }
+        let cached = cache.as_deref().map_or(0, |c| c.len());
+        self.check_context(cached, t)?;
         let new_mask: Vec<Vec<bool>> = match mask {
             Some(m) => {
                 if m.dims() != [b, t] {

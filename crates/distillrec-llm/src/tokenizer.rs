@@ -76,7 +76,9 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::file(&path, "missing"));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::file(&path, e))?;
+        let text = crate::error::read_small_file(&path)?;
+        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| Error::file(&path, e))?;
         Ok(Tokenizer::new(
             inner,
             cfg.bos_token_id,

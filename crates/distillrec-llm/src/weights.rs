@@ -29,8 +29,7 @@ impl SafetensorsSource {
             struct Index {
                 weight_map: BTreeMap<String, String>,
             }
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::file(&index_path, e))?;
+            let text = crate::error::read_small_file(&index_path)?;
             let idx: Index = serde_json::from_str(&text)
                 .map_err(|e| Error::file(&index_path, format!("bad index: {e}")))?;
             Some(idx.weight_map)
