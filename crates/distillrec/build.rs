@@ -1,4 +1,6 @@
-//! Records the git commit, dirty flag and rustc version for `run.json`.
+//! Records the git commit, dirty flag and rustc version for `run.json`, and
+//! tells the tests whether the shared data sets are beside the checkout.
+use std::path::Path;
 use std::process::Command;
 
 fn output(cmd: &str, args: &[&str]) -> Option<String> {
@@ -23,4 +25,35 @@ fn main() {
         println!("cargo:rerun-if-changed={git_dir}/index");
     }
     println!("cargo:rerun-if-changed=build.rs");
+    shared_data_cfg();
+}
+
+/// Sets `cfg(shared_data)` when `<workspace>/../shared/data` exists, so the
+/// tests on the shared data sets run there and are reported as *ignored*
+/// (never as passed) elsewhere. With `DISTILLREC_REQUIRE_SHARED=1` the cfg
+/// is set even when the folder is absent: those tests then run and fail,
+/// naming the missing path.
+///
+/// The folder is watched only while it exists: watching a missing path
+/// would rerun this script, and so rebuild the binary, on every cargo
+/// command. After adding `../shared`, touch this file (or run once with
+/// `DISTILLREC_REQUIRE_SHARED=1`, which `.ci/run` sets when the folder is
+/// present) so the tests stop being ignored.
+fn shared_data_cfg() {
+    println!("cargo:rustc-check-cfg=cfg(shared_data)");
+    println!("cargo:rerun-if-env-changed=DISTILLREC_REQUIRE_SHARED");
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let data = Path::new(&manifest).join("../../../shared/data");
+    let require =
+        std::env::var("DISTILLREC_REQUIRE_SHARED").is_ok_and(|v| !v.is_empty() && v != "0");
+    if data.is_dir() {
+        println!("cargo:rerun-if-changed={}", data.display());
+        println!("cargo:rustc-cfg=shared_data");
+    } else if require {
+        println!(
+            "cargo:warning=DISTILLREC_REQUIRE_SHARED is set but {} is absent: the tests on the shared data sets will fail",
+            data.display()
+        );
+        println!("cargo:rustc-cfg=shared_data");
+    }
 }

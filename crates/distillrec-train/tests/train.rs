@@ -148,23 +148,84 @@ fn same_seed_same_metrics_other_seed_other_metrics() {
 }
 
 #[test]
+fn best_checkpoint_is_the_best_validation_epoch() {
+    let (ds, r) = dataset(150, 8);
+    let cfg = small_config(&["train.student.max_epochs=4", "train.student.patience=10"]);
+    let out = tempfile::tempdir().unwrap();
+    let o = train(&ds, &r, &cfg, out.path());
+    let metric = &cfg.train.student.metric;
+    let text = std::fs::read_to_string(out.path().join("history.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    // model selection sees validation only: no test column per epoch
+    assert!(!header.iter().any(|c| c.contains("test")), "{header:?}");
+    let col = header
+        .iter()
+        .position(|c| *c == format!("valid_{metric}"))
+        .unwrap_or_else(|| panic!("valid_{metric} not in {header:?}"));
+    let rows = read_history(out.path());
+    let valid: Vec<f64> = rows.iter().map(|r| r[col].parse().unwrap()).collect();
+    // the first epoch with the largest validation metric
+    let best = (0..valid.len()).fold(0, |b, i| if valid[i] > valid[b] { i } else { b });
+    assert_eq!(o.best_epoch, best + 1, "validation per epoch: {valid:?}");
+    assert_eq!(o.valid[metric.as_str()], valid[best]);
+}
+
+#[test]
 fn resume_after_interruption_matches_uninterrupted_run() {
     let (ds, r) = dataset(150, 5);
     let cfg = small_config(&["train.student.max_epochs=4", "train.student.patience=10"]);
-    let full = train(&ds, &r, &cfg, tempfile::tempdir().unwrap().path());
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = train(&ds, &r, &cfg, full_dir.path());
+    assert_eq!((full.epochs, full.resumed_after), (4, None));
     // Interrupt after two of four epochs, then re-run the same training.
     let out = tempfile::tempdir().unwrap();
     let killed = train_until(&ds, &r, &cfg, out.path(), 2);
-    assert_eq!(killed, 2);
+    // What the killed run left on disk: two finished epochs, not more.
+    assert_eq!(killed.state["epoch"], 2, "{}", killed.state);
+    assert_eq!(killed.state["finished"], false);
+    assert_eq!(killed.history.len(), 2);
+    assert_eq!(epochs_of(&killed.history), [1.0, 2.0]);
     let resumed = train(&ds, &r, &cfg, out.path());
     assert_eq!(resumed.resumed_after, Some(2));
+    assert_eq!(resumed.epochs, 4);
+    // The resumed run did not redo finished epochs: the first two history
+    // rows are those of the killed run, timings included (a re-trained epoch
+    // would have measured its own), and only epochs 3 and 4 were added.
+    let after = read_history(out.path());
+    assert_eq!(epochs_of(&after), [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(after[..2], killed.history[..]);
+    let state = read_json(&out.path().join("checkpoints/state.json"));
+    assert_eq!(state["epoch"], 4);
+    assert_eq!(state["finished"], true);
+    // It ends exactly like the uninterrupted run: same per-epoch losses and
+    // validation metrics (timings aside), same weights, same metrics.
+    let uninterrupted = read_history(full_dir.path());
+    assert_eq!(without_timings(&after), without_timings(&uninterrupted));
+    for ckpt in [
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+    ] {
+        let a = std::fs::read(full_dir.path().join("checkpoints").join(ckpt)).unwrap();
+        let b = std::fs::read(out.path().join("checkpoints").join(ckpt)).unwrap();
+        assert!(a == b, "checkpoints/{ckpt} differs after resume");
+    }
     assert_eq!(resumed.best_epoch, full.best_epoch);
     assert_eq!(resumed.valid, full.valid);
     assert_eq!(resumed.test, full.test);
 }
 
-/// Trains in `out` and stops right after epoch `epochs`, as a killed run would.
-fn train_until(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path, epochs: usize) -> usize {
+/// What a killed run left behind: `checkpoints/state.json` and the rows of
+/// `history.csv`.
+struct Killed {
+    state: serde_json::Value,
+    history: Vec<Vec<String>>,
+}
+
+/// Trains in `out`, stops right after epoch `epochs` as a killed run would,
+/// and reads back what the trainer recorded.
+fn train_until(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path, epochs: usize) -> Killed {
     let opts = TrainOptions {
         student: &cfg.student,
         stage: &cfg.train.student,
@@ -177,7 +238,34 @@ fn train_until(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path, epochs: u
     };
     let err = train_student(ds, r, &opts).expect_err("halt hook stops training");
     assert!(err.to_string().contains("halted after epoch"), "{err}");
-    epochs
+    Killed {
+        state: read_json(&out.join("checkpoints/state.json")),
+        history: read_history(out),
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The data rows of `<out>/history.csv`, cell by cell as written.
+fn read_history(out: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[0], "epoch", "{header:?}");
+    lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn epochs_of(rows: &[Vec<String>]) -> Vec<f64> {
+    rows.iter().map(|r| r[0].parse().unwrap()).collect()
+}
+
+/// History rows without the two wall-time columns (`epoch_secs`, `eval_secs`, last).
+fn without_timings(rows: &[Vec<String>]) -> Vec<Vec<String>> {
+    rows.iter().map(|r| r[..r.len() - 2].to_vec()).collect()
 }
 
 #[test]

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Checks that `cargo build --release --features cuda` compiles, on a machine
+# without a GPU or a system CUDA toolkit: installs NVIDIA's CUDA compiler and
+# runtime headers from PyPI into a virtualenv, points candle's build scripts
+# at them, and builds into its own target dir (target/cuda) so the CPU build
+# is untouched. Nothing here runs on a GPU.
+#
+# Environment:
+#   CUDA_VENV          virtualenv to create or reuse (default /tmp/cuda-venv)
+#   CUDA_PIN           version of the CUDA wheels (default 13.0.*)
+#   CUDA_COMPUTE_CAP   compute capability the PTX kernels are built for
+#                      (default 80; candle-kernels asks nvidia-smi otherwise,
+#                      which does not exist without a GPU)
+#   CARGO_BUILD_ARGS   extra arguments for cargo build (e.g. "-p distillrec-models")
+#   FEATURES           cargo features to build (default "cuda")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${CUDA_VENV:-/tmp/cuda-venv}
+python=${PYTHON:-python3}
+
+echo "== CUDA toolkit from PyPI into $venv"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+# The CUDA 12 wheels (nvidia-cuda-nvcc-cu12) ship ptxas but no nvcc; the
+# CUDA 13 wheels ship the whole compiler under nvidia/cu13. 13.0 is pinned
+# because cudarc (candle's CUDA binding) refuses toolkits newer than it knows.
+# CCCL supplies <nv/target>, which cuda_fp16.h includes (candle's kernels).
+cuda_pin=${CUDA_PIN:-13.0.*}
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "nvidia-cuda-nvcc==$cuda_pin" "nvidia-cuda-runtime==$cuda_pin" \
+  "nvidia-cuda-crt==$cuda_pin" "nvidia-nvvm==$cuda_pin" "nvidia-cuda-cccl==$cuda_pin"
+
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+root="$site/nvidia/cu13"
+[ -x "$root/bin/nvcc" ] || { echo "error: $root/bin/nvcc missing after pip install" >&2; exit 1; }
+# nvcc links -lcudart from lib64; the wheel ships lib/libcudart.so.13 only
+[ -e "$root/lib64" ] || ln -sfn lib "$root/lib64"
+[ -e "$root/lib/libcudart.so" ] || ln -sfn libcudart.so.13 "$root/lib/libcudart.so"
+
+export CUDA_ROOT="$root" CUDA_PATH="$root" CUDA_HOME="$root" CUDA_TOOLKIT_ROOT_DIR="$root"
+export PATH="$root/bin:$PATH"
+export NVCC="$root/bin/nvcc"
+export LD_LIBRARY_PATH="$root/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
+echo "== nvcc: $("$NVCC" --version | tail -n 2 | head -n 1)"
+echo "== CUDA_ROOT=$CUDA_ROOT CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
+
+echo "== cargo build --release --features ${FEATURES:-cuda} (target/cuda)"
+start=$(date +%s)
+# shellcheck disable=SC2086  # CARGO_BUILD_ARGS is a list of words
+cargo build --release --target-dir target/cuda --features "${FEATURES:-cuda}" ${CARGO_BUILD_ARGS:-}
+echo "== CUDA build passed in $(( $(date +%s) - start )) s"
