@@ -176,7 +176,8 @@ mod tests {
         let probe = Tensor::from_vec(uniform(b * l * out, 4, 1.0), (b, l, out), &dev).unwrap();
         let ours = fused_linear(x.as_tensor(), w.as_tensor(), bias.as_tensor()).unwrap();
         let reference =
-            crate::ops::linear_composed(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor())).unwrap();
+            crate::ops::linear_composed(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor()))
+                .unwrap();
         assert_matches_composed(
             &ours,
             &reference,

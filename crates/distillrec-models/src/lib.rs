@@ -24,6 +24,6 @@ pub mod student;
 mod testutil;
 
 pub use batch::{ForwardCtx, SeqBatch};
-pub use params::{Init, Params};
 pub use net::{StudentNet, StudentSpec, ITEM_TABLE};
+pub use params::{Init, Params};
 pub use student::Student;

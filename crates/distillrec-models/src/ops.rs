@@ -354,8 +354,8 @@ pub fn attention_composed(
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
     let dh = q.dim(3)?;
-    let scores =
-        (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?.broadcast_add(&mask.additive()?)?;
+    let scores = (q.matmul(&k.t()?.contiguous()?)? / (dh as f64).sqrt())?
+        .broadcast_add(&mask.additive()?)?;
     let att = ctx.dropout(&softmax_last(&scores)?, p)?;
     att.matmul(v)
 }
