@@ -111,6 +111,36 @@ struct LoopState {
     epoch_secs: Vec<f64>,
 }
 
+impl LoopState {
+    /// The state before the first epoch; `history.csv` gets the columns
+    /// epoch, train loss, `valid_<metric>` for each of `metric_cols`, and
+    /// the epoch's training and validation seconds.
+    fn fresh(run_key: String, metric_cols: &[String]) -> Self {
+        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
+        columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
+        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
+        LoopState {
+            run_key,
+            epoch: 0,
+            step: 0,
+            best_metric: f64::NEG_INFINITY,
+            best_epoch: 0,
+            bad_epochs: 0,
+            finished: false,
+            history_columns: columns,
+            history: Vec::new(),
+            epoch_secs: Vec::new(),
+        }
+    }
+}
+
+/// The validation metrics kept in the history: `hr@k`, `ndcg@k` for each k.
+fn metric_columns(ks: &[usize]) -> Vec<String> {
+    ks.iter()
+        .flat_map(|k| [format!("hr@{k}"), format!("ndcg@{k}")])
+        .collect()
+}
+
 /// Evaluates `student` on one split of `ds`.
 pub fn evaluate_student(
     student: &Student,
@@ -335,27 +365,9 @@ impl<'a> TrainRun<'a> {
             last: ckpt_dir.join("last.safetensors"),
             state: ckpt_dir.join("state.json"),
         };
-        let metric_cols: Vec<String> = opts
-            .eval
-            .ks
-            .iter()
-            .flat_map(|k| [format!("hr@{k}"), format!("ndcg@{k}")])
-            .collect();
-        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
-        columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
-        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
-        let state = LoopState {
-            run_key: run_key(opts, &spec, &data.fingerprint, objective.key()),
-            epoch: 0,
-            step: 0,
-            best_metric: f64::NEG_INFINITY,
-            best_epoch: 0,
-            bad_epochs: 0,
-            finished: false,
-            history_columns: columns,
-            history: Vec::new(),
-            epoch_secs: Vec::new(),
-        };
+        let metric_cols = metric_columns(&opts.eval.ks);
+        let key = run_key(opts, &spec, &data.fingerprint, objective.key());
+        let state = LoopState::fresh(key, &metric_cols);
         let extra = objective.extra_params().cloned().unwrap_or_default();
         let opt = optimizer(stage, &trainable(&student, &extra));
         Ok(TrainRun {
