@@ -648,3 +648,53 @@ fn write_history(dir: &Path, state: &LoopState) -> Result<()> {
     atomic_write(&dir.join("history.csv"), h.to_csv().as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distillrec_config::{Config, StudentKind};
+    use distillrec_data::prepare::{prepare, PrepareOptions};
+    use distillrec_data::synthetic::{generate, SyntheticOptions};
+
+    #[test]
+    fn all_positions_is_refused_for_a_net_without_per_position_output() {
+        let o = SyntheticOptions {
+            users: 40,
+            seed: 1,
+            ..Default::default()
+        };
+        let ds = prepare(
+            "synthetic",
+            &generate(&o).unwrap(),
+            &PrepareOptions::default(),
+        )
+        .unwrap();
+        let data = DatasetRef {
+            fingerprint: "unused".into(),
+            name: ds.name.clone(),
+            dir: None,
+        };
+        let mut cfg = Config::load(None, &[]).unwrap();
+        cfg.student.model = StudentKind::Caser;
+        cfg.student.objective = Objective::AllPositions;
+        let out = tempfile::tempdir().unwrap();
+        let opts = TrainOptions {
+            student: &cfg.student,
+            stage: &cfg.train.student,
+            eval: &cfg.eval,
+            seed: 0,
+            out_dir: out.path(),
+            progress: false,
+            halt_after_epoch: None,
+        };
+        let err = train_student(&ds, &data, &opts).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "student.objective = \"all_positions\" needs a per-position model; caser supports only \"last\""
+        );
+        assert!(
+            !out.path().join("checkpoints").exists(),
+            "refused before anything is written"
+        );
+    }
+}
