@@ -86,9 +86,44 @@ impl Caser {
             fc_b,
         })
     }
+}
 
-    /// Sequence representation `[B, d]`.
-    pub fn represent(
+/// Filters per horizontal height (as in the DLLM2Rec reference).
+const FILTERS: usize = 16;
+
+impl StudentNet for Caser {
+    /// Horizontal heights 2..=4, those that fit in `max_len`.
+    fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Self> {
+        Caser::new(
+            CaserConfig {
+                num_items: spec.num_items,
+                hidden: spec.hidden,
+                filters: FILTERS,
+                heights: (2..=4).filter(|&h| h <= spec.max_len).collect(),
+                dropout: spec.dropout,
+                max_len: spec.max_len,
+            },
+            params,
+            init,
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        "caser"
+    }
+
+    fn item_table(&self) -> &Tensor {
+        &self.item_emb
+    }
+
+    /// Pooled convolutions see the whole window at once: no per-position output.
+    fn per_position(&self) -> bool {
+        false
+    }
+
+    /// Horizontal features max-pooled over time and the vertical
+    /// feature, concatenated, dropout, then `fc` to size `d`.
+    fn represent(
         &self,
         batch: &SeqBatch,
         item_table: &Tensor,
@@ -125,43 +160,5 @@ impl Caser {
         feats.push(v.broadcast_add(&self.vertical_bias)?);
         let z = ctx.dropout(&Tensor::cat(&feats, 1)?, self.config.dropout)?;
         linear(&z, &self.fc_w, &self.fc_b)
-    }
-}
-
-/// Filters per horizontal height (as in the DLLM2Rec reference).
-const FILTERS: usize = 16;
-
-impl StudentNet for Caser {
-    /// Horizontal heights 2..=4, those that fit in `max_len`.
-    fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Self> {
-        Caser::new(
-            CaserConfig {
-                num_items: spec.num_items,
-                hidden: spec.hidden,
-                filters: FILTERS,
-                heights: (2..=4).filter(|&h| h <= spec.max_len).collect(),
-                dropout: spec.dropout,
-                max_len: spec.max_len,
-            },
-            params,
-            init,
-        )
-    }
-
-    fn name(&self) -> &'static str {
-        "caser"
-    }
-
-    fn item_table(&self) -> &Tensor {
-        &self.item_emb
-    }
-
-    /// Pooled convolutions see the whole window at once: no per-position output.
-    fn per_position(&self) -> bool {
-        false
-    }
-
-    fn represent(&self, batch: &SeqBatch, table: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        Caser::represent(self, batch, table, ctx)
     }
 }

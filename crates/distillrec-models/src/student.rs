@@ -15,7 +15,8 @@ use crate::params::{Init, Params};
 use crate::sasrec::SasRec;
 
 /// The model zoo: the one place that maps a config name to its net. A new
-/// student is one file implementing [`StudentNet`] plus one line here.
+/// student is one file implementing [`StudentNet`], one line here, and its
+/// name in `StudentKind` (distillrec-config).
 fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Box<dyn StudentNet>> {
     Ok(match spec.kind {
         StudentKind::Sasrec => Box::new(SasRec::build(spec, params, init)?),

@@ -113,6 +113,36 @@ struct LoopState {
     epoch_secs: Vec<f64>,
 }
 
+impl LoopState {
+    /// The state before the first epoch; `history.csv` gets the columns
+    /// epoch, train loss, `valid_<metric>` for each of `metric_cols`, and
+    /// the epoch's training and validation seconds.
+    fn fresh(run_key: String, metric_cols: &[String]) -> Self {
+        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
+        columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
+        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
+        LoopState {
+            run_key,
+            epoch: 0,
+            step: 0,
+            best_metric: f64::NEG_INFINITY,
+            best_epoch: 0,
+            bad_epochs: 0,
+            finished: false,
+            history_columns: columns,
+            history: Vec::new(),
+            epoch_secs: Vec::new(),
+        }
+    }
+}
+
+/// The validation metrics kept in the history: `hr@k`, `ndcg@k` for each k.
+fn metric_columns(ks: &[usize]) -> Vec<String> {
+    ks.iter()
+        .flat_map(|k| [format!("hr@{k}"), format!("ndcg@{k}")])
+        .collect()
+}
+
 /// Evaluates `student` on one split of `ds`.
 pub fn evaluate_student(
     student: &Student,
@@ -381,27 +411,9 @@ impl<'a> TrainRun<'a> {
             last: ckpt_dir.join("last.safetensors"),
             state: ckpt_dir.join("state.json"),
         };
-        let metric_cols: Vec<String> = opts
-            .eval
-            .ks
-            .iter()
-            .flat_map(|k| [format!("hr@{k}"), format!("ndcg@{k}")])
-            .collect();
-        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
-        columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
-        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
-        let state = LoopState {
-            run_key: run_key(opts, &spec, &data.fingerprint, objective.key()),
-            epoch: 0,
-            step: 0,
-            best_metric: f64::NEG_INFINITY,
-            best_epoch: 0,
-            bad_epochs: 0,
-            finished: false,
-            history_columns: columns,
-            history: Vec::new(),
-            epoch_secs: Vec::new(),
-        };
+        let metric_cols = metric_columns(&opts.eval.ks);
+        let key = run_key(opts, &spec, &data.fingerprint, objective.key());
+        let state = LoopState::fresh(key, &metric_cols);
         let extra = objective.extra_params().cloned().unwrap_or_default();
         let opt = optimizer(stage, &trainable(&student, &extra));
         Ok(TrainRun {
@@ -680,4 +692,54 @@ fn write_history(dir: &Path, state: &LoopState) -> Result<()> {
     }
     atomic_write(&dir.join("history.csv"), h.to_csv().as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distillrec_config::{Config, StudentKind};
+    use distillrec_data::prepare::{prepare, PrepareOptions};
+    use distillrec_data::synthetic::{generate, SyntheticOptions};
+
+    #[test]
+    fn all_positions_is_refused_for_a_net_without_per_position_output() {
+        let o = SyntheticOptions {
+            users: 40,
+            seed: 1,
+            ..Default::default()
+        };
+        let ds = prepare(
+            "synthetic",
+            &generate(&o).unwrap(),
+            &PrepareOptions::default(),
+        )
+        .unwrap();
+        let data = DatasetRef {
+            fingerprint: "unused".into(),
+            name: ds.name.clone(),
+            dir: None,
+        };
+        let mut cfg = Config::load(None, &[]).unwrap();
+        cfg.student.model = StudentKind::Caser;
+        cfg.student.objective = Objective::AllPositions;
+        let out = tempfile::tempdir().unwrap();
+        let opts = TrainOptions {
+            student: &cfg.student,
+            stage: &cfg.train.student,
+            eval: &cfg.eval,
+            seed: 0,
+            out_dir: out.path(),
+            progress: false,
+            halt_after_epoch: None,
+        };
+        let err = train_student(&ds, &data, &opts).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "student.objective = \"all_positions\" needs a per-position model; caser supports only \"last\""
+        );
+        assert!(
+            !out.path().join("checkpoints").exists(),
+            "refused before anything is written"
+        );
+    }
 }
