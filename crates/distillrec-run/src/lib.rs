@@ -390,11 +390,13 @@ impl Run {
     /// command that failed without producing anything (a refusal) leaves the
     /// directory as it was before [`Run::create`] instead.
     pub fn finish(mut self, result: Result<(), String>) -> Result<RunRecord, DataError> {
-        if result.is_err() && !self.produced_results() {
-            self.restore()?;
-            let mut rec = self.record.clone();
-            rec.status = format!("refused: {}", result.unwrap_err());
-            return Ok(rec);
+        if let Err(e) = &result {
+            if !self.produced_results() {
+                self.restore()?;
+                let mut rec = self.record.clone();
+                rec.status = format!("refused: {e}");
+                return Ok(rec);
+            }
         }
         self.record.finished = Some(now_rfc3339());
         self.record.wall_secs = self.start.elapsed().as_secs_f64();

@@ -427,3 +427,30 @@ fn a_closed_pipe_ends_the_output_quietly() {
         assert!(stderr.trim().is_empty(), "{stderr}");
     }
 }
+
+#[test]
+fn recommend_after_the_dataset_moved_names_the_checkpoint_and_suggests_data() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, out) = (d.path().join("data"), d.path().join("run"));
+    prepare(&data, "1");
+    assert!(train(&data, &out, &[]).status.success());
+    let moved = d.path().join("moved");
+    std::fs::rename(&data, &moved).unwrap();
+    let ckpt = out.join("checkpoints/best.safetensors");
+    clean_error(
+        &["recommend", "--checkpoint", s(&ckpt), "--history", "1,2"],
+        "pass --data",
+    );
+    let o = run(&["recommend", "--checkpoint", s(&ckpt), "--history", "1,2"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("best.safetensors"));
+    let o = run(&[
+        "recommend",
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        s(&moved),
+        "--history",
+        "1,2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -77,6 +77,11 @@ pub fn recommend(
     let (manifest, _) = checkpoint::read_manifest(checkpoint_path)?;
     let dir = match (data, &manifest.dataset.dir) {
         (Some(d), _) => d.to_path_buf(),
+        (None, Some(d)) if !d.join("dataset.json").is_file() => bail!(
+            "{}: the dataset it was trained on is no longer at {} (moved or deleted?); pass --data <prepared dataset dir>",
+            checkpoint_path.display(),
+            d.display()
+        ),
         (None, Some(d)) => d.clone(),
         (None, None) => bail!(
             "{}: the checkpoint records no dataset directory; pass --data",
