@@ -356,7 +356,6 @@ impl<'a> TrainRun<'a> {
         opts: &'a TrainOptions<'a>,
         objective: &'a dyn StageObjective,
     ) -> Result<Self> {
-        let stage_name = objective.stage_name();
         let (cfg, stage) = (opts.student, opts.stage);
         let device = opts.device.clone();
         let spec = StudentSpec::from_config(cfg, ds.num_items());
@@ -365,13 +364,6 @@ impl<'a> TrainRun<'a> {
             bail!(
                 "student.objective = \"all_positions\" needs a per-position model; {} supports only \"last\"",
                 student.name()
-            );
-        }
-        if stage.grad_accum != 1 || stage.warmup_steps != 0 {
-            bail!(
-                "{stage_name}.grad_accum = {} and warmup_steps = {}: the student loop supports neither (use a larger batch_size); set them to 1 and 0",
-                stage.grad_accum,
-                stage.warmup_steps
             );
         }
         let ckpt_dir = opts.out_dir.join("checkpoints");
@@ -559,7 +551,7 @@ impl<'a> TrainRun<'a> {
         let eval_secs = t1.elapsed().as_secs_f64();
         let metric = *valid
             .metrics
-            .get(&stage.metric)
+            .get(&stage.metric.to_string())
             .with_context(|| format!("validation metric '{}' was not computed", stage.metric))?;
         tracing::info!(epoch, train_loss, metric = %stage.metric, value = metric, epoch_secs, "epoch done");
         let state = &mut self.state;

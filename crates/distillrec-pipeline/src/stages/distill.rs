@@ -14,8 +14,8 @@ use distillrec_run::{BuildInfo, Metrics};
 use distillrec_train::{train_with, TrainOptions, TrainOutcome};
 
 use crate::prepared::{absolute, run_data};
-use crate::stages::select::selected_rows;
 use crate::runs::{record_training, with_run};
+use crate::stages::select::selected_rows;
 
 /// What `distill` reads and writes.
 pub struct DistillRequest {
