@@ -719,8 +719,8 @@ impl TeacherCache {
                 ("source", a.source.clone(), b.source.clone()),
                 (
                     "embedding_dim",
-                    format!("{:?}", a.embedding_dim),
-                    format!("{:?}", b.embedding_dim),
+                    a.embedding_dim.map_or("none".into(), |d| d.to_string()),
+                    b.embedding_dim.map_or("none".into(), |d| d.to_string()),
                 ),
             ] {
                 if x != y {

@@ -870,3 +870,44 @@ fn selection_rows_refuse_foreign_short_and_unknown_selections() {
     std::fs::remove_file(selection_meta_path(&p)).unwrap();
     assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![1, 3]);
 }
+
+#[test]
+fn distance_kinds_and_id_spaces_keep_their_on_disk_names() {
+    for (kind, name) in [
+        (DistanceKind::NegLogProb, "neg_log_prob"),
+        (DistanceKind::L2, "l2"),
+        (DistanceKind::Given, "given"),
+        (DistanceKind::None, "none"),
+    ] {
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(json, format!("\"{name}\""));
+        assert_eq!(serde_json::from_str::<DistanceKind>(&json).unwrap(), kind);
+        assert_eq!(name.parse::<DistanceKind>().unwrap(), kind);
+    }
+    for (ids, name) in [(IdSpace::Internal, "internal"), (IdSpace::Raw, "raw")] {
+        assert_eq!(ids.name(), name);
+        assert_eq!(name.parse::<IdSpace>().unwrap(), ids);
+    }
+    // a manifest written before the enum (a plain string) still loads, and
+    // an unknown kind is refused naming the valid ones
+    let ds = ds();
+    let c = cache_of(&ds, 0..3, false);
+    let d = tempfile::tempdir().unwrap();
+    c.save(d.path()).unwrap();
+    let manifest = std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap();
+    assert!(
+        manifest.contains("\"distance\": \"neg_log_prob\""),
+        "{manifest}"
+    );
+    assert_eq!(
+        TeacherCache::load(d.path()).unwrap().manifest.distance,
+        DistanceKind::NegLogProb
+    );
+    std::fs::write(
+        d.path().join(MANIFEST_FILE),
+        manifest.replace("\"neg_log_prob\"", "\"cosine\""),
+    )
+    .unwrap();
+    let e = TeacherCache::load(d.path()).unwrap_err().to_string();
+    assert!(e.contains("cosine") && e.contains("neg_log_prob"), "{e}");
+}

@@ -469,7 +469,7 @@ impl<'a> TrainRun<'a> {
         let cfg = self.opts.student;
         let mut all_units = units(self.ds, cfg.objective);
         if all_units.is_empty() {
-            bail!("no training units for objective {:?}", cfg.objective);
+            bail!("no training units for objective {}", cfg.objective);
         }
         let negatives = if cfg.loss == LossKind::Bce {
             cfg.negatives.max(1)
