@@ -42,7 +42,7 @@ pub fn run(
         student_run.write_metrics(&trained.metrics)?;
         student_run.finish(Ok(()))?;
         let name = cfg.student.model.name();
-        on_model(&name, &trained.metrics);
+        on_model(name, &trained.metrics);
         let o = &trained.outcome;
         let rows = [
             ("popularity", &pop, "-".to_string()),

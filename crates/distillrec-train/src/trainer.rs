@@ -143,6 +143,11 @@ fn run_key(
         "seed": opts.seed,
         "dataset": fingerprint,
     });
+    // The stage once also held `grad_accum = 1` and `warmup_steps = 0` (the
+    // only values the student loop took); keep them in the key so that runs
+    // started before their removal still resume, with the same state.json.
+    key["stage"]["grad_accum"] = 1.into();
+    key["stage"]["warmup_steps"] = 0.into();
     if !objective.is_null() {
         key["objective_extra"] = objective;
     }
