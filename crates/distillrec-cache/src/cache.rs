@@ -54,8 +54,8 @@ pub struct CacheManifest {
     pub rows: usize,
     /// `D` of the LLM item embeddings, or `None` when the cache has none.
     pub embedding_dim: Option<usize>,
-    /// What `d` means: `neg_log_prob`, `l2`, `given`, `none`, ...
-    pub distance: String,
+    /// What `d` means (`neg_log_prob`, `l2`, `given`, `none`).
+    pub distance: DistanceKind,
     /// Whether history items were excluded from the teacher's top-K.
     pub history_masked: bool,
     /// Where the teacher outputs come from (a checkpoint path, `files`, ...).
@@ -195,7 +195,7 @@ impl TeacherCache {
         fingerprint: &str,
         ds: &Dataset,
         k: usize,
-        distance: &str,
+        distance: DistanceKind,
         history_masked: bool,
         source: &str,
     ) -> Self {
@@ -211,7 +211,7 @@ impl TeacherCache {
                 k,
                 rows: 0,
                 embedding_dim: None,
-                distance: distance.into(),
+                distance,
                 history_masked,
                 source: source.into(),
                 shard: None,
@@ -278,7 +278,7 @@ impl TeacherCache {
                 distances.len()
             ));
         }
-        if let Some(msg) = row_problem(items, distances, n, &self.manifest.distance) {
+        if let Some(msg) = row_problem(items, distances, n, self.manifest.distance) {
             return bad(msg);
         }
         self.keys.push(key.to_owned());
@@ -378,7 +378,7 @@ impl TeacherCache {
                 self.row_items(r),
                 self.row_distances(r),
                 m.num_items,
-                &m.distance,
+                m.distance,
             ) {
                 return Err(DataError::file(
                     &rpath,
@@ -710,7 +710,7 @@ impl TeacherCache {
             let (a, b) = (&first.manifest, &c.manifest);
             for (what, x, y) in [
                 ("k", a.k.to_string(), b.k.to_string()),
-                ("distance", a.distance.clone(), b.distance.clone()),
+                ("distance", a.distance.to_string(), b.distance.to_string()),
                 (
                     "history_masked",
                     a.history_masked.to_string(),
@@ -719,8 +719,8 @@ impl TeacherCache {
                 ("source", a.source.clone(), b.source.clone()),
                 (
                     "embedding_dim",
-                    format!("{:?}", a.embedding_dim),
-                    format!("{:?}", b.embedding_dim),
+                    a.embedding_dim.map_or("none".into(), |d| d.to_string()),
+                    b.embedding_dim.map_or("none".into(), |d| d.to_string()),
                 ),
             ] {
                 if x != y {
@@ -794,7 +794,7 @@ impl TeacherCache {
             fingerprint,
             ds,
             a.k,
-            &a.distance,
+            a.distance,
             a.history_masked,
             &a.source,
         );
@@ -850,7 +850,7 @@ pub(crate) fn row_problem(
     items: &[u32],
     distances: &[f32],
     n: usize,
-    distance_kind: &str,
+    distance_kind: DistanceKind,
 ) -> Option<String> {
     for (j, &id) in items.iter().enumerate() {
         if id == 0 || id as usize > n {
@@ -874,10 +874,10 @@ pub(crate) fn row_problem(
             j - 1
         ));
     }
-    if distance_kind == NEG_LOG_PROB {
+    if distance_kind == DistanceKind::NegLogProb {
         if let Some(j) = distances.iter().position(|&d| d < 0.0) {
             return Some(format!(
-                "distance {} in column {j} is negative, but distances of kind {NEG_LOG_PROB} are −log p ≥ 0",
+                "distance {} in column {j} is negative, but distances of kind {distance_kind} are −log p ≥ 0",
                 distances[j]
             ));
         }
@@ -885,8 +885,20 @@ pub(crate) fn row_problem(
     None
 }
 
-/// The distance kind of a teacher's softmax confidence, `d = −log p`.
-pub const NEG_LOG_PROB: &str = "neg_log_prob";
+distillrec_data::named_enum! {
+    /// What a cache's distances `d` mean (smaller = more confident); the
+    /// names are the manifest's `distance` values.
+    pub enum DistanceKind {
+        /// A teacher's softmax confidence, `d = −log p` (never negative).
+        NegLogProb = "neg_log_prob",
+        /// The normalised L2 distance of embeddings (BIGRec-style grounding).
+        L2 = "l2",
+        /// Distances given by a foreign teacher, meaning unstated.
+        Given = "given",
+        /// No distances: every `d` is 0.
+        None = "none",
+    }
+}
 
 /// Puts a row in rank order: by distance, ties by item id (the order every
 /// writer of this crate's caches uses).

@@ -20,19 +20,20 @@ use std::path::{Path, PathBuf};
 use distillrec_data::fsutil::{for_each_line, Encoding};
 use distillrec_data::{DataError, Dataset};
 
-use crate::cache::{key_problem, row_problem, sort_row, TeacherCache};
+use crate::cache::{key_problem, row_problem, sort_row, DistanceKind, TeacherCache};
 use crate::npy::{self, Value};
 use crate::Result;
 
-/// How item ids in the files are numbered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdSpace {
-    /// The dataset's internal ids `1..=N` (0 is padding and is refused).
-    Internal,
-    /// The dataset's raw item ids (`Item::raw_id`, e.g. DLLM2Rec's 0-based
-    /// `"0".."N-1"`), mapped to internal ids; an unknown raw id is an error.
-    /// For embeddings, row `r` of the matrix is raw id `r.to_string()`.
-    Raw,
+distillrec_data::named_enum! {
+    /// How item ids in the files are numbered.
+    pub enum IdSpace {
+        /// The dataset's internal ids `1..=N` (0 is padding and is refused).
+        Internal = "internal",
+        /// The dataset's raw item ids (`Item::raw_id`, e.g. DLLM2Rec's 0-based
+        /// `"0".."N-1"`), mapped to internal ids; an unknown raw id is an error.
+        /// For embeddings, row `r` of the matrix is raw id `r.to_string()`.
+        Raw = "raw",
+    }
 }
 
 /// Where the row keys of the top-K file come from.
@@ -63,8 +64,9 @@ pub struct FromFiles {
     pub ids: IdSpace,
     /// Keep only the first `k` columns (default: all columns of `topk`).
     pub k: Option<usize>,
-    /// What the distances mean (`given`, `l2`, `neg_log_prob`, ...).
-    pub distance_kind: String,
+    /// What the distances mean (`given`, `l2`, `neg_log_prob`); without
+    /// `distances` the cache records `none` whatever this says.
+    pub distance_kind: DistanceKind,
     /// Put each row in rank order (by distance, ties by item id) instead of
     /// refusing rows whose distances decrease along the row. With `k`, the
     /// first `k` columns of the file are kept, then ordered.
@@ -450,8 +452,8 @@ pub fn from_files(spec: &FromFiles, fingerprint: &str, ds: &Dataset) -> Result<T
     };
 
     // Distances, aligned with the top-K rows (by key when both are keyed).
-    let (distances, distance_kind): (Vec<f32>, &str) = match &spec.distances {
-        None => (vec![0.0; top.rows() * k], "none"),
+    let (distances, distance_kind): (Vec<f32>, DistanceKind) = match &spec.distances {
+        None => (vec![0.0; top.rows() * k], DistanceKind::None),
         Some(p) => {
             let d_keyed = keyed && kind_of(p)? != Kind::Npy;
             let is_num = |s: &str| s.parse::<f64>().is_ok();
@@ -504,7 +506,7 @@ pub fn from_files(spec: &FromFiles, fingerprint: &str, ds: &Dataset) -> Result<T
             for dr in order {
                 out.extend_from_slice(d.row(dr));
             }
-            (out, spec.distance_kind.as_str())
+            (out, spec.distance_kind)
         }
     };
 

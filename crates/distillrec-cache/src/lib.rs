@@ -62,8 +62,8 @@ mod selection;
 mod shard;
 
 pub use cache::{
-    sort_row, CacheManifest, DatasetRef, TeacherCache, EMBEDDINGS_FILE, FORMAT, KEYS_FILE,
-    MANIFEST_FILE, NEG_LOG_PROB, ROWS_FILE, VERSION,
+    sort_row, CacheManifest, DatasetRef, DistanceKind, TeacherCache, EMBEDDINGS_FILE, FORMAT,
+    KEYS_FILE, MANIFEST_FILE, ROWS_FILE, VERSION,
 };
 pub use distillrec_data::DataError;
 pub use files::{from_files, FromFiles, IdSpace, RowKeys};

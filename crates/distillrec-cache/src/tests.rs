@@ -55,7 +55,7 @@ fn cache_of(ds: &Dataset, rows: impl IntoIterator<Item = usize>, emb: bool) -> T
         FP,
         ds,
         3,
-        "neg_log_prob",
+        DistanceKind::NegLogProb,
         true,
         "student:/x/best.safetensors",
     );
@@ -317,7 +317,7 @@ fn write_rows_behind_manifest(dir: &Path, bad: &TeacherCache) {
 #[test]
 fn push_row_and_set_embeddings_validate() {
     let ds = ds();
-    let mut c = TeacherCache::new(FP, &ds, 3, "l2", false, "s");
+    let mut c = TeacherCache::new(FP, &ds, 3, DistanceKind::L2, false, "s");
     let k = &ds.train[0].key;
     assert!(err(c.push_row(k, &[1, 2], &[0.0, 0.0])).contains("expected k = 3"));
     assert!(err(c.push_row(k, &[1, 2, 9], &[0.0; 3]))
@@ -328,7 +328,7 @@ fn push_row_and_set_embeddings_validate() {
     assert!(err(c.push_row(k, &[1, 2, 3], &[0.5, 0.25, 1.0]))
         .contains("distance 0.25 in column 1 is smaller than 0.5 in column 0"));
     // equal distances keep the writer's order (a list without distances)
-    let mut nl = TeacherCache::new(FP, &ds, 3, NEG_LOG_PROB, false, "s");
+    let mut nl = TeacherCache::new(FP, &ds, 3, DistanceKind::NegLogProb, false, "s");
     assert!(err(nl.push_row(k, &[1, 2, 3], &[-0.1, 0.0, 0.0])).contains("is negative"));
     nl.push_row(k, &[3, 1, 2], &[0.0; 3]).unwrap();
     assert!(err(c.push_row("", &[1, 2, 3], &[0.0; 3])).contains("empty row key"));
@@ -488,7 +488,7 @@ fn spec(topk: PathBuf, keys: RowKeys, ids: IdSpace) -> FromFiles {
         keys,
         ids,
         k: None,
-        distance_kind: "given".into(),
+        distance_kind: DistanceKind::Given,
         sort: false,
     }
 }
@@ -531,7 +531,7 @@ fn from_csv_keyed_out_of_order_with_distances() {
     assert_eq!(
         (
             c.k(),
-            c.manifest.distance.as_str(),
+            c.manifest.distance.name(),
             c.manifest.source.as_str()
         ),
         (3, "given", "files")
@@ -552,7 +552,7 @@ fn from_csv_keyed_out_of_order_with_distances() {
     );
     s.distances = None;
     let c = from_files(&s, FP, &ds).unwrap();
-    assert_eq!(c.manifest.distance, "none");
+    assert_eq!(c.manifest.distance, DistanceKind::None);
     assert!(c.distances.iter().all(|&d| d == 0.0));
 }
 
@@ -572,7 +572,7 @@ fn from_npy_in_train_order_with_embeddings() {
     let mut s = spec(topk.clone(), RowKeys::TrainOrder, IdSpace::Internal);
     s.distances = Some(dist);
     s.embeddings = Some(emb);
-    s.distance_kind = "neg_log_prob".into();
+    s.distance_kind = DistanceKind::NegLogProb;
     let c = from_files(&s, FP, &ds).unwrap();
     let mut expect = cache_of(&ds, 0..n, true);
     expect.manifest.source = "files".into();
@@ -709,7 +709,7 @@ fn from_raw_ids_savetxt_layout() {
     let mut expect = cache_of(&ds, 0..n, true);
     expect.manifest.source = "files".into();
     expect.manifest.history_masked = false;
-    expect.manifest.distance = "given".into();
+    expect.manifest.distance = DistanceKind::Given;
     assert_eq!(c, expect);
 
     // Unknown raw id names file and line.
@@ -869,4 +869,45 @@ fn selection_rows_refuse_foreign_short_and_unknown_selections() {
     write_selection(&p, &keys, &meta(FP, 2)).unwrap();
     std::fs::remove_file(selection_meta_path(&p)).unwrap();
     assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![1, 3]);
+}
+
+#[test]
+fn distance_kinds_and_id_spaces_keep_their_on_disk_names() {
+    for (kind, name) in [
+        (DistanceKind::NegLogProb, "neg_log_prob"),
+        (DistanceKind::L2, "l2"),
+        (DistanceKind::Given, "given"),
+        (DistanceKind::None, "none"),
+    ] {
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(json, format!("\"{name}\""));
+        assert_eq!(serde_json::from_str::<DistanceKind>(&json).unwrap(), kind);
+        assert_eq!(name.parse::<DistanceKind>().unwrap(), kind);
+    }
+    for (ids, name) in [(IdSpace::Internal, "internal"), (IdSpace::Raw, "raw")] {
+        assert_eq!(ids.name(), name);
+        assert_eq!(name.parse::<IdSpace>().unwrap(), ids);
+    }
+    // a manifest written before the enum (a plain string) still loads, and
+    // an unknown kind is refused naming the valid ones
+    let ds = ds();
+    let c = cache_of(&ds, 0..3, false);
+    let d = tempfile::tempdir().unwrap();
+    c.save(d.path()).unwrap();
+    let manifest = std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap();
+    assert!(
+        manifest.contains("\"distance\": \"neg_log_prob\""),
+        "{manifest}"
+    );
+    assert_eq!(
+        TeacherCache::load(d.path()).unwrap().manifest.distance,
+        DistanceKind::NegLogProb
+    );
+    std::fs::write(
+        d.path().join(MANIFEST_FILE),
+        manifest.replace("\"neg_log_prob\"", "\"cosine\""),
+    )
+    .unwrap();
+    let e = TeacherCache::load(d.path()).unwrap_err().to_string();
+    assert!(e.contains("cosine") && e.contains("neg_log_prob"), "{e}");
 }

@@ -1,6 +1,6 @@
 //! Run configuration (SPEC 9): TOML with the groups of the old Hydra layout
 //! — `dataset`, `student`, `teacher`, `distill`, `selection`,
-//! `train.student` / `train.teacher` / `train.distill` (each with its own
+//! `train.student` / `train.distill` (each with its own
 //! `max_epochs`) and `eval` — plus dotted `--set key=value` overrides.
 //!
 //! Resolution: the built-in defaults are serialised to a TOML table, the
@@ -10,6 +10,7 @@
 //! config written into a run directory is always complete.
 
 mod device;
+pub mod selection;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use device::DeviceSpec;
 pub use distillrec_data::synthetic::SyntheticOptions;
 use distillrec_data::{Dedup, PrepareOptions, SplitKind};
-pub use distillrec_eval::EvalOptions;
+pub use distillrec_eval::{EvalOptions, Metric, MetricKind};
+pub use selection::{Budget, BudgetError, Policy};
 
 /// A configuration error; one line, naming the file and/or the key.
 #[derive(Debug, thiserror::Error)]
@@ -61,54 +63,27 @@ pub enum ConfigError {
     },
 }
 
-/// Which source layout a dataset comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatasetKind {
-    /// The built-in generator; no files needed.
-    Synthetic,
-    /// MovieLens 100k (`u.data`, `u.item`).
-    #[serde(rename = "ml-100k")]
-    Ml100k,
-    /// MovieLens 1M (`ratings.dat`, `movies.dat`).
-    #[serde(rename = "ml-1m")]
-    Ml1m,
-    /// Amazon reviews (2014/2018 JSON or 2023 JSONL) with metadata.
-    Amazon,
-    /// Generic CSV/TSV `user,item,timestamp[,rating]` plus `item,title`.
-    Csv,
-    /// DLLM2Rec processed CSV layout.
-    Dllm2rec,
-    /// iLoRA/LLaRA processed JSONL layout.
-    Ilora,
+distillrec_data::named_enum! {
+    /// Which source layout a dataset comes from.
+    pub enum DatasetKind {
+        /// The built-in generator; no files needed.
+        Synthetic = "synthetic",
+        /// MovieLens 100k (`u.data`, `u.item`).
+        Ml100k = "ml-100k",
+        /// MovieLens 1M (`ratings.dat`, `movies.dat`).
+        Ml1m = "ml-1m",
+        /// Amazon reviews (2014/2018 JSON or 2023 JSONL) with metadata.
+        Amazon = "amazon",
+        /// Generic CSV/TSV `user,item,timestamp[,rating]` plus `item,title`.
+        Csv = "csv",
+        /// DLLM2Rec processed CSV layout.
+        Dllm2rec = "dllm2rec",
+        /// iLoRA/LLaRA processed JSONL layout.
+        Ilora = "ilora",
+    }
 }
 
 impl DatasetKind {
-    /// All kinds with their command-line names.
-    pub const ALL: [(&'static str, DatasetKind); 7] = [
-        ("synthetic", DatasetKind::Synthetic),
-        ("ml-100k", DatasetKind::Ml100k),
-        ("ml-1m", DatasetKind::Ml1m),
-        ("amazon", DatasetKind::Amazon),
-        ("csv", DatasetKind::Csv),
-        ("dllm2rec", DatasetKind::Dllm2rec),
-        ("ilora", DatasetKind::Ilora),
-    ];
-
-    /// Parses a command-line name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
-    }
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
-    }
-
     /// Whether the splits come with the files (processed reference layouts).
     pub fn has_given_splits(self) -> bool {
         matches!(self, DatasetKind::Dllm2rec | DatasetKind::Ilora)
@@ -193,36 +168,36 @@ impl DatasetConfig {
     }
 }
 
-/// Student architecture.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StudentKind {
-    /// Self-attentive sequential recommendation (Kang & McAuley 2018).
-    Sasrec,
-    /// One-layer GRU over the history.
-    Gru4rec,
-    /// Convolutional sequence embedding (horizontal + vertical filters).
-    Caser,
+distillrec_data::named_enum! {
+    /// Student architecture.
+    pub enum StudentKind {
+        /// Self-attentive sequential recommendation (Kang & McAuley 2018).
+        Sasrec = "sasrec",
+        /// One-layer GRU over the history.
+        Gru4rec = "gru4rec",
+        /// Convolutional sequence embedding (horizontal + vertical filters).
+        Caser = "caser",
+    }
 }
 
-/// Student training loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LossKind {
-    /// Full softmax cross-entropy over all items.
-    Ce,
-    /// Binary cross-entropy with sampled negatives.
-    Bce,
+distillrec_data::named_enum! {
+    /// Student training loss.
+    pub enum LossKind {
+        /// Full softmax cross-entropy over all items.
+        Ce = "ce",
+        /// Binary cross-entropy with sampled negatives.
+        Bce = "bce",
+    }
 }
 
-/// Which positions carry a training target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Objective {
-    /// One target per row, predicted from the last position.
-    Last,
-    /// Every position predicts the next item (original SASRec).
-    AllPositions,
+distillrec_data::named_enum! {
+    /// Which positions carry a training target.
+    pub enum Objective {
+        /// One target per row, predicted from the last position.
+        Last = "last",
+        /// Every position predicts the next item (original SASRec).
+        AllPositions = "all_positions",
+    }
 }
 
 /// `[student]`: the conventional recommender (SPEC 4).
@@ -265,26 +240,16 @@ impl Default for StudentConfig {
     }
 }
 
-/// `[teacher]`: the LLM teacher (iLoRA; SPEC 6).
+/// `[teacher]`: what a teacher cache holds (SPEC 6).
+///
+/// Only the keys something reads are here. The LLM teacher's keys
+/// (`backbone`, `num_layers`, `objective`, `experts`, `rank`, `alpha`,
+/// `lora_dropout`, `targets`) and the `[train.teacher]` stage are refused as
+/// unknown keys until the iLoRA teacher exists; they come back with the
+/// teacher issue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherConfig {
-    /// Hugging Face directory or GGUF file of the backbone.
-    pub backbone: Option<PathBuf>,
-    /// Keep only the first n layers (a cheap teacher for CPU budgets).
-    pub num_layers: Option<usize>,
-    /// Objective: `generative`, `ranking` or `both`.
-    pub objective: String,
-    /// Number of LoRA experts E.
-    pub experts: usize,
-    /// Total LoRA rank r (r/E per expert).
-    pub rank: usize,
-    /// LoRA alpha.
-    pub alpha: f64,
-    /// LoRA dropout.
-    pub lora_dropout: f64,
-    /// Adapted linear layers.
-    pub targets: Vec<String>,
     /// Teacher top-K written to the cache.
     pub top_k: usize,
     /// Whether the teacher's top-K leaves out the row's history items
@@ -295,14 +260,6 @@ pub struct TeacherConfig {
 impl Default for TeacherConfig {
     fn default() -> Self {
         TeacherConfig {
-            backbone: None,
-            num_layers: None,
-            objective: "ranking".into(),
-            experts: 4,
-            rank: 8,
-            alpha: 32.0,
-            lora_dropout: 0.1,
-            targets: vec!["q_proj".into(), "v_proj".into()],
             top_k: 10,
             mask_history: true,
         }
@@ -356,10 +313,12 @@ impl Default for DistillConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectionConfig {
-    /// Policy name (`all`, `random`, `loss`, `entropy`, ...).
-    pub policy: String,
-    /// Budget: a fraction in (0, 1] or a row count above 1.
-    pub budget: f64,
+    /// Policy (`all`, `random`, `loss`, `entropy`, ...; see [`Policy`]).
+    pub policy: Policy,
+    /// Budget: a fraction in (0, 1] (`0.25`, `"25%"`) or a row count of at
+    /// least 2; a bare `1` is refused as ambiguous.
+    #[serde(with = "selection::as_config_value")]
+    pub budget: Budget,
     /// Threshold of the post-hoc filters: `kl` keeps rows whose
     /// teacher–student KL over the candidates is above it, `gt_error` rows
     /// whose student probability of the target is below it.
@@ -369,8 +328,8 @@ pub struct SelectionConfig {
 impl Default for SelectionConfig {
     fn default() -> Self {
         SelectionConfig {
-            policy: "all".into(),
-            budget: 1.0,
+            policy: Policy::All,
+            budget: Budget::Fraction(1.0),
             threshold: None,
         }
     }
@@ -390,14 +349,11 @@ pub struct TrainStage {
     pub weight_decay: f64,
     /// Epochs without validation improvement before stopping.
     pub patience: usize,
-    /// Validation metric for early stopping and the best checkpoint.
-    pub metric: String,
+    /// Validation metric for early stopping and the best checkpoint
+    /// (`ndcg@10`; its K must be in `eval.ks`).
+    pub metric: Metric,
     /// Global gradient-norm clip (0: off).
     pub grad_clip: f64,
-    /// Gradient accumulation steps (teacher; the student loop requires 1).
-    pub grad_accum: usize,
-    /// Warm-up steps (teacher; the student loop requires 0).
-    pub warmup_steps: usize,
 }
 
 impl TrainStage {
@@ -408,22 +364,22 @@ impl TrainStage {
             lr,
             weight_decay: 0.0,
             patience: 5,
-            metric: "ndcg@10".into(),
+            metric: Metric {
+                kind: MetricKind::Ndcg,
+                k: 10,
+            },
             grad_clip: 5.0,
-            grad_accum: 1,
-            warmup_steps: 0,
         }
     }
 }
 
-/// `[train]`: one loop configuration per stage.
+/// `[train]`: one loop configuration per stage (`[train.teacher]` comes
+/// back with the LLM teacher; see [`TeacherConfig`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Baseline student training.
     pub student: TrainStage,
-    /// Teacher fine-tuning.
-    pub teacher: TrainStage,
     /// Distillation into the student.
     pub distill: TrainStage,
 }
@@ -432,11 +388,6 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             student: TrainStage::with(200, 256, 1e-3),
-            teacher: TrainStage {
-                warmup_steps: 20,
-                patience: 2,
-                ..TrainStage::with(5, 8, 1e-4)
-            },
             distill: TrainStage::with(200, 256, 1e-3),
         }
     }
@@ -690,7 +641,6 @@ impl Config {
         }
         for (name, st) in [
             ("student", &self.train.student),
-            ("teacher", &self.train.teacher),
             ("distill", &self.train.distill),
         ] {
             if !reads.covers(&format!("train.{name}")) {
@@ -723,22 +673,15 @@ impl Config {
                     ),
                 );
             }
-            if st.grad_accum == 0 {
-                return bad(
-                    &format!("train.{name}.grad_accum"),
-                    "must be positive".into(),
-                );
-            }
-            let known = st.metric.split_once('@').is_some_and(|(m, k)| {
-                matches!(m, "hr" | "ndcg" | "recall" | "mrr")
-                    && k.parse::<usize>().is_ok_and(|k| self.eval.ks.contains(&k))
-            });
-            if !known {
+            if !self.eval.ks.contains(&st.metric.k) {
+                let ks: Vec<String> = self.eval.ks.iter().map(|k| k.to_string()).collect();
                 return bad(
                     &format!("train.{name}.metric"),
                     format!(
-                        "'{}' is not one of hr/ndcg/recall/mrr @ a K in eval.ks {:?}",
-                        st.metric, self.eval.ks
+                        "'{}': K = {} is not in eval.ks [{}]",
+                        st.metric,
+                        st.metric.k,
+                        ks.join(", ")
                     ),
                 );
             }
@@ -859,11 +802,15 @@ mod tests {
 
     #[test]
     fn defaults_and_partial_groups_merge() {
-        let c = load("[train.teacher]\nlr = 0.0002\n", &[]).unwrap();
-        assert_eq!(c.train.teacher.lr, 2e-4);
+        let c = load(
+            "[train.student]\nmax_epochs = 5\n[train.distill]\nlr = 0.0002\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.train.distill.lr, 2e-4);
         // a partial group keeps the stage's own defaults, not another stage's
-        assert_eq!(c.train.teacher.max_epochs, 5);
-        assert_eq!(c.train.student.max_epochs, 200);
+        assert_eq!(c.train.student.max_epochs, 5);
+        assert_eq!(c.train.distill.max_epochs, 200);
         assert_eq!(
             c,
             load(&c.to_toml(), &[]).unwrap(),

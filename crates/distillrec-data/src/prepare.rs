@@ -88,28 +88,28 @@ pub struct RawLog {
     pub titles: HashMap<u32, String>,
 }
 
-/// How the evaluation rows are cut from the sequences.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SplitKind {
-    /// Per user: last item test, second-to-last validation, the rest trains.
-    LeaveOneOut,
-    /// All interactions sorted by time and cut by count at
-    /// `1 - valid - test` and `1 - test` (BIGRec/DLLM2Rec style).
-    Temporal,
-    /// Users shuffled (seeded) into train/valid/test groups; valid and test
-    /// users give one row each, their last item (iLoRA LastFM style).
-    ByUser,
+crate::named_enum! {
+    /// How the evaluation rows are cut from the sequences.
+    pub enum SplitKind {
+        /// Per user: last item test, second-to-last validation, the rest trains.
+        LeaveOneOut = "leave_one_out",
+        /// All interactions sorted by time and cut by count at
+        /// `1 - valid - test` and `1 - test` (BIGRec/DLLM2Rec style).
+        Temporal = "temporal",
+        /// Users shuffled (seeded) into train/valid/test groups; valid and test
+        /// users give one row each, their last item (iLoRA LastFM style).
+        ByUser = "by_user",
+    }
 }
 
-/// What to do with an item repeated right after itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dedup {
-    /// Keep every interaction.
-    Keep,
-    /// Drop an interaction whose item equals the previous one of that user.
-    DropConsecutive,
+crate::named_enum! {
+    /// What to do with an item repeated right after itself.
+    pub enum Dedup {
+        /// Keep every interaction.
+        Keep = "keep",
+        /// Drop an interaction whose item equals the previous one of that user.
+        DropConsecutive = "drop_consecutive",
+    }
 }
 
 /// Options of [`prepare`]; the `[dataset]` config group maps onto these.
@@ -257,8 +257,9 @@ pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Datase
     };
     if used_items.is_empty() {
         return Err(DataError::Invalid(format!(
-            "dataset '{name}': no interaction is left after filtering (min_rating {:?}, k_core {}, min_seq_len {})",
-            opts.min_rating, opts.k_core, opts.min_seq_len
+            "dataset '{name}': no interaction is left after filtering (min_rating {}, k_core {}, min_seq_len {})",
+            opts.min_rating.map_or("none".to_string(), |r| r.to_string()),
+            opts.k_core, opts.min_seq_len
         )));
     }
     let item_names: Vec<&str> = used_items.iter().map(|&i| log.items.name(i)).collect();

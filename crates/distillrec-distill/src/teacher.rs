@@ -7,7 +7,7 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use distillrec_cache::{sort_row, TeacherCache, NEG_LOG_PROB};
+use distillrec_cache::{sort_row, DistanceKind, TeacherCache};
 use distillrec_data::Dataset;
 use distillrec_models::Student;
 
@@ -47,7 +47,7 @@ pub fn cache_from_student(
         fingerprint,
         ds,
         opts.k,
-        NEG_LOG_PROB,
+        DistanceKind::NegLogProb,
         opts.mask_history,
         &opts.source,
     );

@@ -7,7 +7,7 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use distillrec_cache::TeacherCache;
+use distillrec_cache::{DistanceKind, TeacherCache};
 use distillrec_config::Config;
 use distillrec_data::prepare::{prepare, PrepareOptions};
 use distillrec_data::synthetic::{generate, SyntheticOptions};
@@ -100,7 +100,7 @@ fn distill(
 fn random_cache(ds: &Dataset, r: &DatasetRef, seed: u64) -> TeacherCache {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = ds.num_items() as u32;
-    let mut c = TeacherCache::new(&r.fingerprint, ds, 10, "none", false, "random");
+    let mut c = TeacherCache::new(&r.fingerprint, ds, 10, DistanceKind::None, false, "random");
     for row in &ds.train {
         let mut items = Vec::new();
         while items.len() < 10 {

@@ -36,7 +36,7 @@ pub(crate) mod testutil;
 
 pub use error::EvalError;
 pub use full::{evaluate, evaluate_all};
-pub use metrics::MetricAccumulator;
+pub use metrics::{Metric, MetricAccumulator, MetricError, MetricKind};
 pub use options::{EvalOptions, EvalReport};
 pub use popularity::{evaluate_popularity, Popularity};
 pub use rank::{rank_of_target, row_seed, Ranker, TieBreak};

@@ -9,6 +9,70 @@
 //! Each metric is the mean over rows.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+distillrec_data::named_enum! {
+    /// A top-K metric family (the part of `ndcg@10` before the `@`).
+    pub enum MetricKind {
+        /// Hit ratio.
+        Hr = "hr",
+        /// Normalised discounted cumulative gain.
+        Ndcg = "ndcg",
+        /// Recall (equal to HR with one target).
+        Recall = "recall",
+        /// Mean reciprocal rank.
+        Mrr = "mrr",
+    }
+}
+
+/// One metric at one cut-off, spelled `kind@k` (`ndcg@10`) in configs,
+/// flags and the keys of [`MetricAccumulator::finish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Metric {
+    /// The family.
+    pub kind: MetricKind,
+    /// The cut-off K (at least 1).
+    pub k: usize,
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.kind, self.k)
+    }
+}
+
+/// A string that is not `kind@k`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("metric '{0}' is not kind@K with kind one of {kinds} and K a positive integer (e.g. ndcg@10)", kinds = MetricKind::NAMES.join(", "))]
+pub struct MetricError(String);
+
+impl FromStr for Metric {
+    type Err = MetricError;
+    fn from_str(s: &str) -> Result<Self, MetricError> {
+        let bad = || MetricError(s.to_string());
+        let (kind, k) = s.split_once('@').ok_or_else(bad)?;
+        let kind = MetricKind::from_name(kind).ok_or_else(bad)?;
+        let k: usize = k.parse().map_err(|_| bad())?;
+        if k == 0 {
+            return Err(bad());
+        }
+        Ok(Metric { kind, k })
+    }
+}
+
+impl serde::Serialize for Metric {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Metric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Accumulates per-row ranks into mean HR/NDCG/Recall/MRR at several cut-offs,
 /// in O(|ks|) per row and without storing the ranks.
@@ -128,5 +192,40 @@ mod tests {
         let acc = MetricAccumulator::new(&[1]);
         assert_eq!(acc.count(), 0);
         assert!(acc.finish().values().all(|&v| v == 0.0));
+    }
+}
+
+#[cfg(test)]
+mod metric_name_tests {
+    use super::*;
+
+    #[test]
+    fn metrics_round_trip_through_their_names() {
+        for &kind in MetricKind::ALL {
+            let m = Metric { kind, k: 20 };
+            let s = m.to_string();
+            assert_eq!(s, format!("{}@20", kind.name()));
+            assert_eq!(s.parse::<Metric>().unwrap(), m);
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<Metric>(&json).unwrap(), m);
+        }
+        // every key that finish() writes parses as a metric
+        let mut acc = MetricAccumulator::new(&[1, 10]);
+        acc.add(3);
+        for key in acc.finish().keys() {
+            assert_eq!(key.parse::<Metric>().unwrap().to_string(), *key);
+        }
+    }
+
+    #[test]
+    fn malformed_metrics_list_the_kinds() {
+        for bad in ["auc@10", "ndcg", "ndcg@0", "ndcg@x", "NDCG@10"] {
+            let e = bad.parse::<Metric>().unwrap_err().to_string();
+            assert!(
+                e.contains(bad) && e.contains("hr, ndcg, recall, mrr"),
+                "{e}"
+            );
+        }
     }
 }

@@ -41,13 +41,13 @@ pub fn run(
         let trained = train_student_in(cfg, &data, &student_dir, &mut student_run, device)?;
         student_run.write_metrics(&trained.metrics)?;
         student_run.finish(Ok(()))?;
-        let name = format!("{:?}", cfg.student.model).to_lowercase();
-        on_model(&name, &trained.metrics);
+        let name = cfg.student.model.name();
+        on_model(name, &trained.metrics);
         let o = &trained.outcome;
         let rows = [
             ("popularity", &pop, "-".to_string()),
             (
-                name.as_str(),
+                name,
                 &trained.metrics,
                 format!(
                     "{} epochs, {:.1} s/epoch, eval {:.0} rows/s",

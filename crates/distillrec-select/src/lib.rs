@@ -21,8 +21,6 @@ pub mod cluster;
 pub mod kl;
 pub mod signals;
 
-use std::str::FromStr;
-
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -31,138 +29,7 @@ use rand_chacha::ChaCha8Rng;
 pub use kl::candidate_kl;
 pub use signals::{RowSignals, SignalOptions};
 
-/// A selection policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
-    /// Every row.
-    All,
-    /// Seeded uniform sample.
-    Random,
-    /// Student loss on the target, highest first.
-    Loss,
-    /// Entropy of the student's distribution, highest first.
-    Entropy,
-    /// `1 − max p`, highest first.
-    LeastConfidence,
-    /// `p₁ − p₂`, smallest first.
-    Margin,
-    /// Output-layer gradient norm, highest first.
-    GradientNorm,
-    /// k-center greedy on representations.
-    Coreset,
-    /// k-means on representations, nearest rows to the centroids.
-    Kmeans,
-    /// k-means++ seeding on gradient embeddings.
-    Badge,
-    /// Teacher–student KL over the candidates above a threshold.
-    Kl,
-    /// Student probability of the target below a threshold.
-    GtError,
-}
-
-/// Every policy with its name as written in configs and on the command line.
-pub const POLICIES: &[(Policy, &str)] = &[
-    (Policy::All, "all"),
-    (Policy::Random, "random"),
-    (Policy::Loss, "loss"),
-    (Policy::Entropy, "entropy"),
-    (Policy::LeastConfidence, "least_confidence"),
-    (Policy::Margin, "margin"),
-    (Policy::GradientNorm, "gradient_norm"),
-    (Policy::Coreset, "coreset"),
-    (Policy::Kmeans, "kmeans"),
-    (Policy::Badge, "badge"),
-    (Policy::Kl, "kl"),
-    (Policy::GtError, "gt_error"),
-];
-
-impl FromStr for Policy {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match POLICIES.iter().find(|(_, n)| *n == s) {
-            Some(&(p, _)) => Ok(p),
-            None => {
-                let names: Vec<&str> = POLICIES.iter().map(|(_, n)| *n).collect();
-                bail!(
-                    "unknown selection policy '{s}'; expected one of: {}",
-                    names.join(", ")
-                )
-            }
-        }
-    }
-}
-
-impl Policy {
-    /// The policy's name as written in configs.
-    pub fn name(self) -> &'static str {
-        POLICIES
-            .iter()
-            .find(|(p, _)| *p == self)
-            .map_or("unknown", |(_, n)| n)
-    }
-
-    /// Whether the policy reads the student's per-row signals (every
-    /// informed policy but the `kl` filter, which compares with the teacher).
-    pub fn needs_signals(self) -> bool {
-        !matches!(self, Policy::All | Policy::Random | Policy::Kl)
-    }
-}
-
-/// How many rows the teacher may see. Serialised as `{"fraction": 0.25}` or
-/// `{"count": 1000}` (selection sidecars, run records).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Budget {
-    /// A fraction of the pool in (0, 1].
-    Fraction(f64),
-    /// A number of rows.
-    Count(usize),
-}
-
-impl FromStr for Budget {
-    type Err = anyhow::Error;
-    /// `0.25`, `25%`, `1.0` (fractions) or `1000` (a count; any integer of at
-    /// least 2). A bare `1` is refused: it could mean one row or every row.
-    fn from_str(s: &str) -> Result<Self> {
-        let t = s.trim();
-        let bad = || {
-            anyhow::anyhow!("budget '{s}': expected a fraction in (0, 1] such as 0.25 or 25%, or a row count such as 1000")
-        };
-        if t.parse::<u64>() == Ok(1) {
-            bail!("budget '{s}' is ambiguous: write 100% or 1.0 for every row, or a count of at least 2");
-        }
-        if let Some(p) = t.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| bad())?;
-            return Budget::from_value(v / 100.0).map_err(|_| bad());
-        }
-        let v: f64 = t.parse().map_err(|_| bad())?;
-        Budget::from_value(v).map_err(|_| bad())
-    }
-}
-
-impl Budget {
-    /// From a config number: a fraction when ≤ 1, a count when an integer above 1.
-    pub fn from_value(v: f64) -> Result<Self> {
-        if !(v > 0.0 && v.is_finite()) {
-            bail!("budget {v}: must be > 0");
-        }
-        if v <= 1.0 {
-            Ok(Budget::Fraction(v))
-        } else if v.fract() == 0.0 {
-            Ok(Budget::Count(v as usize))
-        } else {
-            bail!("budget {v}: a count must be a whole number")
-        }
-    }
-
-    /// The number of rows out of a pool of `pool` (at least 1, at most the pool).
-    pub fn rows(self, pool: usize) -> usize {
-        match self {
-            Budget::Fraction(f) => ((f * pool as f64).round() as usize).clamp(1.min(pool), pool),
-            Budget::Count(c) => c.min(pool),
-        }
-    }
-}
+pub use distillrec_config::{Budget, BudgetError, Policy};
 
 /// What a selection produced: chosen rows (indices into the pool, in
 /// pool order) with the score that ranked them.
@@ -300,7 +167,7 @@ mod tests {
 
     #[test]
     fn policies_parse_and_name() {
-        for &(p, n) in POLICIES {
+        for (&p, &n) in Policy::ALL.iter().zip(Policy::NAMES) {
             assert_eq!(n.parse::<Policy>().unwrap(), p);
             assert_eq!(p.name(), n);
         }

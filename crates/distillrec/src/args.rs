@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use distillrec_cache::ShardSpec;
-use distillrec_config::DeviceSpec;
+use distillrec_cache::{DistanceKind, IdSpace, ShardSpec};
+use distillrec_config::{Budget, DatasetKind, DeviceSpec, Metric, Objective, Policy};
+use distillrec_data::{Dedup, SplitKind};
 use distillrec_report::RunSpec;
 
 /// Distil LLM-based sequential recommenders into small, fast conventional ones.
@@ -91,18 +92,18 @@ pub enum DataCommand {
 /// Arguments of `data prepare`.
 #[derive(Args, Debug)]
 pub struct PrepareArgs {
-    /// Source layout: synthetic, ml-100k, ml-1m, amazon, csv, dllm2rec or ilora.
-    #[arg(long, value_name = "NAME")]
-    pub dataset: String,
+    /// Source layout.
+    #[arg(long, value_name = "NAME", value_enum)]
+    pub dataset: DatasetKind,
     /// Directory with the raw files (not needed for synthetic).
     #[arg(long, value_name = "DIR")]
     pub raw: Option<PathBuf>,
     /// Output directory for the prepared dataset.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Split strategy: leave_one_out, temporal or by_user (raw-log layouts).
-    #[arg(long, value_name = "SPLIT")]
-    pub split: Option<String>,
+    /// Split strategy (raw-log layouts).
+    #[arg(long, value_name = "SPLIT", value_enum)]
+    pub split: Option<SplitKind>,
     /// Keep only interactions rated at least this (default: every rating counts).
     #[arg(long, value_name = "R")]
     pub min_rating: Option<f32>,
@@ -115,9 +116,9 @@ pub struct PrepareArgs {
     /// Drop rows with a shorter history (default 1; 3 for ilora as in its loaders).
     #[arg(long, value_name = "N")]
     pub min_history: Option<usize>,
-    /// Consecutive repeats: keep or drop_consecutive.
-    #[arg(long, value_name = "MODE")]
-    pub dedup: Option<String>,
+    /// Consecutive repeats.
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub dedup: Option<Dedup>,
     /// Seed for the split and the synthetic generator.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -303,14 +304,14 @@ pub struct FromFilesArgs {
     #[arg(long)]
     pub train_order: bool,
     /// Id space of the files: `internal` (1..=N) or `raw` (the dataset's raw item ids).
-    #[arg(long, default_value = "internal")]
-    pub ids: String,
+    #[arg(long, value_enum, default_value = "internal")]
+    pub ids: IdSpace,
     /// Keep only the first K candidates.
     #[arg(long)]
     pub k: Option<usize>,
-    /// What the distances are (recorded in the manifest), e.g. `l2` or `neg_log_prob`.
-    #[arg(long, default_value = "given")]
-    pub distance_kind: String,
+    /// What the distances are (recorded in the manifest); without --distances the cache records `none`.
+    #[arg(long, value_enum, default_value = "given")]
+    pub distance_kind: DistanceKind,
     /// Order each row by distance (ties by item id) instead of refusing rows whose distances decrease.
     #[arg(long)]
     pub sort: bool,
@@ -336,12 +337,12 @@ pub struct MergeArgs {
 /// Arguments of `select`.
 #[derive(Args, Debug)]
 pub struct SelectArgs {
-    /// Policy: all, random, loss, entropy, least_confidence, margin, gradient_norm, coreset, kmeans, badge, kl, gt_error (default: selection.policy).
-    #[arg(long)]
-    pub policy: Option<String>,
-    /// Budget: a fraction (0.25 or 25%) or a row count (1000) (default: selection.budget).
-    #[arg(long)]
-    pub budget: Option<String>,
+    /// Selection policy (default: selection.policy).
+    #[arg(long, value_enum)]
+    pub policy: Option<Policy>,
+    /// Budget: a fraction (0.25, 25% or 1.0) or a row count of at least 2 (1000); a bare 1 is ambiguous (default: selection.budget).
+    #[arg(long, value_name = "BUDGET")]
+    pub budget: Option<Budget>,
     /// The student whose signals inform the policy (every policy but all/random).
     #[arg(long, value_name = "FILE")]
     pub student: Option<PathBuf>,
@@ -403,22 +404,12 @@ pub struct ReportArgs {
     /// Label of the baseline drawn as a dashed line on the budget plot.
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Metric of the plots and the budget table.
-    #[arg(long, default_value = "ndcg@10")]
-    pub metric: String,
+    /// Metric of the plots and the budget table (`kind@K`: hr, ndcg, recall or mrr at a cut-off).
+    #[arg(long, value_name = "KIND@K", default_value = "ndcg@10")]
+    pub metric: Metric,
     /// Output directory (report.md, models.csv, budget.csv, PNG plots).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-}
-
-/// Objective names as the PyTorch script spells them.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum BenchObjective {
-    /// One target per row at the last position.
-    Last,
-    /// Every position predicts the next item.
-    #[value(name = "all_positions")]
-    AllPositions,
 }
 
 /// Arguments of `bench student` (same names and defaults as the PyTorch
@@ -426,9 +417,9 @@ pub enum BenchObjective {
 /// so sizes are validated like any run's.
 #[derive(Args, Debug)]
 pub struct BenchStudentArgs {
-    /// Training objective (student.objective).
+    /// Training objective (student.objective; the PyTorch script spells it the same).
     #[arg(long, value_enum, default_value = "last")]
-    pub objective: BenchObjective,
+    pub objective: Objective,
     /// Attention heads (student.heads).
     #[arg(long, default_value_t = 1)]
     pub heads: usize,

@@ -44,9 +44,49 @@ fn default_sigpipe() {
     }
 }
 
+/// Parses the command line. A value outside its closed set (`--dataset
+/// nosuch`) or one its type refuses (`--budget 1`) ends like every other
+/// bad input: one line naming the option and the valid names, exit code 1.
+/// Every other clap outcome (help, version, usage errors) is clap's own.
+fn parse_cli() -> Cli {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        e.exit();
+    }
+    let text = |k: ContextKind| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let arg = text(ContextKind::InvalidArg).unwrap_or_default();
+    let flag = arg.split_whitespace().next().unwrap_or("").to_string();
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    let msg = match (e.kind(), text(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, Some(valid)) => {
+            format!("{flag} '{value}' is not one of {valid}")
+        }
+        _ => {
+            // clap's own first line: "error: invalid value 'x' for '--f <V>': reason"
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("").to_string();
+            let reason = first.rsplit_once("': ").map_or(first.as_str(), |(_, r)| r);
+            format!("{flag} '{value}': {reason}")
+        }
+    };
+    eprintln!("error: {}", msg.replace('\n', " "));
+    std::process::exit(1);
+}
+
 fn main() {
     default_sigpipe();
-    if let Err(e) = dispatch(Cli::parse()) {
+    if let Err(e) = dispatch(parse_cli()) {
         // One line, naming the file/line/key (the errors carry them).
         let msg = format!("{e:#}").replace('\n', " ");
         eprintln!("error: {msg}");

@@ -5,22 +5,14 @@ use anyhow::Result;
 use distillrec_config::Config;
 use distillrec_train::bench::{bench_step, StepBench};
 
-use crate::args::{BenchObjective, BenchStudentArgs};
+use crate::args::BenchStudentArgs;
 use crate::common::config_device;
-
-/// The objective as the config and the PyTorch script spell it.
-fn objective_name(o: BenchObjective) -> &'static str {
-    match o {
-        BenchObjective::Last => "last",
-        BenchObjective::AllPositions => "all_positions",
-    }
-}
 
 /// The benchmark's arguments as config overrides: a SASRec student and the
 /// student stage with plain AdamW (no weight decay, no clipping), as the
 /// PyTorch reference.
 fn overrides(a: &BenchStudentArgs) -> Vec<String> {
-    let objective = objective_name(a.objective);
+    let objective = a.objective.name();
     vec![
         "student.model=sasrec".into(),
         format!("student.objective={objective}"),
@@ -53,7 +45,7 @@ pub fn student(a: BenchStudentArgs) -> Result<()> {
     };
     let r = bench_step(&cfg.student, &cfg.train.student, &bench, &device)?;
     let rss = distillrec_run::peak_rss_mb().unwrap_or(0.0);
-    let obj = objective_name(a.objective);
+    let obj = a.objective.name();
     if a.breakdown {
         let n = r.steps as f64;
         println!(

@@ -2,9 +2,8 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use distillrec_config::DatasetKind;
 use distillrec_data::{stats, store};
 use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
@@ -22,15 +21,7 @@ pub fn run(c: DataCommand) -> Result<()> {
 
 fn prepare(a: PrepareArgs) -> Result<()> {
     init_logging(None)?;
-    let kind = DatasetKind::parse(&a.dataset).with_context(|| {
-        let names: Vec<_> = DatasetKind::ALL.iter().map(|(n, _)| *n).collect();
-        format!(
-            "--dataset '{}' is not one of {}",
-            a.dataset,
-            names.join(", ")
-        )
-    })?;
-    let mut sets = vec![format!("dataset.kind={}", quoted(kind.name()))];
+    let mut sets = vec![format!("dataset.kind={}", quoted(a.dataset.name()))];
     if let Some(r) = &a.raw {
         sets.push(format!("dataset.raw={}", quoted(&r.display().to_string())));
     }
@@ -39,8 +30,8 @@ fn prepare(a: PrepareArgs) -> Result<()> {
             sets.push(format!("{k}={v}"));
         }
     };
-    push("dataset.split", a.split.as_deref().map(quoted));
-    push("dataset.dedup", a.dedup.as_deref().map(quoted));
+    push("dataset.split", a.split.map(|s| quoted(s.name())));
+    push("dataset.dedup", a.dedup.map(|d| quoted(d.name())));
     push("dataset.min_rating", a.min_rating.map(|x| format!("{x:?}")));
     push("dataset.k_core", a.k_core.map(|x| x.to_string()));
     push("dataset.min_seq_len", a.min_seq_len.map(|x| x.to_string()));

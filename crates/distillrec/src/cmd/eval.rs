@@ -41,7 +41,7 @@ fn student(a: EvalStudentArgs) -> Result<()> {
         build_info(),
         &device,
     )?;
-    print_metrics(&format!("{:?}", e.kind).to_lowercase(), &e.metrics());
+    print_metrics(e.kind.name(), &e.metrics());
     println!(
         "test: {} rows in {:.2}s ({:.0} rows/s)",
         e.test.rows, e.test.wall_secs, e.test.rows_per_sec

@@ -13,7 +13,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
         ablation_runs: a.ablation_runs,
         budget_runs: a.budget_runs,
         baseline: a.baseline,
-        metric: a.metric,
+        metric: a.metric.to_string(),
         out: a.out,
     };
     let md = write_report(&req)?;

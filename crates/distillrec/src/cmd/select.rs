@@ -1,10 +1,9 @@
 //! `select`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use distillrec_pipeline::stages::{self, SelectRequest};
 use distillrec_run::init_logging;
-use distillrec_select::{Budget, Policy};
 
 use crate::args::SelectArgs;
 use crate::common::{config_device, load_config, READS_SELECT};
@@ -14,15 +13,8 @@ use crate::common::{config_device, load_config, READS_SELECT};
 pub fn run(a: SelectArgs) -> Result<()> {
     init_logging(None)?;
     let mut cfg = load_config(&a.config, vec![], READS_SELECT)?;
-    let policy: Policy = a
-        .policy
-        .as_deref()
-        .unwrap_or(&cfg.selection.policy)
-        .parse()?;
-    let budget: Budget = match &a.budget {
-        Some(b) => b.parse()?,
-        None => Budget::from_value(cfg.selection.budget).context("selection.budget")?,
-    };
+    let policy = a.policy.unwrap_or(cfg.selection.policy);
+    let budget = a.budget.unwrap_or(cfg.selection.budget);
     let device = config_device(&mut cfg, &a.device)?;
     let req = SelectRequest {
         policy,

@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-use distillrec_cache::{FromFiles, IdSpace, RowKeys};
+use distillrec_cache::{FromFiles, RowKeys};
 use distillrec_pipeline::stages::{self, TeacherFromStudent};
 use distillrec_run::init_logging;
 
@@ -46,11 +46,6 @@ fn from_student(a: FromStudentArgs) -> Result<()> {
 }
 
 fn from_files(a: FromFilesArgs) -> Result<()> {
-    let ids = match a.ids.as_str() {
-        "internal" => IdSpace::Internal,
-        "raw" => IdSpace::Raw,
-        other => bail!("--ids {other}: expected internal or raw"),
-    };
     let keys = match (a.keys, a.train_order) {
         (Some(k), _) => RowKeys::KeysFile(k),
         (None, true) => RowKeys::TrainOrder,
@@ -61,7 +56,7 @@ fn from_files(a: FromFilesArgs) -> Result<()> {
         distances: a.distances,
         embeddings: a.embeddings,
         keys,
-        ids,
+        ids: a.ids,
         k: a.k,
         distance_kind: a.distance_kind,
         sort: a.sort,
