@@ -27,8 +27,8 @@ pub enum DataError {
         msg: String,
     },
     /// An operating-system error on a file (said in words by
-    /// [`crate::fsutil::io_reason`]).
-    #[error("{}: {}", path.display(), crate::fsutil::io_reason(err))]
+    /// [`io_reason`]).
+    #[error("{}: {}", path.display(), io_reason(err))]
     Io {
         /// The file or directory concerned.
         path: PathBuf,
@@ -58,13 +58,10 @@ impl DataError {
         }
     }
 
-    /// An I/O error on `path`; a [`crate::fsutil::LineTooLong`] error
+    /// An I/O error on `path`; a [`LineTooLong`] error
     /// becomes a parse error naming the line.
     pub fn io(path: &Path, err: std::io::Error) -> Self {
-        if let Some(long) = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<crate::fsutil::LineTooLong>())
-        {
+        if let Some(long) = err.get_ref().and_then(|e| e.downcast_ref::<LineTooLong>()) {
             return DataError::parse(path, long.line, long.to_string());
         }
         DataError::Io {
@@ -76,3 +73,43 @@ impl DataError {
 
 /// Result alias for this crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// Why a path could not be opened, in words: "file not found", "is a
+/// directory, not a file", "permission denied", "symbolic link loop", or the
+/// operating system's message. One helper, so every command says the same.
+pub fn io_reason(err: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    // ELOOP: Linux 40, macOS/BSD 62.
+    let eloop = if cfg!(target_os = "linux") { 40 } else { 62 };
+    match err.kind() {
+        ErrorKind::NotFound => "file not found".into(),
+        ErrorKind::IsADirectory => "is a directory, not a file".into(),
+        ErrorKind::NotADirectory => "a component of the path is not a directory".into(),
+        ErrorKind::PermissionDenied => "permission denied (not readable)".into(),
+        _ if err.raw_os_error() == Some(eloop) => "symbolic link loop".into(),
+        _ => err.to_string(),
+    }
+}
+
+/// The io error [`crate::fsutil::LineLimited`] returns for a line longer than its limit;
+/// [`DataError::io`] turns it into a parse error naming the line.
+#[derive(Debug)]
+pub struct LineTooLong {
+    /// 1-based line number.
+    pub line: usize,
+    /// The limit in bytes.
+    pub max: usize,
+}
+
+impl std::fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line longer than {} bytes (the limit for one line is {} MiB)",
+            self.max,
+            self.max >> 20
+        )
+    }
+}
+
+impl std::error::Error for LineTooLong {}

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+pub use crate::error::{io_reason, LineTooLong};
 use crate::error::{DataError, Result};
 
 /// Writes `path` atomically with the bytes produced by `fill`.
@@ -63,23 +64,6 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// The largest small JSON/TOML file (manifests, `data_statis.json`,
 /// `config.json`, configs) read whole into memory.
 pub const MAX_SMALL_FILE_BYTES: u64 = 64 << 20;
-
-/// Why a path could not be opened, in words: "file not found", "is a
-/// directory, not a file", "permission denied", "symbolic link loop", or the
-/// operating system's message. One helper, so every command says the same.
-pub fn io_reason(err: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    // ELOOP: Linux 40, macOS/BSD 62.
-    let eloop = if cfg!(target_os = "linux") { 40 } else { 62 };
-    match err.kind() {
-        ErrorKind::NotFound => "file not found".into(),
-        ErrorKind::IsADirectory => "is a directory, not a file".into(),
-        ErrorKind::NotADirectory => "a component of the path is not a directory".into(),
-        ErrorKind::PermissionDenied => "permission denied (not readable)".into(),
-        _ if err.raw_os_error() == Some(eloop) => "symbolic link loop".into(),
-        _ => err.to_string(),
-    }
-}
 
 /// Checks that `dir` exists and is a directory.
 pub fn require_dir(dir: &Path) -> Result<()> {
@@ -147,29 +131,6 @@ pub fn read_text_limited(path: &Path, max: u64) -> std::result::Result<String, L
     }
     Ok(text)
 }
-
-/// The io error [`LineLimited`] returns for a line longer than its limit;
-/// [`DataError::io`] turns it into a parse error naming the line.
-#[derive(Debug)]
-pub struct LineTooLong {
-    /// 1-based line number.
-    pub line: usize,
-    /// The limit in bytes.
-    pub max: usize,
-}
-
-impl std::fmt::Display for LineTooLong {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "line longer than {} bytes (the limit for one line is {} MiB)",
-            self.max,
-            self.max >> 20
-        )
-    }
-}
-
-impl std::error::Error for LineTooLong {}
 
 /// A reader that fails with [`LineTooLong`] as soon as one line exceeds
 /// `max` bytes, so that line-based parsers (ours and the `csv` crate's)

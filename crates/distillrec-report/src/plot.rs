@@ -16,9 +16,9 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::aggregate::{AggregateRow, BudgetPoint};
 use crate::canvas::{font, Canvas};
 use crate::tables::{percent, policies_in_order};
-use crate::{AggregateRow, BudgetPoint};
 
 /// Width in pixels of every plot.
 pub const PLOT_WIDTH: u32 = 800;

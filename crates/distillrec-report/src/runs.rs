@@ -20,10 +20,9 @@ use serde::Deserialize;
 
 use distillrec_data::fsutil::atomic_write;
 
-use crate::{
-    aggregate, budget_csv, budget_markdown, csv_table, markdown_table, mean_std, plot_budget_curve,
-    plot_metric_bars, BudgetPoint, RunSummary, TEACHER_ROWS, WALL_SECS,
-};
+use crate::aggregate::{aggregate, mean_std, BudgetPoint, RunSummary, TEACHER_ROWS, WALL_SECS};
+use crate::plot::{plot_budget_curve, plot_metric_bars};
+use crate::tables::{budget_csv, budget_markdown, csv_table, markdown_table};
 
 /// The part of `run.json` the report reads (other fields are ignored).
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::{AggregateRow, BudgetPoint};
+use crate::aggregate::{AggregateRow, BudgetPoint};
 
 /// What Markdown and CSV print for a value that is missing.
 const MISSING_MD: &str = "-";
