@@ -726,6 +726,7 @@ mod tests {
             eval: &cfg.eval,
             seed: 0,
             out_dir: out.path(),
+            device: &Device::Cpu,
             progress: false,
             halt_after_epoch: None,
         };

@@ -167,7 +167,7 @@ fn best_checkpoint_is_the_best_validation_epoch() {
     // the first epoch with the largest validation metric
     let best = (0..valid.len()).fold(0, |b, i| if valid[i] > valid[b] { i } else { b });
     assert_eq!(o.best_epoch, best + 1, "validation per epoch: {valid:?}");
-    assert_eq!(o.valid[metric.as_str()], valid[best]);
+    assert_eq!(o.valid[metric.to_string().as_str()], valid[best]);
 }
 
 #[test]
