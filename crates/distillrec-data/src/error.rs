@@ -91,7 +91,7 @@ pub fn io_reason(err: &std::io::Error) -> String {
     }
 }
 
-/// The io error [`crate::fsutil::LineLimited`] returns for a line longer than its limit;
+/// The io error the line-limited reader of `fsutil` returns for a line longer than its limit;
 /// [`DataError::io`] turns it into a parse error naming the line.
 #[derive(Debug)]
 pub struct LineTooLong {

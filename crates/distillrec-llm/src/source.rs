@@ -1,7 +1,7 @@
 //! Where weights come from, as one interface: [`WeightSource`] resolves
 //! Hugging Face tensor names; [`MapSource`] holds tensors in memory. The
-//! on-disk sources are [`crate::weights::SafetensorsSource`] and
-//! [`crate::gguf::GgufSource`].
+//! on-disk sources are `SafetensorsSource` (module `weights`) and
+//! `GgufSource` (module `gguf`), which implement it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -367,6 +367,27 @@ mod tests {
     use candle_core::{DType, Device, Var};
 
     #[test]
+    fn fused_linear_matches_composed_value_and_gradients() {
+        let dev = Device::Cpu;
+        let (b, l, inp, out) = (3, 5, 7, 4);
+        let x = Var::from_vec(uniform(b * l * inp, 1, 1.0), (b, l, inp), &dev).unwrap();
+        let w = Var::from_vec(uniform(out * inp, 2, 1.0), (out, inp), &dev).unwrap();
+        let bias = Var::from_vec(uniform(out, 3, 1.0), out, &dev).unwrap();
+        let probe = Tensor::from_vec(uniform(b * l * out, 4, 1.0), (b, l, out), &dev).unwrap();
+        let ours = fused_linear(x.as_tensor(), w.as_tensor(), bias.as_tensor()).unwrap();
+        let reference =
+            linear_composed(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor())).unwrap();
+        assert_matches_composed(
+            &ours,
+            &reference,
+            &probe,
+            &[("x", &x), ("w", &w), ("b", &bias)],
+            (1e-5, 1e-5),
+            "fused linear",
+        );
+    }
+
+    #[test]
     fn fused_cross_entropy_gradient_matches_finite_differences() {
         let dev = Device::Cpu;
         let (m, d, c) = (3, 4, 6);
