@@ -77,8 +77,17 @@ impl Tokenizer {
             return Err(Error::file(&path, "missing"));
         }
         let text = crate::error::read_small_file(&path)?;
-        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
-            .map_err(|e| Error::file(&path, e))?;
+        // tokenizers 0.21 unwraps inside some decoder deserialisers, so a
+        // malformed file can panic; contain it as an error naming the file.
+        let parsed =
+            std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()))
+                .map_err(|_| {
+                    Error::file(
+                        &path,
+                        "malformed tokenizer.json (the tokenizers crate could not parse it)",
+                    )
+                })?;
+        let inner = parsed.map_err(|e| Error::file(&path, e))?;
         Ok(Tokenizer::new(
             inner,
             cfg.bos_token_id,
