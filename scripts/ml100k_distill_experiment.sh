@@ -14,9 +14,10 @@ cd "$W"
 D="--data data"
 [ -f data/dataset.json ] || "$B" data prepare --dataset ml-100k --raw "$here/../shared/data/raw/ml-100k" --out data
 # teacher: SASRec hidden 256, trained to convergence (early stopping, patience 20)
-"$B" train student --config "$here/configs/ml-100k-sasrec.toml" $D --out teacher \
+# (a finished teacher or cache in the work dir is kept: both are deterministic)
+[ -f teacher/metrics.json ] || "$B" train student --config "$here/configs/ml-100k-sasrec.toml" $D --out teacher \
   --set student.hidden=256 --set student.heads=2 --set train.student.patience=20
-"$B" teacher from-student --checkpoint teacher/checkpoints/best.safetensors $D --out cache
+[ -f cache/manifest.json ] || "$B" teacher from-student --checkpoint teacher/checkpoints/best.safetensors $D --out cache
 T="--teacher-cache cache"
 for s in 1 2 3; do
   "$B" train student --config "$C" $D --out base-s$s --set seed=$s

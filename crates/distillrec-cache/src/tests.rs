@@ -27,7 +27,7 @@ fn ds() -> Dataset {
             });
         }
     }
-    let ds = prepare("tiny", &log, &PrepareOptions::default()).unwrap();
+    let ds = prepare("tiny", &log, &PrepareOptions::default(), 42).unwrap();
     assert_eq!(ds.num_items(), 8);
     assert_eq!(ds.train.len(), 5);
     assert_eq!(ds.items[0].raw_id, "0");

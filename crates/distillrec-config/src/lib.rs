@@ -13,13 +13,14 @@ mod device;
 pub mod selection;
 mod source;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 pub use device::DeviceSpec;
 pub use distillrec_data::synthetic::SyntheticOptions;
-use distillrec_data::{Dedup, PrepareOptions, SplitKind};
+use distillrec_data::PrepareOptions;
 pub use distillrec_eval::{EvalOptions, Metric, MetricKind};
 pub use selection::{Budget, BudgetError, Policy};
 
@@ -91,8 +92,10 @@ impl DatasetKind {
 }
 
 /// `[dataset]`: where the data comes from and how it is filtered and split.
+/// The filter and split keys are [`PrepareOptions`]' fields, flattened into
+/// this group; a key that neither knows is refused by [`Config::check`]
+/// (serde cannot combine `flatten` with `deny_unknown_fields`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
     /// Source layout.
     pub kind: DatasetKind,
@@ -100,70 +103,38 @@ pub struct DatasetConfig {
     pub raw: Option<PathBuf>,
     /// A prepared dataset directory; when set it is used as is.
     pub prepared: Option<PathBuf>,
-    /// Minimum rating for an interaction to count (None: all).
-    pub min_rating: Option<f32>,
-    /// k-core threshold for users and items (0: off).
-    pub k_core: usize,
-    /// Minimum interactions per user.
-    pub min_seq_len: usize,
-    /// Consecutive-repeat handling.
-    pub dedup: Dedup,
-    /// Split strategy (raw-log layouts).
-    pub split: SplitKind,
-    /// Validation fraction (temporal, by_user).
-    pub valid_fraction: f64,
-    /// Test fraction (temporal, by_user).
-    pub test_fraction: f64,
-    /// Minimum history length of a row (None: 3 for `ilora`, as its
-    /// loaders keep `len_seq >= 3`; 1 otherwise).
-    pub min_history: Option<usize>,
+    /// Rating filter, k-core, minimum lengths, dedup and split (raw-log
+    /// layouts; `min_history` also for the processed ones).
+    #[serde(flatten)]
+    pub options: PrepareOptions,
     /// Generator settings for `synthetic`.
     pub synthetic: SyntheticOptions,
+    /// Keys of `[dataset]` that no field knows; refused by the check.
+    #[serde(flatten, skip_serializing)]
+    unknown: BTreeMap<String, toml::Value>,
 }
 
 impl Default for DatasetConfig {
     fn default() -> Self {
-        let p = PrepareOptions::default();
         DatasetConfig {
             kind: DatasetKind::Synthetic,
             raw: None,
             prepared: None,
-            min_rating: p.min_rating,
-            k_core: p.k_core,
-            min_seq_len: p.min_seq_len,
-            dedup: p.dedup,
-            split: p.split,
-            valid_fraction: p.valid_fraction,
-            test_fraction: p.test_fraction,
-            min_history: None,
+            options: PrepareOptions::default(),
             synthetic: SyntheticOptions::default(),
+            unknown: BTreeMap::new(),
         }
     }
 }
 
 impl DatasetConfig {
-    /// The minimum history length in force for this layout.
+    /// The minimum history length in force for this layout: the key, else
+    /// 3 for `ilora` (its loaders keep `len_seq >= 3`) and 1 otherwise.
     pub fn effective_min_history(&self) -> usize {
-        self.min_history
-            .unwrap_or(if self.kind == DatasetKind::Ilora {
-                3
-            } else {
-                1
-            })
-    }
-
-    /// The options of `distillrec_data::prepare::prepare`.
-    pub fn prepare_options(&self, seed: u64) -> PrepareOptions {
-        PrepareOptions {
-            min_rating: self.min_rating,
-            k_core: self.k_core,
-            min_seq_len: self.min_seq_len,
-            dedup: self.dedup,
-            split: self.split,
-            valid_fraction: self.valid_fraction,
-            test_fraction: self.test_fraction,
-            min_history: self.effective_min_history(),
-            seed,
+        match (self.options.min_history, self.kind) {
+            (Some(h), _) => h,
+            (None, DatasetKind::Ilora) => 3,
+            (None, _) => self.options.min_history(),
         }
     }
 }
@@ -571,15 +542,26 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
+        let key_error = |key: String, msg: String| ConfigError::Key {
+            source_name: source_name.to_string(),
+            key,
+            msg: msg.lines().next().unwrap_or("").trim().to_string(),
+        };
+        let dataset = table.get("dataset").cloned();
         let cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
-                let msg = e.into_inner().to_string();
-                ConfigError::Key {
-                    source_name: source_name.to_string(),
-                    key,
-                    msg: msg.lines().next().unwrap_or("").trim().to_string(),
+                // serde's flatten hides the key inside `[dataset]`: read the
+                // flattened options alone to name it.
+                if key == "dataset" {
+                    if let Some(Err(inner)) =
+                        dataset.map(serde_path_to_error::deserialize::<_, PrepareOptions>)
+                    {
+                        let key = format!("dataset.{}", inner.path());
+                        return key_error(key, inner.into_inner().to_string());
+                    }
                 }
+                key_error(key, e.into_inner().to_string())
             })?;
         cfg.check(source_name, reads)?;
         Ok(cfg)
@@ -633,6 +615,10 @@ impl Config {
                 msg,
             })
         };
+        // What `deny_unknown_fields` does for the other groups.
+        if let Some(key) = self.dataset.unknown.keys().next() {
+            return bad(&format!("dataset.{key}"), format!("unknown field `{key}`"));
+        }
         if reads.covers("eval") && (self.eval.ks.is_empty() || self.eval.ks.contains(&0)) {
             return bad(
                 "eval.ks",

@@ -17,7 +17,7 @@ impl Config {
     /// (the `prepared` key is not consulted; callers load it themselves).
     pub fn build_dataset(&self) -> Result<Dataset, DataError> {
         let d = &self.dataset;
-        let opts = d.prepare_options(self.seed);
+        let (opts, seed) = (&d.options, self.seed);
         let name = d.kind.name();
         let raw = || -> Result<&Path, DataError> {
             d.raw.as_deref().ok_or_else(|| {
@@ -32,15 +32,15 @@ impl Config {
         Ok(match d.kind {
             DatasetKind::Synthetic => {
                 let log = synthetic::generate(&d.synthetic)?;
-                let mut ds = prepare(name, &log, &opts)?;
+                let mut ds = prepare(name, &log, opts, seed)?;
                 ds.provenance["generator"] = serde_json::to_value(&d.synthetic)
                     .map_err(|e| DataError::Invalid(format!("dataset.synthetic: {e}")))?;
                 ds
             }
-            DatasetKind::Ml100k => prepare(name, &movielens::read_ml_100k(raw()?)?, &opts)?,
-            DatasetKind::Ml1m => prepare(name, &movielens::read_ml_1m(raw()?)?, &opts)?,
-            DatasetKind::Amazon => prepare(name, &amazon::read_amazon(raw()?)?, &opts)?,
-            DatasetKind::Csv => prepare(name, &generic::read_generic(raw()?)?, &opts)?,
+            DatasetKind::Ml100k => prepare(name, &movielens::read_ml_100k(raw()?)?, opts, seed)?,
+            DatasetKind::Ml1m => prepare(name, &movielens::read_ml_1m(raw()?)?, opts, seed)?,
+            DatasetKind::Amazon => prepare(name, &amazon::read_amazon(raw()?)?, opts, seed)?,
+            DatasetKind::Csv => prepare(name, &generic::read_generic(raw()?)?, opts, seed)?,
             DatasetKind::Ilora => reference::read_ilora(raw()?, &ref_opts)?,
             DatasetKind::Dllm2rec => reference::read_dllm2rec(raw()?, &ref_opts)?,
         })

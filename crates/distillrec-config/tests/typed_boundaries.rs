@@ -50,10 +50,10 @@ fn every_closed_set_round_trips_through_toml_with_its_documented_names() {
     round_trips(
         "dataset.split",
         &["leave_one_out", "temporal", "by_user"],
-        |c| c.dataset.split.name().into(),
+        |c| c.dataset.options.split.name().into(),
     );
     round_trips("dataset.dedup", &["keep", "drop_consecutive"], |c| {
-        c.dataset.dedup.name().into()
+        c.dataset.options.dedup.name().into()
     });
     round_trips("student.model", &["sasrec", "gru4rec", "caser"], |c| {
         c.student.model.name().into()

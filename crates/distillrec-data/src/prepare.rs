@@ -112,8 +112,10 @@ crate::named_enum! {
     }
 }
 
-/// Options of [`prepare`]; the `[dataset]` config group maps onto these.
+/// Options of [`prepare`]. The `[dataset]` config group flattens these
+/// (its keys are these field names), so they are defined once, here.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PrepareOptions {
     /// Keep only interactions rated at least this (None: all are positive).
     pub min_rating: Option<f32>,
@@ -129,10 +131,9 @@ pub struct PrepareOptions {
     pub valid_fraction: f64,
     /// Fraction for test.
     pub test_fraction: f64,
-    /// Rows whose history is shorter than this are not made.
-    pub min_history: usize,
-    /// Seed for every random choice of the split.
-    pub seed: u64,
+    /// Rows whose history is shorter than this are not made (None: the
+    /// layout's default, [`PrepareOptions::min_history`] for raw logs).
+    pub min_history: Option<usize>,
 }
 
 impl Default for PrepareOptions {
@@ -145,13 +146,17 @@ impl Default for PrepareOptions {
             split: SplitKind::LeaveOneOut,
             valid_fraction: 0.1,
             test_fraction: 0.1,
-            min_history: 1,
-            seed: 42,
+            min_history: None,
         }
     }
 }
 
 impl PrepareOptions {
+    /// The minimum history length in force for a raw log: the key, or 1.
+    pub fn min_history(&self) -> usize {
+        self.min_history.unwrap_or(1)
+    }
+
     /// Rejects option combinations that cannot produce a sound split.
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(DataError::Invalid(m));
@@ -170,7 +175,7 @@ impl PrepareOptions {
                 self.min_seq_len
             ));
         }
-        if self.min_history == 0 {
+        if self.min_history == Some(0) {
             return bad("dataset.min_history must be at least 1".into());
         }
         if let Some(r) = self.min_rating {
@@ -194,7 +199,8 @@ fn raw_order(names: &[&str]) -> Vec<usize> {
 }
 
 /// Builds a dataset from a raw log (see the module doc for the rules).
-pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Dataset> {
+/// `seed` drives every random choice of the split (the run seed).
+pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions, seed: u64) -> Result<Dataset> {
     opts.check()?;
     // 1. rating filter; 2. group per user keeping file order, then stable sort.
     let mut per_user: Vec<Vec<(i64, u32, usize)>> = vec![Vec::new(); log.users.len()];
@@ -294,7 +300,7 @@ pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Datase
         file_pos.push(seq.iter().map(|x| x.2).collect());
     }
     // 6. split.
-    let (train, valid, test) = split(&sequences, &file_pos, opts);
+    let (train, valid, test) = split(&sequences, &file_pos, opts, seed);
     for (which, rows) in [("train", &train), ("valid", &valid), ("test", &test)] {
         if rows.is_empty() {
             return Err(DataError::Invalid(format!(
@@ -313,7 +319,7 @@ pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Datase
         users_known: true,
         row_layout: false,
         provenance: serde_json::json!({
-            "options": opts,
+            "options": provenance_options(opts, seed),
             "tie_rule": "per-user stable sort by timestamp; equal timestamps keep source-file order",
             "item_ids": "1..=N in raw-id order (numeric if all raw ids are integers)",
         }),
@@ -322,10 +328,19 @@ pub fn prepare(name: &str, log: &RawLog, opts: &PrepareOptions) -> Result<Datase
     Ok(ds)
 }
 
+/// The options as recorded in `dataset.json`: every key resolved, and the
+/// seed of the split.
+fn provenance_options(opts: &PrepareOptions, seed: u64) -> serde_json::Value {
+    let mut v = serde_json::to_value(opts).expect("options serialise");
+    v["min_history"] = serde_json::json!(opts.min_history());
+    v["seed"] = serde_json::json!(seed);
+    v
+}
+
 /// Why `split` of a `prepare` over `users` sequences came out empty, in
 /// terms of the options a user can change.
 fn empty_split_reason(split: &str, users: usize, opts: &PrepareOptions) -> String {
-    let h = opts.min_history;
+    let h = opts.min_history();
     let fraction = match split {
         "valid" => opts.valid_fraction,
         _ => opts.test_fraction,
@@ -365,9 +380,14 @@ fn row(seq: &Sequence, s: usize, pos: usize) -> Row {
 
 type Splits = (Vec<Row>, Vec<Row>, Vec<Row>);
 
-fn split(sequences: &[Sequence], file_pos: &[Vec<usize>], opts: &PrepareOptions) -> Splits {
+fn split(
+    sequences: &[Sequence],
+    file_pos: &[Vec<usize>],
+    opts: &PrepareOptions,
+    seed: u64,
+) -> Splits {
     let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
-    let h = opts.min_history;
+    let h = opts.min_history();
     match opts.split {
         SplitKind::LeaveOneOut => {
             for (s, seq) in sequences.iter().enumerate() {
@@ -426,7 +446,7 @@ fn split(sequences: &[Sequence], file_pos: &[Vec<usize>], opts: &PrepareOptions)
         }
         SplitKind::ByUser => {
             let mut order: Vec<usize> = (0..sequences.len()).collect();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(opts.seed));
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
             let n = order.len();
             let n_valid = (opts.valid_fraction * n as f64).round() as usize;
             let n_test = (opts.test_fraction * n as f64).round() as usize;
@@ -496,7 +516,7 @@ mod tests {
             ("u1", "20", 1, 4.0),
             ("u1", "2", 9, 4.0),
         ]);
-        let ds = prepare("t", &l, &PrepareOptions::default()).unwrap();
+        let ds = prepare("t", &l, &PrepareOptions::default(), 42).unwrap();
         assert_eq!(items_of(&ds, "u1"), ["20", "30", "10", "2"]);
         // numeric raw-id order: 2, 10, 20, 30 -> ids 1..=4
         let raws: Vec<_> = ds.items.iter().map(|i| i.raw_id.as_str()).collect();
@@ -513,7 +533,7 @@ mod tests {
             ("a", "4", 4, 5.0),
             ("a", "5", 5, 5.0),
         ]);
-        let ds = prepare("t", &l, &PrepareOptions::default()).unwrap();
+        let ds = prepare("t", &l, &PrepareOptions::default(), 42).unwrap();
         let t: Vec<_> = ds.train.iter().map(|r| (r.pos, ds.target(r))).collect();
         assert_eq!(t, vec![(1, 2), (2, 3)]);
         assert_eq!(ds.target(&ds.valid[0]), 4);
@@ -552,7 +572,7 @@ mod tests {
             dedup: Dedup::DropConsecutive,
             ..PrepareOptions::default()
         };
-        let ds = prepare("t", &l, &opts).unwrap();
+        let ds = prepare("t", &l, &opts, 42).unwrap();
         // item 2 (rating 1) and item 9 (one interaction) are gone; the repeat of 1 too
         assert_eq!(items_of(&ds, "a"), ["1", "3", "4"]);
         assert_eq!(items_of(&ds, "c"), ["1", "3", "4"]);
@@ -584,7 +604,7 @@ mod tests {
             k_core: 2,
             ..PrepareOptions::default()
         };
-        let ds = prepare("t", &l, &opts).unwrap();
+        let ds = prepare("t", &l, &opts, 42).unwrap();
         assert_eq!(ds.num_users(), Some(3));
         assert_eq!(ds.train.len(), 2);
         assert!(ds.items.iter().all(|i| i.raw_id != "x" && i.raw_id != "y"));
@@ -608,7 +628,7 @@ mod tests {
             split: SplitKind::Temporal,
             ..PrepareOptions::default()
         };
-        let ds = prepare("t", &l, &opts).unwrap();
+        let ds = prepare("t", &l, &opts, 42).unwrap();
         // 20 interactions: 16 train, 2 valid, 2 test; the first of each user has no history.
         assert_eq!((ds.train.len(), ds.valid.len(), ds.test.len()), (14, 2, 2));
         let max_train_ts = ds
@@ -642,13 +662,13 @@ mod tests {
             split: SplitKind::ByUser,
             ..PrepareOptions::default()
         };
-        let a = prepare("t", &l, &opts).unwrap();
-        let b = prepare("t", &l, &opts).unwrap();
+        let a = prepare("t", &l, &opts, 42).unwrap();
+        let b = prepare("t", &l, &opts, 42).unwrap();
         assert_eq!(a, b);
         assert_eq!((a.valid.len(), a.test.len()), (2, 2));
         assert_eq!(a.train.len(), 16 * 4);
         assert!(a.valid.iter().all(|r| r.pos == 4));
-        let c = prepare("t", &l, &PrepareOptions { seed: 7, ..opts }).unwrap();
+        let c = prepare("t", &l, &opts, 7).unwrap();
         assert_ne!(a.valid, c.valid);
     }
 
@@ -659,7 +679,7 @@ mod tests {
             min_rating: Some(4.0),
             ..PrepareOptions::default()
         };
-        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        let e = prepare("t", &l, &opts, 42).unwrap_err().to_string();
         assert!(e.contains("no interaction is left"), "{e}");
     }
 
@@ -678,7 +698,7 @@ mod tests {
             valid_fraction: 0.0,
             ..PrepareOptions::default()
         };
-        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        let e = prepare("t", &l, &opts, 42).unwrap_err().to_string();
         assert!(
             e.contains(
                 "the valid split has no rows: dataset.valid_fraction = 0 of 4 users gives 0 users"
@@ -690,16 +710,16 @@ mod tests {
             test_fraction: 0.0,
             ..PrepareOptions::default()
         };
-        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        let e = prepare("t", &l, &opts, 42).unwrap_err().to_string();
         assert!(
             e.contains("the test split has no rows: dataset.test_fraction = 0"),
             "{e}"
         );
         let opts = PrepareOptions {
-            min_history: 4,
+            min_history: Some(4),
             ..PrepareOptions::default()
         };
-        let e = prepare("t", &l, &opts).unwrap_err().to_string();
+        let e = prepare("t", &l, &opts, 42).unwrap_err().to_string();
         assert!(
             e.contains("the train split has no rows: leave_one_out"),
             "{e}"

@@ -412,7 +412,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        prepare("synthetic", &log, &PrepareOptions::default()).unwrap()
+        prepare("synthetic", &log, &PrepareOptions::default(), 42).unwrap()
     }
 
     #[test]

@@ -202,12 +202,14 @@ mod tests {
             "synthetic",
             &generate(&o).unwrap(),
             &PrepareOptions::default(),
+            42,
         )
         .unwrap();
         let b = prepare(
             "synthetic",
             &generate(&o).unwrap(),
             &PrepareOptions::default(),
+            42,
         )
         .unwrap();
         assert_eq!(a, b);
@@ -216,7 +218,7 @@ mod tests {
             ..o.clone()
         })
         .unwrap();
-        let c = prepare("synthetic", &c, &PrepareOptions::default()).unwrap();
+        let c = prepare("synthetic", &c, &PrepareOptions::default(), 42).unwrap();
         assert_ne!(a.sequences, c.sequences);
         assert_eq!(a.num_users(), Some(50));
         assert_eq!(a.valid.len(), 50);

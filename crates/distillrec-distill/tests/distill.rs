@@ -30,6 +30,7 @@ fn dataset(users: usize, seed: u64) -> (Dataset, DatasetRef) {
         "synthetic",
         &generate(&o).unwrap(),
         &PrepareOptions::default(),
+        42,
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

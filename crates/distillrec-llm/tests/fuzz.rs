@@ -101,8 +101,17 @@ fn edit() -> impl Strategy<Value = Vec<(usize, u8)>> {
     )
 }
 
+/// A fixed generator seed, so that CI sees the same cases on every run;
+/// `PROPTEST_RNG_SEED=<n>` explores others.
+fn fixed_seed() -> proptest::test_runner::RngSeed {
+    match ProptestConfig::default().rng_seed {
+        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(20_261_130),
+        chosen => chosen,
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, rng_seed: fixed_seed(), ..ProptestConfig::default() })]
 
     /// 128 cases: a valid GGUF with up to 8 byte edits, most in the header.
     #[test]

@@ -19,6 +19,7 @@ fn every_policy_respects_the_budget_and_the_seed() {
         "synthetic",
         &generate(&o).unwrap(),
         &PrepareOptions::default(),
+        42,
     )
     .unwrap();
     let cfg = StudentConfig {

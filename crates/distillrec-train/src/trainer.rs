@@ -709,6 +709,7 @@ mod tests {
             "synthetic",
             &generate(&o).unwrap(),
             &PrepareOptions::default(),
+            42,
         )
         .unwrap();
         let data = DatasetRef {

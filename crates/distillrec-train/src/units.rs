@@ -252,7 +252,7 @@ mod tests {
                 rating: None,
             });
         }
-        prepare("t", &log, &PrepareOptions::default()).unwrap()
+        prepare("t", &log, &PrepareOptions::default(), 42).unwrap()
     }
 
     #[test]

@@ -91,8 +91,17 @@ const KINDS: [StudentKind; 3] = [
 ];
 const NUMBERS: [&str; 6] = ["0", "1", "3", "65537", "1000000000", "4000000000"];
 
+/// A fixed generator seed, so that CI sees the same cases on every run;
+/// `PROPTEST_RNG_SEED=<n>` explores others.
+fn fixed_seed() -> proptest::test_runner::RngSeed {
+    match ProptestConfig::default().rng_seed {
+        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(20_261_130),
+        chosen => chosen,
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 192, failure_persistence: None, rng_seed: fixed_seed(), ..ProptestConfig::default() })]
 
     /// 192 cases: each spec number replaced by one of a few hostile values,
     /// plus random byte edits of the manifest, for each student kind.
