@@ -26,6 +26,9 @@
 //! Modules depend one way: `config` ← `tokenizer` ← `source` ← `weights`/`gguf`;
 //! `source` ← `model` ← `loader` (with `chat`) and `model` ← `generate`, `embed`, `bench`.
 //! - [`embed`] — item-title embeddings for a whole catalogue.
+//! - [`tape`] — the explicit forward/backward of the decoder stack that
+//!   trains adapters on the CPU (hand-written backward, saved activations
+//!   only), with the mixture-of-experts LoRA, the blocked LM-head loss and AdamW.
 //! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
 
 pub mod bench;
@@ -42,6 +45,7 @@ pub mod model;
 pub mod ops;
 pub mod parmatmul;
 pub mod source;
+pub mod tape;
 pub mod tokenizer;
 pub mod weights;
 

@@ -38,7 +38,7 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
 pub struct Linear {
     /// The weight stored transposed, `(in, out)` contiguous: the layout
     /// candle's CPU matmul is fastest with.
-    weight_t: Tensor,
+    pub(crate) weight_t: Tensor,
     bias: Option<Tensor>,
     adapter: Option<Arc<dyn Adapter>>,
 }
@@ -115,7 +115,7 @@ impl Linear {
 /// (its weight a view of the shared buffer) so adapters attach per layer.
 #[derive(Clone, Debug)]
 pub struct Fused {
-    weight_t: Tensor,
+    pub(crate) weight_t: Tensor,
     widths: Vec<usize>,
 }
 
@@ -287,6 +287,66 @@ impl Adapter for Lora {
     fn delta(&self, x: &Tensor, _ctx: &AdapterCtx) -> Result<Tensor> {
         let h = matmul_wt(x, self.a.as_tensor())?;
         matmul_wt(&h, self.b.as_tensor())? * self.scale
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+}
+
+/// Mixture-of-experts LoRA (iLoRA) for the composed path: `E` experts share
+/// the rank `r` of `A (r, in)` and `B (out, r)` (expert `e` owns rank
+/// columns `e·r/E .. (e+1)·r/E`), and the per-sample gate `(batch, E)` of
+/// [`AdapterCtx::gate`] scales each expert's columns:
+/// `delta(x) = s · ((x Aᵀ) ⊙ gate_cols) Bᵀ`, `s = α / (r/E)`. Without a
+/// gate every expert counts fully; `E = 1` is plain LoRA.
+#[derive(Debug)]
+pub struct MoeLora {
+    a: Var,
+    b: Var,
+    experts: usize,
+    scale: f64,
+}
+
+impl MoeLora {
+    /// An adapter with given `A (r, in)` and `B (out, r)`, `E` experts.
+    pub fn from_tensors(a: &Tensor, b: &Tensor, experts: usize, alpha: f64) -> Result<MoeLora> {
+        let rank = a.dim(0)?;
+        if b.dim(1)? != rank || experts == 0 || rank % experts != 0 {
+            candle_core::bail!(
+                "moe-lora: A is {:?}, B is {:?}, {experts} experts",
+                a.shape(),
+                b.shape()
+            );
+        }
+        Ok(MoeLora {
+            a: Var::from_tensor(a)?,
+            b: Var::from_tensor(b)?,
+            experts,
+            scale: alpha / (rank / experts) as f64,
+        })
+    }
+}
+
+impl Adapter for MoeLora {
+    fn delta(&self, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
+        let u = matmul_wt(x, self.a.as_tensor())?;
+        let u = match ctx.gate {
+            Some(g) => {
+                let (bsz, e) = g.dims2()?;
+                let r = self.a.dim(0)?;
+                if e != self.experts {
+                    candle_core::bail!("moe-lora: gate has {e} experts, adapter {}", self.experts);
+                }
+                let cols = g
+                    .unsqueeze(2)?
+                    .broadcast_as((bsz, e, r / e))?
+                    .reshape((bsz, 1, r))?;
+                u.broadcast_mul(&cols.to_dtype(u.dtype())?)?
+            }
+            None => u,
+        };
+        matmul_wt(&u, self.b.as_tensor())? * self.scale
     }
 
     fn vars(&self) -> Vec<Var> {

@@ -129,7 +129,7 @@ pub struct Attention {
     /// Output projection `heads·head_dim → hidden`.
     pub o_proj: Linear,
     /// q, k and v computed by one matmul (their weights are views of it).
-    qkv: Fused,
+    pub(crate) qkv: Fused,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -379,6 +379,20 @@ impl DecoderLayer {
                 .forward(&(x + self.attn.forward(x, pos, cache, ctx, fused)?)?, fused)?;
             self.mlp_norm
                 .forward(&(&h + self.mlp.forward(&h, ctx)?)?, fused)
+        }
+    }
+
+    /// The linear layer `target` of this layer, if the architecture has it.
+    pub fn linear(&self, target: Target) -> Option<&Linear> {
+        match (target, &self.mlp) {
+            (Target::Q, _) => Some(&self.attn.q_proj),
+            (Target::K, _) => Some(&self.attn.k_proj),
+            (Target::V, _) => Some(&self.attn.v_proj),
+            (Target::O, _) => Some(&self.attn.o_proj),
+            (Target::Gate, Mlp::Gated { gate, .. }) => Some(gate),
+            (Target::Gate, Mlp::Plain { .. }) => None,
+            (Target::Up, Mlp::Gated { up, .. } | Mlp::Plain { up, .. }) => Some(up),
+            (Target::Down, Mlp::Gated { down, .. } | Mlp::Plain { down, .. }) => Some(down),
         }
     }
 
@@ -862,6 +876,42 @@ impl Model {
             )
         };
         Ok(Positions { rope, mask })
+    }
+
+    /// RoPE tables `(batch, seq, head_dim/2)` and the additive attention
+    /// mask `(batch, 1, 1, seq, seq)` (None when every key is visible) of
+    /// an uncached pass over rows with real-token `mask` (either padding
+    /// side): the same positions and visibility as [`Model::forward_hidden`].
+    pub fn rope_and_mask(&self, mask: &[Vec<bool>]) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let t = mask.first().map_or(0, Vec::len);
+        let pos: Vec<Vec<u32>> = mask
+            .iter()
+            .map(|m| {
+                let mut next = 0u32;
+                m.iter()
+                    .map(|&x| {
+                        let p = if x { next } else { 0 };
+                        next += x as u32;
+                        p
+                    })
+                    .collect()
+            })
+            .collect();
+        let p = self.positions(mask, &pos, 0, t)?;
+        let (cos, sin) = p
+            .rope
+            .ok_or_else(|| Error::Input("this architecture has no rotary positions".into()))?;
+        Ok((cos, sin, p.mask))
+    }
+
+    /// The final norm, if the architecture has one.
+    pub fn final_norm(&self) -> Option<&Norm> {
+        self.final_norm.as_ref()
+    }
+
+    /// The LM-head weight `(vocab, hidden)` (the embedding table when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head
     }
 
     /// Logits `(batch, seq, vocab)` from hidden states `(batch, seq, hidden)`.

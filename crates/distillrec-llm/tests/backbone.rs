@@ -26,12 +26,6 @@ fn ids_tensor(ids: &[u32]) -> Tensor {
     Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap()
 }
 
-fn build(cfg: &serde_json::Value, seed: u64, dtype: DType) -> Model {
-    let c = Config::from_hf_value(cfg, Path::new("config.json")).unwrap();
-    let w: HashMap<String, Tensor> = random_weights(cfg, seed).into_iter().collect();
-    Model::new(&c, &mut MapSource::new("mem", w), dtype, &Device::Cpu).unwrap()
-}
-
 fn err_of<T>(r: distillrec_llm::Result<T>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),

@@ -107,6 +107,20 @@ pub fn write_tokenizer_json(dir: &Path, v: &Vocab) {
     tok.save(dir.join("tokenizer.json"), false).unwrap();
 }
 
+/// A model of `cfg` with the random weights of `seed`, in `dtype` on the CPU.
+pub fn build(cfg: &serde_json::Value, seed: u64, dtype: DType) -> distillrec_llm::Model {
+    let c = distillrec_llm::Config::from_hf_value(cfg, Path::new("config.json")).unwrap();
+    let w: std::collections::HashMap<String, Tensor> =
+        random_weights(cfg, seed).into_iter().collect();
+    distillrec_llm::Model::new(
+        &c,
+        &mut distillrec_llm::MapSource::new("mem", w),
+        dtype,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// A tiny Llama/Qwen2 `config.json`.
 pub fn llama_config(model_type: &str, layers: usize, tie: bool) -> serde_json::Value {
     json!({

@@ -1,0 +1,1642 @@
+//! Explicit forward and backward of the decoder stack, for training adapters
+//! on a frozen Llama-family model (Llama, Qwen2: pre-norm RMSNorm, RoPE,
+//! grouped-query attention, SwiGLU).
+//!
+//! The composed candle graph of a layer is dozens of small nodes, each with
+//! its own buffers, gradient accumulation and thread fork; on a 30-layer
+//! model that bookkeeping, not the matmuls, decides the speed of a LoRA step.
+//! Here each layer is one forward that saves only what its backward needs
+//! and one backward written by hand (as hand-written trainers such as llm.c
+//! do):
+//!
+//! ```text
+//! forward, per layer (x = layer input, N = batch·seq rows):
+//!   xn = RMSNorm(x)                      saves x, 1/rms
+//!   qkv = xn·Wqkv (+ bias) + adapters    saves the adapters' rank-r activations
+//!   q, k = RoPE(q), RoPE(k)              saves q, k (rotated), v
+//!   P = softmax(q kᵀ/√d + mask); o = P v saves P
+//!   h = x + o·Wo + adapter               saves o, h
+//!   hn = RMSNorm(h)                      saves 1/rms
+//!   g, u = hn·Wgu + adapters             saves g, u
+//!   out = h + (silu(g)·u)·Wd + adapter
+//! ```
+//!
+//! The backward computes, for every frozen weight, only the input gradient
+//! (`dY·W`), plus the gradients of the adapters, of the per-sample gate and
+//! of the input embeddings (the projector of iLoRA is trained through them).
+//! Frozen weights are read in place from the model's tensors.
+//!
+//! Adapters are [`AdapterSet`]: a mixture-of-experts LoRA (iLoRA) on any of
+//! the seven projections, `E` experts sharing total rank `r`, written as one
+//! rank-`r` LoRA whose rank columns are scaled per sample by the gate of
+//! their expert: `delta(x) = s · ((x Aᵀ) ⊙ gate_cols) Bᵀ`, `s = α / (r/E)`.
+//! `E = 1` without a gate is plain LoRA (LLaRA). [`AdapterSet::to_candle`]
+//! builds the same adapters for the composed path (other devices, tests).
+//!
+//! Everything is generic over [`Real`] (f32 for training, f64 for the
+//! finite-difference checks) and runs on the CPU with the rayon pool.
+
+use std::ops::Deref;
+
+use candle_core::{DType, Layout, Storage, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::config::Family;
+use crate::error::{Error, Result};
+use crate::model::{Mlp, Model, Norm, Target};
+
+/// Float types of the explicit path: f32 to train, f64 to check gradients.
+pub trait Real:
+    candle_core::WithDType + num_traits::Float + std::iter::Sum + Send + Sync + 'static
+{
+}
+impl Real for f32 {}
+impl Real for f64 {}
+
+fn real<T: Real>(x: f64) -> T {
+    T::from_f64(x)
+}
+
+// ---------------------------------------------------------------------------
+// Strided matrices and the matmul
+// ---------------------------------------------------------------------------
+
+/// A read-only 2-D view: element `(i, j)` at `data[off + i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A row-major `[rows, cols]` matrix.
+    fn rows(data: &'a [T], cols: usize) -> Self {
+        Mat {
+            data,
+            off: 0,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    fn t(self) -> Self {
+        Mat {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Asserts that `rows × cols` elements are inside `data`.
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            assert!(self.off + (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len());
+        }
+    }
+}
+
+/// A writable 2-D block: element `(i, j)` at `data[off + i·ld + j]`.
+struct MatMut<'a, T> {
+    data: &'a mut [T],
+    off: usize,
+    ld: usize,
+}
+
+impl<'a, T> MatMut<'a, T> {
+    fn rows(data: &'a mut [T], cols: usize) -> Self {
+        MatMut {
+            data,
+            off: 0,
+            ld: cols,
+        }
+    }
+}
+
+/// A raw pointer shared by threads that write disjoint column blocks.
+#[derive(Clone, Copy)]
+struct SharedPtr<T>(*mut T);
+// SAFETY: used only where every thread writes a disjoint region.
+unsafe impl<T> Send for SharedPtr<T> {}
+unsafe impl<T> Sync for SharedPtr<T> {}
+impl<T> SharedPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `c[m, n] (+)= a[m, k] · b[k, n]` (`accumulate`: add to `c`, else
+/// overwrite). Large products are split into column blocks, one gemm per
+/// thread (gemm's own threading splits these shapes poorly on few cores).
+fn mm<T: Real>(c: MatMut<T>, (m, n, k): (usize, usize, usize), a: Mat<T>, b: Mat<T>, acc: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    a.check(m, k);
+    b.check(k, n);
+    assert!(c.off + (m - 1) * c.ld + n <= c.data.len() && c.ld >= n);
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                c.data[c.off + i * c.ld..c.off + i * c.ld + n].fill(T::zero());
+            }
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let big = m * n * k >= 1 << 18;
+    let block = if big && threads > 1 && n >= 32 * threads {
+        n.div_ceil(threads).div_ceil(16) * 16
+    } else {
+        n
+    };
+    let ptr = SharedPtr(c.data.as_mut_ptr());
+    let (c_off, ld) = (c.off, c.ld);
+    let run = |n0: usize| {
+        let nb = block.min(n - n0);
+        // SAFETY: bounds asserted above; the block [n0, n0 + nb) of every
+        // row of c belongs to this call alone. Computed as cᵀ = bᵀ·aᵀ (the
+        // layout gemm packs fastest for row-major weights).
+        unsafe {
+            gemm::gemm(
+                nb,
+                m,
+                k,
+                ptr.get().add(c_off + n0),
+                ld as isize,
+                1,
+                acc,
+                b.data.as_ptr().add(b.off + n0 * b.cs),
+                b.rs as isize,
+                b.cs as isize,
+                a.data.as_ptr().add(a.off),
+                a.rs as isize,
+                a.cs as isize,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    if block < n {
+        (0..n)
+            .step_by(block)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(run);
+    } else if big && threads > 1 && m >= 4 * threads {
+        // narrow outputs (adapter ranks): split the rows instead
+        let rows = m.div_ceil(threads);
+        (0..m)
+            .step_by(rows)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|m0| {
+                let mb = rows.min(m - m0);
+                // SAFETY: rows [m0, m0 + mb) of c belong to this call alone.
+                unsafe {
+                    gemm::gemm(
+                        n,
+                        mb,
+                        k,
+                        ptr.get().add(c_off + m0 * ld),
+                        ld as isize,
+                        1,
+                        acc,
+                        b.data.as_ptr().add(b.off),
+                        b.rs as isize,
+                        b.cs as isize,
+                        a.data.as_ptr().add(a.off + m0 * a.rs),
+                        a.rs as isize,
+                        a.cs as isize,
+                        T::one(),
+                        T::one(),
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            });
+    } else {
+        run(0);
+    }
+}
+
+/// The CPU data and layout of a tensor of dtype `T`.
+fn cpu_data<'a, T: Real, G: Deref<Target = Storage>>(
+    g: &'a (G, &'a Layout),
+) -> Result<(&'a [T], &'a Layout)> {
+    match &*g.0 {
+        Storage::Cpu(s) => Ok((T::cpu_storage_as_slice(s)?, g.1)),
+        _ => Err(Error::Input(
+            "the explicit training path runs on the CPU".into(),
+        )),
+    }
+}
+
+/// A 2-D view of a weight tensor's storage.
+fn weight_view<'a, T: Real, G: Deref<Target = Storage>>(
+    g: &'a (G, &'a Layout),
+) -> Result<Mat<'a, T>> {
+    let (data, l) = cpu_data::<T, G>(g)?;
+    let st = l.stride();
+    if st.len() != 2 {
+        return Err(Error::Input("expected a 2-D weight".into()));
+    }
+    Ok(Mat {
+        data,
+        off: l.start_offset(),
+        rs: st[0],
+        cs: st[1],
+    })
+}
+
+/// A contiguous 1-D tensor's values.
+fn vector<'a, T: Real, G: Deref<Target = Storage>>(g: &'a (G, &'a Layout)) -> Result<&'a [T]> {
+    let (data, l) = cpu_data::<T, G>(g)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(Error::Input("expected a contiguous vector".into())),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Adapters
+// ---------------------------------------------------------------------------
+
+/// The seven projections of a Llama layer, in [`Target`] order.
+const TARGETS: [Target; 7] = [
+    Target::Q,
+    Target::K,
+    Target::V,
+    Target::O,
+    Target::Gate,
+    Target::Up,
+    Target::Down,
+];
+
+fn target_index(t: Target) -> usize {
+    TARGETS
+        .iter()
+        .position(|&x| x == t)
+        .expect("every target listed")
+}
+
+/// One adapted projection: `A [r, in]`, `B [out, r]` (row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraWeights<T> {
+    /// Down-projection `A`, `r × in`.
+    pub a: Vec<T>,
+    /// Up-projection `B`, `out × r`.
+    pub b: Vec<T>,
+    /// Input width.
+    pub in_dim: usize,
+    /// Output width.
+    pub out_dim: usize,
+}
+
+/// Mixture-of-experts LoRA on chosen projections of every layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSet<T> {
+    /// Experts `E` (1: plain LoRA).
+    pub experts: usize,
+    /// Total rank `r` (each expert has `r / E`).
+    pub rank: usize,
+    /// `α`; the scale is `α / (r / E)`.
+    pub alpha: f64,
+    /// Adapted projections.
+    pub targets: Vec<Target>,
+    /// `[layer][target index]`: the weights of each adapted projection.
+    pub layers: Vec<[Option<LoraWeights<T>>; 7]>,
+}
+
+impl<T: Real> AdapterSet<T> {
+    /// Fresh adapters for `model`: Kaiming-uniform `A` (bound `1/√in`, as
+    /// PEFT) and zero `B`, so a fresh set changes nothing. Seeded per
+    /// layer and target from `seed`.
+    pub fn new(
+        model: &Model,
+        targets: &[Target],
+        experts: usize,
+        rank: usize,
+        alpha: f64,
+        seed: u64,
+    ) -> Result<Self> {
+        if experts == 0 || rank == 0 || !rank.is_multiple_of(experts) {
+            return Err(Error::Input(format!(
+                "adapter rank {rank} must be a positive multiple of the {experts} experts"
+            )));
+        }
+        let mut layers = Vec::with_capacity(model.layers.len());
+        for (li, layer) in model.layers.iter().enumerate() {
+            let mut slots: [Option<LoraWeights<T>>; 7] = Default::default();
+            for &t in targets {
+                let lin = layer.linear(t).ok_or_else(|| {
+                    Error::Input(format!("{t:?} does not exist in this architecture"))
+                })?;
+                let (i, o) = (lin.in_dim(), lin.out_dim());
+                let ti = target_index(t);
+                let s = seed
+                    ^ ((li as u64) << 32)
+                    ^ (ti as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut rng = ChaCha8Rng::seed_from_u64(s);
+                let bound = 1.0 / (i as f64).sqrt();
+                let a = (0..rank * i)
+                    .map(|_| real(rng.gen_range(-bound..bound)))
+                    .collect();
+                slots[ti] = Some(LoraWeights {
+                    a,
+                    b: vec![T::zero(); o * rank],
+                    in_dim: i,
+                    out_dim: o,
+                });
+            }
+            layers.push(slots);
+        }
+        Ok(AdapterSet {
+            experts,
+            rank,
+            alpha,
+            targets: targets.to_vec(),
+            layers,
+        })
+    }
+
+    /// `α / (r / E)`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / (self.rank / self.experts) as f64
+    }
+
+    /// A zeroed set of the same shapes (gradient buffers).
+    pub fn zeros_like(&self) -> Self {
+        let mut z = self.clone();
+        for w in z.weights_mut() {
+            w.a.fill(T::zero());
+            w.b.fill(T::zero());
+        }
+        z
+    }
+
+    /// Every adapted projection, layer by layer.
+    pub fn weights(&self) -> impl Iterator<Item = &LoraWeights<T>> {
+        self.layers.iter().flat_map(|l| l.iter().flatten())
+    }
+
+    /// Every adapted projection, mutable.
+    pub fn weights_mut(&mut self) -> impl Iterator<Item = &mut LoraWeights<T>> {
+        self.layers.iter_mut().flat_map(|l| l.iter_mut().flatten())
+    }
+
+    /// Trainable values in total.
+    pub fn num_params(&self) -> usize {
+        self.weights().map(|w| w.a.len() + w.b.len()).sum()
+    }
+
+    /// Attaches the same adapters to `model`'s linears for the composed
+    /// candle path (any device); returns the candle variables, `A` then `B`
+    /// per projection in [`AdapterSet::weights`] order.
+    pub fn to_candle(&self, model: &mut Model) -> Result<Vec<candle_core::Var>> {
+        let (dtype, device) = (model.dtype(), model.device().clone());
+        let mut vars = Vec::new();
+        for (li, slots) in self.layers.iter().enumerate() {
+            for (ti, w) in slots.iter().enumerate() {
+                let Some(w) = w else { continue };
+                let a = Tensor::from_vec(w.a.clone(), (self.rank, w.in_dim), &device)?
+                    .to_dtype(dtype)?;
+                let b = Tensor::from_vec(w.b.clone(), (w.out_dim, self.rank), &device)?
+                    .to_dtype(dtype)?;
+                let ad = crate::lora::MoeLora::from_tensors(&a, &b, self.experts, self.alpha)?;
+                vars.extend(crate::lora::Adapter::vars(&ad));
+                model
+                    .linear_mut(li, TARGETS[ti])?
+                    .set_adapter(Some(std::sync::Arc::new(ad)));
+            }
+        }
+        Ok(vars)
+    }
+}
+
+/// Per-row gate column factors: `gc[n·r + j] = gate[n / t, j / (r/E)]`,
+/// or `None` (all ones) without a gate.
+fn gate_cols<T: Real>(
+    gate: Option<&[T]>,
+    n: usize,
+    t: usize,
+    r: usize,
+    e: usize,
+) -> Option<Vec<T>> {
+    let g = gate?;
+    let per = r / e;
+    let mut out = Vec::with_capacity(n * r);
+    for row in 0..n {
+        let b = row / t;
+        for j in 0..r {
+            out.push(g[b * e + j / per]);
+        }
+    }
+    Some(out)
+}
+
+/// What one adapter's forward keeps: `u = x Aᵀ` `[N, r]`.
+struct AdapterSaved<T> {
+    u: Vec<T>,
+}
+
+/// `y[:, cols] += s·((x Aᵀ) ⊙ gc) Bᵀ`; returns `u = x Aᵀ`.
+fn adapter_forward<T: Real>(
+    w: &LoraWeights<T>,
+    x: Mat<T>,
+    n: usize,
+    (r, scale): (usize, T),
+    gc: Option<&[T]>,
+    y: MatMut<T>,
+) -> AdapterSaved<T> {
+    let mut u = vec![T::zero(); n * r];
+    mm(
+        MatMut::rows(&mut u, r),
+        (n, r, w.in_dim),
+        x,
+        Mat::rows(&w.a, w.in_dim).t(),
+        false,
+    );
+    let v: Vec<T> = match gc {
+        Some(g) => u.iter().zip(g).map(|(&a, &b)| a * b * scale).collect(),
+        None => u.iter().map(|&a| a * scale).collect(),
+    };
+    mm(
+        y,
+        (n, w.out_dim, r),
+        Mat::rows(&v, r),
+        Mat::rows(&w.b, r).t(),
+        true,
+    );
+    AdapterSaved { u }
+}
+
+/// Backward of [`adapter_forward`] given `dy` (the output gradient block):
+/// accumulates `dA`, `dB`, `d gate` and (when given) `dx`.
+#[allow(clippy::too_many_arguments)]
+fn adapter_backward<T: Real>(
+    w: &LoraWeights<T>,
+    saved: &AdapterSaved<T>,
+    x: Mat<T>,
+    dy: Mat<T>,
+    (n, t, r, e, scale): (usize, usize, usize, usize, T),
+    gc: Option<&[T]>,
+    grad: &mut LoraWeights<T>,
+    dgate: Option<&mut [T]>,
+    dx: Option<MatMut<T>>,
+) {
+    let u = &saved.u;
+    let v: Vec<T> = match gc {
+        Some(g) => u.iter().zip(g).map(|(&a, &b)| a * b * scale).collect(),
+        None => u.iter().map(|&a| a * scale).collect(),
+    };
+    // dB += dyᵀ v
+    mm(
+        MatMut::rows(&mut grad.b, r),
+        (w.out_dim, r, n),
+        dy.t(),
+        Mat::rows(&v, r),
+        true,
+    );
+    // dv = dy B
+    let mut dv = vec![T::zero(); n * r];
+    mm(
+        MatMut::rows(&mut dv, r),
+        (n, r, w.out_dim),
+        dy,
+        Mat::rows(&w.b, r),
+        false,
+    );
+    if let Some(dg) = dgate {
+        let per = r / e;
+        for row in 0..n {
+            let b = row / t;
+            for j in 0..r {
+                dg[b * e + j / per] += dv[row * r + j] * u[row * r + j] * scale;
+            }
+        }
+    }
+    let du: Vec<T> = match gc {
+        Some(g) => dv.iter().zip(g).map(|(&a, &b)| a * b * scale).collect(),
+        None => dv.iter().map(|&a| a * scale).collect(),
+    };
+    // dA += duᵀ x
+    mm(
+        MatMut::rows(&mut grad.a, w.in_dim),
+        (r, w.in_dim, n),
+        Mat::rows(&du, r).t(),
+        x,
+        true,
+    );
+    if let Some(dx) = dx {
+        mm(
+            dx,
+            (n, w.in_dim, r),
+            Mat::rows(&du, r),
+            Mat::rows(&w.a, w.in_dim),
+            true,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Element-wise kernels
+// ---------------------------------------------------------------------------
+
+/// `y = x · inv · w` per row, returning `inv = 1/√(mean(x²) + eps)`.
+fn rms_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T]) -> Vec<T> {
+    let d = w.len();
+    let mut inv = vec![T::zero(); x.len() / d];
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(inv.par_iter_mut())
+        .for_each(|((yr, xr), iv)| {
+            let ss: T = xr.iter().map(|&a| a * a).sum();
+            *iv = T::one() / (ss / real(d as f64) + real(eps)).sqrt();
+            for ((o, &a), &g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = a * *iv * g;
+            }
+        });
+    inv
+}
+
+/// `x · inv · w` again (the backward's recomputation of a norm output).
+fn rms_apply<T: Real>(x: &[T], w: &[T], inv: &[T]) -> Vec<T> {
+    let d = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(inv.par_iter())
+        .for_each(|((yr, xr), &iv)| {
+            for ((o, &a), &g) in yr.iter_mut().zip(xr).zip(w) {
+                *o = a * iv * g;
+            }
+        });
+    y
+}
+
+/// `dx += inv · (g − x̂ · mean(g · x̂))` with `g = dy · w`, `x̂ = x · inv`.
+fn rms_backward<T: Real>(x: &[T], w: &[T], inv: &[T], dy: &[T], dx: &mut [T]) {
+    let d = w.len();
+    dx.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .zip(dy.par_chunks(d))
+        .zip(inv.par_iter())
+        .for_each(|(((dxr, xr), dyr), &iv)| {
+            let dot: T = xr
+                .iter()
+                .zip(dyr)
+                .zip(w)
+                .map(|((&a, &g), &ww)| a * iv * g * ww)
+                .sum();
+            let mean = dot / real(d as f64);
+            for (((o, &a), &g), &ww) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+                *o += iv * (g * ww - a * iv * mean);
+            }
+        });
+}
+
+fn silu<T: Real>(g: T) -> T {
+    g / (T::one() + (-g).exp())
+}
+
+/// `silu(g) · u` for the `[N, 2I]` gate/up buffer.
+fn swiglu_forward<T: Real>(gu: &[T], i: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); gu.len() / 2];
+    out.par_chunks_mut(i)
+        .zip(gu.par_chunks(2 * i))
+        .for_each(|(o, row)| {
+            let (g, u) = row.split_at(i);
+            for ((y, &a), &b) in o.iter_mut().zip(g).zip(u) {
+                *y = silu(a) * b;
+            }
+        });
+    out
+}
+
+/// Gradient of `silu(g) · u` into the `[N, 2I]` buffer `dgu`.
+fn swiglu_backward<T: Real>(gu: &[T], dh: &[T], i: usize) -> Vec<T> {
+    let mut dgu = vec![T::zero(); gu.len()];
+    dgu.par_chunks_mut(2 * i)
+        .zip(gu.par_chunks(2 * i))
+        .zip(dh.par_chunks(i))
+        .for_each(|((d, row), dhr)| {
+            let (g, u) = row.split_at(i);
+            let (dg, du) = d.split_at_mut(i);
+            for j in 0..i {
+                let sig = T::one() / (T::one() + (-g[j]).exp());
+                let s = g[j] * sig;
+                du[j] = dhr[j] * s;
+                dg[j] = dhr[j] * u[j] * sig * (T::one() + g[j] * (T::one() - sig));
+            }
+        });
+    dgu
+}
+
+/// Rotates the `heads` head vectors starting at column `c0` of each row of
+/// `buf [N, w]` in place (`inverse`: by the negative angle, the backward).
+fn rope_inplace<T: Real>(
+    buf: &mut [T],
+    w: usize,
+    (c0, heads, hd): (usize, usize, usize),
+    cos: &[T],
+    sin: &[T],
+    inverse: bool,
+) {
+    let half = hd / 2;
+    buf.par_chunks_mut(w).enumerate().for_each(|(n, row)| {
+        let (c, s) = (
+            &cos[n * half..(n + 1) * half],
+            &sin[n * half..(n + 1) * half],
+        );
+        for h in 0..heads {
+            let x = &mut row[c0 + h * hd..c0 + (h + 1) * hd];
+            for i in 0..half {
+                let (a, b) = (x[i], x[i + half]);
+                let sn = if inverse { -s[i] } else { s[i] };
+                x[i] = a * c[i] - b * sn;
+                x[i + half] = b * c[i] + a * sn;
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// The stack
+// ---------------------------------------------------------------------------
+
+/// Shapes of one pass.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    inter: usize,
+}
+
+impl Dims {
+    fn n(&self) -> usize {
+        self.b * self.t
+    }
+    fn w3(&self) -> usize {
+        (self.nh + 2 * self.nkv) * self.hd
+    }
+    fn q_cols(&self) -> usize {
+        self.nh * self.hd
+    }
+    fn kv_cols(&self) -> usize {
+        self.nkv * self.hd
+    }
+}
+
+/// What one layer's forward keeps for its backward.
+struct LayerSaved<T> {
+    x: Vec<T>,
+    inv1: Vec<T>,
+    qkv: Vec<T>,
+    probs: Vec<Vec<T>>,
+    attn: Vec<T>,
+    h1: Vec<T>,
+    inv2: Vec<T>,
+    gu: Vec<T>,
+    adapters: [Option<AdapterSaved<T>>; 7],
+}
+
+/// The saved state of [`forward`], consumed by [`backward`].
+pub struct Tape<T> {
+    dims: Dims,
+    gate: Option<Vec<T>>,
+    cos: Vec<T>,
+    sin: Vec<T>,
+    layers: Vec<LayerSaved<T>>,
+    last: Vec<T>,
+    inv_final: Vec<T>,
+}
+
+impl<T> Tape<T> {
+    /// Bytes of activations this tape holds (the step's activation memory).
+    pub fn bytes(&self) -> usize {
+        let per: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.x.len()
+                    + l.inv1.len()
+                    + l.qkv.len()
+                    + l.probs.iter().map(Vec::len).sum::<usize>()
+                    + l.attn.len()
+                    + l.h1.len()
+                    + l.inv2.len()
+                    + l.gu.len()
+                    + l.adapters
+                        .iter()
+                        .flatten()
+                        .map(|a| a.u.len())
+                        .sum::<usize>()
+            })
+            .sum();
+        (per + self.last.len() + self.cos.len() * 2) * std::mem::size_of::<T>()
+    }
+}
+
+/// Gradients of one backward.
+pub struct Grads<T> {
+    /// Adapter gradients, same shapes as the [`AdapterSet`].
+    pub adapters: AdapterSet<T>,
+    /// `d loss / d gate`, `[batch, experts]` (when a gate was given).
+    pub gate: Option<Vec<T>>,
+    /// `d loss / d input embeddings`, `[batch·seq, hidden]`.
+    pub embeds: Vec<T>,
+}
+
+/// Whether the explicit path can run `model` in dtype `T`: a pre-norm
+/// RMSNorm/RoPE/SwiGLU family on the CPU in that dtype.
+pub fn supports<T: Real>(model: &Model) -> bool {
+    let c = model.config();
+    matches!(c.family, Family::Llama | Family::Qwen2)
+        && model.device().is_cpu()
+        && model.dtype() == T::DTYPE
+        && c.word_embed_proj_dim == c.hidden_size
+        && model.layers.iter().all(|l| {
+            matches!(l.attn_norm, Norm::Rms { .. })
+                && matches!(l.mlp, Mlp::Gated { .. })
+                && l.attn.o_proj.bias().is_none()
+        })
+}
+
+fn tensor_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
+    Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?)
+}
+
+/// Forward through every decoder layer and the final norm for input
+/// embeddings `embeds [batch·seq, hidden]` (row-major), attention `mask`
+/// (`true` = real token, any padding side) and an optional per-sample
+/// `gate [batch, experts]`. Returns the last hidden states `[batch·seq,
+/// hidden]` and the tape for [`backward`].
+pub fn forward<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    embeds: &[T],
+    mask: &[Vec<bool>],
+    gate: Option<&[T]>,
+) -> Result<(Vec<T>, Tape<T>)> {
+    if !supports::<T>(model) {
+        return Err(Error::Input(
+            "the explicit training path needs a Llama or Qwen2 model on the CPU in the tape's dtype"
+                .into(),
+        ));
+    }
+    let c = model.config();
+    let b = mask.len();
+    let t = mask.first().map_or(0, Vec::len);
+    let d = Dims {
+        b,
+        t,
+        h: c.hidden_size,
+        nh: c.num_attention_heads,
+        nkv: c.num_key_value_heads,
+        hd: c.head_dim,
+        inter: c.intermediate_size,
+    };
+    if b == 0 || t == 0 || mask.iter().any(|m| m.len() != t) {
+        return Err(Error::Input(
+            "the batch needs rows of equal, positive length".into(),
+        ));
+    }
+    if embeds.len() != d.n() * d.h {
+        return Err(Error::Input(format!(
+            "embeddings hold {} values, expected {}·{}·{}",
+            embeds.len(),
+            b,
+            t,
+            d.h
+        )));
+    }
+    if let Some(g) = gate {
+        if g.len() != b * adapters.experts {
+            return Err(Error::Input(format!(
+                "gate holds {} values, expected {b}·{}",
+                g.len(),
+                adapters.experts
+            )));
+        }
+    }
+    if adapters.layers.len() != model.layers.len() {
+        return Err(Error::Input("adapters were made for another model".into()));
+    }
+    model.check_context(0, t)?;
+    let (cos, sin, mask_add) = model.rope_and_mask(mask)?;
+    let cos = tensor_vec::<T>(&cos)?;
+    let sin = tensor_vec::<T>(&sin)?;
+    let mask_add = mask_add.map(|m| tensor_vec::<T>(&m)).transpose()?;
+    let r = adapters.rank;
+    let scale: T = real(adapters.scale());
+    let gc = gate_cols(gate, d.n(), t, r, adapters.experts);
+    let mut x = embeds.to_vec();
+    let mut layers = Vec::with_capacity(model.layers.len());
+    for (layer, ad) in model.layers.iter().zip(&adapters.layers) {
+        let saved = layer_forward(
+            layer,
+            ad,
+            &d,
+            x,
+            (&cos, &sin),
+            mask_add.as_deref(),
+            (r, scale),
+            gc.as_deref(),
+        )?;
+        x = saved.1;
+        layers.push(saved.0);
+    }
+    let Some(Norm::Rms { weight, eps }) = model.final_norm() else {
+        return Err(Error::Input(
+            "the explicit path needs a final RMSNorm".into(),
+        ));
+    };
+    let g = weight.storage_and_layout();
+    let w = vector::<T, _>(&g)?;
+    let mut out = vec![T::zero(); x.len()];
+    let inv_final = rms_forward(&x, w, *eps, &mut out);
+    Ok((
+        out,
+        Tape {
+            dims: d,
+            gate: gate.map(<[T]>::to_vec),
+            cos,
+            sin,
+            layers,
+            last: x,
+            inv_final,
+        },
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer_forward<T: Real>(
+    layer: &crate::model::DecoderLayer,
+    ad: &[Option<LoraWeights<T>>; 7],
+    d: &Dims,
+    x: Vec<T>,
+    (cos, sin): (&[T], &[T]),
+    mask: Option<&[T]>,
+    (r, scale): (usize, T),
+    gc: Option<&[T]>,
+) -> Result<(LayerSaved<T>, Vec<T>)> {
+    let n = d.n();
+    let (
+        Norm::Rms {
+            weight: w1,
+            eps: e1,
+        },
+        Norm::Rms {
+            weight: w2,
+            eps: e2,
+        },
+    ) = (&layer.attn_norm, &layer.mlp_norm)
+    else {
+        return Err(Error::Input(
+            "the explicit path needs RMSNorm layers".into(),
+        ));
+    };
+    let Mlp::Gated { gate_up, down, .. } = &layer.mlp else {
+        return Err(Error::Input("the explicit path needs a SwiGLU MLP".into()));
+    };
+    let mut adapters: [Option<AdapterSaved<T>>; 7] = Default::default();
+    // attention norm and q/k/v
+    let g1 = w1.storage_and_layout();
+    let mut xn = vec![T::zero(); x.len()];
+    let inv1 = rms_forward(&x, vector::<T, _>(&g1)?, *e1, &mut xn);
+    let w3 = d.w3();
+    let mut qkv = vec![T::zero(); n * w3];
+    {
+        let gw = layer.attn.qkv.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut qkv, w3),
+            (n, w3, d.h),
+            Mat::rows(&xn, d.h),
+            weight_view::<T, _>(&gw)?,
+            false,
+        );
+    }
+    let parts = [
+        (&layer.attn.q_proj, 0, Target::Q),
+        (&layer.attn.k_proj, d.q_cols(), Target::K),
+        (&layer.attn.v_proj, d.q_cols() + d.kv_cols(), Target::V),
+    ];
+    for (lin, c0, target) in parts {
+        if let Some(bias) = lin.bias() {
+            let g = bias.storage_and_layout();
+            let bv = vector::<T, _>(&g)?;
+            qkv.par_chunks_mut(w3).for_each(|row| {
+                for (o, &bb) in row[c0..c0 + bv.len()].iter_mut().zip(bv) {
+                    *o += bb;
+                }
+            });
+        }
+        let ti = target_index(target);
+        if let Some(w) = &ad[ti] {
+            let y = MatMut {
+                data: &mut qkv,
+                off: c0,
+                ld: w3,
+            };
+            adapters[ti] = Some(adapter_forward(
+                w,
+                Mat::rows(&xn, d.h),
+                n,
+                (r, scale),
+                gc,
+                y,
+            ));
+        }
+    }
+    drop(xn);
+    rope_inplace(&mut qkv, w3, (0, d.nh, d.hd), cos, sin, false);
+    rope_inplace(&mut qkv, w3, (d.q_cols(), d.nkv, d.hd), cos, sin, false);
+    let (attn, probs) = attention_forward(&qkv, d, mask);
+    // output projection and residual
+    let mut h1 = x.clone();
+    {
+        let gw = layer.attn.o_proj.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut h1, d.h),
+            (n, d.h, d.q_cols()),
+            Mat::rows(&attn, d.q_cols()),
+            weight_view::<T, _>(&gw)?,
+            true,
+        );
+    }
+    let ti = target_index(Target::O);
+    if let Some(w) = &ad[ti] {
+        adapters[ti] = Some(adapter_forward(
+            w,
+            Mat::rows(&attn, d.q_cols()),
+            n,
+            (r, scale),
+            gc,
+            MatMut::rows(&mut h1, d.h),
+        ));
+    }
+    // MLP
+    let g2 = w2.storage_and_layout();
+    let mut hn = vec![T::zero(); h1.len()];
+    let inv2 = rms_forward(&h1, vector::<T, _>(&g2)?, *e2, &mut hn);
+    let i2 = 2 * d.inter;
+    let mut gu = vec![T::zero(); n * i2];
+    {
+        let gw = gate_up.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut gu, i2),
+            (n, i2, d.h),
+            Mat::rows(&hn, d.h),
+            weight_view::<T, _>(&gw)?,
+            false,
+        );
+    }
+    for (c0, target) in [(0, Target::Gate), (d.inter, Target::Up)] {
+        let ti = target_index(target);
+        if let Some(w) = &ad[ti] {
+            let y = MatMut {
+                data: &mut gu,
+                off: c0,
+                ld: i2,
+            };
+            adapters[ti] = Some(adapter_forward(
+                w,
+                Mat::rows(&hn, d.h),
+                n,
+                (r, scale),
+                gc,
+                y,
+            ));
+        }
+    }
+    drop(hn);
+    let act = swiglu_forward(&gu, d.inter);
+    let mut out = h1.clone();
+    {
+        let gw = down.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut out, d.h),
+            (n, d.h, d.inter),
+            Mat::rows(&act, d.inter),
+            weight_view::<T, _>(&gw)?,
+            true,
+        );
+    }
+    let ti = target_index(Target::Down);
+    if let Some(w) = &ad[ti] {
+        adapters[ti] = Some(adapter_forward(
+            w,
+            Mat::rows(&act, d.inter),
+            n,
+            (r, scale),
+            gc,
+            MatMut::rows(&mut out, d.h),
+        ));
+    }
+    Ok((
+        LayerSaved {
+            x,
+            inv1,
+            qkv,
+            probs,
+            attn,
+            h1,
+            inv2,
+            gu,
+            adapters,
+        },
+        out,
+    ))
+}
+
+/// Causal grouped-query attention over the rotated `qkv [N, w3]`: returns
+/// the output `[N, nh·hd]` and the softmax weights per (row, head).
+fn attention_forward<T: Real>(qkv: &[T], d: &Dims, mask: Option<&[T]>) -> (Vec<T>, Vec<Vec<T>>) {
+    let (t, hd, w3) = (d.t, d.hd, d.w3());
+    let groups = d.nh / d.nkv;
+    let sc: T = real(1.0 / (hd as f64).sqrt());
+    let units: Vec<(Vec<T>, Vec<T>)> = (0..d.b * d.nh)
+        .into_par_iter()
+        .map(|u| {
+            let (b, h) = (u / d.nh, u % d.nh);
+            let kvh = h / groups;
+            let base = b * t * w3;
+            let q = Mat {
+                data: qkv,
+                off: base + h * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let k = Mat {
+                data: qkv,
+                off: base + d.q_cols() + kvh * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let v = Mat {
+                data: qkv,
+                off: base + d.q_cols() + d.kv_cols() + kvh * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let mut p = vec![T::zero(); t * t];
+            mm(MatMut::rows(&mut p, t), (t, t, hd), q, k.t(), false);
+            for (i, row) in p.chunks_mut(t).enumerate() {
+                let m = mask.map(|m| &m[(b * t + i) * t..(b * t + i + 1) * t]);
+                let mut mx = T::neg_infinity();
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = *x * sc + m.map_or(T::zero(), |m| m[j]);
+                    mx = num_traits::Float::max(mx, *x);
+                }
+                let mut z = T::zero();
+                for x in row.iter_mut() {
+                    *x = (*x - mx).exp();
+                    z = z + *x;
+                }
+                for x in row.iter_mut() {
+                    *x = *x / z;
+                }
+            }
+            let mut o = vec![T::zero(); t * hd];
+            mm(
+                MatMut::rows(&mut o, hd),
+                (t, hd, t),
+                Mat::rows(&p, t),
+                v,
+                false,
+            );
+            (o, p)
+        })
+        .collect();
+    let qc = d.q_cols();
+    let mut out = vec![T::zero(); d.n() * qc];
+    let mut probs = Vec::with_capacity(units.len());
+    for (u, (o, p)) in units.into_iter().enumerate() {
+        let (b, h) = (u / d.nh, u % d.nh);
+        for i in 0..t {
+            out[(b * t + i) * qc + h * hd..(b * t + i) * qc + (h + 1) * hd]
+                .copy_from_slice(&o[i * hd..(i + 1) * hd]);
+        }
+        probs.push(p);
+    }
+    (out, probs)
+}
+
+/// Backward of [`attention_forward`]: from `dout [N, nh·hd]` to the
+/// gradient of the rotated `qkv [N, w3]`.
+fn attention_backward<T: Real>(qkv: &[T], probs: &[Vec<T>], dout: &[T], d: &Dims) -> Vec<T> {
+    let (t, hd, w3, qc) = (d.t, d.hd, d.w3(), d.q_cols());
+    let groups = d.nh / d.nkv;
+    let sc: T = real(1.0 / (hd as f64).sqrt());
+    let units: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..d.b * d.nh)
+        .into_par_iter()
+        .map(|u| {
+            let (b, h) = (u / d.nh, u % d.nh);
+            let kvh = h / groups;
+            let base = b * t * w3;
+            let q = Mat {
+                data: qkv,
+                off: base + h * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let k = Mat {
+                data: qkv,
+                off: base + qc + kvh * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let v = Mat {
+                data: qkv,
+                off: base + qc + d.kv_cols() + kvh * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let dout_h = Mat {
+                data: dout,
+                off: b * t * qc + h * hd,
+                rs: qc,
+                cs: 1,
+            };
+            let p = &probs[u];
+            // dV = Pᵀ dO
+            let mut dv = vec![T::zero(); t * hd];
+            mm(
+                MatMut::rows(&mut dv, hd),
+                (t, hd, t),
+                Mat::rows(p, t).t(),
+                dout_h,
+                false,
+            );
+            // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled
+            let mut ds = vec![T::zero(); t * t];
+            mm(MatMut::rows(&mut ds, t), (t, t, hd), dout_h, v.t(), false);
+            for (row, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                let dot: T = row.iter().zip(prow).map(|(&a, &b)| a * b).sum();
+                for (x, &pp) in row.iter_mut().zip(prow) {
+                    *x = pp * (*x - dot) * sc;
+                }
+            }
+            let mut dq = vec![T::zero(); t * hd];
+            mm(
+                MatMut::rows(&mut dq, hd),
+                (t, hd, t),
+                Mat::rows(&ds, t),
+                k,
+                false,
+            );
+            let mut dk = vec![T::zero(); t * hd];
+            mm(
+                MatMut::rows(&mut dk, hd),
+                (t, hd, t),
+                Mat::rows(&ds, t).t(),
+                q,
+                false,
+            );
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dqkv = vec![T::zero(); d.n() * w3];
+    for (u, (dq, dk, dv)) in units.into_iter().enumerate() {
+        let (b, h) = (u / d.nh, u % d.nh);
+        let kvh = h / groups;
+        for i in 0..t {
+            let row = &mut dqkv[(b * t + i) * w3..(b * t + i + 1) * w3];
+            row[h * hd..(h + 1) * hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
+            let kc = qc + kvh * hd;
+            for (o, &g) in row[kc..kc + hd].iter_mut().zip(&dk[i * hd..(i + 1) * hd]) {
+                *o += g;
+            }
+            let vc = qc + d.kv_cols() + kvh * hd;
+            for (o, &g) in row[vc..vc + hd].iter_mut().zip(&dv[i * hd..(i + 1) * hd]) {
+                *o += g;
+            }
+        }
+    }
+    dqkv
+}
+
+/// Backward of [`forward`] from `d_hidden`, the gradient of the last
+/// hidden states `[batch·seq, hidden]`.
+pub fn backward<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    tape: Tape<T>,
+    d_hidden: &[T],
+) -> Result<Grads<T>> {
+    let d = tape.dims;
+    if d_hidden.len() != d.n() * d.h {
+        return Err(Error::Input(
+            "hidden-state gradient of the wrong size".into(),
+        ));
+    }
+    let Some(Norm::Rms { weight, .. }) = model.final_norm() else {
+        return Err(Error::Input(
+            "the explicit path needs a final RMSNorm".into(),
+        ));
+    };
+    let mut grads = adapters.zeros_like();
+    let mut dgate = tape.gate.as_ref().map(|g| vec![T::zero(); g.len()]);
+    let gc = gate_cols(
+        tape.gate.as_deref(),
+        d.n(),
+        d.t,
+        adapters.rank,
+        adapters.experts,
+    );
+    let mut dx = vec![T::zero(); d_hidden.len()];
+    {
+        let g = weight.storage_and_layout();
+        rms_backward(
+            &tape.last,
+            vector::<T, _>(&g)?,
+            &tape.inv_final,
+            d_hidden,
+            &mut dx,
+        );
+    }
+    let ctx = BackCtx {
+        d,
+        cos: &tape.cos,
+        sin: &tape.sin,
+        r: adapters.rank,
+        e: adapters.experts,
+        scale: real(adapters.scale()),
+        gc: gc.as_deref(),
+    };
+    let mut saved = tape.layers;
+    for li in (0..model.layers.len()).rev() {
+        let s = saved.pop().expect("one saved state per layer");
+        dx = layer_backward(
+            &model.layers[li],
+            &adapters.layers[li],
+            &mut grads.layers[li],
+            s,
+            dx,
+            &ctx,
+            dgate.as_deref_mut(),
+        )?;
+    }
+    Ok(Grads {
+        adapters: grads,
+        gate: dgate,
+        embeds: dx,
+    })
+}
+
+struct BackCtx<'a, T> {
+    d: Dims,
+    cos: &'a [T],
+    sin: &'a [T],
+    r: usize,
+    e: usize,
+    scale: T,
+    gc: Option<&'a [T]>,
+}
+
+fn layer_backward<T: Real>(
+    layer: &crate::model::DecoderLayer,
+    ad: &[Option<LoraWeights<T>>; 7],
+    grads: &mut [Option<LoraWeights<T>>; 7],
+    s: LayerSaved<T>,
+    dout: Vec<T>,
+    c: &BackCtx<T>,
+    mut dgate: Option<&mut [T]>,
+) -> Result<Vec<T>> {
+    let d = &c.d;
+    let n = d.n();
+    let shape = (n, d.t, c.r, c.e, c.scale);
+    let (Norm::Rms { weight: w1, .. }, Norm::Rms { weight: w2, .. }) =
+        (&layer.attn_norm, &layer.mlp_norm)
+    else {
+        return Err(Error::Input(
+            "the explicit path needs RMSNorm layers".into(),
+        ));
+    };
+    let Mlp::Gated { gate_up, down, .. } = &layer.mlp else {
+        return Err(Error::Input("the explicit path needs a SwiGLU MLP".into()));
+    };
+    // MLP: out = h1 + act·Wd (+ adapter)
+    let mut dh1 = dout.clone();
+    let mut dact = vec![T::zero(); n * d.inter];
+    {
+        let gw = down.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut dact, d.inter),
+            (n, d.inter, d.h),
+            Mat::rows(&dout, d.h),
+            weight_view::<T, _>(&gw)?.t(),
+            false,
+        );
+    }
+    let ti = target_index(Target::Down);
+    if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
+        let act = swiglu_forward(&s.gu, d.inter);
+        adapter_backward(
+            w,
+            sv,
+            Mat::rows(&act, d.inter),
+            Mat::rows(&dout, d.h),
+            shape,
+            c.gc,
+            gr,
+            dgate.as_deref_mut(),
+            Some(MatMut::rows(&mut dact, d.inter)),
+        );
+    }
+    let dgu = swiglu_backward(&s.gu, &dact, d.inter);
+    drop(dact);
+    let i2 = 2 * d.inter;
+    let mut dhn = vec![T::zero(); n * d.h];
+    {
+        let gw = gate_up.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut dhn, d.h),
+            (n, d.h, i2),
+            Mat::rows(&dgu, i2),
+            weight_view::<T, _>(&gw)?.t(),
+            false,
+        );
+    }
+    let g2 = w2.storage_and_layout();
+    let w2v = vector::<T, _>(&g2)?;
+    if ad[target_index(Target::Gate)].is_some() || ad[target_index(Target::Up)].is_some() {
+        let hn = rms_apply(&s.h1, w2v, &s.inv2);
+        for (c0, target) in [(0, Target::Gate), (d.inter, Target::Up)] {
+            let ti = target_index(target);
+            if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
+                let dy = Mat {
+                    data: &dgu[..],
+                    off: c0,
+                    rs: i2,
+                    cs: 1,
+                };
+                adapter_backward(
+                    w,
+                    sv,
+                    Mat::rows(&hn, d.h),
+                    dy,
+                    shape,
+                    c.gc,
+                    gr,
+                    dgate.as_deref_mut(),
+                    Some(MatMut::rows(&mut dhn, d.h)),
+                );
+            }
+        }
+    }
+    drop(dgu);
+    rms_backward(&s.h1, w2v, &s.inv2, &dhn, &mut dh1);
+    drop(dhn);
+    // attention: h1 = x + attn·Wo (+ adapter)
+    let qc = d.q_cols();
+    let mut dattn = vec![T::zero(); n * qc];
+    {
+        let gw = layer.attn.o_proj.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut dattn, qc),
+            (n, qc, d.h),
+            Mat::rows(&dh1, d.h),
+            weight_view::<T, _>(&gw)?.t(),
+            false,
+        );
+    }
+    let ti = target_index(Target::O);
+    if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
+        adapter_backward(
+            w,
+            sv,
+            Mat::rows(&s.attn, qc),
+            Mat::rows(&dh1, d.h),
+            shape,
+            c.gc,
+            gr,
+            dgate.as_deref_mut(),
+            Some(MatMut::rows(&mut dattn, qc)),
+        );
+    }
+    let mut dqkv = attention_backward(&s.qkv, &s.probs, &dattn, d);
+    drop(dattn);
+    let w3 = d.w3();
+    rope_inplace(&mut dqkv, w3, (0, d.nh, d.hd), c.cos, c.sin, true);
+    rope_inplace(&mut dqkv, w3, (qc, d.nkv, d.hd), c.cos, c.sin, true);
+    let mut dxn = vec![T::zero(); n * d.h];
+    {
+        let gw = layer.attn.qkv.weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut dxn, d.h),
+            (n, d.h, w3),
+            Mat::rows(&dqkv, w3),
+            weight_view::<T, _>(&gw)?.t(),
+            false,
+        );
+    }
+    let g1 = w1.storage_and_layout();
+    let w1v = vector::<T, _>(&g1)?;
+    let qkv_targets = [
+        (0, Target::Q),
+        (qc, Target::K),
+        (qc + d.kv_cols(), Target::V),
+    ];
+    if qkv_targets
+        .iter()
+        .any(|(_, t)| ad[target_index(*t)].is_some())
+    {
+        let xn = rms_apply(&s.x, w1v, &s.inv1);
+        for (c0, target) in qkv_targets {
+            let ti = target_index(target);
+            if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
+                let dy = Mat {
+                    data: &dqkv[..],
+                    off: c0,
+                    rs: w3,
+                    cs: 1,
+                };
+                adapter_backward(
+                    w,
+                    sv,
+                    Mat::rows(&xn, d.h),
+                    dy,
+                    shape,
+                    c.gc,
+                    gr,
+                    dgate.as_deref_mut(),
+                    Some(MatMut::rows(&mut dxn, d.h)),
+                );
+            }
+        }
+    }
+    drop(dqkv);
+    let mut dx = dh1;
+    rms_backward(&s.x, w1v, &s.inv1, &dxn, &mut dx);
+    Ok(dx)
+}
+
+// ---------------------------------------------------------------------------
+// Loss heads and the optimiser
+// ---------------------------------------------------------------------------
+
+/// Mean next-token cross-entropy of the LM head over `(row, target)`
+/// pairs, computed in blocks of rows so the `[rows, vocab]` logits never
+/// exist at once. Returns the loss and `d loss / d hidden` `[N, hidden]`.
+pub fn lm_head_loss<T: Real>(
+    model: &Model,
+    hidden: &[T],
+    pairs: &[(usize, u32)],
+) -> Result<(f64, Vec<T>)> {
+    let h = model.config().hidden_size;
+    let vocab = model.config().vocab_size;
+    if pairs.is_empty() {
+        return Err(Error::Input(
+            "no target tokens for the language-model loss".into(),
+        ));
+    }
+    let g = model.lm_head_weight().storage_and_layout();
+    let wv = weight_view::<T, _>(&g)?; // [vocab, h]
+    let mut dh = vec![T::zero(); hidden.len()];
+    let inv_n = 1.0 / pairs.len() as f64;
+    let mut loss = 0.0;
+    const BLOCK: usize = 64;
+    for chunk in pairs.chunks(BLOCK) {
+        let m = chunk.len();
+        let mut x = vec![T::zero(); m * h];
+        for (i, &(row, tok)) in chunk.iter().enumerate() {
+            if tok as usize >= vocab || (row + 1) * h > hidden.len() {
+                return Err(Error::Input(format!(
+                    "target token {tok} or row {row} out of range"
+                )));
+            }
+            x[i * h..(i + 1) * h].copy_from_slice(&hidden[row * h..(row + 1) * h]);
+        }
+        let mut logits = vec![T::zero(); m * vocab];
+        mm(
+            MatMut::rows(&mut logits, vocab),
+            (m, vocab, h),
+            Mat::rows(&x, h),
+            wv.t(),
+            false,
+        );
+        let l: Vec<f64> = logits
+            .par_chunks_mut(vocab)
+            .zip(chunk.par_iter())
+            .map(|(row, &(_, tok))| {
+                let mx = row
+                    .iter()
+                    .fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+                let mut z = T::zero();
+                for x in row.iter_mut() {
+                    *x = (*x - mx).exp();
+                    z = z + *x;
+                }
+                let lp = (row[tok as usize] / z).ln().to_f64();
+                let s: T = real(inv_n);
+                for x in row.iter_mut() {
+                    *x = *x / z * s;
+                }
+                row[tok as usize] = row[tok as usize] - s;
+                -lp
+            })
+            .collect();
+        loss += l.iter().sum::<f64>() * inv_n;
+        let mut dx = vec![T::zero(); m * h];
+        mm(
+            MatMut::rows(&mut dx, h),
+            (m, h, vocab),
+            Mat::rows(&logits, vocab),
+            wv,
+            false,
+        );
+        for (i, &(row, _)) in chunk.iter().enumerate() {
+            for (o, &v) in dh[row * h..(row + 1) * h]
+                .iter_mut()
+                .zip(&dx[i * h..(i + 1) * h])
+            {
+                *o += v;
+            }
+        }
+    }
+    Ok((loss, dh))
+}
+
+/// AdamW over flat parameter buffers (the defaults of `torch.optim.AdamW`
+/// and candle's: β = (0.9, 0.999), ε = 1e-8, decoupled weight decay).
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay (decoupled).
+    pub weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    step: i32,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl AdamW {
+    /// An optimiser for parameters of the given sizes.
+    pub fn new(sizes: &[usize], lr: f64, weight_decay: f64) -> AdamW {
+        AdamW {
+            lr,
+            weight_decay,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 0,
+            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+        }
+    }
+
+    /// One update of `params` (same order and sizes as at construction)
+    /// with `grads`.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+        self.step += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(self.step);
+        let c2 = 1.0 - b2.powi(self.step);
+        let (lr, wd, eps) = (self.lr, self.weight_decay, self.eps);
+        for (((p, g), m), v) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
+            for (((p, &g), m), v) in p
+                .iter_mut()
+                .zip(g.iter())
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+            {
+                let g = g as f64;
+                *m = (b1 * *m as f64 + (1.0 - b1) * g) as f32;
+                *v = (b2 * *v as f64 + (1.0 - b2) * g * g) as f32;
+                let mh = *m as f64 / c1;
+                let vh = *v as f64 / c2;
+                let x = *p as f64 * (1.0 - lr * wd);
+                *p = (x - lr * mh / (vh.sqrt() + eps)) as f32;
+            }
+        }
+    }
+}
+
+/// `DType` of `T` (re-exported for callers building tensors).
+pub fn dtype_of<T: Real>() -> DType {
+    T::DTYPE
+}

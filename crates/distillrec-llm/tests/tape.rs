@@ -1,0 +1,352 @@
+//! The explicit forward/backward (`tape`) against the composed candle path
+//! (values and gradients, f64 and f32) and against finite differences (f64),
+//! with left padding, a per-sample gate and adapters on all seven
+//! projections; the blocked LM-head loss against candle's cross-entropy.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::*;
+use distillrec_llm::lora::{Adapter, AdapterCtx, Lora, MoeLora};
+use distillrec_llm::model::Target;
+use distillrec_llm::tape::{self, AdapterSet, Real};
+use distillrec_llm::Model;
+
+const ALL: [Target; 7] = [
+    Target::Q,
+    Target::K,
+    Target::V,
+    Target::O,
+    Target::Gate,
+    Target::Up,
+    Target::Down,
+];
+
+/// Three left-padded rows of 6 positions (0, 2 and 4 pads).
+fn mask() -> Vec<Vec<bool>> {
+    [0usize, 2, 4]
+        .iter()
+        .map(|&p| (0..6).map(|j| j >= p).collect())
+        .collect()
+}
+
+fn values<T: Real>(n: usize, seed: u64, scale: f64) -> Vec<T> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| T::from_f64(r.next() as f64 * scale))
+        .collect()
+}
+
+/// Adapters with non-zero `B` (a fresh set has zero `B`, which hides
+/// gradient paths).
+fn adapters<T: Real>(model: &Model, experts: usize) -> AdapterSet<T> {
+    let mut a = AdapterSet::<T>::new(model, &ALL, experts, 4, 8.0, 3).unwrap();
+    for (i, w) in a.weights_mut().enumerate() {
+        w.b = values(w.b.len(), 100 + i as u64, 0.2);
+    }
+    a
+}
+
+fn softmax_rows(z: &[f64], e: usize) -> Vec<f64> {
+    z.chunks(e)
+        .flat_map(|r| {
+            let m = r.iter().cloned().fold(f64::MIN, f64::max);
+            let s: f64 = r.iter().map(|x| (x - m).exp()).sum();
+            r.iter().map(move |x| (x - m).exp() / s).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+}
+
+fn assert_close(name: &str, a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len(), "{name}: lengths");
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{name}[{i}]: {x} vs {y} (scale {scale})"
+        );
+    }
+}
+
+/// The explicit path's hidden states and gradients, and the composed
+/// path's, for `loss = Σ hidden ⊙ R`, in dtype `T`.
+fn compare<T: Real>(model_type: &str, experts: usize, tol: f64) {
+    let cfg = llama_config(model_type, 2, false);
+    let mut model = build(&cfg, 11, T::DTYPE);
+    let h = model.config().hidden_size;
+    let m = mask();
+    let (b, t) = (m.len(), m[0].len());
+    let set = adapters::<T>(&model, experts);
+    let embeds: Vec<T> = values(b * t * h, 5, 1.0);
+    let gate64 = softmax_rows(&values::<f64>(b * experts, 6, 2.0), experts);
+    let gate: Vec<T> = gate64.iter().map(|&x| T::from_f64(x)).collect();
+    let r: Vec<T> = values(b * t * h, 7, 1.0);
+
+    let (hidden, tp) = tape::forward(&model, &set, &embeds, &m, Some(&gate)).unwrap();
+    let grads = tape::backward(&model, &set, tp, &r).unwrap();
+
+    // the composed candle path with the same adapters
+    let vars = set.to_candle(&mut model).unwrap();
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::from_vec(embeds.clone(), (b, t, h), &dev).unwrap()).unwrap();
+    let g = Var::from_tensor(&Tensor::from_vec(gate.clone(), (b, experts), &dev).unwrap()).unwrap();
+    let mask_t = Tensor::from_vec(
+        m.iter().flatten().map(|&x| x as u32).collect::<Vec<_>>(),
+        (b, t),
+        &dev,
+    )
+    .unwrap();
+    let ctx = AdapterCtx {
+        gate: Some(g.as_tensor()),
+        train: true,
+    };
+    let hc = model
+        .forward_hidden_with(x.as_tensor(), Some(&mask_t), None, &ctx)
+        .unwrap();
+    let hidden64: Vec<f64> = hidden
+        .iter()
+        .map(|v| candle_core::WithDType::to_f64(*v))
+        .collect();
+    assert_close("hidden", &hidden64, &to_f64(&hc), tol);
+    let rt = Tensor::from_vec(r.clone(), (b, t, h), &dev).unwrap();
+    let loss = (hc * rt).unwrap().sum_all().unwrap();
+    let gs = loss.backward().unwrap();
+    let explicit: Vec<&tape::LoraWeights<T>> = grads.adapters.weights().collect();
+    assert_eq!(vars.len(), 2 * explicit.len());
+    for (i, w) in explicit.iter().enumerate() {
+        let ga = to_f64(gs.get(vars[2 * i].as_tensor()).expect("A has a gradient"));
+        let gb = to_f64(
+            gs.get(vars[2 * i + 1].as_tensor())
+                .expect("B has a gradient"),
+        );
+        let a64: Vec<f64> =
+            w.a.iter()
+                .map(|v| candle_core::WithDType::to_f64(*v))
+                .collect();
+        let b64: Vec<f64> =
+            w.b.iter()
+                .map(|v| candle_core::WithDType::to_f64(*v))
+                .collect();
+        assert_close(&format!("dA[{i}]"), &a64, &ga, tol);
+        assert_close(&format!("dB[{i}]"), &b64, &gb, tol);
+    }
+    let dg: Vec<f64> = grads
+        .gate
+        .unwrap()
+        .iter()
+        .map(|v| candle_core::WithDType::to_f64(*v))
+        .collect();
+    assert_close("dgate", &dg, &to_f64(gs.get(g.as_tensor()).unwrap()), tol);
+    let dx: Vec<f64> = grads
+        .embeds
+        .iter()
+        .map(|v| candle_core::WithDType::to_f64(*v))
+        .collect();
+    assert_close("dembeds", &dx, &to_f64(gs.get(x.as_tensor()).unwrap()), tol);
+}
+
+#[test]
+fn explicit_path_matches_the_composed_path_in_f64() {
+    compare::<f64>("llama", 2, 1e-9);
+    compare::<f64>("qwen2", 4, 1e-9);
+}
+
+#[test]
+fn explicit_path_matches_the_composed_path_in_f32() {
+    compare::<f32>("llama", 2, 2e-4);
+    compare::<f32>("llama", 1, 2e-4);
+}
+
+/// `Σ hidden ⊙ R` through the explicit forward, in f64.
+fn loss_of(
+    model: &Model,
+    set: &AdapterSet<f64>,
+    x: &[f64],
+    m: &[Vec<bool>],
+    g: &[f64],
+    r: &[f64],
+) -> f64 {
+    let (h, _) = tape::forward(model, set, x, m, Some(g)).unwrap();
+    h.iter().zip(r).map(|(a, b)| a * b).sum()
+}
+
+#[test]
+fn explicit_gradients_match_finite_differences() {
+    let cfg = llama_config("llama", 2, false);
+    let model = build(&cfg, 12, DType::F64);
+    let h = model.config().hidden_size;
+    let m = mask();
+    let (b, t, e) = (m.len(), m[0].len(), 2);
+    let mut set = adapters::<f64>(&model, e);
+    let x: Vec<f64> = values(b * t * h, 8, 1.0);
+    let g = softmax_rows(&values::<f64>(b * e, 9, 2.0), e);
+    let r: Vec<f64> = values(b * t * h, 10, 1.0);
+    let (_, tp) = tape::forward(&model, &set, &x, &m, Some(&g)).unwrap();
+    let grads = tape::backward(&model, &set, tp, &r).unwrap();
+    let eps = 1e-6;
+    let check = |name: &str, analytic: f64, lp: f64, lm: f64| {
+        let fd = (lp - lm) / (2.0 * eps);
+        let err = (fd - analytic).abs() / fd.abs().max(analytic.abs()).max(1e-3);
+        assert!(
+            err < 1e-5,
+            "{name}: backward {analytic} vs finite difference {fd}"
+        );
+    };
+    // adapter entries in both layers, on an attention and an MLP projection
+    let n_proj = set.weights().count();
+    for p in [0, 3, 6, n_proj - 1] {
+        for (which, idx) in [("A", 1usize), ("B", 2usize)] {
+            let analytic = {
+                let w = grads.adapters.weights().nth(p).unwrap();
+                if which == "A" {
+                    w.a[idx]
+                } else {
+                    w.b[idx]
+                }
+            };
+            let shift = |set: &mut AdapterSet<f64>, delta: f64| {
+                let w = set.weights_mut().nth(p).unwrap();
+                let v = if which == "A" {
+                    &mut w.a[idx]
+                } else {
+                    &mut w.b[idx]
+                };
+                *v += delta;
+            };
+            shift(&mut set, eps);
+            let lp = loss_of(&model, &set, &x, &m, &g, &r);
+            shift(&mut set, -2.0 * eps);
+            let lm = loss_of(&model, &set, &x, &m, &g, &r);
+            shift(&mut set, eps);
+            check(&format!("d{which}[{p}][{idx}]"), analytic, lp, lm);
+        }
+    }
+    let dg = grads.gate.as_ref().unwrap();
+    for i in [0, 3, 5] {
+        let (mut gp, mut gm) = (g.clone(), g.clone());
+        gp[i] += eps;
+        gm[i] -= eps;
+        check(
+            &format!("dgate[{i}]"),
+            dg[i],
+            loss_of(&model, &set, &x, &m, &gp, &r),
+            loss_of(&model, &set, &x, &m, &gm, &r),
+        );
+    }
+    // embeddings of a real and of a padded position (whose gradient reaches
+    // only its own output)
+    for i in [h * 5 + 3, h * (t + 1) + 2, h * (2 * t + 5) + 7] {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += eps;
+        xm[i] -= eps;
+        check(
+            &format!("dembeds[{i}]"),
+            grads.embeds[i],
+            loss_of(&model, &set, &xp, &m, &g, &r),
+            loss_of(&model, &set, &xm, &m, &g, &r),
+        );
+    }
+}
+
+#[test]
+fn blocked_lm_head_loss_matches_cross_entropy() {
+    let cfg = llama_config("llama", 1, true);
+    let model = build(&cfg, 13, DType::F64);
+    let h = model.config().hidden_size;
+    let vocab = model.config().vocab_size;
+    let n = 70; // more than one block of 64 rows
+    let hidden: Vec<f64> = values(n * h, 14, 1.0);
+    let pairs: Vec<(usize, u32)> = (0..n)
+        .filter(|i| i % 3 != 1)
+        .map(|i| (i, ((i * 7) % vocab) as u32))
+        .collect();
+    let (loss, dh) = tape::lm_head_loss(&model, &hidden, &pairs).unwrap();
+    let dev = Device::Cpu;
+    let hv = Var::from_tensor(&Tensor::from_vec(hidden.clone(), (n, h), &dev).unwrap()).unwrap();
+    let rows = Tensor::from_vec(
+        pairs.iter().map(|p| p.0 as u32).collect::<Vec<_>>(),
+        pairs.len(),
+        &dev,
+    )
+    .unwrap();
+    let logits = model
+        .logits(
+            &hv.as_tensor()
+                .index_select(&rows, 0)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let targets: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+    let tl = Tensor::from_vec(targets, pairs.len(), &dev).unwrap();
+    let ce = candle_nn::loss::cross_entropy(&logits, &tl).unwrap();
+    let ref_loss = ce.to_scalar::<f64>().unwrap();
+    assert!((loss - ref_loss).abs() < 1e-10, "{loss} vs {ref_loss}");
+    let g = ce.backward().unwrap();
+    assert_close(
+        "dhidden",
+        &dh,
+        &to_f64(g.get(hv.as_tensor()).unwrap()),
+        1e-10,
+    );
+    // rows without a target get no gradient
+    assert!(dh[h..2 * h].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn one_expert_is_plain_lora() {
+    let dev = Device::Cpu;
+    let mut r = Rng::new(3);
+    let a = r.tensor(&[4, 8], 0.5, 0.0);
+    let b = r.tensor(&[6, 4], 0.5, 0.0);
+    let x = r.tensor(&[2, 3, 8], 1.0, 0.0);
+    let lora = Lora::from_tensors(&a, &b, 16.0).unwrap();
+    let moe = MoeLora::from_tensors(&a, &b, 1, 16.0).unwrap();
+    let ones = Tensor::ones((2, 1), DType::F32, &dev).unwrap();
+    let ctx = AdapterCtx {
+        gate: Some(&ones),
+        train: true,
+    };
+    let d1 = lora.delta(&x, &ctx).unwrap();
+    let d2 = moe.delta(&x, &ctx).unwrap();
+    let diff = (d1 - d2)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+}
+
+#[test]
+fn the_explicit_path_refuses_what_it_cannot_run() {
+    let cfg = llama_config("llama", 1, false);
+    let model = build(&cfg, 1, DType::F32);
+    let set = AdapterSet::<f64>::new(&model, &[Target::Q], 1, 2, 4.0, 0).unwrap();
+    let h = model.config().hidden_size;
+    let e = tape::forward(&model, &set, &vec![0.0; 2 * h], &[vec![true; 2]], None)
+        .err()
+        .expect("f64 tape on an f32 model");
+    assert!(e.to_string().contains("explicit training path"), "{e}");
+    let e = AdapterSet::<f32>::new(&model, &[Target::Q], 3, 4, 4.0, 0).unwrap_err();
+    assert!(e.to_string().contains("multiple of the 3 experts"), "{e}");
+    let set = AdapterSet::<f32>::new(&model, &[Target::Q], 1, 2, 4.0, 0).unwrap();
+    let e = tape::forward(&model, &set, &vec![0.0; 3], &[vec![true; 2]], None)
+        .err()
+        .expect("wrong embedding size");
+    assert!(e.to_string().contains("embeddings hold 3 values"), "{e}");
+}
