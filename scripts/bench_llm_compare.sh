@@ -1,24 +1,88 @@
 #!/usr/bin/env bash
-# Alternate `distillrec bench llm` and the PyTorch reference N times (default 3)
-# in the same session and print each RESULT line plus the medians.
-#   scripts/bench_llm_compare.sh <distillrec binary> <model.gguf> [runs] [tokens]
+# Alternate `distillrec bench llm` and the PyTorch reference (bench_llm_torch.py)
+# on the three LLM-teacher steps, `runs` times (default 3), in one session:
+#   for each run, for each step in lm teacher infer: distillrec, then pytorch.
+# Extra arguments go unchanged to both (e.g. --tokens 64 --threads 2); each
+# invocation's RESULT line is printed, then a Markdown table of the medians
+# over runs per step and impl, with
+#   speed  = tok_s(distillrec) / tok_s(pytorch)     (>1: distillrec faster)
+#   memory = peak_mb(distillrec) / peak_mb(pytorch) (<1: distillrec smaller)
+#
+#   scripts/bench_llm_compare.sh <distillrec binary> <model.gguf> [runs=3] [extra args...]
+#
+# PYTHON selects the interpreter of the reference (default /work/torchenv/bin/python).
 set -euo pipefail
-bin="$1"; model="$2"; runs="${3:-3}"; tokens="${4:-128}"
+if [ $# -lt 2 ]; then
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+fi
+bin="$1"; gguf="$2"; runs="${3:-3}"
+shift $(( $# < 3 ? $# : 3 ))
 py="${PYTHON:-/work/torchenv/bin/python}"
 here="$(cd "$(dirname "$0")" && pwd)"
-out="$(mktemp)"; trap 'rm -f "$out"' EXIT
+out="$(mktemp)"; log="$(mktemp)"; err="$(mktemp)"; trap 'rm -f "$out" "$log" "$err"' EXIT
+
+# run <label> <command...>: keep the RESULT line; otherwise show the stderr tail.
+run() {
+  local label="$1" status=0; shift
+  echo "# $label, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$@" >"$log" 2>"$err" || status=$?
+  if ! grep '^RESULT' "$log" | tee -a "$out"; then
+    echo "# $label: no RESULT line (exit $status); stderr tail:"
+    tail -n 5 "$err" | sed 's/^/#   /'
+  elif [ "$status" -ne 0 ]; then
+    echo "# $label: exit $status"
+  fi
+}
+
 for i in $(seq "$runs"); do
-  echo "# run $i, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$bin" bench llm --model "$model" --tokens "$tokens" | tee -a "$out"
-  "$py" "$here/bench_llm_torch.py" --gguf "$model" --tokens "$tokens" 2>/dev/null | grep '^RESULT' | tee -a "$out"
+  for step in lm teacher infer; do
+    run "run $i $step distillrec" "$bin" bench llm --model "$gguf" --step "$step" "$@"
+    run "run $i $step pytorch" "$py" "$here/bench_llm_torch.py" --gguf "$gguf" --step "$step" "$@"
+  done
 done
+
+echo
 "$py" - "$out" <<'PY'
-import re, statistics, sys
-rows = {}
+import statistics, sys
+
+IMPLS = ("distillrec", "pytorch")
+METRICS = ("step_ms", "tok_s", "rows_s", "peak_mb")
+CONFIG = ("batch", "tokens", "adapter", "experts", "rank", "targets", "threads")
+
+runs = {}  # (step, impl) -> list of {key: value}
 for line in open(sys.argv[1]):
-    kv = dict(re.findall(r"(\w+)=(\S+)", line))
-    for k in ("prefill_tok_s", "train_tok_s"):
-        rows.setdefault((kv["impl"], k), []).append(float(kv[k]))
-for (impl, k), v in sorted(rows.items()):
-    print(f"median {impl:10s} {k:14s} {statistics.median(v):8.1f}  (runs: {', '.join(f'{x:.1f}' for x in v)})")
+    kv = dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
+    if "step" in kv and "impl" in kv:
+        runs.setdefault((kv["step"], kv["impl"]), []).append(kv)
+
+def median(step, impl, key):
+    vals = [float(r[key]) for r in runs.get((step, impl), []) if key in r]
+    return statistics.median(vals) if vals else None
+
+def fmt(x, digits=1):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+def ratio(step, key):
+    d, p = median(step, "distillrec", key), median(step, "pytorch", key)
+    return None if d is None or not p else d / p
+
+steps = [s for s in ("lm", "teacher", "infer") if any(k[0] == s for k in runs)]
+steps += sorted({k[0] for k in runs} - set(steps))
+head = ["step", "config", "runs d/p"] + [f"{m} {i}" for m in METRICS for i in IMPLS] + ["speed", "memory"]
+print("| " + " | ".join(head) + " |")
+print("|" + "|".join("---" for _ in head) + "|")
+notes = []
+for s in steps:
+    configs = {i: tuple(r.get(k, "?") for k in CONFIG) for i in IMPLS for r in runs.get((s, i), [])[:1]}
+    if len(set(configs.values())) > 1:
+        notes.append(f"{s}: configs differ: " + "; ".join(
+            f"{i} " + " ".join(f"{k}={v}" for k, v in zip(CONFIG, c)) for i, c in configs.items()))
+    c = next(iter(configs.values()), None)
+    config = "n/a" if c is None else "B={} T={} {} E={} r={} {} th={}".format(*c)
+    n = "/".join(str(len(runs.get((s, i), []))) for i in IMPLS)
+    cells = [fmt(median(s, i, m)) for m in METRICS for i in IMPLS]
+    print("| " + " | ".join([s, config, n] + cells + [fmt(ratio(s, "tok_s"), 2), fmt(ratio(s, "peak_mb"), 2)]) + " |")
+for n in notes:
+    print(f"\nwarning: {n}")
 PY
