@@ -29,6 +29,8 @@
 //! - [`tape`] — the explicit forward/backward of the decoder stack that
 //!   trains adapters on the CPU (hand-written backward, saved activations
 //!   only), with the mixture-of-experts LoRA, the blocked LM-head loss and AdamW.
+//! - [`steps`] — the causal-LM and ranking training steps and batched
+//!   top-K scoring on the tape.
 //! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
 
 pub mod bench;
@@ -45,6 +47,7 @@ pub mod model;
 pub mod ops;
 pub mod parmatmul;
 pub mod source;
+pub mod steps;
 pub mod tape;
 pub mod tokenizer;
 pub mod weights;

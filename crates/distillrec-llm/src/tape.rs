@@ -793,6 +793,30 @@ pub fn forward<T: Real>(
     mask: &[Vec<bool>],
     gate: Option<&[T]>,
 ) -> Result<(Vec<T>, Tape<T>)> {
+    run(model, adapters, embeds, mask, gate, true)
+}
+
+/// [`forward`] without a tape: each layer's saved state is dropped as soon
+/// as the next layer has its input (inference with unmerged, per-sample
+/// adapters).
+pub fn infer<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    embeds: &[T],
+    mask: &[Vec<bool>],
+    gate: Option<&[T]>,
+) -> Result<Vec<T>> {
+    Ok(run(model, adapters, embeds, mask, gate, false)?.0)
+}
+
+fn run<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    embeds: &[T],
+    mask: &[Vec<bool>],
+    gate: Option<&[T]>,
+    keep: bool,
+) -> Result<(Vec<T>, Tape<T>)> {
     if !supports::<T>(model) {
         return Err(Error::Input(
             "the explicit training path needs a Llama or Qwen2 model on the CPU in the tape's dtype"
@@ -859,7 +883,9 @@ pub fn forward<T: Real>(
             gc.as_deref(),
         )?;
         x = saved.1;
-        layers.push(saved.0);
+        if keep {
+            layers.push(saved.0);
+        }
     }
     let Some(Norm::Rms { weight, eps }) = model.final_norm() else {
         return Err(Error::Input(

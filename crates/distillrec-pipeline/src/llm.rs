@@ -9,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
 use distillrec_data::store;
-use distillrec_llm::bench::{bench_ids, prefill, LoraTrainer};
+use distillrec_llm::bench::time_step;
+pub use distillrec_llm::bench::{BenchSpec, BenchStep};
 use distillrec_llm::embed::{item_table, save_table};
 use distillrec_llm::generate::{generate as greedy, next_logits, GenerateOptions, Generation};
-use distillrec_llm::model::Target;
+pub use distillrec_llm::model::Target;
 use distillrec_llm::{load, KvCache, Llm, LoadOptions};
 
 /// Which backbone to load, and where.
@@ -169,60 +170,12 @@ pub fn embed_items(
     })
 }
 
-/// Median seconds of the LLM benchmark's two measurements.
-pub struct LlmBench {
-    /// One prefill pass over the prompt.
-    pub prefill_secs: f64,
-    /// One LoRA training step on the prompt.
-    pub train_secs: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Prefill and LoRA-step speed on a `tokens`-long prompt: medians over
-/// `repeats` (at most 3 training steps), each after one warm-up.
-pub fn bench(
-    path: &Path,
-    tokens: usize,
-    repeats: usize,
-    lora_rank: usize,
-    device: &Device,
-) -> Result<LlmBench> {
-    if tokens < 2 || repeats == 0 {
-        bail!("--tokens must be at least 2 and --repeats at least 1");
-    }
-    let mut llm = Backbone {
+/// Median seconds of one benchmark step on the backbone at `path`.
+pub fn bench(path: &Path, spec: &BenchSpec, device: &Device) -> Result<f64> {
+    let llm = Backbone {
         path: path.to_path_buf(),
         num_layers: None,
     }
     .load(device)?;
-    let ids = bench_ids(tokens, llm.model.config().vocab_size);
-    prefill(&llm.model, &ids)?; // warm-up
-    let mut prefill_s = Vec::new();
-    for _ in 0..repeats {
-        let t = Instant::now();
-        prefill(&llm.model, &ids)?;
-        prefill_s.push(t.elapsed().as_secs_f64());
-    }
-    let mut trainer = LoraTrainer::new(
-        &mut llm.model,
-        &[Target::Q, Target::V],
-        lora_rank,
-        2.0 * lora_rank as f64,
-        1e-4,
-    )?;
-    trainer.step(&llm.model, &ids)?; // warm-up
-    let mut train_s = Vec::new();
-    for _ in 0..repeats.clamp(1, 3) {
-        let t = Instant::now();
-        trainer.step(&llm.model, &ids)?;
-        train_s.push(t.elapsed().as_secs_f64());
-    }
-    Ok(LlmBench {
-        prefill_secs: median(prefill_s),
-        train_secs: median(train_s),
-    })
+    Ok(time_step(&llm.model, spec)?)
 }

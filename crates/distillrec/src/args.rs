@@ -57,7 +57,7 @@ pub enum Command {
 pub enum BenchCommand {
     /// One SASRec training step, comparable with ../shared/bench/torch_sasrec_step.py.
     Student(BenchStudentArgs),
-    /// LLM prefill tokens/s and one LoRA training step's tokens/s.
+    /// One LLM step the teacher runs (prefill, causal-LM adapter step, ranking step, batched inference), comparable with scripts/bench_llm_torch.py.
     Llm(BenchLlmArgs),
 }
 
@@ -531,21 +531,70 @@ pub struct EmbedItemsArgs {
     pub batch_size: usize,
 }
 
+/// Which step `bench llm` times.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LlmStepArg {
+    /// One forward over a single row (logits of the last position).
+    Prefill,
+    /// The causal-LM adapter step (forward, backward, AdamW).
+    Lm,
+    /// The teacher's ranking step (MoE-LoRA with a per-sample gate, ranking loss over the item table).
+    Teacher,
+    /// Batched teacher inference: scores over the item table and top-K.
+    Infer,
+}
+
+/// Adapter kind of `bench llm`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterArg {
+    /// Plain LoRA (one expert).
+    Lora,
+    /// Mixture-of-experts LoRA with a per-sample gate (iLoRA).
+    Moe,
+}
+
 /// Arguments of `bench llm`.
 #[derive(Args, Debug)]
 pub struct BenchLlmArgs {
     /// Hugging Face model directory or GGUF file.
     #[arg(long)]
     pub model: PathBuf,
-    /// Prompt length in tokens.
+    /// The step to time (one per process, so that peak memory is the step's).
+    #[arg(long, value_enum, default_value = "lm")]
+    pub step: LlmStepArg,
+    /// Adapter kind. Default: lora for `lm`, moe for `teacher` and `infer`.
+    #[arg(long, value_enum)]
+    pub adapter: Option<AdapterArg>,
+    /// Experts of the MoE-LoRA (default 4; lora has 1).
+    #[arg(long)]
+    pub experts: Option<usize>,
+    /// Total adapter rank (shared by the experts).
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA alpha. Default: 2·rank for lora, 32 for moe.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Adapted projections, comma-separated (q, k, v, o, gate, up, down).
+    #[arg(long, default_value = "q,v")]
+    pub targets: String,
+    /// Rows per batch. Default: 1 for `lm` and `prefill`, 8 for `teacher` and `infer`.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Positions per row (left padding included).
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
-    /// Timed repetitions of each measurement (the median is reported).
-    #[arg(long, default_value_t = 5)]
-    pub repeats: usize,
-    /// LoRA rank of the training step (adapters on q_proj and v_proj of every layer).
-    #[arg(long, default_value_t = 8)]
-    pub lora_rank: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Item-table size of the ranking head.
+    #[arg(long, default_value_t = 5000)]
+    pub items: usize,
+    /// K of the top-K of `infer`.
+    #[arg(long, default_value_t = 20)]
+    pub topk: usize,
+    /// Timed repetitions, after one warm-up (the median is reported). Default: 3 for training steps, 5 otherwise.
+    #[arg(long)]
+    pub repeats: Option<usize>,
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,

@@ -3,9 +3,14 @@
 use anyhow::Result;
 
 use distillrec_data::fsutil;
-use distillrec_pipeline::llm::{self, Backbone};
+use distillrec_pipeline::llm::{self, Backbone, BenchSpec, BenchStep, Target};
 
-use crate::args::{BenchLlmArgs, EmbedItemsArgs, GenerateArgs, LlmCommand, LogitsArgs, ModelArgs};
+use clap::ValueEnum;
+
+use crate::args::{
+    AdapterArg, BenchLlmArgs, EmbedItemsArgs, GenerateArgs, LlmCommand, LlmStepArg, LogitsArgs,
+    ModelArgs,
+};
 use crate::common::device;
 
 /// Candle runs element-wise ops on its own spinning thread pool besides the
@@ -96,25 +101,76 @@ fn peak_rss() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Runs `bench llm`.
+/// Runs `bench llm`: one step, timed, printed as the PyTorch script prints it.
 pub fn bench(a: BenchLlmArgs) -> Result<()> {
     tune_threads();
+    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global();
     let device = device(&a.device)?;
-    let b = llm::bench(&a.model, a.tokens, a.repeats, a.lora_rank, &device)?;
-    let name = a
-        .model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let training = matches!(a.step, LlmStepArg::Lm | LlmStepArg::Teacher);
+    let adapter = a.adapter.unwrap_or(match a.step {
+        LlmStepArg::Teacher | LlmStepArg::Infer => AdapterArg::Moe,
+        _ => AdapterArg::Lora,
+    });
+    let experts = match (adapter, a.experts) {
+        (AdapterArg::Lora, None | Some(1)) => 1,
+        (AdapterArg::Lora, Some(e)) => anyhow::bail!("--adapter lora has one expert, not {e}"),
+        (AdapterArg::Moe, e) => e.unwrap_or(4),
+    };
+    let targets = a
+        .targets
+        .split(',')
+        .map(|t| t.trim().parse::<Target>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let step = match a.step {
+        LlmStepArg::Prefill => BenchStep::Prefill,
+        LlmStepArg::Lm => BenchStep::Lm,
+        LlmStepArg::Teacher => BenchStep::Teacher,
+        LlmStepArg::Infer => BenchStep::Infer,
+    };
+    let spec = BenchSpec {
+        step,
+        experts,
+        rank: a.rank,
+        alpha: a.alpha.unwrap_or(if adapter == AdapterArg::Lora {
+            2.0 * a.rank as f64
+        } else {
+            32.0
+        }),
+        targets,
+        batch: a
+            .batch
+            .unwrap_or(if matches!(step, BenchStep::Teacher | BenchStep::Infer) {
+                8
+            } else {
+                1
+            }),
+        tokens: a.tokens,
+        items: a.items,
+        topk: a.topk,
+        repeats: a.repeats.unwrap_or(if training { 3 } else { 5 }),
+    };
+    let secs = llm::bench(&a.model, &spec, &device)?;
+    let rows = if step == BenchStep::Prefill {
+        1
+    } else {
+        spec.batch
+    };
+    let names: Vec<&str> = a.targets.split(',').map(str::trim).collect();
     println!(
-        "RESULT impl=distillrec model={name} tokens={} threads={} prefill_tok_s={:.1} train_tok_s={:.1} prefill_ms={:.1} train_step_ms={:.1} peak_rss={}",
-        a.tokens,
-        candle_core::utils::get_num_threads(),
-        a.tokens as f64 / b.prefill_secs,
-        a.tokens as f64 / b.train_secs,
-        b.prefill_secs * 1e3,
-        b.train_secs * 1e3,
-        peak_rss().replace(' ', "")
+        "RESULT impl=distillrec step={} batch={rows} tokens={} adapter={} experts={experts} rank={} targets={} threads={} step_ms={:.1} tok_s={:.1} rows_s={:.1} peak_mb={:.1}",
+        a.step.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+        spec.tokens,
+        if adapter == AdapterArg::Lora { "lora" } else { "moe" },
+        spec.rank,
+        names.join(","),
+        a.threads,
+        secs * 1e3,
+        (rows * spec.tokens) as f64 / secs,
+        rows as f64 / secs,
+        distillrec_run::peak_rss_mb().unwrap_or(0.0),
     );
     Ok(())
 }
