@@ -29,11 +29,14 @@
 //! - [`tape`] — the explicit forward/backward of the decoder stack that
 //!   trains adapters on the CPU (hand-written backward, saved activations
 //!   only), with the mixture-of-experts LoRA, the blocked LM-head loss and AdamW.
+//! - [`blas`] — an optional system OpenBLAS found at run time for the tape's
+//!   large products (gemm otherwise).
 //! - [`steps`] — the causal-LM and ranking training steps and batched
 //!   top-K scoring on the tape.
 //! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
 
 pub mod bench;
+pub mod blas;
 pub mod chat;
 pub mod config;
 pub mod embed;

@@ -49,7 +49,13 @@ use crate::model::{Mlp, Model, Norm, Target};
 
 /// Float types of the explicit path: f32 to train, f64 to check gradients.
 pub trait Real:
-    candle_core::WithDType + num_traits::Float + std::iter::Sum + Send + Sync + 'static
+    candle_core::WithDType
+    + num_traits::Float
+    + std::iter::Sum
+    + crate::blas::BlasFloat
+    + Send
+    + Sync
+    + 'static
 {
     /// Replaces `x[j]` by `exp(x[j] − shift)` and returns their sum (the
     /// softmax's inner loop: vectorised for f32, exact libm for f64).
@@ -146,7 +152,13 @@ impl<T> SharedPtr<T> {
 /// `c[m, n] (+)= a[m, k] · b[k, n]` (`accumulate`: add to `c`, else
 /// overwrite). Large products are split into column blocks, one gemm per
 /// thread (gemm's own threading splits these shapes poorly on few cores).
-fn mm<T: Real>(c: MatMut<T>, (m, n, k): (usize, usize, usize), a: Mat<T>, b: Mat<T>, acc: bool) {
+fn mm<T: Real>(
+    mut c: MatMut<T>,
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    acc: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -161,6 +173,22 @@ fn mm<T: Real>(c: MatMut<T>, (m, n, k): (usize, usize, usize), a: Mat<T>, b: Mat
         }
         return;
     }
+    let big = m * n * k >= 1 << 18;
+    // the BLAS runs its own threads: only from outside rayon's workers
+    if big && rayon::current_thread_index().is_none() && blas_mm(&mut c, (m, n, k), a, b, acc) {
+        return;
+    }
+    gemm_mm(c, (m, n, k), a, b, acc);
+}
+
+/// [`mm`] on the `gemm` crate (bounds checked by the caller).
+fn gemm_mm<T: Real>(
+    c: MatMut<T>,
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    acc: bool,
+) {
     let threads = rayon::current_num_threads();
     let big = m * n * k >= 1 << 18;
     let block = if big && threads > 1 && n >= 32 * threads {
@@ -269,6 +297,49 @@ fn mm<T: Real>(c: MatMut<T>, (m, n, k): (usize, usize, usize), a: Mat<T>, b: Mat
     } else {
         run(0);
     }
+}
+
+/// `c (+)= a·b` through the system BLAS when there is one and both views
+/// have a unit stride ([`crate::blas`]); false when it did not run.
+fn blas_mm<T: Real>(
+    c: &mut MatMut<T>,
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    acc: bool,
+) -> bool {
+    use crate::blas::Operand;
+    let Some(blas) = crate::blas::get() else {
+        return false;
+    };
+    let fits = |o: &Operand<T>, rows: usize, cols: usize| {
+        o.ld >= if o.trans { rows } else { cols }.max(1) && o.ld <= i32::MAX as usize
+    };
+    let (Some(ao), Some(bo)) = (
+        Operand::of(a.data[a.off..].as_ptr(), a.rs, a.cs),
+        Operand::of(b.data[b.off..].as_ptr(), b.rs, b.cs),
+    ) else {
+        return false;
+    };
+    if !fits(&ao, m, k) || !fits(&bo, k, n) || m.max(n).max(k) > i32::MAX as usize {
+        return false;
+    }
+    let beta = if acc { T::one() } else { T::zero() };
+    // SAFETY: the views were bounds-checked by the caller (`Mat::check`,
+    // the `c` assertion), the leading dimensions fit the shapes (above),
+    // and `c` is borrowed mutably for the call.
+    unsafe {
+        T::gemm(
+            blas,
+            (m, n, k),
+            ao,
+            bo,
+            beta,
+            c.data.as_mut_ptr().add(c.off),
+            c.ld,
+        )
+    };
+    true
 }
 
 /// The CPU data and layout of a tensor of dtype `T`.
@@ -1701,4 +1772,91 @@ impl AdamW {
 /// `DType` of `T` (re-exported for callers building tensors).
 pub fn dtype_of<T: Real>() -> DType {
     T::DTYPE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: Mat<f64>, b: Mat<f64>) -> Vec<f64> {
+        let at = |x: &Mat<f64>, i: usize, j: usize| x.data[x.off + i * x.rs + j * x.cs];
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|l| at(&a, i, l) * at(&b, l, j)).sum();
+            }
+        }
+        c
+    }
+
+    /// Both backends (gemm, and the system BLAS when one is installed)
+    /// against a naive product, for every orientation of the operands,
+    /// overwriting and accumulating, into a column block of a wider `c`.
+    #[test]
+    fn matmul_backends_match_a_naive_product_in_every_orientation() {
+        let (m, n, k) = (70, 64, 60); // above the BLAS threshold
+        let vals = |len: usize, seed: usize| -> Vec<f64> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 1000) as f64 - 500.0) / 250.0)
+                .collect()
+        };
+        let (ad, bd) = (vals(m * k, 1), vals(k * n, 2));
+        let blas = crate::blas::get();
+        for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = if a_t {
+                Mat {
+                    data: &ad[..],
+                    off: 0,
+                    rs: 1,
+                    cs: m,
+                }
+            } else {
+                Mat::rows(&ad, k)
+            };
+            let b = if b_t {
+                Mat {
+                    data: &bd[..],
+                    off: 0,
+                    rs: 1,
+                    cs: k,
+                }
+            } else {
+                Mat::rows(&bd, n)
+            };
+            let want = naive(m, n, k, a, b);
+            for acc in [false, true] {
+                for use_blas in [false, true] {
+                    if use_blas && blas.is_none() {
+                        continue;
+                    }
+                    let ld = n + 5;
+                    let mut c = vec![1.0; m * ld];
+                    let block = MatMut {
+                        data: &mut c,
+                        off: 3,
+                        ld,
+                    };
+                    if use_blas {
+                        let mut block = block;
+                        assert!(blas_mm(&mut block, (m, n, k), a, b, acc));
+                    } else {
+                        gemm_mm(block, (m, n, k), a, b, acc);
+                    }
+                    for i in 0..m {
+                        for j in 0..n {
+                            let got = c[3 + i * ld + j];
+                            let w = want[i * n + j] + if acc { 1.0 } else { 0.0 };
+                            assert!(
+                                (got - w).abs() < 1e-9,
+                                "a_t {a_t} b_t {b_t} acc {acc} blas {use_blas}: {got} vs {w}"
+                            );
+                        }
+                        // the columns outside the block are untouched
+                        assert_eq!(c[i * ld], 1.0);
+                        assert_eq!(c[i * ld + 3 + n], 1.0);
+                    }
+                }
+            }
+        }
+    }
 }

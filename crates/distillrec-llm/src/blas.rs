@@ -1,0 +1,168 @@
+//! An optional system BLAS for the explicit path's large products.
+//!
+//! The `gemm` crate reaches 80–150 GFLOP/s on the products of a
+//! SmolLM2-sized layer on two AVX2 cores; OpenBLAS reaches 130–157 on the
+//! same shapes, and the gap is widest for the 128-row products of a single
+//! prompt (measured side by side, `cblas_sgemm` against gemm with the
+//! column split of [`crate::tape`]). So when a system OpenBLAS is
+//! installed (Debian/Ubuntu: `libopenblas0-pthread`), the tape hands it the
+//! products with more than a few hundred thousand multiply-adds; without
+//! one everything runs on gemm, with the same results up to float rounding.
+//!
+//! The library is found at run time, so no build needs it:
+//! `DISTILLREC_BLAS=<path>` names one, `DISTILLREC_BLAS=off` disables the
+//! lookup, otherwise `libopenblas.so.0` is tried. Its thread count is set
+//! to rayon's.
+
+use std::sync::OnceLock;
+
+/// `cblas_sgemm` / `cblas_dgemm` (row-major order, transposes, sizes,
+/// alpha, a, lda, b, ldb, beta, c, ldc).
+type Gemm<T> = unsafe extern "C" fn(
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    T,
+    *const T,
+    i32,
+    *const T,
+    i32,
+    T,
+    *mut T,
+    i32,
+);
+
+/// A loaded BLAS.
+pub struct Blas {
+    _lib: libloading::Library,
+    sgemm: Gemm<f32>,
+    dgemm: Gemm<f64>,
+    /// Where it was loaded from.
+    pub path: String,
+}
+
+const ROW_MAJOR: i32 = 101;
+const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
+
+/// The system BLAS, loaded on first use (None when absent or disabled).
+pub fn get() -> Option<&'static Blas> {
+    static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+    BLAS.get_or_init(load).as_ref()
+}
+
+fn load() -> Option<Blas> {
+    let path = match std::env::var("DISTILLREC_BLAS") {
+        Ok(v) if matches!(v.as_str(), "off" | "none" | "0" | "") => return None,
+        Ok(v) => v,
+        Err(_) => "libopenblas.so.0".to_string(),
+    };
+    // SAFETY: loading a shared library runs its initialisers; this is the
+    // system BLAS the user installed or named, as linking it would.
+    let lib = unsafe { libloading::Library::new(&path) }.ok()?;
+    // SAFETY: the symbols have the CBLAS signatures above.
+    unsafe {
+        let sgemm = *lib.get::<Gemm<f32>>(b"cblas_sgemm\0").ok()?;
+        let dgemm = *lib.get::<Gemm<f64>>(b"cblas_dgemm\0").ok()?;
+        if let Ok(set) = lib.get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0") {
+            set(rayon::current_num_threads() as i32);
+        }
+        Some(Blas {
+            _lib: lib,
+            sgemm,
+            dgemm,
+            path,
+        })
+    }
+}
+
+/// A matrix operand for CBLAS: row-major with leading dimension `ld`,
+/// possibly transposed.
+#[derive(Clone, Copy)]
+pub struct Operand<T> {
+    /// First element.
+    pub ptr: *const T,
+    /// Leading dimension.
+    pub ld: usize,
+    /// Whether the stored matrix is the transpose of the operand.
+    pub trans: bool,
+}
+
+impl<T> Operand<T> {
+    /// The operand of a strided view `(row stride, column stride)`, when
+    /// one of the strides is 1.
+    pub fn of(ptr: *const T, rs: usize, cs: usize) -> Option<Operand<T>> {
+        match (rs, cs) {
+            (_, 1) => Some(Operand {
+                ptr,
+                ld: rs,
+                trans: false,
+            }),
+            (1, _) => Some(Operand {
+                ptr,
+                ld: cs,
+                trans: true,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Floats CBLAS multiplies.
+pub trait BlasFloat: Copy {
+    /// `c[m, n] = beta·c + a[m, k]·b[k, n]` (`c` row-major, leading
+    /// dimension `ldc`).
+    ///
+    /// # Safety
+    /// The operands must be valid for their shapes and leading dimensions,
+    /// and `c` for `m` rows of `ldc` with nothing else writing it.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        blas: &Blas,
+        mnk: (usize, usize, usize),
+        a: Operand<Self>,
+        b: Operand<Self>,
+        beta: Self,
+        c: *mut Self,
+        ldc: usize,
+    );
+}
+
+macro_rules! blas_float {
+    ($t:ty, $f:ident) => {
+        impl BlasFloat for $t {
+            unsafe fn gemm(
+                blas: &Blas,
+                (m, n, k): (usize, usize, usize),
+                a: Operand<$t>,
+                b: Operand<$t>,
+                beta: $t,
+                c: *mut $t,
+                ldc: usize,
+            ) {
+                let t = |o: &Operand<$t>| if o.trans { TRANS } else { NO_TRANS };
+                (blas.$f)(
+                    ROW_MAJOR,
+                    t(&a),
+                    t(&b),
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    1.0,
+                    a.ptr,
+                    a.ld as i32,
+                    b.ptr,
+                    b.ld as i32,
+                    beta,
+                    c,
+                    ldc as i32,
+                )
+            }
+        }
+    };
+}
+blas_float!(f32, sgemm);
+blas_float!(f64, dgemm);
