@@ -67,10 +67,24 @@ pub trait Real:
         }
         z
     }
+
+    /// `x[j] = exp(−x[j])` (SwiGLU's sigmoid; vectorised for f32).
+    fn exp_neg_inplace(x: &mut [Self]) {
+        for v in x.iter_mut() {
+            *v = (-*v).exp();
+        }
+    }
 }
 impl Real for f32 {
     fn exp_shift_sum(x: &mut [f32], shift: f32) -> f32 {
         distillrec_models::fastmath::exp_shift_sum_inplace(x, shift)
+    }
+
+    fn exp_neg_inplace(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = -*v;
+        }
+        distillrec_models::fastmath::exp_shift_sum_inplace(x, 0.0);
     }
 }
 impl Real for f64 {}
@@ -718,21 +732,22 @@ fn rms_backward<T: Real>(x: &[T], w: &[T], inv: &[T], dy: &[T], dx: &mut [T]) {
         });
 }
 
-fn silu<T: Real>(g: T) -> T {
-    g / (T::one() + (-g).exp())
-}
-
 /// `silu(g) · u` for the `[N, 2I]` gate/up buffer.
 fn swiglu_forward<T: Real>(gu: &[T], i: usize) -> Vec<T> {
     let mut out = vec![T::zero(); gu.len() / 2];
     out.par_chunks_mut(i)
         .zip(gu.par_chunks(2 * i))
-        .for_each(|(o, row)| {
-            let (g, u) = row.split_at(i);
-            for ((y, &a), &b) in o.iter_mut().zip(g).zip(u) {
-                *y = silu(a) * b;
-            }
-        });
+        .for_each_init(
+            || vec![T::zero(); i],
+            |e, (o, row)| {
+                let (g, u) = row.split_at(i);
+                e.copy_from_slice(g);
+                T::exp_neg_inplace(e);
+                for (((y, &a), &b), &en) in o.iter_mut().zip(g).zip(u).zip(e.iter()) {
+                    *y = a / (T::one() + en) * b;
+                }
+            },
+        );
     out
 }
 
@@ -742,16 +757,20 @@ fn swiglu_backward<T: Real>(gu: &[T], dh: &[T], i: usize) -> Vec<T> {
     dgu.par_chunks_mut(2 * i)
         .zip(gu.par_chunks(2 * i))
         .zip(dh.par_chunks(i))
-        .for_each(|((d, row), dhr)| {
-            let (g, u) = row.split_at(i);
-            let (dg, du) = d.split_at_mut(i);
-            for j in 0..i {
-                let sig = T::one() / (T::one() + (-g[j]).exp());
-                let s = g[j] * sig;
-                du[j] = dhr[j] * s;
-                dg[j] = dhr[j] * u[j] * sig * (T::one() + g[j] * (T::one() - sig));
-            }
-        });
+        .for_each_init(
+            || vec![T::zero(); i],
+            |e, ((d, row), dhr)| {
+                let (g, u) = row.split_at(i);
+                let (dg, du) = d.split_at_mut(i);
+                e.copy_from_slice(g);
+                T::exp_neg_inplace(e);
+                for j in 0..i {
+                    let sig = T::one() / (T::one() + e[j]);
+                    du[j] = dhr[j] * g[j] * sig;
+                    dg[j] = dhr[j] * u[j] * sig * (T::one() + g[j] * (T::one() - sig));
+                }
+            },
+        );
     dgu
 }
 
