@@ -89,6 +89,19 @@ pub enum Target {
     Down,
 }
 
+impl Target {
+    /// The seven projections of a Llama layer, in declaration order.
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+}
+
 impl std::str::FromStr for Target {
     type Err = Error;
     fn from_str(s: &str) -> Result<Target> {

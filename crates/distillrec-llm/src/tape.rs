@@ -63,7 +63,7 @@ pub trait Real:
         let mut z = Self::zero();
         for v in x.iter_mut() {
             *v = (*v - shift).exp();
-            z = z + *v;
+            z += *v;
         }
         z
     }
@@ -212,68 +212,29 @@ fn gemm_mm<T: Real>(
     };
     let ptr = SharedPtr(c.data.as_mut_ptr());
     let (c_off, ld) = (c.off, c.ld);
-    let run = |n0: usize| {
-        let nb = block.min(n - n0);
-        // SAFETY: bounds asserted above; the block [n0, n0 + nb) of every
-        // row of c belongs to this call alone. A row-major `b` (a weight in
-        // the forward) goes in as the left operand of cᵀ = bᵀ·aᵀ, a
-        // transposed one (the backward's `dY·W`) as the right operand of
-        // c = a·b: the orientations gemm packs fastest (measured on the
-        // teacher step: 110 → 120–130 GFLOP/s for the backward products).
-        unsafe {
-            if b.cs == 1 {
-                gemm::gemm(
-                    nb,
-                    m,
-                    k,
-                    ptr.get().add(c_off + n0),
-                    ld as isize,
-                    1,
-                    acc,
-                    b.data.as_ptr().add(b.off + n0 * b.cs),
-                    b.rs as isize,
-                    b.cs as isize,
-                    a.data.as_ptr().add(a.off),
-                    a.rs as isize,
-                    a.cs as isize,
-                    T::one(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            } else {
-                gemm::gemm(
-                    m,
-                    nb,
-                    k,
-                    ptr.get().add(c_off + n0),
-                    1,
-                    ld as isize,
-                    acc,
-                    a.data.as_ptr().add(a.off),
-                    a.cs as isize,
-                    a.rs as isize,
-                    b.data.as_ptr().add(b.off + n0 * b.cs),
-                    b.cs as isize,
-                    b.rs as isize,
-                    T::one(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
-        }
-    };
     if block < n {
         (0..n)
             .step_by(block)
             .collect::<Vec<_>>()
             .into_par_iter()
-            .for_each(run);
+            .for_each(|n0| {
+                let b0 = Mat {
+                    off: b.off + n0 * b.cs,
+                    ..b
+                };
+                // SAFETY: bounds asserted above; columns [n0, n0 + nb) of
+                // every row of c belong to this call alone.
+                unsafe {
+                    gemm_block(
+                        ptr.get().add(c_off + n0),
+                        ld,
+                        (m, block.min(n - n0), k),
+                        a,
+                        b0,
+                        acc,
+                    )
+                }
+            });
     } else if big && threads > 1 && m >= 4 * threads {
         // narrow outputs (adapter ranks): split the rows instead
         let rows = m.div_ceil(threads);
@@ -282,34 +243,95 @@ fn gemm_mm<T: Real>(
             .collect::<Vec<_>>()
             .into_par_iter()
             .for_each(|m0| {
-                let mb = rows.min(m - m0);
-                // SAFETY: rows [m0, m0 + mb) of c belong to this call alone.
+                let a0 = Mat {
+                    off: a.off + m0 * a.rs,
+                    ..a
+                };
+                // SAFETY: bounds asserted above; rows [m0, m0 + mb) of c
+                // belong to this call alone.
                 unsafe {
-                    gemm::gemm(
-                        n,
-                        mb,
-                        k,
+                    gemm_block(
                         ptr.get().add(c_off + m0 * ld),
-                        ld as isize,
-                        1,
+                        ld,
+                        (rows.min(m - m0), n, k),
+                        a0,
+                        b,
                         acc,
-                        b.data.as_ptr().add(b.off),
-                        b.rs as isize,
-                        b.cs as isize,
-                        a.data.as_ptr().add(a.off + m0 * a.rs),
-                        a.rs as isize,
-                        a.cs as isize,
-                        T::one(),
-                        T::one(),
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     )
                 }
             });
     } else {
-        run(0);
+        // SAFETY: bounds asserted above.
+        unsafe { gemm_block(ptr.get().add(c_off), ld, (m, n, k), a, b, acc) }
+    }
+}
+
+/// One single-threaded gemm: `c[m, n] (+)= a·b` for `c` row-major with
+/// leading dimension `ld`. A row-major `b` (a weight in the forward) goes
+/// in as the left operand of cᵀ = bᵀ·aᵀ, a transposed one (the backward's
+/// `dY·W`) as the right operand of c = a·b: the orientations gemm packs
+/// fastest (measured on the teacher step: 110 → 120–130 GFLOP/s for the
+/// backward products).
+///
+/// # Safety
+/// `a`, `b` must hold their `m×k`, `k×n` elements at their strides, `c`
+/// must be valid for `m` rows of `n` at `ld`, written by no one else.
+unsafe fn gemm_block<T: Real>(
+    c: *mut T,
+    ld: usize,
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    acc: bool,
+) {
+    let (ap, bp) = (a.data.as_ptr().add(a.off), b.data.as_ptr().add(b.off));
+    let one = T::one();
+    let none = gemm::Parallelism::None;
+    let (ars, acs, brs, bcs) = (a.rs as isize, a.cs as isize, b.rs as isize, b.cs as isize);
+    if b.cs == 1 {
+        gemm::gemm(
+            n,
+            m,
+            k,
+            c,
+            ld as isize,
+            1,
+            acc,
+            bp,
+            brs,
+            bcs,
+            ap,
+            ars,
+            acs,
+            one,
+            one,
+            false,
+            false,
+            false,
+            none,
+        )
+    } else {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ld as isize,
+            acc,
+            ap,
+            acs,
+            ars,
+            bp,
+            bcs,
+            brs,
+            one,
+            one,
+            false,
+            false,
+            false,
+            none,
+        )
     }
 }
 
@@ -398,16 +420,8 @@ fn vector<'a, T: Real, G: Deref<Target = Storage>>(g: &'a (G, &'a Layout)) -> Re
 // Adapters
 // ---------------------------------------------------------------------------
 
-/// The seven projections of a Llama layer, in [`Target`] order.
-const TARGETS: [Target; 7] = [
-    Target::Q,
-    Target::K,
-    Target::V,
-    Target::O,
-    Target::Gate,
-    Target::Up,
-    Target::Down,
-];
+/// The projections in slot order (a layer's adapters are `[_; 7]`).
+const TARGETS: [Target; 7] = Target::ALL;
 
 fn target_index(t: Target) -> usize {
     TARGETS
@@ -1010,8 +1024,14 @@ fn run<T: Real>(
             x,
             (&cos, &sin),
             mask_add.as_deref(),
-            (r, scale),
-            gc.as_deref(),
+            Proj {
+                n: d.n(),
+                t,
+                r,
+                e: adapters.experts,
+                scale,
+                gc: gc.as_deref(),
+            },
         )?;
         x = saved.1;
         if keep {
@@ -1041,6 +1061,119 @@ fn run<T: Real>(
     ))
 }
 
+/// Shapes and adapter settings shared by a layer's projections.
+#[derive(Clone, Copy)]
+struct Proj<'a, T> {
+    n: usize,
+    t: usize,
+    r: usize,
+    e: usize,
+    scale: T,
+    gc: Option<&'a [T]>,
+}
+
+/// `y (+)= x·W` for a frozen (fused) projection `W [in, width]` (`acc`:
+/// add to `y`, else overwrite), then the delta of every adapted part
+/// (column offset, target), whose rank-r activations go into `saved`.
+#[allow(clippy::too_many_arguments)]
+fn project<T: Real>(
+    weight_t: &Tensor,
+    (x, in_dim): (&[T], usize),
+    (y, width): (&mut [T], usize),
+    acc: bool,
+    parts: &[(usize, Target)],
+    ad: &[Option<LoraWeights<T>>; 7],
+    saved: &mut [Option<AdapterSaved<T>>; 7],
+    p: Proj<T>,
+) -> Result<()> {
+    {
+        let gw = weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut *y, width),
+            (p.n, width, in_dim),
+            Mat::rows(x, in_dim),
+            weight_view::<T, _>(&gw)?,
+            acc,
+        );
+    }
+    for &(c0, target) in parts {
+        let ti = target_index(target);
+        if let Some(w) = &ad[ti] {
+            let out = MatMut {
+                data: &mut *y,
+                off: c0,
+                ld: width,
+            };
+            saved[ti] = Some(adapter_forward(
+                w,
+                Mat::rows(x, in_dim),
+                p.n,
+                (p.r, p.scale),
+                p.gc,
+                out,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether any of `parts` carries an adapter.
+fn adapted<T>(ad: &[Option<LoraWeights<T>>; 7], parts: &[(usize, Target)]) -> bool {
+    parts.iter().any(|&(_, t)| ad[target_index(t)].is_some())
+}
+
+/// Backward of [`project`]: `dx = dy·Wᵀ` plus every adapter's input
+/// gradient; adapter and gate gradients accumulate into `grads`, `dgate`.
+/// `x` is the projection's input, needed only when a part is adapted.
+#[allow(clippy::too_many_arguments)]
+fn project_backward<T: Real>(
+    weight_t: &Tensor,
+    (dy, width): (&[T], usize),
+    (x, in_dim): (Option<&[T]>, usize),
+    parts: &[(usize, Target)],
+    ad: &[Option<LoraWeights<T>>; 7],
+    saved: &[Option<AdapterSaved<T>>; 7],
+    grads: &mut [Option<LoraWeights<T>>; 7],
+    mut dgate: Option<&mut [T]>,
+    p: Proj<T>,
+) -> Result<Vec<T>> {
+    let mut dx = vec![T::zero(); p.n * in_dim];
+    {
+        let gw = weight_t.storage_and_layout();
+        mm(
+            MatMut::rows(&mut dx, in_dim),
+            (p.n, in_dim, width),
+            Mat::rows(dy, width),
+            weight_view::<T, _>(&gw)?.t(),
+            false,
+        );
+    }
+    for &(c0, target) in parts {
+        let ti = target_index(target);
+        if let (Some(w), Some(sv), Some(gr), Some(x)) = (&ad[ti], &saved[ti], grads[ti].as_mut(), x)
+        {
+            let dyb = Mat {
+                data: dy,
+                off: c0,
+                rs: width,
+                cs: 1,
+            };
+            adapter_backward(
+                w,
+                sv,
+                Mat::rows(x, in_dim),
+                dyb,
+                (p.n, p.t, p.r, p.e, p.scale),
+                p.gc,
+                gr,
+                dgate.as_deref_mut(),
+                Some(MatMut::rows(&mut dx, in_dim)),
+            );
+        }
+    }
+    Ok(dx)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn layer_forward<T: Real>(
     layer: &crate::model::DecoderLayer,
@@ -1049,8 +1182,7 @@ fn layer_forward<T: Real>(
     x: Vec<T>,
     (cos, sin): (&[T], &[T]),
     mask: Option<&[T]>,
-    (r, scale): (usize, T),
-    gc: Option<&[T]>,
+    p: Proj<T>,
 ) -> Result<(LayerSaved<T>, Vec<T>)> {
     let n = d.n();
     let (
@@ -1078,22 +1210,24 @@ fn layer_forward<T: Real>(
     let inv1 = rms_forward(&x, vector::<T, _>(&g1)?, *e1, &mut xn);
     let w3 = d.w3();
     let mut qkv = vec![T::zero(); n * w3];
-    {
-        let gw = layer.attn.qkv.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut qkv, w3),
-            (n, w3, d.h),
-            Mat::rows(&xn, d.h),
-            weight_view::<T, _>(&gw)?,
-            false,
-        );
-    }
-    let parts = [
-        (&layer.attn.q_proj, 0, Target::Q),
-        (&layer.attn.k_proj, d.q_cols(), Target::K),
-        (&layer.attn.v_proj, d.q_cols() + d.kv_cols(), Target::V),
-    ];
-    for (lin, c0, target) in parts {
+    let (qc, kvc) = (d.q_cols(), d.kv_cols());
+    let qkv_parts = [(0, Target::Q), (qc, Target::K), (qc + kvc, Target::V)];
+    let w = (&mut qkv[..], w3);
+    project(
+        &layer.attn.qkv.weight_t,
+        (&xn, d.h),
+        w,
+        false,
+        &qkv_parts,
+        ad,
+        &mut adapters,
+        p,
+    )?;
+    for (lin, c0) in [
+        (&layer.attn.q_proj, 0),
+        (&layer.attn.k_proj, qc),
+        (&layer.attn.v_proj, qc + kvc),
+    ] {
         if let Some(bias) = lin.bias() {
             let g = bias.storage_and_layout();
             let bv = vector::<T, _>(&g)?;
@@ -1103,108 +1237,58 @@ fn layer_forward<T: Real>(
                 }
             });
         }
-        let ti = target_index(target);
-        if let Some(w) = &ad[ti] {
-            let y = MatMut {
-                data: &mut qkv,
-                off: c0,
-                ld: w3,
-            };
-            adapters[ti] = Some(adapter_forward(
-                w,
-                Mat::rows(&xn, d.h),
-                n,
-                (r, scale),
-                gc,
-                y,
-            ));
-        }
     }
     drop(xn);
     rope_inplace(&mut qkv, w3, (0, d.nh, d.hd), cos, sin, false);
-    rope_inplace(&mut qkv, w3, (d.q_cols(), d.nkv, d.hd), cos, sin, false);
+    rope_inplace(&mut qkv, w3, (qc, d.nkv, d.hd), cos, sin, false);
     let (attn, probs) = attention_forward(&qkv, d, mask);
     // output projection and residual
     let mut h1 = x.clone();
-    {
-        let gw = layer.attn.o_proj.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut h1, d.h),
-            (n, d.h, d.q_cols()),
-            Mat::rows(&attn, d.q_cols()),
-            weight_view::<T, _>(&gw)?,
-            true,
-        );
-    }
-    let ti = target_index(Target::O);
-    if let Some(w) = &ad[ti] {
-        adapters[ti] = Some(adapter_forward(
-            w,
-            Mat::rows(&attn, d.q_cols()),
-            n,
-            (r, scale),
-            gc,
-            MatMut::rows(&mut h1, d.h),
-        ));
-    }
+    let o_parts = [(0, Target::O)];
+    let w = (&mut h1[..], d.h);
+    project(
+        &layer.attn.o_proj.weight_t,
+        (&attn, qc),
+        w,
+        true,
+        &o_parts,
+        ad,
+        &mut adapters,
+        p,
+    )?;
     // MLP
     let g2 = w2.storage_and_layout();
     let mut hn = vec![T::zero(); h1.len()];
     let inv2 = rms_forward(&h1, vector::<T, _>(&g2)?, *e2, &mut hn);
     let i2 = 2 * d.inter;
     let mut gu = vec![T::zero(); n * i2];
-    {
-        let gw = gate_up.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut gu, i2),
-            (n, i2, d.h),
-            Mat::rows(&hn, d.h),
-            weight_view::<T, _>(&gw)?,
-            false,
-        );
-    }
-    for (c0, target) in [(0, Target::Gate), (d.inter, Target::Up)] {
-        let ti = target_index(target);
-        if let Some(w) = &ad[ti] {
-            let y = MatMut {
-                data: &mut gu,
-                off: c0,
-                ld: i2,
-            };
-            adapters[ti] = Some(adapter_forward(
-                w,
-                Mat::rows(&hn, d.h),
-                n,
-                (r, scale),
-                gc,
-                y,
-            ));
-        }
-    }
+    let gu_parts = [(0, Target::Gate), (d.inter, Target::Up)];
+    let w = (&mut gu[..], i2);
+    project(
+        &gate_up.weight_t,
+        (&hn, d.h),
+        w,
+        false,
+        &gu_parts,
+        ad,
+        &mut adapters,
+        p,
+    )?;
     drop(hn);
     let act = swiglu_forward(&gu, d.inter);
     let mut out = h1.clone();
-    {
-        let gw = down.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut out, d.h),
-            (n, d.h, d.inter),
-            Mat::rows(&act, d.inter),
-            weight_view::<T, _>(&gw)?,
-            true,
-        );
-    }
-    let ti = target_index(Target::Down);
-    if let Some(w) = &ad[ti] {
-        adapters[ti] = Some(adapter_forward(
-            w,
-            Mat::rows(&act, d.inter),
-            n,
-            (r, scale),
-            gc,
-            MatMut::rows(&mut out, d.h),
-        ));
-    }
+    let down_parts = [(0, Target::Down)];
+    let w = (&mut out[..], d.h);
+    project(
+        &down.weight_t,
+        (&act, d.inter),
+        w,
+        true,
+        &down_parts,
+        ad,
+        &mut adapters,
+        p,
+    )?;
     Ok((
         LayerSaved {
             x,
@@ -1476,7 +1560,6 @@ fn layer_backward<T: Real>(
 ) -> Result<Vec<T>> {
     let d = &c.d;
     let n = d.n();
-    let shape = (n, d.t, c.r, c.e, c.scale);
     let (Norm::Rms { weight: w1, .. }, Norm::Rms { weight: w2, .. }) =
         (&layer.attn_norm, &layer.mlp_norm)
     else {
@@ -1487,157 +1570,85 @@ fn layer_backward<T: Real>(
     let Mlp::Gated { gate_up, down, .. } = &layer.mlp else {
         return Err(Error::Input("the explicit path needs a SwiGLU MLP".into()));
     };
+    let (qc, kvc, i2) = (d.q_cols(), d.kv_cols(), 2 * d.inter);
+    let p = Proj {
+        n,
+        t: d.t,
+        r: c.r,
+        e: c.e,
+        scale: c.scale,
+        gc: c.gc,
+    };
     // MLP: out = h1 + act·Wd (+ adapter)
-    let mut dh1 = dout.clone();
-    let mut dact = vec![T::zero(); n * d.inter];
-    {
-        let gw = down.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut dact, d.inter),
-            (n, d.inter, d.h),
-            Mat::rows(&dout, d.h),
-            weight_view::<T, _>(&gw)?.t(),
-            false,
-        );
-    }
-    let ti = target_index(Target::Down);
-    if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
-        let act = swiglu_forward(&s.gu, d.inter);
-        adapter_backward(
-            w,
-            sv,
-            Mat::rows(&act, d.inter),
-            Mat::rows(&dout, d.h),
-            shape,
-            c.gc,
-            gr,
-            dgate.as_deref_mut(),
-            Some(MatMut::rows(&mut dact, d.inter)),
-        );
-    }
+    let down_parts = [(0, Target::Down)];
+    let act = adapted(ad, &down_parts).then(|| swiglu_forward(&s.gu, d.inter));
+    let dact = project_backward(
+        &down.weight_t,
+        (&dout, d.h),
+        (act.as_deref(), d.inter),
+        &down_parts,
+        ad,
+        &s.adapters,
+        grads,
+        dgate.as_deref_mut(),
+        p,
+    )?;
+    drop(act);
     let dgu = swiglu_backward(&s.gu, &dact, d.inter);
     drop(dact);
-    let i2 = 2 * d.inter;
-    let mut dhn = vec![T::zero(); n * d.h];
-    {
-        let gw = gate_up.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut dhn, d.h),
-            (n, d.h, i2),
-            Mat::rows(&dgu, i2),
-            weight_view::<T, _>(&gw)?.t(),
-            false,
-        );
-    }
     let g2 = w2.storage_and_layout();
     let w2v = vector::<T, _>(&g2)?;
-    if ad[target_index(Target::Gate)].is_some() || ad[target_index(Target::Up)].is_some() {
-        let hn = rms_apply(&s.h1, w2v, &s.inv2);
-        for (c0, target) in [(0, Target::Gate), (d.inter, Target::Up)] {
-            let ti = target_index(target);
-            if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
-                let dy = Mat {
-                    data: &dgu[..],
-                    off: c0,
-                    rs: i2,
-                    cs: 1,
-                };
-                adapter_backward(
-                    w,
-                    sv,
-                    Mat::rows(&hn, d.h),
-                    dy,
-                    shape,
-                    c.gc,
-                    gr,
-                    dgate.as_deref_mut(),
-                    Some(MatMut::rows(&mut dhn, d.h)),
-                );
-            }
-        }
-    }
-    drop(dgu);
+    let gu_parts = [(0, Target::Gate), (d.inter, Target::Up)];
+    let hn = adapted(ad, &gu_parts).then(|| rms_apply(&s.h1, w2v, &s.inv2));
+    let dhn = project_backward(
+        &gate_up.weight_t,
+        (&dgu, i2),
+        (hn.as_deref(), d.h),
+        &gu_parts,
+        ad,
+        &s.adapters,
+        grads,
+        dgate.as_deref_mut(),
+        p,
+    )?;
+    drop((dgu, hn));
+    let mut dh1 = dout;
     rms_backward(&s.h1, w2v, &s.inv2, &dhn, &mut dh1);
     drop(dhn);
     // attention: h1 = x + attn·Wo (+ adapter)
-    let qc = d.q_cols();
-    let mut dattn = vec![T::zero(); n * qc];
-    {
-        let gw = layer.attn.o_proj.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut dattn, qc),
-            (n, qc, d.h),
-            Mat::rows(&dh1, d.h),
-            weight_view::<T, _>(&gw)?.t(),
-            false,
-        );
-    }
-    let ti = target_index(Target::O);
-    if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
-        adapter_backward(
-            w,
-            sv,
-            Mat::rows(&s.attn, qc),
-            Mat::rows(&dh1, d.h),
-            shape,
-            c.gc,
-            gr,
-            dgate.as_deref_mut(),
-            Some(MatMut::rows(&mut dattn, qc)),
-        );
-    }
+    let o_parts = [(0, Target::O)];
+    let dattn = project_backward(
+        &layer.attn.o_proj.weight_t,
+        (&dh1, d.h),
+        (Some(&s.attn), qc),
+        &o_parts,
+        ad,
+        &s.adapters,
+        grads,
+        dgate.as_deref_mut(),
+        p,
+    )?;
     let mut dqkv = attention_backward(&s.qkv, &s.probs, &dattn, d);
     drop(dattn);
     let w3 = d.w3();
     rope_inplace(&mut dqkv, w3, (0, d.nh, d.hd), c.cos, c.sin, true);
     rope_inplace(&mut dqkv, w3, (qc, d.nkv, d.hd), c.cos, c.sin, true);
-    let mut dxn = vec![T::zero(); n * d.h];
-    {
-        let gw = layer.attn.qkv.weight_t.storage_and_layout();
-        mm(
-            MatMut::rows(&mut dxn, d.h),
-            (n, d.h, w3),
-            Mat::rows(&dqkv, w3),
-            weight_view::<T, _>(&gw)?.t(),
-            false,
-        );
-    }
     let g1 = w1.storage_and_layout();
     let w1v = vector::<T, _>(&g1)?;
-    let qkv_targets = [
-        (0, Target::Q),
-        (qc, Target::K),
-        (qc + d.kv_cols(), Target::V),
-    ];
-    if qkv_targets
-        .iter()
-        .any(|(_, t)| ad[target_index(*t)].is_some())
-    {
-        let xn = rms_apply(&s.x, w1v, &s.inv1);
-        for (c0, target) in qkv_targets {
-            let ti = target_index(target);
-            if let (Some(w), Some(sv), Some(gr)) = (&ad[ti], &s.adapters[ti], grads[ti].as_mut()) {
-                let dy = Mat {
-                    data: &dqkv[..],
-                    off: c0,
-                    rs: w3,
-                    cs: 1,
-                };
-                adapter_backward(
-                    w,
-                    sv,
-                    Mat::rows(&xn, d.h),
-                    dy,
-                    shape,
-                    c.gc,
-                    gr,
-                    dgate.as_deref_mut(),
-                    Some(MatMut::rows(&mut dxn, d.h)),
-                );
-            }
-        }
-    }
-    drop(dqkv);
+    let qkv_parts = [(0, Target::Q), (qc, Target::K), (qc + kvc, Target::V)];
+    let xn = adapted(ad, &qkv_parts).then(|| rms_apply(&s.x, w1v, &s.inv1));
+    let dxn = project_backward(
+        &layer.attn.qkv.weight_t,
+        (&dqkv, w3),
+        (xn.as_deref(), d.h),
+        &qkv_parts,
+        ad,
+        &s.adapters,
+        grads,
+        dgate,
+        p,
+    )?;
+    drop((dqkv, xn));
     let mut dx = dh1;
     rms_backward(&s.x, w1v, &s.inv1, &dxn, &mut dx);
     Ok(dx)
@@ -1700,7 +1711,7 @@ pub fn lm_head_loss<T: Real>(
                 for x in row.iter_mut() {
                     *x = *x / z * s;
                 }
-                row[tok as usize] = row[tok as usize] - s;
+                row[tok as usize] -= s;
                 -lp
             })
             .collect();

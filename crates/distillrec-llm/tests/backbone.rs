@@ -340,15 +340,7 @@ fn gradients_match_finite_differences_through_one_layer() {
                 Target::Down,
             ]
         } else {
-            vec![
-                Target::Q,
-                Target::K,
-                Target::V,
-                Target::O,
-                Target::Gate,
-                Target::Up,
-                Target::Down,
-            ]
+            Target::ALL.to_vec()
         };
         let mut r = Rng::new(17);
         let mut loras = Vec::new();

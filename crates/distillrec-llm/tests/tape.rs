@@ -12,15 +12,7 @@ use distillrec_llm::model::Target;
 use distillrec_llm::tape::{self, AdapterSet, Real};
 use distillrec_llm::Model;
 
-const ALL: [Target; 7] = [
-    Target::Q,
-    Target::K,
-    Target::V,
-    Target::O,
-    Target::Gate,
-    Target::Up,
-    Target::Down,
-];
+const ALL: [Target; 7] = Target::ALL;
 
 /// Three left-padded rows of 6 positions (0, 2 and 4 pads).
 fn mask() -> Vec<Vec<bool>> {
@@ -321,15 +313,7 @@ fn one_expert_is_plain_lora() {
     };
     let d1 = lora.delta(&x, &ctx).unwrap();
     let d2 = moe.delta(&x, &ctx).unwrap();
-    let diff = (d1 - d2)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(max_abs_diff(&d1, &d2), 0.0);
 }
 
 #[test]
@@ -345,7 +329,7 @@ fn the_explicit_path_refuses_what_it_cannot_run() {
     let e = AdapterSet::<f32>::new(&model, &[Target::Q], 3, 4, 4.0, 0).unwrap_err();
     assert!(e.to_string().contains("multiple of the 3 experts"), "{e}");
     let set = AdapterSet::<f32>::new(&model, &[Target::Q], 1, 2, 4.0, 0).unwrap();
-    let e = tape::forward(&model, &set, &vec![0.0; 3], &[vec![true; 2]], None)
+    let e = tape::forward(&model, &set, &[0.0; 3], &[vec![true; 2]], None)
         .err()
         .expect("wrong embedding size");
     assert!(e.to_string().contains("embeddings hold 3 values"), "{e}");
@@ -438,20 +422,8 @@ fn ranking_step_trains_adapters_gate_and_head() {
         last = step.step(&model, &batch, Some(&z), &targets).unwrap();
     }
     assert!(last < 0.7 * first, "loss {first} -> {last}");
-    let moved = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert!(moved(step.head.m.as_tensor(), &m0) > 1e-3);
-    assert!(moved(step.gate.as_ref().unwrap().wg.as_tensor(), &wg0) > 1e-4);
+    assert!(max_abs_diff(step.head.m.as_tensor(), &m0) > 1e-3);
+    assert!(max_abs_diff(step.gate.as_ref().unwrap().wg.as_tensor(), &wg0) > 1e-4);
     assert!(
         step.adapters
             .weights()
