@@ -7,60 +7,15 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
 
 use common::*;
 use distillrec_llm::{load, LoadOptions};
+use distillrec_testkit::{fixed_seed, peak_of, Counting};
 use proptest::prelude::*;
-
-/// Counts live bytes per thread, so parallel tests do not disturb each other.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    let _ = LIVE.try_with(|l| {
-        let now = l.get() + delta;
-        l.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// bookkeeping only touches const-initialised thread-locals (no allocation).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size() as isize);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note(-(layout.size() as isize));
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size as isize - layout.size() as isize);
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-/// Peak live bytes (above the level at the start) while `f` runs.
-fn peak_of(f: impl FnOnce()) -> usize {
-    let start = LIVE.with(|l| l.get());
-    PEAK.with(|p| p.set(start));
-    f();
-    (PEAK.with(|p| p.get()) - start).max(0) as usize
-}
 
 /// What loading `input` bytes may hold at most.
 fn bound(input: usize) -> usize {
@@ -99,15 +54,6 @@ fn edit() -> impl Strategy<Value = Vec<(usize, u8)>> {
         ),
         1..8,
     )
-}
-
-/// A fixed generator seed, so that CI sees the same cases on every run;
-/// `PROPTEST_RNG_SEED=<n>` explores others.
-fn fixed_seed() -> proptest::test_runner::RngSeed {
-    match ProptestConfig::default().rng_seed {
-        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(20_261_130),
-        chosen => chosen,
-    }
 }
 
 proptest! {

@@ -4,61 +4,17 @@
 //! hold more memory than a bound proportional to the weights file (a
 //! counting allocator measures the peak of live bytes on the test thread).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use candle_core::Device;
 use distillrec_config::StudentKind;
 use distillrec_models::{Student, StudentSpec};
+use distillrec_testkit::{fixed_seed, peak_of, Counting};
 use distillrec_train::checkpoint::{self, DatasetRef, Expect};
 use proptest::prelude::*;
 
-/// Counts live bytes per thread, so parallel tests do not disturb each other.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    let _ = LIVE.try_with(|l| {
-        let now = l.get() + delta;
-        l.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// bookkeeping only touches const-initialised thread-locals (no allocation).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size() as isize);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note(-(layout.size() as isize));
-        // SAFETY: `ptr` was allocated by `System` with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size as isize - layout.size() as isize);
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-fn peak_of(f: impl FnOnce()) -> usize {
-    let start = LIVE.with(|l| l.get());
-    PEAK.with(|p| p.set(start));
-    f();
-    (PEAK.with(|p| p.get()) - start).max(0) as usize
-}
 
 /// Saves a tiny checkpoint of `kind`; returns the directory and manifest text.
 fn saved(kind: StudentKind) -> (tempfile::TempDir, String) {
@@ -90,15 +46,6 @@ const KINDS: [StudentKind; 3] = [
     StudentKind::Caser,
 ];
 const NUMBERS: [&str; 6] = ["0", "1", "3", "65537", "1000000000", "4000000000"];
-
-/// A fixed generator seed, so that CI sees the same cases on every run;
-/// `PROPTEST_RNG_SEED=<n>` explores others.
-fn fixed_seed() -> proptest::test_runner::RngSeed {
-    match ProptestConfig::default().rng_seed {
-        proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(20_261_130),
-        chosen => chosen,
-    }
-}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 192, failure_persistence: None, rng_seed: fixed_seed(), ..ProptestConfig::default() })]
