@@ -4,33 +4,13 @@
 //! reports as ignored when that folder is absent (`build.rs` sets
 //! `cfg(shared_data)`; `DISTILLREC_REQUIRE_SHARED=1` makes them run and fail).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_distillrec"))
-}
+use std::path::{Path, PathBuf};
 
-fn run(args: &[&str]) -> Output {
-    bin()
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs")
-}
-
-/// Asserts a clean failure: exit code 1, one line on stderr containing `want`, no panic.
-fn assert_clean_error(out: &Output, want: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "want one line, got: {stderr}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(want),
-        "want '{want}' in: {stderr}"
-    );
-}
+use common::*;
 
 fn ml1m_dir(ratings: &[u8]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

@@ -2,29 +2,9 @@
 //! input ends in a one-line error, exit code 1 and no panic; the device a
 //! run used is recorded in its `run.json`.
 
-use std::process::{Command, Output};
+mod common;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distillrec"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs")
-}
-
-/// Asserts a clean failure: exit code 1, one line on stderr containing every
-/// string of `want`, no panic.
-fn assert_clean_error(out: &Output, want: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "want one line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for w in want {
-        assert!(lines[0].contains(w), "want '{w}' in: {stderr}");
-    }
-}
+use common::*;
 
 #[test]
 fn bench_student_refuses_zero_sizes_cleanly() {

@@ -2,44 +2,13 @@
 //! policies and files that were accepted wrongly, and run directories that a
 //! refused or concurrent command could spoil.
 
-use std::path::Path;
+mod common;
+
 use std::process::{Command, Output};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distillrec"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs")
-}
+use std::path::Path;
 
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Asserts exit code 1, one `error:` line containing `want`, no panic.
-fn clean_error(args: &[&str], want: &str) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains(want), "want '{want}' in: {stderr}");
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::*;
 
 /// Every file under `dir` with its bytes, sorted by path (lock files aside).
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {

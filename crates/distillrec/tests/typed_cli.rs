@@ -3,33 +3,9 @@
 //! the files a run writes spell enums by their names, never as Rust Debug
 //! strings.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_distillrec"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Asserts exit code 1 and one `error:` line containing every `want`.
-fn clean_error(args: &[&str], want: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for w in want {
-        assert!(lines[0].contains(w), "want '{w}' in: {stderr}");
-    }
-}
+use common::*;
 
 #[test]
 fn unknown_names_on_the_command_line_list_the_valid_ones() {

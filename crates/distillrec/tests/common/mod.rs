@@ -1,0 +1,89 @@
+//! Helpers shared by the binary's integration tests: run the binary, expect
+//! success, expect a clean one-line error.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The binary under test, with warnings-only logging.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_distillrec"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// Runs the binary with `args`.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+/// Runs the binary, asserts success, returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// One expected substring or several.
+pub trait Wants {
+    /// The substrings.
+    fn list(&self) -> Vec<&str>;
+}
+
+impl Wants for &str {
+    fn list(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl Wants for &[&str] {
+    fn list(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl<const N: usize> Wants for &[&str; N] {
+    fn list(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+/// Asserts a clean failure: exit code 1, no panic, one `error:` line that
+/// contains every wanted string, and nothing else on stderr but `warning:`
+/// lines (unread `--set` keys).
+pub fn assert_clean_error(out: &Output, want: impl Wants) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("error: ") || l.starts_with("warning: ")),
+        "want only the error line (and warnings), got: {stderr}"
+    );
+    for w in want.list() {
+        assert!(errors[0].contains(w), "want '{w}' in: {stderr}");
+    }
+}
+
+/// Runs the binary with `args` and asserts a clean failure.
+pub fn clean_error(args: &[&str], want: impl Wants) {
+    assert_clean_error(&run(args), want);
+}
