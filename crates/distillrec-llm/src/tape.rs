@@ -908,7 +908,9 @@ pub struct Grads<T> {
 }
 
 /// Whether the explicit path can run `model` in dtype `T`: a pre-norm
-/// RMSNorm/RoPE/SwiGLU family on the CPU in that dtype.
+/// RMSNorm/RoPE/SwiGLU family on the CPU in that dtype, with biases on
+/// q/k/v at most (Qwen2); the rest (OPT, `attention_bias`/`mlp_bias`
+/// Llamas) trains on the composed path.
 pub fn supports<T: Real>(model: &Model) -> bool {
     let c = model.config();
     matches!(c.family, Family::Llama | Family::Qwen2)
@@ -916,9 +918,13 @@ pub fn supports<T: Real>(model: &Model) -> bool {
         && model.dtype() == T::DTYPE
         && c.word_embed_proj_dim == c.hidden_size
         && model.layers.iter().all(|l| {
+            let plain = |t: Target| l.linear(t).is_some_and(|x| x.bias().is_none());
             matches!(l.attn_norm, Norm::Rms { .. })
+                && matches!(l.mlp_norm, Norm::Rms { .. })
                 && matches!(l.mlp, Mlp::Gated { .. })
-                && l.attn.o_proj.bias().is_none()
+                && [Target::O, Target::Gate, Target::Up, Target::Down]
+                    .into_iter()
+                    .all(plain)
         })
 }
 
