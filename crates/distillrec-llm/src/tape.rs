@@ -693,6 +693,25 @@ fn adapter_backward<T: Real>(
 // Element-wise kernels
 // ---------------------------------------------------------------------------
 
+/// `Σ f(i)` over `0..n` with eight partial sums, so that the compiler can
+/// vectorise the reduction (a single running sum fixes the order and
+/// stays scalar).
+#[inline(always)]
+fn sum8<T: Real>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::zero(); 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += f(i + k);
+        }
+    }
+    let mut s = T::zero();
+    for i in full..n {
+        s += f(i);
+    }
+    acc.iter().fold(s, |x, &y| x + y)
+}
+
 /// `y = x · inv · w` per row, returning `inv = 1/√(mean(x²) + eps)`.
 fn rms_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T]) -> Vec<T> {
     let d = w.len();
@@ -701,7 +720,7 @@ fn rms_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T]) -> Vec<T> {
         .zip(x.par_chunks(d))
         .zip(inv.par_iter_mut())
         .for_each(|((yr, xr), iv)| {
-            let ss: T = xr.iter().map(|&a| a * a).sum();
+            let ss: T = sum8(d, |i| xr[i] * xr[i]);
             *iv = T::one() / (ss / real(d as f64) + real(eps)).sqrt();
             for ((o, &a), &g) in yr.iter_mut().zip(xr).zip(w) {
                 *o = a * *iv * g;
@@ -733,12 +752,7 @@ fn rms_backward<T: Real>(x: &[T], w: &[T], inv: &[T], dy: &[T], dx: &mut [T]) {
         .zip(dy.par_chunks(d))
         .zip(inv.par_iter())
         .for_each(|(((dxr, xr), dyr), &iv)| {
-            let dot: T = xr
-                .iter()
-                .zip(dyr)
-                .zip(w)
-                .map(|((&a, &g), &ww)| a * iv * g * ww)
-                .sum();
+            let dot: T = sum8(d, |i| xr[i] * dyr[i] * w[i]) * iv;
             let mean = dot / real(d as f64);
             for (((o, &a), &g), &ww) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
                 *o += iv * (g * ww - a * iv * mean);
@@ -866,6 +880,7 @@ pub struct Tape<T> {
     gate: Option<Vec<T>>,
     cos: Vec<T>,
     sin: Vec<T>,
+    mask: Option<Vec<T>>,
     layers: Vec<LayerSaved<T>>,
     last: Vec<T>,
     inv_final: Vec<T>,
@@ -1060,6 +1075,7 @@ fn run<T: Real>(
             gate: gate.map(<[T]>::to_vec),
             cos,
             sin,
+            mask: mask_add,
             layers,
             last: x,
             inv_final,
@@ -1311,6 +1327,33 @@ fn layer_forward<T: Real>(
     ))
 }
 
+/// Query rows per block of the attention.
+const QBLOCK: usize = 32;
+
+/// The query blocks of sequence `b` as `(first row, keys to read)`: a
+/// block reads keys up to the last one any of its rows sees (all `t`
+/// without a mask). Keys at or below `-1e30` in the additive mask are hidden.
+fn key_blocks<T: Real>(b: usize, t: usize, mask: Option<&[T]>) -> Vec<(usize, usize)> {
+    let hidden: T = real(-1e30);
+    (0..t)
+        .step_by(QBLOCK)
+        .map(|q0| {
+            let kend = match mask {
+                None => t,
+                Some(m) => (q0..(q0 + QBLOCK).min(t))
+                    .map(|i| {
+                        let row = &m[(b * t + i) * t..(b * t + i + 1) * t];
+                        row.iter().rposition(|&x| x > hidden).map_or(0, |j| j + 1)
+                    })
+                    .max()
+                    .unwrap_or(0)
+                    .max(1),
+            };
+            (q0, kend)
+        })
+        .collect()
+}
+
 /// Causal grouped-query attention over the rotated `qkv [N, w3]`: returns
 /// the output `[N, nh·hd]` and the softmax weights per (row, head).
 fn attention_forward<T: Real>(qkv: &[T], d: &Dims, mask: Option<&[T]>) -> (Vec<T>, Vec<Vec<T>>) {
@@ -1342,30 +1385,50 @@ fn attention_forward<T: Real>(qkv: &[T], d: &Dims, mask: Option<&[T]>) -> (Vec<T
                 cs: 1,
             };
             let mut p = vec![T::zero(); t * t];
-            mm(MatMut::rows(&mut p, t), (t, t, hd), q, k.t(), false);
-            for (i, row) in p.chunks_mut(t).enumerate() {
-                let m = mask.map(|m| &m[(b * t + i) * t..(b * t + i + 1) * t]);
-                let mut mx = T::neg_infinity();
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = *x * sc + m.map_or(T::zero(), |m| m[j]);
-                    mx = num_traits::Float::max(mx, *x);
-                }
-                let z = T::exp_shift_sum(row, mx);
-                let inv = T::one() / z;
-                // masked keys flush to exact zeros (no denormals in P·V)
-                let tiny: T = real(1e-30);
-                for x in row.iter_mut() {
-                    *x = if *x < tiny { T::zero() } else { *x * inv };
-                }
-            }
             let mut o = vec![T::zero(); t * hd];
-            mm(
-                MatMut::rows(&mut o, hd),
-                (t, hd, t),
-                Mat::rows(&p, t),
-                v,
-                false,
-            );
+            // query blocks see only the keys up to their last visible one
+            // (the causal triangle): the masked tail is never multiplied
+            for (q0, kend) in key_blocks(b, t, mask) {
+                let qb = QBLOCK.min(t - q0);
+                let qblk = Mat {
+                    off: q.off + q0 * w3,
+                    ..q
+                };
+                let pblk = MatMut {
+                    data: &mut p,
+                    off: q0 * t,
+                    ld: t,
+                };
+                mm(pblk, (qb, kend, hd), qblk, k.t(), false);
+                for i in q0..q0 + qb {
+                    let row = &mut p[i * t..i * t + kend];
+                    let m = mask.map(|m| &m[(b * t + i) * t..(b * t + i) * t + kend]);
+                    let mut mx = T::neg_infinity();
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = *x * sc + m.map_or(T::zero(), |m| m[j]);
+                        mx = num_traits::Float::max(mx, *x);
+                    }
+                    let z = T::exp_shift_sum(row, mx);
+                    let inv = T::one() / z;
+                    // masked keys flush to exact zeros (no denormals in P·V)
+                    let tiny: T = real(1e-30);
+                    for x in row.iter_mut() {
+                        *x = if *x < tiny { T::zero() } else { *x * inv };
+                    }
+                }
+                let oblk = MatMut {
+                    data: &mut o,
+                    off: q0 * hd,
+                    ld: hd,
+                };
+                let pview = Mat {
+                    data: &p[..],
+                    off: q0 * t,
+                    rs: t,
+                    cs: 1,
+                };
+                mm(oblk, (qb, hd, kend), pview, v, false);
+            }
             (o, p)
         })
         .collect();
@@ -1385,7 +1448,13 @@ fn attention_forward<T: Real>(qkv: &[T], d: &Dims, mask: Option<&[T]>) -> (Vec<T
 
 /// Backward of [`attention_forward`]: from `dout [N, nh·hd]` to the
 /// gradient of the rotated `qkv [N, w3]`.
-fn attention_backward<T: Real>(qkv: &[T], probs: &[Vec<T>], dout: &[T], d: &Dims) -> Vec<T> {
+fn attention_backward<T: Real>(
+    qkv: &[T],
+    probs: &[Vec<T>],
+    dout: &[T],
+    d: &Dims,
+    mask: Option<&[T]>,
+) -> Vec<T> {
     let (t, hd, w3, qc) = (d.t, d.hd, d.w3(), d.q_cols());
     let groups = d.nh / d.nkv;
     let sc: T = real(1.0 / (hd as f64).sqrt());
@@ -1420,40 +1489,68 @@ fn attention_backward<T: Real>(qkv: &[T], probs: &[Vec<T>], dout: &[T], d: &Dims
                 cs: 1,
             };
             let p = &probs[u];
-            // dV = Pᵀ dO
             let mut dv = vec![T::zero(); t * hd];
-            mm(
-                MatMut::rows(&mut dv, hd),
-                (t, hd, t),
-                Mat::rows(p, t).t(),
-                dout_h,
-                false,
-            );
-            // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled
             let mut ds = vec![T::zero(); t * t];
-            mm(MatMut::rows(&mut ds, t), (t, t, hd), dout_h, v.t(), false);
-            for (row, prow) in ds.chunks_mut(t).zip(p.chunks(t)) {
-                let dot: T = row.iter().zip(prow).map(|(&a, &b)| a * b).sum();
-                for (x, &pp) in row.iter_mut().zip(prow) {
-                    *x = pp * (*x - dot) * sc;
-                }
-            }
             let mut dq = vec![T::zero(); t * hd];
-            mm(
-                MatMut::rows(&mut dq, hd),
-                (t, hd, t),
-                Mat::rows(&ds, t),
-                k,
-                false,
-            );
             let mut dk = vec![T::zero(); t * hd];
-            mm(
-                MatMut::rows(&mut dk, hd),
-                (t, hd, t),
-                Mat::rows(&ds, t).t(),
-                q,
-                false,
-            );
+            for (q0, kend) in key_blocks(b, t, mask) {
+                let qb = QBLOCK.min(t - q0);
+                let pblk = Mat {
+                    data: &p[..],
+                    off: q0 * t,
+                    rs: t,
+                    cs: 1,
+                };
+                let doblk = Mat {
+                    off: dout_h.off + q0 * qc,
+                    ..dout_h
+                };
+                // dV += Pᵀ dO
+                mm(
+                    MatMut::rows(&mut dv, hd),
+                    (kend, hd, qb),
+                    pblk.t(),
+                    doblk,
+                    true,
+                );
+                // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(P ⊙ dP)), scaled
+                let dsblk = MatMut {
+                    data: &mut ds,
+                    off: q0 * t,
+                    ld: t,
+                };
+                mm(dsblk, (qb, kend, hd), doblk, v.t(), false);
+                for i in q0..q0 + qb {
+                    let (row, prow) = (&mut ds[i * t..i * t + kend], &p[i * t..i * t + kend]);
+                    let dot: T = sum8(kend, |j| row[j] * prow[j]);
+                    for (x, &pp) in row.iter_mut().zip(prow) {
+                        *x = pp * (*x - dot) * sc;
+                    }
+                }
+                let dsview = Mat {
+                    data: &ds[..],
+                    off: q0 * t,
+                    rs: t,
+                    cs: 1,
+                };
+                let dqblk = MatMut {
+                    data: &mut dq,
+                    off: q0 * hd,
+                    ld: hd,
+                };
+                mm(dqblk, (qb, hd, kend), dsview, k, false);
+                let qblk = Mat {
+                    off: q.off + q0 * w3,
+                    ..q
+                };
+                mm(
+                    MatMut::rows(&mut dk, hd),
+                    (kend, hd, qb),
+                    dsview.t(),
+                    qblk,
+                    true,
+                );
+            }
             (dq, dk, dv)
         })
         .collect();
@@ -1520,6 +1617,7 @@ pub fn backward<T: Real>(
         d,
         cos: &tape.cos,
         sin: &tape.sin,
+        mask: tape.mask.as_deref(),
         r: adapters.rank,
         e: adapters.experts,
         scale: real(adapters.scale()),
@@ -1549,6 +1647,7 @@ struct BackCtx<'a, T> {
     d: Dims,
     cos: &'a [T],
     sin: &'a [T],
+    mask: Option<&'a [T]>,
     r: usize,
     e: usize,
     scale: T,
@@ -1634,7 +1733,7 @@ fn layer_backward<T: Real>(
         dgate.as_deref_mut(),
         p,
     )?;
-    let mut dqkv = attention_backward(&s.qkv, &s.probs, &dattn, d);
+    let mut dqkv = attention_backward(&s.qkv, &s.probs, &dattn, d, c.mask);
     drop(dattn);
     let w3 = d.w3();
     rope_inplace(&mut dqkv, w3, (0, d.nh, d.hd), c.cos, c.sin, true);

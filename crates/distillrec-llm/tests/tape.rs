@@ -16,9 +16,13 @@ const ALL: [Target; 7] = Target::ALL;
 
 /// Three left-padded rows of 6 positions (0, 2 and 4 pads).
 fn mask() -> Vec<Vec<bool>> {
-    [0usize, 2, 4]
-        .iter()
-        .map(|&p| (0..6).map(|j| j >= p).collect())
+    padded(6, &[0, 2, 4])
+}
+
+/// Left-padded rows of `t` positions with the given pad counts.
+fn padded(t: usize, pads: &[usize]) -> Vec<Vec<bool>> {
+    pads.iter()
+        .map(|&p| (0..t).map(|j| j >= p).collect())
         .collect()
 }
 
@@ -72,10 +76,13 @@ fn assert_close(name: &str, a: &[f64], b: &[f64], tol: f64) {
 /// The explicit path's hidden states and gradients, and the composed
 /// path's, for `loss = Σ hidden ⊙ R`, in dtype `T`.
 fn compare<T: Real>(model_type: &str, experts: usize, tol: f64) {
+    compare_on::<T>(model_type, experts, tol, mask());
+}
+
+fn compare_on<T: Real>(model_type: &str, experts: usize, tol: f64, m: Vec<Vec<bool>>) {
     let cfg = llama_config(model_type, 2, false);
     let mut model = build(&cfg, 11, T::DTYPE);
     let h = model.config().hidden_size;
-    let m = mask();
     let (b, t) = (m.len(), m[0].len());
     let set = adapters::<T>(&model, experts);
     let embeds: Vec<T> = values(b * t * h, 5, 1.0);
@@ -150,6 +157,14 @@ fn compare<T: Real>(model_type: &str, experts: usize, tol: f64) {
 fn explicit_path_matches_the_composed_path_in_f64() {
     compare::<f64>("llama", 2, 1e-9);
     compare::<f64>("qwen2", 4, 1e-9);
+}
+
+/// Rows longer than one attention query block (32), with pads spanning
+/// whole blocks: the blocked causal attention reads the right keys.
+#[test]
+fn explicit_path_matches_the_composed_path_over_several_query_blocks() {
+    compare_on::<f64>("llama", 2, 1e-9, padded(70, &[0, 20, 45]));
+    compare_on::<f32>("qwen2", 2, 5e-4, padded(40, &[3, 33]));
 }
 
 #[test]
