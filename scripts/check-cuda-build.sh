@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that `cargo build --release --features cuda` compiles, on a machine
+# Checks that the CUDA build (`--features cuda`) compiles, on a machine
 # without a GPU or a system CUDA toolkit: installs NVIDIA's CUDA compiler and
 # runtime headers from PyPI into a virtualenv, points candle's build scripts
 # at them, and builds into its own target dir (target/cuda) so the CPU build
@@ -47,8 +47,15 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
 echo "== nvcc: $("$NVCC" --version | tail -n 2 | head -n 1)"
 echo "== CUDA_ROOT=$CUDA_ROOT CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 
-echo "== cargo build --release --features ${FEATURES:-cuda} (target/cuda)"
+# Every library crate is compiled to machine code with CUDA (candle's
+# kernels through nvcc); the binary is type-checked but not linked: linking
+# needs the GPU driver's libcuda and NVIDIA's cuBLAS/cuRAND/NVRTC libraries,
+# which a machine with a GPU has and this check does not install.
+echo "== cargo build --release --features ${FEATURES:-cuda} --workspace --lib (target/cuda)"
 start=$(date +%s)
 # shellcheck disable=SC2086  # CARGO_BUILD_ARGS is a list of words
-cargo build --release --target-dir target/cuda --features "${FEATURES:-cuda}" ${CARGO_BUILD_ARGS:-}
+cargo build --release --target-dir target/cuda --features "${FEATURES:-cuda}" --workspace --lib ${CARGO_BUILD_ARGS:-}
+echo "== cargo check --release --features ${FEATURES:-cuda} --bins (the binary, not linked)"
+# shellcheck disable=SC2086
+cargo check --release --target-dir target/cuda --features "${FEATURES:-cuda}" --bins ${CARGO_BUILD_ARGS:-}
 echo "== CUDA build passed in $(( $(date +%s) - start )) s"
