@@ -38,7 +38,7 @@
 
 use std::ops::Deref;
 
-use candle_core::{DType, Layout, Storage, Tensor};
+use candle_core::{Layout, Storage, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -1902,11 +1902,6 @@ impl AdamW {
             }
         }
     }
-}
-
-/// `DType` of `T` (re-exported for callers building tensors).
-pub fn dtype_of<T: Real>() -> DType {
-    T::DTYPE
 }
 
 #[cfg(test)]

@@ -407,7 +407,6 @@ fn explicit_and_composed_training_give_the_same_loss_curve() {
 fn ranking_step_trains_adapters_gate_and_head() {
     use distillrec_llm::steps::{Batch, Gate, RankingHead, RankingStep};
     let model = build(&llama_config("llama", 2, false), 9, DType::F32);
-    let dev = Device::Cpu;
     let h = model.config().hidden_size;
     let m = mask();
     let ids: Vec<Vec<u32>> = m
@@ -445,5 +444,4 @@ fn ranking_step_trains_adapters_gate_and_head() {
             .all(|w| w.b.iter().any(|&x| x != 0.0)),
         "every adapter's B moved"
     );
-    let _ = dev;
 }
