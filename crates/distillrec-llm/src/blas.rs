@@ -10,7 +10,8 @@
 //! one everything runs on gemm, with the same results up to float rounding.
 //!
 //! The library is found at run time, so no build needs it:
-//! `DISTILLREC_BLAS=<path>` names one, `DISTILLREC_BLAS=off` disables the
+//! `DISTILLREC_BLAS=<path>` names one (an LP64 CBLAS: 32-bit sizes, as
+//! `libopenblas.so.0` is; not an ILP64 `libopenblas64`), `DISTILLREC_BLAS=off` disables the
 //! lookup, otherwise `libopenblas.so.0` is tried. Its thread count is set
 //! to rayon's.
 
