@@ -4,7 +4,7 @@
 //! SmolLM2-sized layer on two AVX2 cores; OpenBLAS reaches 130–157 on the
 //! same shapes, and the gap is widest for the 128-row products of a single
 //! prompt (measured side by side, `cblas_sgemm` against gemm with the
-//! column split of [`crate::tape`]). So when a system OpenBLAS is
+//! column split of the tape module). So when a system OpenBLAS is
 //! installed (Debian/Ubuntu: `libopenblas0-pthread`), the tape hands it the
 //! products with more than a few hundred thousand multiply-adds; without
 //! one everything runs on gemm, with the same results up to float rounding.
