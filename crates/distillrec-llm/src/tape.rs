@@ -210,59 +210,50 @@ fn gemm_mm<T: Real>(
     } else {
         n
     };
-    let ptr = SharedPtr(c.data.as_mut_ptr());
-    let (c_off, ld) = (c.off, c.ld);
-    if block < n {
+    // tiles (first row, rows, first column, columns) of c, one per thread
+    let tiles: Vec<(usize, usize, usize, usize)> = if block < n {
         (0..n)
             .step_by(block)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each(|n0| {
-                let b0 = Mat {
-                    off: b.off + n0 * b.cs,
-                    ..b
-                };
-                // SAFETY: bounds asserted above; columns [n0, n0 + nb) of
-                // every row of c belong to this call alone.
-                unsafe {
-                    gemm_block(
-                        ptr.get().add(c_off + n0),
-                        ld,
-                        (m, block.min(n - n0), k),
-                        a,
-                        b0,
-                        acc,
-                    )
-                }
-            });
+            .map(|n0| (0, m, n0, block.min(n - n0)))
+            .collect()
     } else if big && threads > 1 && m >= 4 * threads {
         // narrow outputs (adapter ranks): split the rows instead
         let rows = m.div_ceil(threads);
         (0..m)
             .step_by(rows)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each(|m0| {
-                let a0 = Mat {
-                    off: a.off + m0 * a.rs,
-                    ..a
-                };
-                // SAFETY: bounds asserted above; rows [m0, m0 + mb) of c
-                // belong to this call alone.
-                unsafe {
-                    gemm_block(
-                        ptr.get().add(c_off + m0 * ld),
-                        ld,
-                        (rows.min(m - m0), n, k),
-                        a0,
-                        b,
-                        acc,
-                    )
-                }
-            });
+            .map(|m0| (m0, rows.min(m - m0), 0, n))
+            .collect()
     } else {
-        // SAFETY: bounds asserted above.
-        unsafe { gemm_block(ptr.get().add(c_off), ld, (m, n, k), a, b, acc) }
+        vec![(0, m, 0, n)]
+    };
+    let ptr = SharedPtr(c.data.as_mut_ptr());
+    let (c_off, ld) = (c.off, c.ld);
+    let run = |&(m0, mb, n0, nb): &(usize, usize, usize, usize)| {
+        let a0 = Mat {
+            off: a.off + m0 * a.rs,
+            ..a
+        };
+        let b0 = Mat {
+            off: b.off + n0 * b.cs,
+            ..b
+        };
+        // SAFETY: bounds asserted above; the tiles are disjoint, so each
+        // block of c belongs to this call alone.
+        unsafe {
+            gemm_block(
+                ptr.get().add(c_off + m0 * ld + n0),
+                ld,
+                (mb, nb, k),
+                a0,
+                b0,
+                acc,
+            )
+        }
+    };
+    if tiles.len() == 1 {
+        run(&tiles[0]);
+    } else {
+        tiles.par_iter().for_each(run);
     }
 }
 
@@ -1924,66 +1915,70 @@ mod tests {
     /// overwriting and accumulating, into a column block of a wider `c`.
     #[test]
     fn matmul_backends_match_a_naive_product_in_every_orientation() {
-        let (m, n, k) = (70, 64, 60); // above the BLAS threshold
-        let vals = |len: usize, seed: usize| -> Vec<f64> {
-            (0..len)
-                .map(|i| (((i * 7919 + seed * 104729) % 1000) as f64 - 500.0) / 250.0)
-                .collect()
-        };
-        let (ad, bd) = (vals(m * k, 1), vals(k * n, 2));
-        let blas = crate::blas::get();
-        for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
-            let a = if a_t {
-                Mat {
-                    data: &ad[..],
-                    off: 0,
-                    rs: 1,
-                    cs: m,
-                }
-            } else {
-                Mat::rows(&ad, k)
+        // above the BLAS threshold: a column split, and a narrow output
+        // (adapter ranks) split by rows
+        for shape in [(70, 64, 60), (600, 8, 60)] {
+            let (m, n, k) = shape;
+            let vals = |len: usize, seed: usize| -> Vec<f64> {
+                (0..len)
+                    .map(|i| (((i * 7919 + seed * 104729) % 1000) as f64 - 500.0) / 250.0)
+                    .collect()
             };
-            let b = if b_t {
-                Mat {
-                    data: &bd[..],
-                    off: 0,
-                    rs: 1,
-                    cs: k,
-                }
-            } else {
-                Mat::rows(&bd, n)
-            };
-            let want = naive(m, n, k, a, b);
-            for acc in [false, true] {
-                for use_blas in [false, true] {
-                    if use_blas && blas.is_none() {
-                        continue;
+            let (ad, bd) = (vals(m * k, 1), vals(k * n, 2));
+            let blas = crate::blas::get();
+            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a = if a_t {
+                    Mat {
+                        data: &ad[..],
+                        off: 0,
+                        rs: 1,
+                        cs: m,
                     }
-                    let ld = n + 5;
-                    let mut c = vec![1.0; m * ld];
-                    let block = MatMut {
-                        data: &mut c,
-                        off: 3,
-                        ld,
-                    };
-                    if use_blas {
-                        let mut block = block;
-                        assert!(blas_mm(&mut block, (m, n, k), a, b, acc));
-                    } else {
-                        gemm_mm(block, (m, n, k), a, b, acc);
+                } else {
+                    Mat::rows(&ad, k)
+                };
+                let b = if b_t {
+                    Mat {
+                        data: &bd[..],
+                        off: 0,
+                        rs: 1,
+                        cs: k,
                     }
-                    for i in 0..m {
-                        for j in 0..n {
-                            let got = c[3 + i * ld + j];
-                            let w = want[i * n + j] + if acc { 1.0 } else { 0.0 };
-                            assert!(
-                                (got - w).abs() < 1e-9,
-                                "a_t {a_t} b_t {b_t} acc {acc} blas {use_blas}: {got} vs {w}"
-                            );
+                } else {
+                    Mat::rows(&bd, n)
+                };
+                let want = naive(m, n, k, a, b);
+                for acc in [false, true] {
+                    for use_blas in [false, true] {
+                        if use_blas && blas.is_none() {
+                            continue;
                         }
-                        // the columns outside the block are untouched
-                        assert_eq!(c[i * ld], 1.0);
-                        assert_eq!(c[i * ld + 3 + n], 1.0);
+                        let ld = n + 5;
+                        let mut c = vec![1.0; m * ld];
+                        let block = MatMut {
+                            data: &mut c,
+                            off: 3,
+                            ld,
+                        };
+                        if use_blas {
+                            let mut block = block;
+                            assert!(blas_mm(&mut block, (m, n, k), a, b, acc));
+                        } else {
+                            gemm_mm(block, (m, n, k), a, b, acc);
+                        }
+                        for i in 0..m {
+                            for j in 0..n {
+                                let got = c[3 + i * ld + j];
+                                let w = want[i * n + j] + if acc { 1.0 } else { 0.0 };
+                                assert!(
+                                    (got - w).abs() < 1e-9,
+                                    "a_t {a_t} b_t {b_t} acc {acc} blas {use_blas}: {got} vs {w}"
+                                );
+                            }
+                            // the columns outside the block are untouched
+                            assert_eq!(c[i * ld], 1.0);
+                            assert_eq!(c[i * ld + 3 + n], 1.0);
+                        }
                     }
                 }
             }
