@@ -576,6 +576,57 @@ fn gate_cols<T: Real>(
     Some(out)
 }
 
+/// LoRA dropout of one training step: each adapter sees its input with
+/// elements zeroed with probability `p` and the rest scaled by
+/// `1/(1 − p)` (PEFT's `lora_dropout`). The mask is a hash of the seed,
+/// the layer, the projection and the element, so the backward recomputes
+/// it instead of storing it, and a step is reproducible from its seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// Probability of zeroing an element, in `[0, 1)`.
+    pub p: f64,
+    /// Seed of the step's masks.
+    pub seed: u64,
+}
+
+/// SplitMix64 finaliser of `a` combined with `b`.
+fn mix(a: u64, b: usize) -> u64 {
+    let mut z = a
+        ^ (b as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Hash values below this threshold are dropped (probability `p`).
+fn drop_threshold(p: f64) -> u32 {
+    (p * 4_294_967_296.0).min(u32::MAX as f64) as u32
+}
+
+/// Whether element `i` survives the mask of `seed`.
+#[inline]
+fn kept(seed: u64, i: usize, threshold: u32) -> bool {
+    (mix(seed, i) >> 32) as u32 >= threshold
+}
+
+/// `x ⊙ mask / (1 − p)` for the mask of `seed`.
+fn dropped_input<T: Real>(x: &[T], p: f64, seed: u64) -> Vec<T> {
+    let keep: T = real(1.0 / (1.0 - p));
+    let th = drop_threshold(p);
+    x.par_iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if kept(seed, i, th) {
+                v * keep
+            } else {
+                T::zero()
+            }
+        })
+        .collect()
+}
+
 /// What one adapter's forward keeps: `u = x Aᵀ` `[N, r]`.
 struct AdapterSaved<T> {
     u: Vec<T>,
@@ -869,6 +920,7 @@ struct LayerSaved<T> {
 pub struct Tape<T> {
     dims: Dims,
     gate: Option<Vec<T>>,
+    drop: Option<Dropout>,
     cos: Vec<T>,
     sin: Vec<T>,
     mask: Option<Vec<T>>,
@@ -950,7 +1002,27 @@ pub fn forward<T: Real>(
     mask: &[Vec<bool>],
     gate: Option<&[T]>,
 ) -> Result<(Vec<T>, Tape<T>)> {
-    run(model, adapters, embeds, mask, gate, true)
+    run(model, adapters, embeds, mask, gate, None, true)
+}
+
+/// [`forward`] of a training step with LoRA dropout on every adapter's
+/// input (the [`backward`] of its tape applies the same masks).
+pub fn forward_dropout<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    embeds: &[T],
+    mask: &[Vec<bool>],
+    gate: Option<&[T]>,
+    dropout: Dropout,
+) -> Result<(Vec<T>, Tape<T>)> {
+    if !(0.0..1.0).contains(&dropout.p) {
+        return Err(Error::Input(format!(
+            "LoRA dropout {} must be in [0, 1)",
+            dropout.p
+        )));
+    }
+    let drop = (dropout.p > 0.0).then_some(dropout);
+    run(model, adapters, embeds, mask, gate, drop, true)
 }
 
 /// [`forward`] without a tape: each layer's saved state is dropped as soon
@@ -963,7 +1035,7 @@ pub fn infer<T: Real>(
     mask: &[Vec<bool>],
     gate: Option<&[T]>,
 ) -> Result<Vec<T>> {
-    Ok(run(model, adapters, embeds, mask, gate, false)?.0)
+    Ok(run(model, adapters, embeds, mask, gate, None, false)?.0)
 }
 
 fn run<T: Real>(
@@ -972,6 +1044,7 @@ fn run<T: Real>(
     embeds: &[T],
     mask: &[Vec<bool>],
     gate: Option<&[T]>,
+    drop: Option<Dropout>,
     keep: bool,
 ) -> Result<(Vec<T>, Tape<T>)> {
     if !supports::<T>(model) {
@@ -1028,7 +1101,7 @@ fn run<T: Real>(
     let gc = gate_cols(gate, d.n(), t, r, adapters.experts);
     let mut x = embeds.to_vec();
     let mut layers = Vec::with_capacity(model.layers.len());
-    for (layer, ad) in model.layers.iter().zip(&adapters.layers) {
+    for (li, (layer, ad)) in model.layers.iter().zip(&adapters.layers).enumerate() {
         let saved = layer_forward(
             layer,
             ad,
@@ -1043,6 +1116,7 @@ fn run<T: Real>(
                 e: adapters.experts,
                 scale,
                 gc: gc.as_deref(),
+                drop: drop.map(|dr| (dr.p, mix(dr.seed, li))),
             },
         )?;
         x = saved.1;
@@ -1064,6 +1138,7 @@ fn run<T: Real>(
         Tape {
             dims: d,
             gate: gate.map(<[T]>::to_vec),
+            drop,
             cos,
             sin,
             mask: mask_add,
@@ -1083,6 +1158,8 @@ struct Proj<'a, T> {
     e: usize,
     scale: T,
     gc: Option<&'a [T]>,
+    /// LoRA dropout of this layer (probability, layer seed).
+    drop: Option<(f64, u64)>,
 }
 
 /// `y (+)= x·W` for a frozen (fused) projection `W [in, width]` (`acc`:
@@ -1117,9 +1194,10 @@ fn project<T: Real>(
                 off: c0,
                 ld: width,
             };
+            let dropped = p.drop.map(|(pr, seed)| dropped_input(x, pr, mix(seed, ti)));
             saved[ti] = Some(adapter_forward(
                 w,
-                Mat::rows(x, in_dim),
+                Mat::rows(dropped.as_deref().unwrap_or(x), in_dim),
                 p.n,
                 (p.r, p.scale),
                 p.gc,
@@ -1171,17 +1249,47 @@ fn project_backward<T: Real>(
                 rs: width,
                 cs: 1,
             };
-            adapter_backward(
-                w,
-                sv,
-                Mat::rows(x, in_dim),
-                dyb,
-                (p.n, p.t, p.r, p.e, p.scale),
-                p.gc,
-                gr,
-                dgate.as_deref_mut(),
-                Some(MatMut::rows(&mut dx, in_dim)),
-            );
+            match p.drop {
+                None => adapter_backward(
+                    w,
+                    sv,
+                    Mat::rows(x, in_dim),
+                    dyb,
+                    (p.n, p.t, p.r, p.e, p.scale),
+                    p.gc,
+                    gr,
+                    dgate.as_deref_mut(),
+                    Some(MatMut::rows(&mut dx, in_dim)),
+                ),
+                Some((pr, seed)) => {
+                    // the adapter saw x ⊙ mask / (1 − p): recompute it, and
+                    // send its input gradient back through the same mask
+                    let seed = mix(seed, ti);
+                    let xd = dropped_input(x, pr, seed);
+                    let mut dxa = vec![T::zero(); p.n * in_dim];
+                    adapter_backward(
+                        w,
+                        sv,
+                        Mat::rows(&xd, in_dim),
+                        dyb,
+                        (p.n, p.t, p.r, p.e, p.scale),
+                        p.gc,
+                        gr,
+                        dgate.as_deref_mut(),
+                        Some(MatMut::rows(&mut dxa, in_dim)),
+                    );
+                    let keep: T = real(1.0 / (1.0 - pr));
+                    let th = drop_threshold(pr);
+                    dx.par_iter_mut()
+                        .zip(&dxa)
+                        .enumerate()
+                        .for_each(|(i, (o, g))| {
+                            if kept(seed, i, th) {
+                                *o += *g * keep;
+                            }
+                        });
+                }
+            }
         }
     }
     Ok(dx)
@@ -1613,6 +1721,7 @@ pub fn backward<T: Real>(
         e: adapters.experts,
         scale: real(adapters.scale()),
         gc: gc.as_deref(),
+        drop: tape.drop,
     };
     let mut saved = tape.layers;
     for li in (0..model.layers.len()).rev() {
@@ -1623,7 +1732,7 @@ pub fn backward<T: Real>(
             &mut grads.layers[li],
             s,
             dx,
-            &ctx,
+            (&ctx, li),
             dgate.as_deref_mut(),
         )?;
     }
@@ -1643,6 +1752,7 @@ struct BackCtx<'a, T> {
     e: usize,
     scale: T,
     gc: Option<&'a [T]>,
+    drop: Option<Dropout>,
 }
 
 fn layer_backward<T: Real>(
@@ -1651,7 +1761,7 @@ fn layer_backward<T: Real>(
     grads: &mut [Option<LoraWeights<T>>; 7],
     s: LayerSaved<T>,
     dout: Vec<T>,
-    c: &BackCtx<T>,
+    (c, li): (&BackCtx<T>, usize),
     mut dgate: Option<&mut [T]>,
 ) -> Result<Vec<T>> {
     let d = &c.d;
@@ -1674,6 +1784,7 @@ fn layer_backward<T: Real>(
         e: c.e,
         scale: c.scale,
         gc: c.gc,
+        drop: c.drop.map(|dr| (dr.p, mix(dr.seed, li))),
     };
     // MLP: out = h1 + act·Wd (+ adapter)
     let down_parts = [(0, Target::Down)];
@@ -1861,6 +1972,26 @@ impl AdamW {
             m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
             v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
         }
+    }
+
+    /// Updates done, first and second moments (what a checkpoint keeps
+    /// for an exact resume).
+    pub fn state(&self) -> (u64, &[Vec<f32>], &[Vec<f32>]) {
+        (self.step as u64, &self.m, &self.v)
+    }
+
+    /// Restores a [`AdamW::state`]; refuses moments of other sizes.
+    pub fn restore(&mut self, step: u64, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) -> Result<()> {
+        let sizes = |x: &[Vec<f32>]| x.iter().map(Vec::len).collect::<Vec<_>>();
+        if sizes(&m) != sizes(&self.m) || sizes(&v) != sizes(&self.v) {
+            return Err(Error::Input(
+                "optimiser moments of other shapes than the parameters".into(),
+            ));
+        }
+        self.step = i32::try_from(step)
+            .map_err(|_| Error::Input(format!("optimiser step {step} out of range")))?;
+        (self.m, self.v) = (m, v);
+        Ok(())
     }
 
     /// One update of `params` (same order and sizes as at construction)

@@ -445,3 +445,72 @@ fn ranking_step_trains_adapters_gate_and_head() {
         "every adapter's B moved"
     );
 }
+
+#[test]
+fn lora_dropout_gradients_match_finite_differences() {
+    let cfg = llama_config("llama", 2, false);
+    let model = build(&cfg, 12, DType::F64);
+    let h = model.config().hidden_size;
+    let m = mask();
+    let (b, t, e) = (m.len(), m[0].len(), 2);
+    let set = adapters::<f64>(&model, e);
+    let x: Vec<f64> = values(b * t * h, 8, 1.0);
+    let g = softmax_rows(&values::<f64>(b * e, 9, 2.0), e);
+    let r: Vec<f64> = values(b * t * h, 10, 1.0);
+    let drop = tape::Dropout { p: 0.3, seed: 77 };
+    let loss = |set: &AdapterSet<f64>, x: &[f64]| -> f64 {
+        let (h, _) = tape::forward_dropout(&model, set, x, &m, Some(&g), drop).unwrap();
+        h.iter().zip(&r).map(|(a, b)| a * b).sum()
+    };
+    // the masks change the output, and p = 0 is the plain forward
+    let plain = loss_of(&model, &set, &x, &m, &g, &r);
+    assert!((loss(&set, &x) - plain).abs() > 1e-6);
+    let (h0, _) = tape::forward_dropout(
+        &model,
+        &set,
+        &x,
+        &m,
+        Some(&g),
+        tape::Dropout { p: 0.0, seed: 77 },
+    )
+    .unwrap();
+    let hp: f64 = h0.iter().zip(&r).map(|(a, b)| a * b).sum();
+    assert_eq!(hp, plain);
+    let (_, tp) = tape::forward_dropout(&model, &set, &x, &m, Some(&g), drop).unwrap();
+    let grads = tape::backward(&model, &set, tp, &r).unwrap();
+    let eps = 1e-6;
+    let check = |name: &str, analytic: f64, lp: f64, lm: f64| {
+        let fd = (lp - lm) / (2.0 * eps);
+        let err = (fd - analytic).abs() / fd.abs().max(analytic.abs()).max(1e-3);
+        assert!(
+            err < 1e-5,
+            "{name}: backward {analytic} vs finite difference {fd}"
+        );
+    };
+    let n_proj = set.weights().count();
+    for p in [0, 2, n_proj - 1] {
+        for idx in [1usize, 5] {
+            let analytic = grads.adapters.weights().nth(p).unwrap().a[idx];
+            let (mut sp, mut sm) = (set.clone(), set.clone());
+            sp.weights_mut().nth(p).unwrap().a[idx] += eps;
+            sm.weights_mut().nth(p).unwrap().a[idx] -= eps;
+            check(
+                &format!("dA[{p}][{idx}]"),
+                analytic,
+                loss(&sp, &x),
+                loss(&sm, &x),
+            );
+        }
+    }
+    for i in [h * 5 + 3, h * (2 * t + 5) + 7, 11] {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += eps;
+        xm[i] -= eps;
+        check(
+            &format!("dembeds[{i}]"),
+            grads.embeds[i],
+            loss(&set, &xp),
+            loss(&set, &xm),
+        );
+    }
+}
