@@ -1,9 +1,9 @@
 //! The config's closed sets are enums with one spelling each: every name
 //! round-trips through TOML, an unknown name is refused naming the key and
 //! the valid names, `budget = 1` is ambiguous, and keys that nothing reads
-//! (the LLM teacher's, `[train.teacher]`) are refused.
+//! are refused; the LLM teacher's keys are typed and checked.
 
-use distillrec_config::{Budget, Config, Metric, MetricKind};
+use distillrec_config::{AdapterTarget, Budget, Config, Metric, MetricKind, TeacherObjective};
 
 fn load(text: &str, sets: &[&str]) -> Result<Config, String> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -168,14 +168,8 @@ fn budgets_are_fractions_percentages_or_counts_and_a_bare_one_is_refused() {
 #[test]
 fn keys_that_nothing_reads_are_refused_by_name() {
     for (text, key) in [
-        ("[teacher]\nbackbone = \"m.gguf\"\n", "teacher.backbone"),
-        ("[teacher]\nnum_layers = 4\n", "teacher.num_layers"),
-        ("[teacher]\nobjective = \"ranking\"\n", "teacher.objective"),
-        ("[teacher]\nexperts = 4\n", "teacher.experts"),
-        ("[teacher]\nrank = 8\n", "teacher.rank"),
-        ("[teacher]\nalpha = 32.0\n", "teacher.alpha"),
-        ("[teacher]\nlora_dropout = 0.1\n", "teacher.lora_dropout"),
-        ("[teacher]\ntargets = [\"q_proj\"]\n", "teacher.targets"),
+        ("[teacher]\nlora_rank = 8\n", "teacher.lora_rank"),
+        ("[teacher]\ntemperature = 1.0\n", "teacher.temperature"),
         (
             "[train.student]\ngrad_accum = 1\n",
             "train.student.grad_accum",
@@ -184,6 +178,7 @@ fn keys_that_nothing_reads_are_refused_by_name() {
             "[train.distill]\nwarmup_steps = 0\n",
             "train.distill.warmup_steps",
         ),
+        ("[train.teacher]\nwarmup_steps = 0\n", "train.teacher.warmup_steps"),
     ] {
         let e = load(text, &[]).unwrap_err();
         assert!(
@@ -191,23 +186,47 @@ fn keys_that_nothing_reads_are_refused_by_name() {
             "{e}"
         );
     }
-    let e = load("[train.teacher]\nmax_epochs = 5\n", &[]).unwrap_err();
-    assert!(
-        e.contains("config key `train.teacher`: unknown field `teacher`"),
-        "{e}"
-    );
-    // and the resolved config no longer writes them
+    // and the resolved config does not write them
     let toml = Config::default().to_toml();
-    for gone in [
-        "backbone",
-        "lora_dropout",
-        "grad_accum",
-        "warmup_steps",
-        "[train.teacher]",
-    ] {
+    for gone in ["lora_rank", "warmup_steps"] {
         assert!(!toml.contains(gone), "{gone} in {toml}");
     }
-    // what stays in [teacher] is what `teacher from-student` reads
+}
+
+#[test]
+fn the_llm_teacher_keys_are_typed_and_checked_by_name() {
+    let c = load(
+        "[teacher]\nbackbone = \"m.gguf\"\nnum_layers = 4\nobjective = \"generative\"\nexperts = 1\nrank = 8\ntargets = [\"q\", \"down\"]\n[train.teacher]\nmax_epochs = 5\ngrad_accum = 4\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.teacher.objective, TeacherObjective::Generative);
+    assert_eq!(c.teacher.targets, vec![AdapterTarget::Q, AdapterTarget::Down]);
+    assert_eq!((c.train.teacher.max_epochs, c.train.teacher.grad_accum), (5, 4));
+    assert_eq!(load(&c.to_toml(), &[]).unwrap(), c);
+    for (text, key, says) in [
+        ("[teacher]\nrank = 6\nexperts = 4\n", "teacher.rank", "multiple"),
+        ("[teacher]\ntargets = [\"q_proj\"]\n", "teacher.targets[0]", "q_proj"),
+        ("[teacher]\nobjective = \"rank\"\n", "teacher.objective", "rank"),
+        ("[teacher]\nlora_dropout = 1.0\n", "teacher.lora_dropout", "[0, 1)"),
+        (
+            "[teacher]\nranking_prompts = [\"no history here\"]\n",
+            "teacher.ranking_prompts[0]",
+            "{history}",
+        ),
+        (
+            "[teacher]\nprompts = [\"{history} only\"]\n",
+            "teacher.prompts[0]",
+            "{candidates}",
+        ),
+        ("[train.teacher]\nwarmup = 1.5\n", "train.teacher.warmup", "fraction"),
+        ("[train.teacher]\nmetric = \"ndcg@7\"\n", "train.teacher.metric", "eval.ks"),
+    ] {
+        let e = load(text, &[]).unwrap_err();
+        assert!(e.contains(&format!("config key `{key}`")), "{text}: {e}");
+        assert!(e.contains(says), "{text}: {e}");
+    }
+    // what `teacher from-student` reads stays where it was
     let c = load("[teacher]\ntop_k = 5\nmask_history = false\n", &[]).unwrap();
     assert_eq!((c.teacher.top_k, c.teacher.mask_history), (5, false));
 }
