@@ -873,7 +873,10 @@ impl Config {
             );
         }
         if !(t.alpha > 0.0 && t.alpha.is_finite()) {
-            return bad("teacher.alpha", format!("must be positive, got {}", t.alpha));
+            return bad(
+                "teacher.alpha",
+                format!("must be positive, got {}", t.alpha),
+            );
         }
         if !(0.0..1.0).contains(&t.lora_dropout) {
             return bad(
@@ -908,7 +911,10 @@ impl Config {
             ("ranking_prompts", &t.ranking_prompts, false),
         ] {
             if list.is_empty() {
-                return bad(&format!("teacher.{key}"), "needs at least one template".into());
+                return bad(
+                    &format!("teacher.{key}"),
+                    "needs at least one template".into(),
+                );
             }
             for (i, p) in list.iter().enumerate() {
                 let h = p.matches("{history}").count();
@@ -937,7 +943,10 @@ impl Config {
             );
         }
         if !(tr.lr > 0.0 && tr.lr.is_finite()) {
-            return bad("train.teacher.lr", format!("must be positive, got {}", tr.lr));
+            return bad(
+                "train.teacher.lr",
+                format!("must be positive, got {}", tr.lr),
+            );
         }
         if !(tr.weight_decay >= 0.0 && tr.weight_decay.is_finite()) {
             return bad(
@@ -954,7 +963,10 @@ impl Config {
         if !(tr.grad_clip >= 0.0 && tr.grad_clip.is_finite()) {
             return bad(
                 "train.teacher.grad_clip",
-                format!("must be a finite number >= 0 (0: off), got {}", tr.grad_clip),
+                format!(
+                    "must be a finite number >= 0 (0: off), got {}",
+                    tr.grad_clip
+                ),
             );
         }
         if !self.eval.ks.contains(&tr.metric.k) {

@@ -178,7 +178,10 @@ fn keys_that_nothing_reads_are_refused_by_name() {
             "[train.distill]\nwarmup_steps = 0\n",
             "train.distill.warmup_steps",
         ),
-        ("[train.teacher]\nwarmup_steps = 0\n", "train.teacher.warmup_steps"),
+        (
+            "[train.teacher]\nwarmup_steps = 0\n",
+            "train.teacher.warmup_steps",
+        ),
     ] {
         let e = load(text, &[]).unwrap_err();
         assert!(
@@ -201,14 +204,36 @@ fn the_llm_teacher_keys_are_typed_and_checked_by_name() {
     )
     .unwrap();
     assert_eq!(c.teacher.objective, TeacherObjective::Generative);
-    assert_eq!(c.teacher.targets, vec![AdapterTarget::Q, AdapterTarget::Down]);
-    assert_eq!((c.train.teacher.max_epochs, c.train.teacher.grad_accum), (5, 4));
+    assert_eq!(
+        c.teacher.targets,
+        vec![AdapterTarget::Q, AdapterTarget::Down]
+    );
+    assert_eq!(
+        (c.train.teacher.max_epochs, c.train.teacher.grad_accum),
+        (5, 4)
+    );
     assert_eq!(load(&c.to_toml(), &[]).unwrap(), c);
     for (text, key, says) in [
-        ("[teacher]\nrank = 6\nexperts = 4\n", "teacher.rank", "multiple"),
-        ("[teacher]\ntargets = [\"q_proj\"]\n", "teacher.targets[0]", "q_proj"),
-        ("[teacher]\nobjective = \"rank\"\n", "teacher.objective", "rank"),
-        ("[teacher]\nlora_dropout = 1.0\n", "teacher.lora_dropout", "[0, 1)"),
+        (
+            "[teacher]\nrank = 6\nexperts = 4\n",
+            "teacher.rank",
+            "multiple",
+        ),
+        (
+            "[teacher]\ntargets = [\"q_proj\"]\n",
+            "teacher.targets[0]",
+            "q_proj",
+        ),
+        (
+            "[teacher]\nobjective = \"rank\"\n",
+            "teacher.objective",
+            "rank",
+        ),
+        (
+            "[teacher]\nlora_dropout = 1.0\n",
+            "teacher.lora_dropout",
+            "[0, 1)",
+        ),
         (
             "[teacher]\nranking_prompts = [\"no history here\"]\n",
             "teacher.ranking_prompts[0]",
@@ -219,8 +244,16 @@ fn the_llm_teacher_keys_are_typed_and_checked_by_name() {
             "teacher.prompts[0]",
             "{candidates}",
         ),
-        ("[train.teacher]\nwarmup = 1.5\n", "train.teacher.warmup", "fraction"),
-        ("[train.teacher]\nmetric = \"ndcg@7\"\n", "train.teacher.metric", "eval.ks"),
+        (
+            "[train.teacher]\nwarmup = 1.5\n",
+            "train.teacher.warmup",
+            "fraction",
+        ),
+        (
+            "[train.teacher]\nmetric = \"ndcg@7\"\n",
+            "train.teacher.metric",
+            "eval.ks",
+        ),
     ] {
         let e = load(text, &[]).unwrap_err();
         assert!(e.contains(&format!("config key `{key}`")), "{text}: {e}");

@@ -40,4 +40,4 @@ pub use metrics::{Metric, MetricAccumulator, MetricError, MetricKind};
 pub use options::{EvalOptions, EvalReport};
 pub use popularity::{evaluate_popularity, Popularity};
 pub use rank::{rank_of_target, row_seed, Ranker, TieBreak};
-pub use sampled::{evaluate_sampled, sample_candidates};
+pub use sampled::{evaluate_sampled, sample_candidates, split_candidates};

@@ -124,6 +124,35 @@ fn rank_among(
     Ok(resolve_rank(higher, tied, ties, seed))
 }
 
+/// The candidate lists of the sampled protocol for every row of `split`,
+/// exactly as [`evaluate_sampled`] draws them (the target plus `n_neg`
+/// items outside the history, shuffled, seeded by `(opts.seed, row
+/// index)`), so that another model (the generative LLM teacher) can be
+/// asked about the same candidates.
+pub fn split_candidates(
+    ds: &Dataset,
+    split: SplitName,
+    opts: &EvalOptions,
+    n_neg: usize,
+) -> Result<Vec<Vec<ItemId>>, EvalError> {
+    let rows = split_rows(ds, split)?;
+    rows.iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(row_seed(opts.seed ^ CANDIDATE_SALT, index as u64));
+            sample_candidates(
+                &mut rng,
+                ds.num_items(),
+                ds.history(row),
+                ds.target(row),
+                n_neg,
+            )
+            .map_err(|e| e.locate(split, &row.key))
+        })
+        .collect()
+}
+
 /// Sampled-candidate evaluation of `split`: for each row, the target plus
 /// `n_neg` random items outside the row's whole history (always, whatever
 /// `opts.exclude_history` says), drawn from a `ChaCha8Rng` seeded by

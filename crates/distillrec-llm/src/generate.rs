@@ -3,6 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::lora::AdapterCtx;
 use crate::model::{KvCache, Model};
 use crate::tokenizer::Tokenizer;
 
@@ -74,9 +75,38 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::Input("empty prompt".into()));
     }
+    let t = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), model.device())?;
+    generate_from_embeds(model, tok, &model.embed(&t)?, &AdapterCtx::default(), opts)
+}
+
+/// [`generate`] from prompt input embeddings `(1, T, embed_dim)` (hybrid
+/// prompts whose placeholders carry projected item embeddings), with an
+/// adapter context (iLoRA's per-sample gate) applied at every step.
+pub fn generate_from_embeds(
+    model: &Model,
+    tok: &Tokenizer,
+    embeds: &Tensor,
+    ctx: &AdapterCtx,
+    opts: &GenerateOptions,
+) -> Result<Generation> {
+    let (b, t, _) = embeds.dims3()?;
+    if b != 1 || t == 0 {
+        return Err(Error::Input(format!(
+            "generation takes one non-empty prompt, got ({b}, {t})"
+        )));
+    }
     let mut cache = KvCache::new(model);
     let mut ids = Vec::new();
-    let mut logits = next_logits(model, prompt, &mut cache)?;
+    let step = |e: &Tensor, cache: &mut KvCache| -> Result<Vec<f32>> {
+        let n = e.dim(1)?;
+        let h = model.forward_hidden_with(e, None, Some(cache), ctx)?;
+        Ok(model
+            .logits(&h.narrow(1, n - 1, 1)?)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
+    };
+    let mut logits = step(embeds, &mut cache)?;
     for _ in 0..opts.max_tokens {
         let next = argmax(&logits) as u32;
         if tok.eos_ids().contains(&next) {
@@ -104,7 +134,8 @@ pub fn generate(
         if ids.len() == opts.max_tokens || cache.len() >= model.config().max_position_embeddings {
             break;
         }
-        logits = next_logits(model, &[next], &mut cache)?;
+        let e = model.embed(&Tensor::from_vec(vec![next], (1, 1), model.device())?)?;
+        logits = step(&e, &mut cache)?;
     }
     let text = tok.decode(&ids, true)?;
     Ok(Generation {

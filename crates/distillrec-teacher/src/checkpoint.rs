@@ -1,0 +1,329 @@
+//! Teacher checkpoints: `<name>.safetensors` holding only the trainable
+//! tensors (adapters, projector, gate, ranking map; `last` also the
+//! optimiser moments) and `<name>.json`, a manifest naming the backbone
+//! (path and SHA-256), the student checkpoint (path and weights SHA-256),
+//! the dataset and the teacher settings. Loading onto another backbone,
+//! student or dataset is refused with one line.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use distillrec_config::TeacherConfig;
+use distillrec_train::DatasetRef;
+
+use crate::model::{Teacher, TeacherSpec};
+
+/// `format` of a teacher manifest.
+pub const FORMAT: &str = "distillrec-teacher";
+/// Manifest version.
+pub const VERSION: u32 = 1;
+
+/// A file or directory and its SHA-256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pinned {
+    /// Where it was.
+    pub path: PathBuf,
+    /// SHA-256 (hex) of its content.
+    pub sha256: String,
+}
+
+/// The manifest of a teacher checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherManifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`].
+    pub version: u32,
+    /// Shapes and adapter layout.
+    pub spec: TeacherSpec,
+    /// The settings it was trained with (prompts included), so evaluation
+    /// and inference render the same prompts.
+    pub teacher: TeacherConfig,
+    /// Run seed (prompt templates, candidates).
+    pub seed: u64,
+    /// The backbone.
+    pub backbone: Pinned,
+    /// The student checkpoint (SHA-256 of its weights file).
+    pub student: Pinned,
+    /// The dataset.
+    pub dataset: DatasetRef,
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Validation metrics of this checkpoint.
+    pub metrics: BTreeMap<String, f64>,
+    /// Weights file name (next to the manifest).
+    pub weights: String,
+    /// SHA-256 of the weights file.
+    pub weights_sha256: String,
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("{}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(h.finalize()))
+}
+
+/// SHA-256 of a backbone: the GGUF file, or for a Hugging Face directory
+/// the names and hashes of its `config.json`, `tokenizer.json` and
+/// `*.safetensors` files.
+pub fn backbone_sha256(path: &Path) -> Result<String> {
+    if path.is_file() {
+        return file_sha256(path);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("{}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            n == "config.json" || n == "tokenizer.json" || n.ends_with(".safetensors")
+        })
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        h.update(file_sha256(&f)?.as_bytes());
+    }
+    Ok(hex(h.finalize()))
+}
+
+/// The manifest path of a checkpoint given by its weights or manifest path.
+pub fn manifest_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+/// Optimiser state saved in `last`.
+#[derive(Clone, Debug)]
+pub struct OptState {
+    /// Steps taken.
+    pub step: u64,
+    /// First moments, one per trainable tensor.
+    pub m: Vec<Vec<f32>>,
+    /// Second moments.
+    pub v: Vec<Vec<f32>>,
+}
+
+/// Saves `teacher`'s trainable tensors (and `opt`) as `dir/name`.
+pub fn save(
+    dir: &Path,
+    name: &str,
+    teacher: &Teacher,
+    manifest: &TeacherManifest,
+    opt: Option<&OptState>,
+) -> Result<PathBuf> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = teacher
+        .named_params()
+        .into_iter()
+        .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    if let Some(o) = opt {
+        for (i, (m, v)) in o.m.iter().zip(&o.v).enumerate() {
+            tensors.push((
+                format!("optim.m.{i}"),
+                vec![m.len()],
+                m.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+            tensors.push((
+                format!("optim.v.{i}"),
+                vec![v.len()],
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    if let Some(o) = opt {
+        meta.insert("optim_step".to_string(), o.step.to_string());
+    }
+    let bytes = safetensors::serialize(views, Some(meta))?;
+    let weights = format!("{name}.safetensors");
+    let wpath = dir.join(&weights);
+    distillrec_data::fsutil::atomic_write(&wpath, &bytes)?;
+    let mut m = manifest.clone();
+    m.weights = weights;
+    m.weights_sha256 = hex(Sha256::digest(&bytes));
+    distillrec_data::fsutil::atomic_write(
+        &dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&m)?.as_bytes(),
+    )?;
+    Ok(wpath)
+}
+
+/// Reads and checks a teacher manifest (format, version, weights name).
+pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
+    let mpath = manifest_path(path);
+    let text = std::fs::read_to_string(&mpath)
+        .with_context(|| format!("teacher checkpoint manifest {}", mpath.display()))?;
+    let m: TeacherManifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a teacher checkpoint manifest", mpath.display()))?;
+    ensure!(
+        m.format == FORMAT && m.version == VERSION,
+        "{}: format {} v{}, expected {FORMAT} v{VERSION}",
+        mpath.display(),
+        m.format,
+        m.version
+    );
+    ensure!(
+        !m.weights.is_empty()
+            && Path::new(&m.weights)
+                .file_name()
+                .is_some_and(|n| n == m.weights.as_str()),
+        "{}: `weights` must be a plain file name, got `{}`",
+        mpath.display(),
+        m.weights
+    );
+    let dir = mpath.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((m.clone(), dir.join(&m.weights)))
+}
+
+/// Loads the trainable tensors of the checkpoint at `path` into `teacher`
+/// after checking that it belongs to this backbone (`backbone_sha`),
+/// student (`student_sha`), dataset and shape; returns the manifest and
+/// the optimiser state when the file holds one.
+pub fn load_into(
+    path: &Path,
+    teacher: &mut Teacher,
+    backbone_sha: &str,
+    student_sha: &str,
+    fingerprint: &str,
+) -> Result<(TeacherManifest, Option<OptState>)> {
+    let (m, wpath) = read_manifest(path)?;
+    let mp = manifest_path(path);
+    if m.backbone.sha256 != backbone_sha {
+        bail!(
+            "{}: this teacher belongs to the backbone {} (sha256 {}…), not to the one given (sha256 {}…)",
+            mp.display(),
+            m.backbone.path.display(),
+            &m.backbone.sha256[..12.min(m.backbone.sha256.len())],
+            &backbone_sha[..12.min(backbone_sha.len())]
+        );
+    }
+    if m.student.sha256 != student_sha {
+        bail!(
+            "{}: this teacher belongs to the student {} (weights sha256 {}…), not to the one given",
+            mp.display(),
+            m.student.path.display(),
+            &m.student.sha256[..12.min(m.student.sha256.len())]
+        );
+    }
+    if m.dataset.fingerprint != fingerprint {
+        bail!(
+            "{}: this teacher was trained on dataset {} (fingerprint {}), not on this one",
+            mp.display(),
+            m.dataset.name,
+            m.dataset.fingerprint
+        );
+    }
+    if m.spec != teacher.spec() {
+        bail!(
+            "{}: the checkpoint's teacher ({:?}) differs from the configured one ({:?})",
+            mp.display(),
+            m.spec,
+            teacher.spec()
+        );
+    }
+    let bytes = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
+    ensure!(
+        hex(Sha256::digest(&bytes)) == m.weights_sha256,
+        "{}: weights do not match the manifest's SHA-256 (truncated or replaced)",
+        wpath.display()
+    );
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}", wpath.display()))?;
+    let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let v = st
+            .tensor(name)
+            .with_context(|| format!("{}: tensor `{name}`", wpath.display()))?;
+        ensure!(
+            v.dtype() == safetensors::Dtype::F32 && v.shape() == shape,
+            "{}: tensor `{name}` is {:?} {:?}, expected F32 {shape:?}",
+            wpath.display(),
+            v.dtype(),
+            v.shape()
+        );
+        let out: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        ensure!(
+            out.iter().all(|x| x.is_finite()),
+            "{}: tensor `{name}` holds non-finite values",
+            wpath.display()
+        );
+        Ok(out)
+    };
+    let wanted: Vec<(String, Vec<usize>)> = teacher
+        .named_params()
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect();
+    let values = wanted
+        .iter()
+        .map(|(n, s)| read(n, s))
+        .collect::<Result<Vec<_>>>()?;
+    for (dst, src) in teacher.params_mut().into_iter().zip(values) {
+        dst.copy_from_slice(&src);
+    }
+    let opt = match st.tensor("optim.m.0") {
+        Ok(_) => {
+            let sizes = teacher.param_sizes();
+            let mut o = OptState {
+                step: 0,
+                m: Vec::new(),
+                v: Vec::new(),
+            };
+            for (i, &n) in sizes.iter().enumerate() {
+                o.m.push(read(&format!("optim.m.{i}"), &[n])?);
+                o.v.push(read(&format!("optim.v.{i}"), &[n])?);
+            }
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+            o.step = meta
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get("optim_step"))
+                .and_then(|s| s.parse().ok())
+                .with_context(|| {
+                    format!("{}: optimiser state without its step", wpath.display())
+                })?;
+            Some(o)
+        }
+        Err(_) => None,
+    };
+    Ok((m, opt))
+}

@@ -1,0 +1,122 @@
+//! Evaluating a teacher (SPEC 5): the ranking head with the full-ranking
+//! metrics of `eval student` plus the sampled HR@1 over the LLaRA
+//! candidates; the generative answer by greedy decoding over the same
+//! candidates (valid ratio, HR@1 = correct / all, and correct / valid).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use distillrec_data::{Dataset, SplitName};
+use distillrec_eval::{evaluate_all, split_candidates, EvalError, EvalOptions, EvalReport};
+
+use crate::model::Teacher;
+
+/// The generative protocol's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerativeReport {
+    /// Valid answers (exactly one candidate title in them) / rows.
+    pub valid_ratio: f64,
+    /// Correct answers / all rows (the LLaRA README's HR@1).
+    pub hr1: f64,
+    /// Correct answers / valid answers.
+    pub hr1_of_valid: f64,
+    /// Rows evaluated.
+    pub rows: usize,
+    /// Wall time, seconds.
+    pub wall_secs: f64,
+    /// Rows per second.
+    pub rows_per_sec: f64,
+}
+
+impl GenerativeReport {
+    /// As metrics keyed `valid_ratio`, `gen_hr@1`, `gen_hr@1_of_valid`.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        [
+            ("valid_ratio", self.valid_ratio),
+            ("gen_hr@1", self.hr1),
+            ("gen_hr@1_of_valid", self.hr1_of_valid),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// Full ranking of `split` by the ranking head, plus the sampled protocol
+/// with the teacher's candidate count.
+pub fn eval_ranking(
+    teacher: &Teacher,
+    ds: &Dataset,
+    split: SplitName,
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
+    let table = teacher.eval_table()?;
+    let mut o = opts.clone();
+    o.batch_size = teacher.cfg.infer_batch;
+    o.sampled_negatives = teacher.prompter.candidates - 1;
+    Ok(evaluate_all(ds, split, &o, |rows| {
+        teacher
+            .rank_scores(ds, rows, &table)
+            .map_err(|e| EvalError::Model(format!("{e:#}")))
+    })?)
+}
+
+/// Which candidates an answer names (case-insensitive title match).
+pub fn named_candidates(ds: &Dataset, answer: &str, candidates: &[u32]) -> Vec<u32> {
+    let a = answer.to_lowercase();
+    candidates
+        .iter()
+        .copied()
+        .filter(|&c| {
+            ds.title(c)
+                .is_some_and(|t| !t.trim().is_empty() && a.contains(&t.trim().to_lowercase()))
+        })
+        .collect()
+}
+
+/// Greedy answers on `split` (the first `limit` rows when given) over the
+/// sampled protocol's candidates.
+pub fn eval_generative(
+    teacher: &mut Teacher,
+    ds: &Dataset,
+    split: SplitName,
+    opts: &EvalOptions,
+    limit: Option<usize>,
+) -> Result<GenerativeReport> {
+    let start = Instant::now();
+    let cands = split_candidates(ds, split, opts, teacher.prompter.candidates - 1)?;
+    let rows = ds.rows(split);
+    let n = limit.unwrap_or(rows.len()).min(rows.len());
+    teacher.attach()?;
+    let result = (|| -> Result<(usize, usize)> {
+        let (mut valid, mut correct) = (0, 0);
+        for (row, c) in rows.iter().zip(&cands).take(n) {
+            let answer = teacher.answer(ds, row, c)?;
+            let named = named_candidates(ds, &answer, c);
+            if named.len() == 1 {
+                valid += 1;
+                correct += usize::from(named[0] == ds.target(row));
+            }
+        }
+        Ok((valid, correct))
+    })();
+    teacher.detach()?;
+    let (valid, correct) = result?;
+    let wall = start.elapsed().as_secs_f64();
+    let n_f = n.max(1) as f64;
+    Ok(GenerativeReport {
+        valid_ratio: valid as f64 / n_f,
+        hr1: correct as f64 / n_f,
+        hr1_of_valid: if valid > 0 {
+            correct as f64 / valid as f64
+        } else {
+            0.0
+        },
+        rows: n,
+        wall_secs: wall,
+        rows_per_sec: n as f64 / wall.max(1e-9),
+    })
+}

@@ -1,0 +1,709 @@
+//! The teacher: the frozen backbone with MoE-LoRA adapters, the frozen
+//! student that feeds the gate and the projector, and the small networks.
+//! One micro-step computes the loss and the gradients of every trainable
+//! tensor: the backbone runs on the explicit path (`distillrec_llm::tape`,
+//! adapters, gate and input-embedding gradients), the small networks are
+//! candle graphs fed by the tape's `d gate` and `d embeddings`.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use distillrec_config::{AdapterTarget, TeacherConfig, TeacherObjective};
+use distillrec_data::{Dataset, ItemId, Row};
+use distillrec_llm::generate::{generate_from_embeds, GenerateOptions};
+use distillrec_llm::lora::AdapterCtx;
+use distillrec_llm::model::Target;
+use distillrec_llm::tape::{self, AdapterSet, Dropout};
+use distillrec_llm::Llm;
+use distillrec_models::Student;
+
+use crate::nets::{head_scores, Live, NetSizes, Nets};
+use crate::prompt::{Prompt, Prompter, Tok};
+
+/// What a teacher is, as its checkpoint manifest records it: loading
+/// checks it against the config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeacherSpec {
+    /// Training objective.
+    pub objective: TeacherObjective,
+    /// Experts `E`.
+    pub experts: usize,
+    /// Total rank `r`.
+    pub rank: usize,
+    /// LoRA `α`.
+    pub alpha: f64,
+    /// Adapted projections.
+    pub targets: Vec<AdapterTarget>,
+    /// Gate hidden width.
+    pub gate_hidden: usize,
+    /// Decoder layers kept.
+    pub num_layers: usize,
+    /// LLM hidden width `H`.
+    pub hidden: usize,
+    /// Student width `d`.
+    pub student_dim: usize,
+    /// Catalogue size `N`.
+    pub num_items: usize,
+}
+
+/// Whether an objective trains the ranking head.
+pub fn has_ranking(o: TeacherObjective) -> bool {
+    matches!(o, TeacherObjective::Ranking | TeacherObjective::Both)
+}
+
+/// Whether an objective trains the causal-LM answer.
+pub fn has_generative(o: TeacherObjective) -> bool {
+    matches!(o, TeacherObjective::Generative | TeacherObjective::Both)
+}
+
+fn llm_target(t: AdapterTarget) -> Target {
+    match t {
+        AdapterTarget::Q => Target::Q,
+        AdapterTarget::K => Target::K,
+        AdapterTarget::V => Target::V,
+        AdapterTarget::O => Target::O,
+        AdapterTarget::Gate => Target::Gate,
+        AdapterTarget::Up => Target::Up,
+        AdapterTarget::Down => Target::Down,
+    }
+}
+
+/// A seed for one row: the run seed, a stream tag and the row's key (so a
+/// row's prompt does not depend on its batch or shard).
+pub fn row_seed(seed: u64, tag: u64, key: &str) -> u64 {
+    let mut h: u64 =
+        0xcbf2_9ce4_8422_2325 ^ seed.rotate_left(17) ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Stream tags of [`row_seed`].
+pub mod streams {
+    /// Training prompts of an epoch are `TRAIN + epoch`.
+    pub const TRAIN: u64 = 1 << 32;
+    /// Evaluation and inference prompts.
+    pub const EVAL: u64 = 7;
+}
+
+/// A batch laid out for the backbone.
+struct Inputs {
+    embeds: Vec<f32>,
+    mask: Vec<Vec<bool>>,
+    /// `(flat position, index into the batch's item list)` of placeholders.
+    slots: Vec<(usize, usize)>,
+    t: usize,
+    /// Real tokens.
+    tokens: usize,
+}
+
+/// The result of one micro-step.
+pub struct StepOut {
+    /// Loss (sum over the objective's terms).
+    pub loss: f64,
+    /// Real tokens processed.
+    pub tokens: usize,
+    /// Gradients of every trainable tensor, in [`Teacher::param_sizes`] order.
+    pub grads: Vec<Vec<f32>>,
+}
+
+/// The teacher.
+pub struct Teacher {
+    /// Backbone, tokenizer and chat template.
+    pub llm: Llm,
+    /// MoE-LoRA adapters.
+    pub adapters: AdapterSet<f32>,
+    /// Projector, gate and ranking map.
+    pub nets: Nets,
+    /// The frozen student (gate features and item embeddings).
+    pub student: Student,
+    /// Frozen LLM title embeddings `[N + 1, H]` (row 0 zeros).
+    pub titles: Tensor,
+    student_items: Tensor,
+    /// Renders rows into prompts.
+    pub prompter: Prompter,
+    /// The teacher settings.
+    pub cfg: TeacherConfig,
+    /// Run seed.
+    pub seed: u64,
+}
+
+impl Teacher {
+    /// A fresh teacher: adapters and networks seeded from `seed`.
+    pub fn new(
+        llm: Llm,
+        student: Student,
+        titles: Tensor,
+        ds: &Dataset,
+        cfg: &TeacherConfig,
+        seed: u64,
+    ) -> Result<Teacher> {
+        ensure!(
+            tape::supports::<f32>(&llm.model),
+            "the teacher trains Llama-family and Qwen2 backbones in f32 on the CPU; {} is not one",
+            llm.source.display()
+        );
+        let n = ds.num_items();
+        ensure!(
+            student.spec.num_items == n,
+            "the student knows {} items, the dataset {n}",
+            student.spec.num_items
+        );
+        let h = llm.model.config().hidden_size;
+        ensure!(
+            titles.dims2()? == (n + 1, h),
+            "title table {:?}, expected [{}, {h}]",
+            titles.dims(),
+            n + 1
+        );
+        let targets: Vec<Target> = cfg.targets.iter().map(|&t| llm_target(t)).collect();
+        let adapters =
+            AdapterSet::new(&llm.model, &targets, cfg.experts, cfg.rank, cfg.alpha, seed)?;
+        let nets = Nets::new(
+            NetSizes {
+                student: student.spec.hidden,
+                hidden: h,
+                gate_hidden: cfg.gate_hidden,
+                experts: cfg.experts,
+                ranking: has_ranking(cfg.objective),
+            },
+            seed,
+        );
+        let mut items = student
+            .item_table()
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        // row 0 is padding: never a placeholder, and its score is masked
+        items = items.slice_assign(
+            &[0..1, 0..student.spec.hidden],
+            &Tensor::zeros((1, student.spec.hidden), DType::F32, &Device::Cpu)?,
+        )?;
+        let prompter = Prompter::new(&llm.tokenizer, &llm.chat, ds, cfg)?;
+        Ok(Teacher {
+            llm,
+            adapters,
+            nets,
+            student,
+            titles,
+            student_items: items,
+            prompter,
+            cfg: cfg.clone(),
+            seed,
+        })
+    }
+
+    /// The teacher's identity for manifests.
+    pub fn spec(&self) -> TeacherSpec {
+        TeacherSpec {
+            objective: self.cfg.objective,
+            experts: self.cfg.experts,
+            rank: self.cfg.rank,
+            alpha: self.cfg.alpha,
+            targets: self.cfg.targets.clone(),
+            gate_hidden: self.cfg.gate_hidden,
+            num_layers: self.llm.model.layers.len(),
+            hidden: self.llm.model.config().hidden_size,
+            student_dim: self.student.spec.hidden,
+            num_items: self.student.spec.num_items,
+        }
+    }
+
+    /// Sizes of the trainable tensors: each adapter's `A` and `B`, then the
+    /// networks' parameters.
+    pub fn param_sizes(&self) -> Vec<usize> {
+        self.adapters
+            .weights()
+            .flat_map(|w| [w.a.len(), w.b.len()])
+            .chain(self.nets.params.iter().map(|p| p.value.len()))
+            .collect()
+    }
+
+    /// The trainable tensors, mutable, in [`Teacher::param_sizes`] order.
+    pub fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out: Vec<&mut [f32]> = Vec::new();
+        for w in self.adapters.weights_mut() {
+            out.push(&mut w.a);
+            out.push(&mut w.b);
+        }
+        for p in &mut self.nets.params {
+            out.push(&mut p.value);
+        }
+        out
+    }
+
+    /// Named trainable tensors (checkpoint order and names).
+    pub fn named_params(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut out = Vec::new();
+        for (li, slots) in self.adapters.layers.iter().enumerate() {
+            for (ti, w) in slots.iter().enumerate() {
+                if let Some(w) = w {
+                    let name = format!("adapter.{li}.{}", AdapterTarget::ALL[ti].name());
+                    out.push((
+                        format!("{name}.lora_A"),
+                        vec![self.adapters.rank, w.in_dim],
+                        &w.a[..],
+                    ));
+                    out.push((
+                        format!("{name}.lora_B"),
+                        vec![w.out_dim, self.adapters.rank],
+                        &w.b[..],
+                    ));
+                }
+            }
+        }
+        for p in &self.nets.params {
+            out.push((p.name.clone(), p.shape.clone(), &p.value[..]));
+        }
+        out
+    }
+
+    /// The student's sequence representations `[B, d]` of the rows'
+    /// histories (the gate's input).
+    fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
+        let hist: Vec<&[ItemId]> = rows.iter().map(|r| ds.history(r)).collect();
+        let (rep, _) = self.student.represent_and_score(&hist)?;
+        Ok(Tensor::from_vec(
+            rep,
+            (rows.len(), self.student.spec.hidden),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Left-padded input embeddings of `prompts` (input then answer);
+    /// placeholders get `projected[item index]`.
+    fn inputs(
+        &self,
+        prompts: &[Prompt],
+        items: &HashMap<ItemId, usize>,
+        projected: &[f32],
+    ) -> Result<Inputs> {
+        let h = self.llm.model.config().hidden_size;
+        let t = prompts
+            .iter()
+            .map(|p| p.input.len() + p.answer.len())
+            .max()
+            .unwrap_or(0);
+        ensure!(t > 0, "empty prompts");
+        let pad = self.llm.tokenizer.pad_id();
+        let (mut ids, mut mask, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, p) in prompts.iter().enumerate() {
+            let len = p.input.len() + p.answer.len();
+            let off = t - len;
+            ids.extend(std::iter::repeat_n(pad, off));
+            for (j, tok) in p.input.iter().enumerate() {
+                match *tok {
+                    Tok::Id(id) => ids.push(id),
+                    Tok::Item(it) => {
+                        ids.push(pad);
+                        slots.push((r * t + off + j, items[&it]));
+                    }
+                }
+            }
+            ids.extend(&p.answer);
+            mask.push((0..t).map(|j| j >= off).collect());
+        }
+        let tokens = prompts.iter().map(|p| p.input.len() + p.answer.len()).sum();
+        let idt = Tensor::from_vec(ids, (prompts.len(), t), self.llm.model.device())?;
+        let mut embeds = self
+            .llm
+            .model
+            .embed(&idt)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for &(pos, k) in &slots {
+            embeds[pos * h..(pos + 1) * h].copy_from_slice(&projected[k * h..(k + 1) * h]);
+        }
+        Ok(Inputs {
+            embeds,
+            mask,
+            slots,
+            t,
+            tokens,
+        })
+    }
+
+    /// The distinct placeholder items of `prompts`, in first-seen order.
+    fn placeholder_items(prompts: &[Prompt]) -> (Vec<ItemId>, HashMap<ItemId, usize>) {
+        let mut order = Vec::new();
+        let mut index = HashMap::new();
+        for p in prompts {
+            for tok in &p.input {
+                if let Tok::Item(it) = *tok {
+                    index.entry(it).or_insert_with(|| {
+                        order.push(it);
+                        order.len() - 1
+                    });
+                }
+            }
+        }
+        (order, index)
+    }
+
+    /// Training prompts of `rows` for `epoch`: ranking or generative,
+    /// hybrid with probability `hybrid_p` (the LLaRA curriculum).
+    pub fn train_prompts(
+        &self,
+        ds: &Dataset,
+        rows: &[&Row],
+        generative: bool,
+        epoch: usize,
+        hybrid_p: f64,
+    ) -> Vec<Prompt> {
+        rows.iter()
+            .map(|row| {
+                let mut rng = ChaCha8Rng::seed_from_u64(row_seed(
+                    self.seed,
+                    streams::TRAIN + epoch as u64,
+                    &row.key,
+                ));
+                let hybrid = hybrid_p >= 1.0 || rng.gen_bool(hybrid_p.clamp(0.0, 1.0));
+                let hist = ds.history(row);
+                if generative {
+                    let cands = self
+                        .prompter
+                        .draw_candidates(hist, ds.target(row), &mut rng);
+                    self.prompter
+                        .generative(hist, &cands, ds.target(row), hybrid, &mut rng)
+                } else {
+                    self.prompter.ranking(hist, hybrid, &mut rng)
+                }
+            })
+            .collect()
+    }
+
+    /// One micro-step on `rows`: loss and gradients of every trainable
+    /// tensor. `hybrid_p` is the curriculum's probability of a hybrid
+    /// prompt; `drop_seed` seeds the LoRA dropout masks.
+    pub fn micro_step(
+        &self,
+        ds: &Dataset,
+        rows: &[&Row],
+        epoch: usize,
+        hybrid_p: f64,
+        drop_seed: u64,
+    ) -> Result<StepOut> {
+        let obj = self.cfg.objective;
+        let mut total = StepOut {
+            loss: 0.0,
+            tokens: 0,
+            grads: self
+                .param_sizes()
+                .into_iter()
+                .map(|n| vec![0.0; n])
+                .collect(),
+        };
+        for (gen, salt) in [(false, 0u64), (true, 1)] {
+            if (gen && !has_generative(obj)) || (!gen && !has_ranking(obj)) {
+                continue;
+            }
+            let prompts = self.train_prompts(ds, rows, gen, epoch, hybrid_p);
+            let out = self.loss_and_grads(ds, rows, &prompts, gen, drop_seed ^ salt)?;
+            total.loss += out.loss;
+            total.tokens += out.tokens;
+            for (a, g) in total.grads.iter_mut().zip(out.grads) {
+                for (x, y) in a.iter_mut().zip(g) {
+                    *x += y;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn loss_and_grads(
+        &self,
+        ds: &Dataset,
+        rows: &[&Row],
+        prompts: &[Prompt],
+        generative: bool,
+        drop_seed: u64,
+    ) -> Result<StepOut> {
+        let model = &self.llm.model;
+        let h = model.config().hidden_size;
+        let b = rows.len();
+        let live = self.nets.live()?;
+        let z = self.gate_features(ds, rows)?;
+        let gate = live.gate(&z)?;
+        let gate_v = gate
+            .as_ref()
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let (order, index) = Self::placeholder_items(prompts);
+        let dev = Device::Cpu;
+        // projector outputs: the whole table for the ranking head, else
+        // only the placeholders' items
+        let p_all = if generative {
+            None
+        } else {
+            Some(live.project(&self.student_items)?)
+        };
+        let p_u = if order.is_empty() {
+            None
+        } else {
+            let idx = Tensor::from_vec(order.clone(), order.len(), &dev)?;
+            Some(match &p_all {
+                Some(p) => p.index_select(&idx, 0)?,
+                None => live.project(&self.student_items.index_select(&idx, 0)?)?,
+            })
+        };
+        let p_u_vals = match &p_u {
+            Some(p) => p.flatten_all()?.to_vec1::<f32>()?,
+            None => Vec::new(),
+        };
+        let inp = self.inputs(prompts, &index, &p_u_vals)?;
+        let drop = Dropout {
+            p: self.cfg.lora_dropout,
+            seed: drop_seed,
+        };
+        let (hidden, tp) = tape::forward_dropout(
+            model,
+            &self.adapters,
+            &inp.embeds,
+            &inp.mask,
+            gate_v.as_deref(),
+            drop,
+        )?;
+        let mut net_grads: Vec<Vec<f32>> = self
+            .nets
+            .params
+            .iter()
+            .map(|p| vec![0.0; p.value.len()])
+            .collect();
+        let add = |acc: &mut Vec<Vec<f32>>, g: Vec<Vec<f32>>| {
+            for (a, g) in acc.iter_mut().zip(g) {
+                for (x, y) in a.iter_mut().zip(g) {
+                    *x += y;
+                }
+            }
+        };
+        let (loss, dh) = if generative {
+            let mut pairs = Vec::new();
+            for (r, p) in prompts.iter().enumerate() {
+                let off = inp.t - p.input.len() - p.answer.len();
+                for (j, &tok) in p.answer.iter().enumerate() {
+                    pairs.push((r * inp.t + off + p.input.len() + j - 1, tok));
+                }
+            }
+            tape::lm_head_loss(model, &hidden, &pairs)?
+        } else {
+            let last: Vec<usize> = (0..b).map(|r| r * inp.t + inp.t - 1).collect();
+            let hl: Vec<f32> = last
+                .iter()
+                .flat_map(|&p| hidden[p * h..(p + 1) * h].iter().copied())
+                .collect();
+            let hl = Var::from_vec(hl, (b, h), &dev)?;
+            let table =
+                live.item_table(&self.titles, p_all.as_ref().context("projected table")?)?;
+            let scores = head_scores(hl.as_tensor(), &table)?;
+            let targets: Vec<u32> = rows.iter().map(|r| ds.target(r)).collect();
+            let loss =
+                candle_nn::loss::cross_entropy(&scores, &Tensor::from_vec(targets, b, &dev)?)?;
+            let store = loss.backward()?;
+            let dhl = store
+                .get(hl.as_tensor())
+                .context("the head gave no hidden-state gradient")?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            add(&mut net_grads, live.grads(&store)?);
+            let mut dh = vec![0f32; hidden.len()];
+            for (i, &p) in last.iter().enumerate() {
+                dh[p * h..(p + 1) * h].copy_from_slice(&dhl[i * h..(i + 1) * h]);
+            }
+            (loss.to_scalar::<f32>()? as f64, dh)
+        };
+        let g = tape::backward(model, &self.adapters, tp, &dh)?;
+        // projector and gate: the gradient of Σ P ⊙ stop(dE) + Σ gate ⊙ stop(dgate)
+        let mut surrogate: Option<Tensor> = None;
+        if let (Some(p_u), false) = (&p_u, inp.slots.is_empty()) {
+            let idx: Vec<u32> = inp.slots.iter().map(|&(_, k)| k as u32).collect();
+            let de: Vec<f32> = inp
+                .slots
+                .iter()
+                .flat_map(|&(pos, _)| g.embeds[pos * h..(pos + 1) * h].iter().copied())
+                .collect();
+            let de = Tensor::from_vec(de, (idx.len(), h), &dev)?;
+            let rows_p = p_u.index_select(&Tensor::from_vec(idx.clone(), idx.len(), &dev)?, 0)?;
+            surrogate = Some((rows_p * de)?.sum_all()?);
+        }
+        if let (Some(gt), Some(dg)) = (&gate, &g.gate) {
+            let s = (gt * Tensor::from_vec(dg.clone(), gt.shape(), &dev)?)?.sum_all()?;
+            surrogate = Some(match surrogate {
+                Some(x) => (x + s)?,
+                None => s,
+            });
+        }
+        if let Some(s) = surrogate {
+            add(&mut net_grads, live.grads(&s.backward()?)?);
+        }
+        let mut grads: Vec<Vec<f32>> = Vec::new();
+        for w in g.adapters.weights() {
+            grads.push(w.a.clone());
+            grads.push(w.b.clone());
+        }
+        grads.extend(net_grads);
+        Ok(StepOut {
+            loss,
+            tokens: inp.tokens,
+            grads,
+        })
+    }
+
+    /// The gate vectors `[B, E]` of `rows` (row-major), `None` with one
+    /// expert.
+    pub fn gates(&self, ds: &Dataset, rows: &[&Row]) -> Result<Option<Vec<f32>>> {
+        let live = self.nets.live()?;
+        Ok(live
+            .gate(&self.gate_features(ds, rows)?)?
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .transpose()?)
+    }
+
+    /// The input embeddings `[T, H]` of `row`'s evaluation ranking prompt
+    /// and its placeholders as `(position, item)`.
+    pub fn prompt_inputs(
+        &self,
+        ds: &Dataset,
+        row: &Row,
+    ) -> Result<(Vec<f32>, Vec<(usize, ItemId)>)> {
+        let live = self.nets.live()?;
+        let prompt = self.eval_prompt(ds, row, None);
+        let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
+        let projected = self.project_items(&live, &order)?;
+        let inp = self.inputs(std::slice::from_ref(&prompt), &index, &projected)?;
+        let slots = inp.slots.iter().map(|&(p, k)| (p, order[k])).collect();
+        Ok((inp.embeds, slots))
+    }
+
+    /// `projector(e_item)` `[H]` with the current weights.
+    pub fn projected(&self, item: ItemId) -> Result<Vec<f32>> {
+        self.project_items(&self.nets.live()?, &[item])
+    }
+
+    /// The ranking head's item table `[N + 1, H]` with the current weights.
+    pub fn eval_table(&self) -> Result<Tensor> {
+        let live = self.nets.live()?;
+        Ok(live.item_table(&self.titles, &live.project(&self.student_items)?)?)
+    }
+
+    /// Evaluation prompts (hybrid, template drawn per row key).
+    fn eval_prompt(&self, ds: &Dataset, row: &Row, candidates: Option<&[ItemId]>) -> Prompt {
+        let mut rng = ChaCha8Rng::seed_from_u64(row_seed(self.seed, streams::EVAL, &row.key));
+        let hist = ds.history(row);
+        match candidates {
+            Some(c) => self
+                .prompter
+                .generative(hist, c, ds.target(row), true, &mut rng),
+            None => self.prompter.ranking(hist, true, &mut rng),
+        }
+    }
+
+    /// Ranking-head scores `[B, N + 1]` of `rows` (column 0 very low),
+    /// with `table` from [`Teacher::eval_table`].
+    pub fn rank_scores(&self, ds: &Dataset, rows: &[&Row], table: &Tensor) -> Result<Vec<f32>> {
+        if !has_ranking(self.cfg.objective) {
+            bail!(
+                "this teacher was trained without a ranking head (objective `{}`)",
+                self.cfg.objective
+            );
+        }
+        let h = self.llm.model.config().hidden_size;
+        let live = self.nets.live()?;
+        let gate = live.gate(&self.gate_features(ds, rows)?)?;
+        let gate_v = gate
+            .as_ref()
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let prompts: Vec<Prompt> = rows.iter().map(|r| self.eval_prompt(ds, r, None)).collect();
+        let (order, index) = Self::placeholder_items(&prompts);
+        let projected = self.project_items(&live, &order)?;
+        let inp = self.inputs(&prompts, &index, &projected)?;
+        let hidden = tape::infer(
+            &self.llm.model,
+            &self.adapters,
+            &inp.embeds,
+            &inp.mask,
+            gate_v.as_deref(),
+        )?;
+        let hl: Vec<f32> = (0..rows.len())
+            .flat_map(|r| {
+                let p = r * inp.t + inp.t - 1;
+                hidden[p * h..(p + 1) * h].iter().copied()
+            })
+            .collect();
+        let hl = Tensor::from_vec(hl, (rows.len(), h), &Device::Cpu)?;
+        Ok(head_scores(&hl, table)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn project_items(&self, live: &Live, order: &[ItemId]) -> Result<Vec<f32>> {
+        if order.is_empty() {
+            return Ok(Vec::new());
+        }
+        let idx = Tensor::from_vec(order.to_vec(), order.len(), &Device::Cpu)?;
+        Ok(live
+            .project(&self.student_items.index_select(&idx, 0)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    /// Attaches the adapters to the backbone's composed path (generation
+    /// with a KV cache); [`Teacher::detach`] removes them.
+    pub fn attach(&mut self) -> Result<()> {
+        self.adapters.to_candle(&mut self.llm.model)?;
+        Ok(())
+    }
+
+    /// Removes adapters attached by [`Teacher::attach`].
+    pub fn detach(&mut self) -> Result<()> {
+        for li in 0..self.llm.model.layers.len() {
+            for &t in &self.cfg.targets {
+                self.llm
+                    .model
+                    .linear_mut(li, llm_target(t))?
+                    .set_adapter(None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Greedy answer (at most 64 new tokens, first line) to the generative
+    /// prompt of `row` with `candidates`; the adapters must be attached.
+    pub fn answer(&self, ds: &Dataset, row: &Row, candidates: &[ItemId]) -> Result<String> {
+        let h = self.llm.model.config().hidden_size;
+        let live = self.nets.live()?;
+        let gate = live.gate(&self.gate_features(ds, &[row])?)?;
+        let prompt = self.eval_prompt(ds, row, Some(candidates));
+        let prompt = Prompt {
+            answer: Vec::new(),
+            ..prompt
+        };
+        let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
+        let projected = self.project_items(&live, &order)?;
+        let inp = self.inputs(std::slice::from_ref(&prompt), &index, &projected)?;
+        let embeds = Tensor::from_vec(inp.embeds, (1, inp.t, h), &Device::Cpu)?
+            .to_dtype(self.llm.model.dtype())?;
+        let ctx = AdapterCtx {
+            gate: gate.as_ref(),
+            train: false,
+        };
+        let mut stop = self.llm.chat.stop_strings();
+        stop.push("\n".into());
+        let g = generate_from_embeds(
+            &self.llm.model,
+            &self.llm.tokenizer,
+            &embeds,
+            &ctx,
+            &GenerateOptions {
+                max_tokens: 64,
+                stop,
+            },
+        )?;
+        Ok(g.text.lines().next().unwrap_or("").trim().to_string())
+    }
+}

@@ -1,0 +1,335 @@
+//! Training the teacher: AdamW over every trainable tensor, linear warm-up
+//! then cosine decay, gradient accumulation, global-norm clipping, early
+//! stopping on the validation metric, `checkpoints/{best,last}` after every
+//! epoch and an exact resume from `state.json` (every random choice is a
+//! function of the seed, the epoch and the step, so a resumed run takes the
+//! same steps as an uninterrupted one).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use distillrec_config::{EvalOptions, TeacherTrain};
+use distillrec_data::{Dataset, SplitName};
+use distillrec_llm::tape::AdamW;
+use distillrec_train::DatasetRef;
+
+use crate::checkpoint::{self, OptState, Pinned, TeacherManifest, FORMAT, VERSION};
+use crate::evaluate::{eval_generative, eval_ranking};
+use crate::model::{has_ranking, Teacher};
+
+/// What training needs besides the teacher.
+pub struct TrainTeacher<'a> {
+    /// Loop settings.
+    pub train: &'a TeacherTrain,
+    /// Evaluation protocol (K values, history masking, ties).
+    pub eval: &'a EvalOptions,
+    /// The dataset and its identity.
+    pub ds: &'a Dataset,
+    /// Its identity for the manifest.
+    pub reference: &'a DatasetRef,
+    /// Training rows (indices into `ds.train`).
+    pub rows: Vec<usize>,
+    /// Backbone and student identities for the manifest.
+    pub backbone: Pinned,
+    /// The student checkpoint.
+    pub student: Pinned,
+    /// Run directory (`checkpoints/`, `state.json`, `history.csv`).
+    pub out_dir: &'a Path,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop with an error after this epoch (tests of resume).
+    pub halt_after_epoch: Option<usize>,
+}
+
+/// How training went.
+#[derive(Clone, Debug, Serialize)]
+pub struct TeacherOutcome {
+    /// Epochs run (including resumed ones).
+    pub epochs: usize,
+    /// Best epoch (1-based).
+    pub best_epoch: usize,
+    /// Validation metrics per epoch.
+    pub history: Vec<BTreeMap<String, f64>>,
+    /// The best checkpoint.
+    pub best: PathBuf,
+    /// Training tokens per second (this process's epochs).
+    pub tokens_per_sec: f64,
+    /// Mean wall seconds per epoch (this process's epochs).
+    pub mean_epoch_secs: f64,
+    /// Epochs found finished at start.
+    pub resumed_after: usize,
+    /// Training rows.
+    pub rows: usize,
+}
+
+/// Progress saved after every epoch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct State {
+    key: String,
+    epoch: usize,
+    step: u64,
+    best: Option<f64>,
+    best_epoch: usize,
+    bad_epochs: usize,
+    history: Vec<BTreeMap<String, f64>>,
+}
+
+/// The learning rate at optimiser step `step` (0-based) of `total`: linear
+/// warm-up over `warm` steps, then cosine decay to 0.
+pub fn lr_at(peak: f64, step: u64, warm: u64, total: u64) -> f64 {
+    if step < warm {
+        return peak * (step + 1) as f64 / warm as f64;
+    }
+    let span = total.saturating_sub(warm).max(1) as f64;
+    let p = ((step - warm) as f64 / span).min(1.0);
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+}
+
+/// The validation score of the early-stopping metric: the ranking head's
+/// configured metric, or the generative HR@1.
+fn validate(teacher: &mut Teacher, t: &TrainTeacher) -> Result<BTreeMap<String, f64>> {
+    let ds = t.ds;
+    let limit = (t.train.valid_rows > 0).then_some(t.train.valid_rows);
+    let mut out = BTreeMap::new();
+    if has_ranking(teacher.cfg.objective) {
+        let vds;
+        let ds = match limit {
+            Some(n) if n < ds.valid.len() => {
+                let mut d = ds.clone();
+                d.valid.truncate(n);
+                vds = d;
+                &vds
+            }
+            _ => ds,
+        };
+        out.extend(eval_ranking(teacher, ds, SplitName::Valid, t.eval)?.metrics);
+    } else {
+        out.extend(eval_generative(teacher, ds, SplitName::Valid, t.eval, limit)?.metrics());
+    }
+    Ok(out)
+}
+
+fn score_of(teacher: &Teacher, t: &TrainTeacher, m: &BTreeMap<String, f64>) -> Result<f64> {
+    let key = if has_ranking(teacher.cfg.objective) {
+        t.train.metric.to_string()
+    } else {
+        "gen_hr@1".to_string()
+    };
+    m.get(&key)
+        .copied()
+        .with_context(|| format!("validation gave no `{key}`"))
+}
+
+/// Trains `teacher` in `t.out_dir`, resuming from `state.json` when it
+/// belongs to the same run (`run_key`); leaves the best weights loaded.
+pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<TeacherOutcome> {
+    let tr = t.train;
+    if t.rows.is_empty() {
+        bail!("no training rows for the teacher");
+    }
+    let ckpt = t.out_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt)?;
+    let per_step = tr.batch_size * tr.grad_accum;
+    let steps_per_epoch = t.rows.len().div_ceil(per_step) as u64;
+    let total = steps_per_epoch * tr.max_epochs as u64;
+    let warm = ((tr.warmup * total as f64).ceil() as u64).max(1);
+    let mut opt = AdamW::new(&teacher.param_sizes(), tr.lr, tr.weight_decay);
+    let state_path = t.out_dir.join("state.json");
+    let mut st = State {
+        key: run_key.to_string(),
+        epoch: 0,
+        step: 0,
+        best: None,
+        best_epoch: 0,
+        bad_epochs: 0,
+        history: Vec::new(),
+    };
+    let (be, se) = (&t.backbone, &t.student);
+    if let Ok(text) = std::fs::read_to_string(&state_path) {
+        let old: State =
+            serde_json::from_str(&text).with_context(|| format!("{}", state_path.display()))?;
+        if old.key == run_key && old.epoch > 0 {
+            let (_, o) = checkpoint::load_into(
+                &ckpt.join("last.safetensors"),
+                teacher,
+                &be.sha256,
+                &se.sha256,
+                &t.reference.fingerprint,
+            )?;
+            let o = o.context("the `last` checkpoint holds no optimiser state")?;
+            opt.restore(o.step, o.m, o.v)?;
+            tracing::info!("resuming the teacher after epoch {}", old.epoch);
+            st = old;
+        }
+    }
+    let resumed_after = st.epoch;
+    let manifest =
+        |teacher: &Teacher, st: &State, metrics: BTreeMap<String, f64>| TeacherManifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            spec: teacher.spec(),
+            teacher: teacher.cfg.clone(),
+            seed: teacher.seed,
+            backbone: be.clone(),
+            student: se.clone(),
+            dataset: t.reference.clone(),
+            epoch: st.epoch,
+            step: st.step,
+            metrics,
+            weights: String::new(),
+            weights_sha256: String::new(),
+        };
+    let (mut tokens, mut train_secs, mut epochs_here) = (0usize, 0.0f64, 0usize);
+    while st.epoch < tr.max_epochs && (st.best.is_none() || st.bad_epochs < tr.patience.max(1)) {
+        let epoch = st.epoch;
+        let start = Instant::now();
+        let mut order = t.rows.clone();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            teacher.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        ));
+        let bar = if t.progress {
+            indicatif::ProgressBar::new(order.len() as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "teacher epoch {msg} [{bar:30}] {pos}/{len} rows, {per_sec} · ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_message(format!("{}", epoch + 1));
+        let mut acc: Vec<Vec<f32>> = teacher
+            .param_sizes()
+            .into_iter()
+            .map(|n| vec![0.0; n])
+            .collect();
+        let (mut loss_sum, mut loss_n, mut in_acc) = (0.0, 0usize, 0usize);
+        let chunks: Vec<&[usize]> = order.chunks(tr.batch_size).collect();
+        let epoch_tokens_start = tokens;
+        for (k, chunk) in chunks.iter().enumerate() {
+            let rows: Vec<_> = chunk.iter().map(|&r| &t.ds.train[r]).collect();
+            let hybrid_p = if teacher.cfg.curriculum {
+                st.step as f64 / total.max(1) as f64
+            } else {
+                1.0
+            };
+            let drop_seed = teacher.seed
+                ^ ((epoch as u64) << 40)
+                ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let out = teacher.micro_step(t.ds, &rows, epoch, hybrid_p, drop_seed)?;
+            if !out.loss.is_finite() {
+                bail!(
+                    "the teacher's loss became {} at epoch {} step {}",
+                    out.loss,
+                    epoch + 1,
+                    st.step
+                );
+            }
+            loss_sum += out.loss;
+            loss_n += 1;
+            tokens += out.tokens;
+            let w = 1.0 / tr.grad_accum as f32;
+            for (a, g) in acc.iter_mut().zip(&out.grads) {
+                for (x, y) in a.iter_mut().zip(g) {
+                    *x += y * w;
+                }
+            }
+            in_acc += 1;
+            if in_acc == tr.grad_accum || k + 1 == chunks.len() {
+                if tr.grad_clip > 0.0 {
+                    let norm = acc
+                        .iter()
+                        .flatten()
+                        .map(|&g| (g as f64) * (g as f64))
+                        .sum::<f64>()
+                        .sqrt();
+                    if norm > tr.grad_clip {
+                        let s = (tr.grad_clip / norm) as f32;
+                        acc.iter_mut().flatten().for_each(|g| *g *= s);
+                    }
+                }
+                opt.lr = lr_at(tr.lr, st.step, warm, total);
+                let gs: Vec<&[f32]> = acc.iter().map(Vec::as_slice).collect();
+                opt.step(&mut teacher.params_mut(), &gs);
+                acc.iter_mut().for_each(|a| a.fill(0.0));
+                in_acc = 0;
+                st.step += 1;
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        train_secs += secs;
+        epochs_here += 1;
+        let mut metrics = validate(teacher, t)?;
+        let score = score_of(teacher, t, &metrics)?;
+        metrics.insert("train_loss".into(), loss_sum / loss_n.max(1) as f64);
+        metrics.insert("epoch_secs".into(), secs);
+        metrics.insert(
+            "tokens_per_sec".into(),
+            (tokens - epoch_tokens_start) as f64 / secs.max(1e-9),
+        );
+        tracing::info!("teacher epoch {}: {metrics:?}", epoch + 1);
+        st.epoch += 1;
+        st.history.push(metrics.clone());
+        if st.best.is_none_or(|b| score > b) {
+            st.best = Some(score);
+            st.best_epoch = st.epoch;
+            st.bad_epochs = 0;
+            checkpoint::save(
+                &ckpt,
+                "best",
+                teacher,
+                &manifest(teacher, &st, metrics.clone()),
+                None,
+            )?;
+        } else {
+            st.bad_epochs += 1;
+        }
+        let (step, m, v) = opt.state();
+        let o = OptState {
+            step,
+            m: m.to_vec(),
+            v: v.to_vec(),
+        };
+        checkpoint::save(
+            &ckpt,
+            "last",
+            teacher,
+            &manifest(teacher, &st, metrics),
+            Some(&o),
+        )?;
+        distillrec_data::fsutil::atomic_write(
+            &state_path,
+            serde_json::to_string_pretty(&st)?.as_bytes(),
+        )?;
+        if t.halt_after_epoch == Some(st.epoch) {
+            bail!("halted after epoch {} (as asked)", st.epoch);
+        }
+    }
+    let best = ckpt.join("best.safetensors");
+    checkpoint::load_into(
+        &best,
+        teacher,
+        &be.sha256,
+        &se.sha256,
+        &t.reference.fingerprint,
+    )?;
+    Ok(TeacherOutcome {
+        epochs: st.epoch,
+        best_epoch: st.best_epoch,
+        history: st.history,
+        best,
+        tokens_per_sec: tokens as f64 / train_secs.max(1e-9),
+        mean_epoch_secs: train_secs / epochs_here.max(1) as f64,
+        resumed_after,
+        rows: t.rows.len(),
+    })
+}

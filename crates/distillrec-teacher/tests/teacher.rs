@@ -1,0 +1,431 @@
+//! The teacher on a tiny random-weight backbone and a small synthetic
+//! dataset with a real (briefly trained) student: gradients reach every
+//! trainable tensor, gates differ between users, placeholders carry the
+//! projector's output, prompts never leak the target, an interrupted run
+//! resumes to the same metrics, checkpoints refuse another backbone or
+//! student, and sharded caches merge into the one-go cache.
+
+#[path = "../../distillrec-llm/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use distillrec_cache::{ShardSpec, TeacherCache};
+use distillrec_config::Config;
+use distillrec_data::prepare::{prepare, PrepareOptions};
+use distillrec_data::synthetic::{generate, SyntheticOptions};
+use distillrec_data::{store, Dataset};
+use distillrec_teacher::checkpoint;
+use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
+use distillrec_teacher::prompt::Tok;
+use distillrec_teacher::setup::{assemble, Assembled};
+use distillrec_teacher::train::{train, TrainTeacher};
+use distillrec_train::{train_student, DatasetRef, TrainOptions};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    ds: Dataset,
+    reference: DatasetRef,
+    backbone: PathBuf,
+    student: PathBuf,
+}
+
+fn config(sets: &[&str]) -> Config {
+    let mut all: Vec<String> = [
+        "student.hidden=16",
+        "student.layers=1",
+        "student.max_len=10",
+        "train.student.max_epochs=2",
+        "train.student.batch_size=32",
+        "train.student.lr=0.01",
+        "teacher.experts=2",
+        "teacher.rank=4",
+        "teacher.alpha=8.0",
+        "teacher.max_history=4",
+        "teacher.max_title_tokens=4",
+        "teacher.candidates=5",
+        "teacher.gate_hidden=8",
+        "teacher.infer_batch=7",
+        "teacher.prompts=[\"H: {history} C: {candidates} A:\", \"{history} / {candidates} =\"]",
+        "teacher.ranking_prompts=[\"H: {history} ->\", \"{history} next\"]",
+        "train.teacher.batch_size=6",
+        "train.teacher.grad_accum=2",
+        "train.teacher.max_epochs=2",
+        "train.teacher.lr=0.01",
+        "train.teacher.patience=5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all.extend(sets.iter().map(|s| s.to_string()));
+    Config::load(None, &all).unwrap()
+}
+
+fn write_backbone(dir: &Path, seed: u64) -> PathBuf {
+    let cfg = common::llama_config("llama", 2, false);
+    let w = common::random_weights(&cfg, seed);
+    let p = dir.join(format!("backbone-{seed}"));
+    common::write_hf_dir(&p, &cfg, &w);
+    p
+}
+
+fn train_a_student(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path) -> PathBuf {
+    let opts = TrainOptions {
+        student: &cfg.student,
+        stage: &cfg.train.student,
+        eval: &cfg.eval,
+        seed: cfg.seed,
+        out_dir: out,
+        device: &candle_core::Device::Cpu,
+        progress: false,
+        halt_after_epoch: None,
+    };
+    train_student(ds, r, &opts).unwrap();
+    out.join("checkpoints/best.safetensors")
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let o = SyntheticOptions {
+        users: 40,
+        topics: 2,
+        series_per_topic: 3,
+        series_len: 4,
+        min_len: 6,
+        max_len: 10,
+        seed: 3,
+        ..Default::default()
+    };
+    let ds = prepare(
+        "synthetic",
+        &generate(&o).unwrap(),
+        &PrepareOptions::default(),
+        42,
+    )
+    .unwrap();
+    let m = store::save(&ds, &dir.path().join("data")).unwrap();
+    let reference = DatasetRef {
+        fingerprint: m.fingerprint,
+        name: ds.name.clone(),
+        dir: None,
+    };
+    let backbone = write_backbone(dir.path(), 5);
+    let student = train_a_student(&ds, &reference, &config(&[]), &dir.path().join("student"));
+    Fixture {
+        dir,
+        ds,
+        reference,
+        backbone,
+        student,
+    }
+}
+
+fn teacher(f: &Fixture, cfg: &Config, titles: &str) -> Assembled {
+    assemble(
+        &cfg.teacher,
+        cfg.seed,
+        &f.backbone,
+        &f.student,
+        &f.ds,
+        &f.reference,
+        &f.dir.path().join(titles),
+    )
+    .unwrap()
+}
+
+fn trainer<'a>(
+    f: &'a Fixture,
+    cfg: &'a Config,
+    a: &Assembled,
+    out: &'a Path,
+    halt: Option<usize>,
+) -> TrainTeacher<'a> {
+    TrainTeacher {
+        train: &cfg.train.teacher,
+        eval: &cfg.eval,
+        ds: &f.ds,
+        reference: &f.reference,
+        rows: (0..f.ds.train.len()).step_by(4).collect(),
+        backbone: a.backbone.clone(),
+        student: a.student.clone(),
+        out_dir: out,
+        progress: false,
+        halt_after_epoch: halt,
+    }
+}
+
+#[test]
+fn gradients_reach_every_trainable_tensor_and_gates_differ_between_users() {
+    let f = fixture();
+    let cfg = config(&[
+        "teacher.objective=\"both\"",
+        "teacher.targets=[\"q\", \"v\", \"down\"]",
+    ]);
+    let mut a = teacher(&f, &cfg, "t");
+    // fresh B is zero, which hides the A path: give every tensor a value
+    let mut rng = common::Rng::new(9);
+    for p in a.teacher.params_mut() {
+        if p.iter().all(|&x| x == 0.0) {
+            p.iter_mut().for_each(|x| *x = 0.05 * rng.next());
+        }
+    }
+    let rows: Vec<_> = f.ds.train.iter().take(5).collect();
+    let out = a.teacher.micro_step(&f.ds, &rows, 0, 1.0, 1).unwrap();
+    assert!(out.loss.is_finite() && out.loss > 0.0);
+    let names: Vec<String> = a
+        .teacher
+        .named_params()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names.len(), out.grads.len());
+    for (n, g) in names.iter().zip(&out.grads) {
+        assert!(g.iter().any(|&x| x != 0.0), "no gradient reaches {n}");
+        assert!(
+            g.iter().all(|x| x.is_finite()),
+            "non-finite gradient in {n}"
+        );
+    }
+    for want in [
+        "adapter.1.down.lora_A",
+        "projector.0.weight",
+        "gate.2.bias",
+        "head.map",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} not trained: {names:?}"
+        );
+    }
+    let g = a.teacher.gates(&f.ds, &rows).unwrap().unwrap();
+    assert_eq!(g.len(), 5 * 2);
+    assert!((g[0] + g[1] - 1.0).abs() < 1e-5);
+    assert!(
+        (g[0] - g[2]).abs() > 1e-6,
+        "two users got the same gate {g:?}"
+    );
+}
+
+#[test]
+fn placeholders_carry_the_projector_output_and_prompts_never_leak_the_target() {
+    let f = fixture();
+    let cfg = config(&[]);
+    let a = teacher(&f, &cfg, "t");
+    let t = &a.teacher;
+    let h = t.llm.model.config().hidden_size;
+    let row = &f.ds.valid[0];
+    let (embeds, slots) = t.prompt_inputs(&f.ds, row).unwrap();
+    let hist = f.ds.history(row);
+    assert_eq!(slots.len(), hist.len().min(4));
+    for &(pos, item) in &slots {
+        assert_eq!(
+            &embeds[pos * h..(pos + 1) * h],
+            &t.projected(item).unwrap()[..]
+        );
+        assert!(hist.contains(&item));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for row in &f.ds.train {
+        let (hist, target) = (f.ds.history(row), f.ds.target(row));
+        let c = t.prompter.draw_candidates(hist, target, &mut rng);
+        assert_eq!(c.len(), 5);
+        assert_eq!(c.iter().filter(|&&x| x == target).count(), 1);
+        // the other candidates come from outside the history (the target
+        // itself may repeat an earlier item in data with repeats)
+        assert!(
+            c.iter()
+                .filter(|&&x| x != target)
+                .all(|x| !hist.contains(x)),
+            "candidate from the history"
+        );
+        let p = t.prompter.generative(hist, &c, target, true, &mut rng);
+        let shown: Vec<u32> = p
+            .input
+            .iter()
+            .filter_map(|x| match x {
+                Tok::Item(i) => Some(*i),
+                Tok::Id(_) => None,
+            })
+            .collect();
+        // history items then candidates; the target only as a candidate
+        let n_hist = hist.len().min(4);
+        assert_eq!(&shown[..n_hist], &hist[hist.len() - n_hist..]);
+        assert_eq!(&shown[n_hist..], &c[..]);
+        let r = t.prompter.ranking(hist, true, &mut rng);
+        assert!(!r.input.contains(&Tok::Item(target)) || hist.contains(&target));
+        assert!(r.input.len() < 64, "prompt of {} positions", r.input.len());
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_metrics() {
+    let f = fixture();
+    let cfg = config(&[]);
+    let mut a = teacher(&f, &cfg, "t");
+    let whole = f.dir.path().join("whole");
+    let done = {
+        let tt = trainer(&f, &cfg, &a, &whole, None);
+        train(&mut a.teacher, &tt, "k")
+    }
+    .unwrap();
+    assert_eq!(done.epochs, 2);
+    let cut = f.dir.path().join("cut");
+    let mut b = teacher(&f, &cfg, "t");
+    let e = {
+        let tt = trainer(&f, &cfg, &b, &cut, Some(1));
+        train(&mut b.teacher, &tt, "k")
+    }
+    .unwrap_err();
+    assert!(e.to_string().contains("halted after epoch 1"), "{e}");
+    let mut c = teacher(&f, &cfg, "t");
+    let resumed = {
+        let tt = trainer(&f, &cfg, &c, &cut, None);
+        train(&mut c.teacher, &tt, "k")
+    }
+    .unwrap();
+    assert_eq!(resumed.resumed_after, 1);
+    let strip = |h: &[std::collections::BTreeMap<String, f64>]| -> Vec<Vec<(String, f64)>> {
+        h.iter()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !k.contains("secs") && !k.contains("per_sec"))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(strip(&resumed.history), strip(&done.history));
+    assert_eq!(
+        a.teacher
+            .named_params()
+            .iter()
+            .map(|x| x.2.to_vec())
+            .collect::<Vec<_>>(),
+        c.teacher
+            .named_params()
+            .iter()
+            .map(|x| x.2.to_vec())
+            .collect::<Vec<_>>()
+    );
+
+    // another backbone, another student: refused in one line
+    let best = whole.join("checkpoints/best.safetensors");
+    let other_backbone = write_backbone(f.dir.path(), 6);
+    let mut d = assemble(
+        &cfg.teacher,
+        cfg.seed,
+        &other_backbone,
+        &f.student,
+        &f.ds,
+        &f.reference,
+        &f.dir.path().join("t6"),
+    )
+    .unwrap();
+    let e = checkpoint::load_into(
+        &best,
+        &mut d.teacher,
+        &d.backbone.sha256,
+        &d.student.sha256,
+        &f.reference.fingerprint,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("belongs to the backbone") && !e.contains('\n'),
+        "{e}"
+    );
+    let mut scfg = config(&[]);
+    scfg.seed = 7;
+    let other_student = train_a_student(&f.ds, &f.reference, &scfg, &f.dir.path().join("student7"));
+    let mut s = assemble(
+        &cfg.teacher,
+        cfg.seed,
+        &f.backbone,
+        &other_student,
+        &f.ds,
+        &f.reference,
+        &f.dir.path().join("t"),
+    )
+    .unwrap();
+    let e = checkpoint::load_into(
+        &best,
+        &mut s.teacher,
+        &s.backbone.sha256,
+        &s.student.sha256,
+        &f.reference.fingerprint,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("belongs to the student") && !e.contains('\n'),
+        "{e}"
+    );
+}
+
+#[test]
+fn sharded_caches_merge_into_the_one_go_cache() {
+    let f = fixture();
+    let cfg = config(&[]);
+    let mut a = teacher(&f, &cfg, "t");
+    let rows: Vec<usize> = (0..f.ds.train.len()).step_by(3).collect();
+    let opts = InferOptions {
+        k: 4,
+        mask_history: true,
+        source: "test".into(),
+        progress: false,
+    };
+    let (whole, _) = cache_from_teacher(
+        &mut a.teacher,
+        &f.ds,
+        &f.reference.fingerprint,
+        &rows,
+        &opts,
+    )
+    .unwrap();
+    for r in 0..whole.rows() {
+        let d = whole.row_distances(r);
+        assert!(
+            d.windows(2).all(|w| w[0] <= w[1]),
+            "row {r} not in rank order: {d:?}"
+        );
+    }
+    let mut shards = Vec::new();
+    for index in 0..2 {
+        let r = shard_range(
+            &ShardSpec { index, count: 2 },
+            rows.len(),
+            cfg.teacher.infer_batch,
+        );
+        assert_eq!(r.start % cfg.teacher.infer_batch, 0);
+        shards.push(
+            cache_from_teacher(
+                &mut a.teacher,
+                &f.ds,
+                &f.reference.fingerprint,
+                &rows[r],
+                &opts,
+            )
+            .unwrap()
+            .0,
+        );
+    }
+    let merged = TeacherCache::merge(shards, &f.reference.fingerprint, &f.ds).unwrap();
+    let (d1, d2) = (f.dir.path().join("c1"), f.dir.path().join("c2"));
+    whole.save(&d1).unwrap();
+    merged.save(&d2).unwrap();
+    for e in std::fs::read_dir(&d1).unwrap() {
+        let name = e.unwrap().file_name();
+        assert!(
+            std::fs::read(d1.join(&name)).unwrap() == std::fs::read(d2.join(&name)).unwrap(),
+            "{name:?} differs"
+        );
+    }
+    let e = whole
+        .check_against("another-fingerprint", &f.ds)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fingerprint") || e.contains("dataset"), "{e}");
+}
