@@ -31,8 +31,10 @@ pub struct Assembled {
 /// File name of the cached title table.
 pub const TITLES: &str = "titles.safetensors";
 
-/// Loads the backbone and the student, computes (or reuses from
-/// `titles_dir`) the title table, and builds a fresh teacher.
+/// Loads the backbone and the student, reuses the title table of
+/// `titles.0` when it matches (dataset, backbone, layers) or computes it,
+/// saving it there when `titles.1` (training writes it into its run;
+/// evaluation and inference only read), and builds a fresh teacher.
 pub fn assemble(
     cfg: &TeacherConfig,
     seed: u64,
@@ -40,8 +42,9 @@ pub fn assemble(
     student: &Path,
     ds: &Dataset,
     reference: &DatasetRef,
-    titles_dir: &Path,
+    titles: (&Path, bool),
 ) -> Result<Assembled> {
+    let (titles_dir, write) = titles;
     let loaded = checkpoint::load(
         student,
         &Expect {
@@ -76,6 +79,9 @@ pub fn assemble(
         None => {
             tracing::info!("embedding {} item titles with the backbone", ds.num_items());
             let t = embed::item_table(&llm.model, &llm.tokenizer, ds, 32)?;
+            if !write {
+                return finish(llm, loaded, t, (backbone, sha), student, ds, cfg, seed);
+            }
             std::fs::create_dir_all(titles_dir)?;
             let meta: HashMap<String, String> = [
                 ("fingerprint", reference.fingerprint.clone()),
@@ -89,6 +95,20 @@ pub fn assemble(
             t
         }
     };
+    finish(llm, loaded, titles, (backbone, sha), student, ds, cfg, seed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    llm: distillrec_llm::Llm,
+    loaded: checkpoint::Loaded,
+    titles: candle_core::Tensor,
+    (backbone, sha): (&Path, String),
+    student: &Path,
+    ds: &Dataset,
+    cfg: &TeacherConfig,
+    seed: u64,
+) -> Result<Assembled> {
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let student_pin = Pinned {
         path: abs(student),

@@ -131,7 +131,7 @@ fn teacher(f: &Fixture, cfg: &Config, titles: &str) -> Assembled {
         &f.student,
         &f.ds,
         &f.reference,
-        &f.dir.path().join(titles),
+        (&f.dir.path().join(titles), true),
     )
     .unwrap()
 }
@@ -321,7 +321,7 @@ fn an_interrupted_run_resumes_to_the_same_metrics() {
         &f.student,
         &f.ds,
         &f.reference,
-        &f.dir.path().join("t6"),
+        (&f.dir.path().join("t6"), true),
     )
     .unwrap();
     let e = checkpoint::load_into(
@@ -347,7 +347,7 @@ fn an_interrupted_run_resumes_to_the_same_metrics() {
         &other_student,
         &f.ds,
         &f.reference,
-        &f.dir.path().join("t"),
+        (&f.dir.path().join("t"), false),
     )
     .unwrap();
     let e = checkpoint::load_into(

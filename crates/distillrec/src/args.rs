@@ -143,6 +143,34 @@ pub struct StatsArgs {
 pub enum TrainCommand {
     /// Train a student (SASRec, GRU4Rec, Caser); re-running the same command resumes.
     Student(TrainStudentArgs),
+    /// Train the LLM teacher (iLoRA; LLaRA with teacher.experts = 1) on a backbone and a frozen student; re-running resumes.
+    Teacher(TrainTeacherArgs),
+}
+
+/// Arguments of `train teacher`.
+#[derive(Args, Debug)]
+pub struct TrainTeacherArgs {
+    /// A prepared dataset directory (overrides dataset.prepared / dataset.raw of the config).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Train only on these training rows (a selection file from `distillrec select`).
+    #[arg(long, value_name = "FILE")]
+    pub selection: Option<PathBuf>,
+    /// The backbone: a GGUF file or a Hugging Face directory (overrides teacher.backbone).
+    #[arg(long, value_name = "PATH")]
+    pub backbone: Option<PathBuf>,
+    /// The frozen student checkpoint of the same dataset (overrides teacher.student).
+    #[arg(long, value_name = "FILE")]
+    pub student: Option<PathBuf>,
+    /// Run directory (config.toml, run.json, metrics.json, checkpoints/, titles.safetensors, run.log).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Arguments of `train student`.
@@ -169,6 +197,31 @@ pub enum EvalCommand {
     Popularity(PopularityArgs),
     /// Evaluate a student checkpoint on validation and test.
     Student(EvalStudentArgs),
+    /// Evaluate an LLM teacher checkpoint (ranking head: full ranking and sampled HR@1; generative: valid ratio and HR@1).
+    Teacher(EvalTeacherArgs),
+}
+
+/// Arguments of `eval teacher`.
+#[derive(Args, Debug)]
+pub struct EvalTeacherArgs {
+    /// Teacher checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset the teacher was trained on.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The backbone, if it moved (checked against the manifest's SHA-256).
+    #[arg(long, value_name = "PATH")]
+    pub backbone: Option<PathBuf>,
+    /// The student checkpoint, if it moved (checked against the manifest's SHA-256).
+    #[arg(long, value_name = "FILE")]
+    pub student: Option<PathBuf>,
+    /// Optional run directory for metrics.json and run.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Config file and overrides for the `[eval]` group.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Arguments of `eval student`.
@@ -251,6 +304,43 @@ pub enum TeacherCommand {
     FromFiles(FromFilesArgs),
     /// Join cache shards (written with --shard i/n) into one cache, by row key.
     Merge(MergeArgs),
+    /// Build a teacher cache from an LLM teacher checkpoint (ranking head: d = −log p; generative: BIGRec grounding).
+    Infer(TeacherInferArgs),
+}
+
+/// Arguments of `teacher infer`.
+#[derive(Args, Debug)]
+pub struct TeacherInferArgs {
+    /// Teacher checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset the teacher was trained on.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Output cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Only these training rows (a selection file from `distillrec select`).
+    #[arg(long, value_name = "FILE")]
+    pub selection: Option<PathBuf>,
+    /// Write only shard i of n (0-based, cut between inference batches); join with `teacher merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<ShardSpec>,
+    /// Candidates per row (default: teacher.top_k of the config).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// The backbone, if it moved (checked against the manifest's SHA-256).
+    #[arg(long, value_name = "PATH")]
+    pub backbone: Option<PathBuf>,
+    /// The student checkpoint, if it moved (checked against the manifest's SHA-256).
+    #[arg(long, value_name = "FILE")]
+    pub student: Option<PathBuf>,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides (`teacher.top_k`, `teacher.mask_history`).
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Arguments of `teacher from-student`.

@@ -58,6 +58,18 @@ pub const READS_TRAIN_STUDENT: Reads = Reads(&[
 pub const READS_EVAL_POPULARITY: Reads = Reads(&["seed", "eval"]);
 /// The groups `eval student` reads.
 pub const READS_EVAL_STUDENT: Reads = Reads(&["seed", "device", "eval"]);
+/// The groups `train teacher` reads.
+pub const READS_TRAIN_TEACHER: Reads = Reads(&[
+    "seed",
+    "device",
+    "dataset",
+    "teacher",
+    "train.teacher",
+    "eval",
+]);
+/// The groups `eval teacher` reads (the teacher's settings come from its
+/// checkpoint).
+pub const READS_EVAL_TEACHER: Reads = Reads(&["eval"]);
 /// The groups `teacher from-student` reads.
 pub const READS_TEACHER: Reads = Reads(&["device", "teacher"]);
 /// The groups `select` reads (`student` for the pool of trained rows).
@@ -102,6 +114,24 @@ pub fn print_metrics(model: &str, m: &Metrics) {
         pick(&m.test, "hr@20"),
         pick(&m.test, "ndcg@20"),
     );
+}
+
+/// The teacher's figures that the ranking summary leaves out: sampled
+/// HR@1 over the LLaRA candidates and the generative protocol.
+pub fn print_teacher_extras(m: &Metrics) {
+    let keys = [
+        "sampled_hr@1",
+        "valid_ratio",
+        "gen_hr@1",
+        "gen_hr@1_of_valid",
+    ];
+    let parts: Vec<String> = keys
+        .iter()
+        .filter_map(|k| m.test.get(*k).map(|v| format!("{k} {v:.4}")))
+        .collect();
+    if !parts.is_empty() {
+        println!("test: {}", parts.join("  "));
+    }
 }
 
 /// Records `--data` in the config as `dataset.prepared` (absolute), so the

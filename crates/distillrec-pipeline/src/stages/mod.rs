@@ -4,6 +4,7 @@
 
 mod data;
 mod distill;
+mod llm_teacher;
 mod recommend;
 mod select;
 mod student;
@@ -11,6 +12,10 @@ mod teacher;
 
 pub use data::{eval_popularity, popularity, prepare};
 pub use distill::{distill, DistillOutcome, DistillRequest};
+pub use llm_teacher::{
+    eval_teacher, load_teacher, teacher_infer, train_teacher, TeacherInferRequest,
+    TrainTeacherRequest, TrainedTeacher,
+};
 pub use recommend::{recommend, resolve_item, Recommendation};
 pub use select::{select, selected_rows, SelectOutcome, SelectRequest};
 pub use student::{eval_student, train_student, train_student_in, StudentEval, TrainedStudent};

@@ -5,10 +5,10 @@ use anyhow::Result;
 use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
 
-use crate::args::{EvalCommand, EvalStudentArgs, PopularityArgs};
+use crate::args::{EvalCommand, EvalStudentArgs, EvalTeacherArgs, PopularityArgs};
 use crate::common::{
-    build_info, config_device, load_config, print_metrics, READS_EVAL_POPULARITY,
-    READS_EVAL_STUDENT,
+    build_info, config_device, load_config, print_metrics, print_teacher_extras,
+    READS_EVAL_POPULARITY, READS_EVAL_STUDENT, READS_EVAL_TEACHER,
 };
 
 /// Runs an `eval` subcommand.
@@ -16,7 +16,26 @@ pub fn run(c: EvalCommand) -> Result<()> {
     match c {
         EvalCommand::Popularity(a) => popularity(a),
         EvalCommand::Student(a) => student(a),
+        EvalCommand::Teacher(a) => teacher(a),
     }
+}
+
+fn teacher(a: EvalTeacherArgs) -> Result<()> {
+    let cfg = load_config(&a.config, vec![], READS_EVAL_TEACHER)?;
+    if a.out.is_none() {
+        init_logging(None)?;
+    }
+    let m = stages::eval_teacher(
+        &cfg,
+        &a.checkpoint,
+        &a.data,
+        (a.backbone.as_deref(), a.student.as_deref()),
+        a.out.as_deref(),
+        build_info(),
+    )?;
+    print_metrics("teacher", &m);
+    print_teacher_extras(&m);
+    Ok(())
 }
 
 fn popularity(a: PopularityArgs) -> Result<()> {

@@ -8,7 +8,7 @@ use distillrec_cache::{FromFiles, RowKeys};
 use distillrec_pipeline::stages::{self, TeacherFromStudent};
 use distillrec_run::init_logging;
 
-use crate::args::{FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand};
+use crate::args::{FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand, TeacherInferArgs};
 use crate::common::{config_device, load_config, READS_TEACHER};
 
 /// Runs a `teacher` subcommand.
@@ -18,7 +18,35 @@ pub fn run(c: TeacherCommand) -> Result<()> {
         TeacherCommand::FromStudent(a) => from_student(a),
         TeacherCommand::FromFiles(a) => from_files(a),
         TeacherCommand::Merge(a) => merge(a),
+        TeacherCommand::Infer(a) => infer(a),
     }
+}
+
+fn infer(a: TeacherInferArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config, vec![], READS_TEACHER)?;
+    let device = config_device(&mut cfg, &a.device)?;
+    let t0 = Instant::now();
+    let req = stages::TeacherInferRequest {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        selection: a.selection,
+        shard: a.shard,
+        k: a.k,
+        backbone: a.backbone,
+        student: a.student,
+        out: a.out,
+    };
+    let (cache, rps) = stages::teacher_infer(&cfg, &req, &device)?;
+    println!(
+        "teacher cache: {} rows, top-{}, {}-d LLM item embeddings, {:.1} rows/s, {:.1}s -> {}",
+        cache.rows(),
+        cache.k(),
+        cache.embedding_dim().unwrap_or(0),
+        rps,
+        t0.elapsed().as_secs_f64(),
+        req.out.display()
+    );
+    Ok(())
 }
 
 fn from_student(a: FromStudentArgs) -> Result<()> {

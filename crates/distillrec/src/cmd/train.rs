@@ -4,16 +4,45 @@ use anyhow::Result;
 
 use distillrec_pipeline::stages;
 
-use crate::args::{TrainCommand, TrainStudentArgs};
+use crate::args::{TrainCommand, TrainStudentArgs, TrainTeacherArgs};
 use crate::common::{
-    build_info, config_device, load_config, print_metrics, record_data, READS_TRAIN_STUDENT,
+    build_info, config_device, load_config, print_metrics, print_teacher_extras, record_data,
+    READS_TRAIN_STUDENT, READS_TRAIN_TEACHER,
 };
 
 /// Runs a `train` subcommand.
 pub fn run(c: TrainCommand) -> Result<()> {
     match c {
         TrainCommand::Student(a) => train_student(a),
+        TrainCommand::Teacher(a) => train_teacher(a),
     }
+}
+
+fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
+    let mut cfg = load_config(&a.config, vec![], READS_TRAIN_TEACHER)?;
+    record_data(&mut cfg, a.data.as_deref());
+    let device = config_device(&mut cfg, &a.device)?;
+    let req = stages::TrainTeacherRequest {
+        data: a.data,
+        selection: a.selection,
+        backbone: a.backbone,
+        student: a.student,
+        out: a.out,
+        halt_after_epoch: None,
+    };
+    let t = stages::train_teacher(&cfg, &req, build_info(), &device)?;
+    let name = format!(
+        "teacher {} E={} (best epoch {})",
+        cfg.teacher.objective, cfg.teacher.experts, t.outcome.best_epoch
+    );
+    print_metrics(&name, &t.metrics);
+    print_teacher_extras(&t.metrics);
+    println!(
+        "training: {} rows, {:.0} tokens/s, {:.1}s per epoch",
+        t.outcome.rows, t.outcome.tokens_per_sec, t.outcome.mean_epoch_secs
+    );
+    println!("checkpoint: {}", t.outcome.best.display());
+    Ok(())
 }
 
 fn train_student(a: TrainStudentArgs) -> Result<()> {

@@ -1,0 +1,306 @@
+//! The LLM teacher's stages: `train teacher` (in its own run directory),
+//! `eval teacher` and `teacher infer` (a checkpoint onto the backbone and
+//! student its manifest pins, both checked by SHA-256).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use sha2::{Digest, Sha256};
+
+use distillrec_cache::{ShardSpec, TeacherCache};
+use distillrec_config::Config;
+use distillrec_data::SplitName;
+use distillrec_models::device::spec_of;
+use distillrec_run::{peak_rss_mb, BuildInfo, Metrics};
+use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest};
+use distillrec_teacher::evaluate::{eval_generative, eval_ranking};
+use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
+use distillrec_teacher::model::{has_generative, has_ranking};
+use distillrec_teacher::setup::assemble;
+use distillrec_teacher::train::{train, TeacherOutcome, TrainTeacher};
+use distillrec_teacher::Teacher;
+
+use crate::prepared::{absolute, load_prepared, run_data, Data};
+use crate::runs::with_run;
+use crate::stages::selected_rows;
+
+/// What `train teacher` reads besides the config.
+pub struct TrainTeacherRequest {
+    /// A prepared dataset (else the config's).
+    pub data: Option<PathBuf>,
+    /// Train only on these rows (a selection file).
+    pub selection: Option<PathBuf>,
+    /// The backbone (else `teacher.backbone`).
+    pub backbone: Option<PathBuf>,
+    /// The student checkpoint (else `teacher.student`).
+    pub student: Option<PathBuf>,
+    /// Run directory.
+    pub out: PathBuf,
+    /// Stop after this epoch (tests of resume).
+    pub halt_after_epoch: Option<usize>,
+}
+
+/// A trained teacher's metrics and training record.
+pub struct TrainedTeacher {
+    /// Validation and test metrics of the best checkpoint.
+    pub metrics: Metrics,
+    /// How training went.
+    pub outcome: TeacherOutcome,
+}
+
+fn cpu_only(device: &Device) -> Result<()> {
+    if !device.is_cpu() {
+        bail!("the LLM teacher trains and infers on the CPU explicit path; --device cuda is not supported by the teacher commands yet");
+    }
+    Ok(())
+}
+
+fn required(
+    flag: Option<&Path>,
+    key: Option<&PathBuf>,
+    what: &str,
+    key_name: &str,
+) -> Result<PathBuf> {
+    flag.map(Path::to_path_buf)
+        .or_else(|| key.cloned())
+        .with_context(|| format!("no {what}: pass --{what} or set `{key_name}` in the config"))
+}
+
+/// Validation and test metrics of `teacher` under its objective.
+fn evaluate_both(
+    teacher: &mut Teacher,
+    data: &Data,
+    cfg: &Config,
+) -> Result<(Metrics, BTreeMap<String, serde_json::Value>)> {
+    let mut metrics = Metrics::default();
+    let mut costs = BTreeMap::new();
+    for split in [SplitName::Valid, SplitName::Test] {
+        let mut m = BTreeMap::new();
+        if has_ranking(teacher.cfg.objective) {
+            let r = eval_ranking(teacher, &data.ds, split, &cfg.eval)?;
+            costs.insert(format!("teacher.{}.ranking", split.as_str()), serde_json::json!({"rows": r.rows, "wall_secs": r.wall_secs, "rows_per_sec": r.rows_per_sec}));
+            m.extend(r.metrics);
+        }
+        if has_generative(teacher.cfg.objective) {
+            let g = eval_generative(teacher, &data.ds, split, &cfg.eval, None)?;
+            costs.insert(
+                format!("teacher.{}.generative", split.as_str()),
+                serde_json::to_value(&g)?,
+            );
+            m.extend(g.metrics());
+        }
+        match split {
+            SplitName::Valid => metrics.valid = m,
+            _ => metrics.test = m,
+        }
+    }
+    Ok((metrics, costs))
+}
+
+/// `train teacher`: trains the configured iLoRA/LLaRA teacher in `req.out`
+/// (resuming a finished epoch), then evaluates its best checkpoint.
+pub fn train_teacher(
+    cfg: &Config,
+    req: &TrainTeacherRequest,
+    build: BuildInfo,
+    device: &Device,
+) -> Result<TrainedTeacher> {
+    cpu_only(device)?;
+    let backbone = required(
+        req.backbone.as_deref(),
+        cfg.teacher.backbone.as_ref(),
+        "backbone",
+        "teacher.backbone",
+    )?;
+    let student = required(
+        req.student.as_deref(),
+        cfg.teacher.student.as_ref(),
+        "student",
+        "teacher.student",
+    )?;
+    with_run(&req.out, cfg, build, |run| {
+        run.set_device(spec_of(device))?;
+        let data = run.stage("data", || run_data(cfg, req.data.as_deref(), &req.out))?;
+        let rows = selected_rows(&data, req.selection.as_deref())?;
+        let mut a = run.stage("teacher.load", || {
+            assemble(
+                &cfg.teacher,
+                cfg.seed,
+                &backbone,
+                &student,
+                &data.ds,
+                &data.reference,
+                (&req.out, true),
+            )
+        })?;
+        // the run key: what the weights depend on
+        let mut h = Sha256::new();
+        h.update(serde_json::to_string(&(&cfg.teacher, &cfg.train.teacher, &cfg.eval))?.as_bytes());
+        h.update(cfg.seed.to_le_bytes());
+        h.update(data.reference.fingerprint.as_bytes());
+        h.update(a.backbone.sha256.as_bytes());
+        h.update(a.student.sha256.as_bytes());
+        for &r in &rows {
+            h.update(data.ds.train[r].key.as_bytes());
+            h.update(b"\n");
+        }
+        let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let t = TrainTeacher {
+            train: &cfg.train.teacher,
+            eval: &cfg.eval,
+            ds: &data.ds,
+            reference: &data.reference,
+            rows,
+            backbone: a.backbone.clone(),
+            student: a.student.clone(),
+            out_dir: &req.out,
+            progress: true,
+            halt_after_epoch: req.halt_after_epoch,
+        };
+        let outcome = run.stage("train.teacher", || train(&mut a.teacher, &t, &key))?;
+        run.record_cost(
+            "teacher.train",
+            serde_json::json!({
+                "epochs": outcome.epochs,
+                "best_epoch": outcome.best_epoch,
+                "rows": outcome.rows,
+                "tokens_per_sec": outcome.tokens_per_sec,
+                "mean_epoch_secs": outcome.mean_epoch_secs,
+                "resumed_after": outcome.resumed_after,
+                "peak_rss_mb": peak_rss_mb(),
+                "num_layers": a.teacher.llm.model.layers.len(),
+            }),
+        )?;
+        let (metrics, costs) =
+            run.stage("eval.teacher", || evaluate_both(&mut a.teacher, &data, cfg))?;
+        for (k, v) in costs {
+            run.record_cost(&k, v)?;
+        }
+        run.write_metrics(&metrics)?;
+        Ok(TrainedTeacher { metrics, outcome })
+    })
+}
+
+/// A trained teacher loaded from `checkpoint` for `data`: its settings from
+/// the manifest, its backbone and student from the manifest (or the given
+/// overrides), both checked against the pinned SHA-256.
+pub fn load_teacher(
+    checkpoint: &Path,
+    data: &Data,
+    backbone: Option<&Path>,
+    student: Option<&Path>,
+) -> Result<Teacher> {
+    let (m, _) = read_manifest(checkpoint)?;
+    let backbone = backbone
+        .map(Path::to_path_buf)
+        .unwrap_or(m.backbone.path.clone());
+    let student = student
+        .map(Path::to_path_buf)
+        .unwrap_or(m.student.path.clone());
+    // the run directory holds the title table training computed
+    let run_dir = checkpoint
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let mut a = assemble(
+        &m.teacher,
+        m.seed,
+        &backbone,
+        &student,
+        &data.ds,
+        &data.reference,
+        (run_dir, false),
+    )?;
+    load_into(
+        checkpoint,
+        &mut a.teacher,
+        &backbone_sha256(&backbone)?,
+        &a.student.sha256,
+        &data.reference.fingerprint,
+    )?;
+    Ok(a.teacher)
+}
+
+/// `eval teacher`: validation and test metrics of a teacher checkpoint
+/// (and a run record in `out` when given).
+pub fn eval_teacher(
+    cfg: &Config,
+    checkpoint: &Path,
+    data: &Path,
+    overrides: (Option<&Path>, Option<&Path>),
+    out: Option<&Path>,
+    build: BuildInfo,
+) -> Result<Metrics> {
+    let data = load_prepared(data)?;
+    let mut teacher = load_teacher(checkpoint, &data, overrides.0, overrides.1)?;
+    let (metrics, costs) = evaluate_both(&mut teacher, &data, cfg)?;
+    if let Some(out) = out {
+        with_run(out, cfg, build, |run| {
+            for (k, v) in &costs {
+                run.record_cost(k, v)?;
+            }
+            run.write_metrics(&metrics)?;
+            Ok(())
+        })?;
+    }
+    Ok(metrics)
+}
+
+/// What `teacher infer` reads.
+pub struct TeacherInferRequest {
+    /// Teacher checkpoint.
+    pub checkpoint: PathBuf,
+    /// Prepared dataset.
+    pub data: PathBuf,
+    /// Only these training rows.
+    pub selection: Option<PathBuf>,
+    /// Only this shard of them (cut between inference batches).
+    pub shard: Option<ShardSpec>,
+    /// Candidates per row (else `teacher.top_k`).
+    pub k: Option<usize>,
+    /// Backbone override.
+    pub backbone: Option<PathBuf>,
+    /// Student override.
+    pub student: Option<PathBuf>,
+    /// Output cache directory.
+    pub out: PathBuf,
+}
+
+/// `teacher infer`: the teacher cache of the selected training rows;
+/// returns it with the inference rows per second.
+pub fn teacher_infer(
+    cfg: &Config,
+    req: &TeacherInferRequest,
+    device: &Device,
+) -> Result<(TeacherCache, f64)> {
+    cpu_only(device)?;
+    let data = load_prepared(&req.data)?;
+    let mut teacher = load_teacher(
+        &req.checkpoint,
+        &data,
+        req.backbone.as_deref(),
+        req.student.as_deref(),
+    )?;
+    let mut rows = selected_rows(&data, req.selection.as_deref())?;
+    if let Some(sh) = &req.shard {
+        rows = rows[shard_range(sh, rows.len(), teacher.cfg.infer_batch)].to_vec();
+    }
+    let opts = InferOptions {
+        k: req.k.unwrap_or(cfg.teacher.top_k),
+        mask_history: cfg.teacher.mask_history,
+        source: format!("teacher:{}", absolute(&req.checkpoint).display()),
+        progress: true,
+    };
+    let (mut cache, rps) = cache_from_teacher(
+        &mut teacher,
+        &data.ds,
+        &data.reference.fingerprint,
+        &rows,
+        &opts,
+    )?;
+    cache.manifest.shard = req.shard;
+    cache.save(&req.out)?;
+    Ok((cache, rps))
+}

@@ -1,0 +1,225 @@
+//! The LLM teacher commands end to end on a tiny random-weight backbone:
+//! `train teacher` on a selection, `eval teacher` reproducing its metrics,
+//! `teacher infer` in two shards merging into the one-go cache, and
+//! refusals (no backbone; another student) that leave nothing behind.
+
+#[path = "../../distillrec-llm/tests/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod tiny;
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const TEACHER: &[&str] = &[
+    "--set",
+    "teacher.experts=2",
+    "--set",
+    "teacher.rank=4",
+    "--set",
+    "teacher.alpha=8.0",
+    "--set",
+    "teacher.max_history=4",
+    "--set",
+    "teacher.max_title_tokens=4",
+    "--set",
+    "teacher.candidates=5",
+    "--set",
+    "teacher.gate_hidden=8",
+    "--set",
+    "teacher.infer_batch=8",
+    "--set",
+    "teacher.prompts=[\"H: {history} C: {candidates} A:\"]",
+    "--set",
+    "teacher.ranking_prompts=[\"H: {history} ->\"]",
+    "--set",
+    "train.teacher.batch_size=8",
+    "--set",
+    "train.teacher.max_epochs=1",
+    "--set",
+    "eval.sampled_negatives=4",
+];
+
+fn student(data: &Path, out: &Path, seed: &str) {
+    ok(&[
+        "train",
+        "student",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--set",
+        "student.hidden=16",
+        "--set",
+        "student.layers=1",
+        "--set",
+        "student.max_len=10",
+        "--set",
+        "train.student.max_epochs=1",
+        "--set",
+        &format!("seed={seed}"),
+    ]);
+}
+
+fn with(base: &[&str], extra: &[&str]) -> Vec<String> {
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn train_eval_and_infer_a_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    ok(&[
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--set",
+        "dataset.synthetic.users=60",
+        "--set",
+        "dataset.synthetic.topics=2",
+        "--out",
+        s(&data),
+    ]);
+    student(&data, &d.join("student"), "42");
+    let ckpt = d.join("student/checkpoints/best.safetensors");
+    let cfg = tiny::llama_config("llama", 2, false);
+    let backbone = d.join("backbone");
+    tiny::write_hf_dir(&backbone, &cfg, &tiny::random_weights(&cfg, 3));
+    let sel = d.join("sel.csv");
+    ok(&[
+        "select",
+        "--policy",
+        "random",
+        "--budget",
+        "40",
+        "--data",
+        s(&data),
+        "--student",
+        s(&ckpt),
+        "--out",
+        s(&sel),
+    ]);
+
+    // refused before anything is written: no backbone
+    let trun = d.join("teacher");
+    let base = [
+        "train",
+        "teacher",
+        "--data",
+        s(&data),
+        "--selection",
+        s(&sel),
+        "--student",
+        s(&ckpt),
+        "--out",
+        s(&trun),
+    ];
+    let out = run_args(&with(&base, TEACHER));
+    assert_clean_error(&out, "no backbone");
+    assert!(!trun.exists());
+
+    let text = ok(&args(&with(
+        &base,
+        &[&["--backbone", s(&backbone)], TEACHER].concat(),
+    )));
+    assert!(text.contains("checkpoint:"), "{text}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trun.join("metrics.json")).unwrap()).unwrap();
+    let test = &metrics["test"];
+    for k in ["ndcg@10", "hr@10", "sampled_hr@1"] {
+        assert!(test[k].as_f64().is_some(), "{k} missing: {metrics}");
+    }
+    let best = trun.join("checkpoints/best.safetensors");
+    let shown = ok(&[
+        "eval",
+        "teacher",
+        "--checkpoint",
+        s(&best),
+        "--data",
+        s(&data),
+        "--set",
+        "eval.sampled_negatives=4",
+    ]);
+    let want = format!("ndcg@10 {:.4}", test["ndcg@10"].as_f64().unwrap());
+    assert!(
+        shown.contains(&want),
+        "eval teacher printed {shown}, metrics.json has {want}"
+    );
+
+    // one go, and two shards merged: the same cache
+    let infer = |out: &Path, shard: Option<&str>| {
+        let mut a = vec![
+            "teacher",
+            "infer",
+            "--checkpoint",
+            s(&best),
+            "--data",
+            s(&data),
+            "--selection",
+            s(&sel),
+            "--k",
+            "5",
+            "--out",
+            s(out),
+        ];
+        if let Some(sh) = shard {
+            a.extend(["--shard", sh]);
+        }
+        ok(&a)
+    };
+    infer(&d.join("c"), None);
+    infer(&d.join("c0"), Some("0/2"));
+    infer(&d.join("c1"), Some("1/2"));
+    ok(&[
+        "teacher",
+        "merge",
+        "--data",
+        s(&data),
+        "--out",
+        s(&d.join("cm")),
+        s(&d.join("c0")),
+        s(&d.join("c1")),
+    ]);
+    for f in [
+        "manifest.json",
+        "keys.txt",
+        "rows.safetensors",
+        "item_embeddings.safetensors",
+    ] {
+        assert!(
+            std::fs::read(d.join("c").join(f)).unwrap()
+                == std::fs::read(d.join("cm").join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+
+    // another student: refused in one line, no cache written
+    student(&data, &d.join("student7"), "7");
+    let other = d.join("student7/checkpoints/best.safetensors");
+    let out = run(&[
+        "teacher",
+        "infer",
+        "--checkpoint",
+        s(&best),
+        "--data",
+        s(&data),
+        "--student",
+        s(&other),
+        "--out",
+        s(&d.join("c7")),
+    ]);
+    assert_clean_error(&out, "belongs to the student");
+    assert!(!d.join("c7").exists());
+}
+
+fn run_args(v: &[String]) -> std::process::Output {
+    run(&args(v))
+}
