@@ -22,7 +22,7 @@ use distillrec_llm::tape::{self, AdapterSet, Dropout};
 use distillrec_llm::Llm;
 use distillrec_models::Student;
 
-use crate::nets::{head_scores, Live, NetSizes, Nets};
+use crate::nets::{Live, NetSizes, Nets};
 use crate::prompt::{Prompt, Prompter, Tok};
 
 /// What a teacher is, as its checkpoint manifest records it: loading
@@ -501,7 +501,7 @@ impl Teacher {
             let hl = Var::from_vec(hl, (b, h), &dev)?;
             let table =
                 live.item_table(&self.titles, p_all.as_ref().context("projected table")?)?;
-            let scores = head_scores(hl.as_tensor(), &table)?;
+            let scores = live.scores(hl.as_tensor(), &table)?;
             let targets: Vec<u32> = rows.iter().map(|r| ds.target(r)).collect();
             let loss =
                 candle_nn::loss::cross_entropy(&scores, &Tensor::from_vec(targets, b, &dev)?)?;
@@ -638,7 +638,7 @@ impl Teacher {
             })
             .collect();
         let hl = Tensor::from_vec(hl, (rows.len(), h), &Device::Cpu)?;
-        Ok(head_scores(&hl, table)?.flatten_all()?.to_vec1::<f32>()?)
+        Ok(live.scores(&hl, table)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     fn project_items(&self, live: &Live, order: &[ItemId]) -> Result<Vec<f32>> {

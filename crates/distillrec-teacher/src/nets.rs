@@ -7,8 +7,10 @@
 //!   item table);
 //! - gate `d → g → E` with GELU and a softmax (no temperature): one gate
 //!   vector per sample from the student's sequence representation;
-//! - ranking map `M [H, H]`: the item table in LLM space is
-//!   `T M + projector(e)`, with `T` the frozen LLM title embeddings.
+//! - ranking head: the item table in LLM space is `T M + projector(e)`,
+//!   with `T` the frozen LLM title embeddings and `M [H, H]` trained from
+//!   `I`; a row's scores are scaled cosines of its last hidden state with
+//!   the table (scale learnt, from 10).
 
 use anyhow::{anyhow, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -49,6 +51,9 @@ pub struct Nets {
     /// Parameters in a fixed order.
     pub params: Vec<Param>,
 }
+
+/// Initial scale of the ranking head's cosine scores.
+pub const INIT_SCALE: f64 = 10.0;
 
 fn uniform(rng: &mut ChaCha8Rng, n: usize, bound: f64) -> Vec<f32> {
     (0..n)
@@ -91,6 +96,11 @@ impl Nets {
                 name: "head.map".into(),
                 shape: vec![h, h],
                 value: m,
+            });
+            params.push(Param {
+                name: "head.log_scale".into(),
+                shape: vec![1],
+                value: vec![INIT_SCALE.ln() as f32],
             });
         }
         Nets { sizes, params }
@@ -145,14 +155,38 @@ impl Live {
         )?))
     }
 
+    fn head(&self) -> Result<(&Var, &Var)> {
+        match (self.sizes.ranking, self.vars.as_slice()) {
+            (true, [.., m, s]) => Ok((m, s)),
+            _ => Err(anyhow!("these networks have no ranking head")),
+        }
+    }
+
     /// The ranking head's item table `[N + 1, H]`: `T M + projected`.
     pub fn item_table(&self, titles: &Tensor, projected: &Tensor) -> Result<Tensor> {
-        let m = self
-            .vars
-            .last()
-            .filter(|_| self.sizes.ranking)
-            .ok_or_else(|| anyhow!("these networks have no ranking head"))?;
+        let (m, _) = self.head()?;
         Ok((titles.matmul(m.as_tensor())? + projected)?)
+    }
+
+    /// Ranking scores `[B, N + 1]`: the cosine of each last hidden state
+    /// `h [B, H]` with each row of `table`, times a learnt scale (init
+    /// [`INIT_SCALE`]); column 0 (padding) pushed to −1e9 so it never wins
+    /// and takes no probability. Cosines keep the first steps sane whatever
+    /// the backbone's hidden-state norms (a raw dot product of two final
+    /// hidden states starts far beyond a softmax's useful range).
+    pub fn scores(&self, h: &Tensor, table: &Tensor) -> Result<Tensor> {
+        let (_, log_s) = self.head()?;
+        let unit = |x: &Tensor| -> Result<Tensor> {
+            let n = (x.sqr()?.sum_keepdim(1)? + 1e-12)?.sqrt()?;
+            Ok(x.broadcast_div(&n)?)
+        };
+        let n1 = table.dim(0)?;
+        let cos = unit(h)?.matmul(&unit(table)?.t()?)?;
+        let s = cos.broadcast_mul(&log_s.as_tensor().exp()?.reshape((1, 1))?)?;
+        let mut pad = vec![0f32; n1];
+        pad[0] = -1e9;
+        let pad = Tensor::from_vec(pad, (1, n1), h.device())?;
+        Ok(s.broadcast_add(&pad)?)
     }
 
     /// The gradients of every variable (zeros where none flowed), in
@@ -168,15 +202,4 @@ impl Live {
             })
             .collect()
     }
-}
-
-/// Ranking scores `[B, N + 1]`: `h tableᵀ / √H` with column 0 (padding)
-/// pushed to −1e9 so it never wins and takes no probability.
-pub fn head_scores(h: &Tensor, table: &Tensor) -> Result<Tensor> {
-    let (n1, hsize) = table.dims2()?;
-    let s = (h.matmul(&table.t()?)? / (hsize as f64).sqrt())?;
-    let mut pad = vec![0f32; n1];
-    pad[0] = -1e9;
-    let pad = Tensor::from_vec(pad, (1, n1), h.device())?;
-    Ok(s.broadcast_add(&pad)?)
 }
