@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The LLM-teacher experiment on the iLoRA/LLaRA LastFM rows (issue 12):
+# SASRec student, iLoRA (E = 4) and LLaRA (E = 1) teachers on SmolLM2-135M
+# (ranking head and generative answers), the teacher cache of a row budget,
+# and its distillation into the student over 3 seeds against the baseline
+# with the same epoch budget, plus the LLM item embeddings alone (λ = 0).
+#
+#   scripts/lastfm_ilora.sh OUT_DIR [MODEL]
+#
+# MODEL defaults to models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched with
+# scripts/fetch-smollm2.sh when missing). CPU budget knobs (environment):
+# ROWS (teacher training rows, default 1000), GEN_ROWS (generative, 500),
+# EPOCHS (ranking epochs, 2), CACHE_BUDGET (rows the teacher labels, 0.05),
+# LAYERS (decoder layers kept, 12). Finished stages are kept and skipped.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+W="${1:?usage: scripts/lastfm_ilora.sh OUT_DIR [MODEL]}"
+M="${2:-$here/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+B="${DISTILLREC:-$here/target/release/distillrec}"
+ROWS="${ROWS:-1000}" GEN_ROWS="${GEN_ROWS:-500}" EPOCHS="${EPOCHS:-2}"
+CACHE_BUDGET="${CACHE_BUDGET:-0.05}" LAYERS="${LAYERS:-12}"
+[ -f "$M" ] || "$here/scripts/fetch-smollm2.sh"
+[ -x "$B" ] || (cd "$here" && cargo build --release)
+mkdir -p "$W"
+M="$(cd "$(dirname "$M")" && pwd)/$(basename "$M")"
+cd "$W"
+S="$here/configs/lastfm-sasrec.toml" T="$here/configs/lastfm-ilora-smollm2.toml" C="$here/configs/lastfm-distill.toml"
+D="--data data"
+[ -f data/dataset.json ] || "$B" data prepare --dataset ilora --raw "$here/../shared/data/ilora/lastfm" --config "$S" --out data
+[ -f student/metrics.json ] || "$B" train student --config "$S" $D --out student
+ST=student/checkpoints/best.safetensors
+[ -f rows.csv ] || "$B" select $D --policy random --budget "$ROWS" --student $ST --out rows.csv --set seed=1
+[ -f gen-rows.csv ] || "$B" select $D --policy random --budget "$GEN_ROWS" --student $ST --out gen-rows.csv --set seed=2
+TT=(--config "$T" $D --backbone "$M" --student $ST --set teacher.num_layers="$LAYERS")
+[ -f ilora/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out ilora --set train.teacher.max_epochs="$EPOCHS"
+# the teacher labels a budget of training rows (partial distillation)
+[ -f cache-rows.csv ] || "$B" select $D --policy random --budget "$CACHE_BUDGET" --student $ST --out cache-rows.csv --set seed=3
+[ -f cache/manifest.json ] || "$B" teacher infer --checkpoint ilora/checkpoints/best.safetensors $D --selection cache-rows.csv --out cache
+for s in 1 2 3; do
+  [ -f base-s$s/metrics.json ] || "$B" train student --config "$C" $D --out base-s$s --set seed=$s
+  [ -f dist-s$s/metrics.json ] || "$B" distill --config "$C" $D --teacher-cache cache --out dist-s$s --set seed=$s
+  [ -f ed-s$s/metrics.json ] || "$B" distill --config "$C" $D --teacher-cache cache --out ed-s$s --set seed=$s --set distill.lambda=0
+done
+[ -f gen-ilora/metrics.json ] || "$B" train teacher "${TT[@]}" --selection gen-rows.csv --out gen-ilora \
+  --set teacher.objective=generative --set train.teacher.max_epochs=1
+[ -f llara/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out llara --set teacher.experts=1 \
+  --set train.teacher.max_epochs="$EPOCHS"
+[ -f gen-llara/metrics.json ] || "$B" train teacher "${TT[@]}" --selection gen-rows.csv --out gen-llara \
+  --set teacher.objective=generative --set teacher.experts=1 --set train.teacher.max_epochs=1
+"$B" report --runs baseline=base-s1 baseline=base-s2 baseline=base-s3 \
+  distilled=dist-s1 distilled=dist-s2 distilled=dist-s3 "LLM embeddings only (λ=0)=ed-s1" "LLM embeddings only (λ=0)=ed-s2" \
+  "LLM embeddings only (λ=0)=ed-s3" --out report
+python3 - <<'PY'
+import json, os
+rows = [("SASRec student", "student"), ("iLoRA ranking (E=4)", "ilora"), ("LLaRA ranking (E=1)", "llara"),
+        ("iLoRA generative (E=4)", "gen-ilora"), ("LLaRA generative (E=1)", "gen-llara")]
+keys = ["sampled_hr@1", "valid_ratio", "gen_hr@1", "gen_hr@1_of_valid", "hr@10", "ndcg@10"]
+out = ["| model | " + " | ".join(keys) + " | train tokens/s | wall s |", "|---" * (len(keys) + 3) + "|"]
+for name, d in rows:
+    if not os.path.exists(f"{d}/metrics.json"):
+        continue
+    t = json.load(open(f"{d}/metrics.json"))["test"]
+    r = json.load(open(f"{d}/run.json"))
+    tps = r.get("costs", {}).get("teacher.train", {}).get("tokens_per_sec")
+    cells = [f"{t[k]:.4f}" if k in t else "–" for k in keys]
+    out.append(f"| {name} | " + " | ".join(cells) + f" | {tps:.0f} |" if tps else f"| {name} | " + " | ".join(cells) + " | – |")
+    out[-1] += f" {r.get('wall_secs', 0):.0f} |"
+open("teachers.md", "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+PY
