@@ -270,6 +270,32 @@ mod tests {
     }
 
     #[test]
+    fn split_candidates_are_the_ones_the_sampled_protocol_scores() {
+        let ds = build(
+            40,
+            &[&[1, 2, 3, 4, 5], &[6, 7, 8, 9], &[10, 11, 12, 13, 14]],
+            &[(0, 1)],
+            &[(0, 3), (1, 2), (2, 4), (2, 3)],
+            &[(0, 4)],
+        );
+        let opts = EvalOptions {
+            batch_size: 3,
+            ..EvalOptions::default()
+        };
+        let mut asked = Vec::new();
+        evaluate_sampled(&ds, SplitName::Valid, &opts, 9, |_, cands| {
+            asked.extend(cands.iter().cloned());
+            Ok(cands.iter().map(|c| vec![0.0; c.len()]).collect())
+        })
+        .unwrap();
+        assert_eq!(asked.len(), 4);
+        assert_eq!(
+            split_candidates(&ds, SplitName::Valid, &opts, 9).unwrap(),
+            asked
+        );
+    }
+
+    #[test]
     fn dense_catalogue_takes_every_eligible_item() {
         // 25 items, history 1..=5, target 6: exactly 19 eligible.
         let mut rng = ChaCha8Rng::seed_from_u64(3);

@@ -137,3 +137,46 @@ pub fn eval_generative(
         rows_per_sec: n as f64 / wall.max(1e-9),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distillrec_data::{Item, Sequence};
+
+    fn ds(titles: &[&str]) -> Dataset {
+        Dataset {
+            name: "t".into(),
+            items: titles
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Item {
+                    raw_id: format!("{i}"),
+                    title: t.to_string(),
+                })
+                .collect(),
+            sequences: vec![Sequence {
+                user: "u".into(),
+                items: vec![1, 2],
+                timestamps: None,
+            }],
+            train: vec![],
+            valid: vec![],
+            test: vec![],
+            users_known: true,
+            row_layout: false,
+            provenance: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_valid_when_it_names_exactly_one_candidate() {
+        let d = ds(&["Muse", "Radiohead", "The Cure", "Blur"]);
+        let c = [1, 2, 3];
+        assert_eq!(named_candidates(&d, "I think RADIOHEAD.", &c), vec![2]);
+        assert_eq!(named_candidates(&d, "radiohead or the cure", &c), vec![2, 3]);
+        assert!(named_candidates(&d, "Blur", &c).is_empty(), "not a candidate");
+        assert!(named_candidates(&d, "", &c).is_empty());
+        // a title inside a longer word still counts, as in LLaRA's matching
+        assert_eq!(named_candidates(&d, "Museum", &c), vec![1]);
+    }
+}
