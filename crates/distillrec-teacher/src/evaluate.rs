@@ -173,8 +173,14 @@ mod tests {
         let d = ds(&["Muse", "Radiohead", "The Cure", "Blur"]);
         let c = [1, 2, 3];
         assert_eq!(named_candidates(&d, "I think RADIOHEAD.", &c), vec![2]);
-        assert_eq!(named_candidates(&d, "radiohead or the cure", &c), vec![2, 3]);
-        assert!(named_candidates(&d, "Blur", &c).is_empty(), "not a candidate");
+        assert_eq!(
+            named_candidates(&d, "radiohead or the cure", &c),
+            vec![2, 3]
+        );
+        assert!(
+            named_candidates(&d, "Blur", &c).is_empty(),
+            "not a candidate"
+        );
         assert!(named_candidates(&d, "", &c).is_empty());
         // a title inside a longer word still counts, as in LLaRA's matching
         assert_eq!(named_candidates(&d, "Museum", &c), vec![1]);

@@ -93,6 +93,10 @@ pub mod streams {
     pub const EVAL: u64 = 7;
 }
 
+/// A prompt's input embeddings `[T, H]` and its placeholders as
+/// `(position, item)`.
+pub type PromptInputs = (Vec<f32>, Vec<(usize, ItemId)>);
+
 /// A batch laid out for the backbone.
 struct Inputs {
     embeds: Vec<f32>,
@@ -567,11 +571,7 @@ impl Teacher {
 
     /// The input embeddings `[T, H]` of `row`'s evaluation ranking prompt
     /// and its placeholders as `(position, item)`.
-    pub fn prompt_inputs(
-        &self,
-        ds: &Dataset,
-        row: &Row,
-    ) -> Result<(Vec<f32>, Vec<(usize, ItemId)>)> {
+    pub fn prompt_inputs(&self, ds: &Dataset, row: &Row) -> Result<PromptInputs> {
         let live = self.nets.live()?;
         let prompt = self.eval_prompt(ds, row, None);
         let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
@@ -589,7 +589,7 @@ impl Teacher {
     /// The ranking head's item table `[N + 1, H]` with the current weights.
     pub fn eval_table(&self) -> Result<Tensor> {
         let live = self.nets.live()?;
-        Ok(live.item_table(&self.titles, &live.project(&self.student_items)?)?)
+        live.item_table(&self.titles, &live.project(&self.student_items)?)
     }
 
     /// Evaluation prompts (hybrid, template drawn per row key).

@@ -65,7 +65,7 @@ impl Nets {
     /// Fresh networks: linear layers initialised as PyTorch's `nn.Linear`
     /// (uniform `±1/√in` weights and biases), the ranking map as `I`.
     pub fn new(sizes: NetSizes, seed: u64) -> Nets {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_7E4C_4E25);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_7E4C_4E25);
         let mut params = Vec::new();
         let mut linear = |name: &str, i: usize, o: usize, rng: &mut ChaCha8Rng| {
             let b = 1.0 / (i as f64).sqrt();

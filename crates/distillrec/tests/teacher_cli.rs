@@ -4,7 +4,7 @@
 //! refusals (no backbone; another student) that leave nothing behind.
 
 #[path = "../../distillrec-llm/tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod tiny;
 
 mod common;
