@@ -143,6 +143,16 @@ impl Prompter {
         })
     }
 
+    /// The tokens the rendered history of `history` takes (its titles,
+    /// separators and placeholders): what makes prompts long or short.
+    pub fn history_len(&self, history: &[ItemId]) -> usize {
+        let h = &history[history.len().saturating_sub(self.max_history)..];
+        h.iter()
+            .map(|&i| self.titles[i as usize].len() + 1)
+            .sum::<usize>()
+            + h.len().saturating_sub(1) * self.sep.len()
+    }
+
     /// The title tokens of `item` (cut to the budget).
     pub fn title(&self, item: ItemId) -> &[u32] {
         &self.titles[item as usize]

@@ -81,6 +81,27 @@ struct State {
     history: Vec<BTreeMap<String, f64>>,
 }
 
+/// The micro-batches of `epoch`: the rows shuffled from the seed and the
+/// epoch, then, within windows of 16 batches, sorted by the length of their
+/// rendered history so a batch holds prompts of similar length (little
+/// padding), and the batches shuffled again.
+fn epoch_order(teacher: &Teacher, t: &TrainTeacher, epoch: usize) -> Vec<Vec<usize>> {
+    let bs = t.train.batch_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        teacher.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+    );
+    let mut rows = t.rows.clone();
+    rows.shuffle(&mut rng);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for window in rows.chunks(bs * 16) {
+        let mut w = window.to_vec();
+        w.sort_by_key(|&r| teacher.prompter.history_len(t.ds.history(&t.ds.train[r])));
+        batches.extend(w.chunks(bs).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(&mut rng);
+    batches
+}
+
 /// The learning rate at optimiser step `step` (0-based) of `total`: linear
 /// warm-up over `warm` steps, then cosine decay to 0.
 pub fn lr_at(peak: f64, step: u64, warm: u64, total: u64) -> f64 {
@@ -190,28 +211,25 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
     while st.epoch < tr.max_epochs && (st.best.is_none() || st.bad_epochs < tr.patience.max(1)) {
         let epoch = st.epoch;
         let start = Instant::now();
-        let mut order = t.rows.clone();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            teacher.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
-        ));
+        let order = epoch_order(teacher, t, epoch);
         let bar = if t.progress {
-            indicatif::ProgressBar::new(order.len() as u64).with_style(
+            indicatif::ProgressBar::new(t.rows.len() as u64).with_style(
                 indicatif::ProgressStyle::with_template(
-                    "teacher epoch {msg} [{bar:30}] {pos}/{len} rows, {per_sec} · ETA {eta}",
+                    "teacher epoch {prefix} [{bar:30}] {pos}/{len} rows, {msg} · ETA {eta}",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             )
         } else {
             indicatif::ProgressBar::hidden()
         };
-        bar.set_message(format!("{}", epoch + 1));
+        bar.set_prefix(format!("{}", epoch + 1));
         let mut acc: Vec<Vec<f32>> = teacher
             .param_sizes()
             .into_iter()
             .map(|n| vec![0.0; n])
             .collect();
         let (mut loss_sum, mut loss_n, mut in_acc) = (0.0, 0usize, 0usize);
-        let chunks: Vec<&[usize]> = order.chunks(tr.batch_size).collect();
+        let chunks: Vec<&[usize]> = order.iter().map(Vec::as_slice).collect();
         let epoch_tokens_start = tokens;
         for (k, chunk) in chunks.iter().enumerate() {
             let rows: Vec<_> = chunk.iter().map(|&r| &t.ds.train[r]).collect();
@@ -263,6 +281,11 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
                 st.step += 1;
             }
             bar.inc(chunk.len() as u64);
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{:.0} tokens/s",
+                (tokens - epoch_tokens_start) as f64 / secs
+            ));
         }
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
