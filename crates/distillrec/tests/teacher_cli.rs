@@ -13,33 +13,13 @@ use std::path::Path;
 
 use common::*;
 
+/// The tiny teacher preset (short prompts, small adapters).
 const TEACHER: &[&str] = &[
-    "--set",
-    "teacher.experts=2",
-    "--set",
-    "teacher.rank=4",
-    "--set",
-    "teacher.alpha=8.0",
-    "--set",
-    "teacher.max_history=4",
-    "--set",
-    "teacher.max_title_tokens=4",
-    "--set",
-    "teacher.candidates=5",
-    "--set",
-    "teacher.gate_hidden=8",
-    "--set",
-    "teacher.infer_batch=8",
-    "--set",
-    "teacher.prompts=[\"H: {history} C: {candidates} A:\"]",
-    "--set",
-    "teacher.ranking_prompts=[\"H: {history} ->\"]",
-    "--set",
-    "train.teacher.batch_size=8",
-    "--set",
-    "train.teacher.max_epochs=1",
-    "--set",
-    "eval.sampled_negatives=4",
+    "--config",
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/synthetic-teacher-tiny.toml"
+    ),
 ];
 
 fn student(data: &Path, out: &Path, seed: &str) {
