@@ -310,6 +310,11 @@ pub struct TeacherConfig {
     pub curriculum: bool,
     /// Rows per batch at inference (`eval teacher`, `teacher infer`).
     pub infer_batch: usize,
+    /// Ranking head on top of the frozen student's scores: the teacher's
+    /// scores are the student's plus the LLM head's, so a teacher trained on
+    /// a few thousand rows starts from the student's ranking and learns the
+    /// LLM's corrections (off: the LLM head alone).
+    pub student_prior: bool,
 }
 
 impl Default for TeacherConfig {
@@ -338,6 +343,7 @@ impl Default for TeacherConfig {
             candidates: 20,
             curriculum: false,
             infer_batch: 16,
+            student_prior: false,
         }
     }
 }

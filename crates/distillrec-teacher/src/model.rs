@@ -22,7 +22,7 @@ use distillrec_llm::tape::{self, AdapterSet, Dropout};
 use distillrec_llm::Llm;
 use distillrec_models::Student;
 
-use crate::nets::{Live, NetSizes, Nets};
+use crate::nets::{Live, NetSizes, Nets, INIT_SCALE};
 use crate::prompt::{Prompt, Prompter, Tok};
 
 /// What a teacher is, as its checkpoint manifest records it: loading
@@ -177,6 +177,7 @@ impl Teacher {
                 gate_hidden: cfg.gate_hidden,
                 experts: cfg.experts,
                 ranking: has_ranking(cfg.objective),
+                init_scale: if cfg.student_prior { 1.0 } else { INIT_SCALE },
             },
             seed,
         );
@@ -269,15 +270,27 @@ impl Teacher {
     }
 
     /// The student's sequence representations `[B, d]` of the rows'
-    /// histories (the gate's input).
-    fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
+    /// histories (the gate's input) and, with `teacher.student_prior`, its
+    /// scores `[B, N + 1]` (column 0 set to 0; the head masks it).
+    fn student_view(&self, ds: &Dataset, rows: &[&Row]) -> Result<(Tensor, Option<Tensor>)> {
         let hist: Vec<&[ItemId]> = rows.iter().map(|r| ds.history(r)).collect();
-        let (rep, _) = self.student.represent_and_score(&hist)?;
-        Ok(Tensor::from_vec(
-            rep,
-            (rows.len(), self.student.spec.hidden),
-            &Device::Cpu,
-        )?)
+        let (rep, mut scores) = self.student.represent_and_score(&hist)?;
+        let b = rows.len();
+        let z = Tensor::from_vec(rep, (b, self.student.spec.hidden), &Device::Cpu)?;
+        let prior = if self.cfg.student_prior {
+            let w = self.student.spec.num_items + 1;
+            for row in scores.chunks_mut(w) {
+                row[0] = 0.0;
+            }
+            Some(Tensor::from_vec(scores, (b, w), &Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok((z, prior))
+    }
+
+    fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
+        Ok(self.student_view(ds, rows)?.0)
     }
 
     /// Left-padded input embeddings of `prompts` (input then answer);
@@ -433,7 +446,7 @@ impl Teacher {
         let h = model.config().hidden_size;
         let b = rows.len();
         let live = self.nets.live()?;
-        let z = self.gate_features(ds, rows)?;
+        let (z, prior) = self.student_view(ds, rows)?;
         let gate = live.gate(&z)?;
         let gate_v = gate
             .as_ref()
@@ -505,7 +518,10 @@ impl Teacher {
             let hl = Var::from_vec(hl, (b, h), &dev)?;
             let table =
                 live.item_table(&self.titles, p_all.as_ref().context("projected table")?)?;
-            let scores = live.scores(hl.as_tensor(), &table)?;
+            let mut scores = live.scores(hl.as_tensor(), &table)?;
+            if let Some(p) = &prior {
+                scores = (scores + p)?;
+            }
             let targets: Vec<u32> = rows.iter().map(|r| ds.target(r)).collect();
             let loss =
                 candle_nn::loss::cross_entropy(&scores, &Tensor::from_vec(targets, b, &dev)?)?;
@@ -615,7 +631,8 @@ impl Teacher {
         }
         let h = self.llm.model.config().hidden_size;
         let live = self.nets.live()?;
-        let gate = live.gate(&self.gate_features(ds, rows)?)?;
+        let (z, prior) = self.student_view(ds, rows)?;
+        let gate = live.gate(&z)?;
         let gate_v = gate
             .as_ref()
             .map(|g| g.flatten_all()?.to_vec1::<f32>())
@@ -638,7 +655,11 @@ impl Teacher {
             })
             .collect();
         let hl = Tensor::from_vec(hl, (rows.len(), h), &Device::Cpu)?;
-        Ok(live.scores(&hl, table)?.flatten_all()?.to_vec1::<f32>()?)
+        let mut scores = live.scores(&hl, table)?;
+        if let Some(p) = &prior {
+            scores = (scores + p)?;
+        }
+        Ok(scores.flatten_all()?.to_vec1::<f32>()?)
     }
 
     fn project_items(&self, live: &Live, order: &[ItemId]) -> Result<Vec<f32>> {

@@ -29,7 +29,7 @@ pub struct Param {
 }
 
 /// The networks' sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NetSizes {
     /// Student width `d`.
     pub student: usize,
@@ -41,6 +41,9 @@ pub struct NetSizes {
     pub experts: usize,
     /// Whether the ranking map exists (ranking objectives).
     pub ranking: bool,
+    /// Initial scale of the ranking head's cosines ([`INIT_SCALE`]; 1 when
+    /// the head adds to the student's scores, so it starts as the student).
+    pub init_scale: f64,
 }
 
 /// Projector, gate and ranking map.
@@ -100,7 +103,7 @@ impl Nets {
             params.push(Param {
                 name: "head.log_scale".into(),
                 shape: vec![1],
-                value: vec![INIT_SCALE.ln() as f32],
+                value: vec![sizes.init_scale.ln() as f32],
             });
         }
         Nets { sizes, params }
