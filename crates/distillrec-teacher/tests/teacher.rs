@@ -429,3 +429,26 @@ fn sharded_caches_merge_into_the_one_go_cache() {
         .to_string();
     assert!(e.contains("fingerprint") || e.contains("dataset"), "{e}");
 }
+
+#[test]
+fn with_the_student_prior_a_fresh_teacher_scores_near_the_student() {
+    let f = fixture();
+    let cfg = config(&["teacher.student_prior=true"]);
+    let a = teacher(&f, &cfg, "t");
+    let rows: Vec<_> = f.ds.valid.iter().take(6).collect();
+    let table = a.teacher.eval_table().unwrap();
+    let got = a.teacher.rank_scores(&f.ds, &rows, &table).unwrap();
+    let hist: Vec<&[u32]> = rows.iter().map(|r| f.ds.history(r)).collect();
+    let want = a.teacher.student.score_histories(&hist).unwrap();
+    let w = f.ds.num_items() + 1;
+    let mut spread = 0f32;
+    for (g, s) in got.chunks(w).zip(want.chunks(w)) {
+        assert!(g[0] < -1e8, "padding column not masked");
+        for (x, y) in g[1..].iter().zip(&s[1..]) {
+            // the LLM head adds a cosine times its initial scale 1
+            assert!((x - y).abs() <= 1.0 + 1e-4, "{x} vs student {y}");
+            spread = spread.max((x - y).abs());
+        }
+    }
+    assert!(spread > 1e-3, "the LLM head added nothing");
+}
