@@ -157,10 +157,21 @@ pub fn cache_from_teacher(
         })();
         teacher.detach()?;
         res?;
-        let texts: Vec<&str> = answers
+        // an answer is embedded like a title: cut to the title budget
+        let tok = &teacher.llm.tokenizer;
+        let cut = answers
             .iter()
-            .map(|a| if a.is_empty() { " " } else { a.as_str() })
-            .collect();
+            .map(|a| {
+                let ids = tok.encode(a, false)?;
+                let text = tok.decode(&ids[..ids.len().min(teacher.cfg.max_title_tokens)], true)?;
+                Ok(if text.trim().is_empty() {
+                    " ".to_string()
+                } else {
+                    text
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let texts: Vec<&str> = cut.iter().map(String::as_str).collect();
         let emb = embed::title_embeddings(&teacher.llm.model, &teacher.llm.tokenizer, &texts, 32)?
             .flatten_all()?
             .to_vec1::<f32>()?;

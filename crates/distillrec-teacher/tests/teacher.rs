@@ -452,3 +452,71 @@ fn with_the_student_prior_a_fresh_teacher_scores_near_the_student() {
     }
     assert!(spread > 1e-3, "the LLM head added nothing");
 }
+
+#[test]
+fn the_curriculum_moves_from_text_only_to_hybrid_prompts() {
+    let f = fixture();
+    let cfg = config(&["teacher.curriculum=true"]);
+    let a = teacher(&f, &cfg, "t");
+    let rows: Vec<_> = f.ds.train.iter().take(40).collect();
+    let hybrid = |p: f64| -> usize {
+        a.teacher
+            .train_prompts(&f.ds, &rows, true, 0, p)
+            .iter()
+            .filter(|p| p.input.iter().any(|t| matches!(t, Tok::Item(_))))
+            .count()
+    };
+    assert_eq!(hybrid(0.0), 0);
+    assert_eq!(hybrid(1.0), 40);
+    let half = hybrid(0.5);
+    assert!((8..=32).contains(&half), "{half} of 40 hybrid at p = 0.5");
+}
+
+#[test]
+fn a_generative_teacher_answers_and_grounds_its_answers() {
+    let f = fixture();
+    let cfg = config(&["teacher.objective=\"generative\""]);
+    let mut a = teacher(&f, &cfg, "t");
+    let g = distillrec_teacher::evaluate::eval_generative(
+        &mut a.teacher,
+        &f.ds,
+        distillrec_data::SplitName::Valid,
+        &cfg.eval,
+        Some(3),
+    )
+    .unwrap();
+    assert_eq!(g.rows, 3);
+    assert!((0.0..=1.0).contains(&g.valid_ratio) && g.hr1 <= g.valid_ratio);
+    let rows: Vec<usize> = (0..6).collect();
+    let opts = InferOptions {
+        k: 4,
+        mask_history: true,
+        source: "test".into(),
+        progress: false,
+    };
+    let (cache, _) = cache_from_teacher(
+        &mut a.teacher,
+        &f.ds,
+        &f.reference.fingerprint,
+        &rows,
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(cache.manifest.distance, distillrec_cache::DistanceKind::L2);
+    for r in 0..cache.rows() {
+        let d = cache.row_distances(r);
+        assert!(
+            d.windows(2).all(|w| w[0] <= w[1])
+                && d.iter().all(|&x| (0.0..=2.0 + 1e-5).contains(&x)),
+            "{d:?}"
+        );
+        let hist = f.ds.history(&f.ds.train[r]);
+        assert!(
+            cache.row_items(r).iter().all(|i| !hist.contains(i)),
+            "history not masked"
+        );
+    }
+    // the adapters are detached again: the composed path is plain
+    assert!((0..a.teacher.llm.model.layers.len())
+        .all(|l| a.teacher.llm.model.layers[l].attn.q_proj.is_plain()));
+}
