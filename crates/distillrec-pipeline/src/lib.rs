@@ -11,12 +11,14 @@
 //!   files, merged shards), select, distill.
 //! - [`llm`] — the LLM backbone's command-line jobs (generate, logits,
 //!   item embeddings, speed).
+//! - [`models`] — backbones known by name (`smollm2`), fetched with pip.
 //! - [`pipeline`] — every available stage from one config, with a report.
 //!
 //! Every function takes the `candle_core::Device` its models run on; runs
 //! record it in `run.json`.
 
 pub mod llm;
+pub mod models;
 pub mod pipeline;
 pub mod prepared;
 pub mod runs;

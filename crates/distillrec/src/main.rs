@@ -12,7 +12,7 @@ mod common;
 use anyhow::Result;
 use clap::Parser;
 
-use args::{BenchCommand, Cli, Command};
+use args::{BenchCommand, Cli, Command, ModelCommand};
 
 /// Runs one parsed command line.
 fn dispatch(cli: Cli) -> Result<()> {
@@ -28,6 +28,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Llm(c) => cmd::llm::run(c),
         Command::Bench(BenchCommand::Llm(a)) => cmd::llm::bench(a),
+        Command::Model(ModelCommand::Fetch(a)) => cmd::llm::fetch(a),
         Command::Bench(BenchCommand::Student(a)) => cmd::bench::student(a),
     }
 }

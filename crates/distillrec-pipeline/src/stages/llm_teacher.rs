@@ -108,11 +108,14 @@ pub fn train_teacher(
     device: &Device,
 ) -> Result<TrainedTeacher> {
     cpu_only(device)?;
-    let backbone = required(
-        req.backbone.as_deref(),
-        cfg.teacher.backbone.as_ref(),
-        "backbone",
-        "teacher.backbone",
+    let backbone = crate::models::resolve_backbone(
+        &required(
+            req.backbone.as_deref(),
+            cfg.teacher.backbone.as_ref(),
+            "backbone",
+            "teacher.backbone",
+        )?,
+        Path::new("models"),
     )?;
     let student = required(
         req.student.as_deref(),

