@@ -289,6 +289,24 @@ impl Teacher {
         Ok((z, prior))
     }
 
+    /// The gate `[B, E]` (a graph over the live networks), its values, and
+    /// the student prior of `rows`.
+    #[allow(clippy::type_complexity)]
+    fn gate_and_prior(
+        &self,
+        live: &Live,
+        ds: &Dataset,
+        rows: &[&Row],
+    ) -> Result<(Option<Tensor>, Option<Vec<f32>>, Option<Tensor>)> {
+        let (z, prior) = self.student_view(ds, rows)?;
+        let gate = live.gate(&z)?;
+        let values = gate
+            .as_ref()
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        Ok((gate, values, prior))
+    }
+
     fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
         Ok(self.student_view(ds, rows)?.0)
     }
@@ -446,12 +464,7 @@ impl Teacher {
         let h = model.config().hidden_size;
         let b = rows.len();
         let live = self.nets.live()?;
-        let (z, prior) = self.student_view(ds, rows)?;
-        let gate = live.gate(&z)?;
-        let gate_v = gate
-            .as_ref()
-            .map(|g| g.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
+        let (gate, gate_v, prior) = self.gate_and_prior(&live, ds, rows)?;
         let (order, index) = Self::placeholder_items(prompts);
         let dev = Device::Cpu;
         // projector outputs: the whole table for the ranking head, else
@@ -631,12 +644,7 @@ impl Teacher {
         }
         let h = self.llm.model.config().hidden_size;
         let live = self.nets.live()?;
-        let (z, prior) = self.student_view(ds, rows)?;
-        let gate = live.gate(&z)?;
-        let gate_v = gate
-            .as_ref()
-            .map(|g| g.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
+        let (_, gate_v, prior) = self.gate_and_prior(&live, ds, rows)?;
         let prompts: Vec<Prompt> = rows.iter().map(|r| self.eval_prompt(ds, r, None)).collect();
         let (order, index) = Self::placeholder_items(&prompts);
         let projected = self.project_items(&live, &order)?;
