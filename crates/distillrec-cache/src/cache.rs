@@ -9,7 +9,6 @@ use distillrec_data::{DataError, Dataset};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::shard::ShardSpec;
 use crate::Result;
@@ -104,16 +103,6 @@ impl PartialEq for TeacherCache {
             && self.distances == other.distances
             && self.embeddings == other.embeddings
     }
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::from("sha256:");
-    for b in Sha256::digest(bytes) {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 fn created_by() -> String {
@@ -447,7 +436,7 @@ impl TeacherCache {
         let mut manifest = m.clone();
         manifest.files = files
             .iter()
-            .map(|(name, bytes)| (name.to_string(), sha256_hex(bytes)))
+            .map(|(name, bytes)| (name.to_string(), distillrec_data::fsutil::sha256_of(bytes)))
             .collect();
 
         let mpath = dir.join(MANIFEST_FILE);
@@ -513,7 +502,7 @@ impl TeacherCache {
         for (name, hash) in &manifest.files {
             let path = dir.join(name);
             let b = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
-            let got = sha256_hex(&b);
+            let got = distillrec_data::fsutil::sha256_of(&b);
             if &got != hash {
                 return Err(DataError::file(
                     &path,

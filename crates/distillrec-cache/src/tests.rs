@@ -239,8 +239,10 @@ fn load_refuses_tampered_truncated_and_foreign_files() {
     let dup = format!("{k}\n{k}\n{k}\n{k}\n{k}\n", k = ds.train[0].key);
     std::fs::write(&keys, &dup).unwrap();
     let mut m: CacheManifest = serde_json::from_str(&text).unwrap();
-    m.files
-        .insert(KEYS_FILE.into(), crate::cache::sha256_hex(dup.as_bytes()));
+    m.files.insert(
+        KEYS_FILE.into(),
+        distillrec_data::fsutil::sha256_of(dup.as_bytes()),
+    );
     std::fs::write(&mpath, serde_json::to_string(&m).unwrap()).unwrap();
     let e = err(TeacherCache::load(dir));
     assert!(
@@ -310,7 +312,7 @@ fn write_rows_behind_manifest(dir: &Path, bad: &TeacherCache) {
     std::fs::write(&rows, &st).unwrap();
     let mut m: CacheManifest = serde_json::from_str(&text).unwrap();
     m.files
-        .insert(ROWS_FILE.into(), crate::cache::sha256_hex(&st));
+        .insert(ROWS_FILE.into(), distillrec_data::fsutil::sha256_of(&st));
     std::fs::write(&mpath, serde_json::to_string(&m).unwrap()).unwrap();
 }
 

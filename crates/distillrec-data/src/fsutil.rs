@@ -12,6 +12,41 @@ use std::path::{Path, PathBuf};
 pub use crate::error::{io_reason, LineTooLong};
 use crate::error::{DataError, Result};
 
+/// `sha256:<hex>`: how manifests, fingerprints and caches write a SHA-256
+/// digest.
+pub fn sha256_tag(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(7 + 2 * digest.len());
+    s.push_str("sha256:");
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha256_tag(&sha2::Sha256::digest(bytes))
+}
+
+/// `sha256:<hex>` of the file at `path`, read in blocks of 1 MiB (model
+/// files are too large to read whole).
+pub fn sha256_of_file(path: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    let mut f = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(sha256_tag(&h.finalize()))
+}
+
 /// Writes `path` atomically with the bytes produced by `fill`.
 pub fn atomic_write_with(
     path: &Path,

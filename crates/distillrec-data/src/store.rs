@@ -148,13 +148,7 @@ fn fingerprint(parts: &[Vec<u8>]) -> String {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    let digest = h.finalize();
-    let mut s = String::from("sha256:");
-    for b in digest {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    crate::fsutil::sha256_tag(&h.finalize())
 }
 
 /// The counts of a dataset as stored in its manifest.

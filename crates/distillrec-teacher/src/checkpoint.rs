@@ -6,12 +6,13 @@
 //! student or dataset is refused with one line.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use distillrec_data::fsutil::{sha256_of, sha256_of_file, sha256_tag};
 
 use distillrec_config::TeacherConfig;
 use distillrec_train::DatasetRef;
@@ -28,7 +29,7 @@ pub const VERSION: u32 = 1;
 pub struct Pinned {
     /// Where it was.
     pub path: PathBuf,
-    /// SHA-256 (hex) of its content.
+    /// `sha256:<hex>` of its content.
     pub sha256: String,
 }
 
@@ -65,32 +66,12 @@ pub struct TeacherManifest {
     pub weights_sha256: String,
 }
 
-fn hex(d: impl AsRef<[u8]>) -> String {
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(h.finalize()))
-}
-
-/// SHA-256 of a backbone: the GGUF file, or for a Hugging Face directory
-/// the names and hashes of its `config.json`, `tokenizer.json` and
-/// `*.safetensors` files.
+/// `sha256:<hex>` of a backbone: the GGUF file, or for a Hugging Face
+/// directory the names and hashes of its `config.json`, `tokenizer.json`
+/// and `*.safetensors` files.
 pub fn backbone_sha256(path: &Path) -> Result<String> {
     if path.is_file() {
-        return file_sha256(path);
+        return Ok(sha256_of_file(path)?);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .with_context(|| format!("{}", path.display()))?
@@ -109,9 +90,9 @@ pub fn backbone_sha256(path: &Path) -> Result<String> {
                 .unwrap_or("")
                 .as_bytes(),
         );
-        h.update(file_sha256(&f)?.as_bytes());
+        h.update(sha256_of_file(&f)?.as_bytes());
     }
-    Ok(hex(h.finalize()))
+    Ok(sha256_tag(&h.finalize()))
 }
 
 /// The manifest path of a checkpoint given by its weights or manifest path.
@@ -176,7 +157,7 @@ pub fn save(
     distillrec_data::fsutil::atomic_write(&wpath, &bytes)?;
     let mut m = manifest.clone();
     m.weights = weights;
-    m.weights_sha256 = hex(Sha256::digest(&bytes));
+    m.weights_sha256 = sha256_of(&bytes);
     distillrec_data::fsutil::atomic_write(
         &dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&m)?.as_bytes(),
@@ -211,6 +192,12 @@ pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
     Ok((m.clone(), dir.join(&m.weights)))
 }
 
+/// The start of a `sha256:<hex>` pin, for messages (by characters: a
+/// manifest is read from a file and may hold anything).
+fn short(pin: &str) -> String {
+    pin.chars().take(19).collect()
+}
+
 /// Loads the trainable tensors of the checkpoint at `path` into `teacher`
 /// after checking that it belongs to this backbone (`backbone_sha`),
 /// student (`student_sha`), dataset and shape; returns the manifest and
@@ -226,19 +213,19 @@ pub fn load_into(
     let mp = manifest_path(path);
     if m.backbone.sha256 != backbone_sha {
         bail!(
-            "{}: this teacher belongs to the backbone {} (sha256 {}…), not to the one given (sha256 {}…)",
+            "{}: this teacher belongs to the backbone {} ({}…), not to the one given ({}…)",
             mp.display(),
             m.backbone.path.display(),
-            &m.backbone.sha256[..12.min(m.backbone.sha256.len())],
-            &backbone_sha[..12.min(backbone_sha.len())]
+            short(&m.backbone.sha256),
+            short(backbone_sha)
         );
     }
     if m.student.sha256 != student_sha {
         bail!(
-            "{}: this teacher belongs to the student {} (weights sha256 {}…), not to the one given",
+            "{}: this teacher belongs to the student {} (weights {}…), not to the one given",
             mp.display(),
             m.student.path.display(),
-            &m.student.sha256[..12.min(m.student.sha256.len())]
+            short(&m.student.sha256)
         );
     }
     if m.dataset.fingerprint != fingerprint {
@@ -259,7 +246,7 @@ pub fn load_into(
     }
     let bytes = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
     ensure!(
-        hex(Sha256::digest(&bytes)) == m.weights_sha256,
+        sha256_of(&bytes) == m.weights_sha256,
         "{}: weights do not match the manifest's SHA-256 (truncated or replaced)",
         wpath.display()
     );

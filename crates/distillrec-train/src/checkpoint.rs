@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use distillrec_config::StudentKind;
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
@@ -77,15 +76,6 @@ pub struct Manifest {
     pub created_by: String,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    let mut s = String::from("sha256:");
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
 /// The manifest path of a weights path or stem (`x.safetensors` → `x.json`).
 pub fn manifest_path(path: &Path) -> PathBuf {
     path.with_extension("json")
@@ -117,7 +107,7 @@ pub fn save(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        weights_sha256: sha256_hex(&bytes),
+        weights_sha256: distillrec_data::fsutil::sha256_of(&bytes),
         created_by: format!("distillrec {}", env!("CARGO_PKG_VERSION")),
     };
     atomic_write_json(&manifest_path(weights_path), &m)?;
@@ -320,7 +310,7 @@ pub fn load(path: &Path, expect: &Expect, device: &Device) -> Result<Loaded> {
     }
     let bytes = std::fs::read(&weights)
         .with_context(|| format!("{}: cannot read weights", weights.display()))?;
-    if sha256_hex(&bytes) != m.weights_sha256 {
+    if distillrec_data::fsutil::sha256_of(&bytes) != m.weights_sha256 {
         bail!(
             "{}: weights do not match the manifest checksum (truncated or modified file, {} bytes)",
             weights.display(),
