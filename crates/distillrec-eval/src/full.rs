@@ -9,7 +9,7 @@ use crate::metrics::MetricAccumulator;
 use crate::options::split_rows;
 pub use crate::options::{EvalOptions, EvalReport};
 use crate::rank::{row_seed, Ranker};
-use crate::sampled::evaluate_sampled;
+use crate::sampled::{evaluate_sampled, split_candidates};
 
 /// Full-ranking evaluation of `split`. `score` receives up to
 /// `opts.batch_size` rows and returns a row-major `[B x (N + 1)]` score
@@ -81,7 +81,9 @@ where
 }
 
 /// Full-ranking metrics plus, when `opts.sampled_negatives > 0`, the
-/// sampled-candidate metrics read from the same full score rows.
+/// sampled-candidate metrics read from the same full score rows: each
+/// batch is scored once, and the candidates' scores are kept for the
+/// sampled protocol (`rows × (n_neg + 1)` numbers, not the score rows).
 pub fn evaluate_all<F>(
     ds: &Dataset,
     split: SplitName,
@@ -91,16 +93,34 @@ pub fn evaluate_all<F>(
 where
     F: FnMut(&[&Row]) -> Result<Vec<f32>, EvalError>,
 {
-    let mut report = evaluate(ds, split, opts, &mut score)?;
-    if opts.sampled_negatives > 0 {
-        let width = ds.num_items() + 1;
-        let sampled = evaluate_sampled(ds, split, opts, opts.sampled_negatives, |rows, cands| {
-            let full = score(rows)?;
-            Ok(cands
-                .iter()
-                .zip(full.chunks_exact(width))
-                .map(|(c, s)| c.iter().map(|&i| s[i as usize]).collect())
-                .collect())
+    if opts.sampled_negatives == 0 {
+        return evaluate(ds, split, opts, score);
+    }
+    let cands = split_candidates(ds, split, opts, opts.sampled_negatives)?;
+    let width = ds.num_items() + 1;
+    let mut kept: Vec<Vec<f32>> = Vec::with_capacity(cands.len());
+    let mut report = evaluate(ds, split, opts, |rows| {
+        let full = score(rows)?;
+        // a matrix of the wrong size is refused by `evaluate` itself
+        if full.len() == rows.len() * width && kept.len() + rows.len() <= cands.len() {
+            for (s, c) in full.chunks_exact(width).zip(&cands[kept.len()..]) {
+                kept.push(c.iter().map(|&i| s[i as usize]).collect());
+            }
+        }
+        Ok(full)
+    })?;
+    {
+        let mut next = 0;
+        let sampled = evaluate_sampled(ds, split, opts, opts.sampled_negatives, |rows, cs| {
+            let end = next + rows.len();
+            if end > kept.len() || cs != &cands[next..end] {
+                return Err(EvalError::Model(
+                    "the sampled protocol drew other candidates than the full pass kept".into(),
+                ));
+            }
+            let out = kept[next..end].to_vec();
+            next = end;
+            Ok(out)
         })?;
         report.metrics.extend(sampled.metrics);
         report.wall_secs += sampled.wall_secs;

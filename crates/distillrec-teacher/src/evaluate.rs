@@ -3,13 +3,13 @@
 //! candidates; the generative answer by greedy decoding over the same
 //! candidates (valid ratio, HR@1 = correct / all, and correct / valid).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use distillrec_data::{Dataset, Row, SplitName};
+use distillrec_data::{Dataset, SplitName};
 use distillrec_eval::{evaluate_all, split_candidates, EvalError, EvalOptions, EvalReport};
 
 use crate::model::Teacher;
@@ -57,27 +57,10 @@ pub fn eval_ranking(
     let mut o = opts.clone();
     o.batch_size = teacher.cfg.infer_batch;
     o.sampled_negatives = teacher.prompter.candidates - 1;
-    // the full and the sampled protocol ask for the same rows: score once
-    let mut seen: HashMap<String, Vec<f32>> = HashMap::new();
-    let width = ds.num_items() + 1;
     Ok(evaluate_all(ds, split, &o, |rows| {
-        let todo: Vec<&Row> = rows
-            .iter()
-            .copied()
-            .filter(|r| !seen.contains_key(&r.key))
-            .collect();
-        if !todo.is_empty() {
-            let s = teacher
-                .rank_scores(ds, &todo, &table)
-                .map_err(|e| EvalError::Model(format!("{e:#}")))?;
-            for (r, row) in todo.iter().zip(s.chunks(width)) {
-                seen.insert(r.key.clone(), row.to_vec());
-            }
-        }
-        Ok(rows
-            .iter()
-            .flat_map(|r| seen[&r.key].iter().copied())
-            .collect())
+        teacher
+            .rank_scores(ds, rows, &table)
+            .map_err(|e| EvalError::Model(format!("{e:#}")))
     })?)
 }
 
