@@ -73,6 +73,15 @@ fn llm_target(t: AdapterTarget) -> Target {
     }
 }
 
+/// `acc += w · g`, tensor by tensor (gradient sums and accumulation).
+pub fn add_scaled(acc: &mut [Vec<f32>], g: &[Vec<f32>], w: f32) {
+    for (a, g) in acc.iter_mut().zip(g) {
+        for (x, y) in a.iter_mut().zip(g) {
+            *x += y * w;
+        }
+    }
+}
+
 /// A seed for one row: the run seed, a stream tag and the row's key (so a
 /// row's prompt does not depend on its batch or shard).
 pub fn row_seed(seed: u64, tag: u64, key: &str) -> u64 {
@@ -227,6 +236,14 @@ impl Teacher {
             .weights()
             .flat_map(|w| [w.a.len(), w.b.len()])
             .chain(self.nets.params.iter().map(|p| p.value.len()))
+            .collect()
+    }
+
+    /// Zeroed gradients of every trainable tensor.
+    pub fn zero_grads(&self) -> Vec<Vec<f32>> {
+        self.param_sizes()
+            .into_iter()
+            .map(|n| vec![0.0; n])
             .collect()
     }
 
@@ -429,11 +446,7 @@ impl Teacher {
         let mut total = StepOut {
             loss: 0.0,
             tokens: 0,
-            grads: self
-                .param_sizes()
-                .into_iter()
-                .map(|n| vec![0.0; n])
-                .collect(),
+            grads: self.zero_grads(),
         };
         for (gen, salt) in [(false, 0u64), (true, 1)] {
             if (gen && !has_generative(obj)) || (!gen && !has_ranking(obj)) {
@@ -443,11 +456,7 @@ impl Teacher {
             let out = self.loss_and_grads(ds, rows, &prompts, gen, drop_seed ^ salt)?;
             total.loss += out.loss;
             total.tokens += out.tokens;
-            for (a, g) in total.grads.iter_mut().zip(out.grads) {
-                for (x, y) in a.iter_mut().zip(g) {
-                    *x += y;
-                }
-            }
+            add_scaled(&mut total.grads, &out.grads, 1.0);
         }
         Ok(total)
     }
@@ -506,13 +515,6 @@ impl Teacher {
             .iter()
             .map(|p| vec![0.0; p.value.len()])
             .collect();
-        let add = |acc: &mut Vec<Vec<f32>>, g: Vec<Vec<f32>>| {
-            for (a, g) in acc.iter_mut().zip(g) {
-                for (x, y) in a.iter_mut().zip(g) {
-                    *x += y;
-                }
-            }
-        };
         let (loss, dh) = if generative {
             let mut pairs = Vec::new();
             for (r, p) in prompts.iter().enumerate() {
@@ -544,7 +546,7 @@ impl Teacher {
                 .context("the head gave no hidden-state gradient")?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            add(&mut net_grads, live.grads(&store)?);
+            add_scaled(&mut net_grads, &live.grads(&store)?, 1.0);
             let mut dh = vec![0f32; hidden.len()];
             for (i, &p) in last.iter().enumerate() {
                 dh[p * h..(p + 1) * h].copy_from_slice(&dhl[i * h..(i + 1) * h]);
@@ -573,7 +575,7 @@ impl Teacher {
             });
         }
         if let Some(s) = surrogate {
-            add(&mut net_grads, live.grads(&s.backward()?)?);
+            add_scaled(&mut net_grads, &live.grads(&s.backward()?)?, 1.0);
         }
         let mut grads: Vec<Vec<f32>> = Vec::new();
         for w in g.adapters.weights() {

@@ -22,7 +22,7 @@ use distillrec_train::DatasetRef;
 
 use crate::checkpoint::{self, OptState, Pinned, TeacherManifest, FORMAT, VERSION};
 use crate::evaluate::{eval_generative, eval_ranking};
-use crate::model::{has_ranking, Teacher};
+use crate::model::{add_scaled, has_ranking, Teacher};
 
 /// What training needs besides the teacher.
 pub struct TrainTeacher<'a> {
@@ -223,11 +223,7 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             indicatif::ProgressBar::hidden()
         };
         bar.set_prefix(format!("{}", epoch + 1));
-        let mut acc: Vec<Vec<f32>> = teacher
-            .param_sizes()
-            .into_iter()
-            .map(|n| vec![0.0; n])
-            .collect();
+        let mut acc = teacher.zero_grads();
         let (mut loss_sum, mut loss_n, mut in_acc) = (0.0, 0usize, 0usize);
         let chunks: Vec<&[usize]> = order.iter().map(Vec::as_slice).collect();
         let epoch_tokens_start = tokens;
@@ -254,11 +250,7 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             loss_n += 1;
             tokens += out.tokens;
             let w = 1.0 / tr.grad_accum as f32;
-            for (a, g) in acc.iter_mut().zip(&out.grads) {
-                for (x, y) in a.iter_mut().zip(g) {
-                    *x += y * w;
-                }
-            }
+            add_scaled(&mut acc, &out.grads, w);
             in_acc += 1;
             if in_acc == tr.grad_accum || k + 1 == chunks.len() {
                 if tr.grad_clip > 0.0 {
