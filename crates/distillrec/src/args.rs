@@ -334,41 +334,21 @@ pub struct TeacherInferArgs {
     /// Teacher checkpoint weights (`.safetensors`) or manifest (`.json`).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
-    /// The prepared dataset the teacher was trained on.
-    #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
-    /// Output cache directory.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-    /// Only these training rows (a selection file from `distillrec select`).
-    #[arg(long, value_name = "FILE")]
-    pub selection: Option<PathBuf>,
-    /// Write only shard i of n (0-based, cut between inference batches); join with `teacher merge`.
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<ShardSpec>,
-    /// Candidates per row (default: teacher.top_k of the config).
-    #[arg(long)]
-    pub k: Option<usize>,
     /// The backbone, if it moved (checked against the manifest's SHA-256).
     #[arg(long, value_name = "PATH")]
     pub backbone: Option<PathBuf>,
     /// The student checkpoint, if it moved (checked against the manifest's SHA-256).
     #[arg(long, value_name = "FILE")]
     pub student: Option<PathBuf>,
-    /// Device option.
+    /// Dataset, output, rows (shards are cut between inference batches), K, device, config.
     #[command(flatten)]
-    pub device: DeviceArgs,
-    /// Config file and overrides (`teacher.top_k`, `teacher.mask_history`).
-    #[command(flatten)]
-    pub config: ConfigArgs,
+    pub job: CacheJobArgs,
 }
 
-/// Arguments of `teacher from-student`.
+/// What a cache-writing command (`teacher from-student`, `teacher infer`)
+/// reads and writes besides its checkpoint.
 #[derive(Args, Debug)]
-pub struct FromStudentArgs {
-    /// The teacher: a student checkpoint (`.safetensors` or its `.json` manifest).
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+pub struct CacheJobArgs {
     /// The prepared dataset (its fingerprint must match the checkpoint's).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
@@ -390,6 +370,17 @@ pub struct FromStudentArgs {
     /// Config file and overrides (`teacher.top_k`, `teacher.mask_history`).
     #[command(flatten)]
     pub config: ConfigArgs,
+}
+
+/// Arguments of `teacher from-student`.
+#[derive(Args, Debug)]
+pub struct FromStudentArgs {
+    /// The teacher: a student checkpoint (`.safetensors` or its `.json` manifest).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Dataset, output, rows, K, device, config.
+    #[command(flatten)]
+    pub job: CacheJobArgs,
 }
 
 /// Arguments of `teacher from-files`.

@@ -23,18 +23,19 @@ pub fn run(c: TeacherCommand) -> Result<()> {
 }
 
 fn infer(a: TeacherInferArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_TEACHER)?;
-    let device = config_device(&mut cfg, &a.device)?;
+    let j = a.job;
+    let mut cfg = load_config(&j.config, vec![], READS_TEACHER)?;
+    let device = config_device(&mut cfg, &j.device)?;
     let t0 = Instant::now();
     let req = stages::TeacherInferRequest {
         checkpoint: a.checkpoint,
-        data: a.data,
-        selection: a.selection,
-        shard: a.shard,
-        k: a.k,
+        data: j.data,
+        selection: j.selection,
+        shard: j.shard,
+        k: j.k,
         backbone: a.backbone,
         student: a.student,
-        out: a.out,
+        out: j.out,
     };
     let (cache, rps) = stages::teacher_infer(&cfg, &req, &device)?;
     println!(
@@ -50,16 +51,17 @@ fn infer(a: TeacherInferArgs) -> Result<()> {
 }
 
 fn from_student(a: FromStudentArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_TEACHER)?;
-    let device = config_device(&mut cfg, &a.device)?;
+    let j = a.job;
+    let mut cfg = load_config(&j.config, vec![], READS_TEACHER)?;
+    let device = config_device(&mut cfg, &j.device)?;
     let t0 = Instant::now();
     let req = TeacherFromStudent {
         checkpoint: a.checkpoint,
-        data: a.data,
-        out: a.out,
-        selection: a.selection,
-        shard: a.shard,
-        k: a.k,
+        data: j.data,
+        out: j.out,
+        selection: j.selection,
+        shard: j.shard,
+        k: j.k,
     };
     let cache = stages::teacher_from_student(&cfg, &req, &device)?;
     println!(
