@@ -763,6 +763,41 @@ impl Config {
         }
     }
 
+    /// This config with the groups in `reads` kept and every other group at
+    /// its default: what one pipeline stage depends on, so the stage's run
+    /// directory records exactly that and its key changes only when that does.
+    pub fn project(&self, reads: Reads) -> Config {
+        let full = toml::Table::try_from(self).expect("config serialises");
+        let mut out = toml::Table::try_from(Config::default()).expect("defaults serialise");
+        for path in reads.0 {
+            let segs: Vec<&str> = path.split('.').collect();
+            let (last, parents) = segs.split_last().expect("a group path has a segment");
+            let mut src = Some(&full);
+            let mut dst = &mut out;
+            for seg in parents {
+                src = src
+                    .and_then(|t| t.get(*seg))
+                    .and_then(toml::Value::as_table);
+                dst = dst
+                    .entry(seg.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .expect("config groups are tables");
+            }
+            match src.and_then(|t| t.get(*last)) {
+                Some(v) => {
+                    dst.insert(last.to_string(), v.clone());
+                }
+                None => {
+                    dst.remove(*last);
+                }
+            }
+        }
+        toml::Value::Table(out)
+            .try_into()
+            .expect("a projection of a valid config is a valid config")
+    }
+
     /// The fully resolved config as TOML (what a run directory stores).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
@@ -1041,6 +1076,26 @@ fn location(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projection_keeps_the_groups_read_and_defaults_the_rest() {
+        let cfg = Config::from_toml_str(
+            "seed = 7\n[distill]\nlambda = 0.5\n[train.student]\nmax_epochs = 3\n[train.distill]\nmax_epochs = 4\n[teacher]\nnum_layers = 2\n",
+            "t",
+            &[],
+        )
+        .unwrap();
+        let p = cfg.project(Reads(&["seed", "train.distill", "distill"]));
+        assert_eq!(p.seed, 7);
+        assert_eq!(p.distill.lambda, 0.5);
+        assert_eq!(p.train.distill.max_epochs, 4);
+        let d = Config::default();
+        assert_eq!(p.train.student, d.train.student);
+        assert_eq!(p.teacher, d.teacher);
+        assert_eq!(cfg.project(Reads::ALL), cfg);
+        assert_eq!(cfg.project(Reads(&["teacher"])).teacher.num_layers, Some(2));
+        assert_eq!(p.teacher.num_layers, None);
+    }
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();

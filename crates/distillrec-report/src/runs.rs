@@ -30,6 +30,10 @@ pub struct RunRecordView {
     /// The command line that produced the run (program name first).
     #[serde(default)]
     pub command: Vec<String>,
+    /// What the run is, as the command that wrote it recorded; records
+    /// written before it was recorded fall back to the command line.
+    #[serde(default)]
+    pub kind: Option<distillrec_run::RunKind>,
     /// `running`, `ok` or `failed: ...`; absent in hand-written records.
     #[serde(default)]
     pub status: Option<String>,
@@ -183,8 +187,16 @@ impl RunDir {
             .take_while(|w| !w.starts_with('-'))
     }
 
-    /// What the run is, from its command line.
+    /// What the run is: its recorded kind, else from its command line.
     pub fn kind(&self) -> RunKind {
+        use distillrec_run::RunKind as Recorded;
+        match self.record.kind {
+            Some(Recorded::Popularity | Recorded::Student) => return RunKind::Trained,
+            Some(Recorded::Teacher) => return RunKind::Teacher,
+            Some(Recorded::Distilled) => return RunKind::Distilled,
+            Some(Recorded::Evaluation) => return RunKind::Evaluation,
+            None => {}
+        }
         let words: Vec<&str> = self.command_words().collect();
         match words.as_slice() {
             ["distill", ..] => RunKind::Distilled,

@@ -76,11 +76,32 @@ pub struct StageRecord {
     pub peak_rss_mb: Option<f64>,
 }
 
+/// What a run directory holds, so the report groups runs by what they are
+/// rather than by their labels or command lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// The most-popular-items baseline.
+    Popularity,
+    /// A student trained on its own labels.
+    Student,
+    /// The LLM teacher (iLoRA / LLaRA).
+    Teacher,
+    /// A student distilled from a teacher cache.
+    Distilled,
+    /// An evaluation of an existing checkpoint (its wall time is the
+    /// evaluation's, not the model's cost).
+    Evaluation,
+}
+
 /// The contents of `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The full command line.
     pub command: Vec<String>,
+    /// What the run is (absent in records written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<RunKind>,
     /// Build information.
     pub build: BuildInfo,
     /// Run seed.
@@ -110,6 +131,15 @@ pub struct RunRecord {
     /// kept out of `metrics.json` so that file is identical across reruns.
     #[serde(default)]
     pub costs: BTreeMap<String, serde_json::Value>,
+}
+
+/// Resets this process's peak resident set size (Linux: `5` into
+/// `/proc/self/clear_refs`), so a stage run after another in one process
+/// reports its own peak. Elsewhere, or when refused, the peak stays the
+/// process's (an over-estimate, never an under-estimate).
+pub fn reset_peak_rss() {
+    #[cfg(target_os = "linux")]
+    let _ = std::fs::write("/proc/self/clear_refs", b"5");
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
@@ -267,6 +297,7 @@ impl Run {
         }
         let record = RunRecord {
             command: std::env::args().collect(),
+            kind: None,
             build,
             seed,
             device: None,
@@ -356,6 +387,12 @@ impl Run {
         self.record.peak_rss_mb = peak_rss_mb();
         self.write_record()?;
         out
+    }
+
+    /// Records what the run is and rewrites `run.json`.
+    pub fn set_kind(&mut self, kind: RunKind) -> Result<(), DataError> {
+        self.record.kind = Some(kind);
+        self.write_record()
     }
 
     /// Records the device the run's models run on and rewrites `run.json`.

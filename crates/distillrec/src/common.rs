@@ -84,8 +84,8 @@ pub const READS_DISTILL: Reads = Reads(&[
     "train.distill",
     "eval",
 ]);
-/// The groups `pipeline` reads (its stages today: data, popularity, student).
-pub const READS_PIPELINE: Reads = READS_TRAIN_STUDENT;
+/// The groups `pipeline` reads: all of them.
+pub const READS_PIPELINE: Reads = Reads::ALL;
 
 /// Opens the device: `--device` if given (it also becomes the config's
 /// `device`, so `config.toml` records it), else the config's.
@@ -104,15 +104,23 @@ pub fn device(arg: &DeviceArgs) -> Result<Device> {
 }
 
 /// Prints the headline metrics of one model on one line.
-pub fn print_metrics(model: &str, m: &Metrics) {
-    let pick = |s: &SplitMetrics, k: &str| s.get(k).map_or("-".into(), |v| format!("{v:.4}"));
+pub fn print_metrics(model: &str, m: &Metrics, ks: &[usize]) {
+    let row = |s: &SplitMetrics| {
+        ks.iter()
+            .flat_map(|k| [format!("hr@{k}"), format!("ndcg@{k}")])
+            .map(|key| {
+                let v = s.get(&key).map_or("-".into(), |v| format!("{v:.4}"));
+                format!("{key} {v}")
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{model}: test {}", row(&m.test));
     println!(
-        "{model}: valid ndcg@10 {}  test hr@10 {}  ndcg@10 {}  hr@20 {}  ndcg@20 {}",
-        pick(&m.valid, "ndcg@10"),
-        pick(&m.test, "hr@10"),
-        pick(&m.test, "ndcg@10"),
-        pick(&m.test, "hr@20"),
-        pick(&m.test, "ndcg@20"),
+        "{:width$}  valid {}",
+        "",
+        row(&m.valid),
+        width = model.len()
     );
 }
 

@@ -8,7 +8,7 @@ use distillrec_config::Config;
 use distillrec_data::store::{self, Manifest};
 use distillrec_data::{Dataset, SplitName};
 use distillrec_eval::evaluate_popularity;
-use distillrec_run::{BuildInfo, Metrics, Run};
+use distillrec_run::{BuildInfo, Metrics, Run, RunKind};
 use distillrec_train::EvalCost;
 
 use crate::prepared::same_place;
@@ -33,6 +33,7 @@ pub fn prepare(cfg: &Config, out: &Path) -> Result<(Dataset, Manifest)> {
 /// Evaluates the popularity baseline on validation and test; records the
 /// cost in `run`.
 pub fn popularity(ds: &Dataset, cfg: &Config, run: &mut Run) -> Result<Metrics> {
+    run.set_kind(RunKind::Popularity)?;
     let valid = evaluate_popularity(ds, SplitName::Valid, &cfg.eval)?;
     let test = evaluate_popularity(ds, SplitName::Test, &cfg.eval)?;
     run.record_cost("popularity.valid", EvalCost::from(&valid))?;

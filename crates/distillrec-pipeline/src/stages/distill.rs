@@ -10,7 +10,7 @@ use distillrec_cache::TeacherCache;
 use distillrec_config::Config;
 use distillrec_distill::{DistillObjective, TeacherRows};
 use distillrec_models::device::spec_of;
-use distillrec_run::{BuildInfo, Metrics};
+use distillrec_run::{BuildInfo, Metrics, RunKind};
 use distillrec_train::{train_with, TrainOptions, TrainOutcome};
 
 use crate::prepared::{absolute, run_data};
@@ -54,6 +54,7 @@ pub fn distill(
     }
     let out: &Path = &req.out;
     with_run(out, cfg, build, |run| {
+        run.set_kind(RunKind::Distilled)?;
         run.set_device(spec_of(device))?;
         let data = run.stage("data", || run_data(cfg, req.data.as_deref(), out))?;
         let mut cache = TeacherCache::load(&req.teacher_cache)?;

@@ -13,7 +13,7 @@ use distillrec_cache::{ShardSpec, TeacherCache};
 use distillrec_config::Config;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
-use distillrec_run::{peak_rss_mb, BuildInfo, Metrics};
+use distillrec_run::{peak_rss_mb, BuildInfo, Metrics, RunKind};
 use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest};
 use distillrec_teacher::evaluate::{eval_generative, eval_ranking};
 use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
@@ -124,6 +124,7 @@ pub fn train_teacher(
         "teacher.student",
     )?;
     with_run(&req.out, cfg, build, |run| {
+        run.set_kind(RunKind::Teacher)?;
         run.set_device(spec_of(device))?;
         let data = run.stage("data", || run_data(cfg, req.data.as_deref(), &req.out))?;
         let rows = selected_rows(&data, req.selection.as_deref())?;
@@ -241,6 +242,7 @@ pub fn eval_teacher(
     let (metrics, costs) = evaluate_both(&mut teacher, &data, cfg)?;
     if let Some(out) = out {
         with_run(out, cfg, build, |run| {
+            run.set_kind(RunKind::Evaluation)?;
             for (k, v) in &costs {
                 run.record_cost(k, v)?;
             }

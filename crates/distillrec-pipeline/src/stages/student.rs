@@ -9,7 +9,7 @@ use distillrec_config::{Config, EvalOptions, StudentKind};
 use distillrec_data::SplitName;
 use distillrec_eval::EvalReport;
 use distillrec_models::device::spec_of;
-use distillrec_run::{BuildInfo, Metrics, Run};
+use distillrec_run::{BuildInfo, Metrics, Run, RunKind};
 use distillrec_train::checkpoint::{self, Expect};
 use distillrec_train::{
     evaluate_student, train_student as train, EvalCost, TrainOptions, TrainOutcome,
@@ -35,6 +35,7 @@ pub fn train_student_in(
     run: &mut Run,
     device: &Device,
 ) -> Result<TrainedStudent> {
+    run.set_kind(RunKind::Student)?;
     let opts = TrainOptions {
         student: &cfg.student,
         stage: &cfg.train.student,
@@ -120,6 +121,7 @@ pub fn eval_student(
     };
     if let Some(out) = out {
         with_run(out, cfg, build, |run| {
+            run.set_kind(RunKind::Evaluation)?;
             run.set_device(spec_of(device))?;
             run.record_cost("student.valid", EvalCost::from(&result.valid))?;
             run.record_cost("student.test", EvalCost::from(&result.test))?;

@@ -25,7 +25,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
         "distilled {:?} (best epoch {}, {} teacher rows)",
         cfg.student.model, d.outcome.best_epoch, d.teacher_rows
     );
-    print_metrics(&name.to_lowercase(), &d.metrics);
+    print_metrics(&name.to_lowercase(), &d.metrics, &cfg.eval.ks);
     println!("checkpoint: {}", d.outcome.best_checkpoint.display());
     Ok(())
 }

@@ -33,7 +33,7 @@ fn teacher(a: EvalTeacherArgs) -> Result<()> {
         a.out.as_deref(),
         build_info(),
     )?;
-    print_metrics("teacher", &m);
+    print_metrics("teacher", &m, &cfg.eval.ks);
     print_teacher_extras(&m);
     Ok(())
 }
@@ -42,7 +42,7 @@ fn popularity(a: PopularityArgs) -> Result<()> {
     let mut cfg = load_config(&a.config, vec![], READS_EVAL_POPULARITY)?;
     cfg.dataset.prepared = Some(a.data.clone());
     let m = stages::eval_popularity(&cfg, &a.data, &a.out, build_info())?;
-    print_metrics("popularity", &m);
+    print_metrics("popularity", &m, &cfg.eval.ks);
     Ok(())
 }
 
@@ -60,7 +60,7 @@ fn student(a: EvalStudentArgs) -> Result<()> {
         build_info(),
         &device,
     )?;
-    print_metrics(e.kind.name(), &e.metrics());
+    print_metrics(e.kind.name(), &e.metrics(), &cfg.eval.ks);
     println!(
         "test: {} rows in {:.2}s ({:.0} rows/s)",
         e.test.rows, e.test.wall_secs, e.test.rows_per_sec

@@ -35,7 +35,7 @@ fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
         "teacher {} E={} (best epoch {})",
         cfg.teacher.objective, cfg.teacher.experts, t.outcome.best_epoch
     );
-    print_metrics(&name, &t.metrics);
+    print_metrics(&name, &t.metrics, &cfg.eval.ks);
     print_teacher_extras(&t.metrics);
     println!(
         "training: {} rows, {:.0} tokens/s, {:.1}s per epoch",
@@ -54,7 +54,7 @@ fn train_student(a: TrainStudentArgs) -> Result<()> {
         "{:?} (best epoch {})",
         cfg.student.model, t.outcome.best_epoch
     );
-    print_metrics(&name.to_lowercase(), &t.metrics);
+    print_metrics(&name.to_lowercase(), &t.metrics, &cfg.eval.ks);
     println!("checkpoint: {}", t.outcome.best_checkpoint.display());
     Ok(())
 }
