@@ -1,0 +1,192 @@
+//! `pipeline` end to end on a tiny random-weight backbone: every stage runs
+//! once; a second run skips them all; changing a distillation key re-runs
+//! distillation and the report only; a pipeline killed during teacher
+//! training continues the teacher from its last epoch without redoing the
+//! stages before it.
+
+#[path = "../../distillrec-llm/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod tiny;
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TEACHER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../configs/synthetic-teacher-tiny.toml"
+);
+
+/// The pipeline's arguments: the tiny preset, a random selection of 40 rows,
+/// one-epoch student and distillation, and `extra` overrides.
+fn pipeline_args(backbone: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "pipeline",
+        "--config",
+        TEACHER,
+        "--out",
+        s(out),
+        "--set",
+        &format!("teacher.backbone={}", backbone.display()),
+        "--set",
+        "selection.policy=random",
+        "--set",
+        "selection.budget=40",
+        "--set",
+        "train.distill.max_epochs=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for e in extra {
+        a.push("--set".into());
+        a.push(e.to_string());
+    }
+    a
+}
+
+fn run_pipeline(backbone: &Path, out: &Path, extra: &[&str]) -> String {
+    let a = pipeline_args(backbone, out, extra);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// (stage, skipped) from `pipeline.json`.
+fn stages(out: &Path) -> Vec<(String, bool)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pipeline.json")).unwrap())
+            .unwrap();
+    v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["skipped"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ran(out: &Path) -> Vec<String> {
+    stages(out)
+        .into_iter()
+        .filter(|(_, skipped)| !skipped)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn backbone(dir: &Path) -> std::path::PathBuf {
+    let cfg = tiny::llama_config("llama", 2, false);
+    let b = dir.join("backbone");
+    tiny::write_hf_dir(&b, &cfg, &tiny::random_weights(&cfg, 3));
+    b
+}
+
+const ALL: [&str; 8] = [
+    "data",
+    "popularity",
+    "student",
+    "selection",
+    "teacher",
+    "cache",
+    "distill",
+    "report",
+];
+
+#[test]
+fn stages_run_once_and_a_changed_key_reruns_only_what_depends_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backbone(dir.path());
+    let out = dir.path().join("p");
+    let text = run_pipeline(&b, &out, &[]);
+    assert_eq!(ran(&out), ALL);
+    for label in ["popularity", "sasrec", "iLoRA teacher", "sasrec + DLLM2Rec"] {
+        assert!(text.contains(&format!("| {label} |")), "{label}: {text}");
+    }
+    let report = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(report.contains("| iLoRA teacher |"), "{report}");
+    // the distillation learnt from the 40 selected rows' teacher cache
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("distill/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["kind"], "distilled");
+    assert_eq!(rec["costs"]["distill.teacher"]["teacher_rows"], 40);
+    let teacher_metrics = std::fs::read(out.join("teacher/metrics.json")).unwrap();
+
+    run_pipeline(&b, &out, &[]);
+    assert!(ran(&out).is_empty(), "{:?}", stages(&out));
+
+    run_pipeline(&b, &out, &["distill.lambda=0.3"]);
+    assert_eq!(ran(&out), ["distill", "report"]);
+    assert_eq!(
+        std::fs::read(out.join("teacher/metrics.json")).unwrap(),
+        teacher_metrics
+    );
+    let cfg = std::fs::read_to_string(out.join("distill/config.toml")).unwrap();
+    assert!(cfg.contains("lambda = 0.3"), "{cfg}");
+
+    // a changed selection re-runs the LLM stages and everything after them
+    run_pipeline(&b, &out, &["distill.lambda=0.3", "selection.budget=30"]);
+    assert_eq!(
+        ran(&out),
+        ["selection", "teacher", "cache", "distill", "report"]
+    );
+}
+
+#[test]
+fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backbone(dir.path());
+    let out = dir.path().join("p");
+    // many short epochs that never stop early: room to kill between them
+    let extra = ["train.teacher.max_epochs=60", "train.teacher.patience=100"];
+    let a = pipeline_args(&b, &out, &extra);
+    let mut child = bin()
+        .args(&a)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = out.join("teacher/state.json");
+    let t = Instant::now();
+    while !state.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no teacher epoch after 300 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pipeline ended before the teacher finished an epoch"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mark = std::fs::read_to_string(out.join("stages/teacher.json")).unwrap();
+    assert!(mark.contains("\"running\""), "{mark}");
+    let student_ckpt = std::fs::read(out.join("student/checkpoints/best.safetensors")).unwrap();
+
+    run_pipeline(&b, &out, &extra);
+    let st = stages(&out);
+    for (name, skipped) in &st {
+        let before_teacher = ["data", "popularity", "student", "selection"].contains(&name.as_str());
+        assert_eq!(*skipped, before_teacher, "{st:?}");
+    }
+    assert_eq!(
+        std::fs::read(out.join("student/checkpoints/best.safetensors")).unwrap(),
+        student_ckpt
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("teacher/run.json")).unwrap())
+            .unwrap();
+    let resumed = rec["costs"]["teacher.train"]["resumed_after"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(resumed >= 1, "the teacher started over: {rec}");
+    assert_eq!(rec["status"], "ok");
+}
