@@ -532,6 +532,12 @@ impl Default for TrainConfig {
 pub struct Config {
     /// Run seed; every random choice derives from it (SPEC 2.6).
     pub seed: u64,
+    /// Seed of the pipeline's baseline student and distilled student
+    /// (default: `seed`). The data, the selection and the teacher (with the
+    /// student that feeds it) keep `seed`, so a sweep over `student_seed`
+    /// averages students over seeds against one teacher cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_seed: Option<u64>,
     /// Where models run: `cpu` (default), `cuda` or `cuda:N` (`--device`
     /// overrides it).
     pub device: DeviceSpec,
@@ -555,6 +561,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             seed: 42,
+            student_seed: None,
             device: DeviceSpec::Cpu,
             dataset: DatasetConfig::default(),
             student: StudentConfig::default(),
@@ -636,6 +643,7 @@ impl Reads {
     /// Every group (the `pipeline`, and tests).
     pub const ALL: Reads = Reads(&[
         "seed",
+        "student_seed",
         "device",
         "dataset",
         "student",

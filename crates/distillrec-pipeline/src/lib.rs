@@ -11,18 +11,24 @@
 //!   files, merged shards), select, distill.
 //! - [`llm`] — the LLM backbone's command-line jobs (generate, logits,
 //!   item embeddings, speed).
+//! - [`latency`] — per-user top-20 latency of a student or the teacher.
 //! - [`models`] — backbones known by name (`smollm2`), fetched with pip.
-//! - [`pipeline`] — every available stage from one config, with a report.
+//! - [`pipeline`] — every stage from one config, each keyed by what it
+//!   reads, with a report.
+//! - [`sweep`] — the pipeline over a grid of config values and seeds,
+//!   sharing every stage it can, with one report.
 //!
 //! Every function takes the `candle_core::Device` its models run on; runs
 //! record it in `run.json`.
 
+pub mod latency;
 pub mod llm;
 pub mod models;
 pub mod pipeline;
 pub mod prepared;
 pub mod runs;
 pub mod stages;
+pub mod sweep;
 
 pub use prepared::{absolute, load_prepared, run_data, Data};
 pub use runs::{record_training, with_run};

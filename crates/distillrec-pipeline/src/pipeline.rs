@@ -25,12 +25,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use distillrec_config::{Config, Reads, TeacherObjective};
+use distillrec_config::{Config, Reads};
 use distillrec_data::fsutil::{atomic_write, atomic_write_json, sha256_of};
 use distillrec_data::lock::DirLock;
 use distillrec_data::store;
 use distillrec_run::{init_logging, reset_peak_rss, BuildInfo, Metrics};
 use distillrec_select::Policy;
+
+/// The selection file in the selection stage's directory.
+const SELECTION_FILE: &str = "selection.csv";
 
 use crate::stages::{
     distill, eval_popularity, select, teacher_infer, train_student, train_teacher, DistillRequest,
@@ -93,8 +96,10 @@ pub struct StageReport {
 /// What the pipeline did.
 #[derive(Clone, Debug, Serialize)]
 pub struct PipelineOutcome {
-    /// `report.md`.
-    pub report: PathBuf,
+    /// `report.md` (in the [`Layout::Named`] layout).
+    pub report: Option<PathBuf>,
+    /// The models, in the report's order.
+    pub models: Vec<ModelRun>,
     /// The stages in order.
     pub stages: Vec<StageReport>,
     /// Wall seconds of this invocation.
@@ -112,45 +117,75 @@ struct StageMark {
     wall_secs: f64,
 }
 
+/// Where stage directories live.
+#[derive(Clone, Debug)]
+pub enum Layout {
+    /// `out/<stage>` with the marks in `out/stages/<stage>.json`: one
+    /// pipeline, a changed stage replaces its directory.
+    Named,
+    /// `root/<stage>-<key prefix>` with the marks in `root/marks/`: stages
+    /// addressed by content, so pipelines that share a root (a sweep) share
+    /// every stage whose key is the same.
+    Shared(PathBuf),
+}
+
 /// The stages of one invocation, with their state on disk.
 struct Stages<'a> {
     out: &'a Path,
+    layout: Layout,
     done: Vec<StageReport>,
 }
 
 impl Stages<'_> {
-    fn dir(&self, name: &str) -> PathBuf {
-        self.out.join(name)
-    }
-
-    fn mark_path(&self, name: &str) -> PathBuf {
-        self.out.join("stages").join(format!("{name}.json"))
-    }
-
-    fn read_mark(&self, name: &str) -> Result<Option<StageMark>> {
-        let p = self.mark_path(name);
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "{}: not a stage record; remove it to re-run the stage",
-                    p.display()
-                )
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("{}: cannot read", p.display())),
+    /// The directory of stage `name` (of `kind`) under `key`: by name in
+    /// the named layout, by kind and key in the shared one (so two stages of
+    /// one kind with one key are one directory).
+    fn dir(&self, name: &str, kind: &str, key: &str) -> PathBuf {
+        match &self.layout {
+            Layout::Named => self.out.join(name),
+            Layout::Shared(root) => {
+                let hex = key.strip_prefix("sha256:").unwrap_or(key);
+                root.join(format!("{kind}-{}", &hex[..hex.len().min(12)]))
+            }
         }
     }
 
-    fn write_mark(&self, name: &str, mark: &StageMark) -> Result<()> {
-        atomic_write_json(&self.mark_path(name), mark)?;
-        Ok(())
+    fn mark_path(&self, name: &str, kind: &str, key: &str) -> PathBuf {
+        match &self.layout {
+            Layout::Named => self.out.join("stages").join(format!("{name}.json")),
+            Layout::Shared(root) => {
+                let dir = self.dir(name, kind, key);
+                let base = dir.file_name().unwrap_or_default().to_string_lossy();
+                root.join("marks").join(format!("{base}.json"))
+            }
+        }
+    }
+
+    fn read_mark(&self, path: &Path) -> Result<Option<StageMark>> {
+        match std::fs::read(path) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{}: not a stage record; remove it to re-run the stage",
+                    path.display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        }
     }
 
     /// Runs stage `name` under `key` unless it finished under that key;
-    /// `f` gets the stage's directory.
-    fn run(&mut self, name: &str, key: &str, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-        let dir = self.dir(name);
-        match self.read_mark(name)? {
+    /// `f` gets the stage's directory, which is returned.
+    fn run(
+        &mut self,
+        name: &str,
+        kind: &str,
+        key: &str,
+        f: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let dir = self.dir(name, kind, key);
+        let mark_path = self.mark_path(name, kind, key);
+        match self.read_mark(&mark_path)? {
             Some(m) if m.key == key && m.status == "ok" => {
                 tracing::info!(stage = name, "finished earlier with the same key: skipped");
                 self.done.push(StageReport {
@@ -160,7 +195,7 @@ impl Stages<'_> {
                     wall_secs: 0.0,
                     ran_secs: m.wall_secs,
                 });
-                return Ok(());
+                return Ok(dir);
             }
             Some(m) if m.key == key => {
                 tracing::info!(stage = name, "unfinished with the same key: continuing it");
@@ -181,32 +216,25 @@ impl Stages<'_> {
                     bail!(
                         "{}: exists but the pipeline has no record of it ({} is missing); move it away or use another --out",
                         dir.display(),
-                        self.mark_path(name).display()
+                        mark_path.display()
                     );
                 }
             }
         }
-        self.write_mark(
-            name,
-            &StageMark {
-                key: key.into(),
-                status: "running".into(),
-                wall_secs: 0.0,
-            },
-        )?;
+        let mut mark = StageMark {
+            key: key.into(),
+            status: "running".into(),
+            wall_secs: 0.0,
+        };
+        atomic_write_json(&mark_path, &mark)?;
         reset_peak_rss();
         let t = Instant::now();
         tracing::info!(stage = name, "pipeline stage started");
         f(&dir).with_context(|| format!("pipeline stage `{name}` failed"))?;
         let wall = t.elapsed().as_secs_f64();
-        self.write_mark(
-            name,
-            &StageMark {
-                key: key.into(),
-                status: "ok".into(),
-                wall_secs: wall,
-            },
-        )?;
+        mark.status = "ok".into();
+        mark.wall_secs = wall;
+        atomic_write_json(&mark_path, &mark)?;
         self.done.push(StageReport {
             name: name.into(),
             key: key.into(),
@@ -214,16 +242,16 @@ impl Stages<'_> {
             wall_secs: wall,
             ran_secs: wall,
         });
-        Ok(())
+        Ok(dir)
     }
 }
 
-/// The key of a stage: its name, its projected config (device left out)
+/// The key of a stage: its kind, its projected config (device left out)
 /// and the keys of its inputs.
-fn stage_key(name: &str, cfg: &Config, reads: Reads, inputs: &[&str]) -> String {
-    let mut p = cfg.project(reads);
+fn stage_key(kind: &str, projected: &Config, inputs: &[&str]) -> String {
+    let mut p = projected.clone();
     p.device = Config::default().device;
-    let mut text = format!("{name}\n{}\n", p.to_toml());
+    let mut text = format!("{kind}\n{}\n", p.to_toml());
     for i in inputs {
         text.push_str(i);
         text.push('\n');
@@ -239,22 +267,30 @@ fn metrics_of(dir: &Path) -> Option<Metrics> {
 
 /// Checks what the pipeline can know before running anything.
 fn preflight(cfg: &Config) -> Result<()> {
-    if cfg.selection.policy == Policy::Kl {
+    if cfg.teacher.backbone.is_some() && cfg.selection.policy == Policy::Kl {
         bail!("config key `selection.policy`: 'kl' filters rows by an existing teacher cache, which the pipeline builds only after selection; run `distillrec select --policy kl` by hand");
-    }
-    if cfg.teacher.backbone.is_some() && cfg.teacher.objective == TeacherObjective::Generative {
-        tracing::info!(
-            "generative teacher: the cache grounds greedy answers (BIGRec), which is slow on a CPU"
-        );
     }
     Ok(())
 }
 
-/// Runs the pipeline in `out` on `device`. `on_model` is called with each
-/// model's name and metrics once its stage has finished or been skipped.
+/// A model the pipeline trained or evaluated, as the report lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelRun {
+    /// Label in tables (`popularity`, `sasrec`, `iLoRA teacher`, ...).
+    pub label: String,
+    /// Its run directory.
+    pub dir: PathBuf,
+}
+
+/// Runs the pipeline for `cfg` in `out` on `device`, its stage directories
+/// placed by `layout`. `on_model` is called with each model's label and
+/// metrics once its stage has finished or been skipped. The report stage
+/// runs in the [`Layout::Named`] layout (a sweep reports all its runs at
+/// once instead).
 pub fn run(
     cfg: &Config,
     out: &Path,
+    layout: Layout,
     build: BuildInfo,
     device: &Device,
     on_model: &mut dyn FnMut(&str, &Metrics),
@@ -264,112 +300,127 @@ pub fn run(
     let _lock = DirLock::acquire(out)?;
     init_logging(Some(&out.join("pipeline.log")))?;
     atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let named = matches!(layout, Layout::Named);
     let mut st = Stages {
         out,
+        layout,
         done: Vec::new(),
     };
-    let mut notify = |name: &str, dir: &Path| {
+    let mut models: Vec<ModelRun> = Vec::new();
+    let mut add_model = |label: &str, dir: &Path| {
         if let Some(m) = metrics_of(dir) {
-            on_model(name, &m);
+            on_model(label, &m);
         }
+        models.push(ModelRun {
+            label: label.to_string(),
+            dir: dir.to_path_buf(),
+        });
     };
+    // a stage's config: its groups, trained with `seed`
+    let project = |reads: Reads, seed: u64| {
+        let mut p = cfg.project(reads);
+        p.seed = seed;
+        p.student_seed = None;
+        p
+    };
+    let run_seed = cfg.seed;
+    let student_seed = cfg.student_seed.unwrap_or(cfg.seed);
 
     // data: the prepared dataset (given, or built from the config)
-    let data_dir = match &cfg.dataset.prepared {
-        Some(p) => p.clone(),
-        None => st.dir("data"),
-    };
     let given = match &cfg.dataset.prepared {
         Some(p) => store::read_manifest(p)?.fingerprint,
         None => String::new(),
     };
-    let k_data = stage_key("data", cfg, reads::DATA, &[&given]);
-    st.run("data", &k_data, |dir| {
+    let k_data = stage_key("data", &project(reads::DATA, run_seed), &[&given]);
+    let built = st.run("data", "data", &k_data, |dir| {
         if cfg.dataset.prepared.is_none() {
             let ds = cfg.build_dataset()?;
             store::save(&ds, dir)?;
         }
         Ok(())
     })?;
+    let data_dir = cfg.dataset.prepared.clone().unwrap_or(built);
 
-    let k_pop = stage_key("popularity", cfg, reads::POPULARITY, &[&k_data]);
-    let pop = cfg.project(reads::POPULARITY);
-    st.run("popularity", &k_pop, |dir| {
+    let pop = project(reads::POPULARITY, run_seed);
+    let k_pop = stage_key("popularity", &pop, &[&k_data]);
+    let pop_dir = st.run("popularity", "popularity", &k_pop, |dir| {
         eval_popularity(&pop, &data_dir, dir, build.clone()).map(drop)
     })?;
-    notify("popularity", &st.dir("popularity"));
+    add_model("popularity", &pop_dir);
 
-    let k_student = stage_key("student", cfg, reads::STUDENT, &[&k_data]);
-    let student_cfg = cfg.project(reads::STUDENT);
-    st.run("student", &k_student, |dir| {
-        train_student(&student_cfg, Some(&data_dir), dir, build.clone(), device).map(drop)
-    })?;
+    // the baseline student, trained with the student seed
+    let train_student_stage =
+        |st: &mut Stages, name: &str, seed: u64| -> Result<(String, PathBuf)> {
+            let c = project(reads::STUDENT, seed);
+            let k = stage_key("student", &c, &[&k_data]);
+            let dir = st.run(name, "student", &k, |dir| {
+                train_student(&c, Some(&data_dir), dir, build.clone(), device).map(drop)
+            })?;
+            Ok((k, dir))
+        };
+    let (k_student, student_dir) = train_student_stage(&mut st, "student", student_seed)?;
     let student_name = cfg.student.model.name();
-    notify(student_name, &st.dir("student"));
-    let student_ckpt = crate::absolute(&st.dir("student").join("checkpoints/best.safetensors"));
+    add_model(student_name, &student_dir);
 
-    let mut report_runs = vec![
-        ("popularity".to_string(), st.dir("popularity")),
-        (student_name.to_string(), st.dir("student")),
-    ];
     let mut report_inputs = vec![k_pop.clone(), k_student.clone()];
 
     if cfg.teacher.backbone.is_some() {
+        // the student that feeds the teacher and the selection: the run seed's
+        let (k_ts, ts_dir) = if student_seed == run_seed {
+            (k_student.clone(), student_dir.clone())
+        } else {
+            train_student_stage(&mut st, "teacher-student", run_seed)?
+        };
+        let ts_ckpt = crate::absolute(&ts_dir.join("checkpoints/best.safetensors"));
         let (selection, k_sel) = if cfg.selection.policy == Policy::All {
             (None, String::new())
         } else {
-            let k = stage_key("selection", cfg, reads::SELECTION, &[&k_data, &k_student]);
-            let file = st.dir("selection").join("selection.csv");
-            let sel_cfg = cfg.project(reads::SELECTION);
-            st.run("selection", &k, |dir| {
+            let c = project(reads::SELECTION, run_seed);
+            let k = stage_key("selection", &c, &[&k_data, &k_ts]);
+            let dir = st.run("selection", "selection", &k, |dir| {
                 std::fs::create_dir_all(dir)?;
                 let req = SelectRequest {
                     policy: cfg.selection.policy,
                     budget: cfg.selection.budget,
                     threshold: cfg.selection.threshold,
                     data: data_dir.clone(),
-                    student: Some(student_ckpt.clone()),
+                    student: Some(ts_ckpt.clone()),
                     teacher_cache: None,
-                    out: file.clone(),
+                    out: dir.join(SELECTION_FILE),
                 };
-                let o = select(&sel_cfg, &req, device)?;
+                let o = select(&c, &req, device)?;
                 tracing::info!(selected = o.selected, pool = o.pool, "rows for the teacher");
                 Ok(())
             })?;
-            (Some(file), k)
+            (Some(dir.join(SELECTION_FILE)), k)
         };
 
-        let k_teacher = stage_key(
-            "teacher",
-            cfg,
-            reads::TEACHER,
-            &[&k_data, &k_student, &k_sel],
-        );
-        let mut teacher_cfg = cfg.project(reads::TEACHER);
-        teacher_cfg.teacher.student = Some(student_ckpt.clone());
-        st.run("teacher", &k_teacher, |dir| {
+        let mut c = project(reads::TEACHER, run_seed);
+        c.teacher.student = Some(ts_ckpt.clone());
+        let k_teacher = stage_key("teacher", &c, &[&k_data, &k_ts, &k_sel]);
+        let teacher_dir = st.run("teacher", "teacher", &k_teacher, |dir| {
             let req = TrainTeacherRequest {
                 data: Some(data_dir.clone()),
                 selection: selection.clone(),
                 backbone: None,
-                student: Some(student_ckpt.clone()),
+                student: Some(ts_ckpt.clone()),
                 out: dir.to_path_buf(),
                 halt_after_epoch: None,
             };
-            train_teacher(&teacher_cfg, &req, build.clone(), device).map(drop)
+            train_teacher(&c, &req, build.clone(), device).map(drop)
         })?;
         let teacher_label = if cfg.teacher.experts == 1 {
             "LLaRA teacher"
         } else {
             "iLoRA teacher"
         };
-        notify(teacher_label, &st.dir("teacher"));
+        add_model(teacher_label, &teacher_dir);
 
-        let k_cache = stage_key("cache", cfg, reads::CACHE, &[&k_teacher, &k_sel]);
-        let cache_cfg = cfg.project(reads::CACHE);
-        st.run("cache", &k_cache, |dir| {
+        let c = project(reads::CACHE, run_seed);
+        let k_cache = stage_key("cache", &c, &[&k_teacher, &k_sel]);
+        let cache_dir = st.run("cache", "cache", &k_cache, |dir| {
             let req = TeacherInferRequest {
-                checkpoint: out.join("teacher/checkpoints/best.safetensors"),
+                checkpoint: teacher_dir.join("checkpoints/best.safetensors"),
                 data: data_dir.clone(),
                 selection: selection.clone(),
                 shard: None,
@@ -378,7 +429,7 @@ pub fn run(
                 student: None,
                 out: dir.to_path_buf(),
             };
-            let (cache, rps) = teacher_infer(&cache_cfg, &req, device)?;
+            let (cache, rps) = teacher_infer(&c, &req, device)?;
             tracing::info!(
                 rows = cache.rows(),
                 rows_per_sec = rps,
@@ -387,48 +438,51 @@ pub fn run(
             Ok(())
         })?;
 
-        let k_distill = stage_key("distill", cfg, reads::DISTILL, &[&k_data, &k_cache, &k_sel]);
-        let distill_cfg = cfg.project(reads::DISTILL);
-        st.run("distill", &k_distill, |dir| {
+        let c = project(reads::DISTILL, student_seed);
+        let k_distill = stage_key("distill", &c, &[&k_data, &k_cache, &k_sel]);
+        let distill_dir = st.run("distill", "distill", &k_distill, |dir| {
             let req = DistillRequest {
-                teacher_cache: out.join("cache"),
+                teacher_cache: cache_dir.clone(),
                 selection: selection.clone(),
                 data: Some(data_dir.clone()),
                 out: dir.to_path_buf(),
             };
-            distill(&distill_cfg, &req, build.clone(), device).map(drop)
+            distill(&c, &req, build.clone(), device).map(drop)
         })?;
-        let distilled = format!("{student_name} + DLLM2Rec");
-        notify(&distilled, &st.dir("distill"));
-        report_runs.push((teacher_label.to_string(), st.dir("teacher")));
-        report_runs.push((distilled, st.dir("distill")));
+        add_model(&format!("{student_name} + DLLM2Rec"), &distill_dir);
         report_inputs.extend([k_teacher, k_cache, k_distill]);
     } else {
         tracing::info!("no `teacher.backbone` in the config: the teacher, cache and distillation stages are skipped");
     }
 
-    let inputs: Vec<&str> = report_inputs.iter().map(String::as_str).collect();
-    let k_report = stage_key("report", cfg, reads::REPORT, &inputs);
-    let metric = cfg.train.student.metric.to_string();
-    st.run("report", &k_report, |dir| {
-        let req = distillrec_report::ReportRequest {
-            runs: report_runs
-                .iter()
-                .map(|(label, d)| distillrec_report::RunSpec {
-                    label: Some(label.clone()),
-                    dir: d.clone(),
-                })
-                .collect(),
-            ablation_runs: Vec::new(),
-            budget_runs: Vec::new(),
-            baseline: Some(student_name.to_string()),
-            metric: metric.clone(),
-            out: dir.to_path_buf(),
-        };
-        distillrec_report::write_report(&req).map(drop)
-    })?;
+    let report = if named {
+        let inputs: Vec<&str> = report_inputs.iter().map(String::as_str).collect();
+        let k_report = stage_key("report", &project(reads::REPORT, run_seed), &inputs);
+        let metric = cfg.train.student.metric.to_string();
+        let dir = st.run("report", "report", &k_report, |dir| {
+            let req = distillrec_report::ReportRequest {
+                runs: models
+                    .iter()
+                    .map(|m| distillrec_report::RunSpec {
+                        label: Some(m.label.clone()),
+                        dir: m.dir.clone(),
+                    })
+                    .collect(),
+                ablation_runs: Vec::new(),
+                budget_runs: Vec::new(),
+                baseline: Some(student_name.to_string()),
+                metric: metric.clone(),
+                out: dir.to_path_buf(),
+            };
+            distillrec_report::write_report(&req).map(drop)
+        })?;
+        Some(dir.join("report.md"))
+    } else {
+        None
+    };
     let outcome = PipelineOutcome {
-        report: st.dir("report").join("report.md"),
+        report,
+        models,
         stages: st.done,
         wall_secs: t0.elapsed().as_secs_f64(),
     };

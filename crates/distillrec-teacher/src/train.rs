@@ -81,6 +81,44 @@ struct State {
     history: Vec<BTreeMap<String, f64>>,
 }
 
+/// Per-epoch columns that are not validation metrics.
+const EPOCH_COLUMNS: [&str; 3] = ["train_loss", "epoch_secs", "tokens_per_sec"];
+
+/// `history.csv` in the students' layout: `epoch`, `train_loss`, the
+/// validation metrics as `valid_<name>`, `epoch_secs`, `tokens_per_sec`;
+/// rewritten whole after every epoch from the resumable state, so a resumed
+/// run's history is the same as an uninterrupted one's.
+fn history_csv(history: &[BTreeMap<String, f64>]) -> String {
+    let metrics: Vec<&String> = history
+        .first()
+        .map(|h| {
+            h.keys()
+                .filter(|k| !EPOCH_COLUMNS.contains(&k.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut s = String::from("epoch,train_loss");
+    for m in &metrics {
+        s.push_str(&format!(",valid_{m}"));
+    }
+    s.push_str(",epoch_secs,tokens_per_sec\n");
+    let cell =
+        |h: &BTreeMap<String, f64>, k: &str| h.get(k).map_or(String::new(), |v| v.to_string());
+    for (i, h) in history.iter().enumerate() {
+        s.push_str(&format!("{},{}", i + 1, cell(h, "train_loss")));
+        for m in &metrics {
+            s.push(',');
+            s.push_str(&cell(h, m));
+        }
+        s.push_str(&format!(
+            ",{},{}\n",
+            cell(h, "epoch_secs"),
+            cell(h, "tokens_per_sec")
+        ));
+    }
+    s
+}
+
 /// The micro-batches of `epoch`: the rows shuffled from the seed and the
 /// epoch, then, within windows of 16 batches, sorted by the length of their
 /// rendered history so a batch holds prompts of similar length (little
@@ -325,6 +363,10 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             &state_path,
             serde_json::to_string_pretty(&st)?.as_bytes(),
         )?;
+        distillrec_data::fsutil::atomic_write(
+            &t.out_dir.join("history.csv"),
+            history_csv(&st.history).as_bytes(),
+        )?;
         if t.halt_after_epoch == Some(st.epoch) {
             bail!("halted after epoch {} (as asked)", st.epoch);
         }
@@ -347,4 +389,28 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
         resumed_after,
         rows: t.rows.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_csv_has_the_students_layout() {
+        let h = |loss: f64, ndcg: f64| {
+            BTreeMap::from([
+                ("train_loss".to_string(), loss),
+                ("ndcg@10".to_string(), ndcg),
+                ("hr@10".to_string(), 0.5),
+                ("epoch_secs".to_string(), 2.0),
+                ("tokens_per_sec".to_string(), 100.0),
+            ])
+        };
+        assert_eq!(
+            history_csv(&[h(3.0, 0.25), h(2.5, 0.375)]),
+            "epoch,train_loss,valid_hr@10,valid_ndcg@10,epoch_secs,tokens_per_sec\n\
+             1,3,0.5,0.25,2,100\n\
+             2,2.5,0.5,0.375,2,100\n"
+        );
+    }
 }

@@ -42,8 +42,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Print a trained student's top items for a history.
     Recommend(RecommendArgs),
-    /// Run every available stage from one config (the main job).
+    /// Run every stage from one config (the main job); re-running skips finished stages.
     Pipeline(PipelineArgs),
+    /// Run the pipeline over a grid of config values and seeds, sharing the stages they have in common, with one report.
+    Sweep(SweepArgs),
     /// LLM backbone: generation and item-title embeddings.
     #[command(subcommand)]
     Llm(LlmCommand),
@@ -224,6 +226,9 @@ pub enum EvalCommand {
 /// Arguments of `eval teacher`.
 #[derive(Args, Debug)]
 pub struct EvalTeacherArgs {
+    /// Print the result as one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// Teacher checkpoint weights (`.safetensors`) or manifest (`.json`).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
@@ -247,6 +252,9 @@ pub struct EvalTeacherArgs {
 /// Arguments of `eval student`.
 #[derive(Args, Debug)]
 pub struct EvalStudentArgs {
+    /// Print the result as one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
@@ -267,6 +275,9 @@ pub struct EvalStudentArgs {
 /// Arguments of `recommend`.
 #[derive(Args, Debug)]
 pub struct RecommendArgs {
+    /// Print the result as one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: PathBuf,
@@ -290,6 +301,9 @@ pub struct RecommendArgs {
 /// Arguments of `eval popularity`.
 #[derive(Args, Debug)]
 pub struct PopularityArgs {
+    /// Print the result as one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// A prepared dataset directory.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
@@ -311,6 +325,26 @@ pub struct PipelineArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Arguments of `sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Sweep directory: `runs/<setting>-s<seed>/`, the shared stage store `stages/`, and `report/`.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A swept key and its values, e.g. `--grid distill.lambda=0.5,1.0` (repeatable; the runs are the cross product). Commas inside brackets or quotes do not split: `eval.ks=[5,10],[20]` is two values.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub grid: Vec<String>,
+    /// Student seeds, e.g. `1,2,3`: each setting's baseline and distilled students are trained once per seed (config key `student_seed`) against one teacher.
+    #[arg(long, value_name = "S1,S2,...", value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides; a `--set` value with commas outside brackets is swept like `--grid` (Hydra's multirun).
     #[command(flatten)]
     pub config: ConfigArgs,
 }

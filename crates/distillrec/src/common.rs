@@ -103,7 +103,14 @@ pub fn device(arg: &DeviceArgs) -> Result<Device> {
     )?)
 }
 
-/// Prints the headline metrics of one model on one line.
+/// Prints `value` as one line of JSON (`--json`).
+pub fn print_json(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// Prints the test and validation metrics of one model at the configured
+/// cut-offs, a line each.
 pub fn print_metrics(model: &str, m: &Metrics, ks: &[usize]) {
     let row = |s: &SplitMetrics| {
         ks.iter()

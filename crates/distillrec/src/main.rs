@@ -26,6 +26,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Report(a) => cmd::report::run(a),
         Command::Recommend(a) => cmd::recommend::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
+        Command::Sweep(a) => cmd::pipeline::sweep(a),
         Command::Llm(c) => cmd::llm::run(c),
         Command::Bench(BenchCommand::Llm(a)) => cmd::llm::bench(a),
         Command::Model(ModelCommand::Fetch(a)) => cmd::llm::fetch(a),

@@ -57,8 +57,7 @@ fn run_pipeline(backbone: &Path, out: &Path, extra: &[&str]) -> String {
 /// (stage, skipped) from `pipeline.json`.
 fn stages(out: &Path) -> Vec<(String, bool)> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("pipeline.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("pipeline.json")).unwrap()).unwrap();
     v["stages"]
         .as_array()
         .unwrap()
@@ -174,7 +173,8 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
     run_pipeline(&b, &out, &extra);
     let st = stages(&out);
     for (name, skipped) in &st {
-        let before_teacher = ["data", "popularity", "student", "selection"].contains(&name.as_str());
+        let before_teacher =
+            ["data", "popularity", "student", "selection"].contains(&name.as_str());
         assert_eq!(*skipped, before_teacher, "{st:?}");
     }
     assert_eq!(
@@ -189,4 +189,62 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
         .unwrap_or(0);
     assert!(resumed >= 1, "the teacher started over: {rec}");
     assert_eq!(rec["status"], "ok");
+}
+
+#[test]
+fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backbone(dir.path());
+    let out = dir.path().join("sweep");
+    let mut a = pipeline_args(&b, &out, &[]);
+    a[0] = "sweep".into();
+    // a comma-valued --set is swept like --grid; a list value is not
+    a.extend(
+        [
+            "--set",
+            "distill.lambda=0.3,0.6",
+            "--set",
+            "eval.ks=[5,10]",
+            "--seeds",
+            "1,2",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let text = ok(&args);
+    assert!(text.contains("sweep: 4 runs"), "{text}");
+    let stages = out.join("stages");
+    let count = |prefix: &str| {
+        std::fs::read_dir(&stages)
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.path().is_dir() && e.file_name().to_string_lossy().starts_with(prefix)
+            })
+            .count()
+    };
+    // one teacher and one cache for all four runs; the two student seeds plus
+    // the run seed's student that feeds the teacher; a distillation per run
+    assert_eq!(count("teacher-"), 1);
+    assert_eq!(count("cache-"), 1);
+    assert_eq!(count("student-"), 3);
+    assert_eq!(count("distill-"), 4);
+    let csv = std::fs::read_to_string(out.join("report/models.csv")).unwrap();
+    let row = |label: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{label},")))
+            .unwrap_or_else(|| panic!("no row {label} in {csv}"))
+            .to_string()
+    };
+    for label in [
+        "sasrec",
+        "\"sasrec + DLLM2Rec [distill.lambda=0.3]\"",
+        "\"sasrec + DLLM2Rec [distill.lambda=0.6]\"",
+    ] {
+        let r = row(label.trim_matches('"'));
+        assert!(r.contains(",2,"), "{label}: two seeds expected in {r}");
+    }
+    // all done: a second sweep runs nothing
+    let text = ok(&args);
+    assert_eq!(text.matches("0 stages run").count(), 4, "{text}");
 }

@@ -13,9 +13,11 @@ use distillrec_models::device::spec_of;
 use distillrec_run::{BuildInfo, Metrics, RunKind};
 use distillrec_train::{train_with, TrainOptions, TrainOutcome};
 
+use crate::latency::checkpoint_latency;
 use crate::prepared::{absolute, run_data};
 use crate::runs::{record_training, with_run};
 use crate::stages::select::selected_rows;
+use crate::stages::CacheBuild;
 
 /// What `distill` reads and writes.
 pub struct DistillRequest {
@@ -106,6 +108,8 @@ pub fn distill(
                 "train_rows": data.ds.train.len(),
                 "fraction": terms.teacher_rows as f64 / terms.trained_rows.max(1) as f64,
                 "terms": terms,
+                "teacher_train_secs": teacher_train_secs(&cache.manifest.source),
+                "cache_build_secs": CacheBuild::read(&req.teacher_cache).map(|b| b.wall_secs),
             }),
         )?;
         let opts = TrainOptions {
@@ -122,6 +126,15 @@ pub fn distill(
             train_with(&data.ds, &data.reference, &opts, &objective)
         })?;
         record_training(run, "distill.train", &outcome)?;
+        let l = run.stage("latency", || {
+            checkpoint_latency(
+                &outcome.best_checkpoint,
+                &data.ds,
+                &data.reference.fingerprint,
+                device,
+            )
+        })?;
+        run.record_cost("latency.top20", l)?;
         let metrics = Metrics {
             valid: outcome.valid.clone(),
             test: outcome.test.clone(),
@@ -133,4 +146,17 @@ pub fn distill(
             teacher_rows: terms.teacher_rows,
         })
     })
+}
+
+/// Wall seconds of the run that trained the teacher behind a cache, when the
+/// cache came from a checkpoint (`teacher:<run>/checkpoints/<file>` or
+/// `student:...`) whose run directory still holds its `run.json`.
+fn teacher_train_secs(source: &str) -> Option<f64> {
+    let ckpt = source
+        .strip_prefix("teacher:")
+        .or_else(|| source.strip_prefix("student:"))?;
+    let run_dir = Path::new(ckpt).parent()?.parent()?;
+    let text = std::fs::read_to_string(run_dir.join("run.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("wall_secs")?.as_f64()
 }

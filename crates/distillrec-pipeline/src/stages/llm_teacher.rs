@@ -22,9 +22,10 @@ use distillrec_teacher::setup::assemble;
 use distillrec_teacher::train::{train, TeacherOutcome, TrainTeacher};
 use distillrec_teacher::Teacher;
 
+use crate::latency::teacher_latency;
 use crate::prepared::{absolute, load_prepared, run_data, Data};
 use crate::runs::with_run;
-use crate::stages::selected_rows;
+use crate::stages::{selected_rows, CacheBuild};
 
 /// What `train teacher` reads besides the config.
 pub struct TrainTeacherRequest {
@@ -182,6 +183,10 @@ pub fn train_teacher(
         for (k, v) in costs {
             run.record_cost(&k, v)?;
         }
+        if has_ranking(a.teacher.cfg.objective) {
+            let l = run.stage("latency", || teacher_latency(&a.teacher, &data.ds))?;
+            run.record_cost("latency.top20", l)?;
+        }
         run.write_metrics(&metrics)?;
         Ok(TrainedTeacher { metrics, outcome })
     })
@@ -281,6 +286,7 @@ pub fn teacher_infer(
     device: &Device,
 ) -> Result<(TeacherCache, f64)> {
     cpu_only(device)?;
+    let t0 = std::time::Instant::now();
     let data = load_prepared(&req.data)?;
     let mut teacher = load_teacher(
         &req.checkpoint,
@@ -307,5 +313,10 @@ pub fn teacher_infer(
     )?;
     cache.manifest.shard = req.shard;
     cache.save(&req.out)?;
+    CacheBuild {
+        wall_secs: t0.elapsed().as_secs_f64(),
+        rows: cache.rows(),
+    }
+    .write(&req.out)?;
     Ok((cache, rps))
 }

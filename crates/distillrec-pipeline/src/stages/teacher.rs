@@ -3,11 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
+
 use anyhow::Result;
 use candle_core::Device;
+use serde::{Deserialize, Serialize};
 
 use distillrec_cache::{from_files, FromFiles, ShardSpec, TeacherCache};
 use distillrec_config::Config;
+use distillrec_data::fsutil::atomic_write_json;
 use distillrec_distill::teacher::{cache_from_student, FromStudent};
 use distillrec_train::checkpoint::{self, Expect};
 
@@ -16,6 +20,34 @@ use crate::stages::select::selected_rows;
 
 /// Rows per forward pass of the teacher student.
 const BATCH: usize = 256;
+
+/// The file beside a teacher cache that records what building it cost (the
+/// cache itself holds no timings, so equal caches stay equal bytes).
+pub const CACHE_BUILD_FILE: &str = "build.json";
+
+/// What building a teacher cache cost (`<cache>/build.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheBuild {
+    /// Wall seconds from loading the teacher to the saved cache.
+    pub wall_secs: f64,
+    /// Rows inferred.
+    pub rows: usize,
+}
+
+impl CacheBuild {
+    /// Writes `<dir>/build.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        atomic_write_json(&dir.join(CACHE_BUILD_FILE), self)?;
+        Ok(())
+    }
+
+    /// Reads `<dir>/build.json`, `None` when the cache has none (built by
+    /// hand from files, merged, or by an older build) or it is unreadable.
+    pub fn read(dir: &Path) -> Option<CacheBuild> {
+        let text = std::fs::read_to_string(dir.join(CACHE_BUILD_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
 
 /// What `teacher from-student` reads and writes.
 pub struct TeacherFromStudent {
@@ -41,6 +73,7 @@ pub fn teacher_from_student(
     req: &TeacherFromStudent,
     device: &Device,
 ) -> Result<TeacherCache> {
+    let t0 = Instant::now();
     let data = load_prepared(&req.data)?;
     let loaded = checkpoint::load(
         &req.checkpoint,
@@ -70,6 +103,11 @@ pub fn teacher_from_student(
     )?;
     cache.manifest.shard = req.shard;
     cache.save(&req.out)?;
+    CacheBuild {
+        wall_secs: t0.elapsed().as_secs_f64(),
+        rows: cache.rows(),
+    }
+    .write(&req.out)?;
     Ok(cache)
 }
 

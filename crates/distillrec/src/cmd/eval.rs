@@ -1,13 +1,14 @@
-//! `eval popularity`, `eval student`.
+//! `eval popularity`, `eval student`, `eval teacher`.
 
 use anyhow::Result;
 
 use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
+use distillrec_train::EvalCost;
 
 use crate::args::{EvalCommand, EvalStudentArgs, EvalTeacherArgs, PopularityArgs};
 use crate::common::{
-    build_info, config_device, load_config, print_metrics, print_teacher_extras,
+    build_info, config_device, load_config, print_json, print_metrics, print_teacher_extras,
     READS_EVAL_POPULARITY, READS_EVAL_STUDENT, READS_EVAL_TEACHER,
 };
 
@@ -33,6 +34,11 @@ fn teacher(a: EvalTeacherArgs) -> Result<()> {
         a.out.as_deref(),
         build_info(),
     )?;
+    if a.json {
+        return print_json(
+            &serde_json::json!({"model": "teacher", "valid": m.valid, "test": m.test}),
+        );
+    }
     print_metrics("teacher", &m, &cfg.eval.ks);
     print_teacher_extras(&m);
     Ok(())
@@ -42,6 +48,11 @@ fn popularity(a: PopularityArgs) -> Result<()> {
     let mut cfg = load_config(&a.config, vec![], READS_EVAL_POPULARITY)?;
     cfg.dataset.prepared = Some(a.data.clone());
     let m = stages::eval_popularity(&cfg, &a.data, &a.out, build_info())?;
+    if a.json {
+        return print_json(
+            &serde_json::json!({"model": "popularity", "valid": m.valid, "test": m.test}),
+        );
+    }
     print_metrics("popularity", &m, &cfg.eval.ks);
     Ok(())
 }
@@ -60,6 +71,14 @@ fn student(a: EvalStudentArgs) -> Result<()> {
         build_info(),
         &device,
     )?;
+    if a.json {
+        return print_json(&serde_json::json!({
+            "model": e.kind.name(),
+            "valid": e.valid.metrics,
+            "test": e.test.metrics,
+            "cost": {"valid": EvalCost::from(&e.valid), "test": EvalCost::from(&e.test)},
+        }));
+    }
     print_metrics(e.kind.name(), &e.metrics(), &cfg.eval.ks);
     println!(
         "test: {} rows in {:.2}s ({:.0} rows/s)",

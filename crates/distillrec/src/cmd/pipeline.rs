@@ -1,10 +1,14 @@
-//! `pipeline`.
+//! `pipeline` and `sweep`.
 
 use anyhow::Result;
 
 use distillrec_pipeline::pipeline;
 
-use crate::args::PipelineArgs;
+use distillrec_config::Config;
+use distillrec_pipeline::pipeline::StageReport;
+use distillrec_pipeline::sweep::{self, expand, split_sets, GridAxis};
+
+use crate::args::{ConfigArgs, PipelineArgs, SweepArgs};
 use crate::common::{build_info, config_device, load_config, print_metrics, READS_PIPELINE};
 
 /// Runs `pipeline`: every stage, then the stage timings and the report.
@@ -12,28 +16,87 @@ pub fn run(a: PipelineArgs) -> Result<()> {
     let mut cfg = load_config(&a.config, vec![], READS_PIPELINE)?;
     let device = config_device(&mut cfg, &a.device)?;
     let ks = cfg.eval.ks.clone();
-    let outcome = pipeline::run(&cfg, &a.out, build_info(), &device, &mut |name, m| {
-        print_metrics(name, m, &ks)
-    })?;
+    let outcome = pipeline::run(
+        &cfg,
+        &a.out,
+        pipeline::Layout::Named,
+        build_info(),
+        &device,
+        &mut |name, m| print_metrics(name, m, &ks),
+    )?;
+    print_stages(&outcome.stages);
+    println!("{:<15} {:>9.1}", "total", outcome.wall_secs);
+    if let Some(report) = &outcome.report {
+        println!();
+        print!("{}", std::fs::read_to_string(report).unwrap_or_default());
+        println!("report: {}", report.display());
+    }
+    Ok(())
+}
+
+/// The stage table: seconds and share of this invocation, or when a skipped
+/// stage ran before.
+fn print_stages(stages: &[StageReport]) {
     println!();
-    println!("{:<11} {:>9}  {:>6}", "stage", "seconds", "share");
-    let total: f64 = outcome.stages.iter().map(|s| s.wall_secs).sum();
-    for s in &outcome.stages {
+    println!("{:<15} {:>9}  {:>6}", "stage", "seconds", "share");
+    let total: f64 = stages.iter().map(|s| s.wall_secs).sum();
+    for s in stages {
         if s.skipped {
             println!(
-                "{:<11} {:>9}  (done earlier in {:.1} s)",
+                "{:<15} {:>9}  (done earlier in {:.1} s)",
                 s.name, "skipped", s.ran_secs
             );
         } else {
             println!(
-                "{:<11} {:>9.1}  {:>5.1}%",
+                "{:<15} {:>9.1}  {:>5.1}%",
                 s.name,
                 s.wall_secs,
                 100.0 * s.wall_secs / total.max(1e-9)
             );
         }
     }
-    println!("{:<11} {:>9.1}", "total", outcome.wall_secs);
+}
+
+/// Runs `sweep`: every run of the grid (`--grid` and comma-valued `--set`)
+/// times the seeds, then the sweep's report.
+pub fn sweep(a: SweepArgs) -> Result<()> {
+    let (fixed, mut axes) = split_sets(&a.config.set)?;
+    for g in &a.grid {
+        axes.push(GridAxis::parse(g)?);
+    }
+    let base = ConfigArgs {
+        config: a.config.config.clone(),
+        set: fixed,
+    };
+    let mut cfg = load_config(&base, vec![], READS_PIPELINE)?;
+    let device = config_device(&mut cfg, &a.device)?;
+    let device_set = format!("device={}", cfg.device);
+    let runs = expand(&axes, &a.seeds);
+    let config_for = |extra: &[String]| -> Result<Config> {
+        let mut e = extra.to_vec();
+        e.push(device_set.clone());
+        load_config(&base, e, READS_PIPELINE)
+    };
+    let ks = cfg.eval.ks.clone();
+    println!("sweep: {} runs", runs.len());
+    let outcome = sweep::run(
+        &runs,
+        &config_for,
+        &a.out,
+        build_info(),
+        &device,
+        &mut |name, m| print_metrics(name, m, &ks),
+    )?;
+    for (r, stages) in &outcome.runs {
+        let ran = stages.iter().filter(|s| !s.skipped).count();
+        println!(
+            "{:<40} seed {:>6}  {} stages run, {} shared or done earlier",
+            r.label(),
+            r.seed.map_or("-".into(), |s| s.to_string()),
+            ran,
+            stages.len() - ran
+        );
+    }
     println!();
     print!(
         "{}",

@@ -1,0 +1,361 @@
+//! `sweep`: the pipeline over the cross product of config values and
+//! student seeds, as resumable runs that share every stage they can (their
+//! stages live in one content-addressed store, see [`Layout::Shared`]), then
+//! one report with mean ± std per setting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+use distillrec_config::Config;
+use distillrec_run::{BuildInfo, Metrics};
+
+use crate::pipeline::{self, Layout, ModelRun, StageReport};
+
+/// One swept key and its values (`distill.lambda=0.5,1.0`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridAxis {
+    /// Dotted config key.
+    pub key: String,
+    /// Its values, as `--set` would take each.
+    pub values: Vec<String>,
+}
+
+/// Splits `s` at the commas outside brackets, braces and quotes, so a list
+/// value (`[5,10]`) or a quoted string stays whole, as in Hydra's multirun.
+pub fn split_values(s: &str) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut depth, mut quote) = (0i32, None::<char>);
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                out.push(std::mem::take(&mut cur).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    out.push(cur.trim().to_string());
+    out
+}
+
+impl GridAxis {
+    /// Parses `key=v1,v2,...`; one value is an axis of one.
+    pub fn parse(arg: &str) -> Result<GridAxis> {
+        let Some((key, values)) = arg.split_once('=') else {
+            bail!("--grid {arg}: expected key=value1,value2,...");
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            bail!("--grid {arg}: the key is empty");
+        }
+        let values = split_values(values);
+        if let Some(i) = values.iter().position(String::is_empty) {
+            bail!("--grid {arg}: value {} is empty", i + 1);
+        }
+        let distinct: BTreeSet<&String> = values.iter().collect();
+        if distinct.len() != values.len() {
+            bail!("--grid {arg}: a value is repeated");
+        }
+        Ok(GridAxis {
+            key: key.to_string(),
+            values,
+        })
+    }
+}
+
+/// `--set` arguments split into fixed overrides and sweeps: a value with a
+/// comma outside brackets and quotes is swept (`--set distill.lambda=0.5,1`),
+/// as Hydra's multirun reads it.
+pub fn split_sets(sets: &[String]) -> Result<(Vec<String>, Vec<GridAxis>)> {
+    let (mut fixed, mut axes) = (Vec::new(), Vec::new());
+    for s in sets {
+        match s.split_once('=') {
+            Some((_, v)) if split_values(v).len() > 1 => axes.push(GridAxis::parse(s)?),
+            _ => fixed.push(s.clone()),
+        }
+    }
+    Ok((fixed, axes))
+}
+
+/// One run of the sweep: a setting (one value per axis) and a seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepRun {
+    /// `key=value` per axis, in axis order.
+    pub setting: Vec<String>,
+    /// Student seed (`None`: the config's).
+    pub seed: Option<u64>,
+}
+
+impl SweepRun {
+    /// The setting as a label (`distill.lambda=0.5 train.distill.lr=0.01`),
+    /// `base` without axes.
+    pub fn label(&self) -> String {
+        if self.setting.is_empty() {
+            "base".into()
+        } else {
+            self.setting.join(" ")
+        }
+    }
+
+    /// Its directory name: the label with path-unsafe characters replaced,
+    /// and the seed.
+    pub fn dir_name(&self) -> String {
+        let mut s: String = self
+            .label()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "=.-_@".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if let Some(seed) = self.seed {
+            s.push_str(&format!("-s{seed}"));
+        }
+        s
+    }
+
+    /// The overrides that make this run's config from the sweep's.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut o = self.setting.clone();
+        if let Some(seed) = self.seed {
+            o.push(format!("student_seed={seed}"));
+        }
+        o
+    }
+}
+
+/// The cross product of `axes` (first axis outermost) times `seeds`.
+pub fn expand(axes: &[GridAxis], seeds: &[u64]) -> Vec<SweepRun> {
+    let mut settings: Vec<Vec<String>> = vec![Vec::new()];
+    for a in axes {
+        settings = settings
+            .into_iter()
+            .flat_map(|s| {
+                a.values.iter().map(move |v| {
+                    let mut s = s.clone();
+                    s.push(format!("{}={v}", a.key));
+                    s
+                })
+            })
+            .collect();
+    }
+    let seeds: Vec<Option<u64>> = if seeds.is_empty() {
+        vec![None]
+    } else {
+        seeds.iter().copied().map(Some).collect()
+    };
+    settings
+        .into_iter()
+        .flat_map(|setting| {
+            seeds.iter().map(move |&seed| SweepRun {
+                setting: setting.clone(),
+                seed,
+            })
+        })
+        .collect()
+}
+
+/// What the sweep did.
+pub struct SweepOutcome {
+    /// `report.md` of the whole sweep.
+    pub report: PathBuf,
+    /// Per run: its stages.
+    pub runs: Vec<(SweepRun, Vec<StageReport>)>,
+}
+
+/// Report labels: a model whose run directory is the same for every setting
+/// of a seed (a baseline the swept keys do not touch) keeps its label, so
+/// its seeds average into one row; one that differs gets the setting too.
+fn report_runs(runs: &[(SweepRun, Vec<ModelRun>)]) -> Vec<distillrec_report::RunSpec> {
+    // label -> seed -> distinct dirs
+    let mut dirs: BTreeMap<&str, BTreeMap<Option<u64>, BTreeSet<&Path>>> = BTreeMap::new();
+    for (r, models) in runs {
+        for m in models {
+            dirs.entry(&m.label)
+                .or_default()
+                .entry(r.seed)
+                .or_default()
+                .insert(&m.dir);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (r, models) in runs {
+        for m in models {
+            let shared = dirs[m.label.as_str()].values().all(|d| d.len() == 1);
+            let label = if shared {
+                m.label.clone()
+            } else {
+                format!("{} [{}]", m.label, r.label())
+            };
+            if seen.insert(m.dir.clone()) {
+                out.push(distillrec_report::RunSpec {
+                    label: Some(label),
+                    dir: m.dir.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs every configuration of the sweep in `out/runs/<setting>-s<seed>`
+/// with the stages in `out/stages`, then the report in `out/report`.
+/// `config_for` makes a run's config from its extra overrides; every config
+/// is made (and so validated) before anything runs.
+pub fn run(
+    runs: &[SweepRun],
+    config_for: &dyn Fn(&[String]) -> Result<Config>,
+    out: &Path,
+    build: BuildInfo,
+    device: &Device,
+    on_model: &mut dyn FnMut(&str, &Metrics),
+) -> Result<SweepOutcome> {
+    if runs.is_empty() {
+        bail!("the sweep has no run");
+    }
+    let _lock = distillrec_data::lock::DirLock::acquire(out)?;
+    distillrec_run::init_logging(Some(&out.join("sweep.log")))?;
+    let configs: Vec<Config> = runs
+        .iter()
+        .map(|r| config_for(&r.overrides()).with_context(|| format!("sweep run `{}`", r.label())))
+        .collect::<Result<_>>()?;
+    let store = out.join("stages");
+    let mut done = Vec::new();
+    let mut models = Vec::new();
+    let mut metric = None;
+    for (r, cfg) in runs.iter().zip(&configs) {
+        let dir = out.join("runs").join(r.dir_name());
+        tracing::info!(run = %r.label(), seed = ?r.seed, "sweep run");
+        let o = pipeline::run(
+            cfg,
+            &dir,
+            Layout::Shared(store.clone()),
+            build.clone(),
+            device,
+            on_model,
+        )
+        .with_context(|| format!("sweep run `{}` ({})", r.label(), dir.display()))?;
+        metric.get_or_insert_with(|| cfg.train.student.metric.to_string());
+        models.push((r.clone(), o.models));
+        done.push((r.clone(), o.stages));
+    }
+    let student = configs[0].student.model.name().to_string();
+    let specs = report_runs(&models);
+    let baseline = specs
+        .iter()
+        .filter_map(|s| s.label.clone())
+        .find(|l| *l == student);
+    let req = distillrec_report::ReportRequest {
+        runs: specs,
+        ablation_runs: Vec::new(),
+        budget_runs: Vec::new(),
+        baseline,
+        metric: metric.unwrap_or_else(|| "ndcg@10".into()),
+        out: out.join("report"),
+    };
+    distillrec_report::write_report(&req)?;
+    Ok(SweepOutcome {
+        report: out.join("report").join("report.md"),
+        runs: done,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_split_outside_brackets_and_quotes() {
+        assert_eq!(split_values("0.5,1.0"), ["0.5", "1.0"]);
+        assert_eq!(split_values("[5,10],[20]"), ["[5,10]", "[20]"]);
+        assert_eq!(split_values("\"a,b\",c"), ["\"a,b\"", "c"]);
+        assert_eq!(split_values("[5,10]"), ["[5,10]"]);
+    }
+
+    #[test]
+    fn sets_with_commas_are_swept_and_lists_are_not() {
+        let sets = vec![
+            "distill.lambda=0.5,1".to_string(),
+            "eval.ks=[5,10]".to_string(),
+            "seed=3".to_string(),
+        ];
+        let (fixed, axes) = split_sets(&sets).unwrap();
+        assert_eq!(fixed, ["eval.ks=[5,10]", "seed=3"]);
+        assert_eq!(
+            axes,
+            [GridAxis {
+                key: "distill.lambda".into(),
+                values: vec!["0.5".into(), "1".into()]
+            }]
+        );
+        assert!(GridAxis::parse("x=1,,2").is_err());
+        assert!(GridAxis::parse("x=1,1").is_err());
+        assert!(GridAxis::parse("=1,2").is_err());
+        assert!(GridAxis::parse("x").is_err());
+    }
+
+    #[test]
+    fn expansion_is_the_cross_product_times_the_seeds() {
+        let axes = [
+            GridAxis::parse("a=1,2").unwrap(),
+            GridAxis::parse("b=x,y,z").unwrap(),
+        ];
+        let runs = expand(&axes, &[7, 8]);
+        assert_eq!(runs.len(), 12);
+        assert_eq!(runs[0].overrides(), ["a=1", "b=x", "student_seed=7"]);
+        assert_eq!(runs[11].label(), "a=2 b=z");
+        assert_eq!(runs[11].dir_name(), "a=2_b=z-s8");
+        assert_eq!(
+            expand(&[], &[]),
+            [SweepRun {
+                setting: vec![],
+                seed: None
+            }]
+        );
+    }
+
+    #[test]
+    fn models_shared_across_settings_keep_one_label() {
+        let run = |v: &str, seed| SweepRun {
+            setting: vec![format!("distill.lambda={v}")],
+            seed: Some(seed),
+        };
+        let m = |label: &str, dir: &str| ModelRun {
+            label: label.into(),
+            dir: PathBuf::from(dir),
+        };
+        let runs = vec![
+            (run("0.5", 1), vec![m("sasrec", "s1"), m("d", "d05-1")]),
+            (run("1", 1), vec![m("sasrec", "s1"), m("d", "d1-1")]),
+            (run("0.5", 2), vec![m("sasrec", "s2"), m("d", "d05-2")]),
+        ];
+        let specs = report_runs(&runs);
+        let labels: Vec<(String, String)> = specs
+            .iter()
+            .map(|s| (s.label.clone().unwrap(), s.dir.display().to_string()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("sasrec".into(), "s1".into()),
+                ("d [distill.lambda=0.5]".into(), "d05-1".into()),
+                ("d [distill.lambda=1]".into(), "d1-1".into()),
+                ("sasrec".into(), "s2".into()),
+                ("d [distill.lambda=0.5]".into(), "d05-2".into()),
+            ]
+        );
+    }
+}
