@@ -117,6 +117,44 @@ fn stages_run_once_and_a_changed_key_reruns_only_what_depends_on_it() {
     assert_eq!(rec["costs"]["distill.teacher"]["teacher_rows"], 40);
     let teacher_metrics = std::fs::read(out.join("teacher/metrics.json")).unwrap();
 
+    // --json: the same metrics as the run recorded, and machine-readable top items
+    let ckpt = out.join("student/checkpoints/best.safetensors");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&[
+        "eval",
+        "student",
+        "--config",
+        TEACHER,
+        "--checkpoint",
+        s(&ckpt),
+        "--data",
+        s(&out.join("data")),
+        "--json",
+    ]))
+    .unwrap();
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("student/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(shown["test"], recorded["test"]);
+    assert_eq!(shown["model"], "sasrec");
+    let rec: serde_json::Value = serde_json::from_str(&ok(&[
+        "recommend",
+        "--checkpoint",
+        s(&ckpt),
+        "--history",
+        "1,2",
+        "--top",
+        "3",
+        "--json",
+    ]))
+    .unwrap();
+    let items = rec["recommendations"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for (i, it) in items.iter().enumerate() {
+        assert_eq!(it["rank"], i + 1);
+        assert!(it["raw_id"] != "1" && it["raw_id"] != "2", "{rec}");
+    }
+    assert_eq!(rec["history"].as_array().unwrap().len(), 2);
+
     run_pipeline(&b, &out, &[]);
     assert!(ran(&out).is_empty(), "{:?}", stages(&out));
 
