@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use distillrec_config::Config;
-use distillrec_run::{init_logging, BuildInfo, Run};
+use distillrec_run::{open_log_file, BuildInfo, Run};
 use distillrec_train::TrainOutcome;
 
 /// Opens the run directory `out` (lock, `config.toml`, `run.json`; see
@@ -19,8 +19,9 @@ pub fn with_run<T>(
     f: impl FnOnce(&mut Run) -> Result<T>,
 ) -> Result<T> {
     let mut run = Run::create(out, Some(cfg), cfg.seed, build)?;
-    init_logging(Some(&out.join("run.log")))?;
+    let log = open_log_file(&out.join("run.log"))?;
     let result = f(&mut run);
+    drop(log);
     let status = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
     run.finish(status)?;
     result

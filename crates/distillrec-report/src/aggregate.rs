@@ -31,6 +31,46 @@ pub struct RunSummary {
     /// Number of training rows the teacher labelled, for distilled runs. Available to
     /// [`aggregate`] as the pseudo-metric [`TEACHER_ROWS`].
     pub teacher_rows: Option<usize>,
+    /// Peak memory, serving latency and the teacher's share of the cost.
+    pub costs: RunCosts,
+}
+
+/// What a run cost besides its own wall time; every field is optional because older
+/// runs did not record it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunCosts {
+    /// Peak resident memory of the run in MB ([`PEAK_MB`]).
+    pub peak_mb: Option<f64>,
+    /// Median per-user top-20 recommendation latency in milliseconds ([`P50_MS`]).
+    pub p50_ms: Option<f64>,
+    /// 99th-percentile per-user top-20 latency in milliseconds ([`P99_MS`]).
+    pub p99_ms: Option<f64>,
+    /// For a run that learnt from a teacher: what the teacher cost. `None` for runs
+    /// that needed no teacher, so their total is their own wall time.
+    pub teacher: Option<TeacherCosts>,
+}
+
+/// The cost of the teacher behind a distilled run, paid before the run started.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TeacherCosts {
+    /// Wall seconds of the teacher run that made the cache ([`TEACHER_TRAIN_SECS`]).
+    pub train_secs: Option<f64>,
+    /// Wall seconds of building the teacher cache ([`CACHE_BUILD_SECS`]).
+    pub cache_build_secs: Option<f64>,
+}
+
+impl RunSummary {
+    /// Everything it took to get this model, in seconds ([`TOTAL_SECS`]): the run's
+    /// own wall time, plus for a distilled run the teacher's training and the cache
+    /// build. Unknown when any of those parts is unknown (a partial sum would
+    /// understate the cost).
+    pub fn total_secs(&self) -> Option<f64> {
+        let own = self.wall_secs?;
+        match &self.costs.teacher {
+            None => Some(own),
+            Some(t) => Some(own + t.train_secs? + t.cache_build_secs?),
+        }
+    }
 }
 
 /// One point of a budget curve: a student distilled with a given selection policy
@@ -57,6 +97,8 @@ pub struct AggregateRow {
     pub label: String,
     /// The group of the first run with this label.
     pub group: String,
+    /// The model (architecture) of the first run with this label.
+    pub model: String,
     /// Number of runs (seeds) with this label.
     pub n: usize,
     /// Mean of each metric over the runs that report it. A metric no run reports has
@@ -74,6 +116,18 @@ pub const WALL_SECS: &str = "wall_secs";
 /// Pseudo-metric name for [`RunSummary::teacher_rows`] (used when a run's `test` map
 /// has no such key).
 pub const TEACHER_ROWS: &str = "teacher_rows";
+/// Pseudo-metric: [`TeacherCosts::train_secs`] of a distilled run.
+pub const TEACHER_TRAIN_SECS: &str = "teacher_train_secs";
+/// Pseudo-metric: [`TeacherCosts::cache_build_secs`] of a distilled run.
+pub const CACHE_BUILD_SECS: &str = "cache_build_secs";
+/// Pseudo-metric: [`RunSummary::total_secs`], the full cost of getting the model.
+pub const TOTAL_SECS: &str = "total_secs";
+/// Pseudo-metric: [`RunCosts::peak_mb`].
+pub const PEAK_MB: &str = "peak_mb";
+/// Pseudo-metric: [`RunCosts::p50_ms`].
+pub const P50_MS: &str = "p50_ms";
+/// Pseudo-metric: [`RunCosts::p99_ms`].
+pub const P99_MS: &str = "p99_ms";
 
 /// Looks up `metric` for one run: the test metrics first, then the pseudo-metrics.
 fn run_value(run: &RunSummary, metric: &str) -> Option<f64> {
@@ -83,6 +137,12 @@ fn run_value(run: &RunSummary, metric: &str) -> Option<f64> {
     match metric {
         WALL_SECS => run.wall_secs,
         TEACHER_ROWS => run.teacher_rows.map(|r| r as f64),
+        TEACHER_TRAIN_SECS => run.costs.teacher.and_then(|t| t.train_secs),
+        CACHE_BUILD_SECS => run.costs.teacher.and_then(|t| t.cache_build_secs),
+        TOTAL_SECS => run.total_secs(),
+        PEAK_MB => run.costs.peak_mb,
+        P50_MS => run.costs.p50_ms,
+        P99_MS => run.costs.p99_ms,
         _ => None,
     }
 }
@@ -92,8 +152,8 @@ fn run_value(run: &RunSummary, metric: &str) -> Option<f64> {
 /// Runs are grouped by [`RunSummary::label`]; rows come out in the order in which
 /// each label first appears in `runs`, so the caller controls the table order (e.g.
 /// baselines first). `metrics` lists the test-metric keys to aggregate; besides the
-/// keys of [`RunSummary::test`], the pseudo-metrics [`WALL_SECS`] and [`TEACHER_ROWS`]
-/// read the corresponding fields. If `metrics` is empty, every key of every run's
+/// keys of [`RunSummary::test`], the pseudo-metrics ([`WALL_SECS`], [`TEACHER_ROWS`],
+/// [`TOTAL_SECS`] and the other cost names) read the corresponding fields. If `metrics` is empty, every key of every run's
 /// `test` map is aggregated.
 ///
 /// A run that lacks a metric is left out of that metric's mean and std (it still
@@ -126,6 +186,7 @@ pub fn aggregate(runs: &[RunSummary], metrics: &[&str]) -> Vec<AggregateRow> {
             let mut row = AggregateRow {
                 label: label.to_string(),
                 group: runs[members[0]].group.clone(),
+                model: runs[members[0]].model.clone(),
                 n: members.len(),
                 mean: BTreeMap::new(),
                 std: BTreeMap::new(),
@@ -181,6 +242,7 @@ mod tests {
             valid: BTreeMap::new(),
             wall_secs: Some(10.0 * seed as f64),
             teacher_rows: None,
+            costs: RunCosts::default(),
         }
     }
 

@@ -8,14 +8,20 @@
 //! rasterisation, honouring anchors and the 90°/180°/270° rotations plotters asks for
 //! (vertical axis titles, vertical bar labels). It also keeps the font out of
 //! plotters' process-global font registry.
+//!
+//! [`SvgCanvas`] does the same job for plotters' SVG backend: text stays `<text>`
+//! (a viewer draws it with a font named in `font-family`, DejaVu Sans first), but it is
+//! measured with the embedded font, so label areas, legends and shortened labels are
+//! laid out as in the PNG, and its size is the one the PNG draws.
 
 use std::sync::OnceLock;
 
 use ab_glyph::{point, Font, FontRef, PxScale, ScaleFont};
 use plotters::prelude::*;
 use plotters_backend::{
-    text_anchor::{HPos, VPos},
-    BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingErrorKind,
+    text_anchor::{HPos, Pos, VPos},
+    BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingErrorKind, FontFamily,
+    FontStyle, FontTransform,
 };
 
 /// DejaVu Sans 2.37 (Bitstream Vera license; see `assets/README.md`).
@@ -42,19 +48,24 @@ impl<'a> Canvas<'a> {
 
     /// Width and height in pixels of `text` at `size` px (ascent to descent).
     fn layout(&self, text: &str, size: f64) -> (f32, f32) {
-        let scaled = self.font.as_scaled(PxScale::from(size as f32));
-        let mut width = 0.0;
-        let mut prev = None;
-        for c in text.chars() {
-            let id = self.font.glyph_id(c);
-            if let Some(p) = prev {
-                width += scaled.kern(p, id);
-            }
-            width += scaled.h_advance(id);
-            prev = Some(id);
-        }
-        (width, scaled.ascent() - scaled.descent())
+        measure(self.font, text, size)
     }
+}
+
+/// Width and height in pixels of `text` at `size` px in `font` (ascent to descent).
+fn measure(font: &FontRef<'static>, text: &str, size: f64) -> (f32, f32) {
+    let scaled = font.as_scaled(PxScale::from(size as f32));
+    let mut width = 0.0;
+    let mut prev = None;
+    for c in text.chars() {
+        let id = font.glyph_id(c);
+        if let Some(p) = prev {
+            width += scaled.kern(p, id);
+        }
+        width += scaled.h_advance(id);
+        prev = Some(id);
+    }
+    (width, scaled.ascent() - scaled.descent())
 }
 
 type BackendResult =
@@ -172,5 +183,159 @@ impl DrawingBackend for Canvas<'_> {
             result?;
         }
         Ok(())
+    }
+}
+
+/// Font families an SVG viewer is asked for, in order: the embedded font's own, then
+/// look-alikes.
+const SVG_FAMILY: &str = "DejaVu Sans, Verdana, sans-serif";
+
+/// plotters' SVG backend with text measured by the embedded font (see the module docs).
+pub(crate) struct SvgCanvas<'a> {
+    inner: SVGBackend<'a>,
+    font: &'static FontRef<'static>,
+}
+
+impl<'a> SvgCanvas<'a> {
+    /// Wraps an SVG backend; `font` measures every text.
+    pub(crate) fn new(inner: SVGBackend<'a>, font: &'static FontRef<'static>) -> Self {
+        Self { inner, font }
+    }
+}
+
+/// A text style as [`SvgCanvas`] hands it to the SVG backend: that backend writes
+/// `font-size = size / 1.24`, so the size is scaled up to come out as asked, and the
+/// family is [`SVG_FAMILY`].
+struct SvgText<'s, S> {
+    inner: &'s S,
+}
+
+impl<S: BackendTextStyle> BackendTextStyle for SvgText<'_, S> {
+    type FontError = S::FontError;
+
+    fn color(&self) -> BackendColor {
+        self.inner.color()
+    }
+
+    fn size(&self) -> f64 {
+        self.inner.size() * 1.24
+    }
+
+    fn transform(&self) -> FontTransform {
+        self.inner.transform()
+    }
+
+    fn style(&self) -> FontStyle {
+        self.inner.style()
+    }
+
+    fn anchor(&self) -> Pos {
+        self.inner.anchor()
+    }
+
+    fn family(&self) -> FontFamily<'_> {
+        FontFamily::Name(SVG_FAMILY)
+    }
+
+    fn layout_box(&self, text: &str) -> Result<((i32, i32), (i32, i32)), Self::FontError> {
+        self.inner.layout_box(text)
+    }
+
+    fn draw<E, DrawFunc: FnMut(i32, i32, BackendColor) -> Result<(), E>>(
+        &self,
+        text: &str,
+        pos: BackendCoord,
+        draw: DrawFunc,
+    ) -> Result<Result<(), E>, Self::FontError> {
+        self.inner.draw(text, pos, draw)
+    }
+}
+
+type SvgResult = Result<(), DrawingErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
+
+impl DrawingBackend for SvgCanvas<'_> {
+    type ErrorType = <SVGBackend<'static> as DrawingBackend>::ErrorType;
+
+    fn get_size(&self) -> (u32, u32) {
+        self.inner.get_size()
+    }
+
+    fn ensure_prepared(&mut self) -> SvgResult {
+        self.inner.ensure_prepared()
+    }
+
+    fn present(&mut self) -> SvgResult {
+        self.inner.present()
+    }
+
+    fn draw_pixel(&mut self, point: BackendCoord, color: BackendColor) -> SvgResult {
+        self.inner.draw_pixel(point, color)
+    }
+
+    fn draw_line<S: BackendStyle>(
+        &mut self,
+        from: BackendCoord,
+        to: BackendCoord,
+        style: &S,
+    ) -> SvgResult {
+        self.inner.draw_line(from, to, style)
+    }
+
+    fn draw_rect<S: BackendStyle>(
+        &mut self,
+        upper_left: BackendCoord,
+        bottom_right: BackendCoord,
+        style: &S,
+        fill: bool,
+    ) -> SvgResult {
+        self.inner.draw_rect(upper_left, bottom_right, style, fill)
+    }
+
+    fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
+        &mut self,
+        path: I,
+        style: &S,
+    ) -> SvgResult {
+        self.inner.draw_path(path, style)
+    }
+
+    fn draw_circle<S: BackendStyle>(
+        &mut self,
+        center: BackendCoord,
+        radius: u32,
+        style: &S,
+        fill: bool,
+    ) -> SvgResult {
+        self.inner.draw_circle(center, radius, style, fill)
+    }
+
+    fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
+        &mut self,
+        vert: I,
+        style: &S,
+    ) -> SvgResult {
+        self.inner.fill_polygon(vert, style)
+    }
+
+    fn blit_bitmap(&mut self, pos: BackendCoord, size: (u32, u32), src: &[u8]) -> SvgResult {
+        self.inner.blit_bitmap(pos, size, src)
+    }
+
+    fn estimate_text_size<T: BackendTextStyle>(
+        &self,
+        text: &str,
+        style: &T,
+    ) -> Result<(u32, u32), DrawingErrorKind<Self::ErrorType>> {
+        let (w, h) = measure(self.font, text, style.size());
+        Ok((w.ceil() as u32, h.ceil() as u32))
+    }
+
+    fn draw_text<T: BackendTextStyle>(
+        &mut self,
+        text: &str,
+        style: &T,
+        pos: BackendCoord,
+    ) -> SvgResult {
+        self.inner.draw_text(text, &SvgText { inner: style }, pos)
     }
 }

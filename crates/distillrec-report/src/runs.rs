@@ -1,14 +1,15 @@
 //! Run directories as the report reads them: typed views of `run.json`,
-//! `metrics.json` and `config.toml` (serde), what kind of run each one is,
-//! and the whole `report` command (tables, budget curve, plots) built on
-//! them.
+//! `metrics.json`, `config.toml` (serde) and `history.csv`, what kind of run
+//! each one is, and the whole `report` command (tables, budget curve, plots)
+//! built on them.
 //!
-//! A run's group comes from what the run is, never from its label:
-//! `distilled` when its command is `distill`; `teacher` when its command is
-//! `train teacher`, or when a distillation run in the same report was
-//! trained on a teacher cache built from this run's checkpoint (the cache's
-//! source `student:<run>/checkpoints/<file>`, recorded in the distillation's
-//! `run.json`); `baseline` otherwise. Ablation runs are grouped `ablation`.
+//! A run's group comes from what the run is (its recorded `kind`, else its
+//! command line), never from its label: `distilled` for a distillation;
+//! `teacher` for the LLM teacher, or when a distillation run in the same
+//! report was trained on a teacher cache built from this run's checkpoint
+//! (the cache's source `student:<run>/checkpoints/<file>`, recorded in the
+//! distillation's `run.json`); `popularity` for the most-popular-items
+//! baseline; `baseline` otherwise. Ablation runs are grouped `ablation`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,9 +21,19 @@ use serde::Deserialize;
 
 use distillrec_data::fsutil::atomic_write;
 
-use crate::aggregate::{aggregate, mean_std, BudgetPoint, RunSummary, TEACHER_ROWS, WALL_SECS};
-use crate::plot::{plot_budget_curve, plot_metric_bars};
-use crate::tables::{budget_csv, budget_markdown, csv_table, markdown_table};
+use crate::aggregate::{
+    aggregate, mean_std, AggregateRow, BudgetPoint, RunCosts, RunSummary, TeacherCosts,
+    TEACHER_ROWS, WALL_SECS,
+};
+use crate::history::History;
+use crate::plot::{
+    plot_budget_curve, plot_costs, plot_learning_curves, plot_metric_bars, LearningCurve,
+    PlotFiles, ReferenceLine,
+};
+use crate::tables::{
+    budget_csv, budget_markdown, cost_markdown, csv_table, markdown_table, results_csv,
+    COST_METRICS,
+};
 
 /// The part of `run.json` the report reads (other fields are ignored).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -43,7 +54,11 @@ pub struct RunRecordView {
     /// Total wall seconds of the run.
     #[serde(default)]
     pub wall_secs: Option<f64>,
-    /// Measured costs; the report reads the distillation's teacher record.
+    /// Peak resident memory of the run in MB.
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
+    /// Measured costs; the report reads the distillation's teacher record and the
+    /// serving latency.
     #[serde(default)]
     pub costs: CostsView,
 }
@@ -54,6 +69,24 @@ pub struct CostsView {
     /// What a distillation run learnt from (written by the `distill` stage).
     #[serde(default, rename = "distill.teacher")]
     pub distill_teacher: Option<TeacherRecord>,
+    /// Measured per-user top-20 recommendation latency (students, distilled
+    /// students, the teacher).
+    #[serde(default, rename = "latency.top20")]
+    pub latency_top20: Option<Latency>,
+}
+
+/// `costs["latency.top20"]`: per-user top-20 recommendation latency.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Users timed.
+    #[serde(default)]
+    pub users: Option<u64>,
+    /// Median latency per user in milliseconds.
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
+    /// 99th-percentile latency per user in milliseconds.
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
 }
 
 /// A distillation run's teacher record (`costs["distill.teacher"]`).
@@ -72,6 +105,12 @@ pub struct TeacherRecord {
     /// `teacher_rows / trained_rows`.
     #[serde(default)]
     pub fraction: Option<f64>,
+    /// Wall seconds of the teacher run that made the cache.
+    #[serde(default)]
+    pub teacher_train_secs: Option<f64>,
+    /// Wall seconds of building the teacher cache.
+    #[serde(default)]
+    pub cache_build_secs: Option<f64>,
 }
 
 impl TeacherRecord {
@@ -101,6 +140,17 @@ pub struct MetricsView {
 struct ConfigView {
     #[serde(default)]
     student: StudentView,
+    #[serde(default)]
+    teacher: TeacherView,
+}
+
+/// `config.toml` → `[teacher]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+struct TeacherView {
+    /// The LLM backbone; kept loose (any TOML value) because the report only
+    /// names it.
+    #[serde(default)]
+    backbone: Option<toml::Value>,
 }
 
 /// `config.toml` → `[student]`.
@@ -120,6 +170,8 @@ struct SelectionMetaView {
 /// What a run directory holds, decided from its record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunKind {
+    /// The most-popular-items baseline (recorded kind `popularity`).
+    Popularity,
     /// `train student` or `pipeline`: a model trained on its own.
     Trained,
     /// `train teacher`: the LLM teacher.
@@ -140,8 +192,12 @@ pub struct RunDir {
     pub record: RunRecordView,
     /// `metrics.json`.
     pub metrics: MetricsView,
-    /// `[student] model` of `config.toml` (`student` when absent).
+    /// What model the run is: `popularity`, the teacher's `[teacher] backbone`
+    /// (`teacher` when absent), else `[student] model` of `config.toml`
+    /// (`student` when absent).
     pub model: String,
+    /// `history.csv`, when the run wrote one.
+    pub history: Option<History>,
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -168,12 +224,28 @@ impl RunDir {
                 .with_context(|| format!("{}: not a valid config", config_path.display()))?,
             Err(_) => ConfigView::default(),
         };
-        Ok(RunDir {
+        let history_path = dir.join("history.csv");
+        let history = if history_path.is_file() {
+            Some(History::read(&history_path)?)
+        } else {
+            None
+        };
+        let mut run = RunDir {
             dir: dir.to_path_buf(),
             record,
             metrics,
-            model: config.student.model.unwrap_or_else(|| "student".into()),
-        })
+            model: String::new(),
+            history,
+        };
+        run.model = match run.kind() {
+            RunKind::Popularity => "popularity".into(),
+            RunKind::Teacher => match config.teacher.backbone {
+                Some(toml::Value::String(b)) => b,
+                _ => "teacher".into(),
+            },
+            _ => config.student.model.unwrap_or_else(|| "student".into()),
+        };
+        Ok(run)
     }
 
     /// The command words after the program name (`["train", "student"]`),
@@ -191,7 +263,8 @@ impl RunDir {
     pub fn kind(&self) -> RunKind {
         use distillrec_run::RunKind as Recorded;
         match self.record.kind {
-            Some(Recorded::Popularity | Recorded::Student) => return RunKind::Trained,
+            Some(Recorded::Popularity) => return RunKind::Popularity,
+            Some(Recorded::Student) => return RunKind::Trained,
             Some(Recorded::Teacher) => return RunKind::Teacher,
             Some(Recorded::Distilled) => return RunKind::Distilled,
             Some(Recorded::Evaluation) => return RunKind::Evaluation,
@@ -231,6 +304,24 @@ impl RunDir {
                 _ => self.record.wall_secs,
             },
             teacher_rows: self.teacher().and_then(|t| t.teacher_rows),
+            costs: self.costs(),
+        }
+    }
+
+    /// Peak memory, latency and, for a distillation, what its teacher cost.
+    fn costs(&self) -> RunCosts {
+        let latency = self.record.costs.latency_top20.as_ref();
+        RunCosts {
+            peak_mb: self.record.peak_rss_mb,
+            p50_ms: latency.and_then(|l| l.p50_ms),
+            p99_ms: latency.and_then(|l| l.p99_ms),
+            teacher: match self.kind() {
+                RunKind::Distilled => Some(TeacherCosts {
+                    train_secs: self.teacher().and_then(|t| t.teacher_train_secs),
+                    cache_build_secs: self.teacher().and_then(|t| t.cache_build_secs),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -303,6 +394,7 @@ fn group_of(run: &RunDir, distillations: &[&RunDir]) -> &'static str {
     match run.kind() {
         RunKind::Distilled => "distilled",
         RunKind::Teacher => "teacher",
+        RunKind::Popularity => "popularity",
         _ if distillations.iter().any(|d| {
             d.teacher()
                 .and_then(TeacherRecord::teacher_checkpoint)
@@ -384,8 +476,24 @@ pub fn budget_points(runs: &[RunDir], metric: &str) -> Result<Vec<BudgetPoint>> 
     Ok(points)
 }
 
-/// Writes `report.md`, `models.csv`, `budget.csv` and the PNG plots into
-/// `req.out`; returns the Markdown.
+/// The metrics of the models table, `models.csv` and `results.csv` (plus the
+/// request's metric when it is not among them).
+const TABLE_METRICS: [&str; 4] = ["hr@10", "hr@20", "ndcg@10", "ndcg@20"];
+
+/// Writes the report into `req.out` and returns the Markdown:
+///
+/// - `report.md`: the models table, a cost table and the plots;
+/// - `results.csv`: one line per model label (see [`results_csv`]);
+/// - `models.csv`: the models table as before `results.csv` existed, kept for
+///   scripts that read it;
+/// - `budget.csv` and the budget table, when budget runs are given;
+/// - plots, each as PNG and SVG: `models_<metric>` (bars with seed spread),
+///   `cost` (seconds to get each model), `learning_curves` (validation metric
+///   per epoch, when some run has a `history.csv` with it) and
+///   `budget_<metric>` (with the teacher and the baseline as reference lines).
+///
+/// `<metric>` is the request's metric without `@` (`ndcg10`). Every file is
+/// written atomically; nothing depends on the clock.
 pub fn write_report(req: &ReportRequest) -> Result<String> {
     if req.runs.is_empty() && req.budget_runs.is_empty() && req.ablation_runs.is_empty() {
         bail!("nothing to report: give --runs and/or --budget-runs");
@@ -424,62 +532,199 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
         })
         .collect();
     let metric = req.metric.as_str();
-    let cols = ["hr@10", "hr@20", "ndcg@10", "ndcg@20"];
+    let stem = metric.replace('@', "");
     let mut md = String::from("# distillrec report\n\n");
     if !runs.is_empty() {
-        let mut cols_cost: Vec<&str> = cols.to_vec();
-        cols_cost.push(WALL_SECS);
-        cols_cost.push(TEACHER_ROWS);
-        let rows = aggregate(&runs, &cols_cost);
-        md.push_str("## Models (test split; mean ± sample std over seeds)\n\n");
-        md.push_str(&markdown_table(&rows, &cols_cost));
-        md.push('\n');
-        atomic_write(
-            &req.out.join("models.csv"),
-            csv_table(&rows, &cols_cost).as_bytes(),
-        )?;
-        let bars = req
-            .out
-            .join(format!("models_{}.png", metric.replace('@', "")));
-        plot_metric_bars(&rows, metric, &bars)?;
-        md.push_str(&format!(
-            "![{metric} per model]({})\n\n",
-            bars.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        let labelled: Vec<(&str, &RunDir)> =
+            runs.iter().map(|r| r.label.as_str()).zip(&models).collect();
+        write_models(req, &runs, &labelled, &mut md)?;
     }
     if !budget.is_empty() {
         let points = budget_points(&budget, metric)?;
-        let baseline = match &req.baseline {
-            Some(label) => {
-                let vals: Vec<f64> = runs
-                    .iter()
-                    .filter(|r| &r.label == label)
-                    .filter_map(|r| r.test.get(metric).copied())
-                    .collect();
-                match mean_std(&vals) {
-                    Some((mean, _)) => Some(mean),
-                    None => bail!(
-                        "--baseline {label}: no run with that label among --runs reports {metric}"
-                    ),
-                }
-            }
-            None => None,
-        };
+        let references = reference_lines(&runs, req.baseline.as_deref(), metric)?;
         md.push_str(&format!("## Budget curve (test {metric})\n\n"));
         md.push_str(&budget_markdown(&points, metric));
         md.push('\n');
         atomic_write(&req.out.join("budget.csv"), budget_csv(&points).as_bytes())?;
-        let png = req
-            .out
-            .join(format!("budget_{}.png", metric.replace('@', "")));
-        plot_budget_curve(&points, metric, baseline, &png)?;
-        md.push_str(&format!(
-            "![{metric} against teacher budget]({})\n",
-            png.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        let files = plot_budget_curve(
+            &points,
+            metric,
+            &references,
+            &req.out.join(format!("budget_{stem}")),
+        )?;
+        md.push_str(&embed(&format!("{metric} against teacher budget"), &files));
     }
     atomic_write(&req.out.join("report.md"), md.as_bytes())?;
     Ok(md)
+}
+
+/// The models part of the report: tables, CSVs and the per-model plots.
+fn write_models(
+    req: &ReportRequest,
+    runs: &[RunSummary],
+    labelled: &[(&str, &RunDir)],
+    md: &mut String,
+) -> Result<()> {
+    let metric = req.metric.as_str();
+    let stem = metric.replace('@', "");
+    let mut metrics: Vec<&str> = TABLE_METRICS.to_vec();
+    if !metrics.contains(&metric) {
+        metrics.push(metric);
+    }
+    let mut aggregated: Vec<&str> = metrics.clone();
+    aggregated.extend(COST_METRICS);
+    let rows = aggregate(runs, &aggregated);
+
+    // The models table and models.csv exactly as before results.csv.
+    let mut cols_cost: Vec<&str> = TABLE_METRICS.to_vec();
+    cols_cost.push(WALL_SECS);
+    cols_cost.push(TEACHER_ROWS);
+    md.push_str("## Models (test split; mean ± sample std over seeds)\n\n");
+    md.push_str(&markdown_table(&rows, &cols_cost));
+    md.push('\n');
+    atomic_write(
+        &req.out.join("models.csv"),
+        csv_table(&rows, &cols_cost).as_bytes(),
+    )?;
+    atomic_write(
+        &req.out.join("results.csv"),
+        results_csv(&rows, &metrics).as_bytes(),
+    )?;
+    let files = plot_metric_bars(&rows, metric, &req.out.join(format!("models_{stem}")))?;
+    md.push_str(&embed(&format!("{metric} per model"), &files));
+
+    md.push_str(
+        "## Cost (mean over seeds; total = training + teacher training + cache building)\n\n",
+    );
+    md.push_str(&cost_markdown(&rows));
+    md.push('\n');
+    if has_seconds(&rows) {
+        let files = plot_costs(&rows, &req.out.join("cost"))?;
+        md.push_str(&embed("seconds per model", &files));
+    }
+
+    md.push_str(&format!("## Learning curves (validation {metric})\n\n"));
+    let curves = learning_curves(labelled, metric);
+    if curves.is_empty() {
+        md.push_str(&format!(
+            "No run has a `history.csv` with `valid_{metric}`: no learning curves.\n\n"
+        ));
+    } else {
+        let files = plot_learning_curves(&curves, metric, &req.out.join("learning_curves"))?;
+        md.push_str(&embed(&format!("validation {metric} per epoch"), &files));
+    }
+    Ok(())
+}
+
+/// Whether some row has recorded seconds for the cost plot.
+fn has_seconds(rows: &[AggregateRow]) -> bool {
+    rows.iter().any(|r| {
+        [
+            WALL_SECS,
+            crate::TEACHER_TRAIN_SECS,
+            crate::CACHE_BUILD_SECS,
+        ]
+        .iter()
+        .any(|k| r.mean.contains_key(*k))
+    })
+}
+
+/// Markdown embedding a plot's PNG, with a link to its SVG.
+fn embed(alt: &str, files: &PlotFiles) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string()
+    };
+    format!(
+        "![{alt}]({})\n\n[SVG]({})\n\n",
+        name(&files.png),
+        name(&files.svg)
+    )
+}
+
+/// One learning curve per label (in order of first appearance): validation
+/// `metric` against epoch from the runs' `history.csv`, averaged per epoch over
+/// the seeds that reached that epoch. Labels whose runs have no such column
+/// get no curve.
+pub fn learning_curves(runs: &[(&str, &RunDir)], metric: &str) -> Vec<LearningCurve> {
+    let mut labels: Vec<&str> = Vec::new();
+    for (label, _) in runs {
+        if !labels.contains(label) {
+            labels.push(label);
+        }
+    }
+    labels
+        .into_iter()
+        .filter_map(|label| {
+            // epoch (in millionths, for exact grouping) -> (epoch, values over seeds)
+            let mut by_epoch: BTreeMap<i64, (f64, Vec<f64>)> = BTreeMap::new();
+            let series = runs
+                .iter()
+                .filter(|(l, _)| *l == label)
+                .filter_map(|(_, r)| r.history.as_ref()?.valid(metric));
+            for points in series {
+                for (epoch, v) in points {
+                    let key = (epoch * 1e6).round() as i64;
+                    by_epoch.entry(key).or_insert((epoch, Vec::new())).1.push(v);
+                }
+            }
+            let points: Vec<(f64, f64)> = by_epoch
+                .into_values()
+                .filter_map(|(epoch, vals)| Some((epoch, mean_std(&vals)?.0)))
+                .collect();
+            (!points.is_empty()).then(|| LearningCurve {
+                label: label.to_string(),
+                points,
+            })
+        })
+        .collect()
+}
+
+/// The budget plot's reference lines: the teacher (mean test `metric` of the
+/// runs grouped `teacher`, if any report it) and the baseline label, if given
+/// (an error when no run with that label reports `metric`).
+fn reference_lines(
+    runs: &[RunSummary],
+    baseline: Option<&str>,
+    metric: &str,
+) -> Result<Vec<ReferenceLine>> {
+    let mut lines = Vec::new();
+    let teachers: Vec<&RunSummary> = runs.iter().filter(|r| r.group == "teacher").collect();
+    let vals: Vec<f64> = teachers
+        .iter()
+        .filter_map(|r| r.test.get(metric).copied())
+        .collect();
+    if let Some((mean, _)) = mean_std(&vals) {
+        let mut names: Vec<&str> = Vec::new();
+        for t in &teachers {
+            if !names.contains(&t.label.as_str()) {
+                names.push(&t.label);
+            }
+        }
+        lines.push(ReferenceLine {
+            label: format!("teacher: {}", names.join(", ")),
+            value: mean,
+        });
+    }
+    if let Some(label) = baseline {
+        let vals: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.label == label)
+            .filter_map(|r| r.test.get(metric).copied())
+            .collect();
+        match mean_std(&vals) {
+            Some((mean, _)) => lines.push(ReferenceLine {
+                label: format!("baseline: {label}"),
+                value: mean,
+            }),
+            None => {
+                bail!("--baseline {label}: no run with that label among --runs reports {metric}")
+            }
+        }
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]
@@ -622,5 +867,294 @@ mod tests {
         assert_eq!(s.label(), "base");
         let s: RunSpec = "runs/base-sx".parse().unwrap();
         assert_eq!(s.label(), "base-sx");
+    }
+
+    /// Writes a run directory from its `run.json` record, test metrics,
+    /// `[section] key = value` config line and optional `history.csv`.
+    fn write_typed_run(
+        dir: &Path,
+        record: serde_json::Value,
+        test: serde_json::Value,
+        config: &str,
+        history: Option<&str>,
+    ) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("run.json"), record.to_string()).unwrap();
+        let metrics = serde_json::json!({"valid": {}, "test": test});
+        std::fs::write(dir.join("metrics.json"), metrics.to_string()).unwrap();
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        if let Some(h) = history {
+            std::fs::write(dir.join("history.csv"), h).unwrap();
+        }
+    }
+
+    fn metrics(hr10: f64, ndcg10: f64) -> serde_json::Value {
+        serde_json::json!({"hr@10": hr10, "hr@20": 0.5, "ndcg@10": ndcg10, "ndcg@20": 0.25})
+    }
+
+    const STUDENT: &str = "[student]\nmodel = \"sasrec\"\n";
+
+    /// Two student seeds (with latency and history), the teacher, a distilled
+    /// student with teacher costs, an older distilled student without them, and
+    /// the popularity baseline; returns the request.
+    fn typed_runs(root: &Path) -> ReportRequest {
+        let history = |a: f64, b: f64| {
+            format!("epoch,train_loss,valid_ndcg@10,epoch_secs\n1,6.5,{a},1.5\n2,6.0,{b},1.5\n")
+        };
+        let student = |seed: u64, wall: f64, peak: f64, p50: f64, p99: f64| {
+            serde_json::json!({
+                "command": ["distillrec", "pipeline"], "kind": "student", "status": "ok",
+                "seed": seed, "wall_secs": wall, "peak_rss_mb": peak,
+                "costs": {"latency.top20": {"users": 100, "p50_ms": p50, "p99_ms": p99}},
+            })
+        };
+        write_typed_run(
+            &root.join("s1"),
+            student(1, 100.0, 300.0, 2.0, 8.0),
+            metrics(0.25, 0.125),
+            STUDENT,
+            Some(&history(0.25, 0.5)),
+        );
+        write_typed_run(
+            &root.join("s2"),
+            student(2, 110.0, 320.0, 4.0, 10.0),
+            metrics(0.75, 0.125),
+            STUDENT,
+            Some(&history(0.75, 1.0)),
+        );
+        write_typed_run(
+            &root.join("t"),
+            serde_json::json!({
+                "command": ["distillrec", "pipeline"], "kind": "teacher", "status": "ok",
+                "seed": 1, "wall_secs": 1000.0, "peak_rss_mb": null,
+                "costs": {"latency.top20": {"users": 20, "p50_ms": 200.0, "p99_ms": 900.0}},
+            }),
+            metrics(0.75, 0.5),
+            "[teacher]\nbackbone = \"smollm2\"\n",
+            None,
+        );
+        let distilled = |teacher: serde_json::Value| {
+            serde_json::json!({
+                "command": ["distillrec", "pipeline"], "kind": "distilled", "status": "ok",
+                "seed": 1, "wall_secs": 50.0,
+                "costs": {"distill.teacher": teacher},
+            })
+        };
+        write_typed_run(
+            &root.join("d"),
+            distilled(serde_json::json!({
+                "cache_source": "teacher:/x/best.safetensors", "teacher_rows": 40,
+                "fraction": 1.0, "teacher_train_secs": 1000.0, "cache_build_secs": 250.0,
+            })),
+            metrics(0.5, 0.25),
+            STUDENT,
+            None,
+        );
+        write_typed_run(
+            &root.join("old"),
+            distilled(serde_json::json!({"teacher_rows": 40, "fraction": 1.0})),
+            metrics(0.5, 0.25),
+            STUDENT,
+            None,
+        );
+        write_typed_run(
+            &root.join("pop"),
+            serde_json::json!({
+                "command": ["distillrec", "pipeline"], "kind": "popularity", "status": "ok",
+                "seed": 1, "wall_secs": 0.5,
+            }),
+            metrics(0.125, 0.0625),
+            STUDENT, // the pipeline writes the whole config into every run
+            None,
+        );
+        let spec = |label: &str, dir: &str| RunSpec {
+            label: Some(label.into()),
+            dir: root.join(dir),
+        };
+        ReportRequest {
+            runs: vec![
+                spec("pop", "pop"),
+                spec("student", "s1"),
+                spec("student", "s2"),
+                spec("llm", "t"),
+                spec("distilled", "d"),
+                spec("old distilled", "old"),
+            ],
+            ablation_runs: Vec::new(),
+            budget_runs: vec![root.join("d")],
+            baseline: Some("student".into()),
+            metric: "ndcg@10".into(),
+            out: root.join("report"),
+        }
+    }
+
+    #[test]
+    fn results_csv_has_metrics_costs_totals_and_latency_per_label() {
+        let d = tempfile::tempdir().unwrap();
+        let req = typed_runs(d.path());
+        write_report(&req).unwrap();
+        let csv = std::fs::read_to_string(req.out.join("results.csv")).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "label,group,model,n,hr@10_mean,hr@10_std,hr@20_mean,hr@20_std,\
+             ndcg@10_mean,ndcg@10_std,ndcg@20_mean,ndcg@20_std,train_secs,\
+             teacher_train_secs,cache_build_secs,total_secs,peak_mb,p50_ms,p99_ms,teacher_rows"
+        );
+        // pop: one seed, no std; total = its own 0.5 s
+        assert_eq!(
+            lines[1],
+            "pop,popularity,popularity,1,0.125,,0.5,,0.0625,,0.25,,0.5,,,0.5,,,,"
+        );
+        // student: hr@10 0.25, 0.75 -> mean 0.5, sample std sqrt(2 * 0.25² / 1) =
+        // sqrt(0.125); ndcg@10 equal -> std 0; wall (100 + 110) / 2 = 105, peak
+        // (300 + 320) / 2 = 310, p50 (2 + 4) / 2 = 3, p99 (8 + 10) / 2 = 9
+        assert_eq!(
+            lines[2],
+            "student,baseline,sasrec,2,0.5,0.3535533905932738,0.5,0,0.125,0,0.25,0,\
+             105,,,105,310,3,9,"
+        );
+        assert_eq!(
+            lines[3],
+            "llm,teacher,smollm2,1,0.75,,0.5,,0.5,,0.25,,1000,,,1000,,200,900,"
+        );
+        // distilled: 50 s own + 1000 s teacher + 250 s cache = 1300 s
+        assert_eq!(
+            lines[4],
+            "distilled,distilled,sasrec,1,0.5,,0.5,,0.25,,0.25,,50,1000,250,1300,,,,40"
+        );
+        // teacher costs not recorded: the total is unknown, not understated
+        assert_eq!(
+            lines[5],
+            "old distilled,distilled,sasrec,1,0.5,,0.5,,0.25,,0.25,,50,,,,,,,40"
+        );
+        assert_eq!(lines.len(), 6);
+        // models.csv keeps its old columns
+        let models = std::fs::read_to_string(req.out.join("models.csv")).unwrap();
+        assert!(models.starts_with("label,group,n,hr@10_mean,"), "{models}");
+        assert!(models
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",wall_secs_mean,wall_secs_std,teacher_rows_mean,teacher_rows_std"));
+    }
+
+    #[test]
+    fn report_md_has_cost_table_and_every_plot_as_png_and_svg() {
+        let d = tempfile::tempdir().unwrap();
+        let req = typed_runs(d.path());
+        let md = write_report(&req).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(req.out.join("report.md")).unwrap(),
+            md
+        );
+        for line in [
+            "| model | train s | teacher training s | cache s | total s | peak MB | p50 ms | p99 ms |",
+            "| pop | 0.500 | - | - | 0.500 | - | - | - |",
+            "| student | 105 | - | - | 105 | 310 | 3.00 | 9.00 |",
+            "| llm | 1000 | - | - | 1000 | - | 200 | 900 |",
+            "| distilled | 50.0 | 1000 | 250 | 1300 | - | - | - |",
+            "| old distilled | 50.0 | - | - | - | - | - | - |",
+        ] {
+            assert!(md.lines().any(|l| l == line), "{line:?} not in\n{md}");
+        }
+        for stem in ["models_ndcg10", "cost", "learning_curves", "budget_ndcg10"] {
+            assert!(md.contains(&format!("({stem}.png)")), "{stem}: {md}");
+            assert!(md.contains(&format!("({stem}.svg)")), "{stem}: {md}");
+            let png = std::fs::read(req.out.join(format!("{stem}.png"))).unwrap();
+            let reader = png::Decoder::new(std::io::Cursor::new(png))
+                .read_info()
+                .unwrap();
+            assert_eq!(
+                (reader.info().width, reader.info().height),
+                (800, 500),
+                "{stem}"
+            );
+            let svg = std::fs::read_to_string(req.out.join(format!("{stem}.svg"))).unwrap();
+            let doc = roxmltree::Document::parse(&svg).unwrap();
+            assert_eq!(doc.root_element().tag_name().name(), "svg", "{stem}");
+        }
+        // the budget plot draws the teacher and the baseline as reference lines
+        let svg = std::fs::read_to_string(req.out.join("budget_ndcg10.svg")).unwrap();
+        for text in [
+            "teacher: llm (0.5000)",
+            "baseline: student (0.1250)",
+            "100% (all rows)",
+        ] {
+            assert!(svg.contains(text), "{text} not in the budget SVG");
+        }
+        let svg = std::fs::read_to_string(req.out.join("learning_curves.svg")).unwrap();
+        assert!(
+            svg.contains("\nstudent\n") && !svg.contains("\nllm\n"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn learning_curves_average_seeds_per_epoch() {
+        let d = tempfile::tempdir().unwrap();
+        typed_runs(d.path());
+        // a third seed that stopped after epoch 1
+        write_typed_run(
+            &d.path().join("s3"),
+            serde_json::json!({"command": ["distillrec", "pipeline"], "kind": "student", "status": "ok", "seed": 3}),
+            metrics(0.5, 0.125),
+            STUDENT,
+            Some("epoch,valid_ndcg@10\n1,0.5\n"),
+        );
+        let runs: Vec<RunDir> = ["s1", "s2", "s3", "t"]
+            .iter()
+            .map(|n| RunDir::read(&d.path().join(n)).unwrap())
+            .collect();
+        let labelled: Vec<(&str, &RunDir)> = ["student", "student", "student", "llm"]
+            .into_iter()
+            .zip(&runs)
+            .collect();
+        let curves = learning_curves(&labelled, "ndcg@10");
+        assert_eq!(curves.len(), 1, "the teacher has no history.csv");
+        // epoch 1: (0.25 + 0.75 + 0.5) / 3 = 0.5; epoch 2: (0.5 + 1.0) / 2 = 0.75
+        assert_eq!(curves[0].label, "student");
+        assert_eq!(curves[0].points, [(1.0, 0.5), (2.0, 0.75)]);
+        assert!(learning_curves(&labelled, "hr@10").is_empty());
+    }
+
+    #[test]
+    fn no_history_means_no_learning_curves_and_no_error() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        write_run(&a, "distillrec train student --out a", None, 0.1);
+        let req = ReportRequest {
+            runs: vec![RunSpec {
+                label: None,
+                dir: a,
+            }],
+            ablation_runs: Vec::new(),
+            budget_runs: Vec::new(),
+            baseline: None,
+            metric: "ndcg@10".into(),
+            out: d.path().join("out"),
+        };
+        let md = write_report(&req).unwrap();
+        assert!(md.contains("no learning curves"), "{md}");
+        assert!(!req.out.join("learning_curves.png").exists());
+        assert!(!req.out.join("learning_curves.svg").exists());
+        assert!(req.out.join("models_ndcg10.svg").exists());
+        assert!(req.out.join("cost.svg").exists());
+    }
+
+    #[test]
+    fn a_malformed_history_is_a_one_line_error_naming_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let req = typed_runs(d.path());
+        let bad = d.path().join("s2/history.csv");
+        std::fs::write(&bad, "epoch,valid_ndcg@10\n1,0.5\n2,0.6,0.7\n").unwrap();
+        let e = format!("{:#}", write_report(&req).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "{}:3: expected 2 cells as in the header, found 3",
+                bad.display()
+            )
+        );
     }
 }

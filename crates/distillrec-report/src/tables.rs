@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::aggregate::{AggregateRow, BudgetPoint};
+use crate::aggregate::{
+    AggregateRow, BudgetPoint, CACHE_BUILD_SECS, P50_MS, P99_MS, PEAK_MB, TEACHER_ROWS,
+    TEACHER_TRAIN_SECS, TOTAL_SECS, WALL_SECS,
+};
 
 /// What Markdown and CSV print for a value that is missing.
 const MISSING_MD: &str = "-";
@@ -78,6 +81,128 @@ pub fn csv_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Cost columns of `results.csv`: the column name and the pseudo-metric it reads.
+const COST_COLUMNS: [(&str, &str); 8] = [
+    ("train_secs", WALL_SECS),
+    ("teacher_train_secs", TEACHER_TRAIN_SECS),
+    ("cache_build_secs", CACHE_BUILD_SECS),
+    ("total_secs", TOTAL_SECS),
+    ("peak_mb", PEAK_MB),
+    ("p50_ms", P50_MS),
+    ("p99_ms", P99_MS),
+    ("teacher_rows", TEACHER_ROWS),
+];
+
+/// The pseudo-metrics [`results_csv`] and [`cost_markdown`] read: pass them to
+/// [`aggregate`](crate::aggregate()) along with the accuracy metrics.
+pub const COST_METRICS: [&str; 8] = [
+    WALL_SECS,
+    TEACHER_TRAIN_SECS,
+    CACHE_BUILD_SECS,
+    TOTAL_SECS,
+    PEAK_MB,
+    P50_MS,
+    P99_MS,
+    TEACHER_ROWS,
+];
+
+/// `results.csv`: one line per model label, for machines.
+///
+/// Header `label,group,model,n`, then `<m>_mean,<m>_std` for each of `metrics`, then
+/// the cost columns `train_secs` (mean run wall seconds), `teacher_train_secs`,
+/// `cache_build_secs`, `total_secs` (all three summed: the full cost of the model),
+/// `peak_mb`, `p50_ms`, `p99_ms` (per-user top-20 latency) and `teacher_rows`, each
+/// the mean over the seeds that recorded it. Unknown values are empty cells; numbers
+/// have round-trip precision. `rows` must have been aggregated over `metrics` and
+/// [`COST_METRICS`]. Ends with a newline.
+pub fn results_csv(rows: &[AggregateRow], metrics: &[&str]) -> String {
+    let mut out = String::from("label,group,model,n");
+    for m in metrics {
+        let _ = write!(
+            out,
+            ",{},{}",
+            csv_field(&format!("{m}_mean")),
+            csv_field(&format!("{m}_std"))
+        );
+    }
+    for (name, _) in COST_COLUMNS {
+        let _ = write!(out, ",{name}");
+    }
+    out.push('\n');
+    for row in rows {
+        let _ = write!(
+            out,
+            "{},{},{},{}",
+            csv_field(&row.label),
+            csv_field(&row.group),
+            csv_field(&row.model),
+            row.n
+        );
+        for m in metrics {
+            let _ = write!(
+                out,
+                ",{},{}",
+                csv_number(row.mean.get(*m).copied()),
+                csv_number(row.std.get(*m).copied())
+            );
+        }
+        for (_, key) in COST_COLUMNS {
+            let _ = write!(out, ",{}", csv_number(row.mean.get(key).copied()));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Markdown "Cost" table, one row per label: own training seconds, the teacher's
+/// training and cache seconds (distilled models), their total, peak memory and the
+/// per-user top-20 latency (p50, p99), each the mean over seeds, `-` when unknown.
+/// `rows` must have been aggregated over [`COST_METRICS`]. Ends with a newline.
+pub fn cost_markdown(rows: &[AggregateRow]) -> String {
+    let mut out = String::from(
+        "| model | train s | teacher training s | cache s | total s | peak MB | p50 ms | p99 ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let _ = write!(out, "| {} |", md_escape(&row.label));
+        for key in [
+            WALL_SECS,
+            TEACHER_TRAIN_SECS,
+            CACHE_BUILD_SECS,
+            TOTAL_SECS,
+            PEAK_MB,
+            P50_MS,
+            P99_MS,
+        ] {
+            let cell = match row.mean.get(key) {
+                Some(v) => quantity(*v),
+                None => MISSING_MD.to_string(),
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A measured quantity (seconds, MB, ms) for people: about three significant digits,
+/// never in exponent notation (`1234`, `27.4`, `1.25`, `0.043`, `0.0012`).
+pub(crate) fn quantity(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else if a >= 0.01 || a == 0.0 {
+        format!("{v:.3}")
+    } else {
+        let decimals = ((-a.log10()).ceil() as usize + 1).min(12);
+        format!("{v:.decimals$}")
+    }
 }
 
 /// Markdown table of a budget sweep for one metric.

@@ -1,5 +1,6 @@
-//! The plot functions write real PNGs: right signature, decodable, 800×500, and
-//! different for different inputs; empty or invalid input is an error.
+//! The plot functions write real PNGs and SVGs: PNGs with the right signature,
+//! decodable, 800×500, and different for different inputs; SVGs well-formed XML of the
+//! same size holding the texts; empty or invalid input is an error.
 //!
 //! Set `DISTILLREC_REPORT_PLOT_DIR` to a directory to keep the images for a look.
 
@@ -7,8 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use distillrec_report::{
-    aggregate, plot_budget_curve, plot_metric_bars, AggregateRow, BudgetPoint, RunSummary,
-    PLOT_HEIGHT, PLOT_WIDTH,
+    aggregate, plot_budget_curve, plot_costs, plot_learning_curves, plot_metric_bars, AggregateRow,
+    BudgetPoint, LearningCurve, PlotFiles, ReferenceLine, RunCosts, RunSummary, TeacherCosts,
+    COST_METRICS, PLOT_HEIGHT, PLOT_WIDTH,
 };
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
@@ -36,6 +38,27 @@ fn decode(path: &Path) -> Vec<u8> {
     assert_eq!((PLOT_WIDTH, PLOT_HEIGHT), (800, 500));
     buf.truncate(info.buffer_size());
     buf
+}
+
+/// Parses `path` as XML, checks the root is an 800×500 `<svg>` and returns the text
+/// of all its `<text>` elements, one per line.
+fn svg_texts(path: &Path) -> String {
+    let xml = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(xml.contains("<svg"), "{}", path.display());
+    let doc = roxmltree::Document::parse(&xml)
+        .unwrap_or_else(|e| panic!("{} is not XML: {e}", path.display()));
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "svg");
+    assert_eq!(
+        (root.attribute("width"), root.attribute("height")),
+        (Some("800"), Some("500"))
+    );
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Number of pixels that are not white: proof that something was drawn.
@@ -72,37 +95,67 @@ fn budget_curve_writes_an_800x500_png_that_depends_on_the_input() {
     let dir = out_dir(&tmp);
     let points = budget_points();
 
+    let refs = |b: Option<f64>| -> Vec<ReferenceLine> {
+        let mut lines = vec![ReferenceLine {
+            label: "teacher: llm".into(),
+            value: 0.36,
+        }];
+        lines.extend(b.map(|value| ReferenceLine {
+            label: "baseline: sasrec".into(),
+            value,
+        }));
+        lines
+    };
     let a = dir.join("budget_a.png");
-    plot_budget_curve(&points, "hr@10", Some(0.21), &a).unwrap();
+    let files = plot_budget_curve(&points, "hr@10", &refs(Some(0.21)), &a).unwrap();
+    assert_eq!(files, PlotFiles::for_path(&dir.join("budget_a")));
     let pa = decode(&a);
+    let texts = svg_texts(&files.svg);
+    for want in [
+        "hr@10 vs teacher budget",
+        "fraction of training rows given to the teacher",
+        "100% (all rows)",
+        "teacher: llm (0.3600)",
+        "baseline: sasrec (0.2100)",
+        "uncertainty",
+    ] {
+        assert!(
+            texts.lines().any(|l| l == want),
+            "{want:?} not in SVG texts:\n{texts}"
+        );
+    }
     assert!(ink(&pa) > 5_000, "the plot is nearly blank");
 
     // Different data, same labels: different image.
     let mut moved = points.clone();
     moved[3].metric += 0.05;
     let b = dir.join("budget_b.png");
-    plot_budget_curve(&moved, "hr@10", Some(0.21), &b).unwrap();
+    plot_budget_curve(&moved, "hr@10", &refs(Some(0.21)), &b).unwrap();
     assert_ne!(pa, decode(&b), "changing a point must change the image");
 
     // Only the baseline differs: different image.
     let c = dir.join("budget_c.png");
-    plot_budget_curve(&points, "hr@10", None, &c).unwrap();
+    plot_budget_curve(&points, "hr@10", &refs(None), &c).unwrap();
     assert_ne!(pa, decode(&c), "the baseline line must be visible");
 
     // Only the metric name differs: the text is really rendered.
     let d = dir.join("budget_d.png");
-    plot_budget_curve(&points, "ndcg@10", Some(0.21), &d).unwrap();
+    plot_budget_curve(&points, "ndcg@10", &refs(Some(0.21)), &d).unwrap();
     assert_ne!(pa, decode(&d), "the title/axis text must be drawn");
 
     // Same input twice: same bytes (deterministic, no stray temp files).
     let a2 = dir.join("budget_a2.png");
-    plot_budget_curve(&points, "hr@10", Some(0.21), &a2).unwrap();
+    plot_budget_curve(&points, "hr@10", &refs(Some(0.21)), &a2).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&a2).unwrap());
+    assert_eq!(
+        std::fs::read(&files.svg).unwrap(),
+        std::fs::read(a2.with_extension("svg")).unwrap()
+    );
     if std::env::var_os("DISTILLREC_REPORT_PLOT_DIR").is_none() {
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.ends_with(".png"))
+            .filter(|n| !n.ends_with(".png") && !n.ends_with(".svg"))
             .collect();
         assert!(
             leftovers.is_empty(),
@@ -122,7 +175,7 @@ fn budget_curve_with_a_single_point_and_flat_values_still_draws() {
         metric: 0.0,
         spread: None,
     }];
-    plot_budget_curve(&points, "hr@10", None, &path).unwrap();
+    plot_budget_curve(&points, "hr@10", &[], &path).unwrap();
     assert!(ink(&decode(&path)) > 1_000);
 }
 
@@ -130,7 +183,7 @@ fn budget_curve_with_a_single_point_and_flat_values_still_draws() {
 fn empty_or_invalid_budget_input_is_an_error_naming_the_path() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("empty.png");
-    let err = plot_budget_curve(&[], "hr@10", Some(0.2), &path).unwrap_err();
+    let err = plot_budget_curve(&[], "hr@10", &[], &path).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("no points to plot"), "{msg}");
     assert!(msg.contains("empty.png"), "{msg}");
@@ -140,15 +193,19 @@ fn empty_or_invalid_budget_input_is_an_error_naming_the_path() {
     points[2].fraction = 1.5;
     let msg = format!(
         "{:#}",
-        plot_budget_curve(&points, "hr@10", None, &path).unwrap_err()
+        plot_budget_curve(&points, "hr@10", &[], &path).unwrap_err()
     );
     assert!(msg.contains("[0, 1]") && msg.contains("empty.png"), "{msg}");
 
     let mut points = budget_points();
     points[0].metric = f64::NAN;
-    assert!(plot_budget_curve(&points, "hr@10", None, &path).is_err());
-    assert!(plot_budget_curve(&budget_points(), "hr@10", Some(f64::INFINITY), &path).is_err());
-    assert!(!path.exists());
+    assert!(plot_budget_curve(&points, "hr@10", &[], &path).is_err());
+    let inf = [ReferenceLine {
+        label: "baseline".into(),
+        value: f64::INFINITY,
+    }];
+    assert!(plot_budget_curve(&budget_points(), "hr@10", &inf, &path).is_err());
+    assert!(!path.exists() && !path.with_extension("svg").exists());
 }
 
 fn runs() -> Vec<RunSummary> {
@@ -182,6 +239,13 @@ fn runs() -> Vec<RunSummary> {
                 valid: BTreeMap::new(),
                 wall_secs: Some(60.0 * (seed + 1) as f64),
                 teacher_rows: None,
+                costs: RunCosts {
+                    teacher: (group == "distilled").then_some(TeacherCosts {
+                        train_secs: Some(3600.0),
+                        cache_build_secs: Some(600.0),
+                    }),
+                    ..Default::default()
+                },
             });
         }
     }
@@ -195,8 +259,21 @@ fn metric_bars_write_an_800x500_png_that_depends_on_the_input() {
     let rows = aggregate(&runs(), &["hr@10", "ndcg@10", "wall_secs"]);
 
     let a = dir.join("bars_a.png");
-    plot_metric_bars(&rows, "hr@10", &a).unwrap();
+    let files = plot_metric_bars(&rows, "hr@10", &a).unwrap();
     let pa = decode(&a);
+    let texts = svg_texts(&files.svg);
+    for want in [
+        "gru4rec",
+        "llm-teacher",
+        "sasrec+kd (no ranking l…",
+        "distilled",
+        "hr@10",
+    ] {
+        assert!(
+            texts.lines().any(|l| l == want),
+            "{want:?} not in SVG texts:\n{texts}"
+        );
+    }
     assert!(ink(&pa) > 5_000, "the plot is nearly blank");
 
     let b = dir.join("bars_b.png");
@@ -247,4 +324,79 @@ fn empty_bar_input_is_an_error_naming_the_path() {
         "{msg}"
     );
     assert!(!path.exists());
+}
+
+#[test]
+fn learning_curves_write_png_and_svg_with_the_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = out_dir(&tmp);
+    let curve = |label: &str, gain: f64| LearningCurve {
+        label: label.into(),
+        points: (1..=12)
+            .map(|e| (e as f64, gain * (1.0 - (-0.3 * e as f64).exp())))
+            .collect(),
+    };
+    let curves = vec![curve("sasrec", 0.6), curve("sasrec + kd", 0.65)];
+    let files = plot_learning_curves(&curves, "ndcg@10", &dir.join("curves")).unwrap();
+    let pa = decode(&files.png);
+    assert!(ink(&pa) > 5_000, "the plot is nearly blank");
+    let texts = svg_texts(&files.svg);
+    for want in ["sasrec", "sasrec + kd", "epoch", "validation ndcg@10"] {
+        assert!(
+            texts.lines().any(|l| l == want),
+            "{want:?} not in SVG texts:\n{texts}"
+        );
+    }
+    let one = plot_learning_curves(&curves[..1], "ndcg@10", &dir.join("curves_one")).unwrap();
+    assert_ne!(pa, decode(&one.png), "each curve must be drawn");
+
+    let empty = [LearningCurve {
+        label: "x".into(),
+        points: Vec::new(),
+    }];
+    let msg = format!(
+        "{:#}",
+        plot_learning_curves(&empty, "ndcg@10", &dir.join("none")).unwrap_err()
+    );
+    assert!(
+        msg.contains("no points to plot") && msg.contains("none"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn cost_plot_stacks_teacher_seconds_and_switches_to_log_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = out_dir(&tmp);
+    let mut metrics = vec!["hr@10"];
+    metrics.extend(COST_METRICS);
+    let rows = aggregate(&runs(), &metrics);
+    // distilled: 120 s mean own time + 3600 + 600 teacher = 4320 s; the range is
+    // under 100× (60 s .. 4320 s), so the axis is linear.
+    let linear = plot_costs(&rows, &dir.join("cost_linear")).unwrap();
+    let texts = svg_texts(&linear.svg);
+    assert!(texts.lines().any(|l| l == "4320 s"), "{texts}");
+    assert!(
+        texts.lines().any(|l| l == "training the teacher"),
+        "{texts}"
+    );
+    assert!(texts.lines().any(|l| l == "seconds"), "{texts}");
+    let pa = decode(&linear.png);
+
+    let mut fast = rows.clone();
+    fast[0].mean.insert("wall_secs".into(), 0.04);
+    fast[0].mean.insert("total_secs".into(), 0.04);
+    let log = plot_costs(&fast, &dir.join("cost_log")).unwrap();
+    let texts = svg_texts(&log.svg);
+    assert!(texts.lines().any(|l| l == "seconds (log scale)"), "{texts}");
+    for decade in ["0.01", "1", "100", "1000"] {
+        assert!(
+            texts.lines().any(|l| l == decade),
+            "{decade} tick:\n{texts}"
+        );
+    }
+    assert_ne!(pa, decode(&log.png));
+
+    let msg = format!("{:#}", plot_costs(&[], &dir.join("cost_none")).unwrap_err());
+    assert!(msg.contains("no points to plot"), "{msg}");
 }

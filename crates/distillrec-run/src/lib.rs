@@ -491,40 +491,93 @@ impl History {
     }
 }
 
-/// Sets up logging: human-readable to stderr (level from `RUST_LOG`,
-/// default `info`) and, when `log_file` is given, the same events to it.
+/// The log files that receive every event (a pipeline's `pipeline.log`
+/// and the run directory of the stage running now).
+static LOG_FILES: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The log layer's writer: each event to every open log file.
+struct LogFiles;
+
+impl std::io::Write for LogFiles {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut files = LOG_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, f) in files.iter_mut() {
+            // a full disk must not stop the run: the log is best effort
+            let _ = f.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A log file that receives every event until dropped (see [`open_log_file`]).
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let mut files = LOG_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = files.iter().rposition(|(p, _)| *p == self.path) {
+            files.remove(i);
+        }
+    }
+}
+
+/// Appends every event to `path` (no colour codes) until the returned
+/// guard is dropped, besides the log files already open: a pipeline stage's
+/// `run.log` gets its stage while `pipeline.log` gets everything.
+pub fn open_log_file(path: &Path) -> Result<LogFile, DataError> {
+    init_logging(None)?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| DataError::io(d, e))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| DataError::io(path, e))?;
+    LOG_FILES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((path.to_path_buf(), f));
+    Ok(LogFile {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Sets up logging once per process: human-readable to stderr (level from
+/// `RUST_LOG`, default `info`) and to the open log files; with `log_file`,
+/// that file stays open for the rest of the process.
 pub fn init_logging(log_file: Option<&Path>) -> Result<(), DataError> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stderr = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_filter(filter());
-    let file_layer = match log_file {
-        Some(p) => {
-            if let Some(d) = p.parent() {
-                std::fs::create_dir_all(d).map_err(|e| DataError::io(d, e))?;
-            }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| DataError::io(p, e))?;
-            Some(
-                fmt::layer()
-                    .with_writer(std::sync::Mutex::new(f))
-                    .with_ansi(false)
-                    .with_filter(filter()),
-            )
-        }
-        None => None,
-    };
-    // A second initialisation (tests) is harmless: keep the first.
-    let _ = tracing_subscriber::registry()
-        .with(stderr)
-        .with(file_layer)
-        .try_init();
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let filter =
+            || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let stderr = fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(filter());
+        let files = fmt::layer()
+            .with_writer(|| LogFiles)
+            .with_ansi(false)
+            .with_filter(filter());
+        // Another subscriber already installed (tests) is kept.
+        let _ = tracing_subscriber::registry()
+            .with(stderr)
+            .with(files)
+            .try_init();
+    });
+    if let Some(p) = log_file {
+        std::mem::forget(open_log_file(p)?);
+    }
     Ok(())
 }
 

@@ -184,6 +184,7 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
     let extra = ["train.teacher.max_epochs=60", "train.teacher.patience=100"];
     let a = pipeline_args(&b, &out, &extra);
     let mut child = bin()
+        .env("RUST_LOG", "info")
         .args(&a)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -204,6 +205,15 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // each stage's run.log holds its own events, pipeline.log all of them
+    let log = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert!(log("student/run.log").contains("epoch done"));
+    assert!(!log("popularity/run.log").contains("epoch done"));
+    assert!(log("pipeline.log").contains("epoch done"));
+    assert!(
+        !log("pipeline.log").contains('\x1b'),
+        "colour codes in the log"
+    );
     let mark = std::fs::read_to_string(out.join("stages/teacher.json")).unwrap();
     assert!(mark.contains("\"running\""), "{mark}");
     let student_ckpt = std::fs::read(out.join("student/checkpoints/best.safetensors")).unwrap();
