@@ -261,7 +261,11 @@ fn stage_key(kind: &str, projected: &Config, inputs: &[&str]) -> String {
 
 /// The run's metrics in `dir`, if it wrote them.
 fn metrics_of(dir: &Path) -> Option<Metrics> {
-    let text = std::fs::read_to_string(dir.join("metrics.json")).ok()?;
+    let text = distillrec_data::fsutil::read_text_limited(
+        &dir.join("metrics.json"),
+        distillrec_data::fsutil::MAX_SMALL_FILE_BYTES,
+    )
+    .ok()?;
     serde_json::from_str(&text).ok()
 }
 

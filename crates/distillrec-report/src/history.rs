@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// The parsed `history.csv` of one run.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -18,8 +18,7 @@ pub struct History {
 impl History {
     /// Reads and parses `path` (see [`History::parse`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = crate::runs::read_small(path)?;
         Self::parse(&text, path)
     }
 

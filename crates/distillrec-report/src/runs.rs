@@ -19,7 +19,9 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use distillrec_data::fsutil::atomic_write;
+use distillrec_data::fsutil::{
+    atomic_write, read_text_limited, LimitedReadError, MAX_SMALL_FILE_BYTES,
+};
 
 use crate::aggregate::{
     aggregate, mean_std, AggregateRow, BudgetPoint, RunCosts, RunSummary, TeacherCosts,
@@ -200,9 +202,20 @@ pub struct RunDir {
     pub history: Option<History>,
 }
 
+/// The text of a run's small file (run.json, metrics.json, config.toml,
+/// history.csv), refused above [`MAX_SMALL_FILE_BYTES`] before allocating.
+pub(crate) fn read_small(path: &Path) -> Result<String> {
+    read_text_limited(path, MAX_SMALL_FILE_BYTES).map_err(|e| match e {
+        LimitedReadError::Io(e) => anyhow::anyhow!("{}: cannot read: {e}", path.display()),
+        LimitedReadError::TooLarge(n) => anyhow::anyhow!(
+            "{}: {n} bytes is more than the {MAX_SMALL_FILE_BYTES} a run file may hold",
+            path.display()
+        ),
+    })
+}
+
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = read_small(path)?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -219,7 +232,7 @@ impl RunDir {
         }
         let metrics: MetricsView = read_json(&dir.join("metrics.json"))?;
         let config_path = dir.join("config.toml");
-        let config: ConfigView = match std::fs::read_to_string(&config_path) {
+        let config: ConfigView = match read_small(&config_path) {
             Ok(text) => toml::from_str(&text)
                 .with_context(|| format!("{}: not a valid config", config_path.display()))?,
             Err(_) => ConfigView::default(),

@@ -156,7 +156,11 @@ fn teacher_train_secs(source: &str) -> Option<f64> {
         .strip_prefix("teacher:")
         .or_else(|| source.strip_prefix("student:"))?;
     let run_dir = Path::new(ckpt).parent()?.parent()?;
-    let text = std::fs::read_to_string(run_dir.join("run.json")).ok()?;
+    let text = distillrec_data::fsutil::read_text_limited(
+        &run_dir.join("run.json"),
+        distillrec_data::fsutil::MAX_SMALL_FILE_BYTES,
+    )
+    .ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("wall_secs")?.as_f64()
 }

@@ -44,7 +44,11 @@ impl CacheBuild {
     /// Reads `<dir>/build.json`, `None` when the cache has none (built by
     /// hand from files, merged, or by an older build) or it is unreadable.
     pub fn read(dir: &Path) -> Option<CacheBuild> {
-        let text = std::fs::read_to_string(dir.join(CACHE_BUILD_FILE)).ok()?;
+        let text = distillrec_data::fsutil::read_text_limited(
+            &dir.join(CACHE_BUILD_FILE),
+            distillrec_data::fsutil::MAX_SMALL_FILE_BYTES,
+        )
+        .ok()?;
         serde_json::from_str(&text).ok()
     }
 }
