@@ -36,8 +36,8 @@ use distillrec_select::Policy;
 const SELECTION_FILE: &str = "selection.csv";
 
 use crate::stages::{
-    distill, eval_popularity, select, teacher_infer, train_student, train_teacher, DistillRequest,
-    SelectRequest, TeacherInferRequest, TrainTeacherRequest,
+    distill, eval_popularity, select, teacher_infer, train_student, train_teacher, CacheJob,
+    DistillRequest, SelectRequest, TeacherInferRequest, TrainTeacherRequest,
 };
 
 /// The config groups each stage reads (its projection). `dataset` is kept
@@ -424,14 +424,16 @@ pub fn run(
         let k_cache = stage_key("cache", &c, &[&k_teacher, &k_sel]);
         let cache_dir = st.run("cache", "cache", &k_cache, |dir| {
             let req = TeacherInferRequest {
-                checkpoint: teacher_dir.join("checkpoints/best.safetensors"),
-                data: data_dir.clone(),
-                selection: selection.clone(),
-                shard: None,
-                k: None,
+                job: CacheJob {
+                    checkpoint: teacher_dir.join("checkpoints/best.safetensors"),
+                    data: data_dir.clone(),
+                    out: dir.to_path_buf(),
+                    selection: selection.clone(),
+                    shard: None,
+                    k: None,
+                },
                 backbone: None,
                 student: None,
-                out: dir.to_path_buf(),
             };
             let (cache, rps) = teacher_infer(&c, &req, device)?;
             tracing::info!(

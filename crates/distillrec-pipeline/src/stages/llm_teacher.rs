@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 
-use distillrec_cache::{ShardSpec, TeacherCache};
+use distillrec_cache::TeacherCache;
 use distillrec_config::Config;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
@@ -25,7 +25,7 @@ use distillrec_teacher::Teacher;
 use crate::latency::teacher_latency;
 use crate::prepared::{absolute, load_prepared, run_data, Data};
 use crate::runs::with_run;
-use crate::stages::{selected_rows, CacheBuild};
+use crate::stages::{selected_rows, CacheBuild, CacheJob};
 
 /// What `train teacher` reads besides the config.
 pub struct TrainTeacherRequest {
@@ -258,24 +258,15 @@ pub fn eval_teacher(
     Ok(metrics)
 }
 
-/// What `teacher infer` reads.
+/// What `teacher infer` reads: the cache job, and where the backbone and
+/// the student are when they moved since training (checked by SHA-256).
 pub struct TeacherInferRequest {
-    /// Teacher checkpoint.
-    pub checkpoint: PathBuf,
-    /// Prepared dataset.
-    pub data: PathBuf,
-    /// Only these training rows.
-    pub selection: Option<PathBuf>,
-    /// Only this shard of them (cut between inference batches).
-    pub shard: Option<ShardSpec>,
-    /// Candidates per row (else `teacher.top_k`).
-    pub k: Option<usize>,
+    /// The checkpoint, rows and output.
+    pub job: CacheJob,
     /// Backbone override.
     pub backbone: Option<PathBuf>,
     /// Student override.
     pub student: Option<PathBuf>,
-    /// Output cache directory.
-    pub out: PathBuf,
 }
 
 /// `teacher infer`: the teacher cache of the selected training rows;
@@ -287,21 +278,21 @@ pub fn teacher_infer(
 ) -> Result<(TeacherCache, f64)> {
     cpu_only(device)?;
     let t0 = std::time::Instant::now();
-    let data = load_prepared(&req.data)?;
+    let data = load_prepared(&req.job.data)?;
     let mut teacher = load_teacher(
-        &req.checkpoint,
+        &req.job.checkpoint,
         &data,
         req.backbone.as_deref(),
         req.student.as_deref(),
     )?;
-    let mut rows = selected_rows(&data, req.selection.as_deref())?;
-    if let Some(sh) = &req.shard {
+    let mut rows = selected_rows(&data, req.job.selection.as_deref())?;
+    if let Some(sh) = &req.job.shard {
         rows = rows[shard_range(sh, rows.len(), teacher.cfg.infer_batch)].to_vec();
     }
     let opts = InferOptions {
-        k: req.k.unwrap_or(cfg.teacher.top_k),
+        k: req.job.k.unwrap_or(cfg.teacher.top_k),
         mask_history: cfg.teacher.mask_history,
-        source: format!("teacher:{}", absolute(&req.checkpoint).display()),
+        source: format!("teacher:{}", absolute(&req.job.checkpoint).display()),
         progress: true,
     };
     let (mut cache, rps) = cache_from_teacher(
@@ -311,12 +302,12 @@ pub fn teacher_infer(
         &rows,
         &opts,
     )?;
-    cache.manifest.shard = req.shard;
-    cache.save(&req.out)?;
+    cache.manifest.shard = req.job.shard;
+    cache.save(&req.job.out)?;
     CacheBuild {
         wall_secs: t0.elapsed().as_secs_f64(),
         rows: cache.rows(),
     }
-    .write(&req.out)?;
+    .write(&req.job.out)?;
     Ok((cache, rps))
 }

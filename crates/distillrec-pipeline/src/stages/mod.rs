@@ -20,6 +20,5 @@ pub use recommend::{recommend, resolve_item, Recommendation};
 pub use select::{select, selected_rows, SelectOutcome, SelectRequest};
 pub use student::{eval_student, train_student, train_student_in, StudentEval, TrainedStudent};
 pub use teacher::{
-    merge_shards, teacher_from_files, teacher_from_student, CacheBuild, TeacherFromStudent,
-    CACHE_BUILD_FILE,
+    merge_shards, teacher_from_files, teacher_from_student, CacheBuild, CacheJob, CACHE_BUILD_FILE,
 };

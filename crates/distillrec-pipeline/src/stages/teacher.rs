@@ -53,9 +53,11 @@ impl CacheBuild {
     }
 }
 
-/// What `teacher from-student` reads and writes.
-pub struct TeacherFromStudent {
-    /// The teacher: a student checkpoint (weights or manifest).
+/// A teacher-cache job (`teacher from-student`, `teacher infer`): which
+/// checkpoint labels which training rows of which dataset, and where the
+/// cache goes.
+pub struct CacheJob {
+    /// The teacher checkpoint (a student's, or an LLM teacher's).
     pub checkpoint: PathBuf,
     /// The prepared dataset (its fingerprint must match the checkpoint's).
     pub data: PathBuf,
@@ -72,11 +74,7 @@ pub struct TeacherFromStudent {
 /// A teacher cache from a student checkpoint (top-K of its scores,
 /// `d = −log p`, its item table, history masked per
 /// `teacher.mask_history`), saved under `req.out`.
-pub fn teacher_from_student(
-    cfg: &Config,
-    req: &TeacherFromStudent,
-    device: &Device,
-) -> Result<TeacherCache> {
+pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Result<TeacherCache> {
     let t0 = Instant::now();
     let data = load_prepared(&req.data)?;
     let loaded = checkpoint::load(

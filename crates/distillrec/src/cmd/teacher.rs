@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use distillrec_cache::{FromFiles, RowKeys};
-use distillrec_pipeline::stages::{self, TeacherFromStudent};
+use distillrec_pipeline::stages::{self, CacheJob};
 use distillrec_run::init_logging;
 
 use crate::args::{FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand, TeacherInferArgs};
@@ -28,14 +28,16 @@ fn infer(a: TeacherInferArgs) -> Result<()> {
     let device = config_device(&mut cfg, &j.device)?;
     let t0 = Instant::now();
     let req = stages::TeacherInferRequest {
-        checkpoint: a.checkpoint,
-        data: j.data,
-        selection: j.selection,
-        shard: j.shard,
-        k: j.k,
+        job: CacheJob {
+            checkpoint: a.checkpoint,
+            data: j.data,
+            out: j.out,
+            selection: j.selection,
+            shard: j.shard,
+            k: j.k,
+        },
         backbone: a.backbone,
         student: a.student,
-        out: j.out,
     };
     let (cache, rps) = stages::teacher_infer(&cfg, &req, &device)?;
     println!(
@@ -45,7 +47,7 @@ fn infer(a: TeacherInferArgs) -> Result<()> {
         cache.embedding_dim().unwrap_or(0),
         rps,
         t0.elapsed().as_secs_f64(),
-        req.out.display()
+        req.job.out.display()
     );
     Ok(())
 }
@@ -55,7 +57,7 @@ fn from_student(a: FromStudentArgs) -> Result<()> {
     let mut cfg = load_config(&j.config, vec![], READS_TEACHER)?;
     let device = config_device(&mut cfg, &j.device)?;
     let t0 = Instant::now();
-    let req = TeacherFromStudent {
+    let req = CacheJob {
         checkpoint: a.checkpoint,
         data: j.data,
         out: j.out,
