@@ -484,7 +484,7 @@ impl<'a> TrainRun<'a> {
     /// the `last` checkpoint with `state.json`.
     fn train_epochs(&mut self) -> Result<()> {
         let cfg = self.opts.student;
-        let mut all_units = units(self.ds, cfg.objective);
+        let mut all_units = units(self.ds, cfg.objective, cfg.max_len);
         if all_units.is_empty() {
             bail!("no training units for objective {}", cfg.objective);
         }

@@ -2,7 +2,11 @@
 //!
 //! - objective `last`: one unit per training row; the input is the row's
 //!   history window, the target the row's target.
-//! - objective `all_positions`: one unit per sequence, its last training row;
+//! - objective `all_positions`: windows of at most `max_len` positions that
+//!   together cover every training target of a sequence once: the last
+//!   window ends at the sequence's last training row, each earlier one at
+//!   the last training row at least `max_len` positions before the end of
+//!   the window after it. A unit names the training row its window ends at;
 //!   every input position predicts the next item, and a position is
 //!   supervised only if that next item is itself the target of a training
 //!   row of the sequence (so validation/test targets never leak in, and
@@ -21,52 +25,59 @@ use distillrec_data::{Dataset, ItemId, Row, PAD};
 /// One training unit: a row index into `ds.train`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unit {
-    /// Index of the (last) training row of this unit.
+    /// Index of the training row whose target ends this unit's window.
     pub row: usize,
 }
 
-/// The units of an objective, in a fixed order.
-pub fn units(ds: &Dataset, objective: Objective) -> Vec<Unit> {
+/// The units of an objective for windows of `max_len`, in a fixed order
+/// (sequence by sequence, windows from the first to the last).
+pub fn units(ds: &Dataset, objective: Objective, max_len: usize) -> Vec<Unit> {
     match objective {
         Objective::Last => (0..ds.train.len()).map(|row| Unit { row }).collect(),
         Objective::AllPositions => {
-            let mut last: Vec<Option<usize>> = vec![None; ds.sequences.len()];
-            for (i, r) in ds.train.iter().enumerate() {
-                let slot = &mut last[r.seq as usize];
-                if slot.is_none_or(|j| ds.train[j].pos < r.pos) {
-                    *slot = Some(i);
+            let max_len = max_len.max(1);
+            let mut out = Vec::new();
+            for at in row_positions(ds) {
+                let mut ends = Vec::new();
+                // the last training target, then the last one at least
+                // `max_len` before each window's end: disjoint windows
+                let mut bound = at.len();
+                while let Some(end) = at[..bound].iter().rposition(|&r| r != NO_ROW) {
+                    ends.push(at[end] as usize);
+                    match end.checked_sub(max_len) {
+                        Some(b) => bound = b + 1,
+                        None => break,
+                    }
                 }
+                out.extend(ends.into_iter().rev().map(|row| Unit { row }));
             }
-            last.into_iter().flatten().map(|row| Unit { row }).collect()
+            out
         }
     }
 }
 
-/// The training rows the objective actually supervises, in `ds.train`
-/// order: every row for `last`; for `all_positions`, the rows whose target
-/// falls inside a unit's window (earlier rows of long sequences are never
-/// seen). Selection draws from this pool, so a teacher budget is never
-/// spent on rows the student cannot learn from.
+/// The training rows the objective supervises, in `ds.train` order: every
+/// row, for both objectives (`all_positions` windows cover every training
+/// target once). Selection draws from this pool, so a teacher budget is
+/// never spent on rows the student cannot learn from.
 pub fn trained_rows(ds: &Dataset, objective: Objective, max_len: usize) -> Vec<usize> {
-    match objective {
-        Objective::Last => (0..ds.train.len()).collect(),
-        Objective::AllPositions => {
-            let at = row_positions(ds);
-            let mut rows = Vec::new();
-            for u in units(ds, objective) {
-                let row = &ds.train[u.row];
-                let pos = row.pos as usize;
-                let start = pos.saturating_sub(max_len);
-                for &r in &at[row.seq as usize][start + 1..=pos] {
-                    if r != NO_ROW {
-                        rows.push(r as usize);
-                    }
-                }
+    let mut rows = match objective {
+        Objective::Last => return (0..ds.train.len()).collect(),
+        Objective::AllPositions => Vec::with_capacity(ds.train.len()),
+    };
+    let at = row_positions(ds);
+    for u in units(ds, objective, max_len) {
+        let row = &ds.train[u.row];
+        let pos = row.pos as usize;
+        let start = pos.saturating_sub(max_len);
+        for &r in &at[row.seq as usize][start + 1..=pos] {
+            if r != NO_ROW {
+                rows.push(r as usize);
             }
-            rows.sort_unstable();
-            rows
         }
     }
+    rows.sort_unstable();
+    rows
 }
 
 /// Marks "no training row" in [`HostBatch::rows`] and [`row_positions`].
@@ -258,7 +269,7 @@ mod tests {
     #[test]
     fn all_positions_targets_are_training_targets_only() {
         let ds = ds(); // items 1..6; train targets at pos 1..=3, valid 5, test 6
-        let us = units(&ds, Objective::AllPositions);
+        let us = units(&ds, Objective::AllPositions, 5);
         assert_eq!(us.len(), 1);
         let mut b = Batcher::new(&ds, Objective::AllPositions, 5, 0);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -283,22 +294,30 @@ mod tests {
     }
 
     #[test]
-    fn trained_rows_are_the_supervised_window() {
-        let ds = ds(); // train rows at pos 1, 2, 3
+    fn windows_cover_every_training_target_once() {
+        let ds = ds(); // items 1..6; train targets at pos 1, 2, 3
         assert_eq!(trained_rows(&ds, Objective::Last, 2), vec![0, 1, 2]);
-        // window of 2 before pos 3 covers targets at pos 2 and 3 only
-        let keys: Vec<&str> = trained_rows(&ds, Objective::AllPositions, 2)
-            .iter()
-            .map(|&r| ds.train[r].key.as_str())
-            .collect();
-        assert_eq!(keys, vec!["a:2", "a:3"]);
-        assert_eq!(trained_rows(&ds, Objective::AllPositions, 5).len(), 3);
+        // windows of 2: one ending at pos 3 (targets at 2, 3), one at pos 1
+        let us = units(&ds, Objective::AllPositions, 2);
+        let ends: Vec<&str> = us.iter().map(|u| ds.train[u.row].key.as_str()).collect();
+        assert_eq!(ends, vec!["a:1", "a:3"]);
+        let mut b = Batcher::new(&ds, Objective::AllPositions, 2, 0);
+        let hb = b.batch(&us, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(hb.inputs, vec![0, 1, 2, 3]);
+        assert_eq!(hb.targets, vec![0, 2, 3, 4]);
+        let mut supervised: Vec<u32> = hb.rows.iter().copied().filter(|&r| r != NO_ROW).collect();
+        supervised.sort_unstable();
+        assert_eq!(supervised, vec![0, 1, 2], "each training row exactly once");
+        assert_eq!(trained_rows(&ds, Objective::AllPositions, 2), vec![0, 1, 2]);
+        // windows of 1: one per training target
+        assert_eq!(units(&ds, Objective::AllPositions, 1).len(), 3);
+        assert_eq!(units(&ds, Objective::AllPositions, 5).len(), 1);
     }
 
     #[test]
     fn last_objective_and_negatives_avoid_history_and_target() {
         let ds = ds();
-        let us = units(&ds, Objective::Last);
+        let us = units(&ds, Objective::Last, 2);
         assert_eq!(us.len(), 3);
         let mut b = Batcher::new(&ds, Objective::Last, 2, 3);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
