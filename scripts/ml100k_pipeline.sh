@@ -2,7 +2,8 @@
 # The whole pipeline on MovieLens-100k with a CPU-sized SmolLM2 iLoRA teacher
 # (configs/ml-100k-pipeline.toml), swept over the distillation weight and
 # three student seeds against one teacher (issue 13), then the report copied
-# into docs/results/ml-100k-pipeline.
+# into docs/results/ml-100k-pipeline (the grid also switches the embedding
+# distillation of the LLM title embeddings off and on).
 #
 #   scripts/ml100k_pipeline.sh OUT_DIR
 #
@@ -15,7 +16,7 @@ B="${DISTILLREC:-$here/target/release/distillrec}"
 [ -x "$B" ] || (cd "$here" && cargo build --release)
 cd "$here"
 "$B" sweep --config configs/ml-100k-pipeline.toml \
-    --grid distill.lambda=0.4,0.8 --seeds 1,2,3 --out "$W"
+    --grid distill.lambda=0.4,0.8 --grid distill.ed_weight=0,0.2 --seeds 1,2,3 --out "$W"
 R="$here/docs/results/ml-100k-pipeline"
 mkdir -p "$R"
 cp "$W"/report/{report.md,results.csv,models.csv} "$R"/

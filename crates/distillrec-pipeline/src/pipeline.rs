@@ -270,11 +270,36 @@ fn metrics_of(dir: &Path) -> Option<Metrics> {
 }
 
 /// Checks what the pipeline can know before running anything.
-fn preflight(cfg: &Config) -> Result<()> {
-    if cfg.teacher.backbone.is_some() && cfg.selection.policy == Policy::Kl {
-        bail!("config key `selection.policy`: 'kl' filters rows by an existing teacher cache, which the pipeline builds only after selection; run `distillrec select --policy kl` by hand");
+/// Checks what can be known before anything is written, so a refused
+/// pipeline leaves `out` as it was: the selection policy, the dataset's
+/// source, and the backbone (a known name is fetched now, once, rather than
+/// after the student has trained). Returns the prepared dataset's
+/// fingerprint when the config names one.
+fn preflight(cfg: &Config) -> Result<Option<String>> {
+    if let Some(backbone) = &cfg.teacher.backbone {
+        if cfg.selection.policy == Policy::Kl {
+            bail!("config key `selection.policy`: 'kl' filters rows by an existing teacher cache, which the pipeline builds only after selection; run `distillrec select --policy kl` by hand");
+        }
+        let path = crate::models::resolve_backbone(backbone, Path::new("models"))?;
+        if !path.exists() {
+            bail!(
+                "config key `teacher.backbone`: {} does not exist (a GGUF file, an HF model directory, or a known name: smollm2)",
+                path.display()
+            );
+        }
     }
-    Ok(())
+    if let (None, Some(raw)) = (&cfg.dataset.prepared, &cfg.dataset.raw) {
+        if !raw.is_dir() {
+            bail!(
+                "config key `dataset.raw`: {} is not a directory",
+                raw.display()
+            );
+        }
+    }
+    match &cfg.dataset.prepared {
+        Some(p) => Ok(Some(store::read_manifest(p)?.fingerprint)),
+        None => Ok(None),
+    }
 }
 
 /// A model the pipeline trained or evaluated, as the report lists it.
@@ -299,7 +324,7 @@ pub fn run(
     device: &Device,
     on_model: &mut dyn FnMut(&str, &Metrics),
 ) -> Result<PipelineOutcome> {
-    preflight(cfg)?;
+    let given = preflight(cfg)?.unwrap_or_default();
     let t0 = Instant::now();
     let _lock = DirLock::acquire(out)?;
     init_logging(Some(&out.join("pipeline.log")))?;
@@ -331,10 +356,6 @@ pub fn run(
     let student_seed = cfg.student_seed.unwrap_or(cfg.seed);
 
     // data: the prepared dataset (given, or built from the config)
-    let given = match &cfg.dataset.prepared {
-        Some(p) => store::read_manifest(p)?.fingerprint,
-        None => String::new(),
-    };
     let k_data = stage_key("data", &project(reads::DATA, run_seed), &[&given]);
     let built = st.run("data", "data", &k_data, |dir| {
         if cfg.dataset.prepared.is_none() {
@@ -399,9 +420,11 @@ pub fn run(
             (Some(dir.join(SELECTION_FILE)), k)
         };
 
+        // the student is an input by key, not by path: a moved `out`
+        // keeps its teacher
         let mut c = project(reads::TEACHER, run_seed);
-        c.teacher.student = Some(ts_ckpt.clone());
         let k_teacher = stage_key("teacher", &c, &[&k_data, &k_ts, &k_sel]);
+        c.teacher.student = Some(ts_ckpt.clone());
         let teacher_dir = st.run("teacher", "teacher", &k_teacher, |dir| {
             let req = TrainTeacherRequest {
                 data: Some(data_dir.clone()),

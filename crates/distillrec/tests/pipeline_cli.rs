@@ -296,3 +296,17 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
     let text = ok(&args);
     assert_eq!(text.matches("0 stages run").count(), 4, "{text}");
 }
+
+#[test]
+fn a_refused_pipeline_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p");
+    let missing = dir.path().join("no-such-model.gguf");
+    let a = pipeline_args(&missing, &out, &[]);
+    let r = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clean_error(&r, "teacher.backbone");
+    let a = pipeline_args(&missing, &out, &["selection.policy=kl"]);
+    let r = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clean_error(&r, "selection.policy");
+    assert!(!out.exists(), "a refused pipeline created {}", out.display());
+}
