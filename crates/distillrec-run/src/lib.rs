@@ -138,8 +138,21 @@ pub struct RunRecord {
 /// reports its own peak. Elsewhere, or when refused, the peak stays the
 /// process's (an over-estimate, never an under-estimate).
 pub fn reset_peak_rss() {
+    if let Some(release) = RELEASE_FREED_MEMORY.get() {
+        release();
+    }
     #[cfg(target_os = "linux")]
     let _ = std::fs::write("/proc/self/clear_refs", b"5");
+}
+
+/// How the program hands freed memory back to the OS (the binary's
+/// allocator keeps it otherwise, for speed); called by [`reset_peak_rss`]
+/// so a stage's peak is not the memory an earlier stage freed.
+static RELEASE_FREED_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers the allocator's "return freed memory now" (once per process).
+pub fn set_release_freed_memory(f: fn()) {
+    let _ = RELEASE_FREED_MEMORY.set(f);
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).

@@ -98,6 +98,20 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn keep_freed_memory() {
     // SAFETY: sets an integer option of the allocator; no pointer involved.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    distillrec_run::set_release_freed_memory(release_freed_memory);
+}
+
+/// Returns the memory freed so far to the OS, between pipeline stages (the
+/// LLM teacher's gigabyte would otherwise count in the next stage's peak),
+/// then keeps freed memory again.
+fn release_freed_memory() {
+    // SAFETY: integer options and a collection of the allocator's own free
+    // pages; no pointer involved.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
 }
 
 fn main() {

@@ -308,5 +308,9 @@ fn a_refused_pipeline_writes_nothing() {
     let a = pipeline_args(&missing, &out, &["selection.policy=kl"]);
     let r = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_clean_error(&r, "selection.policy");
-    assert!(!out.exists(), "a refused pipeline created {}", out.display());
+    assert!(
+        !out.exists(),
+        "a refused pipeline created {}",
+        out.display()
+    );
 }
