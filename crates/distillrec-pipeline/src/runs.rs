@@ -3,10 +3,14 @@
 use std::path::Path;
 
 use anyhow::Result;
+use candle_core::Device;
 
 use distillrec_config::Config;
 use distillrec_run::{open_log_file, BuildInfo, Run};
 use distillrec_train::TrainOutcome;
+
+use crate::latency::checkpoint_latency;
+use crate::prepared::Data;
 
 /// Opens the run directory `out` (lock, `config.toml`, `run.json`; see
 /// [`Run::create`]), starts logging to its `run.log`, runs `f` in it and
@@ -28,8 +32,15 @@ pub fn with_run<T>(
 }
 
 /// Records a finished training stage's epochs and evaluation costs in `run`
-/// (`stage` names the training entry, e.g. `student.train`).
-pub fn record_training(run: &mut Run, stage: &str, outcome: &TrainOutcome) -> Result<()> {
+/// (`stage` names the training entry, e.g. `student.train`), and measures
+/// the best checkpoint's per-user top-20 latency (`latency.top20`).
+pub fn record_training(
+    run: &mut Run,
+    stage: &str,
+    outcome: &TrainOutcome,
+    data: &Data,
+    device: &Device,
+) -> Result<()> {
     run.record_cost(
         stage,
         serde_json::json!({
@@ -41,5 +52,14 @@ pub fn record_training(run: &mut Run, stage: &str, outcome: &TrainOutcome) -> Re
     )?;
     run.record_cost("student.valid", &outcome.valid_cost)?;
     run.record_cost("student.test", &outcome.test_cost)?;
+    let latency = run.stage("latency", || {
+        checkpoint_latency(
+            &outcome.best_checkpoint,
+            &data.ds,
+            &data.reference.fingerprint,
+            device,
+        )
+    })?;
+    run.record_cost("latency.top20", latency)?;
     Ok(())
 }

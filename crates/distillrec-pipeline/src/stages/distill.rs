@@ -13,7 +13,6 @@ use distillrec_models::device::spec_of;
 use distillrec_run::{BuildInfo, Metrics, RunKind};
 use distillrec_train::{train_with, TrainOptions, TrainOutcome};
 
-use crate::latency::checkpoint_latency;
 use crate::prepared::{absolute, run_data};
 use crate::runs::{record_training, with_run};
 use crate::stages::select::selected_rows;
@@ -125,16 +124,7 @@ pub fn distill(
         let outcome = run.stage("train.distill", || {
             train_with(&data.ds, &data.reference, &opts, &objective)
         })?;
-        record_training(run, "distill.train", &outcome)?;
-        let l = run.stage("latency", || {
-            checkpoint_latency(
-                &outcome.best_checkpoint,
-                &data.ds,
-                &data.reference.fingerprint,
-                device,
-            )
-        })?;
-        run.record_cost("latency.top20", l)?;
+        record_training(run, "distill.train", &outcome, &data, device)?;
         let metrics = Metrics {
             valid: outcome.valid.clone(),
             test: outcome.test.clone(),

@@ -15,7 +15,6 @@ use distillrec_train::{
     evaluate_student, train_student as train, EvalCost, TrainOptions, TrainOutcome,
 };
 
-use crate::latency::checkpoint_latency;
 use crate::prepared::{load_prepared, run_data, Data};
 use crate::runs::{record_training, with_run};
 
@@ -48,16 +47,7 @@ pub fn train_student_in(
         halt_after_epoch: None,
     };
     let outcome = run.stage("train.student", || train(&data.ds, &data.reference, &opts))?;
-    record_training(run, "student.train", &outcome)?;
-    let l = run.stage("latency", || {
-        checkpoint_latency(
-            &outcome.best_checkpoint,
-            &data.ds,
-            &data.reference.fingerprint,
-            device,
-        )
-    })?;
-    run.record_cost("latency.top20", l)?;
+    record_training(run, "student.train", &outcome, data, device)?;
     let metrics = Metrics {
         valid: outcome.valid.clone(),
         test: outcome.test.clone(),

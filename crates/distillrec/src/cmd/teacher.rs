@@ -1,14 +1,19 @@
-//! `teacher from-student | from-files | merge`.
+//! `teacher from-student | from-files | merge | infer`.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
+use candle_core::Device;
 
-use distillrec_cache::{FromFiles, RowKeys};
+use distillrec_cache::{FromFiles, RowKeys, TeacherCache};
+use distillrec_config::Config;
 use distillrec_pipeline::stages::{self, CacheJob};
 use distillrec_run::init_logging;
 
-use crate::args::{FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand, TeacherInferArgs};
+use crate::args::{
+    CacheJobArgs, FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand, TeacherInferArgs,
+};
 use crate::common::{config_device, load_config, READS_TEACHER};
 
 /// Runs a `teacher` subcommand.
@@ -22,58 +27,53 @@ pub fn run(c: TeacherCommand) -> Result<()> {
     }
 }
 
-fn infer(a: TeacherInferArgs) -> Result<()> {
-    let j = a.job;
+/// The config, device and cache job of `teacher infer` / `from-student`.
+fn cache_job(checkpoint: PathBuf, j: CacheJobArgs) -> Result<(Config, Device, CacheJob)> {
     let mut cfg = load_config(&j.config, vec![], READS_TEACHER)?;
     let device = config_device(&mut cfg, &j.device)?;
-    let t0 = Instant::now();
-    let req = stages::TeacherInferRequest {
-        job: CacheJob {
-            checkpoint: a.checkpoint,
-            data: j.data,
-            out: j.out,
-            selection: j.selection,
-            shard: j.shard,
-            k: j.k,
-        },
-        backbone: a.backbone,
-        student: a.student,
-    };
-    let (cache, rps) = stages::teacher_infer(&cfg, &req, &device)?;
-    println!(
-        "teacher cache: {} rows, top-{}, {}-d LLM item embeddings, {:.1} rows/s, {:.1}s -> {}",
-        cache.rows(),
-        cache.k(),
-        cache.embedding_dim().unwrap_or(0),
-        rps,
-        t0.elapsed().as_secs_f64(),
-        req.job.out.display()
-    );
-    Ok(())
-}
-
-fn from_student(a: FromStudentArgs) -> Result<()> {
-    let j = a.job;
-    let mut cfg = load_config(&j.config, vec![], READS_TEACHER)?;
-    let device = config_device(&mut cfg, &j.device)?;
-    let t0 = Instant::now();
-    let req = CacheJob {
-        checkpoint: a.checkpoint,
+    let job = CacheJob {
+        checkpoint,
         data: j.data,
         out: j.out,
         selection: j.selection,
         shard: j.shard,
         k: j.k,
     };
-    let cache = stages::teacher_from_student(&cfg, &req, &device)?;
+    Ok((cfg, device, job))
+}
+
+/// One line about a written cache.
+fn print_cache(cache: &TeacherCache, what: &str, rate: String, secs: f64, out: &Path) {
     println!(
-        "teacher cache: {} rows, top-{}, {}-d item embeddings, {:.1}s -> {}",
+        "teacher cache: {} rows, top-{}, {}-d {what}{rate}, {secs:.1}s -> {}",
         cache.rows(),
         cache.k(),
         cache.embedding_dim().unwrap_or(0),
-        t0.elapsed().as_secs_f64(),
-        req.out.display()
+        out.display()
     );
+}
+
+fn infer(a: TeacherInferArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let (cfg, device, job) = cache_job(a.checkpoint, a.job)?;
+    let req = stages::TeacherInferRequest {
+        job,
+        backbone: a.backbone,
+        student: a.student,
+    };
+    let (cache, rps) = stages::teacher_infer(&cfg, &req, &device)?;
+    let rate = format!(", {rps:.1} rows/s");
+    let secs = t0.elapsed().as_secs_f64();
+    print_cache(&cache, "LLM item embeddings", rate, secs, &req.job.out);
+    Ok(())
+}
+
+fn from_student(a: FromStudentArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let (cfg, device, job) = cache_job(a.checkpoint, a.job)?;
+    let cache = stages::teacher_from_student(&cfg, &job, &device)?;
+    let secs = t0.elapsed().as_secs_f64();
+    print_cache(&cache, "item embeddings", String::new(), secs, &job.out);
     Ok(())
 }
 
