@@ -106,6 +106,25 @@ impl SweepRun {
         }
     }
 
+    /// The setting with each key cut to its last segment
+    /// (`lambda=0.5,ed_weight=0`): how the report names its models.
+    pub fn short_label(&self) -> String {
+        let short: Vec<&str> = self
+            .setting
+            .iter()
+            .map(|kv| {
+                let (k, _) = kv.split_once('=').unwrap_or((kv, ""));
+                let cut = k.rfind('.').map_or(0, |i| i + 1);
+                &kv[cut..]
+            })
+            .collect();
+        if short.is_empty() {
+            "base".into()
+        } else {
+            short.join(",")
+        }
+    }
+
     /// Its directory name: the label with path-unsafe characters replaced,
     /// and the seed.
     pub fn dir_name(&self) -> String {
@@ -198,7 +217,7 @@ fn report_runs(runs: &[(SweepRun, Vec<ModelRun>)]) -> Vec<distillrec_report::Run
             let label = if shared {
                 m.label.clone()
             } else {
-                format!("{} [{}]", m.label, r.label())
+                format!("{} [{}]", m.label, r.short_label())
             };
             if seen.insert(m.dir.clone()) {
                 out.push(distillrec_report::RunSpec {
@@ -318,6 +337,11 @@ mod tests {
         assert_eq!(runs[0].overrides(), ["a=1", "b=x", "student_seed=7"]);
         assert_eq!(runs[11].label(), "a=2 b=z");
         assert_eq!(runs[11].dir_name(), "a=2_b=z-s8");
+        let r = SweepRun {
+            setting: vec!["distill.lambda=0.5".into(), "eval.ks=[5,10]".into()],
+            seed: None,
+        };
+        assert_eq!(r.short_label(), "lambda=0.5,ks=[5,10]");
         assert_eq!(
             expand(&[], &[]),
             [SweepRun {
@@ -351,10 +375,10 @@ mod tests {
             labels,
             [
                 ("sasrec".into(), "s1".into()),
-                ("d [distill.lambda=0.5]".into(), "d05-1".into()),
-                ("d [distill.lambda=1]".into(), "d1-1".into()),
+                ("d [lambda=0.5]".into(), "d05-1".into()),
+                ("d [lambda=1]".into(), "d1-1".into()),
                 ("sasrec".into(), "s2".into()),
-                ("d [distill.lambda=0.5]".into(), "d05-2".into()),
+                ("d [lambda=0.5]".into(), "d05-2".into()),
             ]
         );
     }

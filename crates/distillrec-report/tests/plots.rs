@@ -265,7 +265,7 @@ fn metric_bars_write_an_800x500_png_that_depends_on_the_input() {
     for want in [
         "gru4rec",
         "llm-teacher",
-        "sasrec+kd (no ranking l…",
+        "sasrec+…no ranking loss)",
         "distilled",
         "hr@10",
     ] {

@@ -286,8 +286,8 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
     };
     for label in [
         "sasrec",
-        "\"sasrec + DLLM2Rec [distill.lambda=0.3]\"",
-        "\"sasrec + DLLM2Rec [distill.lambda=0.6]\"",
+        "\"sasrec + DLLM2Rec [lambda=0.3]\"",
+        "\"sasrec + DLLM2Rec [lambda=0.6]\"",
     ] {
         let r = row(label.trim_matches('"'));
         assert!(r.contains(",2,"), "{label}: two seeds expected in {r}");

@@ -92,7 +92,11 @@ pub(super) fn group_color(group: &str, index: usize) -> RGBColor {
     }
 }
 
-/// Shortens `label` with a trailing `…` until it is at most `max_px` wide.
+/// Shortens `label` with a `…` until it is at most `max_px` wide. A label
+/// that ends in a bracketed setting (`sasrec + DLLM2Rec [lambda=0.4]`, as a
+/// sweep names its runs) keeps the setting whole and shortens what comes
+/// before it; otherwise a third of what fits comes from the start and the
+/// rest from the end.
 fn fit_label<DB>(
     root: &DrawingArea<DB, Shift>,
     label: &str,
@@ -108,8 +112,21 @@ where
         return Ok(label.to_string());
     }
     let chars: Vec<char> = label.chars().collect();
+    let setting = label
+        .rfind(" [")
+        .filter(|_| label.ends_with(']'))
+        .map(|i| label[i..].chars().count());
     for keep in (1..chars.len()).rev() {
-        let candidate: String = chars[..keep].iter().chain(std::iter::once(&'…')).collect();
+        let tail = match setting {
+            Some(t) if t < keep => t,
+            _ => keep - keep / 3,
+        };
+        let head = keep - tail;
+        let candidate: String = chars[..head]
+            .iter()
+            .chain(std::iter::once(&'…'))
+            .chain(&chars[chars.len() - tail..])
+            .collect();
         if width(&candidate)? <= max_px {
             return Ok(candidate);
         }
