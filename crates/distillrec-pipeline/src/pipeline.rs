@@ -29,7 +29,7 @@ use distillrec_config::{Config, Reads};
 use distillrec_data::fsutil::{atomic_write, atomic_write_json, sha256_of};
 use distillrec_data::lock::DirLock;
 use distillrec_data::store;
-use distillrec_run::{init_logging, reset_peak_rss, BuildInfo, Metrics};
+use distillrec_run::{open_log_file, reset_peak_rss, BuildInfo, Metrics};
 use distillrec_select::Policy;
 
 /// The selection file in the selection stage's directory.
@@ -275,8 +275,11 @@ fn metrics_of(dir: &Path) -> Option<Metrics> {
 /// source, and the backbone (a known name is fetched now, once, rather than
 /// after the student has trained). Returns the prepared dataset's
 /// fingerprint when the config names one.
-fn preflight(cfg: &Config) -> Result<Option<String>> {
+fn preflight(cfg: &Config, device: &Device) -> Result<Option<String>> {
     if let Some(backbone) = &cfg.teacher.backbone {
+        if !device.is_cpu() {
+            bail!("the LLM teacher trains and infers on the CPU path only for now: run the pipeline with --device cpu, or leave `teacher.backbone` unset to run the student stages on the GPU");
+        }
         if cfg.selection.policy == Policy::Kl {
             bail!("config key `selection.policy`: 'kl' filters rows by an existing teacher cache, which the pipeline builds only after selection; run `distillrec select --policy kl` by hand");
         }
@@ -324,10 +327,11 @@ pub fn run(
     device: &Device,
     on_model: &mut dyn FnMut(&str, &Metrics),
 ) -> Result<PipelineOutcome> {
-    let given = preflight(cfg)?.unwrap_or_default();
+    let given = preflight(cfg, device)?.unwrap_or_default();
     let t0 = Instant::now();
     let _lock = DirLock::acquire(out)?;
-    init_logging(Some(&out.join("pipeline.log")))?;
+    // open for this run only: a sweep's runs each get their own
+    let _log = open_log_file(&out.join("pipeline.log"))?;
     atomic_write(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let named = matches!(layout, Layout::Named);
     let mut st = Stages {
