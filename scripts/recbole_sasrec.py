@@ -77,9 +77,12 @@ def main():
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    data_dir = os.path.abspath(a.data)
     work = tempfile.mkdtemp(prefix="recbole-")
+    # RecBole writes its TensorBoard logs under the working directory
+    os.chdir(work)
     name = "distillrec"
-    seqs = write_atomic(a.data, work, name)
+    seqs = write_atomic(data_dir, work, name)
     config = Config(
         model="SASRec",
         dataset=name,

@@ -18,7 +18,7 @@ pub struct History {
 impl History {
     /// Reads and parses `path` (see [`History::parse`]).
     pub fn read(path: &Path) -> Result<Self> {
-        let text = crate::runs::read_small(path)?;
+        let text = crate::files::read_small(path)?;
         Self::parse(&text, path)
     }
 

@@ -37,6 +37,7 @@
 
 mod aggregate;
 mod canvas;
+mod files;
 mod history;
 mod plot;
 pub mod runs;

@@ -19,14 +19,13 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use distillrec_data::fsutil::{
-    atomic_write, read_text_limited, LimitedReadError, MAX_SMALL_FILE_BYTES,
-};
+use distillrec_data::fsutil::atomic_write;
 
 use crate::aggregate::{
     aggregate, mean_std, AggregateRow, BudgetPoint, RunCosts, RunSummary, TeacherCosts,
     TEACHER_ROWS, WALL_SECS,
 };
+use crate::files::read_small;
 use crate::history::History;
 use crate::plot::{
     plot_budget_curve, plot_costs, plot_learning_curves, plot_metric_bars, LearningCurve,
@@ -200,18 +199,6 @@ pub struct RunDir {
     pub model: String,
     /// `history.csv`, when the run wrote one.
     pub history: Option<History>,
-}
-
-/// The text of a run's small file (run.json, metrics.json, config.toml,
-/// history.csv), refused above [`MAX_SMALL_FILE_BYTES`] before allocating.
-pub(crate) fn read_small(path: &Path) -> Result<String> {
-    read_text_limited(path, MAX_SMALL_FILE_BYTES).map_err(|e| match e {
-        LimitedReadError::Io(e) => anyhow::anyhow!("{}: cannot read: {e}", path.display()),
-        LimitedReadError::TooLarge(n) => anyhow::anyhow!(
-            "{}: {n} bytes is more than the {MAX_SMALL_FILE_BYTES} a run file may hold",
-            path.display()
-        ),
-    })
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
