@@ -32,13 +32,13 @@ use distillrec_data::store;
 use distillrec_run::{open_log_file, reset_peak_rss, BuildInfo, Metrics};
 use distillrec_select::Policy;
 
-/// The selection file in the selection stage's directory.
-const SELECTION_FILE: &str = "selection.csv";
-
 use crate::stages::{
     distill, eval_popularity, select, teacher_infer, train_student, train_teacher, CacheJob,
     DistillRequest, SelectRequest, TeacherInferRequest, TrainTeacherRequest,
 };
+
+/// The selection file in the selection stage's directory.
+const SELECTION_FILE: &str = "selection.csv";
 
 /// The config groups each stage reads (its projection). `dataset` is kept
 /// everywhere so every `config.toml` names the data it ran on; `device` is
