@@ -45,14 +45,8 @@ pub fn markdown_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
     out
 }
 
-/// CSV table of aggregated runs: header `label,group,n,<m>_mean,<m>_std,…` in the
-/// order of `metrics`, then one line per row.
-///
-/// Values are printed with full (round-trip) precision; a missing mean or std (metric
-/// not reported, or a single seed) is an empty cell. Fields are quoted per RFC 4180
-/// when they contain a comma, quote or newline. Ends with a newline.
-pub fn csv_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
-    let mut out = String::from("label,group,n");
+/// `,<m>_mean,<m>_std` for each of `metrics` (a CSV header's metric part).
+fn metric_header(out: &mut String, metrics: &[&str]) {
     for m in metrics {
         let _ = write!(
             out,
@@ -61,6 +55,29 @@ pub fn csv_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
             csv_field(&format!("{m}_std"))
         );
     }
+}
+
+/// `,<mean>,<std>` of `row` for each of `metrics` (empty when unknown).
+fn metric_cells(out: &mut String, row: &AggregateRow, metrics: &[&str]) {
+    for m in metrics {
+        let _ = write!(
+            out,
+            ",{},{}",
+            csv_number(row.mean.get(*m).copied()),
+            csv_number(row.std.get(*m).copied())
+        );
+    }
+}
+
+/// CSV table of aggregated runs: header `label,group,n,<m>_mean,<m>_std,…` in the
+/// order of `metrics`, then one line per row.
+///
+/// Values are printed with full (round-trip) precision; a missing mean or std (metric
+/// not reported, or a single seed) is an empty cell. Fields are quoted per RFC 4180
+/// when they contain a comma, quote or newline. Ends with a newline.
+pub fn csv_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
+    let mut out = String::from("label,group,n");
+    metric_header(&mut out, metrics);
     out.push('\n');
     for row in rows {
         let _ = write!(
@@ -70,29 +87,23 @@ pub fn csv_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
             csv_field(&row.group),
             row.n
         );
-        for m in metrics {
-            let _ = write!(
-                out,
-                ",{},{}",
-                csv_number(row.mean.get(*m).copied()),
-                csv_number(row.std.get(*m).copied())
-            );
-        }
+        metric_cells(&mut out, row, metrics);
         out.push('\n');
     }
     out
 }
 
-/// Cost columns of `results.csv`: the column name and the pseudo-metric it reads.
-const COST_COLUMNS: [(&str, &str); 8] = [
-    ("train_secs", WALL_SECS),
-    ("teacher_train_secs", TEACHER_TRAIN_SECS),
-    ("cache_build_secs", CACHE_BUILD_SECS),
-    ("total_secs", TOTAL_SECS),
-    ("peak_mb", PEAK_MB),
-    ("p50_ms", P50_MS),
-    ("p99_ms", P99_MS),
-    ("teacher_rows", TEACHER_ROWS),
+/// Cost columns of `results.csv`, named in the order of [`COST_METRICS`]
+/// (the pseudo-metric each reads).
+const COST_COLUMNS: [&str; 8] = [
+    "train_secs",
+    "teacher_train_secs",
+    "cache_build_secs",
+    "total_secs",
+    "peak_mb",
+    "p50_ms",
+    "p99_ms",
+    "teacher_rows",
 ];
 
 /// The pseudo-metrics [`results_csv`] and [`cost_markdown`] read: pass them to
@@ -119,15 +130,8 @@ pub const COST_METRICS: [&str; 8] = [
 /// [`COST_METRICS`]. Ends with a newline.
 pub fn results_csv(rows: &[AggregateRow], metrics: &[&str]) -> String {
     let mut out = String::from("label,group,model,n");
-    for m in metrics {
-        let _ = write!(
-            out,
-            ",{},{}",
-            csv_field(&format!("{m}_mean")),
-            csv_field(&format!("{m}_std"))
-        );
-    }
-    for (name, _) in COST_COLUMNS {
+    metric_header(&mut out, metrics);
+    for name in COST_COLUMNS {
         let _ = write!(out, ",{name}");
     }
     out.push('\n');
@@ -140,15 +144,8 @@ pub fn results_csv(rows: &[AggregateRow], metrics: &[&str]) -> String {
             csv_field(&row.model),
             row.n
         );
-        for m in metrics {
-            let _ = write!(
-                out,
-                ",{},{}",
-                csv_number(row.mean.get(*m).copied()),
-                csv_number(row.std.get(*m).copied())
-            );
-        }
-        for (_, key) in COST_COLUMNS {
+        metric_cells(&mut out, row, metrics);
+        for key in COST_METRICS {
             let _ = write!(out, ",{}", csv_number(row.mean.get(key).copied()));
         }
         out.push('\n');
@@ -167,16 +164,9 @@ pub fn cost_markdown(rows: &[AggregateRow]) -> String {
     );
     for row in rows {
         let _ = write!(out, "| {} |", md_escape(&row.label));
-        for key in [
-            WALL_SECS,
-            TEACHER_TRAIN_SECS,
-            CACHE_BUILD_SECS,
-            TOTAL_SECS,
-            PEAK_MB,
-            P50_MS,
-            P99_MS,
-        ] {
-            let cell = match row.mean.get(key) {
+        // every cost but the teacher rows, which the models table shows
+        for key in &COST_METRICS[..7] {
+            let cell = match row.mean.get(*key) {
                 Some(v) => quantity(*v),
                 None => MISSING_MD.to_string(),
             };
