@@ -77,6 +77,12 @@ def main():
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    # Importing RecBole's sequential models runs sine.py, which switches on
+    # autograd anomaly detection for the whole process: every op then
+    # records a Python traceback, and a training step takes several times
+    # longer. It is a debugging aid, not part of the method.
+    torch.autograd.set_detect_anomaly(False)
+
     data_dir = os.path.abspath(a.data)
     work = tempfile.mkdtemp(prefix="recbole-")
     # RecBole writes its TensorBoard logs under the working directory
