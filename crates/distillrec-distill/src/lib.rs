@@ -3,6 +3,8 @@
 //! ([`objective`]), and teacher caches computed from any student
 //! checkpoint ([`teacher`]).
 
+pub mod bench;
+pub mod fused;
 pub mod losses;
 pub mod objective;
 pub mod teacher;

@@ -51,24 +51,43 @@ impl CandidateWeights {
         raw.iter().map(|x| x / s).collect()
     }
 
+    /// The part of one row's mixed weights that does not depend on the
+    /// student, `γp·wp_k + γc·wc_k` (before normalisation).
+    pub fn base(&self, pos: &[f64], d: &[f32]) -> Vec<f64> {
+        let wc = self.confidence(d);
+        (0..pos.len())
+            .map(|k| self.gamma_position * pos[k] + self.gamma_confidence * wc[k])
+            .collect()
+    }
+
     /// The mixed, normalised weights of one row. `in_student_top` says, per
     /// candidate, whether the student currently ranks it in its top-K.
     pub fn row(&self, pos: &[f64], d: &[f32], in_student_top: &[bool]) -> Vec<f32> {
-        let wc = self.confidence(d);
-        let mixed: Vec<f64> = (0..pos.len())
-            .map(|k| {
-                let wo = if in_student_top[k] { 1.0 } else { 0.0 } + 1e-8;
-                self.gamma_position * pos[k]
-                    + self.gamma_confidence * wc[k]
-                    + self.gamma_consistency * wo
-            })
-            .collect();
-        let s: f64 = mixed.iter().sum();
-        if s > 0.0 && s.is_finite() {
-            mixed.iter().map(|x| (x / s) as f32).collect()
-        } else {
-            vec![1.0 / pos.len() as f32; pos.len()]
-        }
+        let base = self.base(pos, d);
+        mix_weights(&base, self.gamma_consistency, |k| in_student_top[k])
+    }
+}
+
+/// `normalise(base_k + γo·(1[in top-K] + 1e-8))`, uniform when the sum is
+/// not positive and finite.
+pub fn mix_weights(
+    base: &[f64],
+    gamma_consistency: f64,
+    in_top: impl Fn(usize) -> bool,
+) -> Vec<f32> {
+    let mixed: Vec<f64> = base
+        .iter()
+        .enumerate()
+        .map(|(k, &b)| {
+            let wo = if in_top(k) { 1.0 } else { 0.0 } + 1e-8;
+            b + gamma_consistency * wo
+        })
+        .collect();
+    let s: f64 = mixed.iter().sum();
+    if s > 0.0 && s.is_finite() {
+        mixed.iter().map(|x| (x / s) as f32).collect()
+    } else {
+        vec![1.0 / base.len() as f32; base.len()]
     }
 }
 

@@ -26,13 +26,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use distillrec_cache::TeacherCache;
-use distillrec_config::{DistillConfig, StudentConfig};
+use distillrec_config::{DistillConfig, LossKind, StudentConfig};
 use distillrec_data::{Dataset, ItemId};
 use distillrec_models::params::{Init, Params};
 use distillrec_models::Student;
 use distillrec_train::units::{trained_rows, HostBatch, NO_ROW};
 use distillrec_train::{base_loss, forward_rep, StageObjective};
 
+use crate::fused::{fused_ce_distill_rows, fused_distill_rows, DistillCoefs, DistillRows, NO_SLOT};
 use crate::losses::{
     item_columns, projected_table, propensity, ranking_distill_rows, CandidateWeights, DroRows,
 };
@@ -123,6 +124,8 @@ pub struct DistillObjective<'a> {
     weights: CandidateWeights,
     position: Vec<f64>,
     ps: Tensor,
+    /// `ps` with a 0 in front (column 0 = padding), for the fused kernel.
+    ps_padded: Tensor,
     ed: Option<EmbeddingProjection>,
     params: Params,
     terms: ActiveTerms,
@@ -182,11 +185,15 @@ impl<'a> DistillObjective<'a> {
             tau: cfg.tau,
         };
         let position = weights.position(cfg.k);
-        let ps = Tensor::from_vec(
-            propensity(&ds.train_target_counts(), cfg.ps_power),
-            ds.num_items(),
+        let ps_host = propensity(&ds.train_target_counts(), cfg.ps_power);
+        let ps_padded = Tensor::from_vec(
+            std::iter::once(0.0)
+                .chain(ps_host.iter().copied())
+                .collect(),
+            ds.num_items() + 1,
             &dev,
         )?;
+        let ps = Tensor::from_vec(ps_host, ds.num_items(), &dev)?;
         let mut params = Params::default();
         let d = student_cfg.hidden;
         let ed = match (&teacher.embeddings, cfg.ed_weight > 0.0) {
@@ -238,6 +245,7 @@ impl<'a> DistillObjective<'a> {
             weights,
             position,
             ps,
+            ps_padded,
             ed,
             params,
             terms,
@@ -274,58 +282,65 @@ impl<'a> DistillObjective<'a> {
         }
         1 + rng.gen_range(0..n) // a catalogue (almost) covered by the row
     }
-}
 
-impl StageObjective for DistillObjective<'_> {
-    fn stage_name(&self) -> &str {
-        "train.distill"
-    }
-
-    fn key(&self) -> serde_json::Value {
-        serde_json::json!({
-            "distill": self.cfg,
-            "terms": self.terms,
-            "teacher_rows": self.teacher.items.len() / self.teacher.k.max(1),
-            "teacher_sha256": self.teacher.content_sha256,
-        })
-    }
-
-    fn extra_params(&self) -> Option<&Params> {
-        Some(&self.params)
-    }
-
-    fn batch_loss(
+    /// What the fused kernel needs of the picked positions: targets, the
+    /// teacher's candidates and weights, and a sampled negative each (drawn
+    /// in the same order as the composed path draws them).
+    fn distill_rows(
         &self,
-        student: &Student,
         hb: &HostBatch,
+        pick: &[u32],
+        trows: &[(usize, usize)],
+        rng: &mut ChaCha8Rng,
+    ) -> DistillRows {
+        let (m, k, tk) = (pick.len(), self.k, self.teacher.k);
+        let mut rows = DistillRows {
+            k,
+            targets: Vec::with_capacity(m),
+            cands: Vec::with_capacity(m * k),
+            negs: Vec::with_capacity(m),
+            wbase: Vec::with_capacity(m * k),
+        };
+        for (i, &(train_row, t)) in trows.iter().enumerate() {
+            let c = &self.teacher.items[t * tk..t * tk + k];
+            let d = &self.teacher.distances[t * tk..t * tk + k];
+            rows.wbase.extend(self.weights.base(&self.position, d));
+            rows.cands.extend_from_slice(c);
+            rows.negs.push(self.negative(train_row, c, rng));
+            rows.targets.push(hb.targets[pick[i] as usize]);
+        }
+        rows
+    }
+
+    /// The active terms' coefficients (an inactive term's is 0).
+    fn coefs(&self) -> DistillCoefs {
+        DistillCoefs {
+            alpha: if self.terms.dro { self.cfg.alpha } else { 0.0 },
+            lambda: if self.terms.ranking {
+                self.cfg.lambda
+            } else {
+                0.0
+            },
+            beta: self.cfg.beta,
+            gamma_consistency: self.cfg.gamma_consistency,
+        }
+    }
+
+    /// The same terms from composed candle ops (other devices; the
+    /// reference the fused kernel is tested against).
+    fn composed_rows(
+        &self,
+        rep_d: &Tensor,
+        table: &Tensor,
+        hb: &HostBatch,
+        pick: &[u32],
+        trows: &[(usize, usize)],
         rng: &mut ChaCha8Rng,
     ) -> Result<Tensor> {
-        let table = self.table(student)?;
-        let rep = forward_rep(student, self.student_cfg, hb, &table, rng)?;
-        let base = base_loss(self.student_cfg, &rep, &table, hb)?;
-        if !(self.terms.ranking || self.terms.dro) {
-            return Ok(base);
-        }
-        // positions whose training row has teacher output
-        let mut pick = Vec::new();
-        let mut trows = Vec::new();
-        for (i, &r) in hb.rows.iter().enumerate() {
-            if r != NO_ROW {
-                if let Some(t) = self.teacher.of_train[r as usize] {
-                    pick.push(i as u32);
-                    trows.push((r as usize, t));
-                }
-            }
-        }
-        if pick.is_empty() {
-            return Ok(base);
-        }
-        let supervised = hb.targets.iter().filter(|&&t| t != 0).count().max(1);
-        let dev = rep.device().clone();
+        let dev = rep_d.device().clone();
         let m = pick.len();
         let k = self.k;
         let n = self.ds.num_items();
-        let rep_d = rep.index_select(&Tensor::from_vec(pick.clone(), m, &dev)?, 0)?;
         let scores = rep_d.matmul(&table.t()?)?.narrow(1, 1, n)?.contiguous()?; // [M, N], column j = item j + 1
         let mut cands = Vec::with_capacity(m * k);
         let mut w = Vec::with_capacity(m * k);
@@ -376,7 +391,83 @@ impl StageObjective for DistillObjective<'_> {
             }
             per_row = (per_row + (rd * self.cfg.lambda)?)?;
         }
-        Ok((base + (per_row.sum_all()? / supervised as f64)?)?)
+        Ok(per_row)
+    }
+}
+
+impl StageObjective for DistillObjective<'_> {
+    fn stage_name(&self) -> &str {
+        "train.distill"
+    }
+
+    fn key(&self) -> serde_json::Value {
+        serde_json::json!({
+            "distill": self.cfg,
+            "terms": self.terms,
+            "teacher_rows": self.teacher.items.len() / self.teacher.k.max(1),
+            "teacher_sha256": self.teacher.content_sha256,
+        })
+    }
+
+    fn extra_params(&self) -> Option<&Params> {
+        Some(&self.params)
+    }
+
+    fn batch_loss(
+        &self,
+        student: &Student,
+        hb: &HostBatch,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Tensor> {
+        let table = self.table(student)?;
+        let rep = forward_rep(student, self.student_cfg, hb, &table, rng)?;
+        if !(self.terms.ranking || self.terms.dro) {
+            return base_loss(self.student_cfg, &rep, &table, hb);
+        }
+        // positions whose training row has teacher output
+        let mut pick = Vec::new();
+        let mut trows = Vec::new();
+        for (i, &r) in hb.rows.iter().enumerate() {
+            if r != NO_ROW {
+                if let Some(t) = self.teacher.of_train[r as usize] {
+                    pick.push(i as u32);
+                    trows.push((r as usize, t));
+                }
+            }
+        }
+        if pick.is_empty() {
+            return base_loss(self.student_cfg, &rep, &table, hb);
+        }
+        let supervised = hb.targets.iter().filter(|&&t| t != 0).count().max(1) as f64;
+        let dev = rep.device().clone();
+        if dev.is_cpu() && self.student_cfg.loss == LossKind::Ce {
+            // the base cross-entropy and the distillation share one scoring pass
+            let rows = self.distill_rows(hb, &pick, &trows, rng);
+            let mut slot = vec![NO_SLOT; hb.targets.len()];
+            for (i, &p) in pick.iter().enumerate() {
+                slot[p as usize] = i as u32;
+            }
+            let per_row = fused_ce_distill_rows(
+                &rep,
+                &table,
+                &self.ps_padded,
+                hb.targets.clone(),
+                slot,
+                rows,
+                self.coefs(),
+            )?;
+            return Ok((per_row.sum_all()? / supervised)?);
+        }
+        let base = base_loss(self.student_cfg, &rep, &table, hb)?;
+        let m = pick.len();
+        let rep_d = rep.index_select(&Tensor::from_vec(pick.clone(), m, &dev)?, 0)?;
+        let per_row = if dev.is_cpu() {
+            let rows = self.distill_rows(hb, &pick, &trows, rng);
+            fused_distill_rows(&rep_d, &table, &self.ps_padded, rows, self.coefs())?
+        } else {
+            self.composed_rows(&rep_d, &table, hb, &pick, &trows, rng)?
+        };
+        Ok((base + (per_row.sum_all()? / supervised)?)?)
     }
 
     fn export(&self, student: &Student) -> Result<Option<Student>> {

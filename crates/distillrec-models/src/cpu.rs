@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, Layout, Result};
 use gemm::Parallelism;
 
 /// The contiguous f32 data of a CPU storage, or an error naming the op.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
     };

@@ -5,7 +5,7 @@
 //! `all_positions`) become autograd nodes, and the backward pass allocates,
 //! zeroes and adds several copies of them — most of a training step.
 //! Here the logits only ever exist as a reused `[R, N + 1]` block of
-//! `R = 512` rows: the forward pass computes each block's log-sum-exp, the
+//! `R = 512` rows ([`crate::catalogue`]): the forward pass computes each block's log-sum-exp, the
 //! backward pass recomputes the block, turns it into `softmax − onehot` in
 //! place and multiplies it straight into `d rep` and `d E`.
 //!
@@ -13,37 +13,10 @@
 //! probability mass. Tested against the composed reference in `ops`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use crate::cpu::{f32_slice, matmul};
+use crate::catalogue::{backward_rows, forward_rows};
+use crate::cpu::f32_slice;
 use crate::fastmath;
-
-/// Rows of logits materialised at a time.
-const BLOCK: usize = 512;
-
-/// Logits of rows `r0..r0+rows` into `buf` (`rows × c`).
-fn block_logits(
-    rep: &[f32],
-    table: &[f32],
-    d: usize,
-    c: usize,
-    r0: usize,
-    rows: usize,
-    buf: &mut [f32],
-) {
-    matmul(
-        rows,
-        c,
-        d,
-        &mut buf[..rows * c],
-        (c, 1),
-        false,
-        &rep[r0 * d..(r0 + rows) * d],
-        (d, 1),
-        table,
-        (1, d),
-    );
-}
 
 /// Forward: `[M, 2]` = (loss, logsumexp) per row.
 struct FusedCrossEntropy;
@@ -80,29 +53,20 @@ impl CustomOp3 for FusedCrossEntropy {
             candle_core::bail!("{}: {} targets for {m} rows", self.name(), targets.len());
         }
         let mut out = vec![0f32; 2 * m];
-        let mut buf = vec![0f32; BLOCK.min(m) * c];
-        for r0 in (0..m).step_by(BLOCK) {
-            let rows = BLOCK.min(m - r0);
-            block_logits(rep, table, d, c, r0, rows, &mut buf);
-            out[2 * r0..2 * (r0 + rows)]
-                .par_chunks_mut(2)
-                .zip(buf[..rows * c].par_chunks_mut(c))
-                .enumerate()
-                .for_each(|(k, (o, logits))| {
-                    let t = targets[r0 + k] as usize;
-                    if t == 0 || t >= c {
-                        return;
-                    }
-                    let target_logit = logits[t];
-                    let row = &mut logits[1..];
-                    let mx = fastmath::max(row);
-                    // exp values overwrite the row; it is not needed afterwards
-                    let s = fastmath::exp_shift_sum_inplace(row, mx);
-                    let lse = mx + s.ln();
-                    o[0] = lse - target_logit;
-                    o[1] = lse;
-                });
-        }
+        forward_rows(rep, table, d, &mut out, 2, |r, logits, o, _| {
+            let t = targets[r] as usize;
+            if t == 0 || t >= c {
+                return;
+            }
+            let target_logit = logits[t];
+            let row = &mut logits[1..];
+            let mx = fastmath::max(row);
+            // exp values overwrite the row; it is not needed afterwards
+            let s = fastmath::exp_shift_sum_inplace(row, mx);
+            let lse = mx + s.ln();
+            o[0] = lse - target_logit;
+            o[1] = lse;
+        });
         Ok((CpuStorage::F32(out), Shape::from((m, 2))))
     }
 
@@ -148,58 +112,20 @@ impl CustomOp3 for FusedCrossEntropyGrad {
         let rep = f32_slice(s1, l1, self.name())?;
         let table = f32_slice(s2, l2, self.name())?;
         let gl = f32_slice(s3, l3, self.name())?;
-        let mut out = vec![0f32; (m + c) * d];
-        let (d_rep, d_table) = out.split_at_mut(m * d);
-        let mut buf = vec![0f32; BLOCK.min(m) * c];
-        for r0 in (0..m).step_by(BLOCK) {
-            let rows = BLOCK.min(m - r0);
-            block_logits(rep, table, d, c, r0, rows, &mut buf);
-            buf[..rows * c]
-                .par_chunks_mut(c)
-                .enumerate()
-                .for_each(|(k, row)| {
-                    let r = r0 + k;
-                    let (g, lse, t) = (gl[3 * r], gl[3 * r + 1], gl[3 * r + 2] as usize);
-                    if t == 0 || t >= c || g == 0.0 {
-                        row.fill(0.0);
-                        return;
-                    }
-                    row[0] = 0.0;
-                    let items = &mut row[1..];
-                    fastmath::exp_shift_sum_inplace(items, lse);
-                    for v in items.iter_mut() {
-                        *v *= g;
-                    }
-                    row[t] -= g;
-                });
-            let gblk = &buf[..rows * c];
-            // d rep[block] = G · E
-            matmul(
-                rows,
-                d,
-                c,
-                &mut d_rep[r0 * d..(r0 + rows) * d],
-                (d, 1),
-                false,
-                gblk,
-                (c, 1),
-                table,
-                (d, 1),
-            );
-            // d E += Gᵀ · rep[block]
-            matmul(
-                c,
-                d,
-                rows,
-                d_table,
-                (d, 1),
-                r0 > 0,
-                gblk,
-                (1, c),
-                &rep[r0 * d..(r0 + rows) * d],
-                (d, 1),
-            );
-        }
+        let out = backward_rows(rep, table, d, |r, row, _| {
+            let (g, lse, t) = (gl[3 * r], gl[3 * r + 1], gl[3 * r + 2] as usize);
+            if t == 0 || t >= c || g == 0.0 {
+                row.fill(0.0);
+                return;
+            }
+            row[0] = 0.0;
+            let items = &mut row[1..];
+            fastmath::exp_shift_sum_inplace(items, lse);
+            for v in items.iter_mut() {
+                *v *= g;
+            }
+            row[t] -= g;
+        });
         Ok((CpuStorage::F32(out), Shape::from((m + c, d))))
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod caser;
+pub mod catalogue;
 mod cpu;
 pub mod device;
 pub mod fastmath;

@@ -10,16 +10,16 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use distillrec_config::{LossKind, Objective, StudentConfig, TrainStage};
-use distillrec_models::{Student, StudentSpec};
+use distillrec_models::{Params, Student, StudentSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::optim::{AdamW, AdamWConfig};
-use crate::trainer::{train_step, BaseObjective};
+use crate::trainer::{train_step, BaseObjective, StageObjective};
 use crate::units::{HostBatch, NO_ROW};
 
 /// Distinct random batches the timed steps cycle through.
-const BATCHES: usize = 4;
+pub const BATCHES: usize = 4;
 
 /// Size of a step benchmark; the model and optimizer come from the config.
 #[derive(Clone, Debug)]
@@ -47,15 +47,9 @@ pub struct StepBenchReport {
     pub optimizer_secs: f64,
 }
 
-/// Times `bench.steps` training steps (after `bench.warmup` untimed ones)
-/// of the student `cfg` with the loop settings `stage` (batch size, AdamW)
-/// on `device`. Seeded (0): the same arguments run the same steps.
-pub fn bench_step(
-    cfg: &StudentConfig,
-    stage: &TrainStage,
-    bench: &StepBench,
-    device: &Device,
-) -> Result<StepBenchReport> {
+/// Checks what every step benchmark needs: items, steps and the CE loss
+/// the PyTorch references use.
+pub fn check_bench(cfg: &StudentConfig, bench: &StepBench) -> Result<()> {
     if bench.items == 0 {
         bail!("items = 0: the catalogue needs at least one item");
     }
@@ -65,47 +59,77 @@ pub fn bench_step(
     if cfg.loss != LossKind::Ce {
         bail!("student.loss: the step benchmark uses \"ce\", as the PyTorch reference does");
     }
+    Ok(())
+}
+
+/// `BATCHES` × `b` random sequences of `l + 1` items each (seeded, so the
+/// same arguments time the same data); windows of [`window_batch`].
+pub fn random_sequences(b: usize, l: usize, items: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<u32>> {
+    (0..BATCHES)
+        .map(|_| {
+            (0..b * (l + 1))
+                .map(|_| rng.gen_range(1..=items as u32))
+                .collect()
+        })
+        .collect()
+}
+
+/// Times `bench.steps` training steps (after `bench.warmup` untimed ones)
+/// of the student `cfg` with the loop settings `stage` (batch size, AdamW)
+/// on `device`. Seeded (0): the same arguments run the same steps.
+pub fn bench_step(
+    cfg: &StudentConfig,
+    stage: &TrainStage,
+    bench: &StepBench,
+    device: &Device,
+) -> Result<StepBenchReport> {
+    check_bench(cfg, bench)?;
     let (b, l) = (stage.batch_size, cfg.max_len);
     let spec = StudentSpec::from_config(cfg, bench.items);
     let student = Student::new(&spec, 0, device)?;
-    let mut opt = AdamW::new(
-        AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
-        &student.params,
-    );
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let batches: Vec<HostBatch> = (0..BATCHES)
-        .map(|_| {
-            let seqs: Vec<u32> = (0..b * (l + 1))
-                .map(|_| rng.gen_range(1..=bench.items as u32))
-                .collect();
-            window_batch(&seqs, b, l, cfg.objective)
-        })
+    let batches: Vec<HostBatch> = random_sequences(b, l, bench.items, &mut rng)
+        .iter()
+        .map(|seqs| window_batch(seqs, b, l, cfg.objective))
         .collect();
     let objective = BaseObjective { cfg };
+    time_steps(
+        &objective,
+        &student,
+        &student.params,
+        stage,
+        &batches,
+        bench,
+        &mut rng,
+    )
+}
+
+/// Times the trainer's step of `objective` over `params` on `batches`
+/// (cycled): `bench.warmup` untimed steps, then `bench.steps` timed ones.
+pub fn time_steps(
+    objective: &dyn StageObjective,
+    student: &Student,
+    params: &Params,
+    stage: &TrainStage,
+    batches: &[HostBatch],
+    bench: &StepBench,
+    rng: &mut ChaCha8Rng,
+) -> Result<StepBenchReport> {
+    let mut opt = AdamW::new(
+        AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
+        params,
+    );
     let mut report = StepBenchReport {
         steps: bench.steps,
         ..Default::default()
     };
+    let n = batches.len();
     for i in 0..bench.warmup {
-        train_step(
-            &objective,
-            &student,
-            &student.params,
-            &mut opt,
-            &batches[i % BATCHES],
-            &mut rng,
-        )?;
+        train_step(objective, student, params, &mut opt, &batches[i % n], rng)?;
     }
     let t = Instant::now();
     for i in 0..bench.steps {
-        let s = train_step(
-            &objective,
-            &student,
-            &student.params,
-            &mut opt,
-            &batches[i % BATCHES],
-            &mut rng,
-        )?;
+        let s = train_step(objective, student, params, &mut opt, &batches[i % n], rng)?;
         report.forward_secs += s.forward_secs;
         report.backward_secs += s.backward_secs;
         report.optimizer_secs += s.optimizer_secs;
@@ -117,7 +141,7 @@ pub fn bench_step(
 /// A batch of `b` windows of `l + 1` items each: the first `l` are the
 /// input, the last is the target (`last`) or every next item is
 /// (`all_positions`).
-fn window_batch(seqs: &[u32], b: usize, l: usize, objective: Objective) -> HostBatch {
+pub fn window_batch(seqs: &[u32], b: usize, l: usize, objective: Objective) -> HostBatch {
     let mut inputs = Vec::with_capacity(b * l);
     let mut targets = Vec::new();
     for row in seqs.chunks_exact(l + 1) {

@@ -647,7 +647,9 @@ impl<'a> TrainRun<'a> {
 
 /// Every trainable tensor: the student's, then the objective's under
 /// [`EXTRA_PREFIX`] (sharing storage, so updates through either reach both).
-fn trainable(student: &Student, extra: &Params) -> Params {
+/// The parameters a stage trains: the student's and the objective's
+/// extra ones (under `extra.`), as one set for the optimizer.
+pub fn trainable(student: &Student, extra: &Params) -> Params {
     let mut all = student.params.clone();
     all.extend_prefixed(EXTRA_PREFIX, extra);
     all

@@ -79,6 +79,8 @@ pub struct ModelFetchArgs {
 pub enum BenchCommand {
     /// One SASRec training step, comparable with ../shared/bench/torch_sasrec_step.py.
     Student(BenchStudentArgs),
+    /// One distillation step (teacher top-K on every row) on the shapes of `bench student`, comparable with scripts/bench_distill_torch.py.
+    Distill(BenchDistillArgs),
     /// One LLM step the teacher runs (prefill, causal-LM adapter step, ranking step, batched inference), comparable with scripts/bench_llm_torch.py.
     Llm(BenchLlmArgs),
 }
@@ -585,6 +587,24 @@ pub struct BenchStudentArgs {
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Arguments of `bench distill`: the student step's shapes, the teacher's
+/// size, and `[distill]` overrides (`--set distill.alpha=0`).
+#[derive(Args, Debug)]
+pub struct BenchDistillArgs {
+    /// The student step's shapes and options.
+    #[command(flatten)]
+    pub step: BenchStudentArgs,
+    /// Teacher candidates per row (distill.k).
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Dimension of the teacher's item embeddings (576: SmolLM2-135M); 0 turns embedding distillation off.
+    #[arg(long, default_value_t = 576)]
+    pub teacher_dim: usize,
+    /// Override a `[distill]` key (repeatable), e.g. `--set distill.alpha=0`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// `llm` subcommands.

@@ -31,6 +31,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Llm(a)) => cmd::llm::bench(a),
         Command::Model(ModelCommand::Fetch(a)) => cmd::llm::fetch(a),
         Command::Bench(BenchCommand::Student(a)) => cmd::bench::student(a),
+        Command::Bench(BenchCommand::Distill(a)) => cmd::bench::distill(a),
     }
 }
 

@@ -24,6 +24,55 @@ fn bench_student_refuses_zero_sizes_cleanly() {
 }
 
 #[test]
+fn bench_distill_runs_the_distillation_step_and_checks_its_arguments() {
+    let base = [
+        "bench",
+        "distill",
+        "--steps",
+        "1",
+        "--items",
+        "50",
+        "--len",
+        "4",
+        "--batch",
+        "3",
+        "--hidden",
+        "8",
+        "--teacher-dim",
+        "6",
+    ];
+    for objective in ["last", "all_positions"] {
+        let mut args = base.to_vec();
+        args.extend(["--objective", objective, "--set", "distill.alpha=0.5"]);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let result = stdout.lines().find(|l| l.starts_with("RESULT ")).unwrap();
+        for field in [
+            "impl=distillrec".to_string(),
+            format!("objective={objective}"),
+            "k=10".into(),
+            "teacher_dim=6".into(),
+            "alpha=0.5".into(),
+            "ms_per_step=".into(),
+        ] {
+            assert!(result.contains(&field), "{field} missing: {result}");
+        }
+    }
+    // more candidates than items, and a key of no group
+    let mut args = base.to_vec();
+    args.extend(["--k", "51"]);
+    assert_clean_error(&run(&args), &["k = 51"]);
+    let mut args = base.to_vec();
+    args.extend(["--set", "distill.lamda=1"]);
+    assert_clean_error(&run(&args), &["lamda"]);
+}
+
+#[test]
 fn bench_student_runs_the_training_step() {
     let out = run(&[
         "bench",
@@ -80,6 +129,7 @@ fn every_model_command_documents_device() {
         &["llm", "logits", "--help"],
         &["bench", "student", "--help"],
         &["bench", "llm", "--help"],
+        &["bench", "distill", "--help"],
     ] {
         let out = run(args);
         assert!(out.status.success(), "{args:?}");

@@ -1,11 +1,13 @@
-//! `bench student` (`bench llm` lives with the other LLM commands).
+//! `bench student` and `bench distill` (`bench llm` lives with the other
+//! LLM commands).
 
 use anyhow::Result;
 
 use distillrec_config::Config;
-use distillrec_train::bench::{bench_step, StepBench};
+use distillrec_distill::bench::{bench_distill_step, TeacherShape};
+use distillrec_train::bench::{bench_step, StepBench, StepBenchReport};
 
-use crate::args::BenchStudentArgs;
+use crate::args::{BenchDistillArgs, BenchStudentArgs};
 use crate::common::config_device;
 
 /// The benchmark's arguments as config overrides: a SASRec student and the
@@ -29,21 +31,16 @@ fn overrides(a: &BenchStudentArgs) -> Vec<String> {
     ]
 }
 
-/// Runs `bench student`: the trainer's step, timed, printed as the PyTorch
-/// script prints it.
-pub fn student(a: BenchStudentArgs) -> Result<()> {
-    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+/// Sets the worker threads of rayon and the matmul kernels.
+fn use_threads(threads: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.threads)
+        .num_threads(threads)
         .build_global();
-    let mut cfg = Config::from_toml_str("", "bench student arguments", &overrides(&a))?;
-    let device = config_device(&mut cfg, &a.device)?;
-    let bench = StepBench {
-        items: a.items,
-        warmup: 3,
-        steps: a.steps,
-    };
-    let r = bench_step(&cfg.student, &cfg.train.student, &bench, &device)?;
+}
+
+/// Prints the optional breakdown and the `RESULT` line of a step benchmark.
+fn print_result(a: &BenchStudentArgs, r: &StepBenchReport, extra: &str) {
     let rss = distillrec_run::peak_rss_mb().unwrap_or(0.0);
     let obj = a.objective.name();
     if a.breakdown {
@@ -56,7 +53,7 @@ pub fn student(a: BenchStudentArgs) -> Result<()> {
         );
     }
     println!(
-        "RESULT impl=distillrec objective={obj} heads={} items={} len={} batch={} steps_per_s={:.3} ms_per_step={:.1} peak_rss_mb={:.0}",
+        "RESULT impl=distillrec objective={obj} heads={} items={} len={} batch={}{extra} steps_per_s={:.3} ms_per_step={:.1} peak_rss_mb={:.0}",
         a.heads,
         a.items,
         a.len,
@@ -65,5 +62,55 @@ pub fn student(a: BenchStudentArgs) -> Result<()> {
         1000.0 * r.wall_secs / r.steps as f64,
         rss
     );
+}
+
+/// Runs `bench student`: the trainer's step, timed, printed as the PyTorch
+/// script prints it.
+pub fn student(a: BenchStudentArgs) -> Result<()> {
+    use_threads(a.threads);
+    let mut cfg = Config::from_toml_str("", "bench student arguments", &overrides(&a))?;
+    let device = config_device(&mut cfg, &a.device)?;
+    let r = bench_step(&cfg.student, &cfg.train.student, &bench(&a), &device)?;
+    print_result(&a, &r, "");
     Ok(())
+}
+
+/// Runs `bench distill`: the distillation objective's step on the same
+/// shapes, with a teacher of `k` candidates on every row.
+pub fn distill(a: BenchDistillArgs) -> Result<()> {
+    let s = &a.step;
+    use_threads(s.threads);
+    let mut sets = overrides(s);
+    sets.push(format!("distill.k={}", a.k));
+    sets.extend(a.set.iter().cloned());
+    let mut cfg = Config::from_toml_str("", "bench distill arguments", &sets)?;
+    let device = config_device(&mut cfg, &s.device)?;
+    let teacher = TeacherShape {
+        k: a.k,
+        dim: a.teacher_dim,
+    };
+    let r = bench_distill_step(
+        &cfg.student,
+        &cfg.train.student,
+        &cfg.distill,
+        teacher,
+        &bench(s),
+        &device,
+    )?;
+    let d = &cfg.distill;
+    let extra = format!(
+        " k={} teacher_dim={} lambda={} alpha={} ed_weight={}",
+        a.k, a.teacher_dim, d.lambda, d.alpha, d.ed_weight
+    );
+    print_result(s, &r, &extra);
+    Ok(())
+}
+
+/// The benchmark's size: 3 warm-up steps, then the timed ones.
+fn bench(a: &BenchStudentArgs) -> StepBench {
+    StepBench {
+        items: a.items,
+        warmup: 3,
+        steps: a.steps,
+    }
 }
