@@ -81,6 +81,8 @@ pub enum BenchCommand {
     Student(BenchStudentArgs),
     /// One distillation step (teacher top-K on every row) on the shapes of `bench student`, comparable with scripts/bench_distill_torch.py.
     Distill(BenchDistillArgs),
+    /// Full-ranking evaluation (score, mask history, rank) of every row of a split of a prepared dataset with a random SASRec, comparable with scripts/bench_eval_torch.py.
+    Eval(BenchEvalArgs),
     /// One LLM step the teacher runs (prefill, causal-LM adapter step, ranking step, batched inference), comparable with scripts/bench_llm_torch.py.
     Llm(BenchLlmArgs),
 }
@@ -605,6 +607,47 @@ pub struct BenchDistillArgs {
     /// Override a `[distill]` key (repeatable), e.g. `--set distill.alpha=0`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+/// Arguments of `bench eval`.
+#[derive(Args, Debug)]
+pub struct BenchEvalArgs {
+    /// A prepared dataset (`data prepare`).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The split whose rows are ranked.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: EvalSplit,
+    /// History length the model reads (student.max_len).
+    #[arg(long = "len", default_value_t = 200)]
+    pub len: usize,
+    /// Hidden size (student.hidden).
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Transformer blocks (student.layers).
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Attention heads (student.heads).
+    #[arg(long, default_value_t = 1)]
+    pub heads: usize,
+    /// Rows scored per batch (eval.batch_size).
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Worker threads (rayon and the matmul kernels).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// A split `bench eval` can rank (training rows are not evaluated).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum EvalSplit {
+    /// Validation rows.
+    Valid,
+    /// Test rows.
+    Test,
 }
 
 /// `llm` subcommands.

@@ -32,6 +32,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Model(ModelCommand::Fetch(a)) => cmd::llm::fetch(a),
         Command::Bench(BenchCommand::Student(a)) => cmd::bench::student(a),
         Command::Bench(BenchCommand::Distill(a)) => cmd::bench::distill(a),
+        Command::Bench(BenchCommand::Eval(a)) => cmd::bench::eval(a),
     }
 }
 

@@ -73,6 +73,54 @@ fn bench_distill_runs_the_distillation_step_and_checks_its_arguments() {
 }
 
 #[test]
+fn bench_eval_ranks_every_row_of_the_split() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    ok(&[
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--out",
+        s(&data),
+        "--set",
+        "dataset.synthetic.users=60",
+    ]);
+    for split in ["test", "valid"] {
+        let out = ok(&[
+            "bench",
+            "eval",
+            "--data",
+            s(&data),
+            "--split",
+            split,
+            "--len",
+            "8",
+            "--hidden",
+            "8",
+            "--batch",
+            "7",
+        ]);
+        let result = out.lines().find(|l| l.starts_with("RESULT ")).unwrap();
+        for field in [
+            "impl=distillrec",
+            "bench=eval",
+            "rows=60",
+            "len=8",
+            "batch=7",
+            "hr@10=",
+        ] {
+            assert!(result.contains(field), "{field} missing: {result}");
+        }
+    }
+    // a directory that is no prepared dataset
+    assert_clean_error(
+        &run(&["bench", "eval", "--data", s(d.path())]),
+        &["dataset.json", "prepared dataset"],
+    );
+}
+
+#[test]
 fn bench_student_runs_the_training_step() {
     let out = run(&[
         "bench",
@@ -130,6 +178,7 @@ fn every_model_command_documents_device() {
         &["bench", "student", "--help"],
         &["bench", "llm", "--help"],
         &["bench", "distill", "--help"],
+        &["bench", "eval", "--help"],
     ] {
         let out = run(args);
         assert!(out.status.success(), "{args:?}");

@@ -1,13 +1,16 @@
-//! `bench student` and `bench distill` (`bench llm` lives with the other
-//! LLM commands).
+//! `bench student`, `bench distill` and `bench eval` (`bench llm` lives
+//! with the other LLM commands).
 
 use anyhow::Result;
 
 use distillrec_config::Config;
+use distillrec_data::SplitName;
 use distillrec_distill::bench::{bench_distill_step, TeacherShape};
+use distillrec_models::{Student, StudentSpec};
 use distillrec_train::bench::{bench_step, StepBench, StepBenchReport};
+use distillrec_train::evaluate_student;
 
-use crate::args::{BenchDistillArgs, BenchStudentArgs};
+use crate::args::{BenchDistillArgs, BenchEvalArgs, BenchStudentArgs, EvalSplit};
 use crate::common::config_device;
 
 /// The benchmark's arguments as config overrides: a SASRec student and the
@@ -113,4 +116,49 @@ fn bench(a: &BenchStudentArgs) -> StepBench {
         warmup: 3,
         steps: a.steps,
     }
+}
+
+/// Runs `bench eval`: full-ranking evaluation of every row of a split with
+/// a randomly initialised SASRec (seed 0) — the scoring, history masking
+/// and ranking `train` and `eval student` run, timed.
+pub fn eval(a: BenchEvalArgs) -> Result<()> {
+    use_threads(a.threads);
+    let sets = vec![
+        "student.model=sasrec".to_string(),
+        format!("student.heads={}", a.heads),
+        format!("student.layers={}", a.layers),
+        format!("student.hidden={}", a.hidden),
+        format!("student.max_len={}", a.len),
+        format!("eval.batch_size={}", a.batch),
+        "eval.ks=[10]".into(),
+        "eval.exclude_history=true".into(),
+    ];
+    let mut cfg = Config::from_toml_str("", "bench eval arguments", &sets)?;
+    let device = config_device(&mut cfg, &a.device)?;
+    let data = distillrec_pipeline::load_prepared(&a.data)?;
+    let ds = &data.ds;
+    let spec = StudentSpec::from_config(&cfg.student, ds.num_items());
+    let student = Student::new(&spec, 0, &device)?;
+    let split = match a.split {
+        EvalSplit::Valid => SplitName::Valid,
+        EvalSplit::Test => SplitName::Test,
+    };
+    let t = std::time::Instant::now();
+    let report = evaluate_student(&student, ds, split, &cfg.eval)?;
+    let wall = t.elapsed().as_secs_f64();
+    let rss = distillrec_run::peak_rss_mb().unwrap_or(0.0);
+    let metric = |k: &str| report.metrics.get(k).copied().unwrap_or(f64::NAN);
+    println!(
+        "RESULT impl=distillrec bench=eval rows={} items={} len={} batch={} rows_per_s={:.1} wall_secs={:.3} peak_rss_mb={:.0} hr@10={:.4} ndcg@10={:.4}",
+        report.rows,
+        ds.num_items(),
+        a.len,
+        a.batch,
+        report.rows as f64 / wall.max(1e-12),
+        wall,
+        rss,
+        metric("hr@10"),
+        metric("ndcg@10"),
+    );
+    Ok(())
 }
