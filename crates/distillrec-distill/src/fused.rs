@@ -21,8 +21,6 @@
 //! gradient is `(2 p_i s_i/β)·e^{a_i − D}·Σ_e u_e e^{D − DRO_e}` with
 //! `D = min_e DRO_e` (no overflow, one exp per item); the `K + 1` entry
 //! columns are then overwritten with their exact value in f64.
-//!
-//! [`top_k_items`]: crate::objective::top_k_items
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -30,6 +28,7 @@ use distillrec_models::catalogue::{backward_rows, f32_slice, forward_rows};
 use distillrec_models::fastmath;
 
 use crate::losses::mix_weights;
+use crate::objective::top_k_items;
 
 /// What one batch of distilled rows is trained against.
 #[derive(Clone, Debug)]
@@ -80,30 +79,6 @@ pub const NO_SLOT: u32 = u32::MAX;
 
 /// Output columns before the DRO values: loss, log-sum-exp.
 const HEAD: usize = 2;
-
-/// The items of [`crate::objective::top_k_items`] (the `k` highest scores of a padding-free
-/// row, ties to the smaller id) in no particular order, in one pass that
-/// rejects most items with a single comparison: the consistency weight
-/// only asks whether a candidate is among them, for every distilled row.
-fn top_k_unordered(row: &[f32], k: usize) -> Vec<u32> {
-    let k = k.min(row.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    // (score, item) kept sorted by rank, best first
-    let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-    for (j, &x) in row.iter().enumerate() {
-        // an item enters if it beats the worst kept one; on equal scores
-        // the kept one has the smaller id, since items come in id order
-        if top.len() == k && x.total_cmp(&top[k - 1].0) != std::cmp::Ordering::Greater {
-            continue;
-        }
-        let at = top.partition_point(|&(y, _)| y.total_cmp(&x) != std::cmp::Ordering::Less);
-        top.insert(at, (x, j as u32 + 1));
-        top.truncate(k);
-    }
-    top.into_iter().map(|(_, i)| i).collect()
-}
 
 /// `log(e^x + e^y)` in f64.
 fn log_add_exp(x: f64, y: f64) -> f64 {
@@ -179,7 +154,7 @@ impl FusedDistill {
         let base = &self.rows.wbase[t * k..(t + 1) * k];
         let go = self.coefs.gamma_consistency;
         let top = if go > 0.0 {
-            top_k_unordered(s, k)
+            top_k_items(s, k)
         } else {
             Vec::new()
         };
@@ -562,7 +537,6 @@ pub fn fused_ce_distill_rows(
 mod tests {
     use super::*;
     use crate::losses::{item_columns, ranking_distill_rows, DroRows};
-    use crate::objective::top_k_items;
     use candle_core::{Device, Var, D};
     use rand::{Rng, SeedableRng};
 
@@ -927,23 +901,6 @@ mod tests {
             .log()
             .unwrap();
         shifted.broadcast_sub(&lse).unwrap()
-    }
-
-    #[test]
-    fn unordered_top_k_is_the_ranked_top_k() {
-        let mut g = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for case in 0..200 {
-            let n = 1 + case % 40;
-            // few distinct values, so ties are common
-            let row: Vec<f32> = (0..n).map(|_| g.gen_range(0..6) as f32 * 0.5).collect();
-            for k in [1, 3, 10, 50] {
-                let mut want = top_k_items(&row, k);
-                let mut got = top_k_unordered(&row, k);
-                want.sort_unstable();
-                got.sort_unstable();
-                assert_eq!(got, want, "{row:?}, k {k}");
-            }
-        }
     }
 
     /// A target (and candidate) whose DRO exponent dominates its row by

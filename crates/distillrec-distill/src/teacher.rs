@@ -11,7 +11,9 @@ use distillrec_cache::{sort_row, DistanceKind, TeacherCache};
 use distillrec_data::Dataset;
 use distillrec_models::Student;
 
-use crate::objective::top_k_items;
+use distillrec_models::fastmath;
+
+use crate::objective::{top_k_items, top_k_where};
 
 /// Options of [`cache_from_student`].
 #[derive(Clone, Debug)]
@@ -62,29 +64,34 @@ pub fn cache_from_student(
         let out: Vec<(Vec<u32>, Vec<f32>)> = chunk
             .par_iter()
             .enumerate()
-            .map(|(i, _)| {
-                let s = &scores[i * (n + 1) + 1..(i + 1) * (n + 1)]; // items 1..=N
-                let log_z = distillrec_models::fastmath::log_sum_exp_f64(s);
-                let mut masked;
-                let ranked: &[f32] = if opts.mask_history {
-                    masked = s.to_vec();
-                    for &h in hist[i] {
-                        masked[h as usize - 1] = f32::NEG_INFINITY;
-                    }
-                    &masked
-                } else {
-                    s
-                };
-                let mut top = top_k_items(ranked, opts.k);
-                let mut d: Vec<f32> = top
-                    .iter()
-                    .map(|&it| (log_z - s[it as usize - 1] as f64) as f32)
-                    .collect();
-                // Rank order by the stored distance (ties by id): scores that
-                // differ can round to one f32 distance.
-                sort_row(&mut top, &mut d);
-                (top, d)
-            })
+            .map_init(
+                || (vec![0f32; n], vec![false; n + 1]),
+                |(scratch, in_history), (i, _)| {
+                    let s = &scores[i * (n + 1) + 1..(i + 1) * (n + 1)]; // items 1..=N
+                    let mx = fastmath::max(s);
+                    let log_z = mx as f64 + (fastmath::exp_shift_sum(s, mx, scratch) as f64).ln();
+                    let mut top = if opts.mask_history {
+                        for &h in hist[i] {
+                            in_history[h as usize] = true;
+                        }
+                        let top = top_k_where(s, opts.k, |j| !in_history[j + 1]);
+                        for &h in hist[i] {
+                            in_history[h as usize] = false;
+                        }
+                        top
+                    } else {
+                        top_k_items(s, opts.k)
+                    };
+                    let mut d: Vec<f32> = top
+                        .iter()
+                        .map(|&it| (log_z - s[it as usize - 1] as f64) as f32)
+                        .collect();
+                    // Rank order by the stored distance (ties by id): scores that
+                    // differ can round to one f32 distance.
+                    sort_row(&mut top, &mut d);
+                    (top, d)
+                },
+            )
             .collect();
         for (&r, (items, d)) in chunk.iter().zip(out) {
             cache.push_row(&ds.train[r].key, &items, &d)?;

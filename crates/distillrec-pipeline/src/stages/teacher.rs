@@ -19,7 +19,7 @@ use crate::prepared::{absolute, load_prepared, same_place};
 use crate::stages::select::selected_rows;
 
 /// Rows per forward pass of the teacher student.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// The file beside a teacher cache that records what building it cost (the
 /// cache itself holds no timings, so equal caches stay equal bytes).
