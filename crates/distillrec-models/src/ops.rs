@@ -282,6 +282,21 @@ impl AttentionMask {
         }
     }
 
+    /// Additive mask `[B, 1, 1, L]` of the last query alone: every real key,
+    /// and the last position itself (as [`AttentionMask::additive`]'s last row).
+    pub fn last_row_additive(&self) -> Result<Tensor> {
+        let (b, l) = (self.b, self.l);
+        let mut m = vec![-1e9f32; b * l];
+        for r in 0..b {
+            for j in 0..l {
+                if self.key_valid[r * l + j] || j == l - 1 {
+                    m[r * l + j] = 0.0;
+                }
+            }
+        }
+        Tensor::from_vec(m, (b, 1, 1, l), &self.device)
+    }
+
     /// Additive mask `[B, 1, L, L]` for the composed path: query `i` sees
     /// key `j ≤ i` if `j` is a real item; the diagonal is always open so
     /// that fully padded rows stay finite (their outputs are zeroed by the
