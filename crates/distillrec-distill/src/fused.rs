@@ -239,16 +239,10 @@ impl FusedDistill {
             let s_entries: Vec<f64> = entries.iter().map(|&(j, _)| s(j)).collect();
             self.exponents(scores, ps, a);
             // largest and second largest exponent, and where the largest is
-            let (mut arg, mut m1, mut m2) = (0usize, f32::NEG_INFINITY, f32::NEG_INFINITY);
-            for (i, &x) in a.iter().enumerate() {
-                if x > m1 {
-                    m2 = m1;
-                    m1 = x;
-                    arg = i;
-                } else if x > m2 {
-                    m2 = x;
-                }
-            }
+            // (three vectorised passes rather than one branching one)
+            let m1 = fastmath::max(a);
+            let arg = a.iter().position(|&x| x == m1).unwrap_or(0);
+            let m2 = fastmath::max(&a[..arg]).max(fastmath::max(&a[arg + 1..]));
             // Σ_i e^{a_i − m1}; the scores are not needed any more
             let sum = fastmath::exp_shift_sum(a, m1, scores) as f64;
             // log Σ_{i≠arg} e^{a_i}: from the same exponentials when the
@@ -257,7 +251,7 @@ impl FusedDistill {
                 f64::NEG_INFINITY
             } else if m1 - m2 <= 40.0 {
                 scores[arg] = 0.0;
-                m1 as f64 + (scores.iter().map(|&v| v as f64).sum::<f64>()).ln()
+                m1 as f64 + (fastmath::sum(scores) as f64).ln()
             } else {
                 a[arg] = f32::NEG_INFINITY;
                 m2 as f64 + (fastmath::exp_shift_sum(a, m2, scores) as f64).ln()
@@ -283,14 +277,7 @@ impl FusedDistill {
 
     /// Backward of one row: its scores in `row` → `∂loss/∂scores`, given the
     /// forward output `p` with the loss column replaced by its gradient.
-    fn backward_row(
-        &self,
-        r: usize,
-        row: &mut [f32],
-        ps: &[f32],
-        p: &[f32],
-        scratch: &mut Vec<f32>,
-    ) {
+    fn backward_row(&self, r: usize, row: &mut [f32], ps: &[f32], p: &[f32]) {
         let k = self.rows.k;
         let (lambda, beta) = (self.coefs.lambda, self.coefs.beta);
         let g = p[0] as f64;
@@ -300,17 +287,20 @@ impl FusedDistill {
             row.fill(0.0);
             return;
         }
-        let c = row.len();
-        scratch.resize(2 * c, 0.0);
-        let (a, probs) = scratch.split_at_mut(c);
-        // the cross-entropy's softmax, before the scores are overwritten
-        if ce.is_some() {
-            fastmath::exp_shift_sum(row, p[1], probs);
-        }
+        let lse = p[1];
+        // the cross-entropy's softmax at the entry columns, before the
+        // scores are overwritten
+        let ce_at = |x: f32| {
+            if ce.is_some() {
+                g * ((x - lse) as f64).exp()
+            } else {
+                0.0
+            }
+        };
         // additions to single columns: the ranking-distillation terms
         let mut sparse: Vec<(usize, f64)> = Vec::with_capacity(k + 2);
         let mut entries = Vec::new();
-        let mut exact: Vec<(usize, f64)> = Vec::new();
+        let mut exact: Vec<(usize, f64, f64)> = Vec::new();
         if let Some(t) = slot {
             let w = &p[HEAD + 1 + k..];
             if self.ranking() {
@@ -346,36 +336,31 @@ impl FusedDistill {
                         }
                     })
                     .sum();
-                exact.push((j, v));
+                exact.push((j, v, ce_at(row[j])));
             }
         }
-        if entries.is_empty() {
-            row.fill(0.0);
-        } else {
+        // every column as if it were no entry, in one pass:
+        // (2 p_i s_i/β)·e^{a_i − D}·shared + g·e^{s_i − lse}
+        let (mut dmin, mut shared) = (0f32, 0f64);
+        if !entries.is_empty() {
             let dro = &p[HEAD..HEAD + entries.len()];
-            let dmin = dro.iter().fold(f32::INFINITY, |x, &v| x.min(v));
-            let shared: f64 = entries
+            dmin = dro.iter().fold(f32::INFINITY, |x, &v| x.min(v));
+            shared = entries
                 .iter()
                 .zip(dro)
                 .map(|(&(_, coef), &de)| g * coef * ((dmin - de) as f64).exp())
                 .sum();
-            self.exponents(row, ps, a);
-            fastmath::exp_shift_sum_inplace(a, dmin);
-            // every column as if it were no entry: (2 p_i s_i/β)·e^{a_i − D}·shared
-            let scale = (2.0 / beta * shared) as f32;
-            for ((v, &pi), &ei) in row.iter_mut().zip(ps).zip(a.iter()) {
-                *v *= scale * pi * ei;
-            }
-            for &(j, v) in &exact {
-                row[j] = v as f32;
-            }
+        }
+        let ce_scale = if ce.is_some() { g as f32 } else { 0.0 };
+        let inv_beta = (1.0 / beta) as f32;
+        let dro_scale = (2.0 / beta * shared) as f32;
+        fastmath::distill_grad_row(row, ps, inv_beta, dmin, dro_scale, lse, ce_scale);
+        // the entry columns exactly (the softmax part added back)
+        for &(j, v, ce_j) in &exact {
+            row[j] = (v + ce_j) as f32;
         }
         if let Some(t) = ce {
-            let gf = g as f32;
-            for (v, &q) in row.iter_mut().zip(probs.iter()) {
-                *v += gf * q;
-            }
-            row[t] -= gf;
+            row[t] -= g as f32;
         }
         row[0] = 0.0;
         for (j, v) in sparse {
@@ -470,9 +455,9 @@ impl CustomOp3 for FusedDistillGrad<'_> {
         let table = f32_slice(s2, l2, self.name())?;
         let ps = f32_slice(s3, l3, self.name())?;
         let cols = self.op.cols();
-        let out = backward_rows(rep, table, d, |r, row, scratch| {
+        let out = backward_rows(rep, table, d, |r, row, _| {
             let p = &self.packed[r * cols..(r + 1) * cols];
-            self.op.backward_row(r, row, ps, p, scratch)
+            self.op.backward_row(r, row, ps, p)
         });
         Ok((CpuStorage::F32(out), Shape::from((m + c, d))))
     }

@@ -496,17 +496,30 @@ pub fn top_k_where(row: &[f32], k: usize, keep: impl Fn(usize) -> bool) -> Vec<I
     }
     // (score, item) sorted by rank, best first
     let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-    for (j, &x) in row.iter().enumerate() {
-        // items come in id order, so an equal score never displaces a kept item
-        if top.len() == k && x.total_cmp(&top[k - 1].0) != Ordering::Greater {
-            continue;
+    const CHUNK: usize = 16;
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        // a whole chunk below the worst kept score is skipped with one
+        // vectorised test; anything else (equal scores, ±0, NaN) takes the
+        // exact path below
+        if top.len() == k {
+            let worst = top[k - 1].0;
+            if chunk.iter().fold(true, |all, &x| all & (x < worst)) {
+                continue;
+            }
         }
-        if !keep(j) {
-            continue;
+        for (o, &x) in chunk.iter().enumerate() {
+            let j = c * CHUNK + o;
+            // items come in id order, so an equal score never displaces a kept item
+            if top.len() == k && x.total_cmp(&top[k - 1].0) != Ordering::Greater {
+                continue;
+            }
+            if !keep(j) {
+                continue;
+            }
+            let at = top.partition_point(|&(y, _)| y.total_cmp(&x) != Ordering::Less);
+            top.insert(at, (x, j as u32 + 1));
+            top.truncate(k);
         }
-        let at = top.partition_point(|&(y, _)| y.total_cmp(&x) != Ordering::Less);
-        top.insert(at, (x, j as u32 + 1));
-        top.truncate(k);
     }
     top.into_iter().map(|(_, i)| i).collect()
 }

@@ -170,6 +170,98 @@ pub fn max(x: &[f32]) -> f32 {
     max_kernel(x)
 }
 
+#[inline(always)]
+fn sum_kernel(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut xc = x.chunks_exact(8);
+    for xs in &mut xc {
+        for k in 0..8 {
+            acc[k] += xs[k];
+        }
+    }
+    acc.iter().sum::<f32>() + xc.remainder().iter().sum::<f32>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_avx2(x: &[f32]) -> f32 {
+    sum_kernel(x)
+}
+
+/// `Σ x` in eight lanes (vectorised; the order differs from a sequential sum).
+pub fn sum(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { sum_avx2(x) };
+    }
+    sum_kernel(x)
+}
+
+#[inline(always)]
+fn distill_grad_kernel(
+    s: &mut [f32],
+    ps: &[f32],
+    inv_beta: f32,
+    shift: f32,
+    dro: f32,
+    lse: f32,
+    ce: f32,
+) {
+    let s = &mut s[..ps.len()];
+    if ce == 0.0 {
+        for (v, &p) in s.iter_mut().zip(ps) {
+            let x = *v;
+            *v = dro * p * x * exp1(p * x * x * inv_beta - shift);
+        }
+    } else if dro == 0.0 {
+        for v in s.iter_mut() {
+            *v = ce * exp1(*v - lse);
+        }
+    } else {
+        for (v, &p) in s.iter_mut().zip(ps) {
+            let x = *v;
+            *v = dro * p * x * exp1(p * x * x * inv_beta - shift) + ce * exp1(x - lse);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn distill_grad_avx2(
+    s: &mut [f32],
+    ps: &[f32],
+    inv_beta: f32,
+    shift: f32,
+    dro: f32,
+    lse: f32,
+    ce: f32,
+) {
+    distill_grad_kernel(s, ps, inv_beta, shift, dro, lse, ce)
+}
+
+/// The dense part of the distillation gradient of one score row, in one
+/// pass and in place: `s_i ← dro·p_i·s_i·e^{p_i s_i²/β − shift} + ce·e^{s_i − lse}`
+/// (the DRO terms' shared part and the cross-entropy's softmax; `dro = 0`
+/// or `ce = 0` skips that half). `ps` has the row's length.
+pub fn distill_grad_row(
+    s: &mut [f32],
+    ps: &[f32],
+    inv_beta: f32,
+    shift: f32,
+    dro: f32,
+    lse: f32,
+    ce: f32,
+) {
+    assert_eq!(s.len(), ps.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { distill_grad_avx2(s, ps, inv_beta, shift, dro, lse, ce) };
+    }
+    distill_grad_kernel(s, ps, inv_beta, shift, dro, lse, ce)
+}
+
 /// `log Σ exp(x)` computed stably, using `scratch` (same length) as workspace.
 pub fn log_sum_exp(x: &[f32], scratch: &mut [f32]) -> f32 {
     let m = max(x);
@@ -237,5 +329,26 @@ mod tests {
         let want = m + xs.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
         assert!((lse - want).abs() < 1e-5, "{lse} vs {want}");
         assert_eq!(max(&xs), 4.99);
+    }
+
+    #[test]
+    fn distill_grad_row_is_its_formula() {
+        let s0: Vec<f32> = (0..37).map(|i| (i as f32 * 0.71).sin() * 3.0).collect();
+        let ps: Vec<f32> = (0..37).map(|i| 0.5 + (i % 4) as f32 * 0.2).collect();
+        let (ib, shift, lse) = (0.8f32, 4.0f32, 2.5f32);
+        for (dro, ce) in [(0.3f32, 0.0f32), (0.0, 0.7), (0.3, 0.7)] {
+            let mut s = s0.clone();
+            distill_grad_row(&mut s, &ps, ib, shift, dro, lse, ce);
+            for i in 0..37 {
+                let (x, p) = (s0[i] as f64, ps[i] as f64);
+                let want = dro as f64 * p * x * (p * x * x * ib as f64 - shift as f64).exp()
+                    + ce as f64 * (x - lse as f64).exp();
+                assert!(
+                    (s[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{i}: {} vs {want}",
+                    s[i]
+                );
+            }
+        }
     }
 }
