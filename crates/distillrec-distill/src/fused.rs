@@ -583,8 +583,8 @@ mod tests {
             .unwrap();
         let host = scores.to_vec2::<f32>().unwrap();
         let mut w = Vec::new();
-        for r in 0..m {
-            let top = top_k_items(&host[r], k);
+        for (r, scores_r) in host.iter().enumerate() {
+            let top = top_k_items(scores_r, k);
             let cands = &rows.cands[r * k..(r + 1) * k];
             w.extend(mix_weights(
                 &rows.wbase[r * k..(r + 1) * k],
