@@ -37,12 +37,17 @@ script can pass the same overrides to both. It prints one line:
 """
 import argparse
 import math
+import os
 import resource
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_sasrec_model import SASRec  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--objective", choices=["last", "all_positions"], default="last")
@@ -83,41 +88,7 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 D, L, B, N, K, TD = a.hidden, a.len, a.batch, a.items, a.k, a.teacher_dim
 
-
-# --- the student: the classes of torch_sasrec_step.py, forward(seq, table) ---
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.attn = nn.MultiheadAttention(D, a.heads, dropout=0.2, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(D, D), nn.ReLU(), nn.Dropout(0.2), nn.Linear(D, D), nn.Dropout(0.2))
-
-    def forward(self, x, causal, pad):
-        q = self.norm1(x)
-        out, _ = self.attn(q, x, x, attn_mask=causal, need_weights=False)
-        x = self.norm2(q + out)
-        return (x + self.ff(x)) * pad
-
-
-class SASRec(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.items = nn.Embedding(a.items + 1, D, padding_idx=0)
-        self.pos = nn.Embedding(L, D)
-        self.blocks = nn.ModuleList(Block() for _ in range(a.layers))
-        self.norm = nn.LayerNorm(D)
-        self.drop = nn.Dropout(0.2)
-        self.register_buffer("causal", torch.triu(torch.ones(L, L, dtype=torch.bool), 1))
-
-    def forward(self, seq, table):
-        pad = (seq != 0).unsqueeze(-1).float()
-        x = self.drop(F.embedding(seq, table, padding_idx=0) * math.sqrt(D) + self.pos.weight) * pad
-        for blk in self.blocks:
-            x = blk(x, self.causal, pad)
-        return self.norm(x)
-
-
-model = SASRec()
+model = SASRec(a.items, D, a.heads, a.layers, L)
 params = list(model.parameters())
 proj = None
 if TD > 0 and a.ed_weight != 0:

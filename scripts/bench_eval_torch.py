@@ -34,6 +34,9 @@ import time
 import torch
 import torch.nn as nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_sasrec_model import SASRec  # noqa: E402
+
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True, help="a prepared dataset directory")
 p.add_argument("--split", choices=["valid", "test"], default="test")
@@ -74,40 +77,7 @@ if not rows or max(max(h + [t]) for h, t in rows) > N:
     sys.exit(f"{a.data}: no {a.split} rows, or an item id beyond {N}")
 
 
-# --- the model: the classes of torch_sasrec_step.py ---
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
-        self.attn = nn.MultiheadAttention(D, a.heads, dropout=0.2, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(D, D), nn.ReLU(), nn.Dropout(0.2), nn.Linear(D, D), nn.Dropout(0.2))
-
-    def forward(self, x, causal, pad):
-        q = self.norm1(x)
-        out, _ = self.attn(q, x, x, attn_mask=causal, need_weights=False)
-        x = self.norm2(q + out)
-        return (x + self.ff(x)) * pad
-
-
-class SASRec(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.items = nn.Embedding(a.items + 1, D, padding_idx=0)
-        self.pos = nn.Embedding(L, D)
-        self.blocks = nn.ModuleList(Block() for _ in range(a.layers))
-        self.norm = nn.LayerNorm(D)
-        self.drop = nn.Dropout(0.2)
-        self.register_buffer("causal", torch.triu(torch.ones(L, L, dtype=torch.bool), 1))
-
-    def forward(self, seq):
-        pad = (seq != 0).unsqueeze(-1).float()
-        x = self.drop(self.items(seq) * math.sqrt(D) + self.pos.weight) * pad
-        for blk in self.blocks:
-            x = blk(x, self.causal, pad)
-        return self.norm(x)
-
-
-model = SASRec().eval()
+model = SASRec(a.items, D, a.heads, a.layers, L).eval()
 hits = ndcg = 0.0
 t0 = time.perf_counter()
 with torch.no_grad():

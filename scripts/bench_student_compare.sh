@@ -34,18 +34,8 @@ esac
 [ -f "$ref" ] || { echo "PyTorch reference not found: $ref" >&2; exit 2; }
 out="$(mktemp)"; log="$(mktemp)"; err="$(mktemp)"; trap 'rm -f "$out" "$log" "$err"' EXIT
 
-# run <label> <command...>: keep the RESULT line; otherwise show the stderr tail.
-run() {
-  local label="$1" status=0; shift
-  echo "# $label, load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$@" >"$log" 2>"$err" || status=$?
-  if ! grep '^RESULT' "$log" | tee -a "$out"; then
-    echo "# $label: no RESULT line (exit $status); stderr tail:"
-    tail -n 5 "$err" | sed 's/^/#   /'
-  elif [ "$status" -ne 0 ]; then
-    echo "# $label: exit $status"
-  fi
-}
+# shellcheck source=bench_run.sh
+. "$here/bench_run.sh"
 
 for i in $(seq "$runs"); do
   if [ "$what" = eval ]; then

@@ -674,23 +674,7 @@ mod tests {
                 let dv = max_rel_diff(&ours, &reference);
                 assert!(dv < 1e-5, "values differ by {dv} ({ctx})");
                 // a probe that weights rows differently
-                let probe = Tensor::from_vec(uniform(m, 77, 1.0), m, &dev).unwrap();
-                let go_ = (&ours * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let gr = (&reference * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                for (name, v) in [("rep", &rep), ("table", &table)] {
-                    let dg = max_rel_diff(go_.get(v).unwrap(), gr.get(v).unwrap());
-                    assert!(dg < 2e-4, "d {name} differs by {dg} ({ctx})");
-                }
+                let go_ = assert_same_gradients(&ours, &reference, 77, &rep, &table, &ctx);
                 let gt = go_.get(&table).unwrap().to_vec2::<f32>().unwrap();
                 assert!(
                     gt[0].iter().all(|&v| v == 0.0),
@@ -855,23 +839,29 @@ mod tests {
         let reference = ce.index_add(&idx, &dist, 0).unwrap();
         let dv = max_rel_diff(&ours, &reference);
         assert!(dv < 1e-5, "values differ by {dv}");
-        let probe = Tensor::from_vec(uniform(m, 4, 1.0), m, &dev).unwrap();
-        let go_ = (&ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gr = (&reference * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("rep", &rep), ("table", &table)] {
-            let dg = max_rel_diff(go_.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(dg < 2e-4, "d {name} differs by {dg}");
+        assert_same_gradients(&ours, &reference, 4, &rep, &table, "with the cross-entropy");
+    }
+
+    /// Asserts that the gradients of `Σ probe · y` with respect to `rep` and
+    /// `table` agree for both losses (a seeded probe weights rows
+    /// differently); returns ours.
+    fn assert_same_gradients(
+        ours: &Tensor,
+        reference: &Tensor,
+        probe_seed: u64,
+        rep: &Var,
+        table: &Var,
+        ctx: &str,
+    ) -> candle_core::backprop::GradStore {
+        let m = ours.dim(0).unwrap();
+        let probe = Tensor::from_vec(uniform(m, probe_seed, 1.0), m, ours.device()).unwrap();
+        let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (go, gr) = (grads(ours), grads(reference));
+        for (name, v) in [("rep", rep), ("table", table)] {
+            let dg = max_rel_diff(go.get(v).unwrap(), gr.get(v).unwrap());
+            assert!(dg < 2e-4, "d {name} differs by {dg} ({ctx})");
         }
+        go
     }
 
     /// `log_softmax` over the last dimension from composed ops.
