@@ -28,7 +28,7 @@ use distillrec_models::catalogue::{backward_rows, f32_slice, forward_rows};
 use distillrec_models::fastmath;
 
 use crate::losses::mix_weights;
-use crate::objective::top_k_items;
+use crate::topk::top_k_items;
 
 /// What one batch of distilled rows is trained against.
 #[derive(Clone, Debug)]

@@ -8,5 +8,6 @@ pub mod fused;
 pub mod losses;
 pub mod objective;
 pub mod teacher;
+pub mod topk;
 
 pub use objective::{ActiveTerms, DistillObjective, TeacherRows};

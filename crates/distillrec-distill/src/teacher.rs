@@ -13,7 +13,7 @@ use distillrec_models::Student;
 
 use distillrec_models::fastmath;
 
-use crate::objective::{top_k_items, top_k_where};
+use crate::topk::{top_k_items, top_k_where};
 
 /// Options of [`cache_from_student`].
 #[derive(Clone, Debug)]
