@@ -302,13 +302,8 @@ pub fn score_top_k(
         .map(|g| g.flatten_all()?.to_vec1::<f32>())
         .transpose()?;
     let x = batch.embeds(model)?;
-    let hidden = tape::infer(model, adapters, &x, &batch.mask, gate_v.as_deref())?;
+    let hl = tape::infer_last(model, adapters, &x, &batch.mask, gate_v.as_deref())?;
     let hsize = model.config().hidden_size;
-    let hl: Vec<f32> = batch
-        .last_rows()?
-        .iter()
-        .flat_map(|&r| hidden[r * hsize..(r + 1) * hsize].iter().copied())
-        .collect();
     let scores = head
         .scores(&Tensor::from_vec(hl, (b, hsize), &Device::Cpu)?)?
         .to_vec2::<f32>()?;

@@ -881,6 +881,8 @@ fn rope_inplace<T: Real>(
 struct Dims {
     b: usize,
     t: usize,
+    /// Rows the row-wise work runs on: `b·t` padded, fewer when packed.
+    rows: usize,
     h: usize,
     nh: usize,
     nkv: usize,
@@ -890,7 +892,7 @@ struct Dims {
 
 impl Dims {
     fn n(&self) -> usize {
-        self.b * self.t
+        self.rows
     }
     fn w3(&self) -> usize {
         (self.nh + 2 * self.nkv) * self.hd
@@ -1038,15 +1040,14 @@ pub fn infer<T: Real>(
     Ok(run(model, adapters, embeds, mask, gate, None, false)?.0)
 }
 
-fn run<T: Real>(
+/// Checks the inputs of a pass and returns its shapes (`rows = b·t`).
+fn check_inputs<T: Real>(
     model: &Model,
     adapters: &AdapterSet<T>,
     embeds: &[T],
     mask: &[Vec<bool>],
     gate: Option<&[T]>,
-    drop: Option<Dropout>,
-    keep: bool,
-) -> Result<(Vec<T>, Tape<T>)> {
+) -> Result<Dims> {
     if !supports::<T>(model) {
         return Err(Error::Input(
             "the explicit training path needs a Llama or Qwen2 model on the CPU in the tape's dtype"
@@ -1059,6 +1060,7 @@ fn run<T: Real>(
     let d = Dims {
         b,
         t,
+        rows: b * t,
         h: c.hidden_size,
         nh: c.num_attention_heads,
         nkv: c.num_key_value_heads,
@@ -1092,6 +1094,20 @@ fn run<T: Real>(
         return Err(Error::Input("adapters were made for another model".into()));
     }
     model.check_context(0, t)?;
+    Ok(d)
+}
+
+fn run<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    embeds: &[T],
+    mask: &[Vec<bool>],
+    gate: Option<&[T]>,
+    drop: Option<Dropout>,
+    keep: bool,
+) -> Result<(Vec<T>, Tape<T>)> {
+    let d = check_inputs(model, adapters, embeds, mask, gate)?;
+    let t = d.t;
     let (cos, sin, mask_add) = model.rope_and_mask(mask)?;
     let cos = tensor_vec::<T>(&cos)?;
     let sin = tensor_vec::<T>(&sin)?;
@@ -1108,7 +1124,7 @@ fn run<T: Real>(
             &d,
             x,
             (&cos, &sin),
-            mask_add.as_deref(),
+            Attend::Padded(mask_add.as_deref()),
             Proj {
                 n: d.n(),
                 t,
@@ -1124,15 +1140,7 @@ fn run<T: Real>(
             layers.push(saved.0);
         }
     }
-    let Some(Norm::Rms { weight, eps }) = model.final_norm() else {
-        return Err(Error::Input(
-            "the explicit path needs a final RMSNorm".into(),
-        ));
-    };
-    let g = weight.storage_and_layout();
-    let w = vector::<T, _>(&g)?;
-    let mut out = vec![T::zero(); x.len()];
-    let inv_final = rms_forward(&x, w, *eps, &mut out);
+    let (out, inv_final) = final_norm(model, &x)?;
     Ok((
         out,
         Tape {
@@ -1147,6 +1155,120 @@ fn run<T: Real>(
             inv_final,
         },
     ))
+}
+
+/// The model's final RMSNorm of `x`: the normalised rows and their 1/rms.
+fn final_norm<T: Real>(model: &Model, x: &[T]) -> Result<(Vec<T>, Vec<T>)> {
+    let Some(Norm::Rms { weight, eps }) = model.final_norm() else {
+        return Err(Error::Input(
+            "the explicit path needs a final RMSNorm".into(),
+        ));
+    };
+    let g = weight.storage_and_layout();
+    let w = vector::<T, _>(&g)?;
+    let mut out = vec![T::zero(); x.len()];
+    let inv = rms_forward(x, w, *eps, &mut out);
+    Ok((out, inv))
+}
+
+/// Rows `rows` of the row-major `x [_, cols]`, in that order.
+fn gather_rows<T: Copy>(x: &[T], cols: usize, rows: &[usize]) -> Vec<T> {
+    rows.iter()
+        .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied())
+        .collect()
+}
+
+/// Each mask row's real tokens as `(first, count)` when they form one
+/// non-empty run (left or right padding); `None` otherwise.
+fn real_runs(mask: &[Vec<bool>]) -> Option<Vec<(usize, usize)>> {
+    mask.iter()
+        .map(|m| {
+            let first = m.iter().position(|&x| x)?;
+            let count = m[first..].iter().take_while(|&&x| x).count();
+            m[first + count..]
+                .iter()
+                .all(|&x| !x)
+                .then_some((first, count))
+        })
+        .collect()
+}
+
+/// The last hidden state of every sequence, `[batch, hidden]` (at its last
+/// real position), as [`infer`] computes it. When each row's real tokens
+/// form one run (left or right padding), the pass is packed: pad positions
+/// are never computed, and the last layer runs its queries, output
+/// projection and MLP on the last positions only. Other masks take the
+/// padded pass.
+pub fn infer_last<T: Real>(
+    model: &Model,
+    adapters: &AdapterSet<T>,
+    embeds: &[T],
+    mask: &[Vec<bool>],
+    gate: Option<&[T]>,
+) -> Result<Vec<T>> {
+    let d = check_inputs(model, adapters, embeds, mask, gate)?;
+    let Some(runs) = real_runs(mask) else {
+        let last: Vec<usize> = mask
+            .iter()
+            .enumerate()
+            .map(|(b, m)| {
+                m.iter()
+                    .rposition(|&x| x)
+                    .map(|j| b * d.t + j)
+                    .ok_or_else(|| Error::Input(format!("prompt {b} has no real token")))
+            })
+            .collect::<Result<_>>()?;
+        let hidden = infer(model, adapters, embeds, mask, gate)?;
+        return Ok(gather_rows(&hidden, d.h, &last));
+    };
+    // packed rows: sequence b's real positions, one sequence after another
+    let src: Vec<usize> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(b, &(first, count))| b * d.t + first..b * d.t + first + count)
+        .collect();
+    let spans: Vec<(usize, usize)> = runs
+        .iter()
+        .scan(0, |off, &(_, count)| {
+            let span = (*off, count);
+            *off += count;
+            Some(span)
+        })
+        .collect();
+    let pd = Dims {
+        rows: src.len(),
+        ..d
+    };
+    let (cos, sin, _) = model.rope_and_mask(mask)?;
+    let half = d.hd / 2;
+    let cos = gather_rows(&tensor_vec::<T>(&cos)?, half, &src);
+    let sin = gather_rows(&tensor_vec::<T>(&sin)?, half, &src);
+    let (r, e) = (adapters.rank, adapters.experts);
+    let scale: T = real(adapters.scale());
+    let gc = gate_cols(gate, d.n(), d.t, r, e).map(|g| gather_rows(&g, r, &src));
+    let mut x = gather_rows(embeds, d.h, &src);
+    let layers = model.layers.len();
+    for (li, (layer, ad)) in model.layers.iter().zip(&adapters.layers).enumerate() {
+        let attend = Attend::Packed {
+            spans: &spans,
+            last: li + 1 == layers,
+        };
+        let p = Proj {
+            n: pd.n(),
+            t: d.t,
+            r,
+            e,
+            scale,
+            gc: gc.as_deref(),
+            drop: None,
+        };
+        x = layer_forward(layer, ad, &pd, x, (&cos, &sin), attend, p)?.1;
+    }
+    if layers == 0 {
+        let last: Vec<usize> = spans.iter().map(|&(o, c)| o + c - 1).collect();
+        x = gather_rows(&x, d.h, &last);
+    }
+    Ok(final_norm(model, &x)?.0)
 }
 
 /// Shapes and adapter settings shared by a layer's projections.
@@ -1302,7 +1424,7 @@ fn layer_forward<T: Real>(
     d: &Dims,
     x: Vec<T>,
     (cos, sin): (&[T], &[T]),
-    mask: Option<&[T]>,
+    attend: Attend<T>,
     p: Proj<T>,
 ) -> Result<(LayerSaved<T>, Vec<T>)> {
     let n = d.n();
@@ -1362,7 +1484,28 @@ fn layer_forward<T: Real>(
     drop(xn);
     rope_inplace(&mut qkv, w3, (0, d.nh, d.hd), cos, sin, false);
     rope_inplace(&mut qkv, w3, (qc, d.nkv, d.hd), cos, sin, false);
-    let (attn, probs) = attention_forward(&qkv, d, mask);
+    let gate_last: Option<Vec<T>>;
+    let (attn, probs, x, p) = match attend {
+        Attend::Padded(mask) => {
+            let (attn, probs) = attention_forward(&qkv, d, mask);
+            (attn, probs, x, p)
+        }
+        Attend::Packed { spans, last: false } => {
+            (attention_packed(&qkv, d, spans, false), Vec::new(), x, p)
+        }
+        Attend::Packed { spans, last: true } => {
+            // only each sequence's last row goes on through the layer
+            let rows: Vec<usize> = spans.iter().map(|&(o, c)| o + c - 1).collect();
+            gate_last = p.gc.map(|g| gather_rows(g, p.r, &rows));
+            let p = Proj {
+                n: rows.len(),
+                gc: gate_last.as_deref(),
+                ..p
+            };
+            let attn = attention_packed(&qkv, d, spans, true);
+            (attn, Vec::new(), gather_rows(&x, d.h, &rows), p)
+        }
+    };
     // output projection and residual
     let mut h1 = x.clone();
     let o_parts = [(0, Target::O)];
@@ -1382,7 +1525,7 @@ fn layer_forward<T: Real>(
     let mut hn = vec![T::zero(); h1.len()];
     let inv2 = rms_forward(&h1, vector::<T, _>(&g2)?, *e2, &mut hn);
     let i2 = 2 * d.inter;
-    let mut gu = vec![T::zero(); n * i2];
+    let mut gu = vec![T::zero(); p.n * i2];
     let gu_parts = [(0, Target::Gate), (d.inter, Target::Up)];
     let w = (&mut gu[..], i2);
     project(
@@ -1543,6 +1686,109 @@ fn attention_forward<T: Real>(qkv: &[T], d: &Dims, mask: Option<&[T]>) -> (Vec<T
         probs.push(p);
     }
     (out, probs)
+}
+
+/// How a layer's attention sees its rows.
+#[derive(Clone, Copy)]
+enum Attend<'a, T> {
+    /// `b·t` padded rows with the additive mask (training and [`infer`]).
+    Padded(Option<&'a [T]>),
+    /// Packed sequences without padding, each a causal run of rows
+    /// `(first, count)`; with `last`, only each sequence's last row leaves
+    /// the layer (the rest is never read).
+    Packed {
+        spans: &'a [(usize, usize)],
+        last: bool,
+    },
+}
+
+/// Causal grouped-query attention over packed sequences (see
+/// [`Attend::Packed`]): the output `[rows, nh·hd]`, or `[sequences, nh·hd]`
+/// with `last`. Nothing is kept for a backward.
+fn attention_packed<T: Real>(qkv: &[T], d: &Dims, spans: &[(usize, usize)], last: bool) -> Vec<T> {
+    let (hd, w3, qc) = (d.hd, d.w3(), d.q_cols());
+    let groups = d.nh / d.nkv;
+    let sc: T = real(1.0 / (hd as f64).sqrt());
+    let tiny: T = real(1e-30);
+    let units: Vec<Vec<T>> = (0..spans.len() * d.nh)
+        .into_par_iter()
+        .map(|u| {
+            let (s, h) = (u / d.nh, u % d.nh);
+            let (first, count) = spans[s];
+            let q = Mat {
+                data: qkv,
+                off: first * w3 + h * hd,
+                rs: w3,
+                cs: 1,
+            };
+            let k = Mat {
+                off: first * w3 + qc + (h / groups) * hd,
+                ..q
+            };
+            let v = Mat {
+                off: first * w3 + qc + d.kv_cols() + (h / groups) * hd,
+                ..q
+            };
+            let q_first = if last { count - 1 } else { 0 };
+            let mut o = vec![T::zero(); (count - q_first) * hd];
+            let mut p = vec![T::zero(); QBLOCK.min(count - q_first) * count];
+            for q0 in (q_first..count).step_by(QBLOCK) {
+                let qb = QBLOCK.min(count - q0);
+                // the block's last row sees keys up to itself
+                let kend = q0 + qb;
+                let qblk = Mat {
+                    off: q.off + q0 * w3,
+                    ..q
+                };
+                mm(
+                    MatMut {
+                        data: &mut p,
+                        off: 0,
+                        ld: kend,
+                    },
+                    (qb, kend, hd),
+                    qblk,
+                    k.t(),
+                    false,
+                );
+                for i in 0..qb {
+                    let row = &mut p[i * kend..(i + 1) * kend];
+                    let (seen, hidden) = row.split_at_mut(q0 + i + 1);
+                    let mut mx = T::neg_infinity();
+                    for x in seen.iter_mut() {
+                        *x *= sc;
+                        mx = num_traits::Float::max(mx, *x);
+                    }
+                    let inv = T::one() / T::exp_shift_sum(seen, mx);
+                    for x in seen.iter_mut() {
+                        *x = if *x < tiny { T::zero() } else { *x * inv };
+                    }
+                    hidden.fill(T::zero());
+                }
+                mm(
+                    MatMut {
+                        data: &mut o,
+                        off: (q0 - q_first) * hd,
+                        ld: hd,
+                    },
+                    (qb, hd, kend),
+                    Mat::rows(&p, kend),
+                    v,
+                    false,
+                );
+            }
+            o
+        })
+        .collect();
+    let mut out = vec![T::zero(); if last { spans.len() } else { d.n() } * qc];
+    for (u, o) in units.into_iter().enumerate() {
+        let (s, h) = (u / d.nh, u % d.nh);
+        let r0 = if last { s } else { spans[s].0 };
+        for (i, oi) in o.chunks_exact(hd).enumerate() {
+            out[(r0 + i) * qc + h * hd..(r0 + i) * qc + (h + 1) * hd].copy_from_slice(oi);
+        }
+    }
+    out
 }
 
 /// Backward of [`attention_forward`]: from `dout [N, nh·hd]` to the

@@ -331,6 +331,62 @@ fn one_expert_is_plain_lora() {
     assert_eq!(max_abs_diff(&d1, &d2), 0.0);
 }
 
+/// `infer_last` (packed rows, last layer on the last rows only) against the
+/// padded `infer` read at each row's last real position.
+fn packed_last_rows_match<T: Real>(model_type: &str, m: Vec<Vec<bool>>, tol: f64) {
+    let cfg = llama_config(model_type, 2, false);
+    let model = build(&cfg, 11, T::DTYPE);
+    let h = model.config().hidden_size;
+    let (b, t) = (m.len(), m[0].len());
+    let set = adapters::<T>(&model, 2);
+    let embeds: Vec<T> = values(b * t * h, 5, 1.0);
+    let gate64 = softmax_rows(&values::<f64>(b * 2, 6, 2.0), 2);
+    let gate: Vec<T> = gate64.iter().map(|&x| T::from_f64(x)).collect();
+    let full = tape::infer(&model, &set, &embeds, &m, Some(&gate)).unwrap();
+    let expected: Vec<f64> = m
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| {
+            let j = row.iter().rposition(|&x| x).unwrap();
+            full[(i * t + j) * h..(i * t + j + 1) * h]
+                .iter()
+                .map(|v| candle_core::WithDType::to_f64(*v))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let last = tape::infer_last(&model, &set, &embeds, &m, Some(&gate)).unwrap();
+    let last64: Vec<f64> = last
+        .iter()
+        .map(|v| candle_core::WithDType::to_f64(*v))
+        .collect();
+    assert_close(&format!("{model_type} last rows"), &last64, &expected, tol);
+}
+
+#[test]
+fn packed_last_rows_equal_the_padded_pass() {
+    // left padding over several query blocks, a row of one token
+    let left = padded(70, &[0, 5, 40, 69]);
+    packed_last_rows_match::<f64>("llama", left.clone(), 1e-10);
+    packed_last_rows_match::<f64>("qwen2", left.clone(), 1e-10);
+    packed_last_rows_match::<f32>("llama", left, 2e-5);
+    // right padding, and a mask with a hole (takes the padded pass)
+    let right: Vec<Vec<bool>> = [6, 3, 1]
+        .iter()
+        .map(|&n| (0..6).map(|j| j < n).collect())
+        .collect();
+    packed_last_rows_match::<f64>("llama", right, 1e-10);
+    let holes = vec![vec![true, false, true, true], vec![false, true, true, true]];
+    packed_last_rows_match::<f64>("llama", holes, 1e-10);
+    // a prompt without a real token is refused, not read at a pad
+    let cfg = llama_config("llama", 1, false);
+    let model = build(&cfg, 1, DType::F64);
+    let set = AdapterSet::<f64>::new(&model, &[Target::Q], 1, 2, 4.0, 0).unwrap();
+    let h = model.config().hidden_size;
+    let m = vec![vec![true, true], vec![false, false]];
+    let e = tape::infer_last(&model, &set, &vec![0.5; 4 * h], &m, None).unwrap_err();
+    assert!(e.to_string().contains("prompt 1 has no real token"), "{e}");
+}
+
 #[test]
 fn the_explicit_path_refuses_what_it_cannot_run() {
     let cfg = llama_config("llama", 1, false);

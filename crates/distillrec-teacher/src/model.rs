@@ -651,19 +651,14 @@ impl Teacher {
         let (order, index) = Self::placeholder_items(&prompts);
         let projected = self.project_items(&live, &order)?;
         let inp = self.inputs(&prompts, &index, &projected)?;
-        let hidden = tape::infer(
+        // each prompt's last position (prompts are left-padded)
+        let hl = tape::infer_last(
             &self.llm.model,
             &self.adapters,
             &inp.embeds,
             &inp.mask,
             gate_v.as_deref(),
         )?;
-        let hl: Vec<f32> = (0..rows.len())
-            .flat_map(|r| {
-                let p = r * inp.t + inp.t - 1;
-                hidden[p * h..(p + 1) * h].iter().copied()
-            })
-            .collect();
         let hl = Tensor::from_vec(hl, (rows.len(), h), &Device::Cpu)?;
         let mut scores = live.scores(&hl, table)?;
         if let Some(p) = &prior {
