@@ -226,6 +226,19 @@ distillrec_data::named_enum! {
 }
 
 distillrec_data::named_enum! {
+    /// Which implementation runs the teacher's backbone passes.
+    pub enum BackbonePath {
+        /// The explicit CPU path (`distillrec_llm::tape`) where the backbone
+        /// supports it (Llama family and Qwen2 in f32), else the composed one.
+        Auto = "auto",
+        /// The composed candle graph with autograd: any backbone family
+        /// (OPT, Llamas with biases); slower, and the reference the explicit
+        /// path is checked against.
+        Composed = "composed",
+    }
+}
+
+distillrec_data::named_enum! {
     /// A projection of a decoder layer that can carry an adapter.
     pub enum AdapterTarget {
         /// Query projection.
@@ -315,6 +328,9 @@ pub struct TeacherConfig {
     /// a few thousand rows starts from the student's ranking and learns the
     /// LLM's corrections (off: the LLM head alone).
     pub student_prior: bool,
+    /// Which implementation runs the backbone (`auto`: the explicit CPU
+    /// path where it can, `composed`: the candle graph).
+    pub path: BackbonePath,
 }
 
 impl Default for TeacherConfig {
@@ -344,6 +360,7 @@ impl Default for TeacherConfig {
             curriculum: false,
             infer_batch: 16,
             student_prior: false,
+            path: BackbonePath::Auto,
         }
     }
 }

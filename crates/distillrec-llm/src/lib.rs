@@ -49,6 +49,7 @@ pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod parmatmul;
+pub mod pass;
 pub mod source;
 pub mod steps;
 pub mod tape;

@@ -306,6 +306,8 @@ pub struct MoeLora {
     b: Var,
     experts: usize,
     scale: f64,
+    /// LoRA dropout in training mode: probability and mask seed.
+    dropout: Option<(f64, u64)>,
 }
 
 impl MoeLora {
@@ -324,12 +326,34 @@ impl MoeLora {
             b: Var::from_tensor(b)?,
             experts,
             scale: alpha / (rank / experts) as f64,
+            dropout: None,
         })
+    }
+
+    /// The adapter with LoRA dropout `p` on its input in training mode,
+    /// using the hashed mask of `seed` that the explicit path draws for the
+    /// same layer and projection (`tape::AdapterSet::to_candle_dropout`), so
+    /// both paths train the same step.
+    pub fn with_dropout(self, p: f64, seed: u64) -> MoeLora {
+        MoeLora {
+            dropout: Some((p, seed)),
+            ..self
+        }
     }
 }
 
 impl Adapter for MoeLora {
     fn delta(&self, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
+        let dropped;
+        let x = match self.dropout {
+            Some((p, seed)) if ctx.train => {
+                let f = crate::tape::dropout_factors(p, seed, x.elem_count());
+                let f = Tensor::from_vec(f, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                dropped = (x * f)?;
+                &dropped
+            }
+            _ => x,
+        };
         let u = matmul_wt(x, self.a.as_tensor())?;
         let u = match ctx.gate {
             Some(g) => {

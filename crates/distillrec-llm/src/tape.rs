@@ -535,6 +535,17 @@ impl<T: Real> AdapterSet<T> {
     /// candle path (any device); returns the candle variables, `A` then `B`
     /// per projection in [`AdapterSet::weights`] order.
     pub fn to_candle(&self, model: &mut Model) -> Result<Vec<candle_core::Var>> {
+        self.to_candle_dropout(model, None)
+    }
+
+    /// [`AdapterSet::to_candle`] for a training step with LoRA dropout:
+    /// each attached adapter applies, in training mode, the same masks the
+    /// explicit path's [`forward_dropout`] draws for `dropout`.
+    pub fn to_candle_dropout(
+        &self,
+        model: &mut Model,
+        dropout: Option<Dropout>,
+    ) -> Result<Vec<candle_core::Var>> {
         let (dtype, device) = (model.dtype(), model.device().clone());
         let mut vars = Vec::new();
         for (li, slots) in self.layers.iter().enumerate() {
@@ -544,7 +555,10 @@ impl<T: Real> AdapterSet<T> {
                     .to_dtype(dtype)?;
                 let b = Tensor::from_vec(w.b.clone(), (w.out_dim, self.rank), &device)?
                     .to_dtype(dtype)?;
-                let ad = crate::lora::MoeLora::from_tensors(&a, &b, self.experts, self.alpha)?;
+                let mut ad = crate::lora::MoeLora::from_tensors(&a, &b, self.experts, self.alpha)?;
+                if let Some(dr) = dropout.filter(|dr| dr.p > 0.0) {
+                    ad = ad.with_dropout(dr.p, mix(mix(dr.seed, li), ti));
+                }
                 vars.extend(crate::lora::Adapter::vars(&ad));
                 model
                     .linear_mut(li, TARGETS[ti])?
@@ -609,6 +623,17 @@ fn drop_threshold(p: f64) -> u32 {
 #[inline]
 fn kept(seed: u64, i: usize, threshold: u32) -> bool {
     (mix(seed, i) >> 32) as u32 >= threshold
+}
+
+/// The factors `mask / (1 − p)` of `n` elements for the mask of `seed`
+/// (the composed path multiplies its adapter inputs by them).
+pub(crate) fn dropout_factors(p: f64, seed: u64, n: usize) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let th = drop_threshold(p);
+    (0..n)
+        .into_par_iter()
+        .map(|i| if kept(seed, i, th) { keep } else { 0.0 })
+        .collect()
 }
 
 /// `x ⊙ mask / (1 − p)` for the mask of `seed`.

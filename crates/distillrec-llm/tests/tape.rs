@@ -387,6 +387,63 @@ fn packed_last_rows_equal_the_padded_pass() {
     assert!(e.to_string().contains("prompt 1 has no real token"), "{e}");
 }
 
+/// `pass` runs the same step on both paths: hidden states, every adapter's
+/// gradient, the gate's and the embeddings' agree, with LoRA dropout (the
+/// composed adapters draw the explicit path's masks) and without.
+#[test]
+fn both_paths_give_the_same_training_pass() {
+    use distillrec_llm::pass::{self, Path};
+    use distillrec_llm::tape::Dropout;
+    let cfg = llama_config("llama", 2, false);
+    let model = build(&cfg, 11, DType::F32);
+    let h = model.config().hidden_size;
+    let m = mask();
+    let (b, t) = (m.len(), m[0].len());
+    let set = adapters::<f32>(&model, 2);
+    let embeds: Vec<f32> = values(b * t * h, 5, 1.0);
+    let gate: Vec<f32> = softmax_rows(&values::<f64>(b * 2, 6, 2.0), 2)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    let r: Vec<f32> = values(b * t * h, 7, 1.0);
+    let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let mut dropped_hidden = Vec::new();
+    for p in [0.3, 0.0] {
+        let dr = Dropout { p, seed: 9 };
+        let run = |path| {
+            let (hidden, ps) =
+                pass::forward(path, &model, &set, &embeds, &m, Some(&gate), dr).unwrap();
+            (hidden, pass::backward(&model, &set, ps, &r).unwrap())
+        };
+        let (he, ge) = run(Path::Explicit);
+        let (hc, gc) = run(Path::Composed);
+        assert_close(&format!("hidden p={p}"), &f64s(&hc), &f64s(&he), 2e-4);
+        for (i, (we, wc)) in ge.adapters.weights().zip(gc.adapters.weights()).enumerate() {
+            assert_close(&format!("dA[{i}] p={p}"), &f64s(&wc.a), &f64s(&we.a), 2e-4);
+            assert_close(&format!("dB[{i}] p={p}"), &f64s(&wc.b), &f64s(&we.b), 2e-4);
+        }
+        let (dge, dgc) = (ge.gate.unwrap(), gc.gate.unwrap());
+        assert_close(&format!("dgate p={p}"), &f64s(&dgc), &f64s(&dge), 2e-4);
+        assert_close(
+            &format!("dembeds p={p}"),
+            &f64s(&gc.embeds),
+            &f64s(&ge.embeds),
+            2e-4,
+        );
+        dropped_hidden.push(he);
+    }
+    // the dropout masks were applied (the two settings differ)
+    assert!(max_abs_diff_f32(&dropped_hidden[0], &dropped_hidden[1]) > 1e-3);
+    // inference reads the same last rows on both paths
+    let le = pass::infer_last(Path::Explicit, &model, &set, &embeds, &m, Some(&gate)).unwrap();
+    let lc = pass::infer_last(Path::Composed, &model, &set, &embeds, &m, Some(&gate)).unwrap();
+    assert_close("last rows", &f64s(&lc), &f64s(&le), 2e-4);
+}
+
+fn max_abs_diff_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
 #[test]
 fn the_explicit_path_refuses_what_it_cannot_run() {
     let cfg = llama_config("llama", 1, false);

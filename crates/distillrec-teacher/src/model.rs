@@ -13,11 +13,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use distillrec_config::{AdapterTarget, TeacherConfig, TeacherObjective};
+use distillrec_config::{AdapterTarget, BackbonePath, TeacherConfig, TeacherObjective};
 use distillrec_data::{Dataset, ItemId, Row};
 use distillrec_llm::generate::{generate_from_embeds, GenerateOptions};
 use distillrec_llm::lora::AdapterCtx;
 use distillrec_llm::model::Target;
+use distillrec_llm::pass::{self, Path};
 use distillrec_llm::tape::{self, AdapterSet, Dropout};
 use distillrec_llm::Llm;
 use distillrec_models::Student;
@@ -146,6 +147,8 @@ pub struct Teacher {
     pub cfg: TeacherConfig,
     /// Run seed.
     pub seed: u64,
+    /// The implementation that runs the backbone (`teacher.path`).
+    pub path: Path,
 }
 
 impl Teacher {
@@ -159,10 +162,14 @@ impl Teacher {
         seed: u64,
     ) -> Result<Teacher> {
         ensure!(
-            tape::supports::<f32>(&llm.model),
-            "the teacher trains Llama-family and Qwen2 backbones in f32 on the CPU; {} is not one",
+            llm.model.device().is_cpu() && llm.model.dtype() == DType::F32,
+            "the teacher runs its backbone in f32 on the CPU; {} was loaded otherwise",
             llm.source.display()
         );
+        let path = match cfg.path {
+            BackbonePath::Auto => Path::auto(&llm.model),
+            BackbonePath::Composed => Path::Composed,
+        };
         let n = ds.num_items();
         ensure!(
             student.spec.num_items == n,
@@ -210,6 +217,7 @@ impl Teacher {
             prompter,
             cfg: cfg.clone(),
             seed,
+            path,
         })
     }
 
@@ -501,7 +509,8 @@ impl Teacher {
             p: self.cfg.lora_dropout,
             seed: drop_seed,
         };
-        let (hidden, tp) = tape::forward_dropout(
+        let (hidden, tp) = pass::forward(
+            self.path,
             model,
             &self.adapters,
             &inp.embeds,
@@ -553,7 +562,7 @@ impl Teacher {
             }
             (loss.to_scalar::<f32>()? as f64, dh)
         };
-        let g = tape::backward(model, &self.adapters, tp, &dh)?;
+        let g = pass::backward(model, &self.adapters, tp, &dh)?;
         // projector and gate: the gradient of Σ P ⊙ stop(dE) + Σ gate ⊙ stop(dgate)
         let mut surrogate: Option<Tensor> = None;
         if let (Some(p_u), false) = (&p_u, inp.slots.is_empty()) {
@@ -652,7 +661,8 @@ impl Teacher {
         let projected = self.project_items(&live, &order)?;
         let inp = self.inputs(&prompts, &index, &projected)?;
         // each prompt's last position (prompts are left-padded)
-        let hl = tape::infer_last(
+        let hl = pass::infer_last(
+            self.path,
             &self.llm.model,
             &self.adapters,
             &inp.embeds,

@@ -365,6 +365,85 @@ fn an_interrupted_run_resumes_to_the_same_metrics() {
     );
 }
 
+/// The composed candle path (`teacher.path = "composed"`, the computation
+/// the explicit path replaced) trains the same teacher: the same loss curve
+/// and the same adapters within float noise, with LoRA dropout, a gate and
+/// both objectives.
+#[test]
+fn the_composed_path_trains_the_same_teacher() {
+    let f = fixture();
+    let mut runs = Vec::new();
+    for path in ["auto", "composed"] {
+        let cfg = config(&[
+            "teacher.objective=\"both\"",
+            "train.teacher.max_epochs=3",
+            &format!("teacher.path=\"{path}\""),
+        ]);
+        let mut a = teacher(&f, &cfg, "t");
+        let out = f.dir.path().join(format!("path-{path}"));
+        let done = {
+            let tt = trainer(&f, &cfg, &a, &out, None);
+            train(&mut a.teacher, &tt, "k")
+        }
+        .unwrap();
+        runs.push((a.teacher.path, done.history, a.teacher.adapters.clone()));
+    }
+    let (explicit, composed) = (&runs[0], &runs[1]);
+    assert_eq!(explicit.0, distillrec_llm::pass::Path::Explicit);
+    assert_eq!(composed.0, distillrec_llm::pass::Path::Composed);
+    assert_eq!(explicit.1.len(), 3);
+    for (e, c) in explicit.1.iter().zip(&composed.1) {
+        let (le, lc) = (e["train_loss"], c["train_loss"]);
+        assert!((le - lc).abs() <= 1e-4 * le.abs(), "loss {le} vs {lc}");
+    }
+    let mut moved = 0f32;
+    for (we, wc) in explicit.2.weights().zip(composed.2.weights()) {
+        for (x, y) in we.b.iter().zip(&wc.b) {
+            assert!((x - y).abs() <= 1e-4 + 1e-3 * x.abs(), "B {x} vs {y}");
+            moved = moved.max(x.abs());
+        }
+    }
+    assert!(moved > 1e-3, "the adapters trained");
+}
+
+/// A backbone the explicit path cannot run (OPT: layer norms, learnt
+/// positions, biases) trains and scores on the composed path.
+#[test]
+fn an_opt_backbone_trains_on_the_composed_path() {
+    let f = fixture();
+    let opt = f.dir.path().join("opt");
+    let mut ocfg = common::opt_config(true, 32);
+    ocfg["max_position_embeddings"] = 256.into();
+    common::write_hf_dir(&opt, &ocfg, &common::random_weights(&ocfg, 8));
+    let cfg = config(&["teacher.objective=\"both\""]);
+    let mut a = assemble(
+        &cfg.teacher,
+        cfg.seed,
+        &opt,
+        &f.student,
+        &f.ds,
+        &f.reference,
+        (&f.dir.path().join("opt-titles"), true),
+    )
+    .unwrap();
+    assert_eq!(a.teacher.path, distillrec_llm::pass::Path::Composed);
+    let before = a.teacher.adapters.clone();
+    let out = f.dir.path().join("opt-run");
+    let done = {
+        let tt = trainer(&f, &cfg, &a, &out, None);
+        train(&mut a.teacher, &tt, "k")
+    }
+    .unwrap();
+    assert_eq!(done.epochs, 2);
+    assert!(done.history.iter().all(|h| h["train_loss"].is_finite()));
+    assert_ne!(a.teacher.adapters, before, "the adapters trained");
+    // forcing the explicit path onto it is refused in one line
+    let e = distillrec_llm::pass::Path::Explicit
+        .check(&a.teacher.llm.model)
+        .unwrap_err();
+    assert!(e.to_string().contains("use the composed path"), "{e}");
+}
+
 #[test]
 fn sharded_caches_merge_into_the_one_go_cache() {
     let f = fixture();
