@@ -233,17 +233,13 @@ pub fn infer_last(
                 gate: inp.gate.as_ref(),
                 train: false,
             };
+            let last = tape::last_real_rows(mask)?;
             let hidden = host(&m.forward_hidden_with(&inp.embeds, Some(&inp.mask), None, &ctx)?)?;
-            let (t, h) = (mask[0].len(), model.config().hidden_size);
-            let mut out = Vec::with_capacity(mask.len() * h);
-            for (b, m) in mask.iter().enumerate() {
-                let j = m
-                    .iter()
-                    .rposition(|&x| x)
-                    .ok_or_else(|| Error::Input(format!("prompt {b} has no real token")))?;
-                out.extend_from_slice(&hidden[(b * t + j) * h..(b * t + j + 1) * h]);
-            }
-            Ok(out)
+            Ok(tape::gather_rows(
+                &hidden,
+                model.config().hidden_size,
+                &last,
+            ))
         }
     }
 }

@@ -1196,8 +1196,22 @@ fn final_norm<T: Real>(model: &Model, x: &[T]) -> Result<(Vec<T>, Vec<T>)> {
     Ok((out, inv))
 }
 
+/// The flat row `b·t + j` of each sequence's last real position, or an
+/// error naming a prompt without one.
+pub(crate) fn last_real_rows(mask: &[Vec<bool>]) -> Result<Vec<usize>> {
+    mask.iter()
+        .enumerate()
+        .map(|(b, m)| {
+            m.iter()
+                .rposition(|&x| x)
+                .map(|j| b * m.len() + j)
+                .ok_or_else(|| Error::Input(format!("prompt {b} has no real token")))
+        })
+        .collect()
+}
+
 /// Rows `rows` of the row-major `x [_, cols]`, in that order.
-fn gather_rows<T: Copy>(x: &[T], cols: usize, rows: &[usize]) -> Vec<T> {
+pub(crate) fn gather_rows<T: Copy>(x: &[T], cols: usize, rows: &[usize]) -> Vec<T> {
     rows.iter()
         .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied())
         .collect()
@@ -1233,16 +1247,7 @@ pub fn infer_last<T: Real>(
 ) -> Result<Vec<T>> {
     let d = check_inputs(model, adapters, embeds, mask, gate)?;
     let Some(runs) = real_runs(mask) else {
-        let last: Vec<usize> = mask
-            .iter()
-            .enumerate()
-            .map(|(b, m)| {
-                m.iter()
-                    .rposition(|&x| x)
-                    .map(|j| b * d.t + j)
-                    .ok_or_else(|| Error::Input(format!("prompt {b} has no real token")))
-            })
-            .collect::<Result<_>>()?;
+        let last = last_real_rows(mask)?;
         let hidden = infer(model, adapters, embeds, mask, gate)?;
         return Ok(gather_rows(&hidden, d.h, &last));
     };
