@@ -163,6 +163,14 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The larger of two optional peaks.
+fn max_mb(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -239,6 +247,10 @@ pub struct Run {
     dir: PathBuf,
     record: RunRecord,
     start: Instant,
+    /// Wall seconds and peak memory of the run's earlier invocations (a
+    /// resumed or re-invoked run adds to them).
+    prior_wall_secs: f64,
+    prior_peak_rss_mb: Option<f64>,
     history: Option<History>,
     snapshot: Snapshot,
     _lock: DirLock,
@@ -305,10 +317,22 @@ impl Run {
             ],
             results,
         };
+        // A directory holding this config's results is a continuation
+        // (resume, or a finished run invoked again): its record goes on
+        // adding up the run's cost instead of starting over.
+        let prior: Option<RunRecord> = if snapshot.results.is_empty() {
+            None
+        } else {
+            snapshot
+                .files
+                .iter()
+                .find(|(name, _)| *name == "run.json")
+                .and_then(|(_, bytes)| serde_json::from_slice(bytes.as_deref()?).ok())
+        };
         if let Some(c) = config {
             atomic_write(&dir.join("config.toml"), c.to_toml().as_bytes())?;
         }
-        let record = RunRecord {
+        let mut record = RunRecord {
             command: std::env::args().collect(),
             kind: None,
             build,
@@ -327,10 +351,22 @@ impl Run {
             peak_rss_mb: peak_rss_mb(),
             costs: BTreeMap::new(),
         };
+        let (mut prior_wall_secs, mut prior_peak_rss_mb) = (0.0, None);
+        if let Some(p) = prior {
+            record.started = p.started;
+            record.stages = p.stages;
+            record.costs = p.costs;
+            record.wall_secs = p.wall_secs;
+            prior_wall_secs = p.wall_secs;
+            prior_peak_rss_mb = p.peak_rss_mb;
+            record.peak_rss_mb = max_mb(p.peak_rss_mb, record.peak_rss_mb);
+        }
         let run = Run {
             dir: dir.to_path_buf(),
             record,
             start: Instant::now(),
+            prior_wall_secs,
+            prior_peak_rss_mb,
             history: None,
             snapshot,
             _lock: lock,
@@ -391,15 +427,29 @@ impl Run {
         let out = f();
         let wall = t.elapsed().as_secs_f64();
         tracing::info!(stage = name, wall_secs = wall, "stage finished");
-        self.record.stages.push(StageRecord {
-            name: name.to_string(),
-            wall_secs: wall,
-            peak_rss_mb: peak_rss_mb(),
-        });
-        self.record.wall_secs = self.start.elapsed().as_secs_f64();
-        self.record.peak_rss_mb = peak_rss_mb();
+        let peak = peak_rss_mb();
+        match self.record.stages.iter_mut().find(|s| s.name == name) {
+            // the same stage in an earlier invocation: its cost adds up
+            Some(s) => {
+                s.wall_secs += wall;
+                s.peak_rss_mb = max_mb(s.peak_rss_mb, peak);
+            }
+            None => self.record.stages.push(StageRecord {
+                name: name.to_string(),
+                wall_secs: wall,
+                peak_rss_mb: peak,
+            }),
+        }
+        self.update_totals();
         self.write_record()?;
         out
+    }
+
+    /// Wall time and peak memory of the whole run, earlier invocations
+    /// included.
+    fn update_totals(&mut self) {
+        self.record.wall_secs = self.prior_wall_secs + self.start.elapsed().as_secs_f64();
+        self.record.peak_rss_mb = max_mb(self.prior_peak_rss_mb, peak_rss_mb());
     }
 
     /// Records what the run is and rewrites `run.json`.
@@ -449,8 +499,7 @@ impl Run {
             }
         }
         self.record.finished = Some(now_rfc3339());
-        self.record.wall_secs = self.start.elapsed().as_secs_f64();
-        self.record.peak_rss_mb = peak_rss_mb();
+        self.update_totals();
         self.record.status = match result {
             Ok(()) => "ok".into(),
             Err(e) => format!("failed: {e}"),
@@ -649,6 +698,45 @@ mod tests {
         let run = Run::create(dir, Some(cfg), 1, BuildInfo::default()).unwrap();
         run.write_metrics(&Metrics::default()).unwrap();
         run.finish(Ok(())).unwrap();
+    }
+
+    /// A resumed or re-invoked run keeps its start, adds this invocation's
+    /// time to the same stages and the total, and keeps the larger peak,
+    /// so the report's cost of a resumed run is the whole run's.
+    #[test]
+    fn a_continued_run_adds_to_its_recorded_cost() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::default();
+        let nap = || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            Ok::<(), DataError>(())
+        };
+        let mut run = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        run.stage("train", nap).unwrap();
+        run.record_cost("train.epochs", 3).unwrap();
+        run.write_metrics(&Metrics::default()).unwrap();
+        let first = run.finish(Ok(())).unwrap();
+        let mut run = Run::create(d.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        run.stage("train", nap).unwrap();
+        run.stage("eval", || Ok::<(), DataError>(())).unwrap();
+        let second = run.finish(Ok(())).unwrap();
+        assert_eq!(second.started, first.started);
+        assert!(second.wall_secs >= first.wall_secs + 0.03, "{second:?}");
+        let names: Vec<&str> = second.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["train", "eval"]);
+        assert!(second.stages[0].wall_secs >= first.stages[0].wall_secs + 0.03);
+        assert!(second.peak_rss_mb >= first.peak_rss_mb);
+        assert_eq!(second.costs["train.epochs"], 3);
+        // a directory without results starts a new record
+        let e = tempfile::tempdir().unwrap();
+        std::fs::write(
+            e.path().join("run.json"),
+            serde_json::to_vec(&first).unwrap(),
+        )
+        .unwrap();
+        let run = Run::create(e.path(), Some(&cfg), 1, BuildInfo::default()).unwrap();
+        let fresh = run.finish(Ok(())).unwrap();
+        assert!(fresh.stages.is_empty() && fresh.wall_secs < first.wall_secs);
     }
 
     #[test]
