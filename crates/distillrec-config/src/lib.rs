@@ -232,8 +232,8 @@ distillrec_data::named_enum! {
         /// supports it (Llama family and Qwen2 in f32), else the composed one.
         Auto = "auto",
         /// The composed candle graph with autograd: any backbone family
-        /// (OPT, Llamas with biases); slower, and the reference the explicit
-        /// path is checked against.
+        /// (OPT, Llamas with biases), and the reference the explicit path
+        /// is checked against.
         Composed = "composed",
     }
 }
