@@ -29,6 +29,9 @@
 //! - [`tape`] — the explicit forward/backward of the decoder stack that
 //!   trains adapters on the CPU (hand-written backward, saved activations
 //!   only), with the mixture-of-experts LoRA, the blocked LM-head loss and AdamW.
+//! - [`pass`] — one training pass (forward, backward, last-row inference)
+//!   on the tape or on the composed graph behind one interface, so the
+//!   teacher trains on either and the two can be compared.
 //! - [`blas`] — an optional system OpenBLAS found at run time for the tape's
 //!   large products (gemm otherwise).
 //! - [`steps`] — the causal-LM and ranking training steps and batched
