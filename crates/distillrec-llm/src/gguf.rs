@@ -32,7 +32,7 @@ pub struct GgufSource {
 
 /// The most memory the parsed header (metadata values, tensor infos) may
 /// take, estimated before parsing: a parsed value takes up to
-/// [`VALUE_BYTES`] bytes in memory for as little as one byte on disk.
+/// `VALUE_BYTES` (32) bytes in memory for as little as one byte on disk.
 pub const MAX_HEADER_MEMORY: u64 = 1 << 30;
 
 /// In-memory size of one parsed metadata value (candle's `Value`).
