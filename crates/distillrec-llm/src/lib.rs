@@ -42,6 +42,7 @@ pub mod bench;
 pub mod blas;
 pub mod chat;
 pub mod config;
+mod dropmask;
 pub mod embed;
 pub mod error;
 pub mod generate;

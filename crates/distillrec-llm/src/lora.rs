@@ -332,7 +332,7 @@ impl MoeLora {
 
     /// The adapter with LoRA dropout `p` on its input in training mode,
     /// using the hashed mask of `seed` that the explicit path draws for the
-    /// same layer and projection (`tape::AdapterSet::to_candle_dropout`), so
+    /// same layer and projection (`crate::dropmask`), so
     /// both paths train the same step.
     pub fn with_dropout(self, p: f64, seed: u64) -> MoeLora {
         MoeLora {
@@ -347,7 +347,7 @@ impl Adapter for MoeLora {
         let dropped;
         let x = match self.dropout {
             Some((p, seed)) if ctx.train => {
-                let f = crate::tape::dropout_factors(p, seed, x.elem_count());
+                let f = crate::dropmask::factors(p, seed, x.elem_count());
                 let f = Tensor::from_vec(f, x.shape(), x.device())?.to_dtype(x.dtype())?;
                 dropped = (x * f)?;
                 &dropped
