@@ -35,31 +35,31 @@ fn corpus() -> Vec<Case> {
         // data
         c(
             "data",
-            "ilora-huge-id",
+            "GENERATED:ilora-huge-id",
             &["--dataset", "ilora"],
             "id2name.txt:2: item id 4000000000 is not below the limit of 16777216 items",
         ),
         c(
             "data",
-            "dllm2rec-item-num",
+            "GENERATED:dllm2rec-item-num",
             &["--dataset", "dllm2rec"],
             "data_statis.json: item_num 4000000000 is not in 1..16777216",
         ),
         c(
             "data",
-            "dllm2rec-seq-size",
+            "GENERATED:dllm2rec-seq-size",
             &["--dataset", "dllm2rec"],
             "train_data.csv:2: seq holds 3 entries but data_statis.json says seq_size = 2",
         ),
         c(
             "data",
-            "ml-100k-duplicate-id",
+            "GENERATED:ml-100k-duplicate-id",
             &["--dataset", "ml-100k"],
             "u.item:3: movie id 1 is listed twice (first on line 1)",
         ),
         c(
             "data",
-            "ml-100k-no-valid-users",
+            "GENERATED:ml-100k-no-valid-users",
             &["--dataset", "ml-100k", "--split", "by_user"],
             "the valid split has no rows: dataset.valid_fraction = 0.1 of 4 users gives 0 users",
         ),
@@ -412,6 +412,50 @@ fn generate(name: &str, tmp: &Path) -> PathBuf {
                 f.write_all(&member).unwrap();
             }
         }
+        // Raw data sets in the layout of the shared ones, a few lines each,
+        // written here rather than tracked (no file in the tree looks like
+        // shared data).
+        "ilora-huge-id" => write_files(
+            &p,
+            &[
+                ("id2name.txt", "0::A\n4000000000::Huge\n"),
+                (
+                    "train_data.jsonl",
+                    "{\"seq\":[0,1,4,4],\"len_seq\":2,\"next\":2}\n",
+                ),
+                (
+                    "Val_data.jsonl",
+                    "{\"seq\":[0,1,2,4],\"len_seq\":3,\"next\":3}\n",
+                ),
+                (
+                    "Test_data.jsonl",
+                    "{\"seq\":[0,1,2,4],\"len_seq\":3,\"next\":3}\n",
+                ),
+            ],
+        ),
+        "dllm2rec-item-num" => dllm2rec(&p, "{\"seq_size\":3,\"item_num\":4000000000}"),
+        "dllm2rec-seq-size" => dllm2rec(&p, "{\"seq_size\":2,\"item_num\":5}"),
+        "ml-100k-duplicate-id" => write_files(
+            &p,
+            &[
+                ("u.data", "1\t1\t3\t100\n1\t2\t3\t101\n1\t1\t3\t102\n"),
+                ("u.item", "1|A (1995)|x\n2|B (1995)|x\n1|C (1995)|x\n"),
+            ],
+        ),
+        "ml-100k-no-valid-users" => {
+            // 4 users with 4 ratings each of items 1..3
+            let data: String = (1..=4)
+                .flat_map(|u| (0..4).map(move |k| (u, k)))
+                .map(|(u, k)| format!("{u}\t{}\t3\t{}\n", (u + k) % 3 + 1, 100 + k))
+                .collect();
+            write_files(
+                &p,
+                &[
+                    ("u.data", &data),
+                    ("u.item", "1|A (1995)|x\n2|B (1995)|x\n3|C (1995)|x\n"),
+                ],
+            )
+        }
         "nan-weight" => tiny_model(&p, Some("model.layers.0.mlp.up_proj.weight")),
         "prompt-20000-tokens" | "generate-20000-tokens" | "bench-100000-tokens" => {
             tiny_model(&p, None)
@@ -446,6 +490,28 @@ fn generate(name: &str, tmp: &Path) -> PathBuf {
         other => panic!("no generator for {other}"),
     }
     p
+}
+
+/// Writes `files` (name, contents) into a new directory `dir`.
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// A DLLM2Rec data set of two rows per split with the given `data_statis.json`.
+fn dllm2rec(dir: &Path, statis: &str) {
+    let rows = "seq,len_seq,next\n\"[1, 1, 5]\",2,4.0\n\"[0, 2, 3]\",3,1.0\n";
+    write_files(
+        dir,
+        &[
+            ("data_statis.json", statis),
+            ("train_data.csv", rows),
+            ("val_data.csv", rows),
+            ("test_data.csv", rows),
+        ],
+    );
 }
 
 #[test]
