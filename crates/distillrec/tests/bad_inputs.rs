@@ -1,7 +1,8 @@
 //! The bad-input corpus: every hostile or malformed input under
 //! `tests/bad_inputs/<area>/<case>/` (plus the ones this file generates at
-//! run time: the large ones, and raw data sets in the shared sets' layout) goes through the real binary, under `prlimit --as=2000000000`
-//! when `prlimit` exists, and must end with exit code 1 and exactly one
+//! run time: the large ones, and raw data sets in the shared sets' layout)
+//! goes through the real binary, under `prlimit --as=2000000000` when
+//! `prlimit` exists, and must end with exit code 1 and exactly one
 //! `error: ` line holding the expected text: no panic, no abort, no runaway
 //! memory.
 
