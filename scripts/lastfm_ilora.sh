@@ -11,7 +11,10 @@
 # scripts/fetch-smollm2.sh when missing). CPU budget knobs (environment):
 # ROWS (teacher training rows, default 1000), GEN_ROWS (generative, 500),
 # EPOCHS (ranking epochs, 2), CACHE_BUDGET (rows the teacher labels, 0.05),
-# LAYERS (decoder layers kept, 12). Finished stages are kept and skipped.
+# LAYERS (decoder layers kept by the ranking runs, 12), GEN_LAYERS (by the
+# generative runs, 30: a 12-layer cut has no usable LM head), GEN_VALID
+# (validation rows the generative runs decode per epoch, 32). Finished stages
+# are kept and skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 W="${1:?usage: scripts/lastfm_ilora.sh OUT_DIR [MODEL]}"
@@ -19,6 +22,7 @@ M="${2:-$here/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 B="${DISTILLREC:-$here/target/release/distillrec}"
 ROWS="${ROWS:-1000}" GEN_ROWS="${GEN_ROWS:-500}" EPOCHS="${EPOCHS:-2}"
 CACHE_BUDGET="${CACHE_BUDGET:-0.05}" LAYERS="${LAYERS:-12}"
+GEN_LAYERS="${GEN_LAYERS:-30}" GEN_VALID="${GEN_VALID:-32}"
 [ -f "$M" ] || "$here/scripts/fetch-smollm2.sh"
 [ -x "$B" ] || (cd "$here" && cargo build --release)
 mkdir -p "$W"
@@ -32,6 +36,8 @@ ST=student/checkpoints/best.safetensors
 [ -f rows.csv ] || "$B" select $D --policy random --budget "$ROWS" --student $ST --out rows.csv --set seed=1
 [ -f gen-rows.csv ] || "$B" select $D --policy random --budget "$GEN_ROWS" --student $ST --out gen-rows.csv --set seed=2
 TT=(--config "$T" $D --backbone "$M" --student $ST --set teacher.num_layers="$LAYERS")
+GT=(--config "$T" $D --backbone "$M" --student $ST --set teacher.num_layers="$GEN_LAYERS"
+  --set teacher.objective=generative --set train.teacher.max_epochs=1 --set train.teacher.valid_rows="$GEN_VALID")
 [ -f ilora/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out ilora --set train.teacher.max_epochs="$EPOCHS"
 # the teacher labels a budget of training rows (partial distillation)
 [ -f cache-rows.csv ] || "$B" select $D --policy random --budget "$CACHE_BUDGET" --student $ST --out cache-rows.csv --set seed=3
@@ -41,12 +47,10 @@ for s in 1 2 3; do
   [ -f dist-s$s/metrics.json ] || "$B" distill --config "$C" $D --teacher-cache cache --out dist-s$s --set seed=$s
   [ -f ed-s$s/metrics.json ] || "$B" distill --config "$C" $D --teacher-cache cache --out ed-s$s --set seed=$s --set distill.lambda=0
 done
-[ -f gen-ilora/metrics.json ] || "$B" train teacher "${TT[@]}" --selection gen-rows.csv --out gen-ilora \
-  --set teacher.objective=generative --set train.teacher.max_epochs=1
+[ -f gen-ilora/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-ilora
 [ -f llara/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out llara --set teacher.experts=1 \
   --set train.teacher.max_epochs="$EPOCHS"
-[ -f gen-llara/metrics.json ] || "$B" train teacher "${TT[@]}" --selection gen-rows.csv --out gen-llara \
-  --set teacher.objective=generative --set teacher.experts=1 --set train.teacher.max_epochs=1
+[ -f gen-llara/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-llara --set teacher.experts=1
 "$B" report --runs baseline=base-s1 baseline=base-s2 baseline=base-s3 \
   distilled=dist-s1 distilled=dist-s2 distilled=dist-s3 "LLM embeddings only (λ=0)=ed-s1" "LLM embeddings only (λ=0)=ed-s2" \
   "LLM embeddings only (λ=0)=ed-s3" --out report
