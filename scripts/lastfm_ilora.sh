@@ -35,9 +35,10 @@ D="--data data"
 ST=student/checkpoints/best.safetensors
 [ -f rows.csv ] || "$B" select $D --policy random --budget "$ROWS" --student $ST --out rows.csv --set seed=1
 [ -f gen-rows.csv ] || "$B" select $D --policy random --budget "$GEN_ROWS" --student $ST --out gen-rows.csv --set seed=2
-TT=(--config "$T" $D --backbone "$M" --student $ST --set teacher.num_layers="$LAYERS")
-GT=(--config "$T" $D --backbone "$M" --student $ST --set teacher.num_layers="$GEN_LAYERS"
-  --set teacher.objective=generative --set train.teacher.max_epochs=1 --set train.teacher.valid_rows="$GEN_VALID")
+BT=(--config "$T" $D --backbone "$M" --student $ST)
+TT=("${BT[@]}" --set teacher.num_layers="$LAYERS")
+GT=("${BT[@]}" --set teacher.num_layers="$GEN_LAYERS" --set teacher.objective=generative
+  --set train.teacher.max_epochs=1 --set train.teacher.valid_rows="$GEN_VALID")
 [ -f ilora/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out ilora --set train.teacher.max_epochs="$EPOCHS"
 # the teacher labels a budget of training rows (partial distillation)
 [ -f cache-rows.csv ] || "$B" select $D --policy random --budget "$CACHE_BUDGET" --student $ST --out cache-rows.csv --set seed=3
