@@ -11,6 +11,8 @@ use candle_core::Device;
 use distillrec_data::store;
 use distillrec_llm::bench::time_step;
 pub use distillrec_llm::bench::{BenchSpec, BenchStep};
+/// Which backend the explicit path's large products run on (for benchmark records).
+pub use distillrec_llm::blas::describe as blas_backend;
 use distillrec_llm::embed::{item_table, save_table};
 use distillrec_llm::generate::{generate as greedy, next_logits, GenerateOptions, Generation};
 pub use distillrec_llm::model::Target;

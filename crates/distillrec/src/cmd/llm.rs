@@ -160,7 +160,7 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
     };
     let names: Vec<&str> = a.targets.split(',').map(str::trim).collect();
     println!(
-        "RESULT impl=distillrec step={} batch={rows} tokens={} adapter={} experts={experts} rank={} targets={} threads={} step_ms={:.1} tok_s={:.1} rows_s={:.1} peak_mb={:.1}",
+        "RESULT impl=distillrec step={} batch={rows} tokens={} adapter={} experts={experts} rank={} targets={} threads={} step_ms={:.1} tok_s={:.1} rows_s={:.1} peak_mb={:.1} blas={}",
         a.step.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
         spec.tokens,
         if adapter == AdapterArg::Lora { "lora" } else { "moe" },
@@ -171,6 +171,7 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
         (rows * spec.tokens) as f64 / secs,
         rows as f64 / secs,
         distillrec_run::peak_rss_mb().unwrap_or(0.0),
+        llm::blas_backend(),
     );
     Ok(())
 }
