@@ -246,10 +246,24 @@ mod tests {
 
     #[test]
     fn only_openblas_cores_with_avx2_kernels_are_taken() {
-        for fast in ["Haswell", "SkylakeX", "Zen", "COOPERLAKE", "SapphireRapids "] {
+        for fast in [
+            "Haswell",
+            "SkylakeX",
+            "Zen",
+            "COOPERLAKE",
+            "SapphireRapids ",
+        ] {
             assert!(avx2_core(fast), "{fast}");
         }
-        for slow in ["Prescott", "Core2", "Nehalem", "Sandybridge", "Atom", "", "generic"] {
+        for slow in [
+            "Prescott",
+            "Core2",
+            "Nehalem",
+            "Sandybridge",
+            "Atom",
+            "",
+            "generic",
+        ] {
             assert!(!avx2_core(slow), "{slow}");
         }
     }
