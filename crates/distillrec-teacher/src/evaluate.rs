@@ -29,6 +29,27 @@ pub struct GenerativeReport {
     pub wall_secs: f64,
     /// Rows per second.
     pub rows_per_sec: f64,
+    /// Every row's answer, in split order (written as `answers-<split>.jsonl`).
+    #[serde(skip)]
+    pub answers: Vec<Answer>,
+}
+
+/// One greedy answer of the generative protocol, kept so that answers can
+/// be read and their errors analysed (position bias, invalid forms).
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// The row's key (SPEC 2.5).
+    pub key: String,
+    /// The target item.
+    pub target: u32,
+    /// The candidates in prompt order.
+    pub candidates: Vec<u32>,
+    /// The decoded answer (first line).
+    pub answer: String,
+    /// The candidates the answer names (valid when exactly one).
+    pub named: Vec<u32>,
+    /// Whether the answer names exactly the target.
+    pub correct: bool,
 }
 
 impl GenerativeReport {
@@ -91,20 +112,27 @@ pub fn eval_generative(
     let rows = ds.rows(split);
     let n = limit.unwrap_or(rows.len()).min(rows.len());
     teacher.attach()?;
-    let result = (|| -> Result<(usize, usize)> {
-        let (mut valid, mut correct) = (0, 0);
+    let result = (|| -> Result<Vec<Answer>> {
+        let mut answers = Vec::with_capacity(n);
         for (row, c) in rows.iter().zip(&cands).take(n) {
             let answer = teacher.answer(ds, row, c)?;
             let named = named_candidates(ds, &answer, c);
-            if named.len() == 1 {
-                valid += 1;
-                correct += usize::from(named[0] == ds.target(row));
-            }
+            let target = ds.target(row);
+            answers.push(Answer {
+                key: row.key.clone(),
+                target,
+                candidates: c.clone(),
+                correct: named == [target],
+                answer,
+                named,
+            });
         }
-        Ok((valid, correct))
+        Ok(answers)
     })();
     teacher.detach()?;
-    let (valid, correct) = result?;
+    let answers = result?;
+    let valid = answers.iter().filter(|a| a.named.len() == 1).count();
+    let correct = answers.iter().filter(|a| a.correct).count();
     let wall = start.elapsed().as_secs_f64();
     let n_f = n.max(1) as f64;
     Ok(GenerativeReport {
@@ -118,6 +146,7 @@ pub fn eval_generative(
         rows: n,
         wall_secs: wall,
         rows_per_sec: n as f64 / wall.max(1e-9),
+        answers,
     })
 }
 

@@ -566,6 +566,20 @@ fn a_generative_teacher_answers_and_grounds_its_answers() {
     .unwrap();
     assert_eq!(g.rows, 3);
     assert!((0.0..=1.0).contains(&g.valid_ratio) && g.hr1 <= g.valid_ratio);
+    // every row's answer is kept, and the ratios are counted from them
+    assert_eq!(g.answers.len(), 3);
+    let valid = g.answers.iter().filter(|a| a.named.len() == 1).count();
+    let correct = g.answers.iter().filter(|a| a.correct).count();
+    assert_eq!(g.valid_ratio, valid as f64 / 3.0);
+    assert_eq!(g.hr1, correct as f64 / 3.0);
+    for (a, row) in g.answers.iter().zip(&f.ds.valid) {
+        assert_eq!(a.key, row.key);
+        assert_eq!(a.target, f.ds.target(row));
+        assert_eq!(a.candidates.len(), 5);
+        assert!(a.candidates.contains(&a.target));
+        assert!(a.named.iter().all(|c| a.candidates.contains(c)));
+        assert_eq!(a.correct, a.named == [a.target]);
+    }
     let rows: Vec<usize> = (0..6).collect();
     let opts = InferOptions {
         k: 4,

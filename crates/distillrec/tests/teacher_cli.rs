@@ -133,6 +133,42 @@ fn train_eval_and_infer_a_teacher() {
         shown.contains(&want),
         "eval teacher printed {shown}, metrics.json has {want}"
     );
+    assert!(
+        !trun.join("answers-test.jsonl").exists(),
+        "a ranking head has no answers"
+    );
+
+    // a generative teacher keeps every greedy answer, and its HR@1 is
+    // counted from them
+    let grun = d.join("gen");
+    let mut gen = with(&base, &[&["--backbone", s(&backbone)], TEACHER].concat());
+    let at = gen.iter().position(|a| a == s(&trun)).unwrap();
+    gen[at] = s(&grun).to_string();
+    gen.extend(["--set".into(), "teacher.objective=\"generative\"".into()]);
+    ok(&args(&gen));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grun.join("metrics.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grun.join("run.json")).unwrap()).unwrap();
+    for split in ["valid", "test"] {
+        let text = std::fs::read_to_string(grun.join(format!("answers-{split}.jsonl"))).unwrap();
+        let answers: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let rows = record["costs"][format!("teacher.{split}.generative")]["rows"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(answers.len() as u64, rows, "{split}");
+        let correct = answers.iter().filter(|a| a["correct"] == true).count();
+        let hr1 = metrics[split]["gen_hr@1"].as_f64().unwrap();
+        assert_eq!(hr1, correct as f64 / rows as f64, "{split}");
+        for a in &answers {
+            let cands = a["candidates"].as_array().unwrap();
+            assert_eq!(cands.len(), 5);
+            assert!(cands.contains(&a["target"]));
+        }
+    }
 
     // one go, and two shards merged: the same cache
     let infer = |out: &Path, shard: Option<&str>| {

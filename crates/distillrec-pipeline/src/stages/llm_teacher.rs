@@ -15,7 +15,7 @@ use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
 use distillrec_run::{peak_rss_mb, BuildInfo, Metrics, RunKind};
 use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest};
-use distillrec_teacher::evaluate::{eval_generative, eval_ranking};
+use distillrec_teacher::evaluate::{eval_generative, eval_ranking, Answer};
 use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
 use distillrec_teacher::model::{has_generative, has_ranking};
 use distillrec_teacher::setup::assemble;
@@ -69,14 +69,40 @@ fn required(
         .with_context(|| format!("no {what}: pass --{what} or set `{key_name}` in the config"))
 }
 
+/// A teacher's validation and test evaluation.
+struct Evaluated {
+    metrics: Metrics,
+    costs: BTreeMap<String, serde_json::Value>,
+    /// The generative answers per split (none for the ranking objective).
+    answers: Vec<(SplitName, Vec<Answer>)>,
+}
+
+impl Evaluated {
+    /// Records the costs and metrics in `run`, and writes each split's
+    /// generative answers to `answers-<split>.jsonl` in its directory.
+    fn record(&self, run: &mut distillrec_run::Run) -> Result<()> {
+        for (k, v) in &self.costs {
+            run.record_cost(k, v)?;
+        }
+        for (split, answers) in &self.answers {
+            let mut text = String::new();
+            for a in answers {
+                text += &serde_json::to_string(a)?;
+                text.push('\n');
+            }
+            let path = run.dir().join(format!("answers-{}.jsonl", split.as_str()));
+            distillrec_data::fsutil::atomic_write(&path, text.as_bytes())?;
+        }
+        run.write_metrics(&self.metrics)?;
+        Ok(())
+    }
+}
+
 /// Validation and test metrics of `teacher` under its objective.
-fn evaluate_both(
-    teacher: &mut Teacher,
-    data: &Data,
-    cfg: &Config,
-) -> Result<(Metrics, BTreeMap<String, serde_json::Value>)> {
+fn evaluate_both(teacher: &mut Teacher, data: &Data, cfg: &Config) -> Result<Evaluated> {
     let mut metrics = Metrics::default();
     let mut costs = BTreeMap::new();
+    let mut answers = Vec::new();
     for split in [SplitName::Valid, SplitName::Test] {
         let mut m = BTreeMap::new();
         if has_ranking(teacher.cfg.objective) {
@@ -85,19 +111,24 @@ fn evaluate_both(
             m.extend(r.metrics);
         }
         if has_generative(teacher.cfg.objective) {
-            let g = eval_generative(teacher, &data.ds, split, &cfg.eval, None)?;
+            let mut g = eval_generative(teacher, &data.ds, split, &cfg.eval, None)?;
             costs.insert(
                 format!("teacher.{}.generative", split.as_str()),
                 serde_json::to_value(&g)?,
             );
             m.extend(g.metrics());
+            answers.push((split, std::mem::take(&mut g.answers)));
         }
         match split {
             SplitName::Valid => metrics.valid = m,
             _ => metrics.test = m,
         }
     }
-    Ok((metrics, costs))
+    Ok(Evaluated {
+        metrics,
+        costs,
+        answers,
+    })
 }
 
 /// `train teacher`: trains the configured iLoRA/LLaRA teacher in `req.out`
@@ -178,17 +209,16 @@ pub fn train_teacher(
                 "num_layers": a.teacher.llm.model.layers.len(),
             }),
         )?;
-        let (metrics, costs) =
-            run.stage("eval.teacher", || evaluate_both(&mut a.teacher, &data, cfg))?;
-        for (k, v) in costs {
-            run.record_cost(&k, v)?;
-        }
+        let e = run.stage("eval.teacher", || evaluate_both(&mut a.teacher, &data, cfg))?;
         if has_ranking(a.teacher.cfg.objective) {
             let l = run.stage("latency", || teacher_latency(&a.teacher, &data.ds))?;
             run.record_cost("latency.top20", l)?;
         }
-        run.write_metrics(&metrics)?;
-        Ok(TrainedTeacher { metrics, outcome })
+        e.record(run)?;
+        Ok(TrainedTeacher {
+            metrics: e.metrics,
+            outcome,
+        })
     })
 }
 
@@ -244,18 +274,14 @@ pub fn eval_teacher(
 ) -> Result<Metrics> {
     let data = load_prepared(data)?;
     let mut teacher = load_teacher(checkpoint, &data, overrides.0, overrides.1)?;
-    let (metrics, costs) = evaluate_both(&mut teacher, &data, cfg)?;
+    let e = evaluate_both(&mut teacher, &data, cfg)?;
     if let Some(out) = out {
         with_run(out, cfg, build, |run| {
             run.set_kind(RunKind::Evaluation)?;
-            for (k, v) in &costs {
-                run.record_cost(k, v)?;
-            }
-            run.write_metrics(&metrics)?;
-            Ok(())
+            e.record(run)
         })?;
     }
-    Ok(metrics)
+    Ok(e.metrics)
 }
 
 /// What `teacher infer` reads: the cache job, and where the backbone and
