@@ -160,6 +160,11 @@ fn train_eval_and_infer_a_teacher() {
             .as_u64()
             .unwrap();
         assert_eq!(answers.len() as u64, rows, "{split}");
+        let blas = record["costs"]["teacher.train"]["blas"].as_str().unwrap();
+        assert!(
+            blas.starts_with("gemm") || blas.starts_with("openblas:") || blas.contains("blas"),
+            "{blas}"
+        );
         let correct = answers.iter().filter(|a| a["correct"] == true).count();
         let hr1 = metrics[split]["gen_hr@1"].as_f64().unwrap();
         assert_eq!(hr1, correct as f64 / rows as f64, "{split}");

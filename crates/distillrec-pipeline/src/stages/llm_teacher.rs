@@ -207,6 +207,7 @@ pub fn train_teacher(
                 "resumed_after": outcome.resumed_after,
                 "peak_rss_mb": peak_rss_mb(),
                 "num_layers": a.teacher.llm.model.layers.len(),
+                "blas": crate::llm::blas_backend(),
             }),
         )?;
         let e = run.stage("eval.teacher", || evaluate_both(&mut a.teacher, &data, cfg))?;
