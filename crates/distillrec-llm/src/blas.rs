@@ -132,12 +132,15 @@ fn load() -> (Option<Blas>, String) {
             let name = if p.is_null() {
                 String::new()
             } else {
-                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                std::ffi::CStr::from_ptr(p)
+                    .to_string_lossy()
+                    .trim()
+                    .to_string()
             };
             if cpu_has_avx2() && !avx2_core(&name) {
-                return (None, format!("gemm(declined:{})", name.trim()));
+                return (None, format!("gemm(declined:{name})"));
             }
-            label = format!("openblas:{}", name.trim());
+            label = format!("openblas:{name}");
         }
         if let Ok(set) = lib.get::<unsafe extern "C" fn(i32)>(b"openblas_set_num_threads\0") {
             set(rayon::current_num_threads() as i32);
