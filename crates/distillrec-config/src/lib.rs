@@ -323,10 +323,13 @@ pub struct TeacherConfig {
     pub curriculum: bool,
     /// Rows per batch at inference (`eval teacher`, `teacher infer`).
     pub infer_batch: usize,
-    /// Ranking head on top of the frozen student's scores: the teacher's
+    /// Build on the frozen student's scores. Ranking head: the teacher's
     /// scores are the student's plus the LLM head's, so a teacher trained on
     /// a few thousand rows starts from the student's ranking and learns the
-    /// LLM's corrections (off: the LLM head alone).
+    /// LLM's corrections. Generative: each candidate's `[CansEmb]`
+    /// placeholder adds a learnt cue vector times the student's score of
+    /// that candidate, standardised over the prompt's candidates, so the
+    /// LLM sees which candidates the student prefers. Off: the LLM alone.
     pub student_prior: bool,
     /// Which implementation runs the backbone (`auto`: the explicit CPU
     /// path where it can, `composed`: the candle graph).

@@ -50,6 +50,10 @@ pub struct TeacherSpec {
     pub student_dim: usize,
     /// Catalogue size `N`.
     pub num_items: usize,
+    /// Built on the frozen student's scores (`teacher.student_prior`): a
+    /// checkpoint trained with them means something else without them.
+    #[serde(default)]
+    pub student_prior: bool,
 }
 
 /// Whether an objective trains the ranking head.
@@ -107,12 +111,48 @@ pub mod streams {
 /// `(position, item)`.
 pub type PromptInputs = (Vec<f32>, Vec<(usize, ItemId)>);
 
+/// The candidate cue of a batch: the cue vector `[H]` and the frozen
+/// student's scores `[B, N + 1]` of the batch's rows.
+#[derive(Clone, Copy)]
+struct Cue<'a> {
+    dir: &'a [f32],
+    scores: &'a [f32],
+}
+
+/// The student's scores of `candidates` standardised over them (mean 0,
+/// deviation 1; all 0 when they are equal): the weight of the cue in each
+/// candidate's placeholder, so its scale does not depend on the student's
+/// logit range.
+pub fn standardised(scores: &[f32]) -> Vec<f32> {
+    let n = scores.len().max(1) as f64;
+    let mean = scores.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = scores
+        .iter()
+        .map(|&x| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let sd = var.sqrt();
+    scores
+        .iter()
+        .map(|&x| {
+            if sd > 1e-12 {
+                ((x as f64 - mean) / sd) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// A batch laid out for the backbone.
 struct Inputs {
     embeds: Vec<f32>,
     mask: Vec<Vec<bool>>,
     /// `(flat position, index into the batch's item list)` of placeholders.
     slots: Vec<(usize, usize)>,
+    /// The cue's weight at each of `slots` (0 for history placeholders and
+    /// without a cue).
+    cue_z: Vec<f32>,
     t: usize,
     /// Real tokens.
     tokens: usize,
@@ -192,6 +232,7 @@ impl Teacher {
                 hidden: h,
                 gate_hidden: cfg.gate_hidden,
                 experts: cfg.experts,
+                cue: cfg.student_prior && has_generative(cfg.objective),
                 ranking: has_ranking(cfg.objective),
                 init_scale: if cfg.student_prior { 1.0 } else { INIT_SCALE },
             },
@@ -234,6 +275,7 @@ impl Teacher {
             hidden: self.llm.model.config().hidden_size,
             student_dim: self.student.spec.hidden,
             num_items: self.student.spec.num_items,
+            student_prior: self.cfg.student_prior,
         }
     }
 
@@ -332,17 +374,27 @@ impl Teacher {
         Ok((gate, values, prior))
     }
 
+    /// The candidate cue over the student scores `scores` `[B, N + 1]`,
+    /// when this teacher has one.
+    fn cue<'a>(&'a self, scores: Option<&'a [f32]>) -> Option<Cue<'a>> {
+        let dir = &self.nets.params[self.nets.cue_index()?].value;
+        scores.map(|scores| Cue { dir, scores })
+    }
+
     fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
         Ok(self.student_view(ds, rows)?.0)
     }
 
     /// Left-padded input embeddings of `prompts` (input then answer);
-    /// placeholders get `projected[item index]`.
+    /// placeholders get `projected[item index]`, and with a `cue` each
+    /// candidate's placeholder adds the cue vector times the candidate's
+    /// standardised student score.
     fn inputs(
         &self,
         prompts: &[Prompt],
         items: &HashMap<ItemId, usize>,
         projected: &[f32],
+        cue: Option<Cue>,
     ) -> Result<Inputs> {
         let h = self.llm.model.config().hidden_size;
         let t = prompts
@@ -352,10 +404,23 @@ impl Teacher {
             .unwrap_or(0);
         ensure!(t > 0, "empty prompts");
         let pad = self.llm.tokenizer.pad_id();
-        let (mut ids, mut mask, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut mask, mut slots, mut cue_z) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let w = self.student.spec.num_items + 1;
         for (r, p) in prompts.iter().enumerate() {
             let len = p.input.len() + p.answer.len();
             let off = t - len;
+            let z = match cue {
+                Some(c) => {
+                    let row = c
+                        .scores
+                        .get(r * w..(r + 1) * w)
+                        .context("the cue's student scores do not cover the batch")?;
+                    let s: Vec<f32> = p.candidates.iter().map(|&c| row[c as usize]).collect();
+                    standardised(&s)
+                }
+                None => vec![0.0; p.candidates.len()],
+            };
             ids.extend(std::iter::repeat_n(pad, off));
             for (j, tok) in p.input.iter().enumerate() {
                 match *tok {
@@ -363,6 +428,13 @@ impl Teacher {
                     Tok::Item(it) => {
                         ids.push(pad);
                         slots.push((r * t + off + j, items[&it]));
+                        cue_z.push(0.0);
+                    }
+                    Tok::Cand(it) => {
+                        ids.push(pad);
+                        slots.push((r * t + off + j, items[&it]));
+                        let k = p.candidates.iter().position(|&c| c == it);
+                        cue_z.push(k.map_or(0.0, |k| z[k]));
                     }
                 }
             }
@@ -378,13 +450,20 @@ impl Teacher {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        for &(pos, k) in &slots {
-            embeds[pos * h..(pos + 1) * h].copy_from_slice(&projected[k * h..(k + 1) * h]);
+        for (&(pos, k), &z) in slots.iter().zip(&cue_z) {
+            let e = &mut embeds[pos * h..(pos + 1) * h];
+            e.copy_from_slice(&projected[k * h..(k + 1) * h]);
+            if let (Some(c), true) = (cue, z != 0.0) {
+                for (x, d) in e.iter_mut().zip(c.dir) {
+                    *x += z * d;
+                }
+            }
         }
         Ok(Inputs {
             embeds,
             mask,
             slots,
+            cue_z,
             t,
             tokens,
         })
@@ -396,7 +475,7 @@ impl Teacher {
         let mut index = HashMap::new();
         for p in prompts {
             for tok in &p.input {
-                if let Tok::Item(it) = *tok {
+                if let Some(it) = tok.item() {
                     index.entry(it).or_insert_with(|| {
                         order.push(it);
                         order.len() - 1
@@ -504,7 +583,11 @@ impl Teacher {
             Some(p) => p.flatten_all()?.to_vec1::<f32>()?,
             None => Vec::new(),
         };
-        let inp = self.inputs(prompts, &index, &p_u_vals)?;
+        let prior_v = match (&prior, self.nets.cue_index()) {
+            (Some(p), Some(_)) if generative => Some(p.flatten_all()?.to_vec1::<f32>()?),
+            _ => None,
+        };
+        let inp = self.inputs(prompts, &index, &p_u_vals, self.cue(prior_v.as_deref()))?;
         let drop = Dropout {
             p: self.cfg.lora_dropout,
             seed: drop_seed,
@@ -563,6 +646,15 @@ impl Teacher {
             (loss.to_scalar::<f32>()? as f64, dh)
         };
         let g = pass::backward(model, &self.adapters, tp, &dh)?;
+        // the cue: d cue = Σ over candidate placeholders of z · d embedding
+        if let (Some(ci), Some(_)) = (self.nets.cue_index(), &prior_v) {
+            let dc = &mut net_grads[ci];
+            for (&(pos, _), &z) in inp.slots.iter().zip(&inp.cue_z) {
+                for (d, &e) in dc.iter_mut().zip(&g.embeds[pos * h..(pos + 1) * h]) {
+                    *d += z * e;
+                }
+            }
+        }
         // projector and gate: the gradient of Σ P ⊙ stop(dE) + Σ gate ⊙ stop(dgate)
         let mut surrogate: Option<Tensor> = None;
         if let (Some(p_u), false) = (&p_u, inp.slots.is_empty()) {
@@ -616,7 +708,7 @@ impl Teacher {
         let prompt = self.eval_prompt(ds, row, None);
         let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
         let projected = self.project_items(&live, &order)?;
-        let inp = self.inputs(std::slice::from_ref(&prompt), &index, &projected)?;
+        let inp = self.inputs(std::slice::from_ref(&prompt), &index, &projected, None)?;
         let slots = inp.slots.iter().map(|&(p, k)| (p, order[k])).collect();
         Ok((inp.embeds, slots))
     }
@@ -659,7 +751,7 @@ impl Teacher {
         let prompts: Vec<Prompt> = rows.iter().map(|r| self.eval_prompt(ds, r, None)).collect();
         let (order, index) = Self::placeholder_items(&prompts);
         let projected = self.project_items(&live, &order)?;
-        let inp = self.inputs(&prompts, &index, &projected)?;
+        let inp = self.inputs(&prompts, &index, &projected, None)?;
         // each prompt's last position (prompts are left-padded)
         let hl = pass::infer_last(
             self.path,
@@ -708,20 +800,55 @@ impl Teacher {
         Ok(())
     }
 
+    /// The generative evaluation prompt of `row` with `candidates` (no
+    /// answer) laid out for the backbone, its placeholder items (what the
+    /// slots index), and the row's gate.
+    fn answer_inputs(
+        &self,
+        ds: &Dataset,
+        row: &Row,
+        candidates: &[ItemId],
+    ) -> Result<(Inputs, Vec<ItemId>, Option<Tensor>)> {
+        let live = self.nets.live()?;
+        let (gate, _, prior) = self.gate_and_prior(&live, ds, &[row])?;
+        let prior_v = match (&prior, self.nets.cue_index()) {
+            (Some(p), Some(_)) => Some(p.flatten_all()?.to_vec1::<f32>()?),
+            _ => None,
+        };
+        let prompt = Prompt {
+            answer: Vec::new(),
+            ..self.eval_prompt(ds, row, Some(candidates))
+        };
+        let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
+        let projected = self.project_items(&live, &order)?;
+        let inp = self.inputs(
+            std::slice::from_ref(&prompt),
+            &index,
+            &projected,
+            self.cue(prior_v.as_deref()),
+        )?;
+        Ok((inp, order, gate))
+    }
+
+    /// The input embeddings `[T, H]` of `row`'s generative evaluation
+    /// prompt with `candidates` and its placeholders as `(position, item)`:
+    /// what [`Teacher::answer`] decodes from.
+    pub fn answer_prompt_inputs(
+        &self,
+        ds: &Dataset,
+        row: &Row,
+        candidates: &[ItemId],
+    ) -> Result<PromptInputs> {
+        let (inp, order, _) = self.answer_inputs(ds, row, candidates)?;
+        let slots = inp.slots.iter().map(|&(p, k)| (p, order[k])).collect();
+        Ok((inp.embeds, slots))
+    }
+
     /// Greedy answer (at most 64 new tokens, first line) to the generative
     /// prompt of `row` with `candidates`; the adapters must be attached.
     pub fn answer(&self, ds: &Dataset, row: &Row, candidates: &[ItemId]) -> Result<String> {
         let h = self.llm.model.config().hidden_size;
-        let live = self.nets.live()?;
-        let gate = live.gate(&self.gate_features(ds, &[row])?)?;
-        let prompt = self.eval_prompt(ds, row, Some(candidates));
-        let prompt = Prompt {
-            answer: Vec::new(),
-            ..prompt
-        };
-        let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
-        let projected = self.project_items(&live, &order)?;
-        let inp = self.inputs(std::slice::from_ref(&prompt), &index, &projected)?;
+        let (inp, _, gate) = self.answer_inputs(ds, row, candidates)?;
         let embeds = Tensor::from_vec(inp.embeds, (1, inp.t, h), &Device::Cpu)?
             .to_dtype(self.llm.model.dtype())?;
         let ctx = AdapterCtx {

@@ -7,6 +7,10 @@
 //!   item table);
 //! - gate `d → g → E` with GELU and a softmax (no temperature): one gate
 //!   vector per sample from the student's sequence representation;
+//! - candidate cue (generative objectives with `teacher.student_prior`):
+//!   a vector `c [H]` added to each `[CansEmb]` placeholder's input
+//!   embedding, scaled by the frozen student's score of that candidate,
+//!   standardised over the prompt's candidates;
 //! - ranking head: the item table in LLM space is `T M + projector(e)`,
 //!   with `T` the frozen LLM title embeddings and `M [H, H]` trained from
 //!   `I`; a row's scores are scaled cosines of its last hidden state with
@@ -39,6 +43,9 @@ pub struct NetSizes {
     pub gate_hidden: usize,
     /// Experts `E` (1: no gate).
     pub experts: usize,
+    /// Whether the candidate cue exists (generative objectives with the
+    /// student prior).
+    pub cue: bool,
     /// Whether the ranking map exists (ranking objectives).
     pub ranking: bool,
     /// Initial scale of the ranking head's cosines ([`INIT_SCALE`]; 1 when
@@ -90,6 +97,16 @@ impl Nets {
             linear("gate.0", d, g, &mut rng);
             linear("gate.2", g, sizes.experts, &mut rng);
         }
+        if sizes.cue {
+            // the projector's output scale, so the cue is visible from the
+            // first step without swamping the item embedding
+            let b = 1.0 / (h as f64).sqrt();
+            params.push(Param {
+                name: "prior.cue".into(),
+                shape: vec![h],
+                value: uniform(&mut rng, h, b),
+            });
+        }
         if sizes.ranking {
             let mut m = vec![0f32; h * h];
             for i in 0..h {
@@ -107,6 +124,13 @@ impl Nets {
             });
         }
         Nets { sizes, params }
+    }
+
+    /// Index of the candidate cue in [`Nets::params`], if it exists.
+    pub fn cue_index(&self) -> Option<usize> {
+        self.sizes
+            .cue
+            .then_some(if self.sizes.experts > 1 { 8 } else { 4 })
     }
 
     /// Candle variables holding the current values (one step's graph).

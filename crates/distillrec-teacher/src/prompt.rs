@@ -18,9 +18,22 @@ use distillrec_llm::{ChatTemplate, Tokenizer};
 pub enum Tok {
     /// A vocabulary token.
     Id(u32),
-    /// An item placeholder (`[HistoryEmb]`, `[CansEmb]`): its input
-    /// embedding is `projector(e_item)`.
+    /// A history item's placeholder (`[HistoryEmb]`): its input embedding
+    /// is `projector(e_item)`.
     Item(ItemId),
+    /// A candidate's placeholder (`[CansEmb]`): `projector(e_item)`, plus
+    /// the candidate cue when the teacher has one.
+    Cand(ItemId),
+}
+
+impl Tok {
+    /// The item of a placeholder (history or candidate).
+    pub fn item(self) -> Option<ItemId> {
+        match self {
+            Tok::Id(_) => None,
+            Tok::Item(it) | Tok::Cand(it) => Some(it),
+        }
+    }
 }
 
 /// A rendered prompt.
@@ -158,14 +171,14 @@ impl Prompter {
         &self.titles[item as usize]
     }
 
-    fn items(&self, out: &mut Vec<Tok>, items: &[ItemId], hybrid: bool) {
+    fn items(&self, out: &mut Vec<Tok>, items: &[ItemId], hybrid: bool, slot: fn(ItemId) -> Tok) {
         for (i, &it) in items.iter().enumerate() {
             if i > 0 {
                 out.extend(self.sep.iter().map(|&t| Tok::Id(t)));
             }
             out.extend(self.titles[it as usize].iter().map(|&t| Tok::Id(t)));
             if hybrid {
-                out.push(Tok::Item(it));
+                out.push(slot(it));
             }
         }
     }
@@ -176,8 +189,8 @@ impl Prompter {
         for p in &t.0 {
             match p {
                 Part::Text(ids) => out.extend(ids.iter().map(|&t| Tok::Id(t))),
-                Part::History => self.items(&mut out, &history[start..], hybrid),
-                Part::Candidates => self.items(&mut out, cands, hybrid),
+                Part::History => self.items(&mut out, &history[start..], hybrid, Tok::Item),
+                Part::Candidates => self.items(&mut out, cands, hybrid, Tok::Cand),
             }
         }
         out

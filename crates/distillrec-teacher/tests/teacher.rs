@@ -20,6 +20,7 @@ use distillrec_data::synthetic::{generate, SyntheticOptions};
 use distillrec_data::{store, Dataset};
 use distillrec_teacher::checkpoint;
 use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
+use distillrec_teacher::model::standardised;
 use distillrec_teacher::prompt::Tok;
 use distillrec_teacher::setup::{assemble, Assembled};
 use distillrec_teacher::train::{train, TrainTeacher};
@@ -163,6 +164,7 @@ fn gradients_reach_every_trainable_tensor_and_gates_differ_between_users() {
     let cfg = config(&[
         "teacher.objective=\"both\"",
         "teacher.targets=[\"q\", \"v\", \"down\"]",
+        "teacher.student_prior=true",
     ]);
     let mut a = teacher(&f, &cfg, "t");
     // fresh B is zero, which hides the A path: give every tensor a value
@@ -193,6 +195,7 @@ fn gradients_reach_every_trainable_tensor_and_gates_differ_between_users() {
         "adapter.1.down.lora_A",
         "projector.0.weight",
         "gate.2.bias",
+        "prior.cue",
         "head.map",
     ] {
         assert!(
@@ -242,20 +245,14 @@ fn placeholders_carry_the_projector_output_and_prompts_never_leak_the_target() {
             "candidate from the history"
         );
         let p = t.prompter.generative(hist, &c, target, true, &mut rng);
-        let shown: Vec<u32> = p
-            .input
-            .iter()
-            .filter_map(|x| match x {
-                Tok::Item(i) => Some(*i),
-                Tok::Id(_) => None,
-            })
-            .collect();
+        let shown: Vec<u32> = p.input.iter().filter_map(|x| x.item()).collect();
         // history items then candidates; the target only as a candidate
         let n_hist = hist.len().min(4);
         assert_eq!(&shown[..n_hist], &hist[hist.len() - n_hist..]);
         assert_eq!(&shown[n_hist..], &c[..]);
         let r = t.prompter.ranking(hist, true, &mut rng);
         assert!(!r.input.contains(&Tok::Item(target)) || hist.contains(&target));
+        assert!(!r.input.iter().any(|t| matches!(t, Tok::Cand(_))));
         assert!(r.input.len() < 64, "prompt of {} positions", r.input.len());
     }
 }
@@ -542,7 +539,7 @@ fn the_curriculum_moves_from_text_only_to_hybrid_prompts() {
         a.teacher
             .train_prompts(&f.ds, &rows, true, 0, p)
             .iter()
-            .filter(|p| p.input.iter().any(|t| matches!(t, Tok::Item(_))))
+            .filter(|p| p.input.iter().any(|t| t.item().is_some()))
             .count()
     };
     assert_eq!(hybrid(0.0), 0);
@@ -612,4 +609,135 @@ fn a_generative_teacher_answers_and_grounds_its_answers() {
     // the adapters are detached again: the composed path is plain
     assert!((0..a.teacher.llm.model.layers.len())
         .all(|l| a.teacher.llm.model.layers[l].attn.q_proj.is_plain()));
+}
+
+/// With `teacher.student_prior`, a generative teacher's candidate
+/// placeholders carry the projector's output plus the cue vector times the
+/// frozen student's score of that candidate, standardised over the
+/// prompt's candidates; history placeholders carry the projector's output
+/// alone; and a checkpoint trained with the cue is refused by a teacher
+/// configured without it.
+#[test]
+fn candidate_placeholders_carry_the_students_standardised_scores() {
+    let f = fixture();
+    let cfg = config(&[
+        "teacher.objective=\"generative\"",
+        "teacher.student_prior=true",
+        "train.teacher.max_epochs=1",
+    ]);
+    let mut a = teacher(&f, &cfg, "t");
+    let t = &a.teacher;
+    let h = t.llm.model.config().hidden_size;
+    let params = t.named_params();
+    let cue = params
+        .iter()
+        .find(|(n, _, _)| n == "prior.cue")
+        .map(|(_, _, v)| v.to_vec())
+        .expect("no prior.cue among the trained tensors");
+    assert_eq!(cue.len(), h);
+    assert!(cue.iter().any(|&x| x != 0.0));
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut tops = 0;
+    for row in f.ds.valid.iter().take(6) {
+        let hist = f.ds.history(row);
+        let cands = t.prompter.draw_candidates(hist, f.ds.target(row), &mut rng);
+        let (embeds, slots) = t.answer_prompt_inputs(&f.ds, row, &cands).unwrap();
+        let (_, scores) = t.student.represent_and_score(&[hist]).unwrap();
+        let s: Vec<f32> = cands.iter().map(|&c| scores[c as usize]).collect();
+        let z = standardised(&s);
+        let mean = z.iter().sum::<f32>() / z.len() as f32;
+        let var = z.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / z.len() as f32;
+        assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "{z:?}");
+        let best = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j]));
+        tops += usize::from(best(&z) == best(&s));
+        let n_hist = hist.len().min(4);
+        assert_eq!(slots.len(), n_hist + cands.len());
+        for (i, &(pos, item)) in slots.iter().enumerate() {
+            let p = t.projected(item).unwrap();
+            let want: Vec<f32> = if i < n_hist {
+                p
+            } else {
+                assert_eq!(item, cands[i - n_hist]);
+                let zk = z[i - n_hist];
+                p.iter().zip(&cue).map(|(x, c)| x + zk * c).collect()
+            };
+            let got = &embeds[pos * h..(pos + 1) * h];
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-5, "placeholder {i} off by {err}");
+        }
+    }
+    assert_eq!(tops, 6, "the cue's largest weight is not the student's top");
+
+    // the cue's gradient (Σ z · d embedding) against central differences
+    // of the loss, without dropout
+    let nd_cfg = config(&[
+        "teacher.objective=\"generative\"",
+        "teacher.student_prior=true",
+        "teacher.lora_dropout=0.0",
+    ]);
+    let mut nd = teacher(&f, &nd_cfg, "t");
+    let ci = nd
+        .teacher
+        .named_params()
+        .iter()
+        .position(|(n, _, _)| n == "prior.cue")
+        .unwrap();
+    let rows: Vec<_> = f.ds.train.iter().take(4).collect();
+    let g = nd
+        .teacher
+        .micro_step(&f.ds, &rows, 0, 1.0, 1)
+        .unwrap()
+        .grads[ci]
+        .clone();
+    let mut order: Vec<usize> = (0..g.len()).collect();
+    order.sort_by(|&i, &j| g[j].abs().total_cmp(&g[i].abs()));
+    assert!(g[order[0]].abs() > 1e-4, "the cue gets no gradient");
+    for &i in &order[..3] {
+        let eps = 1e-2f32;
+        let mut loss_at = |d: f32| {
+            nd.teacher.params_mut()[ci][i] += d;
+            let l = nd.teacher.micro_step(&f.ds, &rows, 0, 1.0, 1).unwrap().loss;
+            nd.teacher.params_mut()[ci][i] -= d;
+            l
+        };
+        let fd = ((loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64)) as f32;
+        assert!(
+            (fd - g[i]).abs() <= 0.05 * g[i].abs() + 1e-4,
+            "cue[{i}]: gradient {} vs central difference {fd}",
+            g[i]
+        );
+    }
+
+    // a plain generative teacher has no cue; the trained cue checkpoint is
+    // refused by it in one line
+    let plain_cfg = config(&["teacher.objective=\"generative\""]);
+    let mut plain = teacher(&f, &plain_cfg, "t");
+    assert!(plain
+        .teacher
+        .named_params()
+        .iter()
+        .all(|(n, _, _)| n != "prior.cue"));
+    let out = f.dir.path().join("cue");
+    {
+        let tt = trainer(&f, &cfg, &a, &out, None);
+        train(&mut a.teacher, &tt, "k").unwrap();
+    }
+    let e = checkpoint::load_into(
+        &out.join("checkpoints/best.safetensors"),
+        &mut plain.teacher,
+        &plain.backbone.sha256,
+        &plain.student.sha256,
+        &f.reference.fingerprint,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("differs from the configured one") && e.contains("student_prior: true"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
 }
