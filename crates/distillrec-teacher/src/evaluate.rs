@@ -50,6 +50,9 @@ pub struct Answer {
     pub named: Vec<u32>,
     /// Whether the answer names exactly the target.
     pub correct: bool,
+    /// The frozen student's top candidate (the first of equal scores):
+    /// whether the teacher follows the student or departs from it.
+    pub student_pick: u32,
 }
 
 impl GenerativeReport {
@@ -118,6 +121,18 @@ pub fn eval_generative(
             let answer = teacher.answer(ds, row, c)?;
             let named = named_candidates(ds, &answer, c);
             let target = ds.target(row);
+            let scores = teacher.student.score_histories(&[ds.history(row)])?;
+            let student_pick = c
+                .iter()
+                .copied()
+                .reduce(|best, x| {
+                    if scores[x as usize] > scores[best as usize] {
+                        x
+                    } else {
+                        best
+                    }
+                })
+                .unwrap_or(0);
             answers.push(Answer {
                 key: row.key.clone(),
                 target,
@@ -125,6 +140,7 @@ pub fn eval_generative(
                 correct: named == [target],
                 answer,
                 named,
+                student_pick,
             });
         }
         Ok(answers)

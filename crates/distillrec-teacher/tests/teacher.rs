@@ -569,13 +569,26 @@ fn a_generative_teacher_answers_and_grounds_its_answers() {
     let correct = g.answers.iter().filter(|a| a.correct).count();
     assert_eq!(g.valid_ratio, valid as f64 / 3.0);
     assert_eq!(g.hr1, correct as f64 / 3.0);
-    for (a, row) in g.answers.iter().zip(&f.ds.valid) {
-        assert_eq!(a.key, row.key);
-        assert_eq!(a.target, f.ds.target(row));
-        assert_eq!(a.candidates.len(), 5);
-        assert!(a.candidates.contains(&a.target));
-        assert!(a.named.iter().all(|c| a.candidates.contains(c)));
-        assert_eq!(a.correct, a.named == [a.target]);
+    for (ans, row) in g.answers.iter().zip(&f.ds.valid) {
+        assert_eq!(ans.key, row.key);
+        assert_eq!(ans.target, f.ds.target(row));
+        assert_eq!(ans.candidates.len(), 5);
+        assert!(ans.candidates.contains(&ans.target));
+        assert!(ans.named.iter().all(|c| ans.candidates.contains(c)));
+        assert_eq!(ans.correct, ans.named == [ans.target]);
+        // the student's pick is its highest-scored candidate
+        let s = a
+            .teacher
+            .student
+            .score_histories(&[f.ds.history(row)])
+            .unwrap();
+        let best = ans
+            .candidates
+            .iter()
+            .map(|&c| s[c as usize])
+            .fold(f32::MIN, f32::max);
+        assert!(ans.candidates.contains(&ans.student_pick));
+        assert_eq!(s[ans.student_pick as usize], best);
     }
     let rows: Vec<usize> = (0..6).collect();
     let opts = InferOptions {
