@@ -6,6 +6,7 @@
 //! same steps as an uninterrupted one).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -80,6 +81,10 @@ struct State {
     bad_epochs: usize,
     history: Vec<BTreeMap<String, f64>>,
 }
+
+/// Optimiser steps between two progress log lines when stderr is not a
+/// terminal (PyTorch Lightning's `log_every_n_steps` default).
+pub const LOG_EVERY: u64 = 50;
 
 /// Per-epoch columns that are not validation metrics.
 const EPOCH_COLUMNS: [&str; 3] = ["train_loss", "epoch_secs", "tokens_per_sec"];
@@ -246,6 +251,9 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             weights_sha256: String::new(),
         };
     let (mut tokens, mut train_secs, mut epochs_here) = (0usize, 0.0f64, 0usize);
+    // without a terminal (nohup, a batch scheduler) the bar is not drawn:
+    // a log line every LOG_EVERY optimiser steps says how the epoch goes
+    let log_steps = t.progress && !std::io::stderr().is_terminal();
     while st.epoch < tr.max_epochs && (st.best.is_none() || st.bad_epochs < tr.patience.max(1)) {
         let epoch = st.epoch;
         let start = Instant::now();
@@ -312,10 +320,23 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             }
             bar.inc(chunk.len() as u64);
             let secs = start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "{:.0} tokens/s",
-                (tokens - epoch_tokens_start) as f64 / secs
-            ));
+            let rate = (tokens - epoch_tokens_start) as f64 / secs;
+            let mean_loss = loss_sum / loss_n as f64;
+            bar.set_message(format!("loss {mean_loss:.3}, {rate:.0} tokens/s"));
+            if log_steps && in_acc == 0 && st.step % LOG_EVERY == 0 {
+                let done = chunks[..=k].iter().map(|c| c.len()).sum::<usize>();
+                let eta = secs / done as f64 * (t.rows.len() - done) as f64;
+                tracing::info!(
+                    epoch = epoch + 1,
+                    step = st.step,
+                    rows = done,
+                    of = t.rows.len(),
+                    loss = format!("{mean_loss:.4}"),
+                    tokens_per_sec = format!("{rate:.0}"),
+                    eta_secs = format!("{eta:.0}"),
+                    "teacher training"
+                );
+            }
         }
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
