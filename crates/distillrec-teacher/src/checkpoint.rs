@@ -17,7 +17,8 @@ use distillrec_data::fsutil::{sha256_of, sha256_of_file, sha256_tag};
 use distillrec_config::TeacherConfig;
 use distillrec_train::DatasetRef;
 
-use crate::model::{Teacher, TeacherSpec};
+use crate::model::{has_ranking, Teacher, TeacherSpec};
+use crate::nets::CUE;
 
 /// `format` of a teacher manifest.
 pub const FORMAT: &str = "distillrec-teacher";
@@ -192,6 +193,23 @@ pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
     Ok((m.clone(), dir.join(&m.weights)))
 }
 
+/// The teacher settings a checkpoint was trained as: its manifest's,
+/// except that a generative checkpoint from before the candidate cue (no
+/// `prior.cue` tensor, `student_prior` on) is read with `student_prior`
+/// off, which is what it was trained as (the prior did not touch a
+/// generative teacher then).
+pub fn trained_settings(path: &Path) -> Result<TeacherConfig> {
+    let (m, wpath) = read_manifest(path)?;
+    let mut cfg = m.teacher;
+    if cfg.student_prior && !has_ranking(m.spec.objective) {
+        let bytes = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{}", wpath.display()))?;
+        cfg.student_prior = st.names().iter().any(|n| *n == CUE);
+    }
+    Ok(cfg)
+}
+
 /// The start of a `sha256:<hex>` pin, for messages (by characters: a
 /// manifest is read from a file and may hold anything).
 fn short(pin: &str) -> String {
@@ -244,6 +262,17 @@ pub fn load_into(
             teacher.spec()
         );
     }
+    // the student prior changes what the weights mean: the ranking head's
+    // scores add the student's, a generative teacher's candidates carry
+    // the cue (whose tensor says whether it was trained with one)
+    if has_ranking(m.spec.objective) && m.teacher.student_prior != teacher.cfg.student_prior {
+        bail!(
+            "{}: this teacher's ranking head was trained {} the student's scores; set teacher.student_prior = {}",
+            mp.display(),
+            if m.teacher.student_prior { "on" } else { "without" },
+            m.teacher.student_prior
+        );
+    }
     let bytes = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
     ensure!(
         sha256_of(&bytes) == m.weights_sha256,
@@ -275,6 +304,16 @@ pub fn load_into(
         );
         Ok(out)
     };
+    let has_cue = st.names().iter().any(|n| *n == CUE);
+    let wants_cue = teacher.nets.cue_index().is_some();
+    if has_cue != wants_cue {
+        bail!(
+            "{}: this teacher was trained {} the candidate cue of teacher.student_prior; set teacher.student_prior = {}",
+            mp.display(),
+            if has_cue { "with" } else { "without" },
+            has_cue
+        );
+    }
     let wanted: Vec<(String, Vec<usize>)> = teacher
         .named_params()
         .into_iter()

@@ -50,10 +50,6 @@ pub struct TeacherSpec {
     pub student_dim: usize,
     /// Catalogue size `N`.
     pub num_items: usize,
-    /// Built on the frozen student's scores (`teacher.student_prior`): a
-    /// checkpoint trained with them means something else without them.
-    #[serde(default)]
-    pub student_prior: bool,
 }
 
 /// Whether an objective trains the ranking head.
@@ -275,7 +271,6 @@ impl Teacher {
             hidden: self.llm.model.config().hidden_size,
             student_dim: self.student.spec.hidden,
             num_items: self.student.spec.num_items,
-            student_prior: self.cfg.student_prior,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct Nets {
     pub params: Vec<Param>,
 }
 
+/// Checkpoint name of the candidate cue.
+pub const CUE: &str = "prior.cue";
+
 /// Initial scale of the ranking head's cosine scores.
 pub const INIT_SCALE: f64 = 10.0;
 
@@ -102,7 +105,7 @@ impl Nets {
             // first step without swamping the item embedding
             let b = 1.0 / (h as f64).sqrt();
             params.push(Param {
-                name: "prior.cue".into(),
+                name: CUE.into(),
                 shape: vec![h],
                 value: uniform(&mut rng, h, b),
             });

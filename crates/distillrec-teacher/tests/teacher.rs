@@ -749,7 +749,7 @@ fn candidate_placeholders_carry_the_students_standardised_scores() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("differs from the configured one") && e.contains("student_prior: true"),
+        e.contains("trained with the candidate cue") && e.contains("student_prior = true"),
         "{e}"
     );
     assert!(!e.contains('\n'), "{e}");

@@ -172,8 +172,35 @@ fn train_eval_and_infer_a_teacher() {
             let cands = a["candidates"].as_array().unwrap();
             assert_eq!(cands.len(), 5);
             assert!(cands.contains(&a["target"]));
+            assert!(cands.contains(&a["student_pick"]));
         }
     }
+
+    // a generative checkpoint from before the candidate cue (the manifest
+    // says student_prior, the weights hold no cue) loads as what it was
+    // trained as, and gives the same answers
+    let gbest = grun.join("checkpoints/best.safetensors");
+    let mpath = gbest.with_extension("json");
+    let mut man: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    assert_eq!(man["teacher"]["student_prior"], false);
+    man["teacher"]["student_prior"] = true.into();
+    std::fs::write(&mpath, man.to_string()).unwrap();
+    let shown = ok(&[
+        "eval",
+        "teacher",
+        "--checkpoint",
+        s(&gbest),
+        "--data",
+        s(&data),
+        "--set",
+        "eval.sampled_negatives=4",
+    ]);
+    let want = format!(
+        "gen_hr@1 {:.4}",
+        metrics["test"]["gen_hr@1"].as_f64().unwrap()
+    );
+    assert!(shown.contains(&want), "{shown} lacks {want}");
 
     // one go, and two shards merged: the same cache
     let infer = |out: &Path, shard: Option<&str>| {

@@ -14,7 +14,7 @@ use distillrec_config::Config;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
 use distillrec_run::{peak_rss_mb, BuildInfo, Metrics, RunKind};
-use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest};
+use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest, trained_settings};
 use distillrec_teacher::evaluate::{eval_generative, eval_ranking, Answer};
 use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
 use distillrec_teacher::model::{has_generative, has_ranking};
@@ -245,7 +245,7 @@ pub fn load_teacher(
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
     let mut a = assemble(
-        &m.teacher,
+        &trained_settings(checkpoint)?,
         m.seed,
         &backbone,
         &student,
