@@ -360,6 +360,23 @@ fn an_interrupted_run_resumes_to_the_same_metrics() {
         e.contains("belongs to the student") && !e.contains('\n'),
         "{e}"
     );
+    // a ranking head trained without the student's scores is refused by a
+    // teacher that would add them
+    let pcfg = config(&["teacher.student_prior=true"]);
+    let mut p = teacher(&f, &pcfg, "t");
+    let e = checkpoint::load_into(
+        &best,
+        &mut p.teacher,
+        &p.backbone.sha256,
+        &p.student.sha256,
+        &f.reference.fingerprint,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("trained without the student's scores") && !e.contains('\n'),
+        "{e}"
+    );
 }
 
 /// The composed candle path (`teacher.path = "composed"`, the computation
