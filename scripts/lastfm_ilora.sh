@@ -9,18 +9,21 @@
 #
 # MODEL defaults to models/SmolLM2-135M-Instruct.Q4_1.gguf (fetched with
 # scripts/fetch-smollm2.sh when missing). CPU budget knobs (environment):
-# ROWS (teacher training rows, default 1000), GEN_ROWS (generative, 500),
+# ROWS (teacher training rows, default 1000), GEN_ROWS (generative, 1500),
 # EPOCHS (ranking epochs, 2), CACHE_BUDGET (rows the teacher labels, 0.05),
 # LAYERS (decoder layers kept by the ranking runs, 12), GEN_LAYERS (by the
 # generative runs, 30: a 12-layer cut has no usable LM head), GEN_VALID
-# (validation rows the generative runs decode per epoch, 32). Finished stages
+# (validation rows the generative runs decode per epoch, 32). The generative
+# runs train with batch 4 and no accumulation (375 optimiser steps on 1,500
+# rows) and, as the preset says, on the student prior (the candidate cue);
+# GEN_PLAIN=1 adds the same runs without it (gen-*-plain). Finished stages
 # are kept and skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 W="${1:?usage: scripts/lastfm_ilora.sh OUT_DIR [MODEL]}"
 M="${2:-$here/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 B="${DISTILLREC:-$here/target/release/distillrec}"
-ROWS="${ROWS:-1000}" GEN_ROWS="${GEN_ROWS:-500}" EPOCHS="${EPOCHS:-2}"
+ROWS="${ROWS:-1000}" GEN_ROWS="${GEN_ROWS:-1500}" EPOCHS="${EPOCHS:-2}"
 CACHE_BUDGET="${CACHE_BUDGET:-0.05}" LAYERS="${LAYERS:-12}"
 GEN_LAYERS="${GEN_LAYERS:-30}" GEN_VALID="${GEN_VALID:-32}"
 [ -f "$M" ] || "$here/scripts/fetch-smollm2.sh"
@@ -34,11 +37,12 @@ D="--data data"
 [ -f student/metrics.json ] || "$B" train student --config "$S" $D --out student
 ST=student/checkpoints/best.safetensors
 [ -f rows.csv ] || "$B" select $D --policy random --budget "$ROWS" --student $ST --out rows.csv --set seed=1
-[ -f gen-rows.csv ] || "$B" select $D --policy random --budget "$GEN_ROWS" --student $ST --out gen-rows.csv --set seed=2
+[ -f gen-rows.csv ] || "$B" select $D --policy random --budget "$GEN_ROWS" --student $ST --out gen-rows.csv --set seed=4
 BT=(--config "$T" $D --backbone "$M" --student $ST)
 TT=("${BT[@]}" --set teacher.num_layers="$LAYERS")
 GT=("${BT[@]}" --set teacher.num_layers="$GEN_LAYERS" --set teacher.objective=generative
-  --set train.teacher.max_epochs=1 --set train.teacher.valid_rows="$GEN_VALID")
+  --set train.teacher.max_epochs=1 --set train.teacher.valid_rows="$GEN_VALID"
+  --set train.teacher.batch_size=4 --set train.teacher.grad_accum=1)
 [ -f ilora/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out ilora --set train.teacher.max_epochs="$EPOCHS"
 # the teacher labels a budget of training rows (partial distillation)
 [ -f cache-rows.csv ] || "$B" select $D --policy random --budget "$CACHE_BUDGET" --student $ST --out cache-rows.csv --set seed=3
@@ -52,13 +56,20 @@ done
 [ -f llara/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out llara --set teacher.experts=1 \
   --set train.teacher.max_epochs="$EPOCHS"
 [ -f gen-llara/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-llara --set teacher.experts=1
+if [ "${GEN_PLAIN:-0}" = 1 ]; then
+  [ -f gen-ilora-plain/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-ilora-plain \
+    --set teacher.student_prior=false
+  [ -f gen-llara-plain/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-llara-plain \
+    --set teacher.student_prior=false --set teacher.experts=1
+fi
 "$B" report --runs baseline=base-s1 baseline=base-s2 baseline=base-s3 \
   distilled=dist-s1 distilled=dist-s2 distilled=dist-s3 "LLM embeddings only (λ=0)=ed-s1" "LLM embeddings only (λ=0)=ed-s2" \
   "LLM embeddings only (λ=0)=ed-s3" --out report
 python3 - <<'PY'
 import json, os
 rows = [("SASRec student", "student"), ("iLoRA ranking (E=4)", "ilora"), ("LLaRA ranking (E=1)", "llara"),
-        ("iLoRA generative (E=4)", "gen-ilora"), ("LLaRA generative (E=1)", "gen-llara")]
+        ("iLoRA generative (E=4)", "gen-ilora"), ("LLaRA generative (E=1)", "gen-llara"),
+        ("iLoRA generative, no student prior", "gen-ilora-plain"), ("LLaRA generative, no student prior", "gen-llara-plain")]
 keys = ["sampled_hr@1", "valid_ratio", "gen_hr@1", "gen_hr@1_of_valid", "hr@10", "ndcg@10"]
 out = ["| model | " + " | ".join(keys) + " | train tokens/s | wall s |", "|---" * (len(keys) + 3) + "|"]
 for name, d in rows:

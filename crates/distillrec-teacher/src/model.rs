@@ -369,6 +369,14 @@ impl Teacher {
         Ok((gate, values, prior))
     }
 
+    /// The student prior's values, when this teacher has a cue to weigh.
+    fn cue_scores(&self, prior: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+        match (prior, self.nets.cue_index()) {
+            (Some(p), Some(_)) => Ok(Some(p.flatten_all()?.to_vec1::<f32>()?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The candidate cue over the student scores `scores` `[B, N + 1]`,
     /// when this teacher has one.
     fn cue<'a>(&'a self, scores: Option<&'a [f32]>) -> Option<Cue<'a>> {
@@ -578,9 +586,10 @@ impl Teacher {
             Some(p) => p.flatten_all()?.to_vec1::<f32>()?,
             None => Vec::new(),
         };
-        let prior_v = match (&prior, self.nets.cue_index()) {
-            (Some(p), Some(_)) if generative => Some(p.flatten_all()?.to_vec1::<f32>()?),
-            _ => None,
+        let prior_v = if generative {
+            self.cue_scores(prior.as_ref())?
+        } else {
+            None
         };
         let inp = self.inputs(prompts, &index, &p_u_vals, self.cue(prior_v.as_deref()))?;
         let drop = Dropout {
@@ -806,10 +815,7 @@ impl Teacher {
     ) -> Result<(Inputs, Vec<ItemId>, Option<Tensor>)> {
         let live = self.nets.live()?;
         let (gate, _, prior) = self.gate_and_prior(&live, ds, &[row])?;
-        let prior_v = match (&prior, self.nets.cue_index()) {
-            (Some(p), Some(_)) => Some(p.flatten_all()?.to_vec1::<f32>()?),
-            _ => None,
-        };
+        let prior_v = self.cue_scores(prior.as_ref())?;
         let prompt = Prompt {
             answer: Vec::new(),
             ..self.eval_prompt(ds, row, Some(candidates))
