@@ -205,7 +205,7 @@ pub fn trained_settings(path: &Path) -> Result<TeacherConfig> {
         let bytes = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}", wpath.display()))?;
-        cfg.student_prior = st.names().iter().any(|n| *n == CUE);
+        cfg.student_prior = st.names().contains(&CUE);
     }
     Ok(cfg)
 }
@@ -304,7 +304,7 @@ pub fn load_into(
         );
         Ok(out)
     };
-    let has_cue = st.names().iter().any(|n| *n == CUE);
+    let has_cue = st.names().contains(&CUE);
     let wants_cue = teacher.nets.cue_index().is_some();
     if has_cue != wants_cue {
         bail!(

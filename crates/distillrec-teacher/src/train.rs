@@ -323,7 +323,7 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             let rate = (tokens - epoch_tokens_start) as f64 / secs;
             let mean_loss = loss_sum / loss_n as f64;
             bar.set_message(format!("loss {mean_loss:.3}, {rate:.0} tokens/s"));
-            if log_steps && in_acc == 0 && st.step % LOG_EVERY == 0 {
+            if log_steps && in_acc == 0 && st.step.is_multiple_of(LOG_EVERY) {
                 let done = chunks[..=k].iter().map(|c| c.len()).sum::<usize>();
                 let eta = secs / done as f64 * (t.rows.len() - done) as f64;
                 tracing::info!(
