@@ -198,11 +198,11 @@ pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
 /// `prior.cue` tensor, `student_prior` on) is read with `student_prior`
 /// off, which is what it was trained as (the prior did not touch a
 /// generative teacher then).
-pub fn trained_settings(path: &Path) -> Result<TeacherConfig> {
-    let (m, wpath) = read_manifest(path)?;
-    let mut cfg = m.teacher;
+/// `m` and `wpath` are what [`read_manifest`] returned.
+pub fn trained_settings(m: &TeacherManifest, wpath: &Path) -> Result<TeacherConfig> {
+    let mut cfg = m.teacher.clone();
     if cfg.student_prior && !has_ranking(m.spec.objective) {
-        let bytes = std::fs::read(&wpath).with_context(|| format!("{}", wpath.display()))?;
+        let bytes = std::fs::read(wpath).with_context(|| format!("{}", wpath.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}", wpath.display()))?;
         cfg.student_prior = st.names().contains(&CUE);

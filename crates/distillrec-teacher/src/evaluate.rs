@@ -12,6 +12,8 @@ use serde::Serialize;
 use distillrec_data::{Dataset, SplitName};
 use distillrec_eval::{evaluate_all, split_candidates, EvalError, EvalOptions, EvalReport};
 
+use distillrec_llm::generate::argmax;
+
 use crate::model::Teacher;
 
 /// The generative protocol's result.
@@ -122,17 +124,8 @@ pub fn eval_generative(
             let named = named_candidates(ds, &answer, c);
             let target = ds.target(row);
             let scores = teacher.student.score_histories(&[ds.history(row)])?;
-            let student_pick = c
-                .iter()
-                .copied()
-                .reduce(|best, x| {
-                    if scores[x as usize] > scores[best as usize] {
-                        x
-                    } else {
-                        best
-                    }
-                })
-                .unwrap_or(0);
+            let of_cands: Vec<f32> = c.iter().map(|&x| scores[x as usize]).collect();
+            let student_pick = c.get(argmax(&of_cands)).copied().unwrap_or(0);
             answers.push(Answer {
                 key: row.key.clone(),
                 target,

@@ -232,7 +232,7 @@ pub fn load_teacher(
     backbone: Option<&Path>,
     student: Option<&Path>,
 ) -> Result<Teacher> {
-    let (m, _) = read_manifest(checkpoint)?;
+    let (m, weights) = read_manifest(checkpoint)?;
     let backbone = backbone
         .map(Path::to_path_buf)
         .unwrap_or(m.backbone.path.clone());
@@ -245,7 +245,7 @@ pub fn load_teacher(
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
     let mut a = assemble(
-        &trained_settings(checkpoint)?,
+        &trained_settings(&m, &weights)?,
         m.seed,
         &backbone,
         &student,
