@@ -22,8 +22,12 @@ use crate::nets::CUE;
 
 /// `format` of a teacher manifest.
 pub const FORMAT: &str = "distillrec-teacher";
-/// Manifest version.
-pub const VERSION: u32 = 1;
+/// Manifest version. Version 2 marks a candidate's title tokens with the
+/// candidate cue as well as its placeholder; version 1 checkpoints load
+/// unless they hold a cue (which marked the placeholders only).
+pub const VERSION: u32 = 2;
+/// The oldest manifest version that still loads.
+const OLDEST: u32 = 1;
 
 /// A file or directory and its SHA-256.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,8 +178,8 @@ pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
     let m: TeacherManifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a teacher checkpoint manifest", mpath.display()))?;
     ensure!(
-        m.format == FORMAT && m.version == VERSION,
-        "{}: format {} v{}, expected {FORMAT} v{VERSION}",
+        m.format == FORMAT && (OLDEST..=VERSION).contains(&m.version),
+        "{}: format {} v{}, expected {FORMAT} v{OLDEST} to v{VERSION}",
         mpath.display(),
         m.format,
         m.version
@@ -306,6 +310,13 @@ pub fn load_into(
     };
     let has_cue = st.names().contains(&CUE);
     let wants_cue = teacher.nets.cue_index().is_some();
+    if has_cue && m.version < 2 {
+        bail!(
+            "{}: this teacher's candidate cue marks the placeholders only (checkpoint v{}); the cue now marks each candidate's title too, so retrain it",
+            mp.display(),
+            m.version
+        );
+    }
     if has_cue != wants_cue {
         bail!(
             "{}: this teacher was trained {} the candidate cue of teacher.student_prior; set teacher.student_prior = {}",

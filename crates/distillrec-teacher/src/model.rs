@@ -146,9 +146,9 @@ struct Inputs {
     mask: Vec<Vec<bool>>,
     /// `(flat position, index into the batch's item list)` of placeholders.
     slots: Vec<(usize, usize)>,
-    /// The cue's weight at each of `slots` (0 for history placeholders and
-    /// without a cue).
-    cue_z: Vec<f32>,
+    /// `(flat position, weight)` of every position that carries the cue
+    /// (a candidate's title tokens and placeholder); empty without a cue.
+    cue_at: Vec<(usize, f32)>,
     t: usize,
     /// Real tokens.
     tokens: usize,
@@ -407,7 +407,7 @@ impl Teacher {
             .unwrap_or(0);
         ensure!(t > 0, "empty prompts");
         let pad = self.llm.tokenizer.pad_id();
-        let (mut ids, mut mask, mut slots, mut cue_z) =
+        let (mut ids, mut mask, mut slots, mut cue_at) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let w = self.student.spec.num_items + 1;
         for (r, p) in prompts.iter().enumerate() {
@@ -420,24 +420,35 @@ impl Teacher {
                         .get(r * w..(r + 1) * w)
                         .context("the cue's student scores do not cover the batch")?;
                     let s: Vec<f32> = p.candidates.iter().map(|&c| row[c as usize]).collect();
-                    standardised(&s)
+                    Some(standardised(&s))
                 }
-                None => vec![0.0; p.candidates.len()],
+                None => None,
+            };
+            let mut mark = |pos: usize, it: ItemId| {
+                let k = p.candidates.iter().position(|&c| c == it);
+                if let (Some(z), Some(k)) = (&z, k) {
+                    if z[k] != 0.0 {
+                        cue_at.push((pos, z[k]));
+                    }
+                }
             };
             ids.extend(std::iter::repeat_n(pad, off));
             for (j, tok) in p.input.iter().enumerate() {
+                let pos = r * t + off + j;
                 match *tok {
                     Tok::Id(id) => ids.push(id),
+                    Tok::CandText(id, it) => {
+                        ids.push(id);
+                        mark(pos, it);
+                    }
                     Tok::Item(it) => {
                         ids.push(pad);
-                        slots.push((r * t + off + j, items[&it]));
-                        cue_z.push(0.0);
+                        slots.push((pos, items[&it]));
                     }
                     Tok::Cand(it) => {
                         ids.push(pad);
-                        slots.push((r * t + off + j, items[&it]));
-                        let k = p.candidates.iter().position(|&c| c == it);
-                        cue_z.push(k.map_or(0.0, |k| z[k]));
+                        slots.push((pos, items[&it]));
+                        mark(pos, it);
                     }
                 }
             }
@@ -453,11 +464,12 @@ impl Teacher {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        for (&(pos, k), &z) in slots.iter().zip(&cue_z) {
-            let e = &mut embeds[pos * h..(pos + 1) * h];
-            e.copy_from_slice(&projected[k * h..(k + 1) * h]);
-            if let (Some(c), true) = (cue, z != 0.0) {
-                for (x, d) in e.iter_mut().zip(c.dir) {
+        for &(pos, k) in &slots {
+            embeds[pos * h..(pos + 1) * h].copy_from_slice(&projected[k * h..(k + 1) * h]);
+        }
+        if let Some(c) = cue {
+            for &(pos, z) in &cue_at {
+                for (x, d) in embeds[pos * h..(pos + 1) * h].iter_mut().zip(c.dir) {
                     *x += z * d;
                 }
             }
@@ -466,7 +478,7 @@ impl Teacher {
             embeds,
             mask,
             slots,
-            cue_z,
+            cue_at,
             t,
             tokens,
         })
@@ -650,10 +662,10 @@ impl Teacher {
             (loss.to_scalar::<f32>()? as f64, dh)
         };
         let g = pass::backward(model, &self.adapters, tp, &dh)?;
-        // the cue: d cue = Σ over candidate placeholders of z · d embedding
+        // the cue: d cue = Σ over the marked positions of z · d embedding
         if let (Some(ci), Some(_)) = (self.nets.cue_index(), &prior_v) {
             let dc = &mut net_grads[ci];
-            for (&(pos, _), &z) in inp.slots.iter().zip(&inp.cue_z) {
+            for &(pos, z) in &inp.cue_at {
                 for (d, &e) in dc.iter_mut().zip(&g.embeds[pos * h..(pos + 1) * h]) {
                     *d += z * e;
                 }

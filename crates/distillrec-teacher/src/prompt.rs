@@ -24,13 +24,17 @@ pub enum Tok {
     /// A candidate's placeholder (`[CansEmb]`): `projector(e_item)`, plus
     /// the candidate cue when the teacher has one.
     Cand(ItemId),
+    /// A vocabulary token of a candidate's title: its token embedding,
+    /// plus the candidate cue when the teacher has one, so the whole
+    /// rendered candidate carries the student's score.
+    CandText(u32, ItemId),
 }
 
 impl Tok {
     /// The item of a placeholder (history or candidate).
     pub fn item(self) -> Option<ItemId> {
         match self {
-            Tok::Id(_) => None,
+            Tok::Id(_) | Tok::CandText(..) => None,
             Tok::Item(it) | Tok::Cand(it) => Some(it),
         }
     }
@@ -171,14 +175,25 @@ impl Prompter {
         &self.titles[item as usize]
     }
 
-    fn items(&self, out: &mut Vec<Tok>, items: &[ItemId], hybrid: bool, slot: fn(ItemId) -> Tok) {
+    /// Renders `items` as `title [placeholder]` (`title` alone when not
+    /// `hybrid`), separated; candidates' title tokens are marked as theirs.
+    fn items(&self, out: &mut Vec<Tok>, items: &[ItemId], hybrid: bool, candidates: bool) {
         for (i, &it) in items.iter().enumerate() {
             if i > 0 {
                 out.extend(self.sep.iter().map(|&t| Tok::Id(t)));
             }
-            out.extend(self.titles[it as usize].iter().map(|&t| Tok::Id(t)));
+            let title = self.titles[it as usize].iter();
+            if candidates {
+                out.extend(title.map(|&t| Tok::CandText(t, it)));
+            } else {
+                out.extend(title.map(|&t| Tok::Id(t)));
+            }
             if hybrid {
-                out.push(slot(it));
+                out.push(if candidates {
+                    Tok::Cand(it)
+                } else {
+                    Tok::Item(it)
+                });
             }
         }
     }
@@ -189,8 +204,8 @@ impl Prompter {
         for p in &t.0 {
             match p {
                 Part::Text(ids) => out.extend(ids.iter().map(|&t| Tok::Id(t))),
-                Part::History => self.items(&mut out, &history[start..], hybrid, Tok::Item),
-                Part::Candidates => self.items(&mut out, cands, hybrid, Tok::Cand),
+                Part::History => self.items(&mut out, &history[start..], hybrid, false),
+                Part::Candidates => self.items(&mut out, cands, hybrid, true),
             }
         }
         out

@@ -20,7 +20,7 @@ use distillrec_data::synthetic::{generate, SyntheticOptions};
 use distillrec_data::{store, Dataset};
 use distillrec_teacher::checkpoint;
 use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
-use distillrec_teacher::model::standardised;
+use distillrec_teacher::model::{standardised, Teacher};
 use distillrec_teacher::prompt::Tok;
 use distillrec_teacher::setup::{assemble, Assembled};
 use distillrec_teacher::train::{train, TrainTeacher};
@@ -250,6 +250,20 @@ fn placeholders_carry_the_projector_output_and_prompts_never_leak_the_target() {
         let n_hist = hist.len().min(4);
         assert_eq!(&shown[..n_hist], &hist[hist.len() - n_hist..]);
         assert_eq!(&shown[n_hist..], &c[..]);
+        // each candidate's title tokens are marked as its own, and only they
+        let marked: Vec<(u32, u32)> = p
+            .input
+            .iter()
+            .filter_map(|x| match *x {
+                Tok::CandText(id, it) => Some((id, it)),
+                _ => None,
+            })
+            .collect();
+        let titles: Vec<(u32, u32)> = c
+            .iter()
+            .flat_map(|&it| t.prompter.title(it).iter().map(move |&id| (id, it)))
+            .collect();
+        assert_eq!(marked, titles);
         let r = t.prompter.ranking(hist, true, &mut rng);
         assert!(!r.input.contains(&Tok::Item(target)) || hist.contains(&target));
         assert!(!r.input.iter().any(|t| matches!(t, Tok::Cand(_))));
@@ -656,19 +670,39 @@ fn candidate_placeholders_carry_the_students_standardised_scores() {
         "train.teacher.max_epochs=1",
     ]);
     let mut a = teacher(&f, &cfg, "t");
+    let cue_at = a
+        .teacher
+        .named_params()
+        .iter()
+        .position(|(n, _, _)| n == "prior.cue")
+        .expect("no prior.cue among the trained tensors");
+    // the same prompts without the cue: what the cue adds, position by position
+    let cue = a.teacher.params_mut()[cue_at].to_vec();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let rows: Vec<_> = f.ds.valid.iter().take(6).collect();
+    a.teacher.params_mut()[cue_at].fill(0.0);
+    let bare: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|row| {
+            let hist = f.ds.history(row);
+            let cands = a
+                .teacher
+                .prompter
+                .draw_candidates(hist, f.ds.target(row), &mut rng);
+            a.teacher
+                .answer_prompt_inputs(&f.ds, row, &cands)
+                .unwrap()
+                .0
+        })
+        .collect();
+    a.teacher.params_mut()[cue_at].copy_from_slice(&cue);
     let t = &a.teacher;
     let h = t.llm.model.config().hidden_size;
-    let params = t.named_params();
-    let cue = params
-        .iter()
-        .find(|(n, _, _)| n == "prior.cue")
-        .map(|(_, _, v)| v.to_vec())
-        .expect("no prior.cue among the trained tensors");
     assert_eq!(cue.len(), h);
     assert!(cue.iter().any(|&x| x != 0.0));
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let mut tops = 0;
-    for row in f.ds.valid.iter().take(6) {
+    for (row, bare) in rows.iter().zip(&bare) {
         let hist = f.ds.history(row);
         let cands = t.prompter.draw_candidates(hist, f.ds.target(row), &mut rng);
         let (embeds, slots) = t.answer_prompt_inputs(&f.ds, row, &cands).unwrap();
@@ -699,6 +733,23 @@ fn candidate_placeholders_carry_the_students_standardised_scores() {
                 .fold(0f32, f32::max);
             assert!(err < 1e-5, "placeholder {i} off by {err}");
         }
+        // the cue marks each candidate's title tokens and placeholder with
+        // its weight, and nothing else
+        let mut added = vec![0f32; embeds.len()];
+        for (k, &(pos, item)) in slots[n_hist..].iter().enumerate() {
+            for p in pos - t.prompter.title(item).len()..=pos {
+                for (a, c) in added[p * h..(p + 1) * h].iter_mut().zip(&cue) {
+                    *a = z[k] * c;
+                }
+            }
+        }
+        let err = embeds
+            .iter()
+            .zip(bare)
+            .zip(&added)
+            .map(|((e, b), a)| (e - b - a).abs())
+            .fold(0f32, f32::max);
+        assert!(err < 1e-5, "the cue's marks are off by {err}");
     }
     assert_eq!(tops, 6, "the cue's largest weight is not the student's top");
 
@@ -770,4 +821,32 @@ fn candidate_placeholders_carry_the_students_standardised_scores() {
         "{e}"
     );
     assert!(!e.contains('\n'), "{e}");
+
+    // a cue from checkpoint v1 marked the placeholders only: refused
+    let best = out.join("checkpoints/best.safetensors");
+    let load = |t: &mut Teacher| {
+        checkpoint::load_into(
+            &best,
+            t,
+            &a.backbone.sha256,
+            &a.student.sha256,
+            &f.reference.fingerprint,
+        )
+        .map(|_| ())
+    };
+    load(&mut a.teacher).unwrap();
+    let mpath = checkpoint::manifest_path(&best);
+    let text = std::fs::read_to_string(&mpath).unwrap();
+    let v1 = text.replacen(
+        &format!("\"version\": {}", checkpoint::VERSION),
+        "\"version\": 1",
+        1,
+    );
+    assert_ne!(v1, text);
+    std::fs::write(&mpath, v1).unwrap();
+    let e = load(&mut a.teacher).unwrap_err().to_string();
+    assert!(
+        e.contains("marks the placeholders only") && !e.contains('\n'),
+        "{e}"
+    );
 }

@@ -185,6 +185,7 @@ fn train_eval_and_infer_a_teacher() {
         serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
     assert_eq!(man["teacher"]["student_prior"], false);
     man["teacher"]["student_prior"] = true.into();
+    man["version"] = 1.into();
     std::fs::write(&mpath, man.to_string()).unwrap();
     let shown = ok(&[
         "eval",
