@@ -16,7 +16,9 @@
 # (validation rows the generative runs decode per epoch, 32). The generative
 # runs train with batch 4 and no accumulation (375 optimiser steps on 1,500
 # rows) and, as the preset says, on the student prior (the candidate cue);
-# GEN_PLAIN=1 adds the same runs without it (gen-*-plain). Finished stages
+# GEN_PLAIN=1 adds the same runs without it (gen-*-plain). GEN_SEEDS (run
+# seeds of the generative runs, default 42; "42 7 11" gives the results
+# page's three seeds, with mean ± spread in teachers.md). Finished stages
 # are kept and skipped.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -52,35 +54,52 @@ for s in 1 2 3; do
   [ -f dist-s$s/metrics.json ] || "$B" distill --config "$C" $D --teacher-cache cache --out dist-s$s --set seed=$s
   [ -f ed-s$s/metrics.json ] || "$B" distill --config "$C" $D --teacher-cache cache --out ed-s$s --set seed=$s --set distill.lambda=0
 done
-[ -f gen-ilora/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-ilora
 [ -f llara/metrics.json ] || "$B" train teacher "${TT[@]}" --selection rows.csv --out llara --set teacher.experts=1 \
   --set train.teacher.max_epochs="$EPOCHS"
-[ -f gen-llara/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-llara --set teacher.experts=1
-if [ "${GEN_PLAIN:-0}" = 1 ]; then
-  [ -f gen-ilora-plain/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-ilora-plain \
-    --set teacher.student_prior=false
-  [ -f gen-llara-plain/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-llara-plain \
-    --set teacher.student_prior=false --set teacher.experts=1
-fi
+GEN_SEEDS="${GEN_SEEDS:-42}"
+for g in $GEN_SEEDS; do
+  [ -f gen-ilora-s$g/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-ilora-s$g --set seed=$g
+  [ -f gen-llara-s$g/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv --out gen-llara-s$g \
+    --set seed=$g --set teacher.experts=1
+  if [ "${GEN_PLAIN:-0}" = 1 ]; then
+    [ -f gen-ilora-plain-s$g/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv \
+      --out gen-ilora-plain-s$g --set seed=$g --set teacher.student_prior=false
+    [ -f gen-llara-plain-s$g/metrics.json ] || "$B" train teacher "${GT[@]}" --selection gen-rows.csv \
+      --out gen-llara-plain-s$g --set seed=$g --set teacher.student_prior=false --set teacher.experts=1
+  fi
+done
 "$B" report --runs baseline=base-s1 baseline=base-s2 baseline=base-s3 \
   distilled=dist-s1 distilled=dist-s2 distilled=dist-s3 "LLM embeddings only (λ=0)=ed-s1" "LLM embeddings only (λ=0)=ed-s2" \
   "LLM embeddings only (λ=0)=ed-s3" --out report
-python3 - <<'PY'
-import json, os
-rows = [("SASRec student", "student"), ("iLoRA ranking (E=4)", "ilora"), ("LLaRA ranking (E=1)", "llara"),
-        ("iLoRA generative (E=4)", "gen-ilora"), ("LLaRA generative (E=1)", "gen-llara"),
-        ("iLoRA generative, no student prior", "gen-ilora-plain"), ("LLaRA generative, no student prior", "gen-llara-plain")]
+GEN_SEEDS="$GEN_SEEDS" python3 - <<'PY'
+import json, os, statistics
+seeds = os.environ["GEN_SEEDS"].split()
+rows = [("SASRec student", ["student"]), ("iLoRA ranking (E=4)", ["ilora"]), ("LLaRA ranking (E=1)", ["llara"])]
+for name, d in [("iLoRA generative (E=4)", "gen-ilora"), ("LLaRA generative (E=1)", "gen-llara"),
+                ("iLoRA generative, no student prior", "gen-ilora-plain"),
+                ("LLaRA generative, no student prior", "gen-llara-plain")]:
+    rows += [(f"{name}, seed {g}", [f"{d}-s{g}"]) for g in seeds]
+    if len(seeds) > 1:
+        rows.append((f"{name}, mean ± sd over seeds", [f"{d}-s{g}" for g in seeds]))
 keys = ["sampled_hr@1", "valid_ratio", "gen_hr@1", "gen_hr@1_of_valid", "hr@10", "ndcg@10"]
 out = ["| model | " + " | ".join(keys) + " | train tokens/s | wall s |", "|---" * (len(keys) + 3) + "|"]
-for name, d in rows:
-    if not os.path.exists(f"{d}/metrics.json"):
+for name, dirs in rows:
+    if not all(os.path.exists(f"{d}/metrics.json") for d in dirs):
         continue
-    t = json.load(open(f"{d}/metrics.json"))["test"]
-    r = json.load(open(f"{d}/run.json"))
-    tps = r.get("costs", {}).get("teacher.train", {}).get("tokens_per_sec")
-    cells = [f"{t[k]:.4f}" if k in t else "–" for k in keys]
-    out.append(f"| {name} | " + " | ".join(cells) + f" | {tps:.0f} |" if tps else f"| {name} | " + " | ".join(cells) + " | – |")
-    out[-1] += f" {r.get('wall_secs', 0):.0f} |"
+    tests = [json.load(open(f"{d}/metrics.json"))["test"] for d in dirs]
+    def cell(k):
+        v = [t[k] for t in tests if k in t]
+        if len(v) != len(tests):
+            return "–"
+        return f"{v[0]:.4f}" if len(v) == 1 else f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}"
+    cells = [cell(k) for k in keys]
+    if len(dirs) == 1:
+        r = json.load(open(f"{dirs[0]}/run.json"))
+        tps = r.get("costs", {}).get("teacher.train", {}).get("tokens_per_sec")
+        cells += [f"{tps:.0f}" if tps else "–", f"{r.get('wall_secs', 0):.0f}"]
+    else:
+        cells += ["–", "–"]
+    out.append(f"| {name} | " + " | ".join(cells) + " |")
 open("teachers.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY

@@ -116,9 +116,9 @@ struct Cue<'a> {
 }
 
 /// The student's scores of `candidates` standardised over them (mean 0,
-/// deviation 1; all 0 when they are equal): the weight of the cue in each
-/// candidate's placeholder, so its scale does not depend on the student's
-/// logit range.
+/// deviation 1; all 0 when they are equal): the weight of the cue on each
+/// candidate's title tokens and placeholder, so its scale does not depend
+/// on the student's logit range.
 pub fn standardised(scores: &[f32]) -> Vec<f32> {
     let n = scores.len().max(1) as f64;
     let mean = scores.iter().map(|&x| x as f64).sum::<f64>() / n;
@@ -390,8 +390,8 @@ impl Teacher {
 
     /// Left-padded input embeddings of `prompts` (input then answer);
     /// placeholders get `projected[item index]`, and with a `cue` each
-    /// candidate's placeholder adds the cue vector times the candidate's
-    /// standardised student score.
+    /// candidate's title tokens and placeholder add the cue vector times
+    /// the candidate's standardised student score.
     fn inputs(
         &self,
         prompts: &[Prompt],

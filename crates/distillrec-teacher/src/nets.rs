@@ -8,9 +8,10 @@
 //! - gate `d → g → E` with GELU and a softmax (no temperature): one gate
 //!   vector per sample from the student's sequence representation;
 //! - candidate cue (generative objectives with `teacher.student_prior`):
-//!   a vector `c [H]` added to each `[CansEmb]` placeholder's input
-//!   embedding, scaled by the frozen student's score of that candidate,
-//!   standardised over the prompt's candidates;
+//!   a vector `c [H]` added to the input embeddings of each candidate's
+//!   title tokens and `[CansEmb]` placeholder, scaled by the frozen
+//!   student's score of that candidate, standardised over the prompt's
+//!   candidates;
 //! - ranking head: the item table in LLM space is `T M + projector(e)`,
 //!   with `T` the frozen LLM title embeddings and `M [H, H]` trained from
 //!   `I`; a row's scores are scaled cosines of its last hidden state with
