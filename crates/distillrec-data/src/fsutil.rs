@@ -75,7 +75,35 @@ pub fn atomic_write_with(
         let _ = std::fs::remove_file(&tmp);
         return Err(DataError::io(path, e));
     }
+    kill_point();
     Ok(())
+}
+
+/// The environment variable of the kill-window test hook: with
+/// `DISTILLREC_KILL_AFTER_WRITES=N` the process ends with exit code 137 (as
+/// after a SIGKILL, no clean-up) right after its N-th atomic write. Tests
+/// use it to stop a command at every point of its save sequence and check
+/// that the re-run ends exactly as an uninterrupted run.
+pub const KILL_AFTER_WRITES_VAR: &str = "DISTILLREC_KILL_AFTER_WRITES";
+
+/// Counts atomic writes and ends the process at the one that
+/// [`KILL_AFTER_WRITES_VAR`] names (a no-op when it is unset).
+fn kill_point() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var(KILL_AFTER_WRITES_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    if let Some(n) = *limit {
+        if WRITES.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            let _ = std::io::stderr().write_all(b"killed by DISTILLREC_KILL_AFTER_WRITES\n");
+            std::process::exit(137);
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically.

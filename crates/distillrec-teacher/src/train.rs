@@ -1,9 +1,11 @@
 //! Training the teacher: AdamW over every trainable tensor, linear warm-up
 //! then cosine decay, gradient accumulation, global-norm clipping, early
-//! stopping on the validation metric, `checkpoints/{best,last}` after every
-//! epoch and an exact resume from `state.json` (every random choice is a
-//! function of the seed, the epoch and the step, so a resumed run takes the
-//! same steps as an uninterrupted one).
+//! stopping on the validation metric, `checkpoints/best` and
+//! `checkpoints/last-e<epoch>` after every epoch and an exact resume from
+//! `state.json`, which names the `last` it belongs to (the epoch commit of
+//! `distillrec_train::commit`; every random choice is a function of the
+//! seed, the epoch and the step, so a resumed run takes the same steps as an
+//! uninterrupted one).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use distillrec_config::{EvalOptions, TeacherTrain};
 use distillrec_data::{Dataset, SplitName};
 use distillrec_llm::tape::AdamW;
+use distillrec_train::commit::{self, LastRef};
 use distillrec_train::DatasetRef;
 
 use crate::checkpoint::{self, OptState, Pinned, TeacherManifest, FORMAT, VERSION};
@@ -80,6 +83,10 @@ struct State {
     best_epoch: usize,
     bad_epochs: usize,
     history: Vec<BTreeMap<String, f64>>,
+    /// The `last` checkpoint of `epoch` (absent in states written before
+    /// the epoch commit named it: `last.safetensors` then).
+    #[serde(default)]
+    last: Option<LastRef>,
 }
 
 /// Optimiser steps between two progress log lines when stderr is not a
@@ -191,6 +198,92 @@ fn score_of(teacher: &Teacher, t: &TrainTeacher, m: &BTreeMap<String, f64>) -> R
         .with_context(|| format!("validation gave no `{key}`"))
 }
 
+/// The loop state to start from: a fresh one, or the one in `state.json`
+/// when it belongs to this run (`run_key`) and has a finished epoch, with
+/// the weights and optimiser moments of exactly the `last` checkpoint it
+/// names loaded into `teacher` and `opt`.
+fn resume(
+    teacher: &mut Teacher,
+    t: &TrainTeacher,
+    run_key: &str,
+    opt: &mut AdamW,
+) -> Result<State> {
+    let fresh = State {
+        key: run_key.to_string(),
+        epoch: 0,
+        step: 0,
+        best: None,
+        best_epoch: 0,
+        bad_epochs: 0,
+        history: Vec::new(),
+        last: None,
+    };
+    let state_path = t.out_dir.join("state.json");
+    let text = match std::fs::read_to_string(&state_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fresh),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", state_path.display())),
+    };
+    let old: State =
+        serde_json::from_str(&text).with_context(|| format!("{}", state_path.display()))?;
+    if old.key != run_key || old.epoch == 0 {
+        return Ok(fresh);
+    }
+    let last = t
+        .out_dir
+        .join("checkpoints")
+        .join(commit::last_file(old.last.as_ref()));
+    let (m, o) = checkpoint::load_into(
+        &last,
+        teacher,
+        &t.backbone.sha256,
+        &t.student.sha256,
+        &t.reference.fingerprint,
+    )?;
+    commit::check_last(
+        &last,
+        m.epoch,
+        &m.weights_sha256,
+        old.epoch,
+        old.last.as_ref(),
+    )?;
+    let o = o.context("the `last` checkpoint holds no optimiser state")?;
+    opt.restore(o.step, o.m, o.v)?;
+    tracing::info!("resuming the teacher after epoch {}", old.epoch);
+    Ok(old)
+}
+
+/// Commits the epoch `st.epoch` (`distillrec_train::commit`): writes
+/// `last-e<epoch>` with the optimiser state, then `state.json` naming it,
+/// then removes the older `last` files.
+fn commit_epoch(
+    teacher: &Teacher,
+    opt: &AdamW,
+    manifest: &TeacherManifest,
+    st: &mut State,
+    out_dir: &Path,
+) -> Result<()> {
+    let ckpt = out_dir.join("checkpoints");
+    let (step, m, v) = opt.state();
+    let o = OptState {
+        step,
+        m: m.to_vec(),
+        v: v.to_vec(),
+    };
+    let stem = commit::last_stem(st.epoch);
+    let wpath = checkpoint::save(&ckpt, &stem, teacher, manifest, Some(&o))?;
+    let (saved, _) = checkpoint::read_manifest(&wpath)?;
+    st.last = Some(LastRef {
+        file: format!("{stem}.safetensors"),
+        sha256: saved.weights_sha256,
+    });
+    distillrec_data::fsutil::atomic_write(
+        &out_dir.join("state.json"),
+        serde_json::to_string_pretty(&st)?.as_bytes(),
+    )?;
+    commit::remove_stale_last(&ckpt, &stem)
+}
+
 /// Trains `teacher` in `t.out_dir`, resuming from `state.json` when it
 /// belongs to the same run (`run_key`); leaves the best weights loaded.
 pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<TeacherOutcome> {
@@ -205,34 +298,8 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
     let total = steps_per_epoch * tr.max_epochs as u64;
     let warm = ((tr.warmup * total as f64).ceil() as u64).max(1);
     let mut opt = AdamW::new(&teacher.param_sizes(), tr.lr, tr.weight_decay);
-    let state_path = t.out_dir.join("state.json");
-    let mut st = State {
-        key: run_key.to_string(),
-        epoch: 0,
-        step: 0,
-        best: None,
-        best_epoch: 0,
-        bad_epochs: 0,
-        history: Vec::new(),
-    };
+    let mut st = resume(teacher, t, run_key, &mut opt)?;
     let (be, se) = (&t.backbone, &t.student);
-    if let Ok(text) = std::fs::read_to_string(&state_path) {
-        let old: State =
-            serde_json::from_str(&text).with_context(|| format!("{}", state_path.display()))?;
-        if old.key == run_key && old.epoch > 0 {
-            let (_, o) = checkpoint::load_into(
-                &ckpt.join("last.safetensors"),
-                teacher,
-                &be.sha256,
-                &se.sha256,
-                &t.reference.fingerprint,
-            )?;
-            let o = o.context("the `last` checkpoint holds no optimiser state")?;
-            opt.restore(o.step, o.m, o.v)?;
-            tracing::info!("resuming the teacher after epoch {}", old.epoch);
-            st = old;
-        }
-    }
     let resumed_after = st.epoch;
     let manifest =
         |teacher: &Teacher, st: &State, metrics: BTreeMap<String, f64>| TeacherManifest {
@@ -367,26 +434,16 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
         } else {
             st.bad_epochs += 1;
         }
-        let (step, m, v) = opt.state();
-        let o = OptState {
-            step,
-            m: m.to_vec(),
-            v: v.to_vec(),
-        };
-        checkpoint::save(
-            &ckpt,
-            "last",
-            teacher,
-            &manifest(teacher, &st, metrics),
-            Some(&o),
-        )?;
-        distillrec_data::fsutil::atomic_write(
-            &state_path,
-            serde_json::to_string_pretty(&st)?.as_bytes(),
-        )?;
         distillrec_data::fsutil::atomic_write(
             &t.out_dir.join("history.csv"),
             history_csv(&st.history).as_bytes(),
+        )?;
+        commit_epoch(
+            teacher,
+            &opt,
+            &manifest(teacher, &st, metrics),
+            &mut st,
+            t.out_dir,
         )?;
         if t.halt_after_epoch == Some(st.epoch) {
             bail!("halted after epoch {} (as asked)", st.epoch);

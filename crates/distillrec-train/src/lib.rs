@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod commit;
 pub mod optim;
 pub mod trainer;
 pub mod units;

@@ -2,12 +2,13 @@
 //! by distillation): AdamW, shuffling from the run seed, early stopping on a
 //! validation metric, best and last checkpoints, resume, per-epoch history.
 //!
-//! Resume: after every epoch `checkpoints/last.safetensors` holds the
-//! weights and optimizer moments and `checkpoints/state.json` the loop state
-//! (epoch, step, best so far, patience, history). Each epoch's generator is
-//! derived from `(seed, epoch)` alone, so a run killed at any point and
-//! restarted with the same command continues from the last finished epoch
-//! and ends exactly as an uninterrupted run would.
+//! Resume: after every epoch `checkpoints/last-e<epoch>.safetensors` holds
+//! the weights and optimizer moments and `checkpoints/state.json` the loop
+//! state (epoch, step, best so far, patience, history, and the `last` file
+//! it belongs to); writing the state commits the epoch ([`crate::commit`]).
+//! Each epoch's generator is derived from `(seed, epoch)` alone, so a run
+//! killed at any point and restarted with the same command continues from
+//! the last committed epoch and ends exactly as an uninterrupted run would.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use distillrec_models::{ForwardCtx, SeqBatch, Student, StudentSpec};
 use distillrec_run::History;
 
 use crate::checkpoint::{self, DatasetRef, Expect};
+use crate::commit::{self, LastRef};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::units::{units, Batcher, HostBatch, Unit};
 
@@ -111,6 +113,10 @@ struct LoopState {
     history_columns: Vec<String>,
     history: Vec<Vec<f64>>,
     epoch_secs: Vec<f64>,
+    /// The `last` checkpoint of `epoch` (absent in states written before
+    /// the epoch commit named it: `last.safetensors` then).
+    #[serde(default)]
+    last: Option<LastRef>,
 }
 
 impl LoopState {
@@ -132,6 +138,7 @@ impl LoopState {
             history_columns: columns,
             history: Vec::new(),
             epoch_secs: Vec::new(),
+            last: None,
         }
     }
 }
@@ -360,7 +367,8 @@ pub fn train_with(
 /// Where a run keeps its checkpoints and loop state.
 struct CheckpointPaths {
     best: PathBuf,
-    last: PathBuf,
+    /// `checkpoints/`, where each epoch's `last-e<epoch>` goes.
+    dir: PathBuf,
     state: PathBuf,
 }
 
@@ -405,7 +413,7 @@ impl<'a> TrainRun<'a> {
         std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("{}", ckpt_dir.display()))?;
         let paths = CheckpointPaths {
             best: ckpt_dir.join("best.safetensors"),
-            last: ckpt_dir.join("last.safetensors"),
+            dir: ckpt_dir.clone(),
             state: ckpt_dir.join("state.json"),
         };
         let metric_cols = metric_columns(&opts.eval.ks);
@@ -455,8 +463,16 @@ impl<'a> TrainRun<'a> {
         }
         let mut resumed_after = None;
         if saved.epoch > 0 {
-            let last = &self.paths.last;
+            let last = &self.paths.dir.join(commit::last_file(saved.last.as_ref()));
             let loaded = checkpoint::load(last, &self.expect(), &self.device)?;
+            let m = &loaded.manifest;
+            commit::check_last(
+                last,
+                m.epoch,
+                &m.weights_sha256,
+                saved.epoch,
+                saved.last.as_ref(),
+            )?;
             self.student = loaded.student;
             let saved_extra: BTreeMap<String, Tensor> = loaded
                 .extra
@@ -605,23 +621,30 @@ impl<'a> TrainRun<'a> {
         Ok(valid.metrics)
     }
 
-    /// Writes `last` (weights, optimizer moments, extra tensors) and then
-    /// `state.json`, so that a state file never points past its checkpoint.
-    fn save_last(&self, epoch: usize, valid: &BTreeMap<String, f64>) -> Result<()> {
+    /// Commits the epoch ([`crate::commit`]): writes `last-e<epoch>`
+    /// (weights, optimizer moments, extra tensors), then `state.json`
+    /// naming it, then removes the older `last` files.
+    fn save_last(&mut self, epoch: usize, valid: &BTreeMap<String, f64>) -> Result<()> {
         let mut saved_state = self.opt.state_tensors()?;
         for (name, t) in self.extra.tensors() {
             saved_state.insert(format!("{EXTRA_PREFIX}{name}"), t);
         }
-        checkpoint::save(
-            &self.paths.last,
+        let stem = commit::last_stem(epoch);
+        let file = format!("{stem}.safetensors");
+        let m = checkpoint::save(
+            &self.paths.dir.join(&file),
             &self.student,
             saved_state,
             self.data,
             epoch,
             valid,
         )?;
+        self.state.last = Some(LastRef {
+            file,
+            sha256: m.weights_sha256,
+        });
         atomic_write_json(&self.paths.state, &self.state)?;
-        Ok(())
+        commit::remove_stale_last(&self.paths.dir, &stem)
     }
 
     /// Model selection is done; the test split is touched once, here, on

@@ -205,8 +205,8 @@ fn resume_after_interruption_matches_uninterrupted_run() {
     for ckpt in [
         "best.safetensors",
         "best.json",
-        "last.safetensors",
-        "last.json",
+        "last-e0004.safetensors",
+        "last-e0004.json",
     ] {
         let a = std::fs::read(full_dir.path().join("checkpoints").join(ckpt)).unwrap();
         let b = std::fs::read(out.path().join("checkpoints").join(ckpt)).unwrap();
