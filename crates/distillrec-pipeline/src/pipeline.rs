@@ -7,7 +7,11 @@
 //! `config.toml` records) and of the keys of the stages it reads from. The
 //! key and the stage's state live in `out/stages/<stage>.json`:
 //!
-//! - same key, finished: the stage is skipped;
+//! - same key, finished, and every file it wrote still has the digest
+//!   recorded when it finished: the stage is skipped;
+//! - same key, finished, but an output changed or went missing: the stage
+//!   runs afresh, and so does every stage after it (one warning line says
+//!   which file);
 //! - same key, unfinished (a crash, a kill): the stage runs again in its
 //!   directory, and training stages resume from their last epoch;
 //! - another key: the directory is removed and the stage runs afresh, and so
@@ -18,6 +22,7 @@
 //! `teacher.backbone` is set; selection runs when `selection.policy` is not
 //! `all`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,7 +31,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use distillrec_config::{Config, Reads};
-use distillrec_data::fsutil::{atomic_write, atomic_write_json, sha256_of};
+use distillrec_data::fsutil::{atomic_write, atomic_write_json, sha256_of, sha256_of_file};
 use distillrec_data::lock::DirLock;
 use distillrec_data::store;
 use distillrec_run::{open_log_file, reset_peak_rss, BuildInfo, Metrics};
@@ -115,6 +120,59 @@ struct StageMark {
     /// Wall seconds of the last finished run.
     #[serde(default)]
     wall_secs: f64,
+    /// SHA-256 of every file in the stage's directory when it finished,
+    /// by path relative to it (absent in marks of older versions).
+    #[serde(default)]
+    outputs: Option<BTreeMap<String, String>>,
+}
+
+/// Files of a stage directory that are not its output: the lock of a
+/// running command and the temporary files of an unfinished atomic write.
+fn is_bookkeeping(name: &str) -> bool {
+    name == ".distillrec.lock" || (name.starts_with('.') && name.contains(".tmp"))
+}
+
+/// SHA-256 of every file under `dir` (recursively, bookkeeping files
+/// aside), by path relative to `dir`; empty when `dir` does not exist.
+fn output_digests(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("{}", d.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if !is_bookkeeping(&entry.file_name().to_string_lossy()) {
+                let rel = path.strip_prefix(dir).unwrap_or(&path);
+                out.insert(rel.to_string_lossy().into_owned(), sha256_of_file(&path)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Why a finished stage's outputs cannot be trusted any more (the first
+/// file that is missing or changed), or `None` when they are as recorded.
+fn changed_output(dir: &Path, mark: &StageMark) -> Result<Option<String>> {
+    let Some(recorded) = &mark.outputs else {
+        return Ok(Some(
+            "its record has no output digests (an older distillrec)".into(),
+        ));
+    };
+    for (rel, digest) in recorded {
+        let path = dir.join(rel);
+        if !path.is_file() {
+            return Ok(Some(format!("{} is missing", path.display())));
+        }
+        if sha256_of_file(&path)? != *digest {
+            return Ok(Some(format!("{} changed", path.display())));
+        }
+    }
+    Ok(None)
 }
 
 /// Where stage directories live.
@@ -134,6 +192,9 @@ struct Stages<'a> {
     out: &'a Path,
     layout: Layout,
     done: Vec<StageReport>,
+    /// A stage ran again because its outputs had changed: every stage
+    /// after it runs again too.
+    rerun_rest: bool,
 }
 
 impl Stages<'_> {
@@ -187,15 +248,30 @@ impl Stages<'_> {
         let mark_path = self.mark_path(name, kind, key);
         match self.read_mark(&mark_path)? {
             Some(m) if m.key == key && m.status == "ok" => {
-                tracing::info!(stage = name, "finished earlier with the same key: skipped");
-                self.done.push(StageReport {
-                    name: name.into(),
-                    key: key.into(),
-                    skipped: true,
-                    wall_secs: 0.0,
-                    ran_secs: m.wall_secs,
-                });
-                return Ok(dir);
+                let why = if self.rerun_rest {
+                    Some("a stage before it ran again".to_string())
+                } else {
+                    changed_output(&dir, &m)?
+                };
+                let Some(why) = why else {
+                    tracing::info!(stage = name, "finished earlier with the same key: skipped");
+                    self.done.push(StageReport {
+                        name: name.into(),
+                        key: key.into(),
+                        skipped: true,
+                        wall_secs: 0.0,
+                        ran_secs: m.wall_secs,
+                    });
+                    return Ok(dir);
+                };
+                tracing::warn!(
+                    "stage `{name}` finished earlier, but {why}: running it and every stage after it again"
+                );
+                self.rerun_rest = true;
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("{}: cannot remove", dir.display()))?;
+                }
             }
             Some(m) if m.key == key => {
                 tracing::info!(stage = name, "unfinished with the same key: continuing it");
@@ -225,6 +301,7 @@ impl Stages<'_> {
             key: key.into(),
             status: "running".into(),
             wall_secs: 0.0,
+            outputs: None,
         };
         atomic_write_json(&mark_path, &mark)?;
         reset_peak_rss();
@@ -234,6 +311,7 @@ impl Stages<'_> {
         let wall = t.elapsed().as_secs_f64();
         mark.status = "ok".into();
         mark.wall_secs = wall;
+        mark.outputs = Some(output_digests(&dir)?);
         atomic_write_json(&mark_path, &mark)?;
         self.done.push(StageReport {
             name: name.into(),
@@ -338,6 +416,7 @@ pub fn run(
         out,
         layout,
         done: Vec::new(),
+        rerun_rest: false,
     };
     let mut models: Vec<ModelRun> = Vec::new();
     let mut add_model = |label: &str, dir: &Path| {
@@ -424,11 +503,10 @@ pub fn run(
             (Some(dir.join(SELECTION_FILE)), k)
         };
 
-        // the student is an input by key, not by path: a moved `out`
-        // keeps its teacher
-        let mut c = project(reads::TEACHER, run_seed);
+        // the student is an input by key, not by path, and is given to the
+        // stage apart from its config: a moved `out` keeps its teacher
+        let c = project(reads::TEACHER, run_seed);
         let k_teacher = stage_key("teacher", &c, &[&k_data, &k_ts, &k_sel]);
-        c.teacher.student = Some(ts_ckpt.clone());
         let teacher_dir = st.run("teacher", "teacher", &k_teacher, |dir| {
             let req = TrainTeacherRequest {
                 data: Some(data_dir.clone()),
@@ -460,7 +538,7 @@ pub fn run(
                     k: None,
                 },
                 backbone: None,
-                student: None,
+                student: Some(ts_ckpt.clone()),
             };
             let (cache, rps) = teacher_infer(&c, &req, device)?;
             tracing::info!(

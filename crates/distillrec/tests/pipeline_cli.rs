@@ -173,6 +173,45 @@ fn stages_run_once_and_a_changed_key_reruns_only_what_depends_on_it() {
         ran(&out),
         ["selection", "teacher", "cache", "distill", "report"]
     );
+
+    // a finished stage whose output changed is not skipped: it runs again,
+    // and so does every stage after it, with one line that says why
+    let extra = ["distill.lambda=0.3", "selection.budget=30"];
+    let rerun = |out: &Path| {
+        let a = pipeline_args(&b, out, &extra);
+        let r = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let best = out.join("student/checkpoints/best.safetensors");
+    let good = std::fs::read(&best).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&best, &bad).unwrap();
+    let said = rerun(&out);
+    assert!(
+        said.contains("stage `student` finished earlier, but")
+            && said.contains("best.safetensors changed"),
+        "{said}"
+    );
+    assert_eq!(
+        ran(&out),
+        [
+            "student",
+            "selection",
+            "teacher",
+            "cache",
+            "distill",
+            "report"
+        ]
+    );
+    assert_eq!(std::fs::read(&best).unwrap(), good, "retrained the same");
+    std::fs::remove_dir_all(out.join("teacher")).unwrap();
+    let said = rerun(&out);
+    assert!(said.contains("is missing"), "{said}");
+    assert_eq!(ran(&out), ["teacher", "cache", "distill", "report"]);
+    rerun(&out);
+    assert!(ran(&out).is_empty(), "{:?}", stages(&out));
 }
 
 #[test]
@@ -218,6 +257,10 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
     assert!(mark.contains("\"running\""), "{mark}");
     let student_ckpt = std::fs::read(out.join("student/checkpoints/best.safetensors")).unwrap();
 
+    // the run continues where it was moved to: stages are keyed by content
+    let moved = dir.path().join("moved");
+    std::fs::rename(&out, &moved).unwrap();
+    let out = moved;
     run_pipeline(&b, &out, &extra);
     let st = stages(&out);
     for (name, skipped) in &st {

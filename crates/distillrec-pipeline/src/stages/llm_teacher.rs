@@ -171,9 +171,14 @@ pub fn train_teacher(
                 (&req.out, true),
             )
         })?;
-        // the run key: what the weights depend on
+        // the run key: what the weights depend on, by content (the backbone
+        // and the student by their SHA-256, not by where they lie, so a
+        // moved run directory resumes)
+        let mut settings = cfg.teacher.clone();
+        settings.backbone = None;
+        settings.student = None;
         let mut h = Sha256::new();
-        h.update(serde_json::to_string(&(&cfg.teacher, &cfg.train.teacher, &cfg.eval))?.as_bytes());
+        h.update(serde_json::to_string(&(&settings, &cfg.train.teacher, &cfg.eval))?.as_bytes());
         h.update(cfg.seed.to_le_bytes());
         h.update(data.reference.fingerprint.as_bytes());
         h.update(a.backbone.sha256.as_bytes());
