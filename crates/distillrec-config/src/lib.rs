@@ -10,6 +10,7 @@
 //! config written into a run directory is always complete.
 
 mod device;
+pub mod reads;
 pub mod selection;
 mod source;
 
@@ -22,6 +23,7 @@ pub use device::DeviceSpec;
 pub use distillrec_data::synthetic::SyntheticOptions;
 use distillrec_data::PrepareOptions;
 pub use distillrec_eval::{EvalOptions, Metric, MetricKind};
+pub use reads::Reads;
 pub use selection::{Budget, BudgetError, Policy};
 
 /// A configuration error; one line, naming the file and/or the key.
@@ -652,55 +654,6 @@ fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError>
     Ok(())
 }
 
-/// The config groups a command reads, as dotted prefixes (`seed`,
-/// `student`, `train.student`, `eval`, ...). A command validates only what it
-/// reads, and a `--set` of a key it does not read earns a warning instead of
-/// being silently ignored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Reads(pub &'static [&'static str]);
-
-impl Reads {
-    /// Every group (the `pipeline`, and tests).
-    pub const ALL: Reads = Reads(&[
-        "seed",
-        "student_seed",
-        "device",
-        "dataset",
-        "student",
-        "teacher",
-        "distill",
-        "selection",
-        "train",
-        "eval",
-    ]);
-
-    /// Whether `key` (dotted) lies in a group read, or is a group that
-    /// holds one (`train` when `train.student` is read).
-    pub fn covers(&self, key: &str) -> bool {
-        self.0.iter().any(|p| {
-            key == *p
-                || key.strip_prefix(p).is_some_and(|r| r.starts_with('.'))
-                || p.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
-        })
-    }
-
-    /// Warnings for the overrides whose key this command does not read.
-    pub fn unread_overrides(&self, overrides: &[String]) -> Vec<String> {
-        overrides
-            .iter()
-            .filter_map(|o| {
-                let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
-                (!self.covers(key)).then(|| {
-                    format!(
-                        "--set {o}: this command does not read `{key}`; it reads {}",
-                        self.0.join(", ")
-                    )
-                })
-            })
-            .collect()
-    }
-}
-
 impl Config {
     /// Resolves defaults, then the TOML text `text` (named `source_name` in
     /// errors), then the overrides, and validates every group.
@@ -795,9 +748,19 @@ impl Config {
     /// its default: what one pipeline stage depends on, so the stage's run
     /// directory records exactly that and its key changes only when that does.
     pub fn project(&self, reads: Reads) -> Config {
+        self.project_paths(reads.0.iter())
+    }
+
+    /// The config a pipeline stage that reads `reads` records and is keyed
+    /// by: [`Config::project`] on `reads` and [`Reads::RECORD`].
+    pub fn project_stage(&self, reads: Reads) -> Config {
+        self.project_paths(reads.0.iter().chain(Reads::RECORD.0))
+    }
+
+    fn project_paths<'a>(&self, paths: impl Iterator<Item = &'a &'static str>) -> Config {
         let full = toml::Table::try_from(self).expect("config serialises");
         let mut out = toml::Table::try_from(Config::default()).expect("defaults serialise");
-        for path in reads.0 {
+        for path in paths {
             let segs: Vec<&str> = path.split('.').collect();
             let (last, parents) = segs.split_last().expect("a group path has a segment");
             let mut src = Some(&full);

@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use distillrec_config::{Config, Reads};
+use distillrec_config::{reads, Config, Reads};
 use distillrec_data::fsutil::{atomic_write, atomic_write_json, sha256_of, sha256_of_file};
 use distillrec_data::lock::DirLock;
 use distillrec_data::store;
@@ -44,44 +44,6 @@ use crate::stages::{
 
 /// The selection file in the selection stage's directory.
 const SELECTION_FILE: &str = "selection.csv";
-
-/// The config groups each stage reads (its projection). `dataset` is kept
-/// everywhere so every `config.toml` names the data it ran on; `device` is
-/// kept for the record but left out of the keys (a result does not depend
-/// on where it was computed, up to float noise).
-mod reads {
-    use distillrec_config::Reads;
-    pub const DATA: Reads = Reads(&["seed", "device", "dataset"]);
-    pub const POPULARITY: Reads = Reads(&["seed", "device", "dataset", "eval"]);
-    pub const STUDENT: Reads = Reads(&[
-        "seed",
-        "device",
-        "dataset",
-        "student",
-        "train.student",
-        "eval",
-    ]);
-    pub const SELECTION: Reads = Reads(&["seed", "device", "dataset", "student", "selection"]);
-    pub const TEACHER: Reads = Reads(&[
-        "seed",
-        "device",
-        "dataset",
-        "teacher",
-        "train.teacher",
-        "eval",
-    ]);
-    pub const CACHE: Reads = Reads(&["seed", "device", "dataset", "teacher"]);
-    pub const DISTILL: Reads = Reads(&[
-        "seed",
-        "device",
-        "dataset",
-        "student",
-        "distill",
-        "train.distill",
-        "eval",
-    ]);
-    pub const REPORT: Reads = Reads(&["seed", "device", "dataset", "eval", "train.student"]);
-}
 
 /// How one stage went in this invocation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -430,7 +392,7 @@ pub fn run(
     };
     // a stage's config: its groups, trained with `seed`
     let project = |reads: Reads, seed: u64| {
-        let mut p = cfg.project(reads);
+        let mut p = cfg.project_stage(reads);
         p.seed = seed;
         p.student_seed = None;
         p
@@ -439,7 +401,7 @@ pub fn run(
     let student_seed = cfg.student_seed.unwrap_or(cfg.seed);
 
     // data: the prepared dataset (given, or built from the config)
-    let k_data = stage_key("data", &project(reads::DATA, run_seed), &[&given]);
+    let k_data = stage_key("data", &project(reads::PREPARE, run_seed), &[&given]);
     let built = st.run("data", "data", &k_data, |dir| {
         if cfg.dataset.prepared.is_none() {
             let ds = cfg.build_dataset()?;
@@ -449,7 +411,7 @@ pub fn run(
     })?;
     let data_dir = cfg.dataset.prepared.clone().unwrap_or(built);
 
-    let pop = project(reads::POPULARITY, run_seed);
+    let pop = project(reads::EVAL_POPULARITY, run_seed);
     let k_pop = stage_key("popularity", &pop, &[&k_data]);
     let pop_dir = st.run("popularity", "popularity", &k_pop, |dir| {
         eval_popularity(&pop, &data_dir, dir, build.clone()).map(drop)
@@ -459,7 +421,7 @@ pub fn run(
     // the baseline student, trained with the student seed
     let train_student_stage =
         |st: &mut Stages, name: &str, seed: u64| -> Result<(String, PathBuf)> {
-            let c = project(reads::STUDENT, seed);
+            let c = project(reads::TRAIN_STUDENT, seed);
             let k = stage_key("student", &c, &[&k_data]);
             let dir = st.run(name, "student", &k, |dir| {
                 train_student(&c, Some(&data_dir), dir, build.clone(), device).map(drop)
@@ -483,7 +445,7 @@ pub fn run(
         let (selection, k_sel) = if cfg.selection.policy == Policy::All {
             (None, String::new())
         } else {
-            let c = project(reads::SELECTION, run_seed);
+            let c = project(reads::SELECT, run_seed);
             let k = stage_key("selection", &c, &[&k_data, &k_ts]);
             let dir = st.run("selection", "selection", &k, |dir| {
                 std::fs::create_dir_all(dir)?;
@@ -505,7 +467,7 @@ pub fn run(
 
         // the student is an input by key, not by path, and is given to the
         // stage apart from its config: a moved `out` keeps its teacher
-        let c = project(reads::TEACHER, run_seed);
+        let c = project(reads::TRAIN_TEACHER, run_seed);
         let k_teacher = stage_key("teacher", &c, &[&k_data, &k_ts, &k_sel]);
         let teacher_dir = st.run("teacher", "teacher", &k_teacher, |dir| {
             let req = TrainTeacherRequest {
@@ -525,7 +487,7 @@ pub fn run(
         };
         add_model(teacher_label, &teacher_dir);
 
-        let c = project(reads::CACHE, run_seed);
+        let c = project(reads::TEACHER_CACHE, run_seed);
         let k_cache = stage_key("cache", &c, &[&k_teacher, &k_sel]);
         let cache_dir = st.run("cache", "cache", &k_cache, |dir| {
             let req = TeacherInferRequest {

@@ -43,50 +43,6 @@ pub fn load_config(c: &ConfigArgs, extra: Vec<String>, reads: Reads) -> Result<C
     Ok(Config::load_for(c.config.as_deref(), &sets, reads)?)
 }
 
-/// The groups `data prepare` reads.
-pub const READS_PREPARE: Reads = Reads(&["seed", "dataset"]);
-/// The groups `train student` reads.
-pub const READS_TRAIN_STUDENT: Reads = Reads(&[
-    "seed",
-    "device",
-    "dataset",
-    "student",
-    "train.student",
-    "eval",
-]);
-/// The groups `eval popularity` reads.
-pub const READS_EVAL_POPULARITY: Reads = Reads(&["seed", "eval"]);
-/// The groups `eval student` reads.
-pub const READS_EVAL_STUDENT: Reads = Reads(&["seed", "device", "eval"]);
-/// The groups `train teacher` reads.
-pub const READS_TRAIN_TEACHER: Reads = Reads(&[
-    "seed",
-    "device",
-    "dataset",
-    "teacher",
-    "train.teacher",
-    "eval",
-]);
-/// The groups `eval teacher` reads (the teacher's settings come from its
-/// checkpoint).
-pub const READS_EVAL_TEACHER: Reads = Reads(&["eval"]);
-/// The groups `teacher from-student` reads.
-pub const READS_TEACHER: Reads = Reads(&["device", "teacher"]);
-/// The groups `select` reads (`student` for the pool of trained rows).
-pub const READS_SELECT: Reads = Reads(&["seed", "device", "selection", "student"]);
-/// The groups `distill` reads.
-pub const READS_DISTILL: Reads = Reads(&[
-    "seed",
-    "device",
-    "dataset",
-    "student",
-    "distill",
-    "train.distill",
-    "eval",
-]);
-/// The groups `pipeline` reads: all of them.
-pub const READS_PIPELINE: Reads = Reads::ALL;
-
 /// Opens the device: `--device` if given (it also becomes the config's
 /// `device`, so `config.toml` records it), else the config's.
 pub fn config_device(cfg: &mut Config, arg: &DeviceArgs) -> Result<Device> {

@@ -4,12 +4,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use distillrec_config::reads;
 use distillrec_data::{stats, store};
 use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
 
 use crate::args::{DataCommand, PrepareArgs, StatsArgs};
-use crate::common::{load_config, quoted, READS_PREPARE};
+use crate::common::{load_config, quoted};
 
 /// Runs a `data` subcommand.
 pub fn run(c: DataCommand) -> Result<()> {
@@ -38,7 +39,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     push("dataset.min_history", a.min_history.map(|x| x.to_string()));
     push("seed", a.seed.map(|x| x.to_string()));
     push("dataset.synthetic.seed", a.seed.map(|x| x.to_string()));
-    let mut cfg = load_config(&a.config, sets, READS_PREPARE)?;
+    let mut cfg = load_config(&a.config, sets, reads::PREPARE)?;
     cfg.dataset.prepared = None;
     let t = Instant::now();
     let (ds, manifest) = stages::prepare(&cfg, &a.out)?;

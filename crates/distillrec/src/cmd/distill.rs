@@ -2,16 +2,15 @@
 
 use anyhow::Result;
 
+use distillrec_config::reads;
 use distillrec_pipeline::stages::{self, DistillRequest};
 
 use crate::args::DistillArgs;
-use crate::common::{
-    build_info, config_device, load_config, print_metrics, record_data, READS_DISTILL,
-};
+use crate::common::{build_info, config_device, load_config, print_metrics, record_data};
 
 /// Runs `distill`.
 pub fn run(a: DistillArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_DISTILL)?;
+    let mut cfg = load_config(&a.config, vec![], reads::DISTILL)?;
     record_data(&mut cfg, a.data.as_deref());
     let device = config_device(&mut cfg, &a.device)?;
     let req = DistillRequest {

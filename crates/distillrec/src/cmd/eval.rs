@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+use distillrec_config::reads;
 use distillrec_pipeline::stages;
 use distillrec_run::init_logging;
 use distillrec_train::EvalCost;
@@ -9,7 +10,6 @@ use distillrec_train::EvalCost;
 use crate::args::{EvalCommand, EvalStudentArgs, EvalTeacherArgs, PopularityArgs};
 use crate::common::{
     build_info, config_device, load_config, print_json, print_metrics, print_teacher_extras,
-    READS_EVAL_POPULARITY, READS_EVAL_STUDENT, READS_EVAL_TEACHER,
 };
 
 /// Runs an `eval` subcommand.
@@ -22,7 +22,7 @@ pub fn run(c: EvalCommand) -> Result<()> {
 }
 
 fn teacher(a: EvalTeacherArgs) -> Result<()> {
-    let cfg = load_config(&a.config, vec![], READS_EVAL_TEACHER)?;
+    let cfg = load_config(&a.config, vec![], reads::EVAL_TEACHER)?;
     if a.out.is_none() {
         init_logging(None)?;
     }
@@ -45,7 +45,7 @@ fn teacher(a: EvalTeacherArgs) -> Result<()> {
 }
 
 fn popularity(a: PopularityArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_EVAL_POPULARITY)?;
+    let mut cfg = load_config(&a.config, vec![], reads::EVAL_POPULARITY)?;
     cfg.dataset.prepared = Some(a.data.clone());
     let m = stages::eval_popularity(&cfg, &a.data, &a.out, build_info())?;
     if a.json {
@@ -58,7 +58,7 @@ fn popularity(a: PopularityArgs) -> Result<()> {
 }
 
 fn student(a: EvalStudentArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_EVAL_STUDENT)?;
+    let mut cfg = load_config(&a.config, vec![], reads::EVAL_STUDENT)?;
     let device = config_device(&mut cfg, &a.device)?;
     if a.out.is_none() {
         init_logging(None)?; // with --out, the run directory's log starts once it is opened

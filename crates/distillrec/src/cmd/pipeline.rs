@@ -4,16 +4,16 @@ use anyhow::Result;
 
 use distillrec_pipeline::pipeline;
 
-use distillrec_config::Config;
+use distillrec_config::{reads, Config};
 use distillrec_pipeline::pipeline::StageReport;
 use distillrec_pipeline::sweep::{self, expand, split_sets, GridAxis};
 
 use crate::args::{ConfigArgs, PipelineArgs, SweepArgs};
-use crate::common::{build_info, config_device, load_config, print_metrics, READS_PIPELINE};
+use crate::common::{build_info, config_device, load_config, print_metrics};
 
 /// Runs `pipeline`: every stage, then the stage timings and the report.
 pub fn run(a: PipelineArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_PIPELINE)?;
+    let mut cfg = load_config(&a.config, vec![], reads::PIPELINE)?;
     let device = config_device(&mut cfg, &a.device)?;
     let ks = cfg.eval.ks.clone();
     let outcome = pipeline::run(
@@ -68,14 +68,14 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
         config: a.config.config.clone(),
         set: fixed,
     };
-    let mut cfg = load_config(&base, vec![], READS_PIPELINE)?;
+    let mut cfg = load_config(&base, vec![], reads::PIPELINE)?;
     let device = config_device(&mut cfg, &a.device)?;
     let device_set = format!("device={}", cfg.device);
     let runs = expand(&axes, &a.seeds);
     let config_for = |extra: &[String]| -> Result<Config> {
         let mut e = extra.to_vec();
         e.push(device_set.clone());
-        load_config(&base, e, READS_PIPELINE)
+        load_config(&base, e, reads::PIPELINE)
     };
     let ks = cfg.eval.ks.clone();
     println!("sweep: {} runs", runs.len());

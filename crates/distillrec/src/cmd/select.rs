@@ -2,17 +2,18 @@
 
 use anyhow::Result;
 
+use distillrec_config::reads;
 use distillrec_pipeline::stages::{self, SelectRequest};
 use distillrec_run::init_logging;
 
 use crate::args::SelectArgs;
-use crate::common::{config_device, load_config, READS_SELECT};
+use crate::common::{config_device, load_config};
 
 /// Runs `select`; `--policy`, `--budget` and `--threshold` override the
 /// config's `[selection]`.
 pub fn run(a: SelectArgs) -> Result<()> {
     init_logging(None)?;
-    let mut cfg = load_config(&a.config, vec![], READS_SELECT)?;
+    let mut cfg = load_config(&a.config, vec![], reads::SELECT)?;
     let policy = a.policy.unwrap_or(cfg.selection.policy);
     let budget = a.budget.unwrap_or(cfg.selection.budget);
     let device = config_device(&mut cfg, &a.device)?;

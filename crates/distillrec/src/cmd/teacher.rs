@@ -7,14 +7,14 @@ use anyhow::Result;
 use candle_core::Device;
 
 use distillrec_cache::{FromFiles, RowKeys, TeacherCache};
-use distillrec_config::Config;
+use distillrec_config::{reads, Config};
 use distillrec_pipeline::stages::{self, CacheJob};
 use distillrec_run::init_logging;
 
 use crate::args::{
     CacheJobArgs, FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand, TeacherInferArgs,
 };
-use crate::common::{config_device, load_config, READS_TEACHER};
+use crate::common::{config_device, load_config};
 
 /// Runs a `teacher` subcommand.
 pub fn run(c: TeacherCommand) -> Result<()> {
@@ -29,7 +29,7 @@ pub fn run(c: TeacherCommand) -> Result<()> {
 
 /// The config, device and cache job of `teacher infer` / `from-student`.
 fn cache_job(checkpoint: PathBuf, j: CacheJobArgs) -> Result<(Config, Device, CacheJob)> {
-    let mut cfg = load_config(&j.config, vec![], READS_TEACHER)?;
+    let mut cfg = load_config(&j.config, vec![], reads::TEACHER_CACHE)?;
     let device = config_device(&mut cfg, &j.device)?;
     let job = CacheJob {
         checkpoint,

@@ -2,12 +2,12 @@
 
 use anyhow::Result;
 
+use distillrec_config::reads;
 use distillrec_pipeline::stages;
 
 use crate::args::{TrainCommand, TrainStudentArgs, TrainTeacherArgs};
 use crate::common::{
     build_info, config_device, load_config, print_metrics, print_teacher_extras, record_data,
-    READS_TRAIN_STUDENT, READS_TRAIN_TEACHER,
 };
 
 /// Runs a `train` subcommand.
@@ -19,7 +19,7 @@ pub fn run(c: TrainCommand) -> Result<()> {
 }
 
 fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_TRAIN_TEACHER)?;
+    let mut cfg = load_config(&a.config, vec![], reads::TRAIN_TEACHER)?;
     record_data(&mut cfg, a.data.as_deref());
     let device = config_device(&mut cfg, &a.device)?;
     let req = stages::TrainTeacherRequest {
@@ -46,7 +46,7 @@ fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
 }
 
 fn train_student(a: TrainStudentArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_TRAIN_STUDENT)?;
+    let mut cfg = load_config(&a.config, vec![], reads::TRAIN_STUDENT)?;
     record_data(&mut cfg, a.data.as_deref());
     let device = config_device(&mut cfg, &a.device)?;
     let t = stages::train_student(&cfg, a.data.as_deref(), &a.out, build_info(), &device)?;
