@@ -31,11 +31,12 @@ pub const VERSION: u32 = 1;
 /// Largest catalogue a manifest may declare (`num_items`).
 pub const MAX_ITEMS: usize = 1 << 24;
 
-/// Largest `hidden`, `max_len` and `heads` a manifest may declare.
-pub const MAX_SIZE: usize = 1 << 16;
+/// Largest `hidden`, `max_len` and `heads` a manifest may declare (the
+/// config's limit, so a config that trains is a checkpoint that loads).
+pub use distillrec_config::MAX_SIZE;
 
-/// Largest `layers` a manifest may declare.
-pub const MAX_LAYERS: usize = 1024;
+/// Largest `layers` a manifest may declare (the config's limit).
+pub use distillrec_config::MAX_LAYERS;
 
 /// Largest manifest file read (it holds a spec, a few metrics and names).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;

@@ -156,3 +156,15 @@ pub fn record_data(cfg: &mut Config, data: Option<&std::path::Path>) {
         cfg.dataset.prepared = Some(distillrec_pipeline::absolute(d));
     }
 }
+
+/// Sets the worker threads of rayon and the matmul kernels, after checking
+/// `--threads` against the machine (a count past the cap would fail to
+/// spawn).
+pub fn use_threads(threads: usize) -> Result<()> {
+    distillrec_data::memory::check_threads("--threads", threads).map_err(anyhow::Error::msg)?;
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    Ok(())
+}
