@@ -149,12 +149,17 @@ pub fn print_teacher_extras(m: &Metrics) {
     }
 }
 
-/// Records `--data` in the config as `dataset.prepared` (absolute), so the
-/// run's `config.toml` names the dataset it was trained on.
-pub fn record_data(cfg: &mut Config, data: Option<&std::path::Path>) {
-    if let Some(d) = data {
-        cfg.dataset.prepared = Some(distillrec_pipeline::absolute(d));
-    }
+/// `--data` as the override `dataset.prepared` (absolute), for
+/// [`load_config`]: the config's checks see that the dataset is given (no
+/// "needs dataset.raw or dataset.prepared"), and the run's `config.toml`
+/// names the dataset it was trained on.
+pub fn data_override(data: Option<&std::path::Path>) -> Vec<String> {
+    data.map(|d| {
+        let abs = distillrec_pipeline::absolute(d);
+        format!("dataset.prepared={}", quoted(&abs.display().to_string()))
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Sets the worker threads of rayon and the matmul kernels, after checking

@@ -6,13 +6,12 @@ use distillrec_pipeline::stages::{self, DistillRequest};
 
 use crate::args::DistillArgs;
 use crate::common::{
-    build_info, config_device, load_config, print_metrics, record_data, READS_DISTILL,
+    build_info, config_device, data_override, load_config, print_metrics, READS_DISTILL,
 };
 
 /// Runs `distill`.
 pub fn run(a: DistillArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], READS_DISTILL)?;
-    record_data(&mut cfg, a.data.as_deref());
+    let mut cfg = load_config(&a.config, data_override(a.data.as_deref()), READS_DISTILL)?;
     let device = config_device(&mut cfg, &a.device)?;
     let req = DistillRequest {
         teacher_cache: a.teacher_cache,
