@@ -110,10 +110,10 @@ mod tests {
             "train.student.batch_size = 256 with 4000000000 items"
         );
         assert!(e.needed > 4_000_000_000 * 64 * 16, "{e}");
-        let e = cfg(&["student.hidden=65536", "student.loss=\"bce\""])
-            .check_student_memory("distill", 1_000_000)
+        let e = cfg(&["student.hidden=4096", "student.loss=\"bce\""])
+            .check_student_memory("distill", 10_000_000)
             .unwrap_err();
-        assert_eq!(e.setting, "student.hidden = 65536 with 1000000 items");
+        assert_eq!(e.setting, "student.hidden = 4096 with 10000000 items");
         assert!(e
             .to_string()
             .contains("for the item table and its optimizer state"));
