@@ -540,11 +540,19 @@ pub fn from_files(spec: &FromFiles, fingerprint: &str, ds: &Dataset) -> Result<T
     }
     if let Some(&r) = unknown.first() {
         let (kp, kl) = &key_locs[r];
+        // Every key unknown: most likely the first column is not a row key.
+        let hint = if unknown.len() < keys.len() {
+            ""
+        } else if keyed {
+            "; if the first column is not the row key, give the keys in a file with --keys or pass --train-order (rows in training order)"
+        } else {
+            "; were the keys written for another dataset? (--train-order takes the rows in training order)"
+        };
         return Err(err_at(
             kp,
             *kl,
             format!(
-                "key {:?} is not a training row of dataset {} ({} of {} keys are unknown)",
+                "key {:?} is not a training row of dataset {} ({} of {} keys are unknown){hint}",
                 keys[r],
                 ds.name,
                 unknown.len(),

@@ -10,6 +10,7 @@
 //! config written into a run directory is always complete.
 
 mod device;
+mod memory;
 pub mod reads;
 pub mod selection;
 mod source;
@@ -25,6 +26,18 @@ use distillrec_data::PrepareOptions;
 pub use distillrec_eval::{EvalOptions, Metric, MetricKind};
 pub use reads::Reads;
 pub use selection::{Budget, BudgetError, Policy};
+
+/// Largest width or length a config (or a checkpoint) may set:
+/// `student.hidden`, `student.max_len`, `teacher.rank`,
+/// `teacher.gate_hidden`, and a checkpoint's `hidden`, `max_len`, `heads`.
+pub const MAX_SIZE: usize = 1 << 16;
+
+/// Largest `student.layers` (and a checkpoint's `layers`).
+pub const MAX_LAYERS: usize = 1024;
+
+/// Largest `teacher.experts`: a gate over more experts than this is no
+/// mixture anyone trains.
+pub const MAX_EXPERTS: usize = 1024;
 
 /// A configuration error; one line, naming the file and/or the key.
 #[derive(Debug, thiserror::Error)]
@@ -820,6 +833,12 @@ impl Config {
             if !reads.covers(&format!("train.{name}")) {
                 continue;
             }
+            if st.max_epochs == 0 {
+                return bad(
+                    &format!("train.{name}.max_epochs"),
+                    "must be at least 1 (no epoch would be trained)".into(),
+                );
+            }
             if st.batch_size == 0 {
                 return bad(
                     &format!("train.{name}.batch_size"),
@@ -895,6 +914,18 @@ impl Config {
         if t.top_k == 0 {
             return bad("teacher.top_k", "must be positive".into());
         }
+        for (key, v, max) in [
+            ("rank", t.rank, MAX_SIZE),
+            ("experts", t.experts, MAX_EXPERTS),
+            ("gate_hidden", t.gate_hidden, MAX_SIZE),
+        ] {
+            if v > max {
+                return bad(
+                    &format!("teacher.{key}"),
+                    format!("{v} is not in 1..={max}"),
+                );
+            }
+        }
         if t.experts == 0 || t.rank == 0 || !t.rank.is_multiple_of(t.experts) {
             return bad(
                 "teacher.rank",
@@ -968,6 +999,12 @@ impl Config {
         if !reads.covers("train.teacher") {
             return Ok(());
         }
+        if tr.max_epochs == 0 {
+            return bad(
+                "train.teacher.max_epochs",
+                "must be at least 1 (no epoch would be trained)".into(),
+            );
+        }
         if tr.batch_size == 0 || tr.grad_accum == 0 {
             return bad(
                 "train.teacher.batch_size",
@@ -1020,11 +1057,17 @@ impl Config {
             })
         };
         let s = &self.student;
-        if s.hidden == 0 || s.max_len == 0 || s.layers == 0 {
-            return bad(
-                "student",
-                "hidden, layers and max_len must be positive".into(),
-            );
+        for (key, v, max) in [
+            ("hidden", s.hidden, MAX_SIZE),
+            ("max_len", s.max_len, MAX_SIZE),
+            ("layers", s.layers, MAX_LAYERS),
+        ] {
+            if v == 0 || v > max {
+                return bad(
+                    &format!("student.{key}"),
+                    format!("{v} is not in 1..={max}"),
+                );
+            }
         }
         if s.heads == 0 || !s.hidden.is_multiple_of(s.heads) {
             return bad(

@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod error;
 pub mod fsutil;
 pub mod lock;
+pub mod memory;
 pub mod names;
 pub mod prepare;
 pub mod readers;

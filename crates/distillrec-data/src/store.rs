@@ -364,11 +364,16 @@ pub fn load(dir: &Path) -> Result<Dataset> {
                 .get(r.seq as usize)
                 .and_then(|s: &Sequence| s.items.get(r.pos as usize));
             if actual != Some(&target) {
+                let seqs = paths[1].display();
+                let found = match actual {
+                    Some(a) => format!("holds item {a} there"),
+                    None => "has no such position".to_string(),
+                };
                 return Err(DataError::parse(
                     path,
                     line,
                     format!(
-                        "target {target} does not match sequence {} at position {}",
+                        "target {target} does not match sequence {} at position {} of {seqs}, which {found}: the prepared files disagree (edited, or from two datasets); run `data prepare` again",
                         r.seq, r.pos
                     ),
                 ));

@@ -89,10 +89,16 @@ impl Default for SyntheticOptions {
     }
 }
 
+/// Rough memory per generated interaction (or item title): the raw log,
+/// the prepared dataset and its rows.
+const BYTES_PER_INTERACTION: u64 = 64;
+
 impl SyntheticOptions {
     /// Number of items the generator makes.
     pub fn num_items(&self) -> usize {
-        self.topics * self.series_per_topic * self.series_len
+        self.topics
+            .saturating_mul(self.series_per_topic)
+            .saturating_mul(self.series_len)
     }
 
     fn check(&self) -> Result<()> {
@@ -109,7 +115,29 @@ impl SyntheticOptions {
         if !(probs_ok && self.zipf.is_finite() && self.zipf >= 0.0) {
             return bad("p_next and p_topic must be probabilities summing to at most 1, zipf >= 0");
         }
-        Ok(())
+        self.check_memory()
+    }
+
+    /// Refuses a log that cannot fit in memory: about
+    /// [`BYTES_PER_INTERACTION`] for each of up to `users × max_len`
+    /// interactions and each item's title, checked before any is made.
+    fn check_memory(&self) -> Result<()> {
+        use crate::memory::{check_fits, product};
+        let b = BYTES_PER_INTERACTION;
+        let needed = product(&[self.users as u64, self.max_len as u64, b])
+            .saturating_add(product(&[self.num_items() as u64, b]));
+        let setting = format!(
+            "dataset.synthetic.users = {} (of up to max_len = {} interactions each, over {} items)",
+            self.users,
+            self.max_len,
+            self.num_items()
+        );
+        check_fits(
+            &setting,
+            "the interaction log and the dataset made from it",
+            needed,
+        )
+        .map_err(|e| DataError::Invalid(e.to_string()))
     }
 }
 

@@ -88,8 +88,16 @@ pub fn check_header<R: Read + Seek>(r: &mut R) -> std::result::Result<(), String
         return Err(format!("bad magic 0x{magic:08x}"));
     }
     let version = h.u32()?;
-    if !(1..=3).contains(&version) {
-        return Err(format!("unsupported GGUF version {version}"));
+    if version == 1 {
+        return Err(
+            "GGUF version 1 is not supported (v2 and v3 are); re-convert with a current llama.cpp"
+                .into(),
+        );
+    }
+    if !(2..=3).contains(&version) {
+        return Err(format!(
+            "unsupported GGUF version {version} (v2 and v3 are supported)"
+        ));
     }
     h.wide = version >= 2;
     let tensors = h.len()?;

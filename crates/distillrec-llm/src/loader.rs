@@ -53,6 +53,11 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Llm> {
         load_hf_dir(path, opts)
     } else if path.is_file() {
         load_gguf(path, opts)
+    } else if path.exists() {
+        Err(Error::file(
+            path,
+            "is neither a regular file nor a directory; give a GGUF file or a Hugging Face model directory",
+        ))
     } else {
         Err(Error::file(path, "no such file or directory"))
     }

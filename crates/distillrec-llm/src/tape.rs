@@ -502,6 +502,19 @@ impl<T: Real> AdapterSet<T> {
         })
     }
 
+    /// Weights the adapters on `targets` at total rank `rank` would hold on
+    /// `model` (`A` and `B` of every adapted projection), so the size can
+    /// be checked before [`AdapterSet::new`] allocates them.
+    pub fn weight_count(model: &Model, targets: &[Target], rank: usize) -> u64 {
+        let per_rank: u64 = model
+            .layers
+            .iter()
+            .flat_map(|layer| targets.iter().filter_map(|&t| layer.linear(t)))
+            .map(|lin| (lin.in_dim() as u64).saturating_add(lin.out_dim() as u64))
+            .fold(0u64, u64::saturating_add);
+        per_rank.saturating_mul(rank as u64)
+    }
+
     /// `α / (r / E)`.
     pub fn scale(&self) -> f64 {
         self.alpha / (self.rank / self.experts) as f64

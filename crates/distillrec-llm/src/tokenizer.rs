@@ -87,7 +87,13 @@ impl Tokenizer {
                         "malformed tokenizer.json (the tokenizers crate could not parse it)",
                     )
                 })?;
-        let inner = parsed.map_err(|e| Error::file(&path, e))?;
+        let inner = parsed.map_err(|e| match unreadable_section(&text) {
+            Some(section) => Error::file(
+                &path,
+                format!("{section} is not one the tokenizers library reads; re-save the tokenizer with a current `tokenizers` or use the model's own tokenizer.json"),
+            ),
+            None => Error::file(&path, e),
+        })?;
         Ok(Tokenizer::new(
             inner,
             cfg.bos_token_id,
@@ -317,5 +323,48 @@ pub(crate) fn int_value(v: &Value) -> Option<i64> {
         Value::U64(x) => i64::try_from(*x).ok()?,
         Value::I64(x) => *x,
         _ => return None,
+    })
+}
+
+/// The first section of a `tokenizer.json` that the tokenizers library
+/// cannot read, named with its `type` (`the \`model\` section (type
+/// "Foo")`), so an error says where instead of "did not match any variant
+/// of untagged enum".
+fn unreadable_section(text: &str) -> Option<String> {
+    use tokenizers::{
+        decoders::DecoderWrapper, models::ModelWrapper, normalizers::NormalizerWrapper,
+        pre_tokenizers::PreTokenizerWrapper, processors::PostProcessorWrapper,
+    };
+    type Reads = fn(serde_json::Value) -> bool;
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let sections: [(&str, Reads); 5] = [
+        ("model", |x| {
+            serde_json::from_value::<ModelWrapper>(x).is_ok()
+        }),
+        ("normalizer", |x| {
+            x.is_null() || serde_json::from_value::<NormalizerWrapper>(x).is_ok()
+        }),
+        ("pre_tokenizer", |x| {
+            x.is_null() || serde_json::from_value::<PreTokenizerWrapper>(x).is_ok()
+        }),
+        ("post_processor", |x| {
+            x.is_null() || serde_json::from_value::<PostProcessorWrapper>(x).is_ok()
+        }),
+        ("decoder", |x| {
+            x.is_null() || serde_json::from_value::<DecoderWrapper>(x).is_ok()
+        }),
+    ];
+    sections.into_iter().find_map(|(key, reads)| {
+        let section = v.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        let ty = section
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        // some deserialisers unwrap: a panic is a section it cannot read
+        let ok = std::panic::catch_unwind(|| reads(section)).unwrap_or(false);
+        (!ok).then(|| match ty {
+            Some(t) => format!("the `{key}` section (type \"{t}\")"),
+            None => format!("the `{key}` section"),
+        })
     })
 }

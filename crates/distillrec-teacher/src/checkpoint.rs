@@ -175,6 +175,7 @@ pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
     let mpath = manifest_path(path);
     let text = std::fs::read_to_string(&mpath)
         .with_context(|| format!("teacher checkpoint manifest {}", mpath.display()))?;
+    refuse_student_manifest(&text, &mpath)?;
     let m: TeacherManifest = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a teacher checkpoint manifest", mpath.display()))?;
     ensure!(
@@ -363,4 +364,18 @@ pub fn load_into(
         Err(_) => None,
     };
     Ok((m, opt))
+}
+
+/// Refuses a student checkpoint's manifest where a teacher's is expected,
+/// saying so (the typed parse would only say "unknown field `role`").
+fn refuse_student_manifest(text: &str, mpath: &Path) -> Result<()> {
+    let format = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("format")?.as_str().map(str::to_string));
+    ensure!(
+        format.as_deref() != Some(distillrec_train::checkpoint::FORMAT),
+        "{}: this is a student checkpoint, but a teacher checkpoint is expected (`train teacher` writes one: <run>/checkpoints/best.json)",
+        mpath.display()
+    );
+    Ok(())
 }

@@ -220,6 +220,7 @@ impl Teacher {
             n + 1
         );
         let targets: Vec<Target> = cfg.targets.iter().map(|&t| llm_target(t)).collect();
+        check_adapter_memory(&llm, &targets, cfg)?;
         let adapters =
             AdapterSet::new(&llm.model, &targets, cfg.experts, cfg.rank, cfg.alpha, seed)?;
         let nets = Nets::new(
@@ -882,4 +883,28 @@ impl Teacher {
         )?;
         Ok(g.text.lines().next().unwrap_or("").trim().to_string())
     }
+}
+
+/// Copies of every adapter weight while training: the weight, its
+/// gradient, AdamW's two moments and the best epoch's copy.
+const ADAPTER_COPIES: u64 = 5;
+
+/// Refuses adapters (rank `teacher.rank` on every target of every layer)
+/// that cannot fit in memory, before they are allocated.
+fn check_adapter_memory(llm: &Llm, targets: &[Target], cfg: &TeacherConfig) -> Result<()> {
+    use distillrec_data::memory::{check_fits, product};
+    let weights = AdapterSet::<f32>::weight_count(&llm.model, targets, cfg.rank);
+    let setting = format!(
+        "teacher.rank = {} on {} targets of {} layers",
+        cfg.rank,
+        targets.len(),
+        llm.model.layers.len()
+    );
+    let needed = product(&[weights, 4, ADAPTER_COPIES]);
+    check_fits(
+        &setting,
+        "the adapters, their gradients and optimizer state",
+        needed,
+    )?;
+    Ok(())
 }

@@ -31,11 +31,12 @@ pub const VERSION: u32 = 1;
 /// Largest catalogue a manifest may declare (`num_items`).
 pub const MAX_ITEMS: usize = 1 << 24;
 
-/// Largest `hidden`, `max_len` and `heads` a manifest may declare.
-pub const MAX_SIZE: usize = 1 << 16;
+/// Largest `hidden`, `max_len` and `heads` a manifest may declare (the
+/// config's limit, so a config that trains is a checkpoint that loads).
+pub use distillrec_config::MAX_SIZE;
 
-/// Largest `layers` a manifest may declare.
-pub const MAX_LAYERS: usize = 1024;
+/// Largest `layers` a manifest may declare (the config's limit).
+pub use distillrec_config::MAX_LAYERS;
 
 /// Largest manifest file read (it holds a spec, a few metrics and names).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -137,6 +138,9 @@ pub struct Loaded {
 /// format, version, sizes within bounds and consistent, and a `weights`
 /// entry that is a plain file name, resolved next to the manifest.
 pub fn read_manifest(path: &Path) -> Result<(Manifest, PathBuf)> {
+    if path.is_dir() {
+        bail!("{}", directory_hint(path));
+    }
     let mpath = if path.extension().is_some_and(|e| e == "json") {
         path.to_path_buf()
     } else {
@@ -155,6 +159,7 @@ pub fn read_manifest(path: &Path) -> Result<(Manifest, PathBuf)> {
             ),
         },
     )?;
+    refuse_teacher_manifest(&text, &mpath)?;
     let m: Manifest = serde_json::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
             "{}: not a distillrec checkpoint manifest: {e}",
@@ -188,6 +193,43 @@ pub fn read_manifest(path: &Path) -> Result<(Manifest, PathBuf)> {
     }
     let weights = mpath.with_file_name(name);
     Ok((m, weights))
+}
+
+/// What to say when a directory is given where a checkpoint file is
+/// expected: the checkpoint files it (or its `checkpoints/`) holds.
+fn directory_hint(dir: &Path) -> String {
+    let found = [
+        dir.join("best.json"),
+        dir.join("checkpoints").join("best.json"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file());
+    match found {
+        Some(p) => format!(
+            "{} is a directory; give a checkpoint file, e.g. {}",
+            dir.display(),
+            p.display()
+        ),
+        None => format!(
+            "{} is a directory; give a checkpoint file (<run>/checkpoints/best.json)",
+            dir.display()
+        ),
+    }
+}
+
+/// Refuses a teacher checkpoint's manifest where a student's is expected,
+/// saying so (the typed parse would only say "missing field `role`").
+fn refuse_teacher_manifest(text: &str, mpath: &Path) -> Result<()> {
+    let format = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v.get("format")?.as_str().map(str::to_string));
+    if format.as_deref() == Some("distillrec-teacher") {
+        bail!(
+            "{}: this is a teacher checkpoint, but a student checkpoint is expected (`train student` writes one: <run>/checkpoints/best.json)",
+            mpath.display()
+        );
+    }
+    Ok(())
 }
 
 /// Checks the sizes of a spec read from a manifest: each at least 1 and

@@ -532,10 +532,10 @@ pub struct DistillArgs {
 #[derive(Args, Debug)]
 pub struct ReportArgs {
     /// Run directories to compare, as `DIR` or `LABEL=DIR`; runs with the same label (default: the directory name without a `-s<seed>` suffix) are seeds of one model.
-    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1..)]
+    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1.., value_parser = run_spec)]
     pub runs: Vec<RunSpec>,
     /// Ablation runs (`[LABEL=]DIR`), listed after the models in their own group.
-    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1..)]
+    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1.., value_parser = run_spec)]
     pub ablation_runs: Vec<RunSpec>,
     /// Distillation runs that form the budget curve (policy from their selection file, fraction from the teacher rows they used).
     #[arg(long, value_name = "DIR", num_args = 1..)]
@@ -796,4 +796,19 @@ pub struct BenchLlmArgs {
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Parses `DIR` or `LABEL=DIR`, refusing an empty label or directory
+/// (`x=`, `=dir`), which would otherwise name no run or an unlabelled one.
+fn run_spec(s: &str) -> Result<RunSpec, String> {
+    if let Some((label, dir)) = s.rsplit_once('=') {
+        if label.trim().is_empty() || dir.trim().is_empty() {
+            return Err(
+                "expected DIR or LABEL=DIR with both parts non-empty, e.g. baseline=runs/student"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(s.parse()
+        .unwrap_or_else(|e: std::convert::Infallible| match e {}))
 }

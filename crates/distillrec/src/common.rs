@@ -105,10 +105,27 @@ pub fn print_teacher_extras(m: &Metrics) {
     }
 }
 
-/// Records `--data` in the config as `dataset.prepared` (absolute), so the
-/// run's `config.toml` names the dataset it was trained on.
-pub fn record_data(cfg: &mut Config, data: Option<&std::path::Path>) {
-    if let Some(d) = data {
-        cfg.dataset.prepared = Some(distillrec_pipeline::absolute(d));
-    }
+/// `--data` as the override `dataset.prepared` (absolute), for
+/// [`load_config`]: the config's checks see that the dataset is given (no
+/// "needs dataset.raw or dataset.prepared"), and the run's `config.toml`
+/// names the dataset it was trained on.
+pub fn data_override(data: Option<&std::path::Path>) -> Vec<String> {
+    data.map(|d| {
+        let abs = distillrec_pipeline::absolute(d);
+        format!("dataset.prepared={}", quoted(&abs.display().to_string()))
+    })
+    .into_iter()
+    .collect()
+}
+
+/// Sets the worker threads of rayon and the matmul kernels, after checking
+/// `--threads` against the machine (a count past the cap would fail to
+/// spawn).
+pub fn use_threads(threads: usize) -> Result<()> {
+    distillrec_data::memory::check_threads("--threads", threads).map_err(anyhow::Error::msg)?;
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    Ok(())
 }

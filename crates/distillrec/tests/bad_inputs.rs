@@ -237,6 +237,128 @@ fn corpus() -> Vec<Case> {
             &["llm", "logits", "--model", "{case}", "--prompt", "a"],
             "not a valid GGUF file: the header would take more than 1073741824 bytes of memory",
         ),
+        // issue 27 §7: sizes from configs and flags are bounded before allocation
+        c(
+            "bounds",
+            "GENERATED:empty-hidden",
+            &["train", "student", "--set", "student.hidden=1000000", "--out", "{tmp}/run"],
+            "config key `student.hidden`: 1000000 is not in 1..=65536",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-max-len",
+            &["train", "student", "--set", "student.max_len=10000000", "--out", "{tmp}/run"],
+            "config key `student.max_len`: 10000000 is not in 1..=65536",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-max-len-memory",
+            &["train", "student", "--set", "student.max_len=65536", "--out", "{tmp}/run"],
+            "student.max_len = 65536 with train.student.batch_size = 256 and student.hidden = 64 needs about",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-users",
+            &[
+                "data", "prepare", "--dataset", "synthetic", "--set",
+                "dataset.synthetic.users=1000000000", "--out", "{tmp}/out",
+            ],
+            "dataset.synthetic.users = 1000000000 (of up to max_len = 60 interactions each, over 400 items) needs about 3.8 TB",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-bench-items",
+            &["bench", "student", "--items", "4000000000", "--steps", "1"],
+            "train.student.batch_size = 256 with 4000000000 items needs about 16 TB",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-bench-hidden",
+            &["bench", "student", "--hidden", "10000000", "--steps", "1"],
+            "config key `student.hidden`: 10000000 is not in 1..=65536",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-bench-threads",
+            &["bench", "student", "--threads", "100000", "--steps", "1"],
+            "--threads 100000 is not in 1..=",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-teacher-rank",
+            &["train", "teacher", "--set", "teacher.rank=1000000000", "--out", "{tmp}/run"],
+            "config key `teacher.rank`: 1000000000 is not in 1..=65536",
+        ),
+        c(
+            "bounds",
+            "GENERATED:empty-teacher-experts",
+            &["train", "teacher", "--set", "teacher.experts=1000000", "--out", "{tmp}/run"],
+            "config key `teacher.experts`: 1000000 is not in 1..=1024",
+        ),
+        // issue 27 §8: the unclear errors that remain
+        c(
+            "clear",
+            "GENERATED:empty-data-given",
+            &[
+                "train", "student", "--data", "{case}/none", "--set", "dataset.kind=ml-1m",
+                "--out", "{tmp}/run",
+            ],
+            "/none: directory does not exist",
+        ),
+        c(
+            "clear",
+            "GENERATED:gguf-v1.gguf",
+            &["llm", "logits", "--model", "{case}", "--prompt", "a"],
+            "GGUF version 1 is not supported (v2 and v3 are); re-convert with a current llama.cpp",
+        ),
+        c(
+            "clear",
+            "GENERATED:tokenizer-unknown-type",
+            &["llm", "logits", "--model", "{case}", "--prompt", "a"],
+            "tokenizer.json: the `pre_tokenizer` section (type \"NoSuchSplit\") is not one the tokenizers library reads",
+        ),
+        c(
+            "clear",
+            "GENERATED:ml-1m-negative-user",
+            &["data", "prepare", "--dataset", "ml-1m", "--raw", "{case}", "--out", "{tmp}/out"],
+            "ratings.dat:1: user id '-5' is negative; it must be a non-negative integer",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-teacher-epochs",
+            &["train", "teacher", "--set", "train.teacher.max_epochs=0", "--out", "{tmp}/run"],
+            "config key `train.teacher.max_epochs`: must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-distill-epochs",
+            &["train", "student", "--set", "train.student.max_epochs=0", "--out", "{tmp}/run"],
+            "config key `train.student.max_epochs`: must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["recommend", "--checkpoint", "{case}", "--history", "1"],
+            "is a directory; give a checkpoint file (<run>/checkpoints/best.json)",
+        ),
+        c(
+            "clear",
+            "GENERATED:teacher-manifest",
+            &["recommend", "--checkpoint", "{case}/best.json", "--history", "1"],
+            "this is a teacher checkpoint, but a student checkpoint is expected",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-backbone-dev-zero",
+            &["llm", "logits", "--model", "/dev/zero", "--prompt", "a"],
+            "/dev/zero: is neither a regular file nor a directory; give a GGUF file or a Hugging Face model directory",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-runs-label",
+            &["report", "--runs", "x=", "--out", "{tmp}/report"],
+            "--runs 'x=': expected DIR or LABEL=DIR with both parts non-empty",
+        ),
     ]
 }
 
@@ -287,7 +409,10 @@ fn run(args: &[String]) -> Output {
     } else {
         Command::new(bin)
     };
+    // progress logs off, as in `common::bin`: commands that open a run
+    // directory log their stages at info level on stderr
     cmd.args(args)
+        .env("RUST_LOG", "warn")
         .env("RAYON_NUM_THREADS", "1")
         .env_remove("RUST_BACKTRACE")
         .output()
@@ -488,6 +613,35 @@ fn generate(name: &str, tmp: &Path) -> PathBuf {
             b.0.resize(b.0.len() + n as usize, 1);
             std::fs::write(&p, &b.0).unwrap();
         }
+        "gguf-v1.gguf" => {
+            let mut b = Bytes::default();
+            b.u32(0x4655_4747).u32(1).u32(0).u32(0);
+            std::fs::write(&p, &b.0).unwrap();
+        }
+        "tokenizer-unknown-type" => {
+            tiny_model(&p, None);
+            let path = p.join("tokenizer.json");
+            let mut tok: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            tok["pre_tokenizer"] = serde_json::json!({"type": "NoSuchSplit"});
+            std::fs::write(&path, tok.to_string()).unwrap();
+        }
+        "ml-1m-negative-user" => write_files(
+            &p,
+            &[
+                ("ratings.dat", "-5::1::3::100\n"),
+                ("movies.dat", "1::A (1995)::x\n"),
+            ],
+        ),
+        "teacher-manifest" => write_files(
+            &p,
+            &[(
+                "best.json",
+                "{\"format\": \"distillrec-teacher\", \"version\": 2, \"weights\": \"best.safetensors\"}",
+            )],
+        ),
+        // cases that need no files, only a directory to run in
+        empty if empty.starts_with("empty-") => std::fs::create_dir_all(&p).unwrap(),
         other => panic!("no generator for {other}"),
     }
     p

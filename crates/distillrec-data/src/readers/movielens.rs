@@ -24,9 +24,14 @@ pub(crate) fn int_field<T: std::str::FromStr>(
     what: &str,
     s: &str,
 ) -> Result<T> {
-    s.trim()
-        .parse::<T>()
-        .map_err(|_| DataError::parse(path, line, format!("{what} '{s}' is not an integer")))
+    s.trim().parse::<T>().map_err(|_| {
+        let why = match s.trim().parse::<i128>() {
+            Ok(v) if v < 0 => "is negative; it must be a non-negative integer",
+            Ok(_) => "is too large for this field",
+            Err(_) => "is not an integer",
+        };
+        DataError::parse(path, line, format!("{what} '{s}' {why}"))
+    })
 }
 
 /// Parses a number field, naming the field on failure.

@@ -58,6 +58,7 @@ pub fn distill(
         run.set_kind(RunKind::Distilled)?;
         run.set_device(spec_of(device))?;
         let data = run.stage("data", || run_data(cfg, req.data.as_deref(), out))?;
+        cfg.check_student_memory("distill", data.ds.num_items())?;
         let mut cache = TeacherCache::load(&req.teacher_cache)?;
         let mut selection_rows = None;
         if let Some(sel) = &req.selection {

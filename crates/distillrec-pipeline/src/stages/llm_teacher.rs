@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 
@@ -238,12 +238,20 @@ pub fn load_teacher(
     student: Option<&Path>,
 ) -> Result<Teacher> {
     let (m, weights) = read_manifest(checkpoint)?;
-    let backbone = backbone
-        .map(Path::to_path_buf)
-        .unwrap_or(m.backbone.path.clone());
-    let student = student
-        .map(Path::to_path_buf)
-        .unwrap_or(m.student.path.clone());
+    let recorded = |given: Option<&Path>, path: &Path, what: &str, flag: &str| -> Result<PathBuf> {
+        if let Some(p) = given {
+            return Ok(p.to_path_buf());
+        }
+        ensure!(
+            path.exists(),
+            "{}: the {what} it was trained with is no longer at {} (moved or deleted?); pass {flag} <path> (checked against the recorded SHA-256)",
+            checkpoint.display(),
+            path.display()
+        );
+        Ok(path.to_path_buf())
+    };
+    let backbone = recorded(backbone, &m.backbone.path, "backbone", "--backbone")?;
+    let student = recorded(student, &m.student.path, "student", "--student")?;
     // the run directory holds the title table training computed
     let run_dir = checkpoint
         .parent()
@@ -311,6 +319,18 @@ pub fn teacher_infer(
     cpu_only(device)?;
     let t0 = std::time::Instant::now();
     let data = load_prepared(&req.job.data)?;
+    let k = req.job.k.unwrap_or(cfg.teacher.top_k);
+    let n = data.ds.num_items();
+    ensure!(
+        k < n,
+        "{} = {k} must be less than the {n} items of {}; choose a smaller top-K",
+        if req.job.k.is_some() {
+            "--k"
+        } else {
+            "teacher.top_k"
+        },
+        req.job.data.display()
+    );
     let mut teacher = load_teacher(
         &req.job.checkpoint,
         &data,
@@ -322,7 +342,7 @@ pub fn teacher_infer(
         rows = rows[shard_range(sh, rows.len(), teacher.cfg.infer_batch)].to_vec();
     }
     let opts = InferOptions {
-        k: req.job.k.unwrap_or(cfg.teacher.top_k),
+        k,
         mask_history: cfg.teacher.mask_history,
         source: format!("teacher:{}", absolute(&req.job.checkpoint).display()),
         progress: true,

@@ -36,6 +36,7 @@ pub fn train_student_in(
     device: &Device,
 ) -> Result<TrainedStudent> {
     run.set_kind(RunKind::Student)?;
+    cfg.check_student_memory("student", data.ds.num_items())?;
     let opts = TrainOptions {
         student: &cfg.student,
         stage: &cfg.train.student,

@@ -11,7 +11,7 @@ use distillrec_train::bench::{bench_step, StepBench, StepBenchReport};
 use distillrec_train::evaluate_student;
 
 use crate::args::{BenchDistillArgs, BenchEvalArgs, BenchStudentArgs, EvalSplit};
-use crate::common::config_device;
+use crate::common::{config_device, use_threads};
 
 /// The benchmark's arguments as config overrides: a SASRec student and the
 /// student stage with plain AdamW (no weight decay, no clipping), as the
@@ -32,14 +32,6 @@ fn overrides(a: &BenchStudentArgs) -> Vec<String> {
         "train.student.weight_decay=0.0".into(),
         "train.student.grad_clip=0.0".into(),
     ]
-}
-
-/// Sets the worker threads of rayon and the matmul kernels.
-fn use_threads(threads: usize) {
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
 }
 
 /// Prints the optional breakdown and the `RESULT` line of a step benchmark.
@@ -70,8 +62,9 @@ fn print_result(a: &BenchStudentArgs, r: &StepBenchReport, extra: &str) {
 /// Runs `bench student`: the trainer's step, timed, printed as the PyTorch
 /// script prints it.
 pub fn student(a: BenchStudentArgs) -> Result<()> {
-    use_threads(a.threads);
     let mut cfg = Config::from_toml_str("", "bench student arguments", &overrides(&a))?;
+    cfg.check_student_memory("student", a.items)?;
+    use_threads(a.threads)?;
     let device = config_device(&mut cfg, &a.device)?;
     let r = bench_step(&cfg.student, &cfg.train.student, &bench(&a), &device)?;
     print_result(&a, &r, "");
@@ -82,11 +75,12 @@ pub fn student(a: BenchStudentArgs) -> Result<()> {
 /// shapes, with a teacher of `k` candidates on every row.
 pub fn distill(a: BenchDistillArgs) -> Result<()> {
     let s = &a.step;
-    use_threads(s.threads);
     let mut sets = overrides(s);
     sets.push(format!("distill.k={}", a.k));
     sets.extend(a.set.iter().cloned());
     let mut cfg = Config::from_toml_str("", "bench distill arguments", &sets)?;
+    cfg.check_student_memory("student", s.items)?;
+    use_threads(s.threads)?;
     let device = config_device(&mut cfg, &s.device)?;
     let teacher = TeacherShape {
         k: a.k,
@@ -122,7 +116,7 @@ fn bench(a: &BenchStudentArgs) -> StepBench {
 /// a randomly initialised SASRec (seed 0) — the scoring, history masking
 /// and ranking `train` and `eval student` run, timed.
 pub fn eval(a: BenchEvalArgs) -> Result<()> {
-    use_threads(a.threads);
+    use_threads(a.threads)?;
     let sets = vec![
         "student.model=sasrec".to_string(),
         format!("student.heads={}", a.heads),

@@ -6,12 +6,11 @@ use distillrec_config::reads;
 use distillrec_pipeline::stages::{self, DistillRequest};
 
 use crate::args::DistillArgs;
-use crate::common::{build_info, config_device, load_config, print_metrics, record_data};
+use crate::common::{build_info, config_device, data_override, load_config, print_metrics};
 
 /// Runs `distill`.
 pub fn run(a: DistillArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], reads::DISTILL)?;
-    record_data(&mut cfg, a.data.as_deref());
+    let mut cfg = load_config(&a.config, data_override(a.data.as_deref()), reads::DISTILL)?;
     let device = config_device(&mut cfg, &a.device)?;
     let req = DistillRequest {
         teacher_cache: a.teacher_cache,

@@ -11,7 +11,7 @@ use crate::args::{
     AdapterArg, BenchLlmArgs, EmbedItemsArgs, GenerateArgs, LlmCommand, LlmStepArg, LogitsArgs,
     ModelArgs,
 };
-use crate::common::device;
+use crate::common::{device, use_threads};
 
 /// Candle runs element-wise ops on its own spinning thread pool besides the
 /// rayon threads of matmuls; on small machines (and under load) the spinning
@@ -104,10 +104,7 @@ fn peak_rss() -> String {
 /// Runs `bench llm`: one step, timed, printed as the PyTorch script prints it.
 pub fn bench(a: BenchLlmArgs) -> Result<()> {
     tune_threads();
-    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.threads)
-        .build_global();
+    use_threads(a.threads)?;
     let device = device(&a.device)?;
     let training = matches!(a.step, LlmStepArg::Lm | LlmStepArg::Teacher);
     let adapter = a.adapter.unwrap_or(match a.step {

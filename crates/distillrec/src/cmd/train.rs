@@ -7,7 +7,7 @@ use distillrec_pipeline::stages;
 
 use crate::args::{TrainCommand, TrainStudentArgs, TrainTeacherArgs};
 use crate::common::{
-    build_info, config_device, load_config, print_metrics, print_teacher_extras, record_data,
+    build_info, config_device, data_override, load_config, print_metrics, print_teacher_extras,
 };
 
 /// Runs a `train` subcommand.
@@ -19,8 +19,8 @@ pub fn run(c: TrainCommand) -> Result<()> {
 }
 
 fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], reads::TRAIN_TEACHER)?;
-    record_data(&mut cfg, a.data.as_deref());
+    let data = data_override(a.data.as_deref());
+    let mut cfg = load_config(&a.config, data, reads::TRAIN_TEACHER)?;
     let device = config_device(&mut cfg, &a.device)?;
     let req = stages::TrainTeacherRequest {
         data: a.data,
@@ -46,8 +46,8 @@ fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
 }
 
 fn train_student(a: TrainStudentArgs) -> Result<()> {
-    let mut cfg = load_config(&a.config, vec![], reads::TRAIN_STUDENT)?;
-    record_data(&mut cfg, a.data.as_deref());
+    let data = data_override(a.data.as_deref());
+    let mut cfg = load_config(&a.config, data, reads::TRAIN_STUDENT)?;
     let device = config_device(&mut cfg, &a.device)?;
     let t = stages::train_student(&cfg, a.data.as_deref(), &a.out, build_info(), &device)?;
     let name = format!(
