@@ -15,25 +15,68 @@ use crate::tokenizer::Tokenizer;
 /// Name of the table inside the safetensors file.
 pub const TABLE_NAME: &str = "item_embeddings";
 
-/// Embeddings `(n, hidden)` (f32) of `titles`, one row per title, in order.
+/// How titles are cut and named when embedded.
+#[derive(Clone, Copy, Debug)]
+pub struct TitleCut<'a> {
+    /// Tokens kept of each title (its first ones), as the teacher's prompts
+    /// keep them (`teacher.max_title_tokens`), so that a title of any length
+    /// embeds within the model's context.
+    pub max_tokens: usize,
+    /// What the i-th text is in errors: `item` names `item {i + 1}`.
+    pub what: &'a str,
+}
+
+/// The first characters of `text`, for an error line.
+fn preview(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Token ids of `titles`, each cut to `cut.max_tokens`; a title without
+/// tokens, or one still longer than the model's context, is refused naming it.
+fn encode_titles(
+    model: &Model,
+    tok: &Tokenizer,
+    titles: &[&str],
+    cut: TitleCut,
+) -> Result<Vec<Vec<u32>>> {
+    let ctx = model.config().max_position_embeddings;
+    titles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut ids = tok.encode(t, true)?;
+            let name = || format!("{} {} (`{}`)", cut.what, i + 1, preview(t));
+            if ids.is_empty() {
+                return Err(Error::Input(format!("{} has no tokens", name())));
+            }
+            ids.truncate(cut.max_tokens.max(1));
+            if ids.len() > ctx {
+                return Err(Error::Input(format!(
+                    "{} keeps {} tokens, more than the model's context of {ctx}; lower the title cut",
+                    name(),
+                    ids.len()
+                )));
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// Embeddings `(n, hidden)` (f32) of `titles`, one row per title, in order,
+/// each cut as `cut` says.
 pub fn title_embeddings(
     model: &Model,
     tok: &Tokenizer,
     titles: &[&str],
     batch_size: usize,
+    cut: TitleCut,
 ) -> Result<Tensor> {
     let batch_size = batch_size.max(1);
-    let encoded: Vec<Vec<u32>> = titles
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let ids = tok.encode(t, true)?;
-            if ids.is_empty() {
-                return Err(Error::Input(format!("title #{i} `{t}` has no tokens")));
-            }
-            Ok(ids)
-        })
-        .collect::<Result<_>>()?;
+    let encoded = encode_titles(model, tok, titles, cut)?;
     let mut order: Vec<usize> = (0..titles.len()).collect();
     order.sort_by_key(|&i| (encoded[i].len(), i));
     let h = model.last_hidden_size();
@@ -61,8 +104,10 @@ pub fn title_embeddings(
         for (&i, row) in chunk.iter().zip(rows) {
             if row.iter().any(|x| !x.is_finite()) {
                 return Err(Error::Input(format!(
-                    "non-finite embedding for title #{i} `{}`",
-                    titles[i]
+                    "non-finite embedding for {} {} (`{}`)",
+                    cut.what,
+                    i + 1,
+                    preview(titles[i])
                 )));
             }
             out[i * h..(i + 1) * h].copy_from_slice(&row);
@@ -82,9 +127,14 @@ pub fn item_table(
     tok: &Tokenizer,
     ds: &Dataset,
     batch_size: usize,
+    max_title_tokens: usize,
 ) -> Result<Tensor> {
     let titles: Vec<&str> = ds.items.iter().map(|it| it.title.as_str()).collect();
-    let e = title_embeddings(model, tok, &titles, batch_size)?;
+    let cut = TitleCut {
+        max_tokens: max_title_tokens,
+        what: "item",
+    };
+    let e = title_embeddings(model, tok, &titles, batch_size, cut)?;
     let zero = Tensor::zeros((1, model.last_hidden_size()), DType::F32, e.device())?;
     Ok(Tensor::cat(&[&zero, &e], 0)?)
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use distillrec_llm::bench::{lm_loss, LoraTrainer};
 use distillrec_llm::chat::ChatTemplate;
-use distillrec_llm::embed::{item_table, load_table, save_table, title_embeddings};
+use distillrec_llm::embed::{item_table, load_table, save_table, title_embeddings, TitleCut};
 use distillrec_llm::generate::{argmax, generate, next_logits, Finish, GenerateOptions};
 use distillrec_llm::lora::{Adapter, AdapterCtx, Lora};
 use distillrec_llm::model::{gather_rows, Target};
@@ -552,9 +552,27 @@ fn title_embeddings_are_batch_invariant_and_saved_with_row_zero() {
         "at",
         "the weather in the west at noon",
     ];
-    let batched = title_embeddings(&m, &tok, &titles, 3).unwrap();
-    let single = title_embeddings(&m, &tok, &titles, 1).unwrap();
+    let cut = |max_tokens| TitleCut {
+        max_tokens,
+        what: "item",
+    };
+    let batched = title_embeddings(&m, &tok, &titles, 3, cut(64)).unwrap();
+    let single = title_embeddings(&m, &tok, &titles, 1, cut(64)).unwrap();
     assert!(max_abs_diff(&batched, &single) < 1e-5);
+    // a title far longer than the context embeds as its first tokens
+    let long = "at ".repeat(200_000);
+    let short = "at ".repeat(10);
+    let a = title_embeddings(&m, &tok, &[&long], 1, cut(5)).unwrap();
+    let b = title_embeddings(&m, &tok, &[&short], 1, cut(5)).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    // a cut beyond the context is refused naming the item
+    let err = title_embeddings(&m, &tok, &["x", &long], 1, cut(1_000_000))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("item 2 (`at at at") && err.contains("more than the model's context"),
+        "{err}"
+    );
     let ds = distillrec_data::Dataset {
         name: "t".into(),
         items: titles
@@ -573,7 +591,7 @@ fn title_embeddings_are_batch_invariant_and_saved_with_row_zero() {
         row_layout: false,
         provenance: serde_json::Value::Null,
     };
-    let table = item_table(&m, &tok, &ds, 2).unwrap();
+    let table = item_table(&m, &tok, &ds, 2, 64).unwrap();
     assert_eq!(table.dims(), &[5, 32]);
     assert_eq!(
         max_abs_diff(

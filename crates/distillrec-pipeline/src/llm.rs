@@ -136,6 +136,7 @@ pub fn embed_items(
     data: &Path,
     out: &Path,
     batch_size: usize,
+    max_title_tokens: usize,
     device: &Device,
 ) -> Result<ItemEmbeddings> {
     let t0 = Instant::now();
@@ -143,7 +144,13 @@ pub fn embed_items(
     let manifest = store::read_manifest(data)?;
     let llm = backbone.load(device)?;
     let load_secs = t0.elapsed().as_secs_f64();
-    let table = item_table(&llm.model, &llm.tokenizer, &ds, batch_size)?;
+    let table = item_table(
+        &llm.model,
+        &llm.tokenizer,
+        &ds,
+        batch_size,
+        max_title_tokens,
+    )?;
     let embed_secs = t0.elapsed().as_secs_f64() - load_secs;
     let meta = HashMap::from([
         ("dataset".to_string(), manifest.name.clone()),
@@ -160,6 +167,7 @@ pub fn embed_items(
             "pooling".to_string(),
             "last_token_last_hidden_state".to_string(),
         ),
+        ("max_title_tokens".to_string(), max_title_tokens.to_string()),
     ]);
     save_table(out, &table, meta)?;
     let (n, hidden) = table.dims2()?;

@@ -172,9 +172,14 @@ pub fn cache_from_teacher(
             })
             .collect::<Result<Vec<String>>>()?;
         let texts: Vec<&str> = cut.iter().map(String::as_str).collect();
-        let emb = embed::title_embeddings(&teacher.llm.model, &teacher.llm.tokenizer, &texts, 32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let cut = embed::TitleCut {
+            max_tokens: teacher.cfg.max_title_tokens,
+            what: "answer",
+        };
+        let emb =
+            embed::title_embeddings(&teacher.llm.model, &teacher.llm.tokenizer, &texts, 32, cut)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
         for (i, &r) in rows.iter().enumerate() {
             let row = &ds.train[r];
             let a = &emb[i * h..(i + 1) * h];

@@ -68,7 +68,8 @@ pub fn assemble(
         Ok((t, meta))
             if meta.get("fingerprint") == Some(&reference.fingerprint)
                 && meta.get("backbone_sha256") == Some(&sha)
-                && meta.get("num_layers") == Some(&layers.to_string()) =>
+                && meta.get("num_layers") == Some(&layers.to_string())
+                && meta.get("max_title_tokens") == Some(&cfg.max_title_tokens.to_string()) =>
         {
             Some(t)
         }
@@ -78,7 +79,7 @@ pub fn assemble(
         Some(t) => t,
         None => {
             tracing::info!("embedding {} item titles with the backbone", ds.num_items());
-            let t = embed::item_table(&llm.model, &llm.tokenizer, ds, 32)?;
+            let t = embed::item_table(&llm.model, &llm.tokenizer, ds, 32, cfg.max_title_tokens)?;
             if !write {
                 return finish(llm, loaded, t, (backbone, sha), student, ds, cfg, seed);
             }
@@ -87,6 +88,7 @@ pub fn assemble(
                 ("fingerprint", reference.fingerprint.clone()),
                 ("backbone_sha256", sha.clone()),
                 ("num_layers", layers.to_string()),
+                ("max_title_tokens", cfg.max_title_tokens.to_string()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))

@@ -727,6 +727,9 @@ pub struct EmbedItemsArgs {
     /// Titles per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Tokens kept of each title (its first ones), as `teacher.max_title_tokens` cuts them in prompts.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_title_tokens: u64,
 }
 
 /// Which step `bench llm` times.

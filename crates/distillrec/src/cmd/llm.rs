@@ -75,7 +75,14 @@ fn logits(a: LogitsArgs) -> Result<()> {
 
 fn embed_items(a: EmbedItemsArgs) -> Result<()> {
     let device = device(&a.model.device)?;
-    let e = llm::embed_items(&backbone(&a.model), &a.data, &a.out, a.batch_size, &device)?;
+    let e = llm::embed_items(
+        &backbone(&a.model),
+        &a.data,
+        &a.out,
+        a.batch_size,
+        a.max_title_tokens as usize,
+        &device,
+    )?;
     println!(
         "wrote {} ({} items + padding row, hidden {}); load {:.1}s, embed {:.1}s, total {:.1}s, peak RSS {}",
         a.out.display(),
