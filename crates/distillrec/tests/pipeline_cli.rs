@@ -272,7 +272,10 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
         })
         .count();
     let line = format!("sweep: 2 settings × 2 seeds = 4 runs, {dirs} distinct stages");
-    assert!(stderr.lines().any(|l| l == line), "{line:?} not in {stderr}");
+    assert!(
+        stderr.lines().any(|l| l == line),
+        "{line:?} not in {stderr}"
+    );
     let count = |prefix: &str| {
         std::fs::read_dir(&stages)
             .unwrap()
