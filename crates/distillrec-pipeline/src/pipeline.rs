@@ -339,9 +339,125 @@ fn preflight(cfg: &Config, device: &Device) -> Result<Option<String>> {
             );
         }
     }
+    prepared_fingerprint(cfg)
+}
+
+/// The fingerprint of the prepared dataset the config names (`None` when
+/// the pipeline builds its own): an input of the data stage's key.
+pub(crate) fn prepared_fingerprint(cfg: &Config) -> Result<Option<String>> {
     match &cfg.dataset.prepared {
         Some(p) => Ok(Some(store::read_manifest(p)?.fingerprint)),
         None => Ok(None),
+    }
+}
+
+/// `cfg` projected onto the groups a stage reads, trained with `seed`.
+fn projected(cfg: &Config, reads: Reads, seed: u64) -> Config {
+    let mut p = cfg.project_stage(reads);
+    p.seed = seed;
+    p.student_seed = None;
+    p
+}
+
+/// The key of every stage one config runs (see [`stage_key`]), the one
+/// place they are derived: [`run`] keys its stages with them, and a sweep
+/// counts its distinct stages with them before running anything.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageKeys {
+    /// The prepared dataset.
+    pub data: String,
+    /// The popularity baseline.
+    pub popularity: String,
+    /// The baseline student (student seed).
+    pub student: String,
+    /// The LLM stages, when `teacher.backbone` is set.
+    pub llm: Option<LlmKeys>,
+}
+
+/// Keys of the stages that exist only with an LLM teacher.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlmKeys {
+    /// The student that feeds the teacher and the selection (run seed):
+    /// `None` when it is the baseline student.
+    pub teacher_student: Option<String>,
+    /// The selection (`None` with policy `all`).
+    pub selection: Option<String>,
+    /// The teacher.
+    pub teacher: String,
+    /// The teacher cache.
+    pub cache: String,
+    /// The distilled student.
+    pub distill: String,
+}
+
+impl StageKeys {
+    /// The keys of `cfg`'s stages; `given` is the prepared dataset's
+    /// fingerprint (empty when the pipeline builds the dataset).
+    pub fn new(cfg: &Config, given: &str) -> Self {
+        let run_seed = cfg.seed;
+        let student_seed = cfg.student_seed.unwrap_or(cfg.seed);
+        let data = stage_key("data", &projected(cfg, reads::PREPARE, run_seed), &[given]);
+        let popularity = stage_key(
+            "popularity",
+            &projected(cfg, reads::EVAL_POPULARITY, run_seed),
+            &[&data],
+        );
+        let student_key = |seed| {
+            stage_key(
+                "student",
+                &projected(cfg, reads::TRAIN_STUDENT, seed),
+                &[&data],
+            )
+        };
+        let student = student_key(student_seed);
+        let llm = cfg.teacher.backbone.as_ref().map(|_| {
+            let teacher_student = (student_seed != run_seed).then(|| student_key(run_seed));
+            let k_ts = teacher_student.as_deref().unwrap_or(&student);
+            let selection = (cfg.selection.policy != Policy::All).then(|| {
+                let c = projected(cfg, reads::SELECT, run_seed);
+                stage_key("selection", &c, &[&data, k_ts])
+            });
+            let k_sel = selection.as_deref().unwrap_or("");
+            let c = projected(cfg, reads::TRAIN_TEACHER, run_seed);
+            let teacher = stage_key("teacher", &c, &[&data, k_ts, k_sel]);
+            let c = projected(cfg, reads::TEACHER_CACHE, run_seed);
+            let cache = stage_key("cache", &c, &[&teacher, k_sel]);
+            let c = projected(cfg, reads::DISTILL, student_seed);
+            let distill = stage_key("distill", &c, &[&data, &cache, k_sel]);
+            LlmKeys {
+                teacher_student,
+                selection,
+                teacher,
+                cache,
+                distill,
+            }
+        });
+        StageKeys {
+            data,
+            popularity,
+            student,
+            llm,
+        }
+    }
+
+    /// `(kind, key)` of each stage but the report: what names a stage's
+    /// directory in the [`Layout::Shared`] store.
+    pub fn stages(&self) -> Vec<(&'static str, &str)> {
+        let mut out = vec![
+            ("data", self.data.as_str()),
+            ("popularity", &self.popularity),
+            ("student", &self.student),
+        ];
+        if let Some(l) = &self.llm {
+            out.extend(l.teacher_student.as_deref().map(|k| ("student", k)));
+            out.extend(l.selection.as_deref().map(|k| ("selection", k)));
+            out.extend([
+                ("teacher", l.teacher.as_str()),
+                ("cache", &l.cache),
+                ("distill", &l.distill),
+            ]);
+        }
+        out
     }
 }
 
@@ -391,18 +507,13 @@ pub fn run(
         });
     };
     // a stage's config: its groups, trained with `seed`
-    let project = |reads: Reads, seed: u64| {
-        let mut p = cfg.project_stage(reads);
-        p.seed = seed;
-        p.student_seed = None;
-        p
-    };
+    let project = |reads: Reads, seed: u64| projected(cfg, reads, seed);
+    let keys = StageKeys::new(cfg, &given);
     let run_seed = cfg.seed;
     let student_seed = cfg.student_seed.unwrap_or(cfg.seed);
 
     // data: the prepared dataset (given, or built from the config)
-    let k_data = stage_key("data", &project(reads::PREPARE, run_seed), &[&given]);
-    let built = st.run("data", "data", &k_data, |dir| {
+    let built = st.run("data", "data", &keys.data, |dir| {
         if cfg.dataset.prepared.is_none() {
             let ds = cfg.build_dataset()?;
             store::save(&ds, dir)?;
@@ -412,7 +523,7 @@ pub fn run(
     let data_dir = cfg.dataset.prepared.clone().unwrap_or(built);
 
     let pop = project(reads::EVAL_POPULARITY, run_seed);
-    let k_pop = stage_key("popularity", &pop, &[&k_data]);
+    let k_pop = keys.popularity.clone();
     let pop_dir = st.run("popularity", "popularity", &k_pop, |dir| {
         eval_popularity(&pop, &data_dir, dir, build.clone()).map(drop)
     })?;
@@ -420,55 +531,54 @@ pub fn run(
 
     // the baseline student, trained with the student seed
     let train_student_stage =
-        |st: &mut Stages, name: &str, seed: u64| -> Result<(String, PathBuf)> {
+        |st: &mut Stages, name: &str, seed: u64, k: &str| -> Result<(String, PathBuf)> {
             let c = project(reads::TRAIN_STUDENT, seed);
-            let k = stage_key("student", &c, &[&k_data]);
-            let dir = st.run(name, "student", &k, |dir| {
+            let dir = st.run(name, "student", k, |dir| {
                 train_student(&c, Some(&data_dir), dir, build.clone(), device).map(drop)
             })?;
-            Ok((k, dir))
+            Ok((k.to_string(), dir))
         };
-    let (k_student, student_dir) = train_student_stage(&mut st, "student", student_seed)?;
+    let (k_student, student_dir) =
+        train_student_stage(&mut st, "student", student_seed, &keys.student)?;
     let student_name = cfg.student.model.name();
     add_model(student_name, &student_dir);
 
     let mut report_inputs = vec![k_pop.clone(), k_student.clone()];
 
-    if cfg.teacher.backbone.is_some() {
+    if let Some(lk) = &keys.llm {
         // the student that feeds the teacher and the selection: the run seed's
-        let (k_ts, ts_dir) = if student_seed == run_seed {
-            (k_student.clone(), student_dir.clone())
-        } else {
-            train_student_stage(&mut st, "teacher-student", run_seed)?
+        let (_, ts_dir) = match &lk.teacher_student {
+            None => (k_student.clone(), student_dir.clone()),
+            Some(k) => train_student_stage(&mut st, "teacher-student", run_seed, k)?,
         };
         let ts_ckpt = crate::absolute(&ts_dir.join("checkpoints/best.safetensors"));
-        let (selection, k_sel) = if cfg.selection.policy == Policy::All {
-            (None, String::new())
-        } else {
-            let c = project(reads::SELECT, run_seed);
-            let k = stage_key("selection", &c, &[&k_data, &k_ts]);
-            let dir = st.run("selection", "selection", &k, |dir| {
-                std::fs::create_dir_all(dir)?;
-                let req = SelectRequest {
-                    policy: cfg.selection.policy,
-                    budget: cfg.selection.budget,
-                    threshold: cfg.selection.threshold,
-                    data: data_dir.clone(),
-                    student: Some(ts_ckpt.clone()),
-                    teacher_cache: None,
-                    out: dir.join(SELECTION_FILE),
-                };
-                let o = select(&c, &req, device)?;
-                tracing::info!(selected = o.selected, pool = o.pool, "rows for the teacher");
-                Ok(())
-            })?;
-            (Some(dir.join(SELECTION_FILE)), k)
+        let selection = match &lk.selection {
+            None => None,
+            Some(k) => {
+                let c = project(reads::SELECT, run_seed);
+                let dir = st.run("selection", "selection", k, |dir| {
+                    std::fs::create_dir_all(dir)?;
+                    let req = SelectRequest {
+                        policy: cfg.selection.policy,
+                        budget: cfg.selection.budget,
+                        threshold: cfg.selection.threshold,
+                        data: data_dir.clone(),
+                        student: Some(ts_ckpt.clone()),
+                        teacher_cache: None,
+                        out: dir.join(SELECTION_FILE),
+                    };
+                    let o = select(&c, &req, device)?;
+                    tracing::info!(selected = o.selected, pool = o.pool, "rows for the teacher");
+                    Ok(())
+                })?;
+                Some(dir.join(SELECTION_FILE))
+            }
         };
 
         // the student is an input by key, not by path, and is given to the
         // stage apart from its config: a moved `out` keeps its teacher
         let c = project(reads::TRAIN_TEACHER, run_seed);
-        let k_teacher = stage_key("teacher", &c, &[&k_data, &k_ts, &k_sel]);
+        let k_teacher = lk.teacher.clone();
         let teacher_dir = st.run("teacher", "teacher", &k_teacher, |dir| {
             let req = TrainTeacherRequest {
                 data: Some(data_dir.clone()),
@@ -488,7 +598,7 @@ pub fn run(
         add_model(teacher_label, &teacher_dir);
 
         let c = project(reads::TEACHER_CACHE, run_seed);
-        let k_cache = stage_key("cache", &c, &[&k_teacher, &k_sel]);
+        let k_cache = lk.cache.clone();
         let cache_dir = st.run("cache", "cache", &k_cache, |dir| {
             let req = TeacherInferRequest {
                 job: CacheJob {
@@ -512,7 +622,7 @@ pub fn run(
         })?;
 
         let c = project(reads::DISTILL, student_seed);
-        let k_distill = stage_key("distill", &c, &[&k_data, &k_cache, &k_sel]);
+        let k_distill = lk.distill.clone();
         let distill_dir = st.run("distill", "distill", &k_distill, |dir| {
             let req = DistillRequest {
                 teacher_cache: cache_dir.clone(),

@@ -12,7 +12,7 @@ use candle_core::Device;
 use distillrec_config::Config;
 use distillrec_run::{BuildInfo, Metrics};
 
-use crate::pipeline::{self, Layout, ModelRun, StageReport};
+use crate::pipeline::{self, Layout, ModelRun, StageKeys, StageReport};
 
 /// One swept key and its values (`distill.lambda=0.5,1.0`).
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +84,51 @@ pub fn split_sets(sets: &[String]) -> Result<(Vec<String>, Vec<GridAxis>)> {
         }
     }
     Ok((fixed, axes))
+}
+
+/// The key of a `--set key=value` argument, trimmed as [`GridAxis::parse`]
+/// trims it.
+fn set_key(arg: &str) -> &str {
+    arg.split_once('=').map_or(arg, |(k, _)| k).trim()
+}
+
+/// Refuses a key swept twice (two `--grid`, or `--grid` and a swept `--set`)
+/// or both swept and fixed by `--set`: only one of the values would be used.
+pub fn check_keys(fixed: &[String], axes: &[GridAxis]) -> Result<()> {
+    let mut swept = BTreeSet::new();
+    for a in axes {
+        if !swept.insert(a.key.as_str()) {
+            bail!(
+                "--grid {}: the key is swept twice (by --grid or a comma-valued --set); give all its values once: --grid {}=v1,v2,...",
+                a.key,
+                a.key
+            );
+        }
+    }
+    if let Some(f) = fixed.iter().find(|f| swept.contains(set_key(f))) {
+        bail!(
+            "--set {f}: the key is also swept; drop the --set or put the value among the swept ones"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a seed given twice in `--seeds` (its runs would be one
+/// directory), and `--seeds` with `student_seed` also set by `--set` or
+/// `--grid` (the seeds would override it).
+pub fn check_seeds(seeds: &[u64], fixed: &[String], axes: &[GridAxis]) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    if let Some(s) = seeds.iter().find(|s| !seen.insert(**s)) {
+        bail!("--seeds: seed {s} is given twice; give each seed once");
+    }
+    let sets_seed = fixed.iter().any(|f| set_key(f) == "student_seed")
+        || axes.iter().any(|a| a.key == "student_seed");
+    if !seeds.is_empty() && sets_seed {
+        bail!(
+            "--seeds sets `student_seed` for each run: drop `student_seed` from --set and --grid"
+        );
+    }
+    Ok(())
 }
 
 /// One run of the sweep: a setting (one value per axis) and a seed.
@@ -186,6 +231,116 @@ pub fn expand(axes: &[GridAxis], seeds: &[u64]) -> Vec<SweepRun> {
         .collect()
 }
 
+/// How many runs a sweep may have unless `--max-runs` raises it.
+pub const DEFAULT_MAX_RUNS: usize = 1000;
+
+/// What a sweep will do, known before anything is written: its runs, their
+/// configs (each made, and so validated) and how many distinct stages they
+/// share.
+pub struct SweepPlan {
+    /// Settings (one value per axis).
+    pub settings: usize,
+    /// Seeds per setting (1 when the config's seed is used).
+    pub seeds: usize,
+    /// The runs, settings times seeds.
+    pub runs: Vec<SweepRun>,
+    /// Each run's config, in the order of `runs`.
+    pub configs: Vec<Config>,
+    /// Distinct stages of the shared store (stages with equal keys are one).
+    pub stages: usize,
+}
+
+impl SweepPlan {
+    /// Plans the sweep over `axes` × `seeds`: refuses more than `max_runs`
+    /// runs (counted before any is listed) and two runs that would share a
+    /// directory, then makes every run's config with `config_for`.
+    pub fn new(
+        axes: &[GridAxis],
+        seeds: &[u64],
+        max_runs: usize,
+        config_for: &dyn Fn(&[String]) -> Result<Config>,
+    ) -> Result<SweepPlan> {
+        let settings = axes
+            .iter()
+            .try_fold(1usize, |n, a| n.checked_mul(a.values.len()));
+        let n_seeds = seeds.len().max(1);
+        let runs = settings.and_then(|s| s.checked_mul(n_seeds));
+        let (Some(settings), Some(n_runs)) = (settings, runs) else {
+            bail!("the sweep's grid has more settings than can be counted; sweep fewer values");
+        };
+        if n_runs > max_runs {
+            bail!(
+                "the sweep has {settings} settings × {n_seeds} seeds = {n_runs} runs, more than --max-runs {max_runs}; sweep fewer values or raise --max-runs"
+            );
+        }
+        let runs = expand(axes, seeds);
+        check_dirs(&runs)?;
+        let configs: Vec<Config> = runs
+            .iter()
+            .map(|r| {
+                config_for(&r.overrides()).with_context(|| format!("sweep run `{}`", r.label()))
+            })
+            .collect::<Result<_>>()?;
+        let stages = distinct_stages(&configs)?;
+        Ok(SweepPlan {
+            settings,
+            seeds: n_seeds,
+            runs,
+            configs,
+            stages,
+        })
+    }
+
+    /// One line for people: `sweep: 2 settings × 3 seeds = 6 runs, 14 distinct stages`.
+    pub fn summary(&self) -> String {
+        format!(
+            "sweep: {} settings × {} seeds = {} runs, {} distinct stages",
+            self.settings,
+            self.seeds,
+            self.runs.len(),
+            self.stages
+        )
+    }
+}
+
+/// Refuses two runs whose directory names are equal (values that differ
+/// only in characters a directory name cannot hold): one would overwrite
+/// the other's `config.toml`.
+fn check_dirs(runs: &[SweepRun]) -> Result<()> {
+    let mut by_dir: BTreeMap<String, &SweepRun> = BTreeMap::new();
+    for r in runs {
+        if let Some(first) = by_dir.insert(r.dir_name(), r) {
+            bail!(
+                "sweep runs `{}` and `{}` would share the directory runs/{}: their values differ only in characters a directory name cannot hold; change one of them",
+                first.label(),
+                r.label(),
+                r.dir_name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How many distinct stages (kind and key) the runs of `configs` have in
+/// the shared store.
+fn distinct_stages(configs: &[Config]) -> Result<usize> {
+    let mut fingerprints: BTreeMap<Option<PathBuf>, String> = BTreeMap::new();
+    let mut stages: BTreeSet<(&'static str, String)> = BTreeSet::new();
+    for cfg in configs {
+        let given = match fingerprints.get(&cfg.dataset.prepared) {
+            Some(f) => f.clone(),
+            None => {
+                let f = pipeline::prepared_fingerprint(cfg)?.unwrap_or_default();
+                fingerprints.insert(cfg.dataset.prepared.clone(), f.clone());
+                f
+            }
+        };
+        let keys = StageKeys::new(cfg, &given);
+        stages.extend(keys.stages().into_iter().map(|(k, v)| (k, v.to_string())));
+    }
+    Ok(stages.len())
+}
+
 /// What the sweep did.
 pub struct SweepOutcome {
     /// `report.md` of the whole sweep.
@@ -230,32 +385,26 @@ fn report_runs(runs: &[(SweepRun, Vec<ModelRun>)]) -> Vec<distillrec_report::Run
     out
 }
 
-/// Runs every configuration of the sweep in `out/runs/<setting>-s<seed>`
-/// with the stages in `out/stages`, then the report in `out/report`.
-/// `config_for` makes a run's config from its extra overrides; every config
-/// is made (and so validated) before anything runs.
+/// Runs every run of the plan in `out/runs/<setting>-s<seed>` with the
+/// stages in `out/stages`, then the report in `out/report`.
 pub fn run(
-    runs: &[SweepRun],
-    config_for: &dyn Fn(&[String]) -> Result<Config>,
+    plan: &SweepPlan,
     out: &Path,
     build: BuildInfo,
     device: &Device,
     on_model: &mut dyn FnMut(&str, &Metrics),
 ) -> Result<SweepOutcome> {
+    let (runs, configs) = (&plan.runs, &plan.configs);
     if runs.is_empty() {
         bail!("the sweep has no run");
     }
     let _lock = distillrec_data::lock::DirLock::acquire(out)?;
     distillrec_run::init_logging(Some(&out.join("sweep.log")))?;
-    let configs: Vec<Config> = runs
-        .iter()
-        .map(|r| config_for(&r.overrides()).with_context(|| format!("sweep run `{}`", r.label())))
-        .collect::<Result<_>>()?;
     let store = out.join("stages");
     let mut done = Vec::new();
     let mut models = Vec::new();
     let mut metric = None;
-    for (r, cfg) in runs.iter().zip(&configs) {
+    for (r, cfg) in runs.iter().zip(configs) {
         let dir = out.join("runs").join(r.dir_name());
         tracing::info!(run = %r.label(), seed = ?r.seed, "sweep run");
         let o = pipeline::run(
@@ -349,6 +498,107 @@ mod tests {
                 seed: None
             }]
         );
+    }
+
+    #[test]
+    fn a_key_swept_twice_or_also_fixed_is_refused() {
+        let axes = |args: &[&str]| -> Vec<GridAxis> {
+            args.iter().map(|a| GridAxis::parse(a).unwrap()).collect()
+        };
+        let e = check_keys(
+            &[],
+            &axes(&["distill.lambda=0.5,0.6", " distill.lambda =0.7"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--grid distill.lambda: the key is swept twice"),
+            "{e}"
+        );
+        // a swept --set and a --grid on one key
+        let (fixed, mut a) = split_sets(&["distill.lambda=0.1,0.2".into()]).unwrap();
+        a.extend(axes(&["distill.lambda=0.3"]));
+        assert!(check_keys(&fixed, &a).is_err());
+        let fixed = vec!["distill.lambda=0.9".to_string(), "seed=3".to_string()];
+        let e = check_keys(&fixed, &axes(&["distill.lambda=0.3,0.4"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--set distill.lambda=0.9: the key is also swept"),
+            "{e}"
+        );
+        assert!(check_keys(&fixed[1..], &axes(&["distill.lambda=0.3", "a=1,2"])).is_ok());
+        assert!(check_seeds(&[1, 2, 1], &[], &[]).is_err());
+        assert!(check_seeds(&[1, 2], &[], &[]).is_ok());
+        let seed_axis = axes(&["student_seed=3,4"]);
+        assert!(check_seeds(&[1, 2], &[], &seed_axis).is_err());
+        assert!(check_seeds(&[1, 2], &["student_seed=5".into()], &[]).is_err());
+        assert!(check_seeds(&[], &[], &seed_axis).is_ok());
+    }
+
+    fn default_config(_: &[String]) -> Result<Config> {
+        Ok(Config::default())
+    }
+
+    #[test]
+    fn runs_over_the_limit_are_refused_before_any_is_listed() {
+        // 10^12 settings: counted, never expanded
+        let axis = GridAxis::parse("a=0,1,2,3,4,5,6,7,8,9").unwrap();
+        let axes = vec![axis; 12];
+        let e = SweepPlan::new(&axes, &[1, 2], 1000, &default_config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "the sweep has 1000000000000 settings × 2 seeds = 2000000000000 runs, more than --max-runs 1000; sweep fewer values or raise --max-runs"
+        );
+        let axes = vec![GridAxis::parse("a=0,1,2,3,4,5,6,7,8,9").unwrap(); 40];
+        let e = SweepPlan::new(&axes, &[], 1000, &default_config)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("more settings than can be counted"),
+            "{e}"
+        );
+        let axes = [GridAxis::parse("a=1,2,3").unwrap()];
+        assert!(SweepPlan::new(&axes, &[1, 2], 5, &default_config).is_err());
+        assert!(SweepPlan::new(&axes, &[1, 2], 6, &default_config).is_ok());
+    }
+
+    #[test]
+    fn values_that_name_one_directory_are_refused() {
+        let axes = [GridAxis::parse("tag=a/b,a_b").unwrap()];
+        let e = SweepPlan::new(&axes, &[], 1000, &default_config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "sweep runs `tag=a/b` and `tag=a_b` would share the directory runs/tag=a_b: their values differ only in characters a directory name cannot hold; change one of them"
+        );
+    }
+
+    #[test]
+    fn the_plan_counts_settings_runs_and_distinct_stages() {
+        // without a teacher a run has data, popularity and student stages;
+        // the student seed changes only the student stage: 1 + 1 + 3
+        let with_seed = |extra: &[String]| -> Result<Config> {
+            let mut c = Config::default();
+            for o in extra {
+                if let Some(s) = o.strip_prefix("student_seed=") {
+                    c.student_seed = Some(s.parse()?);
+                }
+            }
+            Ok(c)
+        };
+        let axes = [GridAxis::parse("unread.key=1,2").unwrap()];
+        let plan = SweepPlan::new(&axes, &[1, 2, 3], 1000, &with_seed).unwrap();
+        assert_eq!(
+            plan.summary(),
+            "sweep: 2 settings × 3 seeds = 6 runs, 5 distinct stages"
+        );
+        assert_eq!(plan.configs.len(), 6);
     }
 
     #[test]

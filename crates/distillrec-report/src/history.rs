@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::checks::{show, Range};
+
 /// The parsed `history.csv` of one run.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct History {
@@ -76,6 +78,38 @@ impl History {
         Ok(History { columns, rows })
     }
 
+    /// Empties every cell outside its column's range ([`Range`]): an
+    /// infinite loss, a validation hit ratio above 1. Returns one warning per
+    /// such column, naming `path`, the column, the first bad value and its
+    /// epoch.
+    pub(crate) fn leave_out_impossible_values(&mut self, path: &str) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let epoch = self.columns.iter().position(|c| c == "epoch");
+        for (k, column) in self.columns.iter().enumerate() {
+            let range = Range::of(column);
+            let mut bad = Vec::new();
+            for row in &mut self.rows {
+                if let Some(v) = row[k].filter(|v| !range.admits(*v)) {
+                    bad.push((v, epoch.and_then(|e| row[e])));
+                    row[k] = None;
+                }
+            }
+            if let Some(&(v, at)) = bad.first() {
+                let at = at.map_or(String::new(), |e| format!(" at epoch {e}"));
+                let more = match bad.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" (and {n} more)"),
+                };
+                warnings.push(format!(
+                    "{path}: column `{column}`: {}{at}{more} is not {}; left out of the report",
+                    show(v),
+                    range.describe()
+                ));
+            }
+        }
+        warnings
+    }
+
     /// `(epoch, value)` of `column` for the rows where it is a finite number, in file
     /// order; `None` when there is no such column.
     pub fn series(&self, column: &str) -> Option<Vec<(f64, f64)>> {
@@ -118,6 +152,22 @@ mod tests {
         // NaN is a number but not a point of a curve
         assert_eq!(h.series("epoch_secs").unwrap(), [(1.0, 2.5), (3.0, 1.5)]);
         assert_eq!(h.valid("hr@10"), None);
+    }
+
+    #[test]
+    fn impossible_values_are_emptied_with_one_warning_per_column() {
+        let text = "epoch,train_loss,valid_ndcg@10\n1,inf,0.25\n2,6.0,1e308\n3,-1,-0.5\n";
+        let mut h = History::parse(text, Path::new("h.csv")).unwrap();
+        let w = h.leave_out_impossible_values("runs/a/history.csv");
+        assert_eq!(
+            w,
+            [
+                "runs/a/history.csv: column `train_loss`: inf at epoch 1 (and 1 more) is not finite and at least 0; left out of the report",
+                "runs/a/history.csv: column `valid_ndcg@10`: 1e308 at epoch 2 (and 1 more) is not in [0, 1]; left out of the report",
+            ]
+        );
+        assert_eq!(h.series("train_loss").unwrap(), [(2.0, 6.0)]);
+        assert_eq!(h.valid("ndcg@10").unwrap(), [(1.0, 0.25)]);
     }
 
     #[test]

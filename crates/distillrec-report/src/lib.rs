@@ -37,6 +37,7 @@
 
 mod aggregate;
 mod canvas;
+mod checks;
 mod files;
 mod history;
 mod plot;

@@ -11,7 +11,7 @@
 //! distillation's `run.json`); `popularity` for the most-popular-items
 //! baseline; `baseline` otherwise. Ablation runs are grouped `ablation`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -25,6 +25,7 @@ use crate::aggregate::{
     aggregate, mean_std, AggregateRow, BudgetPoint, RunCosts, RunSummary, TeacherCosts,
     TEACHER_ROWS, WALL_SECS,
 };
+use crate::checks::checked;
 use crate::files::read_small;
 use crate::history::History;
 use crate::plot::{
@@ -32,7 +33,7 @@ use crate::plot::{
     PlotFiles, ReferenceLine,
 };
 use crate::tables::{
-    budget_csv, budget_markdown, cost_markdown, csv_table, markdown_table, results_csv,
+    budget_csv, budget_markdown, cost_markdown, csv_table, markdown_table, md_escape, results_csv,
     COST_METRICS,
 };
 
@@ -134,6 +135,10 @@ pub struct MetricsView {
     /// Test metrics.
     #[serde(default)]
     pub test: BTreeMap<String, f64>,
+    /// Test metrics the file held but the report left out (outside their
+    /// range, see [`RunDir::warnings`]).
+    #[serde(skip)]
+    pub left_out_test: BTreeSet<String>,
 }
 
 /// The part of `config.toml` the report reads.
@@ -199,6 +204,10 @@ pub struct RunDir {
     pub model: String,
     /// `history.csv`, when the run wrote one.
     pub history: Option<History>,
+    /// Recorded numbers outside their range (a hit ratio of −5, an infinite
+    /// loss), each left out of the views above; one line each, naming the
+    /// file and the key.
+    pub warnings: Vec<String>,
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -236,7 +245,9 @@ impl RunDir {
             metrics,
             model: String::new(),
             history,
+            warnings: Vec::new(),
         };
+        run.leave_out_impossible_values();
         run.model = match run.kind() {
             RunKind::Popularity => "popularity".into(),
             RunKind::Teacher => match config.teacher.backbone {
@@ -246,6 +257,43 @@ impl RunDir {
             _ => config.student.model.unwrap_or_else(|| "student".into()),
         };
         Ok(run)
+    }
+
+    /// Removes every recorded number outside its range ([`Range`]) from the
+    /// metrics, the costs and the history, with a warning each (one per
+    /// history column).
+    fn leave_out_impossible_values(&mut self) {
+        let mut w = Vec::new();
+        let file = |name: &str| self.dir.join(name).display().to_string();
+        let m = &mut self.metrics;
+        for (split, map) in [("valid", &mut m.valid), ("test", &mut m.test)] {
+            let place = || format!("{}: {split}", file("metrics.json"));
+            map.retain(|k, v| {
+                let keep = checked(Some(*v), k, &place, &mut w).is_some();
+                if !keep && split == "test" {
+                    m.left_out_test.insert(k.clone());
+                }
+                keep
+            });
+        }
+        let place = || file("run.json");
+        let r = &mut self.record;
+        r.wall_secs = checked(r.wall_secs, "wall_secs", &place, &mut w);
+        r.peak_rss_mb = checked(r.peak_rss_mb, "peak_rss_mb", &place, &mut w);
+        if let Some(l) = &mut r.costs.latency_top20 {
+            l.p50_ms = checked(l.p50_ms, "p50_ms", &place, &mut w);
+            l.p99_ms = checked(l.p99_ms, "p99_ms", &place, &mut w);
+        }
+        if let Some(t) = &mut r.costs.distill_teacher {
+            t.fraction = checked(t.fraction, "fraction", &place, &mut w);
+            t.teacher_train_secs =
+                checked(t.teacher_train_secs, "teacher_train_secs", &place, &mut w);
+            t.cache_build_secs = checked(t.cache_build_secs, "cache_build_secs", &place, &mut w);
+        }
+        if let Some(h) = &mut self.history {
+            w.extend(h.leave_out_impossible_values(&file("history.csv")));
+        }
+        self.warnings = w;
     }
 
     /// The command words after the program name (`["train", "student"]`),
@@ -434,10 +482,11 @@ pub fn budget_points(runs: &[RunDir], metric: &str) -> Result<Vec<BudgetPoint>> 
         };
         let policy = policy_of(t)?;
         let fraction = t.fraction.unwrap_or(1.0);
-        let value =
-            *run.metrics.test.get(metric).with_context(|| {
-                format!("{}: metrics.json has no test {metric}", run.dir.display())
-            })?;
+        let value = match run.metrics.test.get(metric) {
+            Some(v) => *v,
+            None if run.metrics.left_out_test.contains(metric) => continue, // warned
+            None => bail!("{}: metrics.json has no test {metric}", run.dir.display()),
+        };
         let key = (policy, (fraction * 1e9).round() as u64);
         let e = acc
             .entry(key)
@@ -498,7 +547,7 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
     if req.runs.is_empty() && req.budget_runs.is_empty() && req.ablation_runs.is_empty() {
         bail!("nothing to report: give --runs and/or --budget-runs");
     }
-    std::fs::create_dir_all(&req.out).with_context(|| format!("{}", req.out.display()))?;
+    check_specs(req)?;
     let named: Vec<(&RunSpec, bool)> = req
         .runs
         .iter()
@@ -514,6 +563,14 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
         .iter()
         .map(|d| RunDir::read(d))
         .collect::<Result<_>>()?;
+    let mut warnings: Vec<&str> = Vec::new();
+    for w in models.iter().chain(&budget).flat_map(|r| &r.warnings) {
+        if !warnings.contains(&w.as_str()) {
+            eprintln!("warning: {w}");
+            warnings.push(w);
+        }
+    }
+    std::fs::create_dir_all(&req.out).with_context(|| format!("{}", req.out.display()))?;
     let distillations: Vec<&RunDir> = models
         .iter()
         .chain(&budget)
@@ -554,8 +611,56 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
         )?;
         md.push_str(&embed(&format!("{metric} against teacher budget"), &files));
     }
+    if !warnings.is_empty() {
+        md.push_str(
+            "## Left out
+
+",
+        );
+        for w in &warnings {
+            md.push_str(&format!(
+                "- {}
+",
+                md_escape(w)
+            ));
+        }
+        md.push('\n');
+    }
     atomic_write(&req.out.join("report.md"), md.as_bytes())?;
     Ok(md)
+}
+
+/// Refuses, before anything is read or written, a run with an empty label
+/// and a run directory given twice (same directory after canonicalisation,
+/// under one label or two): it would count as two seeds.
+fn check_specs(req: &ReportRequest) -> Result<()> {
+    let canonical = |d: &Path| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
+    let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for spec in req.runs.iter().chain(&req.ablation_runs) {
+        let label = spec.label();
+        if label.trim().is_empty() {
+            bail!(
+                "{}: the run's label is empty; write LABEL=DIR with a label, or DIR alone",
+                spec.dir.display()
+            );
+        }
+        if let Some(first) = seen.insert(canonical(&spec.dir), label.clone()) {
+            bail!(
+                "{}: the run is given twice (as `{first}` and `{label}`), so it would count as two seeds; give each run once",
+                spec.dir.display()
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for dir in &req.budget_runs {
+        if !seen.insert(canonical(dir)) {
+            bail!(
+                "{}: the budget run is given twice, so it would count as two seeds; give each run once",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The models part of the report: tables, CSVs and the per-model plots.
@@ -605,9 +710,19 @@ fn write_models(
 
     md.push_str(&format!("## Learning curves (validation {metric})\n\n"));
     let curves = learning_curves(labelled, metric);
-    if curves.is_empty() {
+    let column = format!("valid_{metric}");
+    let has_column = labelled.iter().any(|(_, r)| {
+        r.history
+            .as_ref()
+            .is_some_and(|h| h.columns.contains(&column))
+    });
+    if curves.is_empty() && has_column {
         md.push_str(&format!(
-            "No run has a `history.csv` with `valid_{metric}`: no learning curves.\n\n"
+            "No `{column}` value in the runs' `history.csv` is in [0, 1] (see Left out): no learning curves.\n\n"
+        ));
+    } else if curves.is_empty() {
+        md.push_str(&format!(
+            "No run has a `history.csv` with `{column}`: no learning curves.\n\n"
         ));
     } else {
         let files = plot_learning_curves(&curves, metric, &req.out.join("learning_curves"))?;
@@ -1140,6 +1255,96 @@ mod tests {
         assert!(!req.out.join("learning_curves.svg").exists());
         assert!(req.out.join("models_ndcg10.svg").exists());
         assert!(req.out.join("cost.svg").exists());
+    }
+
+    fn one_run(root: &Path, label: &str, dir: &str) -> RunSpec {
+        write_run(&root.join(dir), "distillrec train student", None, 0.25);
+        RunSpec {
+            label: Some(label.into()),
+            dir: root.join(dir),
+        }
+    }
+
+    fn request(root: &Path, runs: Vec<RunSpec>) -> ReportRequest {
+        ReportRequest {
+            runs,
+            ablation_runs: Vec::new(),
+            budget_runs: Vec::new(),
+            baseline: None,
+            metric: "ndcg@10".into(),
+            out: root.join("out"),
+        }
+    }
+
+    #[test]
+    fn a_run_given_twice_or_with_an_empty_label_is_refused_before_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let a = one_run(d.path(), "a", "a");
+        let mut again = a.clone();
+        again.dir = d.path().join("x/../a");
+        std::fs::create_dir_all(d.path().join("x")).unwrap();
+        again.label = Some("b".into());
+        let e = write_report(&request(d.path(), vec![a.clone(), again.clone()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the run is given twice (as `a` and `b`)"), "{e}");
+        assert!(e.starts_with(&again.dir.display().to_string()), "{e}");
+        // under one label, and between --runs and --ablation-runs
+        let mut req = request(d.path(), vec![a.clone()]);
+        req.ablation_runs = vec![a.clone()];
+        assert!(write_report(&req).is_err());
+        let mut req = request(d.path(), Vec::new());
+        req.budget_runs = vec![a.dir.clone(), a.dir.clone()];
+        let e = write_report(&req).unwrap_err().to_string();
+        assert!(e.contains("the budget run is given twice"), "{e}");
+        let e = write_report(&request(d.path(), vec![one_run(d.path(), "", "c")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c: the run's label is empty"), "{e}");
+        assert!(!d.path().join("out").exists(), "a refused report wrote");
+    }
+
+    #[test]
+    fn impossible_values_are_left_out_of_aggregates_with_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let a = one_run(d.path(), "m", "a");
+        let b = one_run(d.path(), "m", "b");
+        std::fs::write(
+            b.dir.join("metrics.json"),
+            r#"{"valid": {}, "test": {"ndcg@10": 1e308, "hr@10": -5}}"#,
+        )
+        .unwrap();
+        std::fs::write(b.dir.join("history.csv"), "epoch,valid_ndcg@10\n1,inf\n").unwrap();
+        let run = RunDir::read(&b.dir).unwrap();
+        assert_eq!(run.warnings.len(), 3, "{:?}", run.warnings);
+        let metrics = format!(
+            "{}: test: `hr@10` = -5 is not in [0, 1]",
+            b.dir.join("metrics.json").display()
+        );
+        assert!(run.warnings[0].starts_with(&metrics), "{:?}", run.warnings);
+        assert!(
+            run.warnings[1].contains("`ndcg@10` = 1e308"),
+            "{:?}",
+            run.warnings
+        );
+        assert!(run.warnings[2].contains("history.csv: column `valid_ndcg@10`: inf"));
+        let md = write_report(&request(d.path(), vec![a, b])).unwrap();
+        // n = 2 seeds, but the mean is the one in-range value
+        let csv = std::fs::read_to_string(d.path().join("out/results.csv")).unwrap();
+        let row = csv.lines().nth(1).unwrap();
+        assert!(row.starts_with("m,baseline,gru4rec,2,,,,,0.25,,"), "{row}");
+        assert!(md.contains("## Left out"), "{md}");
+        assert!(md.contains("No `valid_ndcg@10` value in the runs"), "{md}");
+    }
+
+    #[test]
+    fn a_200000_character_label_takes_well_under_a_second() {
+        let d = tempfile::tempdir().unwrap();
+        let label = "x".repeat(200_000);
+        let t = std::time::Instant::now();
+        write_report(&request(d.path(), vec![one_run(d.path(), &label, "a")])).unwrap();
+        // quadratic label fitting took about 10 s for 10,000 characters
+        assert!(t.elapsed().as_secs_f64() < 5.0, "{:?}", t.elapsed());
     }
 
     #[test]

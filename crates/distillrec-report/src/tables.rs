@@ -19,7 +19,7 @@ const MISSING_MD: &str = "-";
 /// Columns: `model` (the label), `n` (number of seeds), then one column per entry of
 /// `metrics`. Cells read `0.1234 ± 0.0056` (mean ± sample std, 4 decimals); the `±`
 /// part is omitted when the row has no std for that metric (one seed), and a metric
-/// the row lacks prints `-`. `|` inside labels is escaped. Ends with a newline.
+/// the row lacks prints `-`. Labels are escaped ([`md_escape`]). Ends with a newline.
 pub fn markdown_table(rows: &[AggregateRow], metrics: &[&str]) -> String {
     let mut out = String::new();
     out.push_str("| model | n |");
@@ -309,14 +309,39 @@ fn mean_cell(mean: f64, std: Option<f64>) -> String {
     }
 }
 
-/// Escapes the characters that would break a Markdown table cell.
-fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+/// Text from run directories and the command line (labels, model and policy
+/// names) as literal Markdown: HTML's `<`, `>` and `&` become entities, the
+/// characters that start Markdown markup are backslash-escaped, and line
+/// breaks become spaces, so the text renders as written and stays in its
+/// table cell. One pass, linear in the text.
+pub(crate) fn md_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\n' | '\r' => out.push(' '),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '|' | '~' | '#' | '!' | '$' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
-/// Quotes a CSV field when needed (RFC 4180).
+/// A CSV text field (label, group, model, policy): quoted per RFC 4180 when
+/// needed, and a field that a spreadsheet would run as a formula (starting
+/// with `=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'` and
+/// quotes, as OWASP advises. Numbers go through [`csv_number`] instead and
+/// stay numbers.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
@@ -362,6 +387,44 @@ mod tests {
         assert_eq!(lines[2], "| sasrec+kd | 3 | 0.1234 ± 0.0056 | 0.0500 |");
         assert_eq!(lines[3], "| gru\\|4rec | 1 | 0.2000 | - |");
         assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn markdown_shows_html_and_markup_in_labels_as_text() {
+        assert_eq!(
+            md_escape("<script>alert(1)</script>"),
+            "&lt;script&gt;alert\\(1\\)&lt;/script&gt;"
+        );
+        assert_eq!(
+            md_escape("a & *b* [x](y)\nz"),
+            "a &amp; \\*b\\* \\[x\\]\\(y\\) z"
+        );
+        let md = markdown_table(&[row("<b>x</b>", 1, (0.5, None), None)], &["hr@10"]);
+        assert!(md.contains("| &lt;b&gt;x&lt;/b&gt; | 1 |"), "{md}");
+        assert!(!md.contains("<b>"), "{md}");
+    }
+
+    #[test]
+    fn csv_text_cells_that_start_a_formula_are_prefixed_and_quoted() {
+        assert_eq!(csv_field("=cmd|calc"), "\"'=cmd|calc\"");
+        assert_eq!(csv_field("+1"), "\"'+1\"");
+        assert_eq!(csv_field("-x,\"y\""), "\"'-x,\"\"y\"\"\"");
+        assert_eq!(csv_field("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_field("\tx"), "\"'\tx\"");
+        assert_eq!(csv_field("sasrec"), "sasrec");
+        // numbers stay numbers, negative ones too
+        assert_eq!(csv_number(Some(-0.5)), "-0.5");
+        let rows = vec![row("=cmd|calc", 1, (-0.25, None), None)];
+        let csv = results_csv(&rows, &["hr@10"]);
+        assert_eq!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .take(5)
+                .collect::<Vec<_>>(),
+            ["\"'=cmd|calc\"", "distilled", "", "1", "-0.25"]
+        );
     }
 
     #[test]

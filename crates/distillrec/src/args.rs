@@ -345,6 +345,9 @@ pub struct SweepArgs {
     /// Student seeds, e.g. `1,2,3`: each setting's baseline and distilled students are trained once per seed (config key `student_seed`) against one teacher.
     #[arg(long, value_name = "S1,S2,...", value_delimiter = ',')]
     pub seeds: Vec<u64>,
+    /// The most runs (settings × seeds) the sweep starts; a larger grid is refused before anything is written.
+    #[arg(long, value_name = "N", default_value_t = distillrec_pipeline::sweep::DEFAULT_MAX_RUNS)]
+    pub max_runs: usize,
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,

@@ -359,6 +359,96 @@ fn corpus() -> Vec<Case> {
             &["report", "--runs", "x=", "--out", "{tmp}/report"],
             "--runs 'x=': expected DIR or LABEL=DIR with both parts non-empty",
         ),
+        // issue 27 §4: sweeps say what they will do before they do it
+        c(
+            "sweep",
+            "GENERATED:sweep-grid-key-twice",
+            &[
+                "sweep",
+                "--out",
+                "{tmp}/sw",
+                "--grid",
+                "distill.lambda=0.5,0.6",
+                "--grid",
+                "distill.lambda=0.7",
+            ],
+            "--grid distill.lambda: the key is swept twice",
+        ),
+        c(
+            "sweep",
+            "GENERATED:sweep-set-and-grid-key",
+            &[
+                "sweep",
+                "--out",
+                "{tmp}/sw",
+                "--set",
+                "distill.lambda=0.5,0.6",
+                "--grid",
+                "distill.lambda=0.7",
+            ],
+            "--grid distill.lambda: the key is swept twice",
+        ),
+        c(
+            "sweep",
+            "GENERATED:sweep-dir-collision",
+            &[
+                "sweep",
+                "--out",
+                "{tmp}/sw",
+                "--grid",
+                "dataset.name=a/b,a_b",
+            ],
+            "sweep runs `dataset.name=a/b` and `dataset.name=a_b` would share the directory",
+        ),
+        c(
+            "sweep",
+            "GENERATED:sweep-over-max-runs",
+            &[
+                "sweep",
+                "--out",
+                "{tmp}/sw",
+                "--grid",
+                "distill.lambda=0.1,0.2,0.3",
+                "--seeds",
+                "1,2",
+                "--max-runs",
+                "5",
+            ],
+            "3 settings × 2 seeds = 6 runs, more than --max-runs 5",
+        ),
+        // issue 27 §6: reports are what they look like
+        c(
+            "report",
+            "GENERATED:report-run-twice",
+            &[
+                "report",
+                "--runs",
+                "{case}/r-s1",
+                "{case}/r-s1",
+                "--out",
+                "{tmp}/out",
+            ],
+            "r-s1: the run is given twice (as `r` and `r`)",
+        ),
+        c(
+            "report",
+            "GENERATED:report-run-twice-two-labels",
+            &[
+                "report",
+                "--runs",
+                "a={case}/r-s1",
+                "b={case}/../report-run-twice-two-labels/r-s1",
+                "--out",
+                "{tmp}/out",
+            ],
+            "the run is given twice (as `a` and `b`), so it would count as two seeds",
+        ),
+        c(
+            "report",
+            "GENERATED:report-empty-label",
+            &["report", "--runs", "={case}/r-s1", "--out", "{tmp}/out"],
+            "r-s1: the run's label is empty",
+        ),
     ]
 }
 
@@ -642,6 +732,19 @@ fn generate(name: &str, tmp: &Path) -> PathBuf {
         ),
         // cases that need no files, only a directory to run in
         empty if empty.starts_with("empty-") => std::fs::create_dir_all(&p).unwrap(),
+        // issue 27 §4, §6: an empty case directory for the sweeps, one
+        // finished run for the reports
+        n if n.starts_with("sweep-") => std::fs::create_dir_all(&p).unwrap(),
+        n if n.starts_with("report-") => write_files(
+            &p.join("r-s1"),
+            &[
+                (
+                    "run.json",
+                    r#"{"command": ["distillrec", "train", "student"], "status": "ok"}"#,
+                ),
+                ("metrics.json", r#"{"test": {"hr@10": 0.5}}"#),
+            ],
+        ),
         other => panic!("no generator for {other}"),
     }
     p

@@ -302,9 +302,23 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
         .map(String::from),
     );
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
-    let text = ok(&args);
-    assert!(text.contains("sweep: 4 runs"), "{text}");
+    let first = run(&args);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
     let stages = out.join("stages");
+    // the count line, printed before the sweep ran, names every stage directory
+    let dirs = std::fs::read_dir(&stages)
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.path().is_dir() && e.file_name() != "marks"
+        })
+        .count();
+    let line = format!("sweep: 2 settings × 2 seeds = 4 runs, {dirs} distinct stages");
+    assert!(
+        stderr.lines().any(|l| l == line),
+        "{line:?} not in {stderr}"
+    );
     let count = |prefix: &str| {
         std::fs::read_dir(&stages)
             .unwrap()

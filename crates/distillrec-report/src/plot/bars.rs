@@ -96,7 +96,9 @@ pub(super) fn group_color(group: &str, index: usize) -> RGBColor {
 /// that ends in a bracketed setting (`sasrec + DLLM2Rec [lambda=0.4]`, as a
 /// sweep names its runs) keeps the setting whole and shortens what comes
 /// before it; otherwise a third of what fits comes from the start and the
-/// rest from the end.
+/// rest from the end. Linear in the label: the kept length is found by
+/// doubling from one, then bisecting, so only candidates about as long as
+/// the answer are measured.
 fn fit_label<DB>(
     root: &DrawingArea<DB, Shift>,
     label: &str,
@@ -116,22 +118,69 @@ where
         .rfind(" [")
         .filter(|_| label.ends_with(']'))
         .map(|i| label[i..].chars().count());
-    for keep in (1..chars.len()).rev() {
+    // `keep` characters of the label around the `…`
+    let candidate = |keep: usize| -> String {
         let tail = match setting {
             Some(t) if t < keep => t,
             _ => keep - keep / 3,
         };
         let head = keep - tail;
-        let candidate: String = chars[..head]
+        chars[..head]
             .iter()
             .chain(std::iter::once(&'…'))
             .chain(&chars[chars.len() - tail..])
-            .collect();
-        if width(&candidate)? <= max_px {
-            return Ok(candidate);
+            .collect()
+    };
+    let mut fits = |keep: usize| -> Result<bool> { Ok(width(&candidate(keep))? <= max_px) };
+    let longest = chars.len() - 1;
+    // The width grows with `keep` within each of two runs: above the setting's
+    // length (it stays whole, the head grows) and up to it (head and tail
+    // grow). The longer run is preferred, as the longer candidate.
+    let found = match setting {
+        Some(t) if t < longest => match largest_fitting(t + 1, longest, &mut fits)? {
+            Some(k) => Some(k),
+            None => largest_fitting(1, t, &mut fits)?,
+        },
+        _ => largest_fitting(1, longest, &mut fits)?,
+    };
+    Ok(found.map_or_else(|| "…".to_string(), candidate))
+}
+
+/// The largest `k` in `lo..=hi` with `fits(k)`, for `fits` true up to some
+/// `k` and false above it: doubles the step from `lo` until it fails, then
+/// bisects. `None` when `fits(lo)` is false or the range is empty. Calls
+/// `fits` O(log(answer − lo)) times, each on a candidate no longer than
+/// twice the answer.
+fn largest_fitting(
+    lo: usize,
+    hi: usize,
+    fits: &mut dyn FnMut(usize) -> Result<bool>,
+) -> Result<Option<usize>> {
+    if lo > hi || !fits(lo)? {
+        return Ok(None);
+    }
+    let (mut good, mut step) = (lo, 1usize);
+    // `good` fits; `bad` (if ≤ hi) does not
+    let mut bad = loop {
+        let next = lo.saturating_add(step);
+        if next > hi {
+            break hi + 1;
+        }
+        if !fits(next)? {
+            break next;
+        }
+        good = next;
+        step = step.saturating_mul(2);
+    };
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if fits(mid)? {
+            good = mid;
+        } else {
+            bad = mid;
         }
     }
-    Ok("…".to_string())
+    Ok(Some(good))
 }
 
 /// The labels under a row of bars: side by side if they all fit under their bar,
@@ -329,5 +378,26 @@ impl Figure for BarsFigure<'_> {
             draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_fitting_finds_the_boundary_with_few_calls() {
+        for limit in [1usize, 2, 3, 17, 64, 1000, 199_999] {
+            let mut calls = 0;
+            let mut fits = |k: usize| {
+                calls += 1;
+                Ok(k <= limit)
+            };
+            assert_eq!(largest_fitting(1, 199_999, &mut fits).unwrap(), Some(limit));
+            assert!(calls <= 2 * 18 + 2, "{calls} calls for {limit}");
+        }
+        assert_eq!(largest_fitting(5, 9, &mut |_| Ok(false)).unwrap(), None);
+        assert_eq!(largest_fitting(5, 4, &mut |_| Ok(true)).unwrap(), None);
+        assert_eq!(largest_fitting(5, 9, &mut |_| Ok(true)).unwrap(), Some(9));
     }
 }

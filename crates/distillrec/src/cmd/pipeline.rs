@@ -6,7 +6,7 @@ use distillrec_pipeline::pipeline;
 
 use distillrec_config::{reads, Config};
 use distillrec_pipeline::pipeline::StageReport;
-use distillrec_pipeline::sweep::{self, expand, split_sets, GridAxis};
+use distillrec_pipeline::sweep::{self, split_sets, GridAxis, SweepPlan};
 
 use crate::args::{ConfigArgs, PipelineArgs, SweepArgs};
 use crate::common::{build_info, config_device, load_config, print_metrics};
@@ -64,6 +64,8 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     for g in &a.grid {
         axes.push(GridAxis::parse(g)?);
     }
+    sweep::check_keys(&fixed, &axes)?;
+    sweep::check_seeds(&a.seeds, &fixed, &axes)?;
     let base = ConfigArgs {
         config: a.config.config.clone(),
         set: fixed,
@@ -71,22 +73,17 @@ pub fn sweep(a: SweepArgs) -> Result<()> {
     let mut cfg = load_config(&base, vec![], reads::PIPELINE)?;
     let device = config_device(&mut cfg, &a.device)?;
     let device_set = format!("device={}", cfg.device);
-    let runs = expand(&axes, &a.seeds);
     let config_for = |extra: &[String]| -> Result<Config> {
         let mut e = extra.to_vec();
         e.push(device_set.clone());
         load_config(&base, e, reads::PIPELINE)
     };
+    let plan = SweepPlan::new(&axes, &a.seeds, a.max_runs, &config_for)?;
+    eprintln!("{}", plan.summary());
     let ks = cfg.eval.ks.clone();
-    println!("sweep: {} runs", runs.len());
-    let outcome = sweep::run(
-        &runs,
-        &config_for,
-        &a.out,
-        build_info(),
-        &device,
-        &mut |name, m| print_metrics(name, m, &ks),
-    )?;
+    let outcome = sweep::run(&plan, &a.out, build_info(), &device, &mut |name, m| {
+        print_metrics(name, m, &ks)
+    })?;
     for (r, stages) in &outcome.runs {
         let ran = stages.iter().filter(|s| !s.skipped).count();
         println!(
