@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsutil;
 pub mod lock;
 pub mod names;
+pub mod outguard;
 pub mod prepare;
 pub mod readers;
 pub mod stats;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use distillrec_cache::TeacherCache;
 use distillrec_config::Config;
+use distillrec_data::outguard::DirOutput;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
 use distillrec_run::{peak_rss_mb, BuildInfo, Metrics, RunKind};
@@ -296,6 +297,18 @@ pub struct TeacherInferRequest {
     pub student: Option<PathBuf>,
 }
 
+/// Checks `teacher infer`'s `--out` before the inference: besides the
+/// job's inputs, the backbone and the student the checkpoint loads (its
+/// manifest's, or the overrides) are inputs too.
+fn check_infer_out(req: &TeacherInferRequest) -> Result<DirOutput> {
+    let (m, _) = read_manifest(&req.job.checkpoint)?;
+    let backbone = req.backbone.clone().unwrap_or(m.backbone.path);
+    let student = req.student.clone().unwrap_or(m.student.path);
+    let student_manifest = student.with_extension("json");
+    req.job
+        .check_out("teacher infer", &[&backbone, &student, &student_manifest])
+}
+
 /// `teacher infer`: the teacher cache of the selected training rows;
 /// returns it with the inference rows per second.
 pub fn teacher_infer(
@@ -304,6 +317,7 @@ pub fn teacher_infer(
     device: &Device,
 ) -> Result<(TeacherCache, f64)> {
     cpu_only(device)?;
+    let guard = check_infer_out(req)?;
     let t0 = std::time::Instant::now();
     let data = load_prepared(&req.job.data)?;
     let mut teacher = load_teacher(
@@ -330,6 +344,7 @@ pub fn teacher_infer(
         &opts,
     )?;
     cache.manifest.shard = req.job.shard;
+    guard.claim()?;
     cache.save(&req.job.out)?;
     CacheBuild {
         wall_secs: t0.elapsed().as_secs_f64(),

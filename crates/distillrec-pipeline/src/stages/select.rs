@@ -7,8 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-use distillrec_cache::{read_selection_rows, write_selection, TeacherCache};
+use distillrec_cache::{read_selection_rows, selection_meta_path, write_selection, TeacherCache};
 use distillrec_config::Config;
+use distillrec_data::outguard::check_file_output;
 use distillrec_select::{
     candidate_kl, select as choose, Budget, Policy, RowSignals, SelectInputs, SignalOptions,
 };
@@ -63,10 +64,25 @@ pub struct SelectOutcome {
     pub wall_secs: f64,
 }
 
+/// Refuses, before any work, a selection file (or its sidecar) that is one
+/// of the inputs or lies inside one (the dataset, the student checkpoint
+/// and its manifest, the teacher cache).
+fn check_select_out(req: &SelectRequest) -> Result<()> {
+    let student = req.student.as_deref().map(checkpoint::manifest_path);
+    let mut inputs = vec![req.data.as_path()];
+    inputs.extend(req.student.as_deref());
+    inputs.extend(student.as_deref());
+    inputs.extend(req.teacher_cache.as_deref());
+    let meta = selection_meta_path(&req.out);
+    check_file_output(&[&req.out, &meta], &inputs, "--out")?;
+    Ok(())
+}
+
 /// Chooses training rows for the teacher among the rows the configured
 /// student trains on, and writes the selection file with its sidecar.
 pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<SelectOutcome> {
     let policy = req.policy;
+    check_select_out(req)?;
     let data = load_prepared(&req.data)?;
     let student = match &req.student {
         Some(p) => Some(
