@@ -204,13 +204,11 @@ impl DirOutput {
         if empty || self.read_marker().as_ref() == Some(&self.marker) {
             return Ok(());
         }
+        let kind = self.marker.kind;
         let what = match self.read_marker() {
-            Some(m) if m.kind != self.marker.kind => format!("holds a {} output", m.kind),
-            Some(_) => format!("holds a {} of other inputs", self.marker.kind),
-            None => format!(
-                "exists and is not a {} this command wrote",
-                self.marker.kind
-            ),
+            Some(m) if m.kind != kind => format!("holds a {}, not a {kind}", m.kind),
+            Some(_) => format!("holds a {kind} made from other inputs or settings"),
+            None => format!("exists and holds no {kind} this command wrote"),
         };
         Err(DataError::file(
             &self.out,
@@ -274,10 +272,11 @@ mod tests {
         std::fs::write(out.join("rows.bin"), "r").unwrap();
         check_dir_output(&out, &[&file], kind, "k=5").unwrap();
         let e = check_dir_output(&out, &[&file], kind, "k=6").unwrap_err();
-        assert!(e.to_string().contains("of other inputs"), "{e}");
+        assert!(e.to_string().contains("from other inputs"), "{e}");
         let e = check_dir_output(&out, &[&file], OutputKind::PreparedDataset, "k=5").unwrap_err();
         assert!(
-            e.to_string().contains("holds a teacher-cache output"),
+            e.to_string()
+                .contains("holds a teacher-cache, not a prepared-dataset"),
             "{e}"
         );
     }

@@ -276,6 +276,11 @@ pub fn eval_teacher(
 ) -> Result<Metrics> {
     let data = load_prepared(data)?;
     let mut teacher = load_teacher(checkpoint, &data, overrides.0, overrides.1)?;
+    // an `eval.sampled_negatives` this teacher cannot honour is refused
+    // before any row is evaluated
+    teacher
+        .cfg
+        .sampled_negatives(cfg.eval.sampled_negatives, "the config or --set")?;
     let e = evaluate_both(&mut teacher, &data, cfg)?;
     if let Some(out) = out {
         with_run(out, cfg, build, |run| {

@@ -144,6 +144,14 @@ pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<Sele
             seed: cfg.seed,
         },
     )?;
+    if sel.rows.is_empty() {
+        bail!(
+            "policy '{}' selects no rows of {} (threshold {}): an empty selection gives the teacher nothing; loosen --threshold or raise --budget",
+            policy.name(),
+            pool.len(),
+            req.threshold.map_or("none".into(), |t| t.to_string())
+        );
+    }
     let keys: Vec<(String, f64)> = sel
         .rows
         .iter()
