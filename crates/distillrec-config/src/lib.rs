@@ -1169,6 +1169,42 @@ mod tests {
         assert_eq!(p.teacher.num_layers, None);
     }
 
+    #[test]
+    fn teacher_settings_check_on_their_own_and_sampled_negatives_are_honoured_or_refused() {
+        // what a teacher manifest carries is checked without a config
+        let mut t = TeacherConfig {
+            ranking_prompts: vec!["{candidates}{candidates}{history}".into()],
+            ..TeacherConfig::default()
+        };
+        let e = t.check("m.json").unwrap_err().to_string();
+        assert!(
+            e.starts_with("m.json: config key `teacher.ranking_prompts[0]`"),
+            "{e}"
+        );
+        t.ranking_prompts = vec!["{history} ->".into()];
+        t.check("m.json").unwrap();
+        // ranking: any count is honoured, 0 is the teacher's own
+        t.candidates = 5;
+        assert_eq!(t.sampled_negatives(0, "c").unwrap(), 4);
+        assert_eq!(t.sampled_negatives(7, "c").unwrap(), 7);
+        // generative: only its own count
+        t.objective = TeacherObjective::Generative;
+        assert_eq!(t.sampled_negatives(4, "c").unwrap(), 4);
+        let e = t.sampled_negatives(7, "c").unwrap_err().to_string();
+        assert!(
+            e.contains("`eval.sampled_negatives`: 7") && e.contains("set it to 4"),
+            "{e}"
+        );
+        // and a config says so before training
+        let e = load(
+            "[teacher]\nobjective = \"generative\"\ncandidates = 5\n[eval]\nsampled_negatives = 7\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("eval.sampled_negatives"), "{e}");
+    }
+
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::from_toml_str(text, "test.toml", &sets)
