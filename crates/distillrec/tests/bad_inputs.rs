@@ -237,6 +237,38 @@ fn corpus() -> Vec<Case> {
             &["llm", "logits", "--model", "{case}", "--prompt", "a"],
             "not a valid GGUF file: the header would take more than 1073741824 bytes of memory",
         ),
+        // issue 27 §2: an output onto the backbone it reads (the tiny model
+        // of the 100000-token case)
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "llm",
+                "embed-items",
+                "--model",
+                "{case}",
+                "--data",
+                "{tmp}",
+                "--out",
+                "{case}/model.safetensors",
+            ],
+            "--out lies inside the input",
+        ),
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "llm",
+                "logits",
+                "--model",
+                "{case}",
+                "--prompt",
+                "a",
+                "--out",
+                "{case}/config.json",
+            ],
+            "--out lies inside the input",
+        ),
     ]
 }
 
