@@ -10,6 +10,7 @@ use candle_core::Device;
 use distillrec_cache::{read_selection_rows, selection_meta_path, write_selection, TeacherCache};
 use distillrec_config::Config;
 use distillrec_data::outguard::check_file_output;
+use distillrec_models::Student;
 use distillrec_select::{
     candidate_kl, select as choose, Budget, Policy, RowSignals, SelectInputs, SignalOptions,
 };
@@ -78,6 +79,33 @@ fn check_select_out(req: &SelectRequest) -> Result<()> {
     Ok(())
 }
 
+/// The `kl` policy's signal: the student's KL to the teacher cache on each
+/// pool row; `None` for the other policies.
+fn kl_signal(
+    req: &SelectRequest,
+    student: Option<&Student>,
+    data: &Data,
+    pool: &[usize],
+) -> Result<Option<Vec<Option<f64>>>> {
+    if req.policy != Policy::Kl {
+        return Ok(None);
+    }
+    let Some(dir) = &req.teacher_cache else {
+        bail!("policy 'kl' needs --teacher-cache <dir>");
+    };
+    let Some(s) = student else {
+        bail!("policy 'kl' needs --student <checkpoint>");
+    };
+    let cache = TeacherCache::load(dir)?;
+    Ok(Some(candidate_kl(
+        s,
+        &data.ds,
+        &data.reference.fingerprint,
+        &cache,
+        pool,
+    )?))
+}
+
 /// Chooses training rows for the teacher among the rows the configured
 /// student trains on, and writes the selection file with its sidecar.
 pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<SelectOutcome> {
@@ -115,24 +143,7 @@ pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<Sele
         (None, true) => bail!("policy '{}' needs --student <checkpoint>", policy.name()),
         _ => None,
     };
-    let kl = if policy == Policy::Kl {
-        let Some(dir) = &req.teacher_cache else {
-            bail!("policy 'kl' needs --teacher-cache <dir>");
-        };
-        let Some(s) = &student else {
-            bail!("policy 'kl' needs --student <checkpoint>");
-        };
-        let cache = TeacherCache::load(dir)?;
-        Some(candidate_kl(
-            s,
-            &data.ds,
-            &data.reference.fingerprint,
-            &cache,
-            &pool,
-        )?)
-    } else {
-        None
-    };
+    let kl = kl_signal(req, student.as_ref(), &data, &pool)?;
     let sel = choose(
         policy,
         req.budget,
