@@ -27,13 +27,16 @@ pub fn selection_meta_path(path: &Path) -> PathBuf {
 
 /// Writes a selection: `keys_scores` in the given order to `path` (CSV
 /// `key,score`; a NaN score is written empty, meaning "no score"), and
-/// `meta` to `<path>.json`. Both atomically. Empty or duplicate keys, keys
-/// with line breaks and infinite scores are refused.
+/// `meta` to `<path>.json`. Both atomically. No rows, empty or duplicate
+/// keys, keys with line breaks and infinite scores are refused.
 pub fn write_selection(
     path: &Path,
     keys_scores: &[(String, f64)],
     meta: &serde_json::Value,
 ) -> Result<()> {
+    if keys_scores.is_empty() {
+        return Err(DataError::file(path, EMPTY_SELECTION));
+    }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(keys_scores.len());
     let mut buf = Vec::new();
     {
@@ -70,9 +73,13 @@ pub fn write_selection(
     atomic_write_json(&selection_meta_path(path), meta)
 }
 
+/// Why a selection without rows is refused, read or written: it would give
+/// the teacher (and the distillation) nothing.
+const EMPTY_SELECTION: &str = "the selection holds no rows (a header only); select at least one row, or leave --selection out for every row";
+
 /// Reads a selection file and returns its keys in file order. The header
 /// must be `key,score`; every line needs a non-empty key seen only once and
-/// an empty or finite score. Errors name the file and line.
+/// an empty or finite score; at least one row. Errors name the file and line.
 pub fn read_selection(path: &Path) -> Result<Vec<String>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let mut rdr = csv::ReaderBuilder::new()
@@ -133,6 +140,9 @@ pub fn read_selection(path: &Path) -> Result<Vec<String>> {
             ));
         }
         keys.push(key.to_owned());
+    }
+    if keys.is_empty() {
+        return Err(DataError::file(path, EMPTY_SELECTION));
     }
     Ok(keys)
 }
@@ -228,9 +238,6 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("sel.csv.json")).unwrap())
                 .unwrap();
         assert_eq!(m, meta);
-        // empty selection
-        write_selection(&p, &[], &meta).unwrap();
-        assert!(read_selection(&p).unwrap().is_empty());
     }
 
     #[test]
@@ -269,5 +276,22 @@ mod tests {
         assert!(e.contains("selected twice"), "{e}");
         let inf = vec![("a".to_string(), f64::INFINITY)];
         assert!(write_selection(&p, &inf, &serde_json::Value::Null).is_err());
+    }
+
+    #[test]
+    fn an_empty_selection_is_refused_read_or_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sel.csv");
+        for text in ["key,score\n", "key,score"] {
+            std::fs::write(&p, text).unwrap();
+            let e = read_selection(&p).unwrap_err().to_string();
+            assert!(e.contains("sel.csv: the selection holds no rows"), "{e}");
+        }
+        let q = dir.path().join("none.csv");
+        let e = write_selection(&q, &[], &serde_json::Value::Null)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no rows"), "{e}");
+        assert!(!q.exists() && !selection_meta_path(&q).exists());
     }
 }

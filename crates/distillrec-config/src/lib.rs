@@ -383,6 +383,130 @@ impl Default for TeacherConfig {
     }
 }
 
+impl TeacherConfig {
+    /// Value checks of the `[teacher]` group, callable on their own: a
+    /// teacher checkpoint's manifest carries these settings and is checked
+    /// like a config (`source_name` names the file).
+    pub fn check(&self, source_name: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| {
+            Err(ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: key.to_string(),
+                msg,
+            })
+        };
+        let t = self;
+        if t.top_k == 0 {
+            return bad("teacher.top_k", "must be positive".into());
+        }
+        for (key, v, max) in [
+            ("rank", t.rank, MAX_SIZE),
+            ("experts", t.experts, MAX_EXPERTS),
+            ("gate_hidden", t.gate_hidden, MAX_SIZE),
+        ] {
+            if v > max {
+                return bad(
+                    &format!("teacher.{key}"),
+                    format!("{v} is not in 1..={max}"),
+                );
+            }
+        }
+        if t.experts == 0 || t.rank == 0 || !t.rank.is_multiple_of(t.experts) {
+            return bad(
+                "teacher.rank",
+                format!(
+                    "{} must be a positive multiple of teacher.experts = {}",
+                    t.rank, t.experts
+                ),
+            );
+        }
+        if !(t.alpha > 0.0 && t.alpha.is_finite()) {
+            return bad(
+                "teacher.alpha",
+                format!("must be positive, got {}", t.alpha),
+            );
+        }
+        if !(0.0..1.0).contains(&t.lora_dropout) {
+            return bad(
+                "teacher.lora_dropout",
+                format!("{} is not in [0, 1)", t.lora_dropout),
+            );
+        }
+        if t.targets.is_empty() {
+            return bad("teacher.targets", "name at least one projection".into());
+        }
+        if t.num_layers == Some(0) {
+            return bad("teacher.num_layers", "must be positive".into());
+        }
+        for (key, v) in [
+            ("gate_hidden", t.gate_hidden),
+            ("max_history", t.max_history),
+            ("max_title_tokens", t.max_title_tokens),
+            ("infer_batch", t.infer_batch),
+        ] {
+            if v == 0 {
+                return bad(&format!("teacher.{key}"), "must be positive".into());
+            }
+        }
+        if t.candidates < 2 {
+            return bad(
+                "teacher.candidates",
+                format!("must be at least 2, got {}", t.candidates),
+            );
+        }
+        for (key, list, cands) in [
+            ("prompts", &t.prompts, true),
+            ("ranking_prompts", &t.ranking_prompts, false),
+        ] {
+            if list.is_empty() {
+                return bad(
+                    &format!("teacher.{key}"),
+                    "needs at least one template".into(),
+                );
+            }
+            for (i, p) in list.iter().enumerate() {
+                let h = p.matches("{history}").count();
+                let c = p.matches("{candidates}").count();
+                if h != 1 || c != usize::from(cands) {
+                    let want = if cands {
+                        "`{history}` and `{candidates}` once each"
+                    } else {
+                        "`{history}` once and no `{candidates}`"
+                    };
+                    return bad(
+                        &format!("teacher.{key}[{i}]"),
+                        format!("a template must hold {want}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The negatives of the sampled protocol when this teacher is
+    /// evaluated with `eval.sampled_negatives = asked`: `asked`, or with 0
+    /// (the default) the teacher's own `candidates − 1`. A generative
+    /// teacher answers over its own candidates, so another count is refused
+    /// rather than silently replaced.
+    pub fn sampled_negatives(&self, asked: usize, source_name: &str) -> Result<usize, ConfigError> {
+        let own = self.candidates.saturating_sub(1);
+        if asked == 0 {
+            return Ok(own);
+        }
+        if asked != own && self.objective != TeacherObjective::Ranking {
+            return Err(ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: "eval.sampled_negatives".into(),
+                msg: format!(
+                    "{asked}, but a generative teacher answers over its teacher.candidates = {} ({own} negatives); set it to {own} or 0",
+                    self.candidates
+                ),
+            });
+        }
+        Ok(asked)
+    }
+}
+
 /// `[train.teacher]`: the LLM teacher's training loop.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -910,90 +1034,10 @@ impl Config {
                 msg,
             })
         };
-        let t = &self.teacher;
-        if t.top_k == 0 {
-            return bad("teacher.top_k", "must be positive".into());
-        }
-        for (key, v, max) in [
-            ("rank", t.rank, MAX_SIZE),
-            ("experts", t.experts, MAX_EXPERTS),
-            ("gate_hidden", t.gate_hidden, MAX_SIZE),
-        ] {
-            if v > max {
-                return bad(
-                    &format!("teacher.{key}"),
-                    format!("{v} is not in 1..={max}"),
-                );
-            }
-        }
-        if t.experts == 0 || t.rank == 0 || !t.rank.is_multiple_of(t.experts) {
-            return bad(
-                "teacher.rank",
-                format!(
-                    "{} must be a positive multiple of teacher.experts = {}",
-                    t.rank, t.experts
-                ),
-            );
-        }
-        if !(t.alpha > 0.0 && t.alpha.is_finite()) {
-            return bad(
-                "teacher.alpha",
-                format!("must be positive, got {}", t.alpha),
-            );
-        }
-        if !(0.0..1.0).contains(&t.lora_dropout) {
-            return bad(
-                "teacher.lora_dropout",
-                format!("{} is not in [0, 1)", t.lora_dropout),
-            );
-        }
-        if t.targets.is_empty() {
-            return bad("teacher.targets", "name at least one projection".into());
-        }
-        if t.num_layers == Some(0) {
-            return bad("teacher.num_layers", "must be positive".into());
-        }
-        for (key, v) in [
-            ("gate_hidden", t.gate_hidden),
-            ("max_history", t.max_history),
-            ("max_title_tokens", t.max_title_tokens),
-            ("infer_batch", t.infer_batch),
-        ] {
-            if v == 0 {
-                return bad(&format!("teacher.{key}"), "must be positive".into());
-            }
-        }
-        if t.candidates < 2 {
-            return bad(
-                "teacher.candidates",
-                format!("must be at least 2, got {}", t.candidates),
-            );
-        }
-        for (key, list, cands) in [
-            ("prompts", &t.prompts, true),
-            ("ranking_prompts", &t.ranking_prompts, false),
-        ] {
-            if list.is_empty() {
-                return bad(
-                    &format!("teacher.{key}"),
-                    "needs at least one template".into(),
-                );
-            }
-            for (i, p) in list.iter().enumerate() {
-                let h = p.matches("{history}").count();
-                let c = p.matches("{candidates}").count();
-                if h != 1 || c != usize::from(cands) {
-                    let want = if cands {
-                        "`{history}` and `{candidates}` once each"
-                    } else {
-                        "`{history}` once and no `{candidates}`"
-                    };
-                    return bad(
-                        &format!("teacher.{key}[{i}]"),
-                        format!("a template must hold {want}"),
-                    );
-                }
-            }
+        self.teacher.check(source_name)?;
+        if reads.covers("eval") {
+            self.teacher
+                .sampled_negatives(self.eval.sampled_negatives, source_name)?;
         }
         let tr = &self.train.teacher;
         if !reads.covers("train.teacher") {
@@ -1129,6 +1173,42 @@ mod tests {
         assert_eq!(cfg.project(Reads::ALL), cfg);
         assert_eq!(cfg.project(Reads(&["teacher"])).teacher.num_layers, Some(2));
         assert_eq!(p.teacher.num_layers, None);
+    }
+
+    #[test]
+    fn teacher_settings_check_on_their_own_and_sampled_negatives_are_honoured_or_refused() {
+        // what a teacher manifest carries is checked without a config
+        let mut t = TeacherConfig {
+            ranking_prompts: vec!["{candidates}{candidates}{history}".into()],
+            ..TeacherConfig::default()
+        };
+        let e = t.check("m.json").unwrap_err().to_string();
+        assert!(
+            e.starts_with("m.json: config key `teacher.ranking_prompts[0]`"),
+            "{e}"
+        );
+        t.ranking_prompts = vec!["{history} ->".into()];
+        t.check("m.json").unwrap();
+        // ranking: any count is honoured, 0 is the teacher's own
+        t.candidates = 5;
+        assert_eq!(t.sampled_negatives(0, "c").unwrap(), 4);
+        assert_eq!(t.sampled_negatives(7, "c").unwrap(), 7);
+        // generative: only its own count
+        t.objective = TeacherObjective::Generative;
+        assert_eq!(t.sampled_negatives(4, "c").unwrap(), 4);
+        let e = t.sampled_negatives(7, "c").unwrap_err().to_string();
+        assert!(
+            e.contains("`eval.sampled_negatives`: 7") && e.contains("set it to 4"),
+            "{e}"
+        );
+        // and a config says so before training
+        let e = load(
+            "[teacher]\nobjective = \"generative\"\ncandidates = 5\n[eval]\nsampled_negatives = 7\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("eval.sampled_negatives"), "{e}");
     }
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod lock;
 pub mod memory;
 pub mod names;
+pub mod outguard;
 pub mod prepare;
 pub mod readers;
 pub mod stats;

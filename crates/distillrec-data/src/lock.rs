@@ -118,7 +118,7 @@ pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
 }
 
 /// Whether `name` is the temporary name of an atomic write: `.<name>.tmp<digits>`.
-fn is_temp_name(name: &str) -> bool {
+pub fn is_temp_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.') else {
         return false;
     };

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
+use distillrec_data::outguard::check_file_output;
 use distillrec_data::store;
 use distillrec_llm::bench::time_step;
 pub use distillrec_llm::bench::{BenchSpec, BenchStep};
@@ -139,6 +140,8 @@ pub fn embed_items(
     max_title_tokens: usize,
     device: &Device,
 ) -> Result<ItemEmbeddings> {
+    // the table must not land on the backbone or the dataset it reads
+    check_file_output(&[out], &[&backbone.path, data], "--out")?;
     let t0 = Instant::now();
     let ds = store::load(data)?;
     let manifest = store::read_manifest(data)?;

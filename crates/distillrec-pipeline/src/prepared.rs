@@ -48,13 +48,3 @@ pub fn run_data(cfg: &Config, data: Option<&Path>, out: &Path) -> Result<Data> {
     store::save(&ds, &dir)?;
     load_prepared(&dir)
 }
-
-/// Whether `a` and `b` name the same existing file or directory (after
-/// resolving links), so an output can be refused when it would overwrite an
-/// input.
-pub fn same_place(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}

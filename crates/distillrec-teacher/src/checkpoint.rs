@@ -69,6 +69,20 @@ pub struct TeacherManifest {
     pub weights: String,
     /// SHA-256 of the weights file.
     pub weights_sha256: String,
+    /// [`settings_sha256`] of `teacher` and `seed` as trained, written by
+    /// [`save`] and verified by [`read_manifest`], so an edited prompt or
+    /// setting is refused. Checkpoints from before it have none and load
+    /// on the config checks alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
+}
+
+/// `sha256:<hex>` of the settings a teacher was trained with: what
+/// `config_sha256` pins.
+pub fn settings_sha256(teacher: &TeacherConfig, seed: u64) -> Result<String> {
+    Ok(sha256_of(
+        serde_json::to_string(&(teacher, seed))?.as_bytes(),
+    ))
 }
 
 /// `sha256:<hex>` of a backbone: the GGUF file, or for a Hugging Face
@@ -163,6 +177,7 @@ pub fn save(
     let mut m = manifest.clone();
     m.weights = weights;
     m.weights_sha256 = sha256_of(&bytes);
+    m.config_sha256 = Some(settings_sha256(&m.teacher, m.seed)?);
     distillrec_data::fsutil::atomic_write(
         &dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&m)?.as_bytes(),
@@ -170,7 +185,9 @@ pub fn save(
     Ok(wpath)
 }
 
-/// Reads and checks a teacher manifest (format, version, weights name).
+/// Reads and checks a teacher manifest: format, version, weights name, the
+/// teacher settings by the config's own checks, and their
+/// `config_sha256` when the manifest has one.
 pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
     let mpath = manifest_path(path);
     let text = std::fs::read_to_string(&mpath)
@@ -194,6 +211,15 @@ pub fn read_manifest(path: &Path) -> Result<(TeacherManifest, PathBuf)> {
         mpath.display(),
         m.weights
     );
+    m.teacher.check(&mpath.display().to_string())?;
+    if let Some(pin) = &m.config_sha256 {
+        ensure!(
+            *pin == settings_sha256(&m.teacher, m.seed)?,
+            "{}: the teacher settings or seed differ from those it was trained with (config_sha256 {}…); restore the manifest",
+            mpath.display(),
+            short(pin)
+        );
+    }
     let dir = mpath.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok((m.clone(), dir.join(&m.weights)))
 }

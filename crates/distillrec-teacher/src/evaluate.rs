@@ -71,8 +71,13 @@ impl GenerativeReport {
     }
 }
 
+/// Where an `eval.sampled_negatives` refused for a teacher was set, for
+/// the error line.
+const EVAL_SOURCE: &str = "the config or --set";
+
 /// Full ranking of `split` by the ranking head, plus the sampled protocol
-/// with the teacher's candidate count.
+/// over `eval.sampled_negatives` negatives (0: the teacher's candidate
+/// count − 1, see `TeacherConfig::sampled_negatives`).
 pub fn eval_ranking(
     teacher: &Teacher,
     ds: &Dataset,
@@ -82,7 +87,9 @@ pub fn eval_ranking(
     let table = teacher.eval_table()?;
     let mut o = opts.clone();
     o.batch_size = teacher.cfg.infer_batch;
-    o.sampled_negatives = teacher.prompter.candidates - 1;
+    o.sampled_negatives = teacher
+        .cfg
+        .sampled_negatives(opts.sampled_negatives, EVAL_SOURCE)?;
     Ok(evaluate_all(ds, split, &o, |rows| {
         teacher
             .rank_scores(ds, rows, &table)
@@ -113,6 +120,10 @@ pub fn eval_generative(
     limit: Option<usize>,
 ) -> Result<GenerativeReport> {
     let start = Instant::now();
+    // another count than the teacher's own is refused, not replaced
+    teacher
+        .cfg
+        .sampled_negatives(opts.sampled_negatives, EVAL_SOURCE)?;
     let cands = split_candidates(ds, split, opts, teacher.prompter.candidates - 1)?;
     let rows = ds.rows(split);
     let n = limit.unwrap_or(rows.len()).min(rows.len());

@@ -316,6 +316,7 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             metrics,
             weights: String::new(),
             weights_sha256: String::new(),
+            config_sha256: None, // filled by checkpoint::save
         };
     let (mut tokens, mut train_secs, mut epochs_here) = (0usize, 0.0f64, 0usize);
     // without a terminal (nohup, a batch scheduler) the bar is not drawn:

@@ -449,6 +449,38 @@ fn corpus() -> Vec<Case> {
             &["report", "--runs", "={case}/r-s1", "--out", "{tmp}/out"],
             "r-s1: the run's label is empty",
         ),
+        // issue 27 §2: an output onto the backbone it reads (the tiny model
+        // of the 100000-token case)
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "llm",
+                "embed-items",
+                "--model",
+                "{case}",
+                "--data",
+                "{tmp}",
+                "--out",
+                "{case}/model.safetensors",
+            ],
+            "--out lies inside the input",
+        ),
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "llm",
+                "logits",
+                "--model",
+                "{case}",
+                "--prompt",
+                "a",
+                "--out",
+                "{case}/config.json",
+            ],
+            "--out lies inside the input",
+        ),
     ]
 }
 

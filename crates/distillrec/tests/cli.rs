@@ -39,28 +39,36 @@ fn prepare_ml1m(raw: &Path, out: &Path) -> Output {
 #[test]
 fn truncated_line_is_a_clean_error() {
     let d = ml1m_dir(b"1::1::5::978300760\n1::2::4\n");
-    let out = prepare_ml1m(d.path(), &d.path().join("out"));
+    // the output beside the raw directory: inside it is refused (issue 27 §2)
+    let o = tempfile::tempdir().unwrap();
+    let out = prepare_ml1m(d.path(), &o.path().join("out"));
     assert_clean_error(&out, "ratings.dat:2: expected at least 4 fields");
 }
 
 #[test]
 fn non_numeric_id_is_a_clean_error() {
     let d = ml1m_dir(b"1::1::5::978300760\n1::two::4::978300761\n");
-    let out = prepare_ml1m(d.path(), &d.path().join("out"));
+    // the output beside the raw directory: inside it is refused (issue 27 §2)
+    let o = tempfile::tempdir().unwrap();
+    let out = prepare_ml1m(d.path(), &o.path().join("out"));
     assert_clean_error(&out, "ratings.dat:2: item id 'two' is not an integer");
 }
 
 #[test]
 fn unknown_item_is_a_clean_error() {
     let d = ml1m_dir(b"1::1::5::978300760\n1::2::4::978300761\n2::99::4::978300761\n");
-    let out = prepare_ml1m(d.path(), &d.path().join("out"));
+    // the output beside the raw directory: inside it is refused (issue 27 §2)
+    let o = tempfile::tempdir().unwrap();
+    let out = prepare_ml1m(d.path(), &o.path().join("out"));
     assert_clean_error(&out, "ratings.dat:3: item id 99 is not in the item file");
 }
 
 #[test]
 fn empty_file_is_a_clean_error() {
     let d = ml1m_dir(b"");
-    let out = prepare_ml1m(d.path(), &d.path().join("out"));
+    // the output beside the raw directory: inside it is refused (issue 27 §2)
+    let o = tempfile::tempdir().unwrap();
+    let out = prepare_ml1m(d.path(), &o.path().join("out"));
     assert_clean_error(&out, "ratings.dat: file is empty");
 }
 

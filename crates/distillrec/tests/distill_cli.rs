@@ -216,30 +216,30 @@ fn caches_selections_and_distillation_end_to_end() {
     let rows = keys.lines().count();
     assert_eq!(selected, (rows as f64 * 0.25).round() as usize);
     // post-hoc KL filter: a teacher cache made from the student itself
-    // agrees with it on every row (KL = 0), so a positive threshold keeps none
+    // agrees with it on every row (KL = 0), so a positive threshold keeps
+    // none: an empty selection is refused (issue 27 §5), nothing written
     let kl_sel = p("kl.csv");
-    ok(&[
-        "select",
-        "--policy",
-        "kl",
-        "--budget",
-        "1.0",
-        "--threshold",
-        "1e-4",
-        "--student",
-        s(&ckpt),
-        "--teacher-cache",
-        s(&one),
-        "--data",
-        s(&data),
-        "--out",
-        s(&kl_sel),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(&kl_sel).unwrap().lines().count(),
-        1,
-        "header only"
+    clean_error(
+        &[
+            "select",
+            "--policy",
+            "kl",
+            "--budget",
+            "1.0",
+            "--threshold",
+            "1e-4",
+            "--student",
+            s(&ckpt),
+            "--teacher-cache",
+            s(&one),
+            "--data",
+            s(&data),
+            "--out",
+            s(&kl_sel),
+        ],
+        "selects no rows",
     );
+    assert!(!kl_sel.exists());
     let kl_all = p("kl-all.csv");
     ok(&[
         "select",

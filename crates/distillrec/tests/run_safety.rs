@@ -10,25 +10,6 @@ use std::path::Path;
 
 use common::*;
 
-/// Every file under `dir` with its bytes, sorted by path (lock files aside).
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else if e.file_name() != ".distillrec.lock" {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 const SMALL: &[&str] = &[
     "--set",
     "student.hidden=16",
@@ -310,7 +291,7 @@ fn outputs_never_overwrite_inputs_and_the_config_names_the_data() {
             s(&p("shard0")),
             s(&p("shard1")),
         ],
-        "is the shard",
+        "is the input",
     );
     assert_eq!(snapshot(&p("shard0")), before);
     // data prepare --out equal to --raw
@@ -330,7 +311,7 @@ fn outputs_never_overwrite_inputs_and_the_config_names_the_data() {
             "--out",
             s(&raw),
         ],
-        "is the raw directory",
+        "is the input",
     );
     assert_eq!(snapshot(&raw), before);
 }

@@ -186,6 +186,8 @@ fn train_eval_and_infer_a_teacher() {
     assert_eq!(man["teacher"]["student_prior"], false);
     man["teacher"]["student_prior"] = true.into();
     man["version"] = 1.into();
+    // v1 checkpoints predate the settings pin
+    man.as_object_mut().unwrap().remove("config_sha256");
     std::fs::write(&mpath, man.to_string()).unwrap();
     let shown = ok(&[
         "eval",
@@ -267,6 +269,175 @@ fn train_eval_and_infer_a_teacher() {
     ]);
     assert_clean_error(&out, "belongs to the student");
     assert!(!d.join("c7").exists());
+
+    let t = Trained {
+        d,
+        data: &data,
+        best: &best,
+        gbest: &gbest,
+        sel: &sel,
+        backbone: &backbone,
+    };
+    llm_outputs_never_overwrite_inputs(&t);
+    manifests_and_selections_are_checked(&t);
+}
+
+/// What the end-to-end test built, for the checks that reuse it.
+struct Trained<'a> {
+    d: &'a Path,
+    data: &'a Path,
+    /// The ranking teacher's best checkpoint.
+    best: &'a Path,
+    /// The generative teacher's best checkpoint.
+    gbest: &'a Path,
+    sel: &'a Path,
+    backbone: &'a Path,
+}
+
+impl Trained<'_> {
+    fn infer<'a>(&'a self, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec![
+            "teacher",
+            "infer",
+            "--checkpoint",
+            s(self.best),
+            "--data",
+            s(self.data),
+            "--selection",
+            s(self.sel),
+            "--k",
+            "5",
+            "--out",
+            s(out),
+        ];
+        a.extend_from_slice(extra);
+        a
+    }
+}
+
+/// Issue 27 §2 for the LLM commands: refused in one line, inputs unchanged.
+fn llm_outputs_never_overwrite_inputs(t: &Trained) {
+    let (d, data, backbone) = (t.d, t.data, t.backbone);
+    let unchanged = |args: &[&str], want: &str, keep: &[&Path]| {
+        let before: Vec<_> = keep.iter().map(|k| snapshot(k)).collect();
+        clean_error(args, want);
+        for (k, b) in keep.iter().zip(before) {
+            assert_eq!(snapshot(k), b, "{} changed", k.display());
+        }
+    };
+    // llm embed-items --out onto the backbone's weights or into the dataset
+    let weights = backbone.join("model.safetensors");
+    assert!(weights.exists());
+    for (out, want) in [
+        (weights.clone(), "lies inside the input"),
+        (data.join("items.csv"), "lies inside the input"),
+    ] {
+        unchanged(
+            &[
+                "llm",
+                "embed-items",
+                "--model",
+                s(backbone),
+                "--data",
+                s(data),
+                "--out",
+                s(&out),
+            ],
+            want,
+            &[backbone, data],
+        );
+    }
+    // teacher infer --out a file fails before the teacher is loaded (let
+    // alone run): the missing backbone given would fail the load
+    let file = d.join("a-file");
+    std::fs::write(&file, "keep").unwrap();
+    let missing = d.join("no-backbone");
+    unchanged(
+        &t.infer(&file, &["--backbone", s(&missing)]),
+        "--out is a file",
+        &[d.join("c").as_path()],
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    // onto a merged cache (another command's output), into the dataset,
+    // into the backbone
+    unchanged(
+        &t.infer(&d.join("cm"), &[]),
+        ".distillrec-output.json",
+        &[&d.join("cm")],
+    );
+    unchanged(
+        &t.infer(&data.join("c"), &[]),
+        "lies inside the input",
+        &[data],
+    );
+    unchanged(
+        &t.infer(&backbone.join("c"), &[]),
+        "lies inside the input",
+        &[backbone],
+    );
+    // re-run on its own output: replaced, the same cache
+    let before = std::fs::read(d.join("c/rows.safetensors")).unwrap();
+    ok(&t.infer(&d.join("c"), &[]));
+    assert_eq!(std::fs::read(d.join("c/rows.safetensors")).unwrap(), before);
+}
+
+/// Issue 27 §5: a manifest's settings are checked like a config and pinned
+/// by `config_sha256`; `eval.sampled_negatives` is honoured or refused; an
+/// empty selection is an error.
+fn manifests_and_selections_are_checked(t: &Trained) {
+    let (d, data) = (t.d, t.data);
+    let eval = |ckpt: &Path, negatives: &str| {
+        run(&[
+            "eval",
+            "teacher",
+            "--checkpoint",
+            s(ckpt),
+            "--data",
+            s(data),
+            "--set",
+            &format!("eval.sampled_negatives={negatives}"),
+        ])
+    };
+    // a generative teacher answers over its own 5 candidates
+    assert_clean_error(
+        &eval(t.gbest, "7"),
+        ["eval.sampled_negatives", "set it to 4"].as_slice(),
+    );
+
+    let mpath = t.best.with_extension("json");
+    let original = std::fs::read_to_string(&mpath).unwrap();
+    let edited = |prompt: &str| {
+        let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+        m["teacher"]["ranking_prompts"] = serde_json::json!([prompt]);
+        std::fs::write(&mpath, m.to_string()).unwrap();
+    };
+    // a template the config refuses is refused from a manifest too
+    edited("{candidates}{candidates}{history}");
+    let want = [
+        "best.json",
+        "teacher.ranking_prompts[0]",
+        "`{history}` once",
+    ];
+    assert_clean_error(&eval(t.best, "4"), want.as_slice());
+    let out = d.join("c-edited");
+    assert_clean_error(&run(&t.infer(&out, &[])), want.as_slice());
+    assert!(!out.exists());
+    // a valid template edited in is caught by the settings pin
+    edited("Edited: {history} ->");
+    assert_clean_error(
+        &eval(t.best, "4"),
+        ["best.json", "config_sha256"].as_slice(),
+    );
+    std::fs::write(&mpath, &original).unwrap();
+
+    // teacher infer with a header-only selection: refused, no cache
+    let empty = d.join("empty.csv");
+    std::fs::write(&empty, "key,score\n").unwrap();
+    let mut a = t.infer(&out, &[]);
+    let at = a.iter().position(|x| *x == s(t.sel)).unwrap();
+    a[at] = s(&empty);
+    assert_clean_error(&run(&a), "empty.csv: the selection holds no rows");
+    assert!(!out.exists());
 }
 
 fn run_args(v: &[String]) -> std::process::Output {

@@ -5,27 +5,29 @@ use std::path::Path;
 use anyhow::Result;
 
 use distillrec_config::Config;
+use distillrec_data::outguard::{check_dir_output, OutputKind};
 use distillrec_data::store::{self, Manifest};
 use distillrec_data::{Dataset, SplitName};
 use distillrec_eval::evaluate_popularity;
 use distillrec_run::{BuildInfo, Metrics, Run, RunKind};
 use distillrec_train::EvalCost;
 
-use crate::prepared::same_place;
 use crate::runs::with_run;
 
 /// Builds the dataset `cfg.dataset` describes from its raw source and saves
-/// it in the prepared format under `out`.
+/// it in the prepared format under `out`. An `out` inside the raw source, or
+/// holding anything but a dataset prepared from the same settings, is
+/// refused before anything is read (see `distillrec_data::outguard`).
 pub fn prepare(cfg: &Config, out: &Path) -> Result<(Dataset, Manifest)> {
-    if let Some(raw) = &cfg.dataset.raw {
-        if same_place(raw, out) {
-            anyhow::bail!(
-                "--out {} is the raw directory: the prepared files would overwrite raw files; choose another --out",
-                out.display()
-            );
-        }
-    }
+    let raw: Vec<&Path> = cfg.dataset.raw.as_deref().into_iter().collect();
+    // the dataset settings and the seed decide what is prepared (the raw
+    // path is among the inputs, resolved)
+    let mut dataset = cfg.dataset.clone();
+    dataset.raw = None;
+    let settings = serde_json::to_string(&(&dataset, cfg.seed))?;
+    let guard = check_dir_output(out, &raw, OutputKind::PreparedDataset, &settings)?;
     let ds = cfg.build_dataset()?;
+    guard.claim()?;
     let manifest = store::save(&ds, out)?;
     Ok((ds, manifest))
 }

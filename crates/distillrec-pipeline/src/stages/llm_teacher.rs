@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use distillrec_cache::TeacherCache;
 use distillrec_config::Config;
+use distillrec_data::outguard::DirOutput;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
 use distillrec_run::{peak_rss_mb, BuildInfo, Metrics, RunKind};
@@ -288,6 +289,11 @@ pub fn eval_teacher(
 ) -> Result<Metrics> {
     let data = load_prepared(data)?;
     let mut teacher = load_teacher(checkpoint, &data, overrides.0, overrides.1)?;
+    // an `eval.sampled_negatives` this teacher cannot honour is refused
+    // before any row is evaluated
+    teacher
+        .cfg
+        .sampled_negatives(cfg.eval.sampled_negatives, "the config or --set")?;
     let e = evaluate_both(&mut teacher, &data, cfg)?;
     if let Some(out) = out {
         with_run(out, cfg, build, |run| {
@@ -309,6 +315,18 @@ pub struct TeacherInferRequest {
     pub student: Option<PathBuf>,
 }
 
+/// Checks `teacher infer`'s `--out` before the inference: besides the
+/// job's inputs, the backbone and the student the checkpoint loads (its
+/// manifest's, or the overrides) are inputs too.
+fn check_infer_out(req: &TeacherInferRequest) -> Result<DirOutput> {
+    let (m, _) = read_manifest(&req.job.checkpoint)?;
+    let backbone = req.backbone.clone().unwrap_or(m.backbone.path);
+    let student = req.student.clone().unwrap_or(m.student.path);
+    let student_manifest = student.with_extension("json");
+    req.job
+        .check_out("teacher infer", &[&backbone, &student, &student_manifest])
+}
+
 /// `teacher infer`: the teacher cache of the selected training rows;
 /// returns it with the inference rows per second.
 pub fn teacher_infer(
@@ -317,6 +335,7 @@ pub fn teacher_infer(
     device: &Device,
 ) -> Result<(TeacherCache, f64)> {
     cpu_only(device)?;
+    let guard = check_infer_out(req)?;
     let t0 = std::time::Instant::now();
     let data = load_prepared(&req.job.data)?;
     let k = req.job.k.unwrap_or(cfg.teacher.top_k);
@@ -355,6 +374,7 @@ pub fn teacher_infer(
         &opts,
     )?;
     cache.manifest.shard = req.job.shard;
+    guard.claim()?;
     cache.save(&req.job.out)?;
     CacheBuild {
         wall_secs: t0.elapsed().as_secs_f64(),

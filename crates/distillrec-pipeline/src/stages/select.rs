@@ -7,8 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-use distillrec_cache::{read_selection_rows, write_selection, TeacherCache};
+use distillrec_cache::{read_selection_rows, selection_meta_path, write_selection, TeacherCache};
 use distillrec_config::Config;
+use distillrec_data::outguard::check_file_output;
+use distillrec_models::Student;
 use distillrec_select::{
     candidate_kl, select as choose, Budget, Policy, RowSignals, SelectInputs, SignalOptions,
 };
@@ -63,10 +65,52 @@ pub struct SelectOutcome {
     pub wall_secs: f64,
 }
 
+/// Refuses, before any work, a selection file (or its sidecar) that is one
+/// of the inputs or lies inside one (the dataset, the student checkpoint
+/// and its manifest, the teacher cache).
+fn check_select_out(req: &SelectRequest) -> Result<()> {
+    let student = req.student.as_deref().map(checkpoint::manifest_path);
+    let mut inputs = vec![req.data.as_path()];
+    inputs.extend(req.student.as_deref());
+    inputs.extend(student.as_deref());
+    inputs.extend(req.teacher_cache.as_deref());
+    let meta = selection_meta_path(&req.out);
+    check_file_output(&[&req.out, &meta], &inputs, "--out")?;
+    Ok(())
+}
+
+/// The `kl` policy's signal: the student's KL to the teacher cache on each
+/// pool row; `None` for the other policies.
+fn kl_signal(
+    req: &SelectRequest,
+    student: Option<&Student>,
+    data: &Data,
+    pool: &[usize],
+) -> Result<Option<Vec<Option<f64>>>> {
+    if req.policy != Policy::Kl {
+        return Ok(None);
+    }
+    let Some(dir) = &req.teacher_cache else {
+        bail!("policy 'kl' needs --teacher-cache <dir>");
+    };
+    let Some(s) = student else {
+        bail!("policy 'kl' needs --student <checkpoint>");
+    };
+    let cache = TeacherCache::load(dir)?;
+    Ok(Some(candidate_kl(
+        s,
+        &data.ds,
+        &data.reference.fingerprint,
+        &cache,
+        pool,
+    )?))
+}
+
 /// Chooses training rows for the teacher among the rows the configured
 /// student trains on, and writes the selection file with its sidecar.
 pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<SelectOutcome> {
     let policy = req.policy;
+    check_select_out(req)?;
     let data = load_prepared(&req.data)?;
     let student = match &req.student {
         Some(p) => Some(
@@ -99,24 +143,7 @@ pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<Sele
         (None, true) => bail!("policy '{}' needs --student <checkpoint>", policy.name()),
         _ => None,
     };
-    let kl = if policy == Policy::Kl {
-        let Some(dir) = &req.teacher_cache else {
-            bail!("policy 'kl' needs --teacher-cache <dir>");
-        };
-        let Some(s) = &student else {
-            bail!("policy 'kl' needs --student <checkpoint>");
-        };
-        let cache = TeacherCache::load(dir)?;
-        Some(candidate_kl(
-            s,
-            &data.ds,
-            &data.reference.fingerprint,
-            &cache,
-            &pool,
-        )?)
-    } else {
-        None
-    };
+    let kl = kl_signal(req, student.as_ref(), &data, &pool)?;
     let sel = choose(
         policy,
         req.budget,
@@ -128,6 +155,14 @@ pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<Sele
             seed: cfg.seed,
         },
     )?;
+    if sel.rows.is_empty() {
+        bail!(
+            "policy '{}' selects no rows of {} (threshold {}): an empty selection gives the teacher nothing; loosen --threshold or raise --budget",
+            policy.name(),
+            pool.len(),
+            req.threshold.map_or("none".into(), |t| t.to_string())
+        );
+    }
     let keys: Vec<(String, f64)> = sel
         .rows
         .iter()

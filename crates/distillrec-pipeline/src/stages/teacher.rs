@@ -9,13 +9,16 @@ use anyhow::Result;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use distillrec_cache::{from_files, FromFiles, ShardSpec, TeacherCache};
+use distillrec_cache::{
+    from_files, selection_meta_path, FromFiles, RowKeys, ShardSpec, TeacherCache,
+};
 use distillrec_config::Config;
 use distillrec_data::fsutil::atomic_write_json;
+use distillrec_data::outguard::{check_dir_output, DirOutput, OutputKind};
 use distillrec_distill::teacher::{cache_from_student, FromStudent};
 use distillrec_train::checkpoint::{self, Expect};
 
-use crate::prepared::{absolute, load_prepared, same_place};
+use crate::prepared::{absolute, load_prepared};
 use crate::stages::select::selected_rows;
 
 /// Rows per forward pass of the teacher student.
@@ -71,10 +74,34 @@ pub struct CacheJob {
     pub k: Option<usize>,
 }
 
+impl CacheJob {
+    /// Checks `out` before any work (see `distillrec_data::outguard`): not
+    /// one of the job's inputs (checkpoint and manifest, dataset, selection
+    /// and sidecar, plus `more`), and missing, empty or a cache `command`
+    /// wrote from the same inputs, shard and `k`.
+    pub fn check_out(&self, command: &str, more: &[&Path]) -> Result<DirOutput> {
+        let manifest = self.checkpoint.with_extension("json");
+        let sidecar = self.selection.as_deref().map(selection_meta_path);
+        let mut inputs = vec![self.checkpoint.as_path(), &manifest, &self.data];
+        inputs.extend(self.selection.as_deref());
+        inputs.extend(sidecar.as_deref());
+        inputs.extend_from_slice(more);
+        let shard = self.shard.map(|s| s.to_string());
+        let settings = serde_json::to_string(&(command, shard, self.k))?;
+        Ok(check_dir_output(
+            &self.out,
+            &inputs,
+            OutputKind::TeacherCache,
+            &settings,
+        )?)
+    }
+}
+
 /// A teacher cache from a student checkpoint (top-K of its scores,
 /// `d = −log p`, its item table, history masked per
 /// `teacher.mask_history`), saved under `req.out`.
 pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Result<TeacherCache> {
+    let guard = req.check_out("teacher from-student", &[])?;
     let t0 = Instant::now();
     let data = load_prepared(&req.data)?;
     let loaded = checkpoint::load(
@@ -104,6 +131,7 @@ pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Re
         &opts,
     )?;
     cache.manifest.shard = req.shard;
+    guard.claim()?;
     cache.save(&req.out)?;
     CacheBuild {
         wall_secs: t0.elapsed().as_secs_f64(),
@@ -116,28 +144,41 @@ pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Re
 /// A teacher cache from plain files (`spec`) for the prepared dataset
 /// `data`, saved under `out`.
 pub fn teacher_from_files(data: &Path, spec: &FromFiles, out: &Path) -> Result<TeacherCache> {
+    let mut inputs = vec![data, spec.topk.as_path()];
+    inputs.extend(spec.distances.as_deref());
+    inputs.extend(spec.embeddings.as_deref());
+    if let RowKeys::KeysFile(k) = &spec.keys {
+        inputs.push(k);
+    }
+    let settings = serde_json::to_string(&(
+        "teacher from-files",
+        spec.k,
+        spec.ids,
+        spec.distance_kind,
+        spec.sort,
+    ))?;
+    let guard = check_dir_output(out, &inputs, OutputKind::TeacherCache, &settings)?;
     let data = load_prepared(data)?;
     let cache = from_files(spec, &data.reference.fingerprint, &data.ds)?;
+    guard.claim()?;
     cache.save(out)?;
     Ok(cache)
 }
 
 /// Joins cache shards by row key (rows in the training order of `data`),
-/// saved under `out`.
+/// saved under `out`; an `out` that is (or lies inside) a shard or the
+/// dataset is refused.
 pub fn merge_shards(data: &Path, shards: &[PathBuf], out: &Path) -> Result<TeacherCache> {
-    if let Some(s) = shards.iter().find(|s| same_place(s, out)) {
-        anyhow::bail!(
-            "--out {} is the shard {}: write the merged cache to another directory",
-            out.display(),
-            s.display()
-        );
-    }
+    let mut inputs = vec![data];
+    inputs.extend(shards.iter().map(PathBuf::as_path));
+    let guard = check_dir_output(out, &inputs, OutputKind::TeacherCache, "teacher merge")?;
     let data = load_prepared(data)?;
     let shards = shards
         .iter()
         .map(|p| TeacherCache::load(p))
         .collect::<Result<Vec<_>, _>>()?;
     let merged = TeacherCache::merge(shards, &data.reference.fingerprint, &data.ds)?;
+    guard.claim()?;
     merged.save(out)?;
     Ok(merged)
 }

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use distillrec_data::fsutil;
+use distillrec_data::outguard;
 use distillrec_pipeline::llm::{self, Backbone, BenchSpec, BenchStep, Target};
 
 use clap::ValueEnum;
@@ -64,6 +65,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 fn logits(a: LogitsArgs) -> Result<()> {
     let device = device(&a.model.device)?;
+    if let Some(p) = &a.out {
+        outguard::check_file_output(&[p], &[&a.model.model], "--out")?;
+    }
     let (ids, logits) = llm::logits(&backbone(&a.model), &a.prompt, a.chat, &device)?;
     let json = serde_json::json!({ "ids": ids, "logits": logits });
     match a.out {

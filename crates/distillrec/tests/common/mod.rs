@@ -87,3 +87,22 @@ pub fn assert_clean_error(out: &Output, want: impl Wants) {
 pub fn clean_error(args: &[&str], want: impl Wants) {
     assert_clean_error(&run(args), want);
 }
+
+/// Every file under `dir` with its bytes, sorted by path (lock files aside).
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if e.file_name() != ".distillrec.lock" {
+                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
