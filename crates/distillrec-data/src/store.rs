@@ -441,4 +441,34 @@ mod tests {
         let e = load(&d.path().join("nope")).unwrap_err().to_string();
         assert!(e.ends_with("nope: directory does not exist"), "{e}");
     }
+
+    #[test]
+    fn a_target_that_disagrees_with_its_sequence_names_both_files() {
+        let ds = small();
+        let d = tempfile::tempdir().unwrap();
+        let mut m = save(&ds, d.path()).unwrap();
+        // move the first training row's target to another item, and pin
+        // the edited files so that only the invariant can catch it
+        let train = d.path().join(FILES[2]);
+        let text = std::fs::read_to_string(&train).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut cells: Vec<String> = lines[1].split(',').map(str::to_string).collect();
+        let target: u32 = cells[3].parse().unwrap();
+        cells[3] = (target % ds.num_items() as u32 + 1).to_string();
+        lines[1] = cells.join(",");
+        std::fs::write(&train, lines.join("\n") + "\n").unwrap();
+        let parts: Vec<Vec<u8>> = FILES
+            .iter()
+            .map(|f| std::fs::read(d.path().join(f)).unwrap())
+            .collect();
+        m.fingerprint = fingerprint(&parts);
+        atomic_write_json(&d.path().join("dataset.json"), &m).unwrap();
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{}:2: target", FILES[2]))
+                && e.contains(FILES[1])
+                && e.ends_with("run `data prepare` again"),
+            "{e}"
+        );
+    }
 }

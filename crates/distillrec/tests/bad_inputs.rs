@@ -447,7 +447,7 @@ fn corpus() -> Vec<Case> {
             "report",
             "GENERATED:report-empty-label",
             &["report", "--runs", "={case}/r-s1", "--out", "{tmp}/out"],
-            "r-s1: the run's label is empty",
+            "expected DIR or LABEL=DIR with both parts non-empty",
         ),
         // issue 27 §2: an output onto the backbone it reads (the tiny model
         // of the 100000-token case)

@@ -173,6 +173,21 @@ fn caches_selections_and_distillation_end_to_end() {
         ],
         "topk.csv:1",
     );
+    // every key unknown: the error says how to give the rows' keys
+    std::fs::write(&topk, "u1,1,2,3\nu2,3,2,1\n").unwrap();
+    clean_error(
+        &[
+            "teacher",
+            "from-files",
+            "--data",
+            s(&data),
+            "--topk",
+            s(&topk),
+            "--out",
+            s(&p("unknown-keys")),
+        ],
+        ["2 of 2 keys are unknown", "--keys", "--train-order"].as_slice(),
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(one.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(

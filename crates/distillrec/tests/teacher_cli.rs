@@ -280,6 +280,62 @@ fn train_eval_and_infer_a_teacher() {
     };
     llm_outputs_never_overwrite_inputs(&t);
     manifests_and_selections_are_checked(&t);
+    errors_say_what_to_do(&t, &ckpt);
+}
+
+/// Issue 27 §8 for the teacher commands: each error is one line that says
+/// what to do, before any work.
+fn errors_say_what_to_do(t: &Trained, student_ckpt: &Path) {
+    let (d, data) = (t.d, t.data);
+    let eval = |ckpt: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "teacher",
+            "--checkpoint",
+            s(ckpt),
+            "--data",
+            s(data),
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    // a student checkpoint where a teacher is expected
+    assert_clean_error(
+        &eval(student_ckpt, &[]),
+        "this is a student checkpoint, but a teacher checkpoint is expected",
+    );
+    // a top-K as large as the catalogue: refused before the inference
+    let out = d.join("c-k");
+    let r = run(&[
+        "teacher",
+        "infer",
+        "--checkpoint",
+        s(t.best),
+        "--data",
+        s(data),
+        "--k",
+        "100000",
+        "--out",
+        s(&out),
+    ]);
+    assert_clean_error(
+        &r,
+        ["--k = 100000 must be less than the", "items"].as_slice(),
+    );
+    assert!(!out.exists());
+    // a backbone or a student that moved: the error names the flag to pass
+    for (from, flag) in [
+        (t.backbone, "--backbone"),
+        (student_ckpt.parent().unwrap(), "--student"),
+    ] {
+        let moved = from.with_extension("moved");
+        std::fs::rename(from, &moved).unwrap();
+        assert_clean_error(
+            &eval(t.best, &[]),
+            ["is no longer at", &format!("pass {flag} <path>")].as_slice(),
+        );
+        std::fs::rename(&moved, from).unwrap();
+    }
 }
 
 /// What the end-to-end test built, for the checks that reuse it.
