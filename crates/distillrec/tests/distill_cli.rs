@@ -9,13 +9,9 @@ use std::path::Path;
 
 use common::*;
 
-const STUDENT: &[&str] = &[
-    "--set",
-    "student.hidden=16",
-    "--set",
-    "student.layers=1",
-    "--set",
-    "student.max_len=10",
+/// Two epochs of student training and distillation, batches of 64 (with
+/// [`SMALL_STUDENT`]).
+const EPOCHS: &[&str] = &[
     "--set",
     "train.student.max_epochs=2",
     "--set",
@@ -27,18 +23,7 @@ const STUDENT: &[&str] = &[
 ];
 
 fn prepare(dir: &Path, seed: &str) {
-    ok(&[
-        "data",
-        "prepare",
-        "--dataset",
-        "synthetic",
-        "--set",
-        "dataset.synthetic.users=150",
-        "--seed",
-        seed,
-        "--out",
-        s(dir),
-    ]);
+    prepare_synthetic(dir, 150, seed);
 }
 
 fn same_files(a: &Path, b: &Path) {
@@ -65,7 +50,8 @@ fn caches_selections_and_distillation_end_to_end() {
     let mut args = vec!["train", "student", "--data", s(&data), "--out"];
     let t = p("teacher");
     args.push(s(&t));
-    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(SMALL_STUDENT);
+    args.extend_from_slice(EPOCHS);
     ok(&args);
     let ckpt = t.join("checkpoints/best.safetensors");
 
@@ -208,7 +194,8 @@ fn caches_selections_and_distillation_end_to_end() {
     ];
     let r = p("refused");
     args.push(s(&r));
-    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(SMALL_STUDENT);
+    args.extend_from_slice(EPOCHS);
     clean_error(&args, "the teacher cache was built for dataset");
 
     // selection: 25% of the rows by entropy, as a key file
@@ -341,7 +328,8 @@ fn caches_selections_and_distillation_end_to_end() {
         "--out",
         s(&run_dir),
     ];
-    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(SMALL_STUDENT);
+    args.extend_from_slice(EPOCHS);
     ok(&args);
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();

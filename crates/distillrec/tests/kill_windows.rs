@@ -19,13 +19,9 @@ use common::*;
 /// loop is broken.
 const MAX_WRITES: usize = 200;
 
-const STUDENT: &[&str] = &[
-    "--set",
-    "student.hidden=16",
-    "--set",
-    "student.layers=1",
-    "--set",
-    "student.max_len=10",
+/// Epochs and batches of the student and distillation runs: three epochs
+/// that never stop early.
+const EPOCHS: &[&str] = &[
     "--set",
     "train.student.max_epochs=3",
     "--set",
@@ -39,21 +35,6 @@ const STUDENT: &[&str] = &[
     "--set",
     "train.distill.batch_size=64",
 ];
-
-fn prepare(dir: &Path) {
-    ok(&[
-        "data",
-        "prepare",
-        "--dataset",
-        "synthetic",
-        "--set",
-        "dataset.synthetic.users=60",
-        "--set",
-        "dataset.synthetic.topics=2",
-        "--out",
-        s(dir),
-    ]);
-}
 
 /// A JSON file's member `key`.
 fn json_member(path: &Path, key: &str) -> serde_json::Value {
@@ -150,27 +131,16 @@ fn every_kill_point(args: &[&str], out: &Path, files: &[&str]) -> usize {
 fn student_and_distillation_resume_exactly_after_a_kill_at_every_write() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
-    prepare(&data);
+    prepare_synthetic(&data, 60, "1");
     let student = d.path().join("student");
-    let mut args = vec!["train", "student", "--data", s(&data), "--out", s(&student)];
-    args.extend_from_slice(STUDENT);
+    let args = train_small_args(&data, &student, EPOCHS);
     let files = ["checkpoints/best.safetensors", "checkpoints/best.json"];
     let n = every_kill_point(&args, &student, &files);
     // 3 epochs of best (2 files, at most), history, last (2), state
     assert!(n >= 3 * 4, "{n} kill points");
 
     let cache = d.path().join("cache");
-    let ckpt = student.join("checkpoints/best.safetensors");
-    ok(&[
-        "teacher",
-        "from-student",
-        "--checkpoint",
-        s(&ckpt),
-        "--data",
-        s(&data),
-        "--out",
-        s(&cache),
-    ]);
+    cache_from_student(&student.join("checkpoints/best.safetensors"), &data, &cache);
     let distilled = d.path().join("distilled");
     let mut args = vec![
         "distill",
@@ -181,7 +151,8 @@ fn student_and_distillation_resume_exactly_after_a_kill_at_every_write() {
         "--out",
         s(&distilled),
     ];
-    args.extend_from_slice(STUDENT);
+    args.extend_from_slice(SMALL_STUDENT);
+    args.extend_from_slice(EPOCHS);
     let n = every_kill_point(&args, &distilled, &files);
     assert!(n >= 3 * 4, "{n} kill points");
 }
@@ -190,11 +161,9 @@ fn student_and_distillation_resume_exactly_after_a_kill_at_every_write() {
 fn the_teacher_resumes_exactly_after_a_kill_at_every_write() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
-    prepare(&data);
+    prepare_synthetic(&data, 60, "1");
     let student = d.path().join("student");
-    let mut args = vec!["train", "student", "--data", s(&data), "--out", s(&student)];
-    args.extend_from_slice(STUDENT);
-    ok(&args);
+    ok(&train_small_args(&data, &student, EPOCHS));
     let ckpt = student.join("checkpoints/best.safetensors");
     let cfg = tiny::llama_config("llama", 2, false);
     let backbone = d.path().join("backbone");

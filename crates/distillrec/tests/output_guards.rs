@@ -12,21 +12,7 @@ use std::path::Path;
 use common::*;
 
 fn prepare(dir: &Path, seed: &str) -> Vec<String> {
-    let a: Vec<String> = [
-        "data",
-        "prepare",
-        "--dataset",
-        "synthetic",
-        "--set",
-        "dataset.synthetic.users=80",
-        "--seed",
-        seed,
-        "--out",
-        s(dir),
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
+    let a = prepare_args(dir, 80, seed);
     ok(&argv(&a));
     a
 }
@@ -36,22 +22,11 @@ fn argv(v: &[String]) -> Vec<&str> {
 }
 
 fn train(data: &Path, out: &Path) {
-    ok(&[
-        "train",
-        "student",
-        "--data",
-        s(data),
-        "--out",
-        s(out),
-        "--set",
-        "student.hidden=16",
-        "--set",
-        "student.layers=1",
-        "--set",
-        "student.max_len=10",
-        "--set",
-        "train.student.max_epochs=1",
-    ]);
+    ok(&train_small_args(
+        data,
+        out,
+        &["--set", "train.student.max_epochs=1"],
+    ));
 }
 
 /// Runs `args`, asserts one clean error holding `want`, and that every
@@ -181,16 +156,7 @@ fn empty_selections_are_refused() {
     train(&data, &student);
     let ckpt = student.join("checkpoints/best.safetensors");
     let cache = p("cache");
-    ok(&[
-        "teacher",
-        "from-student",
-        "--checkpoint",
-        s(&ckpt),
-        "--data",
-        s(&data),
-        "--out",
-        s(&cache),
-    ]);
+    cache_from_student(&ckpt, &data, &cache);
     let sel = p("empty.csv");
     std::fs::write(&sel, "key,score\n").unwrap();
     let distill = p("distill");

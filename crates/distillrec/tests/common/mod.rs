@@ -106,3 +106,64 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// The small student the CLI tests train (16 wide, one layer, windows of
+/// 10): a run takes about a second.
+pub const SMALL_STUDENT: &[&str] = &[
+    "--set",
+    "student.hidden=16",
+    "--set",
+    "student.layers=1",
+    "--set",
+    "student.max_len=10",
+];
+
+/// The arguments of `data prepare` for the built-in synthetic data set with
+/// `users` users, split with `seed`, into `out`.
+pub fn prepare_args(out: &Path, users: usize, seed: &str) -> Vec<String> {
+    [
+        "data",
+        "prepare",
+        "--dataset",
+        "synthetic",
+        "--set",
+        &format!("dataset.synthetic.users={users}"),
+        "--seed",
+        seed,
+        "--out",
+        s(out),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+/// Prepares the synthetic data set ([`prepare_args`]), asserting success.
+pub fn prepare_synthetic(out: &Path, users: usize, seed: &str) {
+    let a = prepare_args(out, users, seed);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// The arguments of `train student` for [`SMALL_STUDENT`] on `data` into
+/// `out`, then `extra`.
+pub fn train_small_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["train", "student", "--data", s(data), "--out", s(out)];
+    a.extend_from_slice(SMALL_STUDENT);
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Builds the teacher cache of the student checkpoint `ckpt` on `data` into
+/// `out` (`teacher from-student`), asserting success.
+pub fn cache_from_student(ckpt: &Path, data: &Path, out: &Path) {
+    ok(&[
+        "teacher",
+        "from-student",
+        "--checkpoint",
+        s(ckpt),
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+    ]);
+}
