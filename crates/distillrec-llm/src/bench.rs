@@ -11,11 +11,11 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::adapters::AdapterSet;
 use crate::error::{Error, Result};
 use crate::lora::AdapterCtx;
 use crate::model::{Model, Target};
 use crate::steps::{score_top_k, Batch, Gate, LmStep, RankingHead, RankingStep};
-use crate::tape::AdapterSet;
 
 /// Deterministic benchmark token ids `(i * 997 + 13) mod vocab` (the PyTorch
 /// script uses the same formula).

@@ -26,9 +26,15 @@
 //! Modules depend one way: `config` ← `tokenizer` ← `source` ← `weights`/`gguf`;
 //! `source` ← `model` ← `loader` (with `chat`) and `model` ← `generate`, `embed`, `bench`.
 //! - [`embed`] — item-title embeddings for a whole catalogue.
-//! - [`tape`] — the explicit forward/backward of the decoder stack that
+//! - `tape` — the explicit forward/backward of the decoder stack that
 //!   trains adapters on the CPU (hand-written backward, saved activations
-//!   only), with the mixture-of-experts LoRA, the blocked LM-head loss and AdamW.
+//!   only), with its kernels, attention and layers in private submodules;
+//!   reached through [`pass`] (public only, hidden, for the f64 gradient
+//!   checks of `tests/tape.rs`). AdamW lives there for now: [`AdamW`].
+//! - [`adapters`] — [`AdapterSet`] (the mixture-of-experts LoRA) and
+//!   [`Dropout`] (LoRA dropout), the trainable state of the teacher.
+//! - [`loss`] — [`lm_head_loss`], the blocked LM-head cross-entropy and its
+//!   gradient with respect to the last hidden states.
 //! - [`pass`] — one training pass (forward, backward, last-row inference)
 //!   on the tape or on the composed graph behind one interface, so the
 //!   teacher trains on either and the two can be compared.
@@ -38,6 +44,7 @@
 //!   top-K scoring on the tape.
 //! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
 
+pub mod adapters;
 pub mod bench;
 pub mod blas;
 pub mod chat;
@@ -50,12 +57,16 @@ pub mod gguf;
 pub mod infer;
 pub mod loader;
 pub mod lora;
+pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod parmatmul;
 pub mod pass;
 pub mod source;
 pub mod steps;
+/// Public only for the f64 finite-difference checks of `tests/tape.rs`,
+/// which need the generic explicit pass ([`pass`] is the f32 interface).
+#[doc(hidden)]
 pub mod tape;
 pub mod tokenizer;
 pub mod weights;
@@ -63,10 +74,13 @@ pub mod weights;
 #[cfg(test)]
 mod testutil;
 
+pub use adapters::{AdapterSet, Dropout};
 pub use chat::ChatTemplate;
 pub use config::{Config, Family};
 pub use error::{Error, Result};
 pub use loader::{load, Llm, LoadOptions};
+pub use loss::lm_head_loss;
 pub use model::{KvCache, Model};
 pub use source::{MapSource, WeightSource};
+pub use tape::{AdamW, Real};
 pub use tokenizer::Tokenizer;

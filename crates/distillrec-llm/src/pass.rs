@@ -12,10 +12,11 @@
 
 use candle_core::{DType, Tensor, Var};
 
+use crate::adapters::{AdapterSet, Dropout};
 use crate::error::{Error, Result};
 use crate::lora::AdapterCtx;
 use crate::model::Model;
-use crate::tape::{self, AdapterSet, Dropout, Grads, Tape};
+use crate::tape::{self, Grads, Tape};
 
 /// Which implementation runs a pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

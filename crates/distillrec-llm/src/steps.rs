@@ -11,7 +11,8 @@ use candle_nn::Optimizer;
 
 use crate::error::{Error, Result};
 use crate::model::{Model, Target};
-use crate::tape::{self, AdamW, AdapterSet};
+use crate::tape::{self, AdamW};
+use crate::AdapterSet;
 
 /// Token ids of a batch and its real-token mask (`true` = real).
 #[derive(Clone, Debug)]
@@ -123,7 +124,7 @@ impl LmStep {
         let x = batch.embeds(model)?;
         let (hidden, tp) = tape::forward(model, &self.adapters, &x, &batch.mask, None)?;
         let pairs = batch.next_token_pairs();
-        let (loss, dh) = tape::lm_head_loss(model, &hidden, &pairs)?;
+        let (loss, dh) = crate::loss::lm_head_loss(model, &hidden, &pairs)?;
         let g = tape::backward(model, &self.adapters, tp, &dh)?;
         adam_step(&mut self.opt, &mut self.adapters, &g.adapters);
         Ok(loss)

@@ -7,10 +7,12 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
+use distillrec_llm::adapters::LoraWeights;
 use distillrec_llm::lora::{Adapter, AdapterCtx, Lora, MoeLora};
 use distillrec_llm::model::Target;
-use distillrec_llm::tape::{self, AdapterSet, Real};
+use distillrec_llm::tape;
 use distillrec_llm::Model;
+use distillrec_llm::{lm_head_loss, AdapterSet, Dropout, Real};
 
 const ALL: [Target; 7] = Target::ALL;
 
@@ -119,7 +121,7 @@ fn compare_on<T: Real>(model_type: &str, experts: usize, tol: f64, m: Vec<Vec<bo
     let rt = Tensor::from_vec(r.clone(), (b, t, h), &dev).unwrap();
     let loss = (hc * rt).unwrap().sum_all().unwrap();
     let gs = loss.backward().unwrap();
-    let explicit: Vec<&tape::LoraWeights<T>> = grads.adapters.weights().collect();
+    let explicit: Vec<&LoraWeights<T>> = grads.adapters.weights().collect();
     assert_eq!(vars.len(), 2 * explicit.len());
     for (i, w) in explicit.iter().enumerate() {
         let ga = to_f64(gs.get(vars[2 * i].as_tensor()).expect("A has a gradient"));
@@ -276,7 +278,7 @@ fn blocked_lm_head_loss_matches_cross_entropy() {
         .filter(|i| i % 3 != 1)
         .map(|i| (i, ((i * 7) % vocab) as u32))
         .collect();
-    let (loss, dh) = tape::lm_head_loss(&model, &hidden, &pairs).unwrap();
+    let (loss, dh) = lm_head_loss(&model, &hidden, &pairs).unwrap();
     let dev = Device::Cpu;
     let hv = Var::from_tensor(&Tensor::from_vec(hidden.clone(), (n, h), &dev).unwrap()).unwrap();
     let rows = Tensor::from_vec(
@@ -393,7 +395,6 @@ fn packed_last_rows_equal_the_padded_pass() {
 #[test]
 fn both_paths_give_the_same_training_pass() {
     use distillrec_llm::pass::{self, Path};
-    use distillrec_llm::tape::Dropout;
     let cfg = llama_config("llama", 2, false);
     let model = build(&cfg, 11, DType::F32);
     let h = model.config().hidden_size;
@@ -570,7 +571,7 @@ fn lora_dropout_gradients_match_finite_differences() {
     let x: Vec<f64> = values(b * t * h, 8, 1.0);
     let g = softmax_rows(&values::<f64>(b * e, 9, 2.0), e);
     let r: Vec<f64> = values(b * t * h, 10, 1.0);
-    let drop = tape::Dropout { p: 0.3, seed: 77 };
+    let drop = Dropout { p: 0.3, seed: 77 };
     let loss = |set: &AdapterSet<f64>, x: &[f64]| -> f64 {
         let (h, _) = tape::forward_dropout(&model, set, x, &m, Some(&g), drop).unwrap();
         h.iter().zip(&r).map(|(a, b)| a * b).sum()
@@ -578,15 +579,9 @@ fn lora_dropout_gradients_match_finite_differences() {
     // the masks change the output, and p = 0 is the plain forward
     let plain = loss_of(&model, &set, &x, &m, &g, &r);
     assert!((loss(&set, &x) - plain).abs() > 1e-6);
-    let (h0, _) = tape::forward_dropout(
-        &model,
-        &set,
-        &x,
-        &m,
-        Some(&g),
-        tape::Dropout { p: 0.0, seed: 77 },
-    )
-    .unwrap();
+    let (h0, _) =
+        tape::forward_dropout(&model, &set, &x, &m, Some(&g), Dropout { p: 0.0, seed: 77 })
+            .unwrap();
     let hp: f64 = h0.iter().zip(&r).map(|(a, b)| a * b).sum();
     assert_eq!(hp, plain);
     let (_, tp) = tape::forward_dropout(&model, &set, &x, &m, Some(&g), drop).unwrap();

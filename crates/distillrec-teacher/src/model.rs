@@ -1,7 +1,7 @@
 //! The teacher: the frozen backbone with MoE-LoRA adapters, the frozen
 //! student that feeds the gate and the projector, and the small networks.
 //! One micro-step computes the loss and the gradients of every trainable
-//! tensor: the backbone runs on the explicit path (`distillrec_llm::tape`,
+//! tensor: the backbone runs on the explicit path (`distillrec_llm::pass`,
 //! adapters, gate and input-embedding gradients), the small networks are
 //! candle graphs fed by the tape's `d gate` and `d embeddings`.
 
@@ -19,8 +19,8 @@ use distillrec_llm::generate::{generate_from_embeds, GenerateOptions};
 use distillrec_llm::lora::AdapterCtx;
 use distillrec_llm::model::Target;
 use distillrec_llm::pass::{self, Path};
-use distillrec_llm::tape::{self, AdapterSet, Dropout};
 use distillrec_llm::Llm;
+use distillrec_llm::{lm_head_loss, AdapterSet, Dropout};
 use distillrec_models::Student;
 
 use crate::nets::{Live, NetSizes, Nets, INIT_SCALE};
@@ -632,7 +632,7 @@ impl Teacher {
                     pairs.push((r * inp.t + off + p.input.len() + j - 1, tok));
                 }
             }
-            tape::lm_head_loss(model, &hidden, &pairs)?
+            lm_head_loss(model, &hidden, &pairs)?
         } else {
             let last: Vec<usize> = (0..b).map(|r| r * inp.t + inp.t - 1).collect();
             let hl: Vec<f32> = last

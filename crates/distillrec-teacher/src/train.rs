@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use distillrec_config::{EvalOptions, TeacherTrain};
 use distillrec_data::{Dataset, SplitName};
-use distillrec_llm::tape::AdamW;
+use distillrec_llm::AdamW;
 use distillrec_train::commit::{self, LastRef};
 use distillrec_train::DatasetRef;
 

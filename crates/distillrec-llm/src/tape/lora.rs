@@ -1,0 +1,151 @@
+//! The adapters on one projection, forward and backward: the mixture-of-
+//! experts LoRA `delta(x) = s · ((x Aᵀ) ⊙ gate_cols) Bᵀ` with the gate's
+//! per-row column factors, and LoRA dropout, whose mask is recomputed from
+//! its seed in the backward instead of stored.
+
+use rayon::prelude::*;
+
+use super::kernels::{mm, real, Mat, MatMut, Real};
+use crate::adapters::LoraWeights;
+use crate::dropmask::{drop_threshold, kept};
+
+/// Per-row gate column factors: `gc[n·r + j] = gate[n / t, j / (r/E)]`,
+/// or `None` (all ones) without a gate.
+pub(crate) fn gate_cols<T: Real>(
+    gate: Option<&[T]>,
+    n: usize,
+    t: usize,
+    r: usize,
+    e: usize,
+) -> Option<Vec<T>> {
+    let g = gate?;
+    let per = r / e;
+    let mut out = Vec::with_capacity(n * r);
+    for row in 0..n {
+        let b = row / t;
+        for j in 0..r {
+            out.push(g[b * e + j / per]);
+        }
+    }
+    Some(out)
+}
+
+/// `x ⊙ mask / (1 − p)` for the mask of `seed`.
+pub(crate) fn dropped_input<T: Real>(x: &[T], p: f64, seed: u64) -> Vec<T> {
+    let keep: T = real(1.0 / (1.0 - p));
+    let th = drop_threshold(p);
+    x.par_iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if kept(seed, i, th) {
+                v * keep
+            } else {
+                T::zero()
+            }
+        })
+        .collect()
+}
+
+/// What one adapter's forward keeps: `u = x Aᵀ` `[N, r]`.
+pub(crate) struct AdapterSaved<T> {
+    pub(super) u: Vec<T>,
+}
+
+/// `y[:, cols] += s·((x Aᵀ) ⊙ gc) Bᵀ`; returns `u = x Aᵀ`.
+pub(crate) fn adapter_forward<T: Real>(
+    w: &LoraWeights<T>,
+    x: Mat<T>,
+    n: usize,
+    (r, scale): (usize, T),
+    gc: Option<&[T]>,
+    y: MatMut<T>,
+) -> AdapterSaved<T> {
+    let mut u = vec![T::zero(); n * r];
+    mm(
+        MatMut::rows(&mut u, r),
+        (n, r, w.in_dim),
+        x,
+        Mat::rows(&w.a, w.in_dim).t(),
+        false,
+    );
+    let v: Vec<T> = match gc {
+        Some(g) => u.iter().zip(g).map(|(&a, &b)| a * b * scale).collect(),
+        None => u.iter().map(|&a| a * scale).collect(),
+    };
+    mm(
+        y,
+        (n, w.out_dim, r),
+        Mat::rows(&v, r),
+        Mat::rows(&w.b, r).t(),
+        true,
+    );
+    AdapterSaved { u }
+}
+
+/// Backward of [`adapter_forward`] given `dy` (the output gradient block):
+/// accumulates `dA`, `dB`, `d gate` and (when given) `dx`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adapter_backward<T: Real>(
+    w: &LoraWeights<T>,
+    saved: &AdapterSaved<T>,
+    x: Mat<T>,
+    dy: Mat<T>,
+    (n, t, r, e, scale): (usize, usize, usize, usize, T),
+    gc: Option<&[T]>,
+    grad: &mut LoraWeights<T>,
+    dgate: Option<&mut [T]>,
+    dx: Option<MatMut<T>>,
+) {
+    let u = &saved.u;
+    let v: Vec<T> = match gc {
+        Some(g) => u.iter().zip(g).map(|(&a, &b)| a * b * scale).collect(),
+        None => u.iter().map(|&a| a * scale).collect(),
+    };
+    // dB += dyᵀ v
+    mm(
+        MatMut::rows(&mut grad.b, r),
+        (w.out_dim, r, n),
+        dy.t(),
+        Mat::rows(&v, r),
+        true,
+    );
+    // dv = dy B
+    let mut dv = vec![T::zero(); n * r];
+    mm(
+        MatMut::rows(&mut dv, r),
+        (n, r, w.out_dim),
+        dy,
+        Mat::rows(&w.b, r),
+        false,
+    );
+    if let Some(dg) = dgate {
+        let per = r / e;
+        for row in 0..n {
+            let b = row / t;
+            for j in 0..r {
+                dg[b * e + j / per] += dv[row * r + j] * u[row * r + j] * scale;
+            }
+        }
+    }
+    let du: Vec<T> = match gc {
+        Some(g) => dv.iter().zip(g).map(|(&a, &b)| a * b * scale).collect(),
+        None => dv.iter().map(|&a| a * scale).collect(),
+    };
+    // dA += duᵀ x
+    mm(
+        MatMut::rows(&mut grad.a, w.in_dim),
+        (r, w.in_dim, n),
+        Mat::rows(&du, r).t(),
+        x,
+        true,
+    );
+    if let Some(dx) = dx {
+        mm(
+            dx,
+            (n, w.in_dim, r),
+            Mat::rows(&du, r),
+            Mat::rows(&w.a, w.in_dim),
+            true,
+        );
+    }
+}
