@@ -19,7 +19,7 @@ use super::{gather_rows, Dims};
 use crate::adapters::{target_index, Dropout, LoraWeights};
 use crate::dropmask::{drop_threshold, kept, mix};
 use crate::error::{Error, Result};
-use crate::model::{Mlp, Norm, Target};
+use crate::model::{DecoderLayer, Mlp, Norm, Target};
 
 /// What one layer's forward keeps for its backward.
 pub(crate) struct LayerSaved<T> {
@@ -180,17 +180,19 @@ pub(crate) fn project_backward<T: Real>(
     Ok(dx)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn layer_forward<T: Real>(
-    layer: &crate::model::DecoderLayer,
-    ad: &[Option<LoraWeights<T>>; 7],
-    d: &Dims,
-    x: Vec<T>,
-    (cos, sin): (&[T], &[T]),
-    attend: Attend<T>,
-    p: Proj<T>,
-) -> Result<(LayerSaved<T>, Vec<T>)> {
-    let n = d.n();
+/// The weights of a layer that the explicit path reads besides q/k/v and
+/// o: both RMSNorms (weight, eps) and the SwiGLU MLP's fused gate/up and
+/// down projections (`[in, out]` transposed weights).
+struct LayerWeights<'l> {
+    norm1: (&'l Tensor, f64),
+    norm2: (&'l Tensor, f64),
+    gate_up: &'l Tensor,
+    down: &'l Tensor,
+}
+
+/// [`LayerWeights`] of `layer`, or an error naming the part the explicit
+/// path cannot run (a LayerNorm, a plain MLP).
+fn layer_weights(layer: &DecoderLayer) -> Result<LayerWeights<'_>> {
     let (
         Norm::Rms {
             weight: w1,
@@ -209,11 +211,89 @@ pub(crate) fn layer_forward<T: Real>(
     let Mlp::Gated { gate_up, down, .. } = &layer.mlp else {
         return Err(Error::Input("the explicit path needs a SwiGLU MLP".into()));
     };
+    Ok(LayerWeights {
+        norm1: (w1, *e1),
+        norm2: (w2, *e2),
+        gate_up: &gate_up.weight_t,
+        down: &down.weight_t,
+    })
+}
+
+/// The adapters of a layer and the slots their forward activations go to.
+type Adapted<'s, T> = (
+    &'s [Option<LoraWeights<T>>; 7],
+    &'s mut [Option<AdapterSaved<T>>; 7],
+);
+
+/// One decoder layer's forward from its input `x`: the attention block,
+/// then the MLP block. Returns what [`layer_backward`] needs (nothing of
+/// the attention weights when packed) and the layer's output rows (each
+/// sequence's last row only in the last layer of a packed pass).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_forward<T: Real>(
+    layer: &DecoderLayer,
+    ad: &[Option<LoraWeights<T>>; 7],
+    d: &Dims,
+    x: Vec<T>,
+    rope: (&[T], &[T]),
+    attend: Attend<T>,
+    p: Proj<T>,
+) -> Result<(LayerSaved<T>, Vec<T>)> {
+    let lw = layer_weights(layer)?;
     let mut adapters: [Option<AdapterSaved<T>>; 7] = Default::default();
-    // attention norm and q/k/v
+    let (inv1, qkv) = qkv_forward(layer, lw.norm1, d, &x, rope, (ad, &mut adapters), p)?;
+    let (attn, probs, x, last_rows) = attend_rows(&qkv, d, attend, x);
+    // a packed pass's last layer goes on with each sequence's last row only
+    let gate_last = last_rows
+        .as_ref()
+        .and_then(|rows| p.gc.map(|g| gather_rows(g, p.r, rows)));
+    let p = match &last_rows {
+        Some(rows) => Proj {
+            n: rows.len(),
+            gc: gate_last.as_deref(),
+            ..p
+        },
+        None => p,
+    };
+    let h1 = output_forward(
+        &layer.attn.o_proj.weight_t,
+        d,
+        &x,
+        &attn,
+        (ad, &mut adapters),
+        p,
+    )?;
+    let (inv2, gu, out) = mlp_forward(&lw, d, &h1, (ad, &mut adapters), p)?;
+    let saved = LayerSaved {
+        x,
+        inv1,
+        qkv,
+        probs,
+        attn,
+        h1,
+        inv2,
+        gu,
+        adapters,
+    };
+    Ok((saved, out))
+}
+
+/// Attention norm and the q/k/v projection with its adapters and biases,
+/// then RoPE on q and k: returns the norm's `1/rms` and the rotated
+/// `qkv [N, w3]`.
+fn qkv_forward<T: Real>(
+    layer: &DecoderLayer,
+    (w1, e1): (&Tensor, f64),
+    d: &Dims,
+    x: &[T],
+    (cos, sin): (&[T], &[T]),
+    (ad, adapters): Adapted<T>,
+    p: Proj<T>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let n = d.n();
     let g1 = w1.storage_and_layout();
     let mut xn = vec![T::zero(); x.len()];
-    let inv1 = rms_forward(&x, vector::<T, _>(&g1)?, *e1, &mut xn);
+    let inv1 = rms_forward(x, vector::<T, _>(&g1)?, e1, &mut xn);
     let w3 = d.w3();
     let mut qkv = vec![T::zero(); n * w3];
     let (qc, kvc) = (d.q_cols(), d.kv_cols());
@@ -226,7 +306,7 @@ pub(crate) fn layer_forward<T: Real>(
         false,
         &qkv_parts,
         ad,
-        &mut adapters,
+        adapters,
         p,
     )?;
     for (lin, c0) in [
@@ -247,91 +327,93 @@ pub(crate) fn layer_forward<T: Real>(
     drop(xn);
     rope_inplace(&mut qkv, w3, (0, d.nh, d.hd), cos, sin, false);
     rope_inplace(&mut qkv, w3, (qc, d.nkv, d.hd), cos, sin, false);
-    let gate_last: Option<Vec<T>>;
-    let (attn, probs, x, p) = match attend {
+    Ok((inv1, qkv))
+}
+
+/// The attention of the rotated `qkv` as `attend` says: its output, the
+/// softmax weights (padded pass only), the layer input rows that go on
+/// (all of `x`, or each sequence's last row in a packed pass's last layer)
+/// and, in that last case, the rows kept.
+#[allow(clippy::type_complexity)]
+fn attend_rows<T: Real>(
+    qkv: &[T],
+    d: &Dims,
+    attend: Attend<T>,
+    x: Vec<T>,
+) -> (Vec<T>, Vec<Vec<T>>, Vec<T>, Option<Vec<usize>>) {
+    match attend {
         Attend::Padded(mask) => {
-            let (attn, probs) = attention_forward(&qkv, d, mask);
-            (attn, probs, x, p)
+            let (attn, probs) = attention_forward(qkv, d, mask);
+            (attn, probs, x, None)
         }
         Attend::Packed { spans, last: false } => {
-            (attention_packed(&qkv, d, spans, false), Vec::new(), x, p)
+            (attention_packed(qkv, d, spans, false), Vec::new(), x, None)
         }
         Attend::Packed { spans, last: true } => {
-            // only each sequence's last row goes on through the layer
             let rows: Vec<usize> = spans.iter().map(|&(o, c)| o + c - 1).collect();
-            gate_last = p.gc.map(|g| gather_rows(g, p.r, &rows));
-            let p = Proj {
-                n: rows.len(),
-                gc: gate_last.as_deref(),
-                ..p
-            };
-            let attn = attention_packed(&qkv, d, spans, true);
-            (attn, Vec::new(), gather_rows(&x, d.h, &rows), p)
+            let attn = attention_packed(qkv, d, spans, true);
+            let x = gather_rows(&x, d.h, &rows);
+            (attn, Vec::new(), x, Some(rows))
         }
-    };
-    // output projection and residual
-    let mut h1 = x.clone();
+    }
+}
+
+/// The output projection with its adapter and the residual:
+/// `h1 = x + attn·Wo (+ adapter)`.
+fn output_forward<T: Real>(
+    wo: &Tensor,
+    d: &Dims,
+    x: &[T],
+    attn: &[T],
+    (ad, adapters): Adapted<T>,
+    p: Proj<T>,
+) -> Result<Vec<T>> {
+    let mut h1 = x.to_vec();
     let o_parts = [(0, Target::O)];
     let w = (&mut h1[..], d.h);
-    project(
-        &layer.attn.o_proj.weight_t,
-        (&attn, qc),
-        w,
-        true,
-        &o_parts,
-        ad,
-        &mut adapters,
-        p,
-    )?;
-    // MLP
+    project(wo, (attn, d.q_cols()), w, true, &o_parts, ad, adapters, p)?;
+    Ok(h1)
+}
+
+/// The MLP block: `out = h1 + (silu(g)·u)·Wd` with `g, u = RMSNorm(h1)·Wgu`
+/// and the adapters of gate, up and down. Returns the norm's `1/rms`, the
+/// `[N, 2I]` gate/up buffer and the output.
+fn mlp_forward<T: Real>(
+    lw: &LayerWeights,
+    d: &Dims,
+    h1: &[T],
+    (ad, adapters): Adapted<T>,
+    p: Proj<T>,
+) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+    let (w2, e2) = lw.norm2;
     let g2 = w2.storage_and_layout();
     let mut hn = vec![T::zero(); h1.len()];
-    let inv2 = rms_forward(&h1, vector::<T, _>(&g2)?, *e2, &mut hn);
+    let inv2 = rms_forward(h1, vector::<T, _>(&g2)?, e2, &mut hn);
     let i2 = 2 * d.inter;
     let mut gu = vec![T::zero(); p.n * i2];
     let gu_parts = [(0, Target::Gate), (d.inter, Target::Up)];
     let w = (&mut gu[..], i2);
-    project(
-        &gate_up.weight_t,
-        (&hn, d.h),
-        w,
-        false,
-        &gu_parts,
-        ad,
-        &mut adapters,
-        p,
-    )?;
+    project(lw.gate_up, (&hn, d.h), w, false, &gu_parts, ad, adapters, p)?;
     drop(hn);
     let act = swiglu_forward(&gu, d.inter);
-    let mut out = h1.clone();
+    let mut out = h1.to_vec();
     let down_parts = [(0, Target::Down)];
     let w = (&mut out[..], d.h);
     project(
-        &down.weight_t,
+        lw.down,
         (&act, d.inter),
         w,
         true,
         &down_parts,
         ad,
-        &mut adapters,
+        adapters,
         p,
     )?;
-    Ok((
-        LayerSaved {
-            x,
-            inv1,
-            qkv,
-            probs,
-            attn,
-            h1,
-            inv2,
-            gu,
-            adapters,
-        },
-        out,
-    ))
+    Ok((inv2, gu, out))
 }
 
+/// What the backward of every layer shares: shapes, RoPE tables, the
+/// additive mask, the adapter settings and gate columns, the dropout.
 pub(crate) struct BackCtx<'a, T> {
     pub(super) d: Dims,
     pub(super) cos: &'a [T],
@@ -344,8 +426,12 @@ pub(crate) struct BackCtx<'a, T> {
     pub(super) drop: Option<Dropout>,
 }
 
+/// Backward of [`layer_forward`] from `dout`, the gradient of the layer's
+/// output: the MLP block, then the attention block. Adapter and gate
+/// gradients accumulate into `grads`, `dgate`; returns the gradient of the
+/// layer input.
 pub(crate) fn layer_backward<T: Real>(
-    layer: &crate::model::DecoderLayer,
+    layer: &DecoderLayer,
     ad: &[Option<LoraWeights<T>>; 7],
     grads: &mut [Option<LoraWeights<T>>; 7],
     s: LayerSaved<T>,
@@ -354,20 +440,9 @@ pub(crate) fn layer_backward<T: Real>(
     mut dgate: Option<&mut [T]>,
 ) -> Result<Vec<T>> {
     let d = &c.d;
-    let n = d.n();
-    let (Norm::Rms { weight: w1, .. }, Norm::Rms { weight: w2, .. }) =
-        (&layer.attn_norm, &layer.mlp_norm)
-    else {
-        return Err(Error::Input(
-            "the explicit path needs RMSNorm layers".into(),
-        ));
-    };
-    let Mlp::Gated { gate_up, down, .. } = &layer.mlp else {
-        return Err(Error::Input("the explicit path needs a SwiGLU MLP".into()));
-    };
-    let (qc, kvc, i2) = (d.q_cols(), d.kv_cols(), 2 * d.inter);
+    let lw = layer_weights(layer)?;
     let p = Proj {
-        n,
+        n: d.n(),
         t: d.t,
         r: c.r,
         e: c.e,
@@ -375,16 +450,39 @@ pub(crate) fn layer_backward<T: Real>(
         gc: c.gc,
         drop: c.drop.map(|dr| (dr.p, mix(dr.seed, li))),
     };
-    // MLP: out = h1 + act·Wd (+ adapter)
+    let mut ad_grads = (ad, &s.adapters, grads);
+    let dh1 = mlp_backward(&lw, d, &s, dout, &mut ad_grads, dgate.as_deref_mut(), p)?;
+    attention_block_backward(layer, lw.norm1.0, c, &s, dh1, &mut ad_grads, dgate, p)
+}
+
+/// A layer's adapters, their saved forward activations and their gradients.
+type AdGrads<'s, T> = (
+    &'s [Option<LoraWeights<T>>; 7],
+    &'s [Option<AdapterSaved<T>>; 7],
+    &'s mut [Option<LoraWeights<T>>; 7],
+);
+
+/// Backward of the MLP block (`out = h1 + act·Wd (+ adapter)`,
+/// `act = swiglu(RMSNorm(h1)·Wgu (+ adapters))`): from `dout` to `d h1`.
+fn mlp_backward<T: Real>(
+    lw: &LayerWeights,
+    d: &Dims,
+    s: &LayerSaved<T>,
+    dout: Vec<T>,
+    (ad, saved, grads): &mut AdGrads<T>,
+    mut dgate: Option<&mut [T]>,
+    p: Proj<T>,
+) -> Result<Vec<T>> {
+    let i2 = 2 * d.inter;
     let down_parts = [(0, Target::Down)];
     let act = adapted(ad, &down_parts).then(|| swiglu_forward(&s.gu, d.inter));
     let dact = project_backward(
-        &down.weight_t,
+        lw.down,
         (&dout, d.h),
         (act.as_deref(), d.inter),
         &down_parts,
         ad,
-        &s.adapters,
+        saved,
         grads,
         dgate.as_deref_mut(),
         p,
@@ -392,26 +490,42 @@ pub(crate) fn layer_backward<T: Real>(
     drop(act);
     let dgu = swiglu_backward(&s.gu, &dact, d.inter);
     drop(dact);
-    let g2 = w2.storage_and_layout();
+    let g2 = lw.norm2.0.storage_and_layout();
     let w2v = vector::<T, _>(&g2)?;
     let gu_parts = [(0, Target::Gate), (d.inter, Target::Up)];
     let hn = adapted(ad, &gu_parts).then(|| rms_apply(&s.h1, w2v, &s.inv2));
     let dhn = project_backward(
-        &gate_up.weight_t,
+        lw.gate_up,
         (&dgu, i2),
         (hn.as_deref(), d.h),
         &gu_parts,
         ad,
-        &s.adapters,
+        saved,
         grads,
-        dgate.as_deref_mut(),
+        dgate,
         p,
     )?;
     drop((dgu, hn));
     let mut dh1 = dout;
     rms_backward(&s.h1, w2v, &s.inv2, &dhn, &mut dh1);
-    drop(dhn);
-    // attention: h1 = x + attn·Wo (+ adapter)
+    Ok(dh1)
+}
+
+/// Backward of the attention block (`h1 = x + attn·Wo (+ adapter)`, the
+/// attention of the rotated q/k/v of `RMSNorm(x)`): from `d h1` to `d x`.
+#[allow(clippy::too_many_arguments)]
+fn attention_block_backward<T: Real>(
+    layer: &DecoderLayer,
+    w1: &Tensor,
+    c: &BackCtx<T>,
+    s: &LayerSaved<T>,
+    dh1: Vec<T>,
+    (ad, saved, grads): &mut AdGrads<T>,
+    mut dgate: Option<&mut [T]>,
+    p: Proj<T>,
+) -> Result<Vec<T>> {
+    let d = &c.d;
+    let (qc, kvc) = (d.q_cols(), d.kv_cols());
     let o_parts = [(0, Target::O)];
     let dattn = project_backward(
         &layer.attn.o_proj.weight_t,
@@ -419,7 +533,7 @@ pub(crate) fn layer_backward<T: Real>(
         (Some(&s.attn), qc),
         &o_parts,
         ad,
-        &s.adapters,
+        saved,
         grads,
         dgate.as_deref_mut(),
         p,
@@ -439,7 +553,7 @@ pub(crate) fn layer_backward<T: Real>(
         (xn.as_deref(), d.h),
         &qkv_parts,
         ad,
-        &s.adapters,
+        saved,
         grads,
         dgate,
         p,
