@@ -22,6 +22,7 @@ use crate::tape::kernels::{real, Real};
 /// The projections in slot order (a layer's adapters are `[_; 7]`).
 pub(crate) const TARGETS: [Target; 7] = Target::ALL;
 
+/// The slot of projection `t` in a layer's `[_; 7]` adapters.
 pub(crate) fn target_index(t: Target) -> usize {
     TARGETS
         .iter()

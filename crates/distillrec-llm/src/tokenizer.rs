@@ -106,9 +106,9 @@ impl Tokenizer {
     /// gpt2` (byte-level BPE) with `tokens`, `merges`, `token_type`, `pre`,
     /// and the BOS/EOS ids. `path` names the file in errors.
     pub fn from_gguf(md: &HashMap<String, Value>, path: &Path) -> Result<Tokenizer> {
-        let key = |k: &str| format!("tokenizer.ggml.{k}");
+        let meta = GgufMeta { md, path };
         let model = md
-            .get(&key("model"))
+            .get(&gguf_key("model"))
             .ok_or_else(|| Error::file(path, "missing metadata key `tokenizer.ggml.model`"))?
             .to_string()
             .map_err(|e| Error::file(path, format!("tokenizer.ggml.model: {e}")))?;
@@ -118,60 +118,15 @@ impl Tokenizer {
                 format!("tokenizer.ggml.model = `{model}` (only gpt2 byte-level BPE; use the Hugging Face directory for this model)"),
             ));
         }
-        let strings = |k: &str| -> Result<Vec<String>> {
-            let v = md.get(&key(k)).ok_or_else(|| {
-                Error::file(path, format!("missing metadata key `tokenizer.ggml.{k}`"))
-            })?;
-            let arr = v
-                .to_vec()
-                .map_err(|e| Error::file(path, format!("tokenizer.ggml.{k}: {e}")))?;
-            arr.iter()
-                .map(|s| {
-                    s.to_string()
-                        .cloned()
-                        .map_err(|e| Error::file(path, format!("tokenizer.ggml.{k}: {e}")))
-                })
-                .collect()
-        };
-        let tokens = strings("tokens")?;
-        let merges_raw = strings("merges")?;
-        let types: Vec<i64> = match md.get(&key("token_type")) {
-            Some(v) => v
-                .to_vec()
-                .map_err(|e| Error::file(path, format!("tokenizer.ggml.token_type: {e}")))?
-                .iter()
-                .map(|x| {
-                    int_value(x)
-                        .ok_or_else(|| Error::file(path, "tokenizer.ggml.token_type: not integers"))
-                })
-                .collect::<Result<_>>()?,
-            None => vec![1; tokens.len()],
-        };
-        if types.len() != tokens.len() {
-            return Err(Error::file(
-                path,
-                format!(
-                    "tokenizer.ggml.token_type has {} entries, tokens has {}",
-                    types.len(),
-                    tokens.len()
-                ),
-            ));
-        }
+        let tokens = meta.strings("tokens")?;
+        let merges_raw = meta.strings("merges")?;
+        let types = meta.token_types(tokens.len())?;
         let mut vocab = tokenizers::models::bpe::Vocab::default();
         for (i, t) in tokens.iter().enumerate() {
             vocab.entry(t.clone()).or_insert(i as u32);
         }
-        let mut merges = Vec::with_capacity(merges_raw.len());
-        for (i, m) in merges_raw.iter().enumerate() {
-            let (a, b) = m.split_once(' ').ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!("tokenizer.ggml.merges[{i}] `{m}` is not `a b`"),
-                )
-            })?;
-            merges.push((a.to_string(), b.to_string()));
-        }
-        let pre = match md.get(&key("pre")) {
+        let merges = meta.merges(&merges_raw)?;
+        let pre = match md.get(&gguf_key("pre")) {
             Some(v) => v
                 .to_string()
                 .map_err(|e| Error::file(path, format!("tokenizer.ggml.pre: {e}")))?
@@ -184,76 +139,27 @@ impl Tokenizer {
             .ignore_merges(ignore_merges)
             .build()
             .map_err(|e| Error::file(path, format!("tokenizer: {e}")))?;
-        let byte_level = ByteLevel::new(false, false, true);
-        let split = |re: &str| -> Result<PreTokenizerWrapper> {
-            Ok(Split::new(
-                tokenizers::pre_tokenizers::split::SplitPattern::Regex(re.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(tok_err)?
-            .into())
-        };
-        let pre_tok: PreTokenizerWrapper = match pre.as_str() {
-            "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" => byte_level.into(),
-            "smollm" | "starcoder" | "refact" | "codeshell" => {
-                Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-            }
-            "llama-bpe" | "llama3" => {
-                Sequence::new(vec![split(LLAMA3_REGEX)?, ByteLevel::new(false, false, false).into()]).into()
-            }
-            "qwen2" => Sequence::new(vec![split(QWEN2_REGEX)?, ByteLevel::new(false, false, false).into()]).into(),
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("tokenizer.ggml.pre = `{other}` (supported: default, gpt2, smollm, starcoder, llama-bpe, qwen2)"),
-                ))
-            }
-        };
+        let pre_tok = gguf_pre_tokenizer(&pre, path)?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner
             .with_pre_tokenizer(Some(pre_tok))
             .with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()))
             .with_post_processor(Some(ByteLevel::new(false, false, true)));
-        let special: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &ty)| ty == TOKEN_TYPE_CONTROL)
-            .map(|(t, _)| AddedToken::from(t.clone(), true))
-            .collect();
-        let user: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &ty)| ty == TOKEN_TYPE_USER_DEFINED)
-            .map(|(t, _)| AddedToken::from(t.clone(), false))
-            .collect();
-        inner.add_special_tokens(&special);
-        inner.add_tokens(&user);
-        let id = |k: &str| -> Result<Option<u32>> {
-            match md.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => match int_value(v) {
-                    Some(x) if x >= 0 && (x as usize) < tokens.len() => Ok(Some(x as u32)),
-                    _ => Err(Error::file(
-                        path,
-                        format!("tokenizer.ggml.{k}: not a token id"),
-                    )),
-                },
-            }
-        };
-        let bos = id("bos_token_id")?;
-        let mut eos: Vec<u32> = id("eos_token_id")?.into_iter().collect();
-        if let Some(eot) = id("eot_token_id")? {
+        add_gguf_tokens(&mut inner, &tokens, &types);
+        let n = tokens.len();
+        let bos = meta.token_id("bos_token_id", n)?;
+        let mut eos: Vec<u32> = meta.token_id("eos_token_id", n)?.into_iter().collect();
+        if let Some(eot) = meta.token_id("eot_token_id", n)? {
             if !eos.contains(&eot) {
                 eos.push(eot);
             }
         }
-        let add_bos = match md.get(&key("add_bos_token")) {
+        let add_bos = match md.get(&gguf_key("add_bos_token")) {
             Some(Value::Bool(b)) => *b,
             _ => false,
         };
         let mut t = Tokenizer::new(inner, bos, add_bos, eos);
-        if let Some(p) = id("padding_token_id")? {
+        if let Some(p) = meta.token_id("padding_token_id", n)? {
             t.pad = p;
         }
         Ok(t)
@@ -309,6 +215,143 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The metadata key `tokenizer.ggml.{k}`.
+fn gguf_key(k: &str) -> String {
+    format!("tokenizer.ggml.{k}")
+}
+
+/// A GGUF file's metadata, read for its tokenizer; every error names the
+/// file and the key.
+struct GgufMeta<'a> {
+    md: &'a HashMap<String, Value>,
+    path: &'a Path,
+}
+
+impl GgufMeta<'_> {
+    /// The string array `tokenizer.ggml.{k}` (required).
+    fn strings(&self, k: &str) -> Result<Vec<String>> {
+        let path = self.path;
+        let v = self.md.get(&gguf_key(k)).ok_or_else(|| {
+            Error::file(path, format!("missing metadata key `tokenizer.ggml.{k}`"))
+        })?;
+        let arr = v
+            .to_vec()
+            .map_err(|e| Error::file(path, format!("tokenizer.ggml.{k}: {e}")))?;
+        arr.iter()
+            .map(|s| {
+                s.to_string()
+                    .cloned()
+                    .map_err(|e| Error::file(path, format!("tokenizer.ggml.{k}: {e}")))
+            })
+            .collect()
+    }
+
+    /// `tokenizer.ggml.token_type`, one per token (all normal when absent).
+    fn token_types(&self, tokens: usize) -> Result<Vec<i64>> {
+        let path = self.path;
+        let types: Vec<i64> = match self.md.get(&gguf_key("token_type")) {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| Error::file(path, format!("tokenizer.ggml.token_type: {e}")))?
+                .iter()
+                .map(|x| {
+                    int_value(x)
+                        .ok_or_else(|| Error::file(path, "tokenizer.ggml.token_type: not integers"))
+                })
+                .collect::<Result<_>>()?,
+            None => vec![1; tokens],
+        };
+        if types.len() != tokens {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tokenizer.ggml.token_type has {} entries, tokens has {}",
+                    types.len(),
+                    tokens
+                ),
+            ));
+        }
+        Ok(types)
+    }
+
+    /// The BPE merges `a b` of `tokenizer.ggml.merges` as pairs.
+    fn merges(&self, raw: &[String]) -> Result<Vec<(String, String)>> {
+        let mut merges = Vec::with_capacity(raw.len());
+        for (i, m) in raw.iter().enumerate() {
+            let (a, b) = m.split_once(' ').ok_or_else(|| {
+                Error::file(
+                    self.path,
+                    format!("tokenizer.ggml.merges[{i}] `{m}` is not `a b`"),
+                )
+            })?;
+            merges.push((a.to_string(), b.to_string()));
+        }
+        Ok(merges)
+    }
+
+    /// The token id `tokenizer.ggml.{k}` when present, checked against the
+    /// vocabulary size `tokens`.
+    fn token_id(&self, k: &str, tokens: usize) -> Result<Option<u32>> {
+        match self.md.get(&gguf_key(k)) {
+            None => Ok(None),
+            Some(v) => match int_value(v) {
+                Some(x) if x >= 0 && (x as usize) < tokens => Ok(Some(x as u32)),
+                _ => Err(Error::file(
+                    self.path,
+                    format!("tokenizer.ggml.{k}: not a token id"),
+                )),
+            },
+        }
+    }
+}
+
+/// The pre-tokenizer named by `tokenizer.ggml.pre` (llama.cpp's names).
+fn gguf_pre_tokenizer(pre: &str, path: &Path) -> Result<PreTokenizerWrapper> {
+    let byte_level = ByteLevel::new(false, false, true);
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(
+            tokenizers::pre_tokenizers::split::SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?
+        .into())
+    };
+    Ok(match pre {
+        "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" => byte_level.into(),
+        "smollm" | "starcoder" | "refact" | "codeshell" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        "llama-bpe" | "llama3" => {
+            Sequence::new(vec![split(LLAMA3_REGEX)?, ByteLevel::new(false, false, false).into()]).into()
+        }
+        "qwen2" => Sequence::new(vec![split(QWEN2_REGEX)?, ByteLevel::new(false, false, false).into()]).into(),
+        other => {
+            return Err(Error::unsupported(
+                path,
+                format!("tokenizer.ggml.pre = `{other}` (supported: default, gpt2, smollm, starcoder, llama-bpe, qwen2)"),
+            ))
+        }
+    })
+}
+
+/// Adds the control tokens (special) and the user-defined tokens of a
+/// GGUF vocabulary to `inner`.
+fn add_gguf_tokens(inner: &mut tokenizers::Tokenizer, tokens: &[String], types: &[i64]) {
+    let added = |ty: i64, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, &t)| t == ty)
+            .map(|(t, _)| AddedToken::from(t.clone(), special))
+            .collect()
+    };
+    let special = added(TOKEN_TYPE_CONTROL, true);
+    let user = added(TOKEN_TYPE_USER_DEFINED, false);
+    inner.add_special_tokens(&special);
+    inner.add_tokens(&user);
 }
 
 /// Any integer GGUF value as i64.

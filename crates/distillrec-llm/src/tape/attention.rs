@@ -44,32 +44,12 @@ pub(crate) fn attention_forward<T: Real>(
     mask: Option<&[T]>,
 ) -> (Vec<T>, Vec<Vec<T>>) {
     let (t, hd, w3) = (d.t, d.hd, d.w3());
-    let groups = d.nh / d.nkv;
     let sc: T = real(1.0 / (hd as f64).sqrt());
     let units: Vec<(Vec<T>, Vec<T>)> = (0..d.b * d.nh)
         .into_par_iter()
         .map(|u| {
             let (b, h) = (u / d.nh, u % d.nh);
-            let kvh = h / groups;
-            let base = b * t * w3;
-            let q = Mat {
-                data: qkv,
-                off: base + h * hd,
-                rs: w3,
-                cs: 1,
-            };
-            let k = Mat {
-                data: qkv,
-                off: base + d.q_cols() + kvh * hd,
-                rs: w3,
-                cs: 1,
-            };
-            let v = Mat {
-                data: qkv,
-                off: base + d.q_cols() + d.kv_cols() + kvh * hd,
-                rs: w3,
-                cs: 1,
-            };
+            let (q, k, v) = head_views(qkv, d, b * t, h);
             let mut p = vec![T::zero(); t * t];
             let mut o = vec![T::zero(); t * hd];
             // query blocks see only the keys up to their last visible one
@@ -86,22 +66,7 @@ pub(crate) fn attention_forward<T: Real>(
                     ld: t,
                 };
                 mm(pblk, (qb, kend, hd), qblk, k.t(), false);
-                for i in q0..q0 + qb {
-                    let row = &mut p[i * t..i * t + kend];
-                    let m = mask.map(|m| &m[(b * t + i) * t..(b * t + i) * t + kend]);
-                    let mut mx = T::neg_infinity();
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = *x * sc + m.map_or(T::zero(), |m| m[j]);
-                        mx = num_traits::Float::max(mx, *x);
-                    }
-                    let z = T::exp_shift_sum(row, mx);
-                    let inv = T::one() / z;
-                    // masked keys flush to exact zeros (no denormals in P·V)
-                    let tiny: T = real(1e-30);
-                    for x in row.iter_mut() {
-                        *x = if *x < tiny { T::zero() } else { *x * inv };
-                    }
-                }
+                softmax_block(&mut p, (t, b), (q0, qb, kend), mask, sc);
                 let oblk = MatMut {
                     data: &mut o,
                     off: q0 * hd,
@@ -156,28 +121,13 @@ pub(crate) fn attention_packed<T: Real>(
     last: bool,
 ) -> Vec<T> {
     let (hd, w3, qc) = (d.hd, d.w3(), d.q_cols());
-    let groups = d.nh / d.nkv;
     let sc: T = real(1.0 / (hd as f64).sqrt());
-    let tiny: T = real(1e-30);
     let units: Vec<Vec<T>> = (0..spans.len() * d.nh)
         .into_par_iter()
         .map(|u| {
             let (s, h) = (u / d.nh, u % d.nh);
             let (first, count) = spans[s];
-            let q = Mat {
-                data: qkv,
-                off: first * w3 + h * hd,
-                rs: w3,
-                cs: 1,
-            };
-            let k = Mat {
-                off: first * w3 + qc + (h / groups) * hd,
-                ..q
-            };
-            let v = Mat {
-                off: first * w3 + qc + d.kv_cols() + (h / groups) * hd,
-                ..q
-            };
+            let (q, k, v) = head_views(qkv, d, first, h);
             let q_first = if last { count - 1 } else { 0 };
             let mut o = vec![T::zero(); (count - q_first) * hd];
             let mut p = vec![T::zero(); QBLOCK.min(count - q_first) * count];
@@ -200,20 +150,7 @@ pub(crate) fn attention_packed<T: Real>(
                     k.t(),
                     false,
                 );
-                for i in 0..qb {
-                    let row = &mut p[i * kend..(i + 1) * kend];
-                    let (seen, hidden) = row.split_at_mut(q0 + i + 1);
-                    let mut mx = T::neg_infinity();
-                    for x in seen.iter_mut() {
-                        *x *= sc;
-                        mx = num_traits::Float::max(mx, *x);
-                    }
-                    let inv = T::one() / T::exp_shift_sum(seen, mx);
-                    for x in seen.iter_mut() {
-                        *x = if *x < tiny { T::zero() } else { *x * inv };
-                    }
-                    hidden.fill(T::zero());
-                }
+                causal_softmax_block(&mut p, (q0, qb, kend), sc);
                 mm(
                     MatMut {
                         data: &mut o,
@@ -250,32 +187,12 @@ pub(crate) fn attention_backward<T: Real>(
     mask: Option<&[T]>,
 ) -> Vec<T> {
     let (t, hd, w3, qc) = (d.t, d.hd, d.w3(), d.q_cols());
-    let groups = d.nh / d.nkv;
     let sc: T = real(1.0 / (hd as f64).sqrt());
     let units: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..d.b * d.nh)
         .into_par_iter()
         .map(|u| {
             let (b, h) = (u / d.nh, u % d.nh);
-            let kvh = h / groups;
-            let base = b * t * w3;
-            let q = Mat {
-                data: qkv,
-                off: base + h * hd,
-                rs: w3,
-                cs: 1,
-            };
-            let k = Mat {
-                data: qkv,
-                off: base + qc + kvh * hd,
-                rs: w3,
-                cs: 1,
-            };
-            let v = Mat {
-                data: qkv,
-                off: base + qc + d.kv_cols() + kvh * hd,
-                rs: w3,
-                cs: 1,
-            };
+            let (q, k, v) = head_views(qkv, d, b * t, h);
             let dout_h = Mat {
                 data: dout,
                 off: b * t * qc + h * hd,
@@ -314,13 +231,7 @@ pub(crate) fn attention_backward<T: Real>(
                     ld: t,
                 };
                 mm(dsblk, (qb, kend, hd), doblk, v.t(), false);
-                for i in q0..q0 + qb {
-                    let (row, prow) = (&mut ds[i * t..i * t + kend], &p[i * t..i * t + kend]);
-                    let dot: T = sum8(kend, |j| row[j] * prow[j]);
-                    for (x, &pp) in row.iter_mut().zip(prow) {
-                        *x = pp * (*x - dot) * sc;
-                    }
-                }
+                softmax_grad_block(&mut ds, p, t, (q0, qb, kend), sc);
                 let dsview = Mat {
                     data: &ds[..],
                     off: q0 * t,
@@ -348,6 +259,16 @@ pub(crate) fn attention_backward<T: Real>(
             (dq, dk, dv)
         })
         .collect();
+    scatter_head_grads(units, d)
+}
+
+/// The `[N, w3]` gradient of `qkv` from each (sequence, head)'s `dq`, `dk`,
+/// `dv` `[t, hd]`: a query head's `dq` is copied, the `dk`, `dv` of the
+/// query heads sharing a key/value head add up, in head order.
+#[allow(clippy::type_complexity)]
+fn scatter_head_grads<T: Real>(units: Vec<(Vec<T>, Vec<T>, Vec<T>)>, d: &Dims) -> Vec<T> {
+    let (t, hd, w3, qc) = (d.t, d.hd, d.w3(), d.q_cols());
+    let groups = d.nh / d.nkv;
     let mut dqkv = vec![T::zero(); d.n() * w3];
     for (u, (dq, dk, dv)) in units.into_iter().enumerate() {
         let (b, h) = (u / d.nh, u % d.nh);
@@ -366,4 +287,101 @@ pub(crate) fn attention_backward<T: Real>(
         }
     }
     dqkv
+}
+
+/// The q, k and v views `[rows, hd]` of query head `h` for the rows from
+/// `row0` of `qkv [N, w3]` (its key/value head is `h / (nh / nkv)`).
+fn head_views<'a, T>(
+    qkv: &'a [T],
+    d: &Dims,
+    row0: usize,
+    h: usize,
+) -> (Mat<'a, T>, Mat<'a, T>, Mat<'a, T>) {
+    let (hd, w3, qc) = (d.hd, d.w3(), d.q_cols());
+    let kvh = h / (d.nh / d.nkv);
+    let base = row0 * w3;
+    let q = Mat {
+        data: qkv,
+        off: base + h * hd,
+        rs: w3,
+        cs: 1,
+    };
+    let k = Mat {
+        off: base + qc + kvh * hd,
+        ..q
+    };
+    let v = Mat {
+        off: base + qc + d.kv_cols() + kvh * hd,
+        ..q
+    };
+    (q, k, v)
+}
+
+/// Rows `q0..q0 + qb` of the scores `p [t, t]` of sequence `b` (keys up
+/// to `kend`) into softmax weights: scaled by `sc`, plus the additive
+/// mask; masked keys flush to exact zeros (no denormals in P·V).
+#[inline]
+fn softmax_block<T: Real>(
+    p: &mut [T],
+    (t, b): (usize, usize),
+    (q0, qb, kend): (usize, usize, usize),
+    mask: Option<&[T]>,
+    sc: T,
+) {
+    for i in q0..q0 + qb {
+        let row = &mut p[i * t..i * t + kend];
+        let m = mask.map(|m| &m[(b * t + i) * t..(b * t + i) * t + kend]);
+        let mut mx = T::neg_infinity();
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = *x * sc + m.map_or(T::zero(), |m| m[j]);
+            mx = num_traits::Float::max(mx, *x);
+        }
+        let z = T::exp_shift_sum(row, mx);
+        let inv = T::one() / z;
+        let tiny: T = real(1e-30);
+        for x in row.iter_mut() {
+            *x = if *x < tiny { T::zero() } else { *x * inv };
+        }
+    }
+}
+
+/// The `qb` rows of a packed block's scores `p [qb, kend]` (first query
+/// `q0`) into causal softmax weights: query `q0 + i` sees keys up to
+/// itself, the rest are zeros.
+#[inline]
+fn causal_softmax_block<T: Real>(p: &mut [T], (q0, qb, kend): (usize, usize, usize), sc: T) {
+    let tiny: T = real(1e-30);
+    for i in 0..qb {
+        let row = &mut p[i * kend..(i + 1) * kend];
+        let (seen, hidden) = row.split_at_mut(q0 + i + 1);
+        let mut mx = T::neg_infinity();
+        for x in seen.iter_mut() {
+            *x *= sc;
+            mx = num_traits::Float::max(mx, *x);
+        }
+        let inv = T::one() / T::exp_shift_sum(seen, mx);
+        for x in seen.iter_mut() {
+            *x = if *x < tiny { T::zero() } else { *x * inv };
+        }
+        hidden.fill(T::zero());
+    }
+}
+
+/// Rows `q0..q0 + qb` of `ds [t, t]` (holding `dP = dO Vᵀ`, keys up to
+/// `kend`) into the scores' gradient `dS = P ⊙ (dP − rowsum(P ⊙ dP)) · sc`.
+#[inline]
+fn softmax_grad_block<T: Real>(
+    ds: &mut [T],
+    p: &[T],
+    t: usize,
+    (q0, qb, kend): (usize, usize, usize),
+    sc: T,
+) {
+    for i in q0..q0 + qb {
+        let (row, prow) = (&mut ds[i * t..i * t + kend], &p[i * t..i * t + kend]);
+        let dot: T = sum8(kend, |j| row[j] * prow[j]);
+        for (x, &pp) in row.iter_mut().zip(prow) {
+            *x = pp * (*x - dot) * sc;
+        }
+    }
 }
