@@ -16,7 +16,10 @@ use crate::adapters::{AdapterSet, Dropout};
 use crate::error::{Error, Result};
 use crate::lora::AdapterCtx;
 use crate::model::Model;
-use crate::tape::{self, Grads, Tape};
+use crate::tape::{self, Tape};
+
+/// Gradients of one [`backward`]: adapters, gate, input embeddings.
+pub use crate::tape::Grads;
 
 /// Which implementation runs a pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use distillrec_data::{Dataset, ItemId, Row};
 use distillrec_llm::generate::{generate_from_embeds, GenerateOptions};
 use distillrec_llm::lora::AdapterCtx;
 use distillrec_llm::model::Target;
-use distillrec_llm::pass::{self, Path};
+use distillrec_llm::pass::{self, Grads, Path};
 use distillrec_llm::Llm;
 use distillrec_llm::{lm_head_loss, AdapterSet, Dropout};
 use distillrec_models::Student;
@@ -152,6 +152,41 @@ struct Inputs {
     t: usize,
     /// Real tokens.
     tokens: usize,
+}
+
+/// The prompts of one objective term laid out for the backbone, with what
+/// the gradients of the projector and the cue need.
+struct Embedded {
+    inp: Inputs,
+    /// The projector over the whole item table (ranking term only).
+    p_all: Option<Tensor>,
+    /// The projector outputs of the placeholders' items, in the order of
+    /// the batch's item list (`None` without placeholders).
+    p_u: Option<Tensor>,
+    /// The student prior's values that weigh the cue (generative term of a
+    /// teacher with a cue only).
+    prior_v: Option<Vec<f32>>,
+}
+
+/// What the ranking head reads besides the hidden states.
+#[derive(Clone, Copy)]
+struct RankingHead<'a> {
+    live: &'a Live,
+    p_all: Option<&'a Tensor>,
+    prior: Option<&'a Tensor>,
+}
+
+/// `(flat row, target token)` of every answer token of the left-padded
+/// `prompts` (`t` positions each): the row before the token predicts it.
+fn answer_pairs(prompts: &[Prompt], t: usize) -> Vec<(usize, u32)> {
+    let mut pairs = Vec::new();
+    for (r, p) in prompts.iter().enumerate() {
+        let off = t - p.input.len() - p.answer.len();
+        for (j, &tok) in p.answer.iter().enumerate() {
+            pairs.push((r * t + off + p.input.len() + j - 1, tok));
+        }
+    }
+    pairs
 }
 
 /// The result of one micro-step.
@@ -564,6 +599,11 @@ impl Teacher {
         Ok(total)
     }
 
+    /// One objective term (generative or ranking) of a micro-step, in the
+    /// order of iLoRA: the gate from the student's representation, the
+    /// prompt embeddings with projected placeholders (and the cue), the
+    /// MoE-LoRA forward, the objective's loss, the backward, then the
+    /// gradients of the gate, the projector and the cue.
     fn loss_and_grads(
         &self,
         ds: &Dataset,
@@ -573,10 +613,65 @@ impl Teacher {
         drop_seed: u64,
     ) -> Result<StepOut> {
         let model = &self.llm.model;
-        let h = model.config().hidden_size;
-        let b = rows.len();
         let live = self.nets.live()?;
         let (gate, gate_v, prior) = self.gate_and_prior(&live, ds, rows)?;
+        let emb = self.embed_prompts(&live, prompts, generative, prior.as_ref())?;
+        let drop = Dropout {
+            p: self.cfg.lora_dropout,
+            seed: drop_seed,
+        };
+        let (hidden, tp) = pass::forward(
+            self.path,
+            model,
+            &self.adapters,
+            &emb.inp.embeds,
+            &emb.inp.mask,
+            gate_v.as_deref(),
+            drop,
+        )?;
+        let mut net_grads: Vec<Vec<f32>> = self
+            .nets
+            .params
+            .iter()
+            .map(|p| vec![0.0; p.value.len()])
+            .collect();
+        let (loss, dh) = if generative {
+            lm_head_loss(model, &hidden, &answer_pairs(prompts, emb.inp.t))?
+        } else {
+            let head = RankingHead {
+                live: &live,
+                p_all: emb.p_all.as_ref(),
+                prior: prior.as_ref(),
+            };
+            self.ranking_loss(head, ds, rows, &emb.inp, &hidden, &mut net_grads)?
+        };
+        let g = pass::backward(model, &self.adapters, tp, &dh)?;
+        self.cue_grads(&emb, &g.embeds, &mut net_grads);
+        self.gate_projector_grads(&live, &emb, gate.as_ref(), &g, &mut net_grads)?;
+        let mut grads: Vec<Vec<f32>> = Vec::new();
+        for w in g.adapters.weights() {
+            grads.push(w.a.clone());
+            grads.push(w.b.clone());
+        }
+        grads.extend(net_grads);
+        Ok(StepOut {
+            loss,
+            tokens: emb.inp.tokens,
+            grads,
+        })
+    }
+
+    /// The prompt embeddings of one objective term: the projector's outputs
+    /// for the placeholders' items (over the whole item table for the
+    /// ranking head), placed at the placeholders, and for the generative
+    /// term the cue weighted by the student prior.
+    fn embed_prompts(
+        &self,
+        live: &Live,
+        prompts: &[Prompt],
+        generative: bool,
+        prior: Option<&Tensor>,
+    ) -> Result<Embedded> {
         let (order, index) = Self::placeholder_items(prompts);
         let dev = Device::Cpu;
         // projector outputs: the whole table for the ranking head, else
@@ -600,84 +695,97 @@ impl Teacher {
             None => Vec::new(),
         };
         let prior_v = if generative {
-            self.cue_scores(prior.as_ref())?
+            self.cue_scores(prior)?
         } else {
             None
         };
         let inp = self.inputs(prompts, &index, &p_u_vals, self.cue(prior_v.as_deref()))?;
-        let drop = Dropout {
-            p: self.cfg.lora_dropout,
-            seed: drop_seed,
-        };
-        let (hidden, tp) = pass::forward(
-            self.path,
-            model,
-            &self.adapters,
-            &inp.embeds,
-            &inp.mask,
-            gate_v.as_deref(),
-            drop,
-        )?;
-        let mut net_grads: Vec<Vec<f32>> = self
-            .nets
-            .params
+        Ok(Embedded {
+            inp,
+            p_all,
+            p_u,
+            prior_v,
+        })
+    }
+
+    /// The ranking objective: cross-entropy of the item-title head over the
+    /// last hidden state of every prompt (plus the student prior). Adds the
+    /// head's network gradients to `net_grads`; returns the loss and its
+    /// gradient with respect to `hidden`.
+    fn ranking_loss(
+        &self,
+        head: RankingHead,
+        ds: &Dataset,
+        rows: &[&Row],
+        inp: &Inputs,
+        hidden: &[f32],
+        net_grads: &mut [Vec<f32>],
+    ) -> Result<(f64, Vec<f32>)> {
+        let h = self.llm.model.config().hidden_size;
+        let b = rows.len();
+        let dev = Device::Cpu;
+        let last: Vec<usize> = (0..b).map(|r| r * inp.t + inp.t - 1).collect();
+        let hl: Vec<f32> = last
             .iter()
-            .map(|p| vec![0.0; p.value.len()])
+            .flat_map(|&p| hidden[p * h..(p + 1) * h].iter().copied())
             .collect();
-        let (loss, dh) = if generative {
-            let mut pairs = Vec::new();
-            for (r, p) in prompts.iter().enumerate() {
-                let off = inp.t - p.input.len() - p.answer.len();
-                for (j, &tok) in p.answer.iter().enumerate() {
-                    pairs.push((r * inp.t + off + p.input.len() + j - 1, tok));
-                }
-            }
-            lm_head_loss(model, &hidden, &pairs)?
-        } else {
-            let last: Vec<usize> = (0..b).map(|r| r * inp.t + inp.t - 1).collect();
-            let hl: Vec<f32> = last
-                .iter()
-                .flat_map(|&p| hidden[p * h..(p + 1) * h].iter().copied())
-                .collect();
-            let hl = Var::from_vec(hl, (b, h), &dev)?;
-            let table =
-                live.item_table(&self.titles, p_all.as_ref().context("projected table")?)?;
-            let mut scores = live.scores(hl.as_tensor(), &table)?;
-            if let Some(p) = &prior {
-                scores = (scores + p)?;
-            }
-            let targets: Vec<u32> = rows.iter().map(|r| ds.target(r)).collect();
-            let loss =
-                candle_nn::loss::cross_entropy(&scores, &Tensor::from_vec(targets, b, &dev)?)?;
-            let store = loss.backward()?;
-            let dhl = store
-                .get(hl.as_tensor())
-                .context("the head gave no hidden-state gradient")?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            add_scaled(&mut net_grads, &live.grads(&store)?, 1.0);
-            let mut dh = vec![0f32; hidden.len()];
-            for (i, &p) in last.iter().enumerate() {
-                dh[p * h..(p + 1) * h].copy_from_slice(&dhl[i * h..(i + 1) * h]);
-            }
-            (loss.to_scalar::<f32>()? as f64, dh)
-        };
-        let g = pass::backward(model, &self.adapters, tp, &dh)?;
-        // the cue: d cue = Σ over the marked positions of z · d embedding
-        if let (Some(ci), Some(_)) = (self.nets.cue_index(), &prior_v) {
+        let hl = Var::from_vec(hl, (b, h), &dev)?;
+        let table = head
+            .live
+            .item_table(&self.titles, head.p_all.context("projected table")?)?;
+        let mut scores = head.live.scores(hl.as_tensor(), &table)?;
+        if let Some(p) = head.prior {
+            scores = (scores + p)?;
+        }
+        let targets: Vec<u32> = rows.iter().map(|r| ds.target(r)).collect();
+        let loss = candle_nn::loss::cross_entropy(&scores, &Tensor::from_vec(targets, b, &dev)?)?;
+        let store = loss.backward()?;
+        let dhl = store
+            .get(hl.as_tensor())
+            .context("the head gave no hidden-state gradient")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        add_scaled(net_grads, &head.live.grads(&store)?, 1.0);
+        let mut dh = vec![0f32; hidden.len()];
+        for (i, &p) in last.iter().enumerate() {
+            dh[p * h..(p + 1) * h].copy_from_slice(&dhl[i * h..(i + 1) * h]);
+        }
+        Ok((loss.to_scalar::<f32>()? as f64, dh))
+    }
+
+    /// The cue's gradient: `d cue = Σ z · d embedding` over the positions
+    /// that carry it (`d_embeds` from the backward), into `net_grads`.
+    fn cue_grads(&self, emb: &Embedded, d_embeds: &[f32], net_grads: &mut [Vec<f32>]) {
+        let h = self.llm.model.config().hidden_size;
+        if let (Some(ci), Some(_)) = (self.nets.cue_index(), &emb.prior_v) {
             let dc = &mut net_grads[ci];
-            for &(pos, z) in &inp.cue_at {
-                for (d, &e) in dc.iter_mut().zip(&g.embeds[pos * h..(pos + 1) * h]) {
+            for &(pos, z) in &emb.inp.cue_at {
+                for (d, &e) in dc.iter_mut().zip(&d_embeds[pos * h..(pos + 1) * h]) {
                     *d += z * e;
                 }
             }
         }
-        // projector and gate: the gradient of Σ P ⊙ stop(dE) + Σ gate ⊙ stop(dgate)
+    }
+
+    /// The projector's and the gate's gradients, through the candle graphs
+    /// that made them: the gradient of `Σ P ⊙ stop(dE) + Σ gate ⊙
+    /// stop(dgate)` (`dE` at the placeholders, `dgate` from the backward),
+    /// added to `net_grads`.
+    fn gate_projector_grads(
+        &self,
+        live: &Live,
+        emb: &Embedded,
+        gate: Option<&Tensor>,
+        g: &Grads<f32>,
+        net_grads: &mut [Vec<f32>],
+    ) -> Result<()> {
+        let h = self.llm.model.config().hidden_size;
+        let dev = Device::Cpu;
+        let slots = &emb.inp.slots;
         let mut surrogate: Option<Tensor> = None;
-        if let (Some(p_u), false) = (&p_u, inp.slots.is_empty()) {
-            let idx: Vec<u32> = inp.slots.iter().map(|&(_, k)| k as u32).collect();
-            let de: Vec<f32> = inp
-                .slots
+        if let (Some(p_u), false) = (&emb.p_u, slots.is_empty()) {
+            let idx: Vec<u32> = slots.iter().map(|&(_, k)| k as u32).collect();
+            let de: Vec<f32> = slots
                 .iter()
                 .flat_map(|&(pos, _)| g.embeds[pos * h..(pos + 1) * h].iter().copied())
                 .collect();
@@ -685,7 +793,7 @@ impl Teacher {
             let rows_p = p_u.index_select(&Tensor::from_vec(idx.clone(), idx.len(), &dev)?, 0)?;
             surrogate = Some((rows_p * de)?.sum_all()?);
         }
-        if let (Some(gt), Some(dg)) = (&gate, &g.gate) {
+        if let (Some(gt), Some(dg)) = (gate, &g.gate) {
             let s = (gt * Tensor::from_vec(dg.clone(), gt.shape(), &dev)?)?.sum_all()?;
             surrogate = Some(match surrogate {
                 Some(x) => (x + s)?,
@@ -693,19 +801,9 @@ impl Teacher {
             });
         }
         if let Some(s) = surrogate {
-            add_scaled(&mut net_grads, &live.grads(&s.backward()?)?, 1.0);
+            add_scaled(net_grads, &live.grads(&s.backward()?)?, 1.0);
         }
-        let mut grads: Vec<Vec<f32>> = Vec::new();
-        for w in g.adapters.weights() {
-            grads.push(w.a.clone());
-            grads.push(w.b.clone());
-        }
-        grads.extend(net_grads);
-        Ok(StepOut {
-            loss,
-            tokens: inp.tokens,
-            grads,
-        })
+        Ok(())
     }
 
     /// The gate vectors `[B, E]` of `rows` (row-major), `None` with one
