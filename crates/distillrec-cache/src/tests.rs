@@ -57,7 +57,7 @@ fn cache_of(ds: &Dataset, rows: impl IntoIterator<Item = usize>, emb: bool) -> T
         3,
         DistanceKind::NegLogProb,
         true,
-        "student:/x/best.safetensors",
+        "student:/x/best.safetensors".into(),
     );
     for i in rows {
         let (it, d) = row_of(i);
@@ -319,7 +319,7 @@ fn write_rows_behind_manifest(dir: &Path, bad: &TeacherCache) {
 #[test]
 fn push_row_and_set_embeddings_validate() {
     let ds = ds();
-    let mut c = TeacherCache::new(FP, &ds, 3, DistanceKind::L2, false, "s");
+    let mut c = TeacherCache::new(FP, &ds, 3, DistanceKind::L2, false, "s".into());
     let k = &ds.train[0].key;
     assert!(err(c.push_row(k, &[1, 2], &[0.0, 0.0])).contains("expected k = 3"));
     assert!(err(c.push_row(k, &[1, 2, 9], &[0.0; 3]))
@@ -330,7 +330,7 @@ fn push_row_and_set_embeddings_validate() {
     assert!(err(c.push_row(k, &[1, 2, 3], &[0.5, 0.25, 1.0]))
         .contains("distance 0.25 in column 1 is smaller than 0.5 in column 0"));
     // equal distances keep the writer's order (a list without distances)
-    let mut nl = TeacherCache::new(FP, &ds, 3, DistanceKind::NegLogProb, false, "s");
+    let mut nl = TeacherCache::new(FP, &ds, 3, DistanceKind::NegLogProb, false, "s".into());
     assert!(err(nl.push_row(k, &[1, 2, 3], &[-0.1, 0.0, 0.0])).contains("is negative"));
     nl.push_row(k, &[3, 1, 2], &[0.0; 3]).unwrap();
     assert!(err(c.push_row("", &[1, 2, 3], &[0.0; 3])).contains("empty row key"));
@@ -448,7 +448,7 @@ fn shards_merged_equal_one_go_byte_for_byte() {
     };
     let merged = TeacherCache::merge(load(&[1, 0]), FP, &ds).unwrap();
     assert_eq!(merged.manifest.shard, None);
-    assert_eq!(merged.manifest.source, "student:/x/best.safetensors");
+    assert_eq!(merged.manifest.source.to_string(), "student:/x/best.safetensors");
     let mdir = tmp.path().join("merged");
     merged.save(&mdir).unwrap();
     let one = tmp.path().join("one");
@@ -534,7 +534,7 @@ fn from_csv_keyed_out_of_order_with_distances() {
         (
             c.k(),
             c.manifest.distance.name(),
-            c.manifest.source.as_str()
+            &*c.manifest.source.to_string()
         ),
         (3, "given", "files")
     );
@@ -838,7 +838,16 @@ fn selection_rows_refuse_foreign_short_and_unknown_selections() {
     let p = tmp.path().join("sel.csv");
     let t = &ds.train;
     let keys = vec![(t[3].key.clone(), 0.5), (t[1].key.clone(), 0.25)];
-    let meta = |fp: &str, n: usize| serde_json::json!({"policy": "loss", "selected": n, "dataset": {"name": "tiny", "fingerprint": fp}});
+    let meta = |fp: &str, n: usize| SelectionMeta {
+        policy: Some("loss".into()),
+        selected: Some(n),
+        dataset: Some(DatasetRef {
+            fingerprint: fp.into(),
+            name: "tiny".into(),
+            dir: None,
+        }),
+        ..SelectionMeta::default()
+    };
     write_selection(&p, &keys, &meta(FP, 2)).unwrap();
     assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![1, 3]);
 

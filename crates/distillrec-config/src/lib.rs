@@ -253,25 +253,9 @@ distillrec_data::named_enum! {
     }
 }
 
-distillrec_data::named_enum! {
-    /// A projection of a decoder layer that can carry an adapter.
-    pub enum AdapterTarget {
-        /// Query projection.
-        Q = "q",
-        /// Key projection.
-        K = "k",
-        /// Value projection.
-        V = "v",
-        /// Attention output projection.
-        O = "o",
-        /// SwiGLU gate projection.
-        Gate = "gate",
-        /// MLP up projection.
-        Up = "up",
-        /// MLP down projection.
-        Down = "down",
-    }
-}
+/// A projection of a decoder layer that can carry an adapter (one table,
+/// shared with the LLM and the teacher's checkpoint names).
+pub use distillrec_data::AdapterTarget;
 
 /// The generative prompts of the LastFM/LLaRA family: `{history}` and
 /// `{candidates}` are replaced by the rendered item lists.
@@ -595,6 +579,43 @@ impl Default for DistillConfig {
             ps_power: 0.05,
             k: 10,
         }
+    }
+}
+
+impl DistillConfig {
+    /// Value checks of `[distill]` that need no data (`Config::check` runs
+    /// them before any dataset or cache loads; `DistillObjective::new` runs
+    /// them for library callers and adds the checks against the cache).
+    pub fn check(&self, source_name: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| {
+            Err(ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: format!("distill.{key}"),
+                msg,
+            })
+        };
+        if self.k == 0 {
+            return bad("k", "must be at least 1".into());
+        }
+        for (key, v) in [
+            ("lambda", self.lambda),
+            ("alpha", self.alpha),
+            ("ed_weight", self.ed_weight),
+            ("gamma_position", self.gamma_position),
+            ("gamma_confidence", self.gamma_confidence),
+            ("gamma_consistency", self.gamma_consistency),
+            ("ps_power", self.ps_power),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(key, format!("{v}: must be a finite number >= 0"));
+            }
+        }
+        for (key, v) in [("beta", self.beta), ("tau", self.tau)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(key, format!("{v}: must be a finite number > 0"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1005,6 +1026,9 @@ impl Config {
         }
         if reads.covers("student") {
             self.check_student(source_name)?;
+        }
+        if reads.covers("distill") {
+            self.distill.check(source_name)?;
         }
         if reads.covers("teacher") {
             self.check_teacher(source_name, &reads)?;

@@ -41,16 +41,8 @@ pub use distillrec_config::MAX_LAYERS;
 /// Largest manifest file read (it holds a spec, a few metrics and names).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// The dataset a checkpoint belongs to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DatasetRef {
-    /// Content fingerprint (`dataset.json`).
-    pub fingerprint: String,
-    /// Dataset name, for messages.
-    pub name: String,
-    /// Where the prepared dataset was (absolute), for `recommend`'s titles.
-    pub dir: Option<PathBuf>,
-}
+/// The dataset a checkpoint belongs to (the one type every file uses).
+pub use distillrec_data::DatasetRef;
 
 /// The JSON manifest beside a checkpoint's weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
