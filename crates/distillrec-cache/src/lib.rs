@@ -71,8 +71,8 @@ pub use cache::{
 pub use distillrec_data::DataError;
 pub use files::{from_files, FromFiles, IdSpace, RowKeys};
 pub use selection::{
-    read_selection, read_selection_meta, read_selection_rows, selection_meta_path,
-    write_selection, SelectionMeta,
+    read_selection, read_selection_meta, read_selection_rows, selection_meta_path, write_selection,
+    SelectionMeta,
 };
 pub use shard::ShardSpec;
 pub use source::CacheSource;

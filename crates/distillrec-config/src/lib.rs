@@ -1372,6 +1372,42 @@ mod validation_tests {
     }
 
     #[test]
+    fn distill_values_are_refused_by_the_config_check_naming_the_key() {
+        for (set, want) in [
+            ("distill.k=0", "config key `distill.k`: must be at least 1"),
+            (
+                "distill.lambda=-0.5",
+                "config key `distill.lambda`: -0.5: must be a finite number >= 0",
+            ),
+            (
+                "distill.ps_power=nan",
+                "config key `distill.ps_power`: NaN: must be a finite number >= 0",
+            ),
+            (
+                "distill.tau=0.0",
+                "config key `distill.tau`: 0: must be a finite number > 0",
+            ),
+            (
+                "distill.beta=-1.0",
+                "config key `distill.beta`: -1: must be a finite number > 0",
+            ),
+        ] {
+            let e = err("", &[set]);
+            assert!(
+                e.starts_with("test.toml: ") && e.contains(want),
+                "{set}: {e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // a command that does not read [distill] is not refused for it
+        let sets = vec!["distill.k=0".to_string()];
+        assert!(
+            Config::from_toml_str_for("", "t.toml", &sets, crate::reads::TRAIN_STUDENT).is_ok()
+        );
+        assert!(Config::from_toml_str_for("", "t.toml", &sets, crate::reads::DISTILL).is_err());
+    }
+
+    #[test]
     fn negative_or_nan_optimiser_settings_name_their_key() {
         let e = err("", &["train.student.grad_clip=-1.0"]);
         assert!(

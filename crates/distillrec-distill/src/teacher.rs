@@ -7,7 +7,7 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use distillrec_cache::{sort_row, DistanceKind, TeacherCache, CacheSource};
+use distillrec_cache::{sort_row, CacheSource, DistanceKind, TeacherCache};
 use distillrec_data::Dataset;
 use distillrec_models::Student;
 

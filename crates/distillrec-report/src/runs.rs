@@ -930,6 +930,33 @@ mod tests {
     }
 
     #[test]
+    fn the_report_reads_the_sidecar_and_cache_source_the_pipeline_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let sel = d.path().join("sel.csv");
+        let meta = distillrec_cache::SelectionMeta {
+            policy: Some("loss".into()),
+            selected: Some(1),
+            ..Default::default()
+        };
+        distillrec_cache::write_selection(&sel, &[("u:1".into(), 0.5)], &meta).unwrap();
+        let t: TeacherRecord = serde_json::from_value(serde_json::json!({
+            "selection": sel,
+            "cache_source": "student:/r/checkpoints/best.safetensors",
+        }))
+        .unwrap();
+        assert_eq!(policy_of(&t).unwrap(), "loss");
+        assert_eq!(
+            t.teacher_checkpoint(),
+            Some(Path::new("/r/checkpoints/best.safetensors"))
+        );
+        let llm: TeacherRecord = serde_json::from_value(
+            serde_json::json!({"cache_source": "teacher:/t/best.safetensors"}),
+        )
+        .unwrap();
+        assert_eq!(llm.teacher_checkpoint(), None);
+    }
+
+    #[test]
     fn budget_points_average_seeds_and_share_the_full_budget_point() {
         let d = tempfile::tempdir().unwrap();
         let sel = d.path().join("sel.csv");

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use distillrec_cache::{sort_row, DistanceKind, ShardSpec, TeacherCache, CacheSource};
+use distillrec_cache::{sort_row, CacheSource, DistanceKind, ShardSpec, TeacherCache};
 use distillrec_data::{Dataset, Row};
 use distillrec_llm::embed;
 

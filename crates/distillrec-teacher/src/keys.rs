@@ -40,7 +40,12 @@ mod tests {
         // run records and reports already hold these names
         assert_eq!(
             summary(),
-            ["sampled_hr@1", "valid_ratio", "gen_hr@1", "gen_hr@1_of_valid"]
+            [
+                "sampled_hr@1",
+                "valid_ratio",
+                "gen_hr@1",
+                "gen_hr@1_of_valid"
+            ]
         );
     }
 }

@@ -796,10 +796,7 @@ impl Teacher {
     pub fn detach(&mut self) -> Result<()> {
         for li in 0..self.llm.model.layers.len() {
             for &t in &self.cfg.targets {
-                self.llm
-                    .model
-                    .linear_mut(li, t)?
-                    .set_adapter(None);
+                self.llm.model.linear_mut(li, t)?.set_adapter(None);
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use distillrec_cache::{
-    from_files, selection_meta_path, FromFiles, RowKeys, ShardSpec, TeacherCache, CacheSource,
+    from_files, selection_meta_path, CacheSource, FromFiles, RowKeys, ShardSpec, TeacherCache,
 };
 use distillrec_config::Config;
 use distillrec_data::fsutil::atomic_write_json;
