@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::shard::ShardSpec;
+use crate::source::CacheSource;
 use crate::Result;
 
 /// Format tag in `manifest.json`.
@@ -26,14 +27,8 @@ pub const ROWS_FILE: &str = "rows.safetensors";
 /// Tensor `item_embeddings` (F32 `[N + 1, D]`), only when the cache has them.
 pub const EMBEDDINGS_FILE: &str = "item_embeddings.safetensors";
 
-/// The dataset a cache belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatasetRef {
-    /// Content fingerprint of the prepared dataset (`dataset.json`).
-    pub fingerprint: String,
-    /// Dataset name, for messages.
-    pub name: String,
-}
+/// The dataset a cache belongs to (`dir` is always `None` here).
+pub use distillrec_data::DatasetRef;
 
 /// The contents of `manifest.json`. It describes the data files and pins
 /// them by SHA-256, so a reader never pairs it with other files.
@@ -58,7 +53,7 @@ pub struct CacheManifest {
     /// Whether history items were excluded from the teacher's top-K.
     pub history_masked: bool,
     /// Where the teacher outputs come from (a checkpoint path, `files`, ...).
-    pub source: String,
+    pub source: CacheSource,
     /// The inference shard this cache holds, `None` for a whole cache.
     pub shard: Option<ShardSpec>,
     /// `sha256:<hex>` of each data file, by file name. Filled by
@@ -186,7 +181,7 @@ impl TeacherCache {
         k: usize,
         distance: DistanceKind,
         history_masked: bool,
-        source: &str,
+        source: CacheSource,
     ) -> Self {
         TeacherCache {
             manifest: CacheManifest {
@@ -195,6 +190,7 @@ impl TeacherCache {
                 dataset: DatasetRef {
                     fingerprint: fingerprint.into(),
                     name: ds.name.clone(),
+                    dir: None,
                 },
                 num_items: ds.num_items(),
                 k,
@@ -202,7 +198,7 @@ impl TeacherCache {
                 embedding_dim: None,
                 distance,
                 history_masked,
-                source: source.into(),
+                source,
                 shard: None,
                 files: BTreeMap::new(),
                 created_by: created_by(),
@@ -705,7 +701,7 @@ impl TeacherCache {
                     a.history_masked.to_string(),
                     b.history_masked.to_string(),
                 ),
-                ("source", a.source.clone(), b.source.clone()),
+                ("source", a.source.to_string(), b.source.to_string()),
                 (
                     "embedding_dim",
                     a.embedding_dim.map_or("none".into(), |d| d.to_string()),
@@ -785,7 +781,7 @@ impl TeacherCache {
             a.k,
             a.distance,
             a.history_masked,
-            &a.source,
+            a.source.clone(),
         );
         for &(s, r) in owner.iter().flatten() {
             let c = &shards[s];

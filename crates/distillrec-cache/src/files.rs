@@ -22,6 +22,7 @@ use distillrec_data::{DataError, Dataset};
 
 use crate::cache::{key_problem, row_problem, sort_row, DistanceKind, TeacherCache};
 use crate::npy::{self, Value};
+use crate::source::CacheSource;
 use crate::Result;
 
 distillrec_data::named_enum! {
@@ -561,7 +562,7 @@ pub fn from_files(spec: &FromFiles, fingerprint: &str, ds: &Dataset) -> Result<T
         ));
     }
 
-    let mut cache = TeacherCache::new(fingerprint, ds, k, distance_kind, false, "files");
+    let mut cache = TeacherCache::new(fingerprint, ds, k, distance_kind, false, CacheSource::Files);
     for &r in owner.iter().flatten() {
         let mut items = top.row(r).to_vec();
         let mut d = distances[r * k..(r + 1) * k].to_vec();

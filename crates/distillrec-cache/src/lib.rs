@@ -46,7 +46,9 @@
 //!
 //! - [`TeacherCache`], [`CacheManifest`]: build, save, load, check, merge, restrict;
 //! - [`ShardSpec`]: `--shard i/n` and its row range;
-//! - [`read_selection`] / [`write_selection`]: which rows get teacher output;
+//! - [`CacheSource`]: the manifest's `source` (`student:<path>`, `teacher:<path>`, `files`);
+//! - [`read_selection`] / [`write_selection`]: which rows get teacher output,
+//!   with the sidecar [`SelectionMeta`] ([`read_selection_meta`]);
 //! - [`from_files`]: import of other recommenders' top-K, distance and
 //!   embedding files (CSV, whitespace text, NPY, safetensors).
 //!
@@ -60,6 +62,7 @@ mod files;
 mod npy;
 mod selection;
 mod shard;
+mod source;
 
 pub use cache::{
     sort_row, CacheManifest, DatasetRef, DistanceKind, TeacherCache, EMBEDDINGS_FILE, FORMAT,
@@ -67,8 +70,12 @@ pub use cache::{
 };
 pub use distillrec_data::DataError;
 pub use files::{from_files, FromFiles, IdSpace, RowKeys};
-pub use selection::{read_selection, read_selection_rows, selection_meta_path, write_selection};
+pub use selection::{
+    read_selection, read_selection_meta, read_selection_rows, selection_meta_path, write_selection,
+    SelectionMeta,
+};
 pub use shard::ShardSpec;
+pub use source::CacheSource;
 
 /// Result alias of this crate (errors name the file and line or row).
 pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <path>        CSV, header `key,score`, one selected row per line
-//! <path>.json   the caller's metadata (policy, budget, fingerprint, ...)
+//! <path>.json   the sidecar, a [`SelectionMeta`] (policy, budget, dataset, ...)
 //! ```
 //!
 //! The score is the policy's value for the row (empty when the policy has
@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
-use distillrec_data::{DataError, Dataset};
+use distillrec_data::{DataError, Dataset, DatasetRef};
+use serde::{Deserialize, Serialize};
 
 use crate::cache::key_problem;
 use crate::Result;
@@ -25,6 +26,55 @@ pub fn selection_meta_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The sidecar `<selection>.json`: how a selection was made. `select` fills
+/// every field; readers ([`read_selection_rows`], the report) check
+/// `dataset` and `selected` and show `policy`, and accept a sidecar written
+/// by hand that leaves fields out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SelectionMeta {
+    /// The policy's name (`loss`, `random`, ...).
+    pub policy: Option<String>,
+    /// The budget as the config records it (`{"fraction": 0.25}` or
+    /// `{"count": 1000}`, see `distillrec_config::Budget`).
+    pub budget: serde_json::Value,
+    /// The policy's score threshold, if any.
+    pub threshold: Option<f64>,
+    /// The config's seed.
+    pub seed: u64,
+    /// Rows the policy chose from.
+    pub pool: usize,
+    /// Training rows of the dataset.
+    pub train_rows: usize,
+    /// The student's training objective (its config name).
+    pub objective: String,
+    /// The student's `max_len`.
+    pub max_len: usize,
+    /// Rows selected (the lines of the selection file).
+    pub selected: Option<usize>,
+    /// `selected / pool`.
+    pub fraction: f64,
+    /// The dataset the keys belong to.
+    pub dataset: Option<DatasetRef>,
+    /// The student checkpoint whose signals ranked the rows, if any.
+    pub student: Option<String>,
+    /// Wall seconds of the selection.
+    pub wall_secs: f64,
+}
+
+/// Reads the sidecar of the selection `path`; `None` when there is none (a
+/// selection written by hand). Errors name the sidecar.
+pub fn read_selection_meta(path: &Path) -> Result<Option<SelectionMeta>> {
+    let meta_path = selection_meta_path(path);
+    if !meta_path.exists() {
+        return Ok(None);
+    }
+    let text = distillrec_data::fsutil::read_small_text(&meta_path)?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| DataError::file(&meta_path, format!("not a selection sidecar: {e}")))
+}
+
 /// Writes a selection: `keys_scores` in the given order to `path` (CSV
 /// `key,score`; a NaN score is written empty, meaning "no score"), and
 /// `meta` to `<path>.json`. Both atomically. No rows, empty or duplicate
@@ -32,7 +82,7 @@ pub fn selection_meta_path(path: &Path) -> PathBuf {
 pub fn write_selection(
     path: &Path,
     keys_scores: &[(String, f64)],
-    meta: &serde_json::Value,
+    meta: &SelectionMeta,
 ) -> Result<()> {
     if keys_scores.is_empty() {
         return Err(DataError::file(path, EMPTY_SELECTION));
@@ -157,30 +207,18 @@ pub fn read_selection(path: &Path) -> Result<Vec<String>> {
 pub fn read_selection_rows(path: &Path, fingerprint: &str, ds: &Dataset) -> Result<Vec<usize>> {
     let keys = read_selection(path)?;
     let meta_path = selection_meta_path(path);
-    if meta_path.exists() {
-        let bytes = std::fs::read(&meta_path).map_err(|e| DataError::io(&meta_path, e))?;
-        let meta: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| DataError::file(&meta_path, format!("not valid JSON: {e}")))?;
-        if let Some(fp) = meta
-            .pointer("/dataset/fingerprint")
-            .and_then(|v| v.as_str())
-        {
-            if fp != fingerprint {
-                let name = meta
-                    .pointer("/dataset/name")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?");
-                return Err(DataError::file(
-                    &meta_path,
-                    format!(
-                        "the selection was made for dataset {name} ({fp}) but this is {} ({fingerprint})",
-                        ds.name
-                    ),
-                ));
-            }
+    if let Some(meta) = read_selection_meta(path)? {
+        if let Some(made_for) = meta.dataset.filter(|d| d.fingerprint != fingerprint) {
+            return Err(DataError::file(
+                &meta_path,
+                format!(
+                    "the selection was made for dataset {} ({}) but this is {} ({fingerprint})",
+                    made_for.name, made_for.fingerprint, ds.name
+                ),
+            ));
         }
-        if let Some(n) = meta.get("selected").and_then(|v| v.as_u64()) {
-            if n != keys.len() as u64 {
+        if let Some(n) = meta.selected {
+            if n != keys.len() {
                 return Err(DataError::file(
                     path,
                     format!(
@@ -228,16 +266,18 @@ mod tests {
             ("a:1".to_string(), f64::NAN),
             ("odd,key \"q\"".to_string(), -1e-9),
         ];
-        let meta = serde_json::json!({"policy": "loss", "budget": 0.1, "fingerprint": "sha256:ab"});
+        let meta = SelectionMeta {
+            policy: Some("loss".into()),
+            budget: serde_json::json!({"fraction": 0.1}),
+            selected: Some(3),
+            ..SelectionMeta::default()
+        };
         write_selection(&p, &ks, &meta).unwrap();
         let got = read_selection(&p).unwrap();
         assert_eq!(got, vec!["b:2", "a:1", "odd,key \"q\""]);
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.starts_with("key,score\nb:2,0.5\na:1,\n"), "{text}");
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join("sel.csv.json")).unwrap())
-                .unwrap();
-        assert_eq!(m, meta);
+        assert_eq!(read_selection_meta(&p).unwrap(), Some(meta));
     }
 
     #[test]
@@ -270,12 +310,12 @@ mod tests {
             .contains("empty file"));
 
         let dup = vec![("a".to_string(), 1.0), ("a".to_string(), 2.0)];
-        let e = write_selection(&p, &dup, &serde_json::Value::Null)
+        let e = write_selection(&p, &dup, &SelectionMeta::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("selected twice"), "{e}");
         let inf = vec![("a".to_string(), f64::INFINITY)];
-        assert!(write_selection(&p, &inf, &serde_json::Value::Null).is_err());
+        assert!(write_selection(&p, &inf, &SelectionMeta::default()).is_err());
     }
 
     #[test]
@@ -288,7 +328,7 @@ mod tests {
             assert!(e.contains("sel.csv: the selection holds no rows"), "{e}");
         }
         let q = dir.path().join("none.csv");
-        let e = write_selection(&q, &[], &serde_json::Value::Null)
+        let e = write_selection(&q, &[], &SelectionMeta::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("holds no rows"), "{e}");

@@ -57,7 +57,7 @@ fn cache_of(ds: &Dataset, rows: impl IntoIterator<Item = usize>, emb: bool) -> T
         3,
         DistanceKind::NegLogProb,
         true,
-        "student:/x/best.safetensors",
+        "student:/x/best.safetensors".into(),
     );
     for i in rows {
         let (it, d) = row_of(i);
@@ -319,7 +319,7 @@ fn write_rows_behind_manifest(dir: &Path, bad: &TeacherCache) {
 #[test]
 fn push_row_and_set_embeddings_validate() {
     let ds = ds();
-    let mut c = TeacherCache::new(FP, &ds, 3, DistanceKind::L2, false, "s");
+    let mut c = TeacherCache::new(FP, &ds, 3, DistanceKind::L2, false, "s".into());
     let k = &ds.train[0].key;
     assert!(err(c.push_row(k, &[1, 2], &[0.0, 0.0])).contains("expected k = 3"));
     assert!(err(c.push_row(k, &[1, 2, 9], &[0.0; 3]))
@@ -330,7 +330,7 @@ fn push_row_and_set_embeddings_validate() {
     assert!(err(c.push_row(k, &[1, 2, 3], &[0.5, 0.25, 1.0]))
         .contains("distance 0.25 in column 1 is smaller than 0.5 in column 0"));
     // equal distances keep the writer's order (a list without distances)
-    let mut nl = TeacherCache::new(FP, &ds, 3, DistanceKind::NegLogProb, false, "s");
+    let mut nl = TeacherCache::new(FP, &ds, 3, DistanceKind::NegLogProb, false, "s".into());
     assert!(err(nl.push_row(k, &[1, 2, 3], &[-0.1, 0.0, 0.0])).contains("is negative"));
     nl.push_row(k, &[3, 1, 2], &[0.0; 3]).unwrap();
     assert!(err(c.push_row("", &[1, 2, 3], &[0.0; 3])).contains("empty row key"));
@@ -448,7 +448,10 @@ fn shards_merged_equal_one_go_byte_for_byte() {
     };
     let merged = TeacherCache::merge(load(&[1, 0]), FP, &ds).unwrap();
     assert_eq!(merged.manifest.shard, None);
-    assert_eq!(merged.manifest.source, "student:/x/best.safetensors");
+    assert_eq!(
+        merged.manifest.source.to_string(),
+        "student:/x/best.safetensors"
+    );
     let mdir = tmp.path().join("merged");
     merged.save(&mdir).unwrap();
     let one = tmp.path().join("one");
@@ -534,7 +537,7 @@ fn from_csv_keyed_out_of_order_with_distances() {
         (
             c.k(),
             c.manifest.distance.name(),
-            c.manifest.source.as_str()
+            &*c.manifest.source.to_string()
         ),
         (3, "given", "files")
     );
@@ -838,7 +841,16 @@ fn selection_rows_refuse_foreign_short_and_unknown_selections() {
     let p = tmp.path().join("sel.csv");
     let t = &ds.train;
     let keys = vec![(t[3].key.clone(), 0.5), (t[1].key.clone(), 0.25)];
-    let meta = |fp: &str, n: usize| serde_json::json!({"policy": "loss", "selected": n, "dataset": {"name": "tiny", "fingerprint": fp}});
+    let meta = |fp: &str, n: usize| SelectionMeta {
+        policy: Some("loss".into()),
+        selected: Some(n),
+        dataset: Some(DatasetRef {
+            fingerprint: fp.into(),
+            name: "tiny".into(),
+            dir: None,
+        }),
+        ..SelectionMeta::default()
+    };
     write_selection(&p, &keys, &meta(FP, 2)).unwrap();
     assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![1, 3]);
 
@@ -912,4 +924,81 @@ fn distance_kinds_and_id_spaces_keep_their_on_disk_names() {
     .unwrap();
     let e = TeacherCache::load(d.path()).unwrap_err().to_string();
     assert!(e.contains("cosine") && e.contains("neg_log_prob"), "{e}");
+}
+
+#[test]
+fn the_selection_sidecar_keeps_its_field_names_and_every_reader_accepts_it() {
+    let ds = ds();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("sel.csv");
+    let keys = vec![
+        (ds.train[2].key.clone(), 0.5),
+        (ds.train[0].key.clone(), f64::NAN),
+    ];
+    let meta = SelectionMeta {
+        policy: Some("loss".into()),
+        budget: serde_json::json!({"count": 2}),
+        threshold: Some(0.5),
+        seed: 7,
+        pool: 4,
+        train_rows: ds.train.len(),
+        objective: "last".into(),
+        max_len: 10,
+        selected: Some(2),
+        fraction: 0.5,
+        dataset: Some(DatasetRef {
+            fingerprint: FP.into(),
+            name: ds.name.clone(),
+            dir: None,
+        }),
+        student: Some("/r/checkpoints/best.safetensors".into()),
+        wall_secs: 0.25,
+    };
+    write_selection(&p, &keys, &meta).unwrap();
+    // the names every sidecar so far was written with
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(selection_meta_path(&p)).unwrap()).unwrap();
+    let mut names: Vec<&str> = raw
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "budget",
+            "dataset",
+            "fraction",
+            "max_len",
+            "objective",
+            "policy",
+            "pool",
+            "seed",
+            "selected",
+            "student",
+            "threshold",
+            "train_rows",
+            "wall_secs"
+        ]
+    );
+    assert_eq!(
+        raw["dataset"],
+        serde_json::json!({"fingerprint": FP, "name": ds.name})
+    );
+    assert_eq!(read_selection_meta(&p).unwrap(), Some(meta));
+    assert_eq!(read_selection_rows(&p, FP, &ds).unwrap(), vec![0, 2]);
+    // a sidecar by hand with only some fields still reads; a malformed one is one line
+    std::fs::write(selection_meta_path(&p), r#"{"policy": "random"}"#).unwrap();
+    assert_eq!(
+        read_selection_meta(&p).unwrap().unwrap().policy.as_deref(),
+        Some("random")
+    );
+    std::fs::write(selection_meta_path(&p), r#"{"selected": "two"}"#).unwrap();
+    let e = err(read_selection_rows(&p, FP, &ds));
+    assert!(
+        e.contains("sel.csv.json") && e.contains("not a selection sidecar") && !e.contains('\n'),
+        "{e}"
+    );
 }

@@ -253,25 +253,9 @@ distillrec_data::named_enum! {
     }
 }
 
-distillrec_data::named_enum! {
-    /// A projection of a decoder layer that can carry an adapter.
-    pub enum AdapterTarget {
-        /// Query projection.
-        Q = "q",
-        /// Key projection.
-        K = "k",
-        /// Value projection.
-        V = "v",
-        /// Attention output projection.
-        O = "o",
-        /// SwiGLU gate projection.
-        Gate = "gate",
-        /// MLP up projection.
-        Up = "up",
-        /// MLP down projection.
-        Down = "down",
-    }
-}
+/// A projection of a decoder layer that can carry an adapter (one table,
+/// shared with the LLM and the teacher's checkpoint names).
+pub use distillrec_data::AdapterTarget;
 
 /// The generative prompts of the LastFM/LLaRA family: `{history}` and
 /// `{candidates}` are replaced by the rendered item lists.
@@ -595,6 +579,43 @@ impl Default for DistillConfig {
             ps_power: 0.05,
             k: 10,
         }
+    }
+}
+
+impl DistillConfig {
+    /// Value checks of `[distill]` that need no data (`Config::check` runs
+    /// them before any dataset or cache loads; `DistillObjective::new` runs
+    /// them for library callers and adds the checks against the cache).
+    pub fn check(&self, source_name: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| {
+            Err(ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: format!("distill.{key}"),
+                msg,
+            })
+        };
+        if self.k == 0 {
+            return bad("k", "must be at least 1".into());
+        }
+        for (key, v) in [
+            ("lambda", self.lambda),
+            ("alpha", self.alpha),
+            ("ed_weight", self.ed_weight),
+            ("gamma_position", self.gamma_position),
+            ("gamma_confidence", self.gamma_confidence),
+            ("gamma_consistency", self.gamma_consistency),
+            ("ps_power", self.ps_power),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(key, format!("{v}: must be a finite number >= 0"));
+            }
+        }
+        for (key, v) in [("beta", self.beta), ("tau", self.tau)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(key, format!("{v}: must be a finite number > 0"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1006,6 +1027,9 @@ impl Config {
         if reads.covers("student") {
             self.check_student(source_name)?;
         }
+        if reads.covers("distill") {
+            self.distill.check(source_name)?;
+        }
         if reads.covers("teacher") {
             self.check_teacher(source_name, &reads)?;
         }
@@ -1345,6 +1369,42 @@ mod validation_tests {
         Config::from_toml_str(text, "test.toml", &sets)
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn distill_values_are_refused_by_the_config_check_naming_the_key() {
+        for (set, want) in [
+            ("distill.k=0", "config key `distill.k`: must be at least 1"),
+            (
+                "distill.lambda=-0.5",
+                "config key `distill.lambda`: -0.5: must be a finite number >= 0",
+            ),
+            (
+                "distill.ps_power=nan",
+                "config key `distill.ps_power`: NaN: must be a finite number >= 0",
+            ),
+            (
+                "distill.tau=0.0",
+                "config key `distill.tau`: 0: must be a finite number > 0",
+            ),
+            (
+                "distill.beta=-1.0",
+                "config key `distill.beta`: -1: must be a finite number > 0",
+            ),
+        ] {
+            let e = err("", &[set]);
+            assert!(
+                e.starts_with("test.toml: ") && e.contains(want),
+                "{set}: {e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // a command that does not read [distill] is not refused for it
+        let sets = vec!["distill.k=0".to_string()];
+        assert!(
+            Config::from_toml_str_for("", "t.toml", &sets, crate::reads::TRAIN_STUDENT).is_ok()
+        );
+        assert!(Config::from_toml_str_for("", "t.toml", &sets, crate::reads::DISTILL).is_err());
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub mod readers;
 pub mod stats;
 pub mod store;
 pub mod synthetic;
+pub mod targets;
 
 pub use dataset::{Dataset, Item, ItemId, Row, Sequence, SplitName, PAD};
 pub use error::{DataError, Result};
 pub use prepare::{Dedup, PrepareOptions, RawLog, SplitKind};
+pub use store::DatasetRef;
+pub use targets::AdapterTarget;

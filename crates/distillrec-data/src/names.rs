@@ -80,8 +80,9 @@ macro_rules! named_enum {
         }
 
         impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every variant, in declaration order (an array, so its length
+            /// is part of the type).
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
             /// Every name, in declaration order (aligned with `ALL`).
             pub const NAMES: &'static [&'static str] = &[$($text),+];
 
@@ -159,7 +160,7 @@ macro_rules! __named_enum_value_enum {
     ($name:ident) => {
         impl $crate::names::__private::clap::ValueEnum for $name {
             fn value_variants<'a>() -> &'a [Self] {
-                $name::ALL
+                &$name::ALL
             }
             fn to_possible_value(
                 &self,
@@ -194,7 +195,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_every_spelling() {
-        for &c in Colour::ALL {
+        for c in Colour::ALL {
             assert_eq!(c.name().parse::<Colour>().unwrap(), c);
             assert_eq!(c.to_string(), c.name());
             let json = serde_json::to_string(&c).unwrap();

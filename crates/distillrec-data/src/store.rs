@@ -15,7 +15,7 @@
 //! teacher caches) stores it, and loading re-hashes the files, so an edited
 //! or mismatched dataset is refused rather than silently misaligned.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,22 @@ use sha2::{Digest, Sha256};
 use crate::dataset::{Dataset, Item, ItemId, Row, Sequence, SplitName};
 use crate::error::{DataError, Result};
 use crate::fsutil::{atomic_write, atomic_write_json, require_dir, require_file};
+
+/// The dataset a checkpoint, a teacher cache or a selection belongs to: one
+/// type for every file that records it, as `{"fingerprint", "name"}` plus
+/// `"dir"` where known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    /// Content fingerprint of the prepared dataset (`dataset.json`).
+    pub fingerprint: String,
+    /// Dataset name, for messages.
+    pub name: String,
+    /// Where the prepared dataset was (absolute), for `recommend`'s titles;
+    /// checkpoints record it, caches and selections do not (left out of the
+    /// JSON when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
 
 /// Format tag in `dataset.json`.
 pub const FORMAT: &str = "distillrec-dataset";

@@ -149,34 +149,12 @@ impl<'a> DistillObjective<'a> {
                 ds.train.len()
             );
         }
-        if cfg.k == 0 {
-            bail!("distill.k must be at least 1");
-        }
+        cfg.check("the [distill] settings")?;
         if cfg.k > teacher.k {
             bail!(
                 "distill.k = {} but the teacher cache holds only the top {} per row; lower distill.k or rebuild the cache",
                 cfg.k,
                 teacher.k
-            );
-        }
-        for (name, v) in [
-            ("distill.lambda", cfg.lambda),
-            ("distill.alpha", cfg.alpha),
-            ("distill.ed_weight", cfg.ed_weight),
-            ("distill.gamma_position", cfg.gamma_position),
-            ("distill.gamma_confidence", cfg.gamma_confidence),
-            ("distill.gamma_consistency", cfg.gamma_consistency),
-            ("distill.ps_power", cfg.ps_power),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                bail!("{name} = {v}: must be a finite number ≥ 0");
-            }
-        }
-        if !(cfg.beta > 0.0 && cfg.tau > 0.0) {
-            bail!(
-                "distill.beta = {} and distill.tau = {}: both must be > 0",
-                cfg.beta,
-                cfg.tau
             );
         }
         let weights = CandidateWeights {

@@ -7,7 +7,7 @@
 use anyhow::Result;
 use rayon::prelude::*;
 
-use distillrec_cache::{sort_row, DistanceKind, TeacherCache};
+use distillrec_cache::{sort_row, CacheSource, DistanceKind, TeacherCache};
 use distillrec_data::Dataset;
 use distillrec_models::Student;
 
@@ -25,7 +25,7 @@ pub struct FromStudent {
     /// Rows per forward pass.
     pub batch_size: usize,
     /// Where the teacher came from (recorded in the manifest).
-    pub source: String,
+    pub source: CacheSource,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -51,7 +51,7 @@ pub fn cache_from_student(
         opts.k,
         DistanceKind::NegLogProb,
         opts.mask_history,
-        &opts.source,
+        opts.source.clone(),
     );
     let bar = if opts.progress {
         indicatif::ProgressBar::new(rows.len() as u64)

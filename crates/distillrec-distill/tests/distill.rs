@@ -101,7 +101,14 @@ fn distill(
 fn random_cache(ds: &Dataset, r: &DatasetRef, seed: u64) -> TeacherCache {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = ds.num_items() as u32;
-    let mut c = TeacherCache::new(&r.fingerprint, ds, 10, DistanceKind::None, false, "random");
+    let mut c = TeacherCache::new(
+        &r.fingerprint,
+        ds,
+        10,
+        DistanceKind::None,
+        false,
+        "random".into(),
+    );
     for row in &ds.train {
         let mut items = Vec::new();
         while items.len() < 10 {

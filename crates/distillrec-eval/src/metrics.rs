@@ -201,7 +201,7 @@ mod metric_name_tests {
 
     #[test]
     fn metrics_round_trip_through_their_names() {
-        for &kind in MetricKind::ALL {
+        for kind in MetricKind::ALL {
             let m = Metric { kind, k: 20 };
             let s = m.to_string();
             assert_eq!(s, format!("{}@20", kind.name()));

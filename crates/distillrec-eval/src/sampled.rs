@@ -16,6 +16,10 @@ use crate::metrics::MetricAccumulator;
 use crate::options::{split_rows, EvalOptions, EvalReport};
 use crate::rank::{check_target_score, resolve_rank, row_seed};
 
+/// The prefix of the sampled protocol's metric keys (`sampled_hr@10`),
+/// which sit beside the full ranking's (`hr@10`) in one report.
+pub const SAMPLED_PREFIX: &str = "sampled_";
+
 /// Mixed into `opts.seed` for candidate draws, so candidates and tie
 /// breaking use independent random streams.
 const CANDIDATE_SALT: u64 = 0xC0FF_EE00_CA4D_1DA7;
@@ -227,7 +231,7 @@ where
         .finish()
         .into_iter()
         .filter(|(k, _)| k.starts_with("hr@") || k.starts_with("ndcg@"))
-        .map(|(k, v)| (format!("sampled_{k}"), v))
+        .map(|(k, v)| (format!("{SAMPLED_PREFIX}{k}"), v))
         .collect();
     let report = EvalReport::new(metrics, acc.count(), start);
     tracing::debug!(

@@ -70,57 +70,10 @@ impl Norm {
     }
 }
 
-/// Which linear layer of a decoder layer (adapter targets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// Query projection.
-    Q,
-    /// Key projection.
-    K,
-    /// Value projection.
-    V,
-    /// Attention output projection.
-    O,
-    /// SwiGLU gate projection (not in OPT).
-    Gate,
-    /// MLP up projection (OPT `fc1`).
-    Up,
-    /// MLP down projection (OPT `fc2`).
-    Down,
-}
-
-impl Target {
-    /// The seven projections of a Llama layer, in declaration order.
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-}
-
-impl std::str::FromStr for Target {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Target> {
-        Ok(match s {
-            "q" | "q_proj" => Target::Q,
-            "k" | "k_proj" => Target::K,
-            "v" | "v_proj" => Target::V,
-            "o" | "o_proj" | "out_proj" => Target::O,
-            "gate" | "gate_proj" => Target::Gate,
-            "up" | "up_proj" | "fc1" => Target::Up,
-            "down" | "down_proj" | "fc2" => Target::Down,
-            other => {
-                return Err(Error::Input(format!(
-                    "unknown adapter target `{other}` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
-                )))
-            }
-        })
-    }
-}
+/// Which linear layer of a decoder layer (adapter targets): the one
+/// [`distillrec_data::AdapterTarget`] table, whose `ALL` order is the order of
+/// a layer's adapter slots.
+pub use distillrec_data::AdapterTarget as Target;
 
 /// Positional information shared by every layer in one forward pass.
 struct Positions {

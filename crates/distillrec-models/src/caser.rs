@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
+use crate::net::{Layout, StudentNet, StudentSpec, ITEM_TABLE};
 use crate::ops::linear;
 use crate::params::{Init, Params};
 
@@ -106,6 +106,16 @@ impl StudentNet for Caser {
             params,
             init,
         )
+    }
+
+    /// `conv_v.weight [max_len, 1]`, and `fc.weight` of at least `hidden²`.
+    fn layout(spec: &StudentSpec) -> Layout {
+        let (l, h) = (spec.max_len, spec.hidden);
+        Layout {
+            exact: vec![("conv_v.weight", vec![l, 1], "spec.max_len")],
+            blocks: None,
+            at_least: l + h * h,
+        }
     }
 
     fn name(&self) -> &'static str {

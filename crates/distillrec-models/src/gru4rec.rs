@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
+use crate::net::{Layout, StudentNet, StudentSpec, ITEM_TABLE};
 use crate::ops::linear;
 use crate::params::{Init, Params};
 
@@ -104,6 +104,14 @@ impl StudentNet for Gru4Rec {
             params,
             init,
         )
+    }
+
+    /// Two gate matrices of `3·hidden × hidden`.
+    fn layout(spec: &StudentSpec) -> Layout {
+        Layout {
+            at_least: 6 * spec.hidden * spec.hidden,
+            ..Layout::default()
+        }
     }
 
     fn name(&self) -> &'static str {

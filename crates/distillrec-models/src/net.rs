@@ -49,6 +49,21 @@ impl StudentSpec {
     }
 }
 
+/// What a checkpoint of a net holds beyond its item table, known from the
+/// spec alone: the loader checks a weights file against it before building
+/// the net, so a manifest cannot make it allocate more than the file holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Layout {
+    /// Tensors whose shape the spec fixes: name, shape, and the spec keys
+    /// that fix it (for the error message).
+    pub exact: Vec<(&'static str, Vec<usize>, &'static str)>,
+    /// Numbered blocks `<prefix><i>.…`: the file must hold exactly blocks
+    /// `0..count`; `(prefix, count, spec key)`.
+    pub blocks: Option<(&'static str, usize, &'static str)>,
+    /// Values the net allocates at least, beyond the item table.
+    pub at_least: usize,
+}
+
 /// A student network: maps left-padded histories `[B, L]` (the newest item
 /// at position `L − 1`) to representations of size `d`, reading items from
 /// an item table that the caller passes (distillation passes an augmented
@@ -61,6 +76,11 @@ pub trait StudentNet: Send + Sync {
     /// Builds the net for `spec`, registering its parameters in `params`
     /// (names as above) with values drawn from `init` in a fixed order.
     fn build(spec: &StudentSpec, params: &mut Params, init: &mut Init) -> Result<Self>
+    where
+        Self: Sized;
+
+    /// What a checkpoint of this net holds for `spec` (see [`Layout`]).
+    fn layout(spec: &StudentSpec) -> Layout
     where
         Self: Sized;
 

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ForwardCtx, SeqBatch};
-use crate::net::{StudentNet, StudentSpec, ITEM_TABLE};
+use crate::net::{Layout, StudentNet, StudentSpec, ITEM_TABLE};
 use crate::ops::{self, AttentionMask};
 use crate::params::{Init, Params};
 
@@ -316,6 +316,17 @@ impl StudentNet for SasRec {
             params,
             init,
         )
+    }
+
+    /// `pos_emb [max_len, hidden]`, blocks `0..layers`, each with q, k, v,
+    /// o and two feed-forward matrices of `hidden²`.
+    fn layout(spec: &StudentSpec) -> Layout {
+        let (l, h) = (spec.max_len, spec.hidden);
+        Layout {
+            exact: vec![("pos_emb", vec![l, h], "spec.max_len and spec.hidden")],
+            blocks: Some(("blocks.", spec.layers, "spec.layers")),
+            at_least: l * h + spec.layers * 6 * h * h,
+        }
     }
 
     fn name(&self) -> &'static str {

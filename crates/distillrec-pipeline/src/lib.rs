@@ -30,5 +30,7 @@ pub mod runs;
 pub mod stages;
 pub mod sweep;
 
+/// The teacher's metric keys (for the binary's summary lines).
+pub use distillrec_teacher::keys as teacher_metric_keys;
 pub use prepared::{absolute, load_prepared, run_data, Data};
 pub use runs::{record_training, with_run};

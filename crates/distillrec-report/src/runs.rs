@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use distillrec_cache::CacheSource;
 use distillrec_data::fsutil::atomic_write;
 
 use crate::aggregate::{
@@ -97,7 +98,7 @@ pub struct TeacherRecord {
     /// Provenance of the teacher cache (`student:<checkpoint>` for caches
     /// built from a student checkpoint).
     #[serde(default)]
-    pub cache_source: Option<String>,
+    pub cache_source: Option<CacheSource>,
     /// The selection file that restricted the teacher rows, if any.
     #[serde(default)]
     pub selection: Option<PathBuf>,
@@ -119,10 +120,10 @@ impl TeacherRecord {
     /// The checkpoint the teacher cache was built from, when it came from a
     /// student checkpoint.
     pub fn teacher_checkpoint(&self) -> Option<&Path> {
-        self.cache_source
-            .as_deref()
-            .and_then(|s| s.strip_prefix("student:"))
-            .map(Path::new)
+        match self.cache_source.as_ref()? {
+            CacheSource::Student(p) => Some(p.as_path()),
+            _ => None,
+        }
     }
 }
 
@@ -164,13 +165,6 @@ struct TeacherView {
 struct StudentView {
     #[serde(default)]
     model: Option<String>,
-}
-
-/// A selection file's sidecar (`<file>.json`), the fields the report reads.
-#[derive(Clone, Debug, Default, Deserialize)]
-struct SelectionMetaView {
-    #[serde(default)]
-    policy: Option<String>,
 }
 
 /// What a run directory holds, decided from its record.
@@ -461,7 +455,12 @@ fn policy_of(teacher: &TeacherRecord) -> Result<String> {
     match &teacher.selection {
         None => Ok("all".into()),
         Some(sel) => {
-            let meta: SelectionMetaView = read_json(&distillrec_cache::selection_meta_path(sel))?;
+            let Some(meta) = distillrec_cache::read_selection_meta(sel)? else {
+                bail!(
+                    "{}: the selection's sidecar is missing; re-run select",
+                    distillrec_cache::selection_meta_path(sel).display()
+                );
+            };
             Ok(meta.policy.unwrap_or_else(|| "unknown".into()))
         }
     }
@@ -928,6 +927,33 @@ mod tests {
         std::fs::write(a.join("run.json"), text).unwrap();
         let e = RunDir::read(&a).unwrap_err().to_string();
         assert!(e.contains("did not finish (status \"running\")"), "{e}");
+    }
+
+    #[test]
+    fn the_report_reads_the_sidecar_and_cache_source_the_pipeline_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let sel = d.path().join("sel.csv");
+        let meta = distillrec_cache::SelectionMeta {
+            policy: Some("loss".into()),
+            selected: Some(1),
+            ..Default::default()
+        };
+        distillrec_cache::write_selection(&sel, &[("u:1".into(), 0.5)], &meta).unwrap();
+        let t: TeacherRecord = serde_json::from_value(serde_json::json!({
+            "selection": sel,
+            "cache_source": "student:/r/checkpoints/best.safetensors",
+        }))
+        .unwrap();
+        assert_eq!(policy_of(&t).unwrap(), "loss");
+        assert_eq!(
+            t.teacher_checkpoint(),
+            Some(Path::new("/r/checkpoints/best.safetensors"))
+        );
+        let llm: TeacherRecord = serde_json::from_value(
+            serde_json::json!({"cache_source": "teacher:/t/best.safetensors"}),
+        )
+        .unwrap();
+        assert_eq!(llm.teacher_checkpoint(), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use distillrec_eval::{evaluate_all, split_candidates, EvalError, EvalOptions, Ev
 
 use distillrec_llm::generate::argmax;
 
+use crate::keys;
 use crate::model::Teacher;
 
 /// The generative protocol's result.
@@ -61,9 +62,9 @@ impl GenerativeReport {
     /// As metrics keyed `valid_ratio`, `gen_hr@1`, `gen_hr@1_of_valid`.
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         [
-            ("valid_ratio", self.valid_ratio),
-            ("gen_hr@1", self.hr1),
-            ("gen_hr@1_of_valid", self.hr1_of_valid),
+            (keys::VALID_RATIO, self.valid_ratio),
+            (keys::GEN_HR1, self.hr1),
+            (keys::GEN_HR1_OF_VALID, self.hr1_of_valid),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

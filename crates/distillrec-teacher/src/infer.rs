@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use distillrec_cache::{sort_row, DistanceKind, ShardSpec, TeacherCache};
+use distillrec_cache::{sort_row, CacheSource, DistanceKind, ShardSpec, TeacherCache};
 use distillrec_data::{Dataset, Row};
 use distillrec_llm::embed;
 
@@ -29,7 +29,7 @@ pub struct InferOptions {
     /// Leave the row's history out of the top-K.
     pub mask_history: bool,
     /// Where the teacher came from (the manifest's `source`).
-    pub source: String,
+    pub source: CacheSource,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -90,7 +90,7 @@ pub fn cache_from_teacher(
         opts.k,
         kind,
         opts.mask_history,
-        &opts.source,
+        opts.source.clone(),
     );
     let bar = if opts.progress {
         indicatif::ProgressBar::new(rows.len() as u64)

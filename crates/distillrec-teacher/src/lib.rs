@@ -15,11 +15,13 @@
 //! - [`train`] — the loop (warm-up + cosine, accumulation, early stopping,
 //!   exact resume);
 //! - [`evaluate`] — ranking and generative protocols;
+//! - [`keys`] — the teacher's metric keys;
 //! - [`infer`] — the teacher cache.
 
 pub mod checkpoint;
 pub mod evaluate;
 pub mod infer;
+pub mod keys;
 pub mod model;
 pub mod nets;
 pub mod prompt;

@@ -62,18 +62,6 @@ pub fn has_generative(o: TeacherObjective) -> bool {
     matches!(o, TeacherObjective::Generative | TeacherObjective::Both)
 }
 
-fn llm_target(t: AdapterTarget) -> Target {
-    match t {
-        AdapterTarget::Q => Target::Q,
-        AdapterTarget::K => Target::K,
-        AdapterTarget::V => Target::V,
-        AdapterTarget::O => Target::O,
-        AdapterTarget::Gate => Target::Gate,
-        AdapterTarget::Up => Target::Up,
-        AdapterTarget::Down => Target::Down,
-    }
-}
-
 /// `acc += w · g`, tensor by tensor (gradient sums and accumulation).
 pub fn add_scaled(acc: &mut [Vec<f32>], g: &[Vec<f32>], w: f32) {
     for (a, g) in acc.iter_mut().zip(g) {
@@ -254,7 +242,7 @@ impl Teacher {
             titles.dims(),
             n + 1
         );
-        let targets: Vec<Target> = cfg.targets.iter().map(|&t| llm_target(t)).collect();
+        let targets: Vec<Target> = cfg.targets.clone();
         check_adapter_memory(&llm, &targets, cfg)?;
         let adapters =
             AdapterSet::new(&llm.model, &targets, cfg.experts, cfg.rank, cfg.alpha, seed)?;
@@ -906,10 +894,7 @@ impl Teacher {
     pub fn detach(&mut self) -> Result<()> {
         for li in 0..self.llm.model.layers.len() {
             for &t in &self.cfg.targets {
-                self.llm
-                    .model
-                    .linear_mut(li, llm_target(t))?
-                    .set_adapter(None);
+                self.llm.model.linear_mut(li, t)?.set_adapter(None);
             }
         }
         Ok(())

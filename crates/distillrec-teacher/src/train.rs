@@ -26,6 +26,7 @@ use distillrec_train::DatasetRef;
 
 use crate::checkpoint::{self, OptState, Pinned, TeacherManifest, FORMAT, VERSION};
 use crate::evaluate::{eval_generative, eval_ranking};
+use crate::keys;
 use crate::model::{add_scaled, has_ranking, Teacher};
 
 /// What training needs besides the teacher.
@@ -191,7 +192,7 @@ fn score_of(teacher: &Teacher, t: &TrainTeacher, m: &BTreeMap<String, f64>) -> R
     let key = if has_ranking(teacher.cfg.objective) {
         t.train.metric.to_string()
     } else {
-        "gen_hr@1".to_string()
+        keys::GEN_HR1.to_string()
     };
     m.get(&key)
         .copied()

@@ -191,6 +191,22 @@ fn gradients_reach_every_trainable_tensor_and_gates_differ_between_users() {
             "non-finite gradient in {n}"
         );
     }
+    // checkpoint tensor names are a file format: pinned spelling and order
+    let adapters: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.starts_with("adapter."))
+        .collect();
+    let layers = adapters.len() / 6;
+    assert!(layers >= 2, "{adapters:?}");
+    let pinned: Vec<String> = (0..layers)
+        .flat_map(|li| {
+            ["q", "v", "down"]
+                .into_iter()
+                .flat_map(move |t| ["lora_A", "lora_B"].map(|m| format!("adapter.{li}.{t}.{m}")))
+        })
+        .collect();
+    assert_eq!(adapters, pinned);
     for want in [
         "adapter.1.down.lora_A",
         "projector.0.weight",

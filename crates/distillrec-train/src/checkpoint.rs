@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use distillrec_config::StudentKind;
 use distillrec_data::fsutil::{atomic_write, atomic_write_json};
 use distillrec_models::params::{read_safetensors, safetensors_bytes};
+use distillrec_models::student::checkpoint_layout;
 use distillrec_models::{Student, StudentSpec};
 
 /// Format tag of checkpoint manifests.
@@ -41,16 +42,8 @@ pub use distillrec_config::MAX_LAYERS;
 /// Largest manifest file read (it holds a spec, a few metrics and names).
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// The dataset a checkpoint belongs to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DatasetRef {
-    /// Content fingerprint (`dataset.json`).
-    pub fingerprint: String,
-    /// Dataset name, for messages.
-    pub name: String,
-    /// Where the prepared dataset was (absolute), for `recommend`'s titles.
-    pub dir: Option<PathBuf>,
-}
+/// The dataset a checkpoint belongs to (the one type every file uses).
+pub use distillrec_data::DatasetRef;
 
 /// The JSON manifest beside a checkpoint's weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,11 +255,12 @@ pub fn check_spec(spec: &StudentSpec) -> Result<()> {
 
 /// Checks the manifest's spec against the tensors of the weights file
 /// before the model is built: the item table is `[num_items + 1, hidden]`,
-/// SASRec's position table is `[max_len, hidden]` and its blocks are
-/// `0..layers`, Caser's vertical filter is `[max_len, 1]`, and the file
-/// holds at least as many values as the model's largest parameters (a lower
-/// bound on what building it allocates), so the model built from the spec
-/// is no larger than the file.
+/// the net's [`checkpoint_layout`] holds (its spec-fixed shapes, e.g.
+/// SASRec's position table and blocks `0..layers`), and the file holds at
+/// least as many values as the model's largest parameters (a lower bound on
+/// what building it allocates), so the model built from the spec is no
+/// larger than the file. The net says what it holds; nothing here matches
+/// on its kind.
 fn check_shapes(
     spec: &StudentSpec,
     tensors: &BTreeMap<String, Tensor>,
@@ -283,39 +277,33 @@ fn check_shapes(
             None => bail!("{}: tensor '{name}' is missing", weights.display()),
         }
     };
-    let (n, h, l) = (spec.num_items, spec.hidden, spec.max_len);
+    let (n, h) = (spec.num_items, spec.hidden);
     expect(
         distillrec_models::student::ITEM_TABLE,
         vec![n + 1, h],
         "spec.num_items + 1 and spec.hidden",
     )?;
-    // Values the model allocates at least, beyond the item table.
-    let at_least = match spec.kind {
-        StudentKind::Sasrec => {
-            expect("pos_emb", vec![l, h], "spec.max_len and spec.hidden")?;
-            let mut blocks: Vec<usize> = tensors
-                .keys()
-                .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse().ok())
-                .collect();
-            blocks.sort_unstable();
-            blocks.dedup();
-            if blocks != (0..spec.layers).collect::<Vec<_>>() {
-                bail!(
-                    "{}: the file holds {} SASRec blocks, but the manifest's spec.layers is {}",
-                    weights.display(),
-                    blocks.len(),
-                    spec.layers
-                );
-            }
-            // Each block: q, k, v, o and two feed-forward matrices of h x h.
-            l * h + spec.layers * 6 * h * h
+    let layout = checkpoint_layout(spec);
+    for (name, shape, keys) in layout.exact {
+        expect(name, shape, keys)?;
+    }
+    if let Some((prefix, count, key)) = layout.blocks {
+        let mut blocks: Vec<usize> = tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        if blocks != (0..count).collect::<Vec<_>>() {
+            bail!(
+                "{}: the file holds {} {} blocks, but the manifest's {key} is {count}",
+                weights.display(),
+                blocks.len(),
+                spec.kind
+            );
         }
-        StudentKind::Gru4rec => 6 * h * h,
-        StudentKind::Caser => {
-            expect("conv_v.weight", vec![l, 1], "spec.max_len")?;
-            l + h * h
-        }
-    };
+    }
+    let at_least = layout.at_least;
     let held: usize = tensors.values().map(|t| t.elem_count()).sum();
     if (n + 1) * h + at_least > held {
         bail!(
@@ -434,7 +422,7 @@ mod tests {
             ("spec.num_items", 9.into(), "tensor 'item_emb' has shape [8, 8], but the manifest's spec.num_items + 1 and spec.hidden give [10, 8]"),
             ("spec.hidden", 16.into(), "tensor 'item_emb' has shape [8, 8]"),
             ("spec.max_len", 6.into(), "tensor 'pos_emb' has shape [5, 8]"),
-            ("spec.layers", 3.into(), "the file holds 2 SASRec blocks, but the manifest's spec.layers is 3"),
+            ("spec.layers", 3.into(), "the file holds 2 sasrec blocks, but the manifest's spec.layers is 3"),
             ("version", 2.into(), "manifest version 2 is not supported"),
             ("weights", "../../etc/passwd".into(), "key `weights`: '../../etc/passwd' is not a plain file name"),
             ("weights", "/etc/passwd".into(), "key `weights`: '/etc/passwd' is not a plain file name"),

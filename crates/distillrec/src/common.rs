@@ -90,15 +90,9 @@ pub fn print_metrics(model: &str, m: &Metrics, ks: &[usize]) {
 /// The teacher's figures that the ranking summary leaves out: sampled
 /// HR@1 over the LLaRA candidates and the generative protocol.
 pub fn print_teacher_extras(m: &Metrics) {
-    let keys = [
-        "sampled_hr@1",
-        "valid_ratio",
-        "gen_hr@1",
-        "gen_hr@1_of_valid",
-    ];
-    let parts: Vec<String> = keys
+    let parts: Vec<String> = distillrec_pipeline::teacher_metric_keys::summary()
         .iter()
-        .filter_map(|k| m.test.get(*k).map(|v| format!("{k} {v:.4}")))
+        .filter_map(|k| m.test.get(k).map(|v| format!("{k} {v:.4}")))
         .collect();
     if !parts.is_empty() {
         println!("test: {}", parts.join("  "));

@@ -481,6 +481,35 @@ fn corpus() -> Vec<Case> {
             ],
             "--out lies inside the input",
         ),
+        // issue 28 §4: [distill] is checked with the config, before any data or cache loads
+        c(
+            "clear",
+            "GENERATED:empty-distill-k",
+            &[
+                "distill",
+                "--set",
+                "distill.k=0",
+                "--teacher-cache",
+                "{tmp}/no-cache",
+                "--out",
+                "{tmp}/run",
+            ],
+            "config key `distill.k`: must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-distill-tau",
+            &[
+                "distill",
+                "--set",
+                "distill.tau=0.0",
+                "--teacher-cache",
+                "{tmp}/no-cache",
+                "--out",
+                "{tmp}/run",
+            ],
+            "config key `distill.tau`: 0: must be a finite number > 0",
+        ),
     ]
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-use distillrec_cache::TeacherCache;
+use distillrec_cache::{CacheSource, TeacherCache};
 use distillrec_config::Config;
 use distillrec_distill::{DistillObjective, TeacherRows};
 use distillrec_models::device::spec_of;
@@ -142,11 +142,8 @@ pub fn distill(
 /// Wall seconds of the run that trained the teacher behind a cache, when the
 /// cache came from a checkpoint (`teacher:<run>/checkpoints/<file>` or
 /// `student:...`) whose run directory still holds its `run.json`.
-fn teacher_train_secs(source: &str) -> Option<f64> {
-    let ckpt = source
-        .strip_prefix("teacher:")
-        .or_else(|| source.strip_prefix("student:"))?;
-    let run_dir = Path::new(ckpt).parent()?.parent()?;
+fn teacher_train_secs(source: &CacheSource) -> Option<f64> {
+    let run_dir = source.checkpoint()?.parent()?.parent()?;
     let text = distillrec_data::fsutil::read_text_limited(
         &run_dir.join("run.json"),
         distillrec_data::fsutil::MAX_SMALL_FILE_BYTES,

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 
-use distillrec_cache::TeacherCache;
+use distillrec_cache::{CacheSource, TeacherCache};
 use distillrec_config::Config;
 use distillrec_data::outguard::DirOutput;
 use distillrec_data::SplitName;
@@ -363,7 +363,7 @@ pub fn teacher_infer(
     let opts = InferOptions {
         k,
         mask_history: cfg.teacher.mask_history,
-        source: format!("teacher:{}", absolute(&req.job.checkpoint).display()),
+        source: CacheSource::Teacher(absolute(&req.job.checkpoint)),
         progress: true,
     };
     let (mut cache, rps) = cache_from_teacher(

@@ -7,7 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-use distillrec_cache::{read_selection_rows, selection_meta_path, write_selection, TeacherCache};
+use distillrec_cache::{
+    read_selection_rows, selection_meta_path, write_selection, DatasetRef, SelectionMeta,
+    TeacherCache,
+};
 use distillrec_config::Config;
 use distillrec_data::outguard::check_file_output;
 use distillrec_models::Student;
@@ -168,21 +171,24 @@ pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<Sele
         .iter()
         .map(|&(i, s)| (data.ds.train[pool[i]].key.clone(), s))
         .collect();
-    let meta = serde_json::json!({
-        "policy": policy.name(),
-        "budget": req.budget,
-        "threshold": req.threshold,
-        "seed": cfg.seed,
-        "pool": pool.len(),
-        "train_rows": data.ds.train.len(),
-        "objective": cfg.student.objective,
-        "max_len": cfg.student.max_len,
-        "selected": keys.len(),
-        "fraction": keys.len() as f64 / pool.len().max(1) as f64,
-        "dataset": {"name": data.ds.name, "fingerprint": data.reference.fingerprint},
-        "student": req.student.as_ref().map(|p| p.display().to_string()),
-        "wall_secs": t0.elapsed().as_secs_f64(),
-    });
+    let meta = SelectionMeta {
+        policy: Some(policy.name().into()),
+        budget: serde_json::to_value(req.budget)?,
+        threshold: req.threshold,
+        seed: cfg.seed,
+        pool: pool.len(),
+        train_rows: data.ds.train.len(),
+        objective: cfg.student.objective.name().into(),
+        max_len: cfg.student.max_len,
+        selected: Some(keys.len()),
+        fraction: keys.len() as f64 / pool.len().max(1) as f64,
+        dataset: Some(DatasetRef {
+            dir: None,
+            ..data.reference.clone()
+        }),
+        student: req.student.as_ref().map(|p| p.display().to_string()),
+        wall_secs: t0.elapsed().as_secs_f64(),
+    };
     write_selection(&req.out, &keys, &meta)?;
     Ok(SelectOutcome {
         selected: keys.len(),

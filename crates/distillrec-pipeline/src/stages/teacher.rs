@@ -10,7 +10,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use distillrec_cache::{
-    from_files, selection_meta_path, FromFiles, RowKeys, ShardSpec, TeacherCache,
+    from_files, selection_meta_path, CacheSource, FromFiles, RowKeys, ShardSpec, TeacherCache,
 };
 use distillrec_config::Config;
 use distillrec_data::fsutil::atomic_write_json;
@@ -120,7 +120,7 @@ pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Re
         k: req.k.unwrap_or(cfg.teacher.top_k),
         mask_history: cfg.teacher.mask_history,
         batch_size: BATCH,
-        source: format!("student:{}", absolute(&req.checkpoint).display()),
+        source: CacheSource::Student(absolute(&req.checkpoint)),
         progress: true,
     };
     let mut cache = cache_from_student(
