@@ -34,9 +34,9 @@
 //!   teacher trains on either and the two can be compared.
 //! - [`blas`] — an optional system OpenBLAS found at run time for the tape's
 //!   large products (gemm otherwise).
-//! - [`steps`] — the causal-LM and ranking training steps and batched
-//!   top-K scoring on the tape.
-//! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
+//! - [`mod@bench`] — what `distillrec bench llm` times on the backbone
+//!   alone: prefill and the plain causal-LM adapter step on the tape (the
+//!   teacher's steps are timed by `distillrec_teacher::bench`).
 
 pub mod bench;
 pub mod blas;
@@ -55,7 +55,6 @@ pub mod ops;
 pub mod parmatmul;
 pub mod pass;
 pub mod source;
-pub mod steps;
 pub mod tape;
 pub mod tokenizer;
 pub mod weights;

@@ -15,8 +15,10 @@
 //! - [`train`] — the loop (warm-up + cosine, accumulation, early stopping,
 //!   exact resume);
 //! - [`evaluate`] — ranking and generative protocols;
-//! - [`infer`] — the teacher cache.
+//! - [`infer`] — the teacher cache;
+//! - [`mod@bench`] — what `distillrec bench llm --step teacher | infer` times.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod evaluate;
 pub mod infer;
