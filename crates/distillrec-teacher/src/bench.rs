@@ -460,7 +460,7 @@ fn teacher_config(s: &BenchSpec) -> TeacherConfig {
 
 /// Seeded random title embeddings `[n + 1, h]` (row 0 zeros).
 fn random_titles(n: usize, h: usize, seed: u64) -> Result<Tensor> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7171_7e5);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0717_17e5);
     let mut v: Vec<f32> = (0..(n + 1) * h)
         .map(|_| rng.gen_range(-0.05f32..0.05))
         .collect();
