@@ -433,6 +433,8 @@ class TeacherStep:
                 if tok in stop:
                     break
                 toks.append(tok)
+                if len(toks) == MAX_NEW_TOKENS:
+                    break
                 e = self.model.embed[tok][None, None]
                 hid = self.model(e, None, torch.tensor([[n + len(toks) - 1]]), cache)
             out.append(toks)

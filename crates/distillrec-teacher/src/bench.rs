@@ -336,14 +336,15 @@ impl Bench {
     }
 }
 
-/// Token ids whose text holds a newline (greedy answers stop there),
-/// comma-separated; empty when the tokenizer cannot say.
+/// Token ids whose text holds a newline (a greedy answer stops after
+/// one: `Teacher::answer` stops at "\n"), comma-separated.
 fn newline_ids(t: &Teacher) -> String {
-    t.llm
-        .tokenizer
-        .encode("\n", false)
-        .map(|v| v.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
-        .unwrap_or_default()
+    let tok = &t.llm.tokenizer;
+    (0..tok.vocab_size() as u32)
+        .filter(|&id| tok.decode(&[id], false).is_ok_and(|s| s.contains('\n')))
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Writes `tensors` with `meta` as one safetensors file, atomically.
