@@ -1,64 +1,62 @@
 #!/usr/bin/env python3
-"""PyTorch reference for `distillrec bench llm`: the three LLM-teacher steps.
-
-One `--step` per process, so that the peak memory is the step's own:
-
-  lm       causal-LM step: LM-head logits for positions 0..T-2, mean next-token
-           cross-entropy over the positions whose next token is real (mask 1;
-           this includes the last padded position, whose next token is the
-           row's first real one), backward, AdamW over the adapters (for moe
-           with Wg), zero_grad.
-  teacher  ranking step: forward through the base transformer with the
-           adapters (and, for moe, the gate), h = final-norm hidden state at
-           position T-1, scores = (h @ M) @ I.T over `--items` items, mean
-           cross-entropy against item (r*611 + 7) % items of row r, backward,
-           AdamW over the adapters' A/B, Wg (moe) and M, zero_grad.
-  infer    the teacher forward under no_grad in eval mode (adapters unmerged),
-           scores over the item table, top `--topk`.
-
-The LM-head logits are never computed in `teacher` and `infer`.
-
-Inputs: row r, position j has id ((r*T + j) * 997 + 13) % vocab; the first
-(r*5) % 17 positions of row r are left padding (id 0, mask 0), none for batch 1.
-position_ids = (mask.cumsum(-1) - 1).clamp(min=0), so rotary positions start at
-0 on each row's first real token.
-
-Adapters, on every decoder layer's `--targets` (base weights frozen):
-  lora  PEFT LoRA, rank r, scale alpha/r (alpha 2r by default), dropout 0.
-  moe   MoE-LoRA (iLoRA): E experts share the rank, r/E each; A_cat [r, in]
-        Kaiming-uniform (a=sqrt(5)), B_cat [out, r] zero, scale alpha/(r/E)
-        (alpha 32 by default);
-          y = base(x) + scale * ((x @ A_cat.T) * g.repeat_interleave(r/E)) @ B_cat.T
-        = base(x) + scale * sum_e g[b,e] B_e A_e x, with the per-row gate
-        g = softmax(z @ Wg), z [B, 64] fixed randn, Wg [64, E] trainable
-        (randn * 0.02). The gate is recomputed at every step.
-The lora adapter has no gate. Ranking head: I [items, H] fixed randn * 0.02,
-M [H, H] trainable, identity at start.
-
-Defaults: lm: batch 1, lora, 3 repeats; teacher: batch 8, moe with 4 experts,
-3 repeats; infer: as teacher with 5 repeats. Experts default to 1 for lora (and
-for moe in the lm step); rank 8, tokens 128, targets q,v, 2 threads.
-
+"""PyTorch reference for `distillrec bench llm`, one `--step` per process
+(so that the peak memory is the step's own):
+  lm       the plain LoRA causal-LM step against PEFT: LM-head logits for
+           positions 0..T-2, mean next-token cross-entropy over the positions
+           whose next token is real, backward, AdamW over the adapters,
+           zero_grad. Inputs: row r, position j has id ((r*T + j) * 997 + 13)
+           % vocab; the first (r*5) % 17 positions of row r are left padding
+           (none for batch 1). Loaded with transformers, adapters by PEFT
+           (rank r, scale alpha/r, alpha 2r by default, dropout 0).
+  teacher  the distillrec teacher's training micro-step and AdamW update, on
+           the inputs and initial weights `distillrec bench llm --step teacher
+           --dump FILE` wrote (so both compute the same step):
+             gate g = softmax(W2 gelu(W0 z + b0) + b2) on the frozen student's
+               sequence representation z [B, d] (hidden teacher.gate_hidden);
+             projector P(e) = V2 gelu(V0 e + c0) + c2 (student dim -> LLM
+               hidden), its outputs replacing the embeddings at the
+               placeholder positions;
+             MoE-LoRA on every layer's targets: E experts share the rank r,
+               y = base(x) + alpha/(r/E) * ((x A.T) * g.repeat_interleave(r/E)) B.T;
+             ranking: the final-norm hidden state h of the last position,
+               item table T M + P(e_all) (T frozen title embeddings, M
+               trained), scores = exp(log_scale) * cos(h, table), column 0
+               (padding) -1e9, mean cross-entropy against the target item;
+             generative: mean cross-entropy of the answer tokens (causal LM,
+               tied LM head);
+           backward, AdamW (lr 1e-4, weight decay 0.01) over A, B and every
+           network parameter, zero_grad.
+  infer    the teacher's inference on the dump of `--step infer`: ranking:
+           the table, scores of each row's last position, top `--topk`;
+           generative: greedy decoding of each row's prompt with a KV cache,
+           at most 64 new tokens, stopping at a newline or end-of-sequence.
+The teacher steps build the Llama decoder themselves from the GGUF (weights
+dequantized with the `gguf` package, rotary embedding on adjacent pairs as
+the GGUF layout stores q/k, grouped-query attention, RMSNorm, SwiGLU), in
+float32; position ids start at 0 on each row's first real token.
+`--check` prints the losses of the first two training steps next to
+distillrec's (the dump's `first_loss`, `second_loss`; the second comes after
+one AdamW update, when the adapters' B is no longer zero and the gate
+matters) and fails beyond 1e-3 relative.
 Each step is warmed up once; the median of `--repeats` timed runs is reported.
-A timed run covers the gate, the forward (use_cache=False, transformers'
-default attention) and, for lm and teacher, loss, backward, AdamW step and
-zero_grad; the inputs are built once, outside.
 Output is one line on stdout (everything else goes to stderr):
-
   RESULT impl=pytorch step=... batch=B tokens=T adapter=... experts=E rank=r
          targets=q,v threads=N step_ms=... tok_s=... rows_s=... peak_mb=...
+         [objective=... items=N prompt_tokens=...]
+tok_s = B * (mean real tokens per row) / step time (lm: B*T, padding
+included); rows_s = B / step time; peak_mb is ru_maxrss (MiB).
 
-tok_s = B*T / step time and counts padded positions too; rows_s = B / step
-time; peak_mb is ru_maxrss (MiB), so it includes loading the model.
-
+    distillrec bench llm --model M.gguf --step teacher --dump /tmp/t.st
     /work/torchenv/bin/python scripts/bench_llm_torch.py \
-        --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf --step teacher
+        --gguf M.gguf --step teacher --dump /tmp/t.st --check
 """
 import argparse
+import json
 import math
 import os
 import resource
 import statistics
+import struct
 import sys
 import time
 
@@ -67,25 +65,21 @@ from torch import nn
 from torch.nn import functional as F
 
 STEPS = ("lm", "teacher", "infer")
-ADAPTERS = ("lora", "moe")
-# Short target name -> (decoder-layer submodule, projection name).
+
+# Short target name -> (decoder-layer submodule, projection name) in
+# transformers, and the GGUF tensor of the projection.
 TARGETS = {
-    "q": ("self_attn", "q_proj"),
-    "k": ("self_attn", "k_proj"),
-    "v": ("self_attn", "v_proj"),
-    "o": ("self_attn", "o_proj"),
-    "gate": ("mlp", "gate_proj"),
-    "up": ("mlp", "up_proj"),
-    "down": ("mlp", "down_proj"),
+    "q": ("self_attn", "q_proj", "attn_q"),
+    "k": ("self_attn", "k_proj", "attn_k"),
+    "v": ("self_attn", "v_proj", "attn_v"),
+    "o": ("self_attn", "o_proj", "attn_output"),
+    "gate": ("mlp", "gate_proj", "ffn_gate"),
+    "up": ("mlp", "up_proj", "ffn_up"),
+    "down": ("mlp", "down_proj", "ffn_down"),
 }
-# Per-step defaults for the options whose default depends on the step.
-STEP_DEFAULTS = {
-    "lm": dict(batch=1, adapter="lora", experts=1, repeats=3),
-    "teacher": dict(batch=8, adapter="moe", experts=4, repeats=3),
-    "infer": dict(batch=8, adapter="moe", experts=4, repeats=5),
-}
-GATE_DIM = 64
+
 LR = 1e-4
+MAX_NEW_TOKENS = 64
 
 
 def log(*args):
@@ -99,44 +93,45 @@ def parse_args(argv=None):
     )
     ap.add_argument("--gguf", required=True, help="path of the GGUF model")
     ap.add_argument("--step", choices=STEPS, required=True)
-    ap.add_argument("--adapter", choices=ADAPTERS, help="lm: lora, else moe")
-    ap.add_argument("--experts", type=int, help="lm or lora: 1, else 4")
-    ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--alpha", type=float, help="lora: 2*rank, moe: 32")
-    ap.add_argument("--targets", default="q,v", help="comma list of " + ",".join(TARGETS))
-    ap.add_argument("--batch", type=int, help="lm: 1, else 8")
+    ap.add_argument("--dump", help="teacher, infer: the file `distillrec bench llm --dump` wrote")
+    ap.add_argument("--check", action="store_true", help="teacher: compare the first loss with distillrec's")
+    ap.add_argument("--rank", type=int, default=8, help="lm")
+    ap.add_argument("--alpha", type=float, help="lm: 2*rank")
+    ap.add_argument("--targets", default="q,v", help="lm: comma list of " + ",".join(TARGETS))
+    ap.add_argument("--batch", type=int, help="lm: 1 (teacher, infer: the dump's)")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, help="lm, teacher: 3; infer: 5")
-    ap.add_argument("--items", type=int, default=5000)
-    ap.add_argument("--topk", type=int, default=20)
+    # accepted so that the same extra arguments go to both implementations
+    ap.add_argument("--adapter", choices=("lora", "moe"), help="lm: lora only")
+    ap.add_argument("--experts", type=int, help="ignored (the dump's)")
+    ap.add_argument("--items", type=int, help="ignored (the dump's)")
+    ap.add_argument("--topk", type=int, default=20, help="infer (ranking)")
+    ap.add_argument("--objective", help="ignored (the dump's)")
     a = ap.parse_args(argv)
-    if a.adapter == "lora" and a.experts is None:
-        a.experts = 1  # not the step's 4
-    for key, value in STEP_DEFAULTS[a.step].items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    if a.alpha is None:
-        a.alpha = 2.0 * a.rank if a.adapter == "lora" else 32.0
-    a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
-    unknown = [t for t in a.targets if t not in TARGETS]
-    if unknown or not a.targets:
-        ap.error(f"--targets: unknown {unknown}, expected a comma list of {','.join(TARGETS)}")
-    for key in ("batch", "tokens", "threads", "repeats", "items", "topk", "rank", "experts"):
+    if a.repeats is None:
+        a.repeats = 5 if a.step == "infer" else 3
+    if a.step == "lm":
+        if a.adapter == "moe":
+            ap.error("--step lm compares plain LoRA with PEFT; the MoE-LoRA is in --step teacher")
+        a.batch = a.batch or 1
+        a.alpha = a.alpha if a.alpha is not None else 2.0 * a.rank
+        a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+        unknown = [t for t in a.targets if t not in TARGETS]
+        if unknown or not a.targets:
+            ap.error(f"--targets: unknown {unknown}, expected a comma list of {','.join(TARGETS)}")
+        max_pad = max(pad_of(r) for r in range(a.batch))
+        if a.tokens < max_pad + 2:
+            ap.error(f"--tokens must be at least {max_pad + 2} for batch {a.batch} (left padding)")
+    elif not a.dump:
+        ap.error(f"--step {a.step} needs --dump FILE from `distillrec bench llm --step {a.step} --dump FILE`")
+    for key in ("tokens", "threads", "repeats", "topk", "rank"):
         if getattr(a, key) < 1:
             ap.error(f"--{key} must be at least 1")
-    if a.adapter == "lora" and a.experts != 1:
-        ap.error("--adapter lora has one expert (--experts 1); use --adapter moe")
-    if a.rank % a.experts:
-        ap.error(f"--experts {a.experts} does not divide --rank {a.rank}")
-    if a.topk > a.items:
-        ap.error("--topk must not exceed --items")
-    # Every row needs a real last position and, for lm, a real next token.
-    max_pad = max(pad_of(r) for r in range(a.batch))
-    if a.tokens < max_pad + 2:
-        ap.error(f"--tokens must be at least {max_pad + 2} for batch {a.batch} (left padding)")
     return a
 
+
+# ---------------------------------------------------------------- lm (PEFT)
 
 def pad_of(row):
     return (row * 5) % 17
@@ -154,157 +149,344 @@ def make_inputs(batch, tokens, vocab):
     return ids, mask, pos
 
 
-class MoeLoraLinear(nn.Module):
-    """A frozen nn.Linear plus E gated LoRA experts of rank r/E each."""
-
-    def __init__(self, base, rank, experts, alpha):
-        super().__init__()
-        self.base = base
-        self.per_expert = rank // experts
-        self.scale = alpha / self.per_expert
-        self.a = nn.Parameter(torch.empty(rank, base.in_features))
-        nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
-        self.b = nn.Parameter(torch.zeros(base.out_features, rank))
-        self.gate = None  # [B, E], set before each forward
-
-    def forward(self, x):
-        g = self.gate.repeat_interleave(self.per_expert, dim=1)[:, None, :]
-        return self.base(x) + self.scale * (((x @ self.a.t()) * g) @ self.b.t())
-
-
-class Gate(nn.Module):
-    """Per-row expert weights g = softmax(z @ Wg) for a fixed z [B, 64]."""
-
-    def __init__(self, batch, experts):
-        super().__init__()
-        self.register_buffer("z", torch.randn(batch, GATE_DIM))
-        self.w = nn.Parameter(torch.randn(GATE_DIM, experts) * 0.02)
-
-    def forward(self):
-        return F.softmax(self.z @ self.w, dim=-1)
-
-
-class RankingHead(nn.Module):
-    """scores = (h @ M) @ I.T with a fixed item table I and M = identity at start."""
-
-    def __init__(self, items, hidden):
-        super().__init__()
-        self.register_buffer("items", torch.randn(items, hidden) * 0.02)
-        self.m = nn.Parameter(torch.eye(hidden))
-
-    def forward(self, h):
-        return (h @ self.m) @ self.items.t()
-
-
-def load_model(path):
+def build_lm_step(a):
+    """The plain LoRA causal-LM step on transformers + PEFT."""
     from transformers import AutoModelForCausalLM
+    from peft import LoraConfig, get_peft_model
 
-    d, name = os.path.split(os.path.abspath(path))
+    d, name = os.path.split(os.path.abspath(a.gguf))
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
-
-
-def add_adapters(model, a):
-    """Wraps the targets in place; returns the MoE modules (empty for lora)."""
-    if a.adapter == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        cfg = LoraConfig(
-            r=a.rank,
-            lora_alpha=a.alpha,
-            target_modules=[TARGETS[t][1] for t in a.targets],
-            lora_dropout=0.0,
-            bias="none",
-        )
-        get_peft_model(model, cfg)  # injects into `model` in place
-        return []
-    moes = []
-    for layer in model.model.layers:
-        for t in a.targets:
-            parent_name, proj = TARGETS[t]
-            parent = getattr(layer, parent_name)
-            m = MoeLoraLinear(getattr(parent, proj), a.rank, a.experts, a.alpha)
-            setattr(parent, proj, m)
-            moes.append(m)
-    return moes
-
-
-def build_step(a, lr=LR):
-    """Loads the model and returns step(), which runs one timed step and
-    returns the loss (lm, teacher) or the top-k item indices (infer)."""
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    model = load_model(a.gguf)
-    cfg = model.config
-    ids, mask, pos = make_inputs(a.batch, a.tokens, cfg.vocab_size)
-    moes = add_adapters(model, a)
-    gate = Gate(a.batch, a.experts) if a.adapter == "moe" else None
-    head = RankingHead(a.items, cfg.hidden_size) if a.step != "lm" else None
-    log(
-        f"# {a.step}: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-        f"vocab {cfg.vocab_size}; adapter {a.adapter} E={a.experts} r={a.rank} "
-        f"alpha={a.alpha:g} on {','.join(a.targets)}; left pads {(1 - mask).sum(-1).tolist()}"
-    )
-
-    def set_gate():
-        if gate is not None:
-            g = gate()
-            for m in moes:
-                m.gate = g
-
-    def last_hidden():
-        set_gate()
-        out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-        return out.last_hidden_state
-
+    cfg = LoraConfig(r=a.rank, lora_alpha=a.alpha, lora_dropout=0.0, bias="none",
+                     target_modules=[TARGETS[t][1] for t in a.targets])
+    get_peft_model(model, cfg)  # injects into `model` in place
+    ids, mask, pos = make_inputs(a.batch, a.tokens, model.config.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    for extra in (gate, head):
-        if extra is not None:
-            params += list(extra.parameters())
-    log(f"# trainable parameters: {sum(p.numel() for p in params)}")
-
-    if a.step == "infer":
-        model.eval()
-
-        def step():
-            with torch.no_grad():
-                scores = head(last_hidden()[:, -1])
-                return torch.topk(scores, a.topk).indices
-
-        return step
-
     model.train()
-    opt = torch.optim.AdamW(params, lr=lr)
-    if a.step == "lm":
-        target = ids[:, 1:]
-        keep = mask[:, 1:].bool()
-
-        def loss_fn():
-            logits = model.lm_head(last_hidden()[:, :-1])
-            return F.cross_entropy(logits[keep], target[keep])
-
-    else:
-        rows = torch.arange(a.batch)
-        target = (rows * 611 + 7) % a.items
-
-        def loss_fn():
-            return F.cross_entropy(head(last_hidden()[:, -1]), target)
+    opt = torch.optim.AdamW(params, lr=LR)
+    target, keep = ids[:, 1:], mask[:, 1:].bool()
 
     def step():
-        loss = loss_fn()
+        h = model.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                        use_cache=False).last_hidden_state
+        loss = F.cross_entropy(model.lm_head(h[:, :-1])[keep], target[keep])
         loss.backward()
         opt.step()
         opt.zero_grad()
         return loss.detach()
 
-    return step
+    return step, a.batch * a.tokens
+
+
+# ------------------------------------------------------- the teacher's step
+
+def read_dump(path):
+    """The tensors and metadata of a safetensors file (no extra package)."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    dtypes = {"F32": torch.float32, "I64": torch.int64}
+    out = {}
+    for k, v in header.items():
+        s, e = v["data_offsets"]
+        if s == e:
+            out[k] = torch.zeros(v["shape"], dtype=dtypes[v["dtype"]])
+            continue
+        buf = bytearray(raw[8 + n + s:8 + n + e])
+        out[k] = torch.frombuffer(buf, dtype=dtypes[v["dtype"]]).reshape(v["shape"]).clone()
+    return out, meta
+
+
+def gguf_weights(path):
+    """Every tensor of the GGUF file dequantized to float32, by name."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    def field(k):
+        f = r.fields[k]
+        return f.parts[f.data[0]][0]
+    cfg = dict(
+        layers=int(field("llama.block_count")),
+        heads=int(field("llama.attention.head_count")),
+        kv_heads=int(field("llama.attention.head_count_kv")),
+        theta=float(field("llama.rope.freq_base")),
+        eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+    )
+    w = {}
+    for t in r.tensors:
+        shape = [int(x) for x in reversed(t.shape)]
+        x = gguf.quants.dequantize(t.data, t.tensor_type)
+        w[t.name] = torch.from_numpy(x.astype("float32").reshape(shape).copy())
+    return w, cfg
+
+
+class Adapted(nn.Module):
+    """A frozen linear layer with the teacher's MoE-LoRA (A [r, in], B [out, r])."""
+
+    def __init__(self, weight, a, b, experts, alpha):
+        super().__init__()
+        self.register_buffer("w", weight)
+        self.a, self.b = nn.Parameter(a), nn.Parameter(b)
+        self.per_expert = a.shape[0] // experts
+        self.scale = alpha / self.per_expert
+        self.gate = None  # [B, E] (None: one expert), set before each forward
+
+    def forward(self, x):
+        u = x @ self.a.t()
+        if self.gate is not None:
+            u = u * self.gate.repeat_interleave(self.per_expert, dim=1)[:, None, :]
+        return x @ self.w.t() + self.scale * (u @ self.b.t())
+
+
+class Frozen(nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.register_buffer("w", weight)
+
+    def forward(self, x):
+        return x @ self.w.t()
+
+
+def rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rope(x, pos, theta):
+    """Rotary embedding on adjacent pairs (the GGUF layout of q and k)."""
+    d = x.shape[-1]
+    inv = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    ang = pos[..., None].float() * inv  # [B, T, d/2]
+    cos, sin = ang.cos()[:, None], ang.sin()[:, None]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2)
+
+
+class Llama(nn.Module):
+    """The decoder of a GGUF Llama with the teacher's adapters on `targets`."""
+
+    def __init__(self, w, cfg, params, meta):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = w["token_embd.weight"]
+        self.head = w.get("output.weight", self.embed)
+        self.norm = w["output_norm.weight"]
+        experts, alpha = int(meta["experts"]), float(meta["alpha"])
+        targets = meta["targets"].split(",")
+        self.adapted = []
+        self.layers = []
+        for i in range(cfg["layers"]):
+            layer = {"attn_norm": w[f"blk.{i}.attn_norm.weight"], "ffn_norm": w[f"blk.{i}.ffn_norm.weight"]}
+            for short, (_, _, g) in TARGETS.items():
+                weight = w[f"blk.{i}.{g}.weight"]
+                if short in targets:
+                    m = Adapted(weight, params[f"adapter.{i}.{short}.lora_A"],
+                                params[f"adapter.{i}.{short}.lora_B"], experts, alpha)
+                    self.adapted.append(m)
+                else:
+                    m = Frozen(weight)
+                layer[short] = m
+            self.layers.append(layer)
+        self.adapter_params = nn.ParameterList([p for m in self.adapted for p in (m.a, m.b)])
+
+    def set_gate(self, g):
+        for m in self.adapted:
+            m.gate = g
+
+    def forward(self, x, mask, pos, cache=None):
+        """Final-norm hidden states of input embeddings x [B, T, H]; with
+        `cache` (a list, one (k, v) per layer, filled in place) x continues it."""
+        c = self.cfg
+        b, t, h = x.shape
+        nh, nkv = c["heads"], c["kv_heads"]
+        hd = h // nh
+        if cache is None or not cache:
+            causal = torch.ones(t, t, dtype=torch.bool).tril()
+            allow = causal[None] & mask.bool()[:, None, :]
+            allow = allow | torch.eye(t, dtype=torch.bool)[None]  # pads see themselves
+            allow = allow[:, None]
+        else:
+            allow = None  # one new token attends to everything cached
+        for i, L in enumerate(self.layers):
+            y = rms(x, L["attn_norm"], c["eps"])
+            q = rope(L["q"](y).view(b, t, nh, hd).transpose(1, 2), pos, c["theta"])
+            k = rope(L["k"](y).view(b, t, nkv, hd).transpose(1, 2), pos, c["theta"])
+            v = L["v"](y).view(b, t, nkv, hd).transpose(1, 2)
+            if cache is not None:
+                if len(cache) > i:
+                    k = torch.cat((cache[i][0], k), 2)
+                    v = torch.cat((cache[i][1], v), 2)
+                    cache[i] = (k, v)
+                else:
+                    cache.append((k, v))
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow)
+            x = x + L["o"](o.transpose(1, 2).reshape(b, t, h))
+            y = rms(x, L["ffn_norm"], c["eps"])
+            x = x + L["down"](F.silu(L["gate"](y)) * L["up"](y))
+        return rms(x, self.norm, c["eps"])
+
+
+def mlp(x, p, name):
+    y = F.gelu(x @ p[f"{name}.0.weight"] + p[f"{name}.0.bias"])
+    return y @ p[f"{name}.2.weight"] + p[f"{name}.2.bias"]
+
+
+def unit(x):
+    return x / (x.pow(2).sum(1, keepdim=True) + 1e-12).sqrt()
+
+
+class TeacherStep:
+    """The teacher's computation on a dump: loss or inference."""
+
+    def __init__(self, a):
+        d, self.meta = read_dump(a.dump)
+        self.d = d
+        w, cfg = gguf_weights(a.gguf)
+        self.params = {k[len("param."):]: v for k, v in d.items() if k.startswith("param.")}
+        self.nets = {k: nn.Parameter(v) for k, v in self.params.items() if not k.startswith("adapter.")}
+        self.model = Llama(w, cfg, self.params, self.meta)
+        self.objective = self.meta["objective"]
+        self.mask = d["attention_mask"]
+        self.pos = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.topk = a.topk
+        log(f"# {self.meta['step']} {self.objective}: {cfg['layers']} layers, B={self.mask.shape[0]} "
+            f"T={self.mask.shape[1]}, {d['titles'].shape[0] - 1} items, adapters on {self.meta['targets']} "
+            f"E={self.meta['experts']} r={self.meta['rank']} alpha={self.meta['alpha']}")
+
+    def gate(self, z):
+        if int(self.meta["experts"]) == 1:
+            return None
+        return F.softmax(mlp(z, self.nets, "gate"), -1)
+
+    def table(self, projected):
+        return self.d["titles"] @ self.nets["head.map"] + projected
+
+    def embeds(self, projected_of_slots):
+        d = self.d
+        x = F.embedding(d["input_ids"], self.model.embed)
+        b, t, h = x.shape
+        x = x.reshape(b * t, h).index_copy(0, d["slot_pos"], projected_of_slots)
+        return x.reshape(b, t, h)
+
+    def loss(self):
+        d, gen = self.d, self.objective == "generative"
+        self.model.set_gate(self.gate(d["student_rep"]))
+        if gen:
+            p_slots = mlp(d["student_items"][d["slot_item"]], self.nets, "projector")
+        else:
+            p_all = mlp(d["student_items"], self.nets, "projector")
+            p_slots = p_all[d["slot_item"]]
+        hid = self.model(self.embeds(p_slots), self.mask, self.pos)
+        if gen:
+            flat = hid.reshape(-1, hid.shape[-1])[d["answer_pos"]]
+            return F.cross_entropy(flat @ self.model.head.t(), d["answer_tok"])
+        scores = unit(hid[:, -1]) @ unit(self.table(p_all)).t() * self.nets["head.log_scale"].exp()
+        scores[:, 0] += -1e9
+        return F.cross_entropy(scores, d["targets"])
+
+    def trainer(self):
+        params = list(self.model.adapter_params) + list(self.nets.values())
+        opt = torch.optim.AdamW(params, lr=float(self.meta["lr"]),
+                                weight_decay=float(self.meta["weight_decay"]))
+
+        def step():
+            loss = self.loss()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss.detach()
+        return step
+
+    @torch.no_grad()
+    def rank(self):
+        d = self.d
+        self.model.set_gate(self.gate(d["student_rep"]))
+        table = self.table(mlp(d["student_items"], self.nets, "projector"))
+        p_slots = mlp(d["student_items"][d["slot_item"]], self.nets, "projector")
+        hid = self.model(self.embeds(p_slots), self.mask, self.pos)
+        scores = unit(hid[:, -1]) @ unit(table).t() * self.nets["head.log_scale"].exp()
+        scores[:, 0] += -1e9
+        return torch.topk(scores, self.topk).indices
+
+    @torch.no_grad()
+    def answers(self):
+        d = self.d
+        gates = self.gate(d["student_rep"])
+        p_slots = mlp(d["student_items"][d["slot_item"]], self.nets, "projector")
+        x_all = self.embeds(p_slots)
+        stop = {int(t) for t in self.meta.get("newline", "").split(",") if t}
+        if self.meta.get("eos"):
+            stop.add(int(self.meta["eos"]))
+        out = []
+        for r in range(x_all.shape[0]):
+            self.model.set_gate(None if gates is None else gates[r:r + 1])
+            keep = self.mask[r].bool()
+            x = x_all[r:r + 1, keep]
+            n = x.shape[1]
+            cache = []
+            hid = self.model(x, torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], cache)
+            toks = []
+            for _ in range(MAX_NEW_TOKENS):
+                tok = int((hid[0, -1] @ self.model.head.t()).argmax())
+                if tok in stop:
+                    break
+                toks.append(tok)
+                if len(toks) == MAX_NEW_TOKENS:
+                    break
+                e = self.model.embed[tok][None, None]
+                hid = self.model(e, None, torch.tensor([[n + len(toks) - 1]]), cache)
+            out.append(toks)
+        return out
+
+    def real_tokens(self):
+        return int(self.mask.sum())
+
+
+def check(ts, step):
+    """The first two training losses (the second after one AdamW update,
+    when B is no longer zero and the gate matters) against distillrec's."""
+    bad = []
+    for key in ("first_loss", "second_loss"):
+        mine = float(step())
+        theirs = float(ts.meta[key])
+        rel = abs(mine - theirs) / max(abs(theirs), 1e-12)
+        print(f"CHECK {key} pytorch={mine:.6f} distillrec={theirs:.6f} rel={rel:.2e}", flush=True)
+        if rel > 1e-3:
+            bad.append(key)
+    if bad:
+        sys.exit(f"{', '.join(bad)}: pytorch and distillrec differ by more than 1e-3 relative")
+
+
+def build_teacher_step(a):
+    ts = TeacherStep(a)
+    if ts.meta["step"] != a.step:
+        sys.exit(f"{a.dump} holds the inputs of --step {ts.meta['step']}, not {a.step}")
+    if a.step == "teacher":
+        step = ts.trainer()
+        if a.check:
+            check(ts, step)
+            ts = TeacherStep(a)  # the timed runs start from the dump's weights
+            step = ts.trainer()
+    elif ts.objective == "generative":
+        step = ts.answers
+    else:
+        step = ts.rank
+    return step, ts
 
 
 def main(argv=None):
     a = parse_args(argv)
-    step = build_step(a)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    ts = None
+    if a.step == "lm":
+        step, tokens = build_lm_step(a)
+    else:
+        step, ts = build_teacher_step(a)
+        a.batch = ts.mask.shape[0]
+        tokens = ts.real_tokens()
     out = step()  # warm-up
     if a.step != "infer":
         log(f"# warm-up loss {out.item():.4f}")
@@ -313,15 +495,21 @@ def main(argv=None):
         t = time.perf_counter()
         out = step()
         times.append(time.perf_counter() - t)
-    if a.step != "infer":
-        log(f"# last loss {out.item():.4f}")
     s = statistics.median(times)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    if ts is None:
+        cfg = f"adapter=lora experts=1 rank={a.rank} targets={','.join(a.targets)}"
+        extra = ""
+    else:
+        m = ts.meta
+        cfg = (f"adapter={'lora' if m['experts'] == '1' else 'moe'} experts={m['experts']} "
+               f"rank={m['rank']} targets={m['targets']}")
+        extra = (f" objective={ts.objective} items={ts.d['titles'].shape[0] - 1} "
+                 f"prompt_tokens={tokens / a.batch:.1f}")
     print(
-        f"RESULT impl=pytorch step={a.step} batch={a.batch} tokens={a.tokens} "
-        f"adapter={a.adapter} experts={a.experts} rank={a.rank} targets={','.join(a.targets)} "
-        f"threads={a.threads} step_ms={s * 1e3:.1f} tok_s={a.batch * a.tokens / s:.1f} "
-        f"rows_s={a.batch / s:.1f} peak_mb={peak_mb:.1f}",
+        f"RESULT impl=pytorch step={a.step} batch={a.batch} tokens={a.tokens} {cfg} "
+        f"threads={a.threads} step_ms={s * 1e3:.1f} tok_s={tokens / s:.1f} "
+        f"rows_s={a.batch / s:.1f} peak_mb={peak_mb:.1f}{extra}",
         flush=True,
     )
 

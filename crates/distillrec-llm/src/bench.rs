@@ -1,21 +1,19 @@
-//! The pieces `distillrec bench llm` times: a prefill pass, and the steps
-//! the teacher runs, as [`crate::steps`] runs them: the causal-LM adapter
-//! step, the ranking step (MoE-LoRA with a per-sample gate, ranking loss
-//! over an item table) and batched scoring with top-K.
-
-use candle_core::Tensor;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+//! The backbone steps `distillrec bench llm` times on its own: a prefill
+//! pass and the plain causal-LM adapter step ([`LmStep`], compared with
+//! PEFT). The teacher's steps (`--step teacher | infer`) are timed on the
+//! real teacher by `distillrec_teacher::bench`.
 
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{DType, Tensor};
 
 use crate::adapters::AdapterSet;
 use crate::error::{Error, Result};
 use crate::lora::AdapterCtx;
+use crate::loss::lm_head_loss;
 use crate::model::{Model, Target};
-use crate::steps::{score_top_k, Batch, Gate, LmStep, RankingHead, RankingStep};
+use crate::tape;
+use crate::AdamW;
 
 /// Deterministic benchmark token ids `(i * 997 + 13) mod vocab` (the PyTorch
 /// script uses the same formula).
@@ -45,43 +43,6 @@ pub fn lm_loss(model: &Model, ids: &[u32], ctx: &AdapterCtx) -> Result<Tensor> {
     Ok(crate::ops::cross_entropy(&logits, &ids[1..])?)
 }
 
-/// A model with plain LoRA on some targets and an AdamW optimiser over the adapters.
-pub struct LoraTrainer {
-    opt: AdamW,
-}
-
-impl LoraTrainer {
-    /// Attaches LoRA (`rank`, `alpha`) to `targets` of every layer of `model`.
-    pub fn new(
-        model: &mut Model,
-        targets: &[Target],
-        rank: usize,
-        alpha: f64,
-        lr: f64,
-    ) -> Result<LoraTrainer> {
-        let vars = model.add_lora(targets, rank, alpha, 0)?;
-        let opt = AdamW::new(
-            vars,
-            ParamsAdamW {
-                lr,
-                ..Default::default()
-            },
-        )?;
-        Ok(LoraTrainer { opt })
-    }
-
-    /// One step on `ids`: forward, backward, AdamW. Returns the loss.
-    pub fn step(&mut self, model: &Model, ids: &[u32]) -> Result<f32> {
-        let ctx = AdapterCtx {
-            gate: None,
-            train: true,
-        };
-        let loss = lm_loss(model, ids, &ctx)?;
-        self.opt.backward_step(&loss)?;
-        Ok(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?)
-    }
-}
-
 /// What `bench llm --step` times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchStep {
@@ -89,10 +50,6 @@ pub enum BenchStep {
     Prefill,
     /// The causal-LM adapter step.
     Lm,
-    /// The teacher's ranking step.
-    Teacher,
-    /// Batched scoring against the item table with top-K.
-    Infer,
 }
 
 /// The shapes and adapters of a benchmark step (the PyTorch reference
@@ -113,12 +70,125 @@ pub struct BenchSpec {
     pub batch: usize,
     /// Positions per row (padding included).
     pub tokens: usize,
-    /// Item-table size of the ranking head.
-    pub items: usize,
-    /// K of the top-K.
-    pub topk: usize,
     /// Timed repetitions (the median is reported).
     pub repeats: usize,
+}
+
+/// Token ids of a batch and its real-token mask (`true` = real).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Ids per row, all rows of equal length (padding included).
+    pub ids: Vec<Vec<u32>>,
+    /// `true` for real tokens.
+    pub mask: Vec<Vec<bool>>,
+}
+
+impl Batch {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Positions per row.
+    pub fn len(&self) -> usize {
+        self.ids.first().map_or(0, Vec::len)
+    }
+
+    /// Whether the batch has no positions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The input embeddings `[rows·len, hidden]` of the ids.
+    pub fn embeds(&self, model: &Model) -> Result<Vec<f32>> {
+        let (b, t) = (self.rows(), self.len());
+        let flat: Vec<u32> = self.ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b, t), model.device())?;
+        Ok(model
+            .embed(&ids)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    /// `(row index in the flat batch, next token)` for every position whose
+    /// next token is real (the pairs of the causal-LM loss, as Hugging Face
+    /// counts them with padded labels ignored).
+    pub fn next_token_pairs(&self) -> Vec<(usize, u32)> {
+        let t = self.len();
+        let mut out = Vec::new();
+        for (r, (ids, m)) in self.ids.iter().zip(&self.mask).enumerate() {
+            for j in 0..t.saturating_sub(1) {
+                if m[j + 1] {
+                    out.push((r * t + j, ids[j + 1]));
+                }
+            }
+        }
+        out
+    }
+
+    /// For each row, the flat index of its last real token.
+    pub fn last_rows(&self) -> Result<Vec<usize>> {
+        let t = self.len();
+        Ok(Model::last_real_index(&self.mask)?
+            .into_iter()
+            .enumerate()
+            .map(|(r, j)| r * t + j)
+            .collect())
+    }
+}
+
+fn adam_step(opt: &mut AdamW, adapters: &mut AdapterSet<f32>, grads: &AdapterSet<f32>) {
+    let mut params: Vec<&mut [f32]> = Vec::new();
+    for w in adapters.weights_mut() {
+        params.push(&mut w.a);
+        params.push(&mut w.b);
+    }
+    let gs: Vec<&[f32]> = grads.weights().flat_map(|w| [&w.a[..], &w.b[..]]).collect();
+    opt.step(&mut params, &gs);
+}
+
+fn adam_for(adapters: &AdapterSet<f32>, lr: f64, wd: f64) -> AdamW {
+    let sizes: Vec<usize> = adapters
+        .weights()
+        .flat_map(|w| [w.a.len(), w.b.len()])
+        .collect();
+    AdamW::new(&sizes, lr, wd)
+}
+
+/// The causal-LM step: mean next-token cross-entropy, backward through
+/// the tape, AdamW on the adapters.
+pub struct LmStep {
+    /// The adapters being trained.
+    pub adapters: AdapterSet<f32>,
+    opt: AdamW,
+}
+
+impl LmStep {
+    /// Adapters (`experts`, total `rank`, `alpha`) on `targets` of every
+    /// layer, AdamW with learning rate `lr` (weight decay 0.01).
+    pub fn new(
+        model: &Model,
+        targets: &[Target],
+        (experts, rank, alpha): (usize, usize, f64),
+        lr: f64,
+        seed: u64,
+    ) -> Result<LmStep> {
+        let adapters = AdapterSet::new(model, targets, experts, rank, alpha, seed)?;
+        let opt = adam_for(&adapters, lr, 0.01);
+        Ok(LmStep { adapters, opt })
+    }
+
+    /// One step on `batch`; returns the loss.
+    pub fn step(&mut self, model: &Model, batch: &Batch) -> Result<f64> {
+        let x = batch.embeds(model)?;
+        let (hidden, tp) = tape::forward(model, &self.adapters, &x, &batch.mask, None)?;
+        let pairs = batch.next_token_pairs();
+        let (loss, dh) = lm_head_loss(model, &hidden, &pairs)?;
+        let g = tape::backward(model, &self.adapters, tp, &dh)?;
+        adam_step(&mut self.opt, &mut self.adapters, &g.adapters);
+        Ok(loss)
+    }
 }
 
 /// The benchmark batch: row `r`, position `j` holds id `((r·T + j)·997 +
@@ -144,13 +214,6 @@ pub fn bench_batch(rows: usize, tokens: usize, vocab: usize) -> Batch {
     Batch { ids, mask }
 }
 
-/// Uniform values of unit variance times `scale` (weights and features of
-/// the benchmark; their distribution does not change its speed).
-fn normal(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
-    let b = 3f32.sqrt();
-    (0..n).map(|_| rng.gen_range(-b..b) * scale).collect()
-}
-
 /// Median seconds of `spec.repeats` runs of `spec.step` on `model`, after
 /// one warm-up run.
 pub fn time_step(model: &Model, spec: &BenchSpec) -> Result<f64> {
@@ -159,49 +222,14 @@ pub fn time_step(model: &Model, spec: &BenchSpec) -> Result<f64> {
             "bench llm needs --tokens >= 18 (17 pads at most, then 2 real tokens), --batch >= 1 and --repeats >= 1".into(),
         ));
     }
-    if spec.topk == 0 || spec.topk > spec.items {
-        return Err(Error::Input(format!(
-            "--topk must be in 1..=--items ({})",
-            spec.items
-        )));
-    }
     let vocab = model.config().vocab_size;
-    let h = model.config().hidden_size;
-    let batch = bench_batch(spec.batch, spec.tokens, vocab);
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let dev = model.device().clone();
-    let adapters =
-        || AdapterSet::<f32>::new(model, &spec.targets, spec.experts, spec.rank, spec.alpha, 0);
-    let gate_parts = |rng: &mut ChaCha8Rng| -> Result<Option<(Gate, Tensor)>> {
-        if spec.experts == 1 {
-            return Ok(None);
-        }
-        let z = Tensor::from_vec(normal(rng, spec.batch * 64, 1.0), (spec.batch, 64), &dev)?;
-        let wg = Tensor::from_vec(
-            normal(rng, 64 * spec.experts, 0.02),
-            (64, spec.experts),
-            &dev,
-        )?;
-        Ok(Some((
-            Gate {
-                wg: candle_core::Var::from_tensor(&wg)?,
-            },
-            z,
-        )))
-    };
-    let head = |rng: &mut ChaCha8Rng| -> Result<RankingHead> {
-        RankingHead::new(Tensor::from_vec(
-            normal(rng, spec.items * h, 0.02),
-            (spec.items, h),
-            &dev,
-        )?)
-    };
     let mut run: Box<dyn FnMut() -> Result<()>> = match spec.step {
         BenchStep::Prefill => {
             let ids = bench_ids(spec.tokens, vocab);
             Box::new(move || prefill(model, &ids).map(|_| ()))
         }
         BenchStep::Lm => {
+            let batch = bench_batch(spec.batch, spec.tokens, vocab);
             let mut st = LmStep::new(
                 model,
                 &spec.targets,
@@ -210,29 +238,6 @@ pub fn time_step(model: &Model, spec: &BenchSpec) -> Result<f64> {
                 0,
             )?;
             Box::new(move || st.step(model, &batch).map(|_| ()))
-        }
-        BenchStep::Teacher => {
-            let gate = gate_parts(&mut rng)?;
-            let head = head(&mut rng)?;
-            let targets: Vec<u32> = (0..spec.batch)
-                .map(|r| ((r * 611 + 7) % spec.items) as u32)
-                .collect();
-            let (gate, z) = match gate {
-                Some((g, z)) => (Some(g), Some(z)),
-                None => (None, None),
-            };
-            let mut st = RankingStep::new(adapters()?, gate, head, 1e-4)?;
-            Box::new(move || st.step(model, &batch, z.as_ref(), &targets).map(|_| ()))
-        }
-        BenchStep::Infer => {
-            let gate = gate_parts(&mut rng)?;
-            let head = head(&mut rng)?;
-            let ad = adapters()?;
-            let k = spec.topk;
-            Box::new(move || {
-                let g = gate.as_ref().map(|(g, z)| g.forward(z)).transpose()?;
-                score_top_k(model, &ad, &head, &batch, g.as_ref(), k).map(|_| ())
-            })
         }
     };
     run()?;

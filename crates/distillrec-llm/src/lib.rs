@@ -40,9 +40,9 @@
 //!   teacher trains on either and the two can be compared.
 //! - [`blas`] — an optional system OpenBLAS found at run time for the tape's
 //!   large products (gemm otherwise).
-//! - [`steps`] — the causal-LM and ranking training steps and batched
-//!   top-K scoring on the tape.
-//! - [`mod@bench`] — what `distillrec bench llm` times (prefill, one LoRA step).
+//! - [`mod@bench`] — what `distillrec bench llm` times on the backbone
+//!   alone: prefill and the plain causal-LM adapter step on the tape (the
+//!   teacher's steps are timed by `distillrec_teacher::bench`).
 
 pub mod adapters;
 pub mod bench;
@@ -63,7 +63,6 @@ pub mod ops;
 pub mod parmatmul;
 pub mod pass;
 pub mod source;
-pub mod steps;
 /// Public only for the f64 finite-difference checks of `tests/tape.rs`,
 /// which need the generic explicit pass ([`pass`] is the f32 interface).
 #[doc(hidden)]

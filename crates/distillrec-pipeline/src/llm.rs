@@ -18,6 +18,7 @@ use distillrec_llm::embed::{item_table, save_table};
 use distillrec_llm::generate::{generate as greedy, next_logits, GenerateOptions, Generation};
 pub use distillrec_llm::model::Target;
 use distillrec_llm::{load, KvCache, Llm, LoadOptions};
+pub use distillrec_teacher::bench::{BenchSpec as TeacherBenchSpec, Mode as TeacherMode, Timing};
 
 /// Which backbone to load, and where.
 #[derive(Clone, Debug)]
@@ -191,4 +192,25 @@ pub fn bench(path: &Path, spec: &BenchSpec, device: &Device) -> Result<f64> {
     }
     .load(device)?;
     Ok(time_step(&llm.model, spec)?)
+}
+
+/// Times the real teacher's training micro-step or inference
+/// (`distillrec_teacher::bench`) on the backbone at `path`; with `dump`,
+/// first writes the step's inputs and initial weights there.
+pub fn bench_teacher(
+    path: &Path,
+    spec: &TeacherBenchSpec,
+    dump: Option<&Path>,
+    device: &Device,
+) -> Result<Timing> {
+    let llm = Backbone {
+        path: path.to_path_buf(),
+        num_layers: None,
+    }
+    .load(device)?;
+    let mut b = distillrec_teacher::bench::Bench::new(llm, spec)?;
+    if let Some(p) = dump {
+        b.dump(p)?;
+    }
+    b.time()
 }

@@ -16,8 +16,10 @@
 //!   exact resume);
 //! - [`evaluate`] — ranking and generative protocols;
 //! - [`keys`] — the teacher's metric keys;
-//! - [`infer`] — the teacher cache.
+//! - [`infer`] — the teacher cache;
+//! - [`mod@bench`] — what `distillrec bench llm --step teacher | infer` times.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod evaluate;
 pub mod infer;

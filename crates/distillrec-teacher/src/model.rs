@@ -98,7 +98,7 @@ pub type PromptInputs = (Vec<f32>, Vec<(usize, ItemId)>);
 /// The candidate cue of a batch: the cue vector `[H]` and the frozen
 /// student's scores `[B, N + 1]` of the batch's rows.
 #[derive(Clone, Copy)]
-struct Cue<'a> {
+pub(crate) struct Cue<'a> {
     dir: &'a [f32],
     scores: &'a [f32],
 }
@@ -129,17 +129,19 @@ pub fn standardised(scores: &[f32]) -> Vec<f32> {
 }
 
 /// A batch laid out for the backbone.
-struct Inputs {
-    embeds: Vec<f32>,
-    mask: Vec<Vec<bool>>,
+pub(crate) struct Inputs {
+    pub(crate) embeds: Vec<f32>,
+    /// Token ids `[B, T]` row-major (the pad id at padding and placeholders).
+    pub(crate) ids: Vec<u32>,
+    pub(crate) mask: Vec<Vec<bool>>,
     /// `(flat position, index into the batch's item list)` of placeholders.
-    slots: Vec<(usize, usize)>,
+    pub(crate) slots: Vec<(usize, usize)>,
     /// `(flat position, weight)` of every position that carries the cue
     /// (a candidate's title tokens and placeholder); empty without a cue.
     cue_at: Vec<(usize, f32)>,
-    t: usize,
+    pub(crate) t: usize,
     /// Real tokens.
-    tokens: usize,
+    pub(crate) tokens: usize,
 }
 
 /// The prompts of one objective term laid out for the backbone, with what
@@ -199,7 +201,7 @@ pub struct Teacher {
     pub student: Student,
     /// Frozen LLM title embeddings `[N + 1, H]` (row 0 zeros).
     pub titles: Tensor,
-    student_items: Tensor,
+    pub(crate) student_items: Tensor,
     /// Renders rows into prompts.
     pub prompter: Prompter,
     /// The teacher settings.
@@ -408,7 +410,7 @@ impl Teacher {
         scores.map(|scores| Cue { dir, scores })
     }
 
-    fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
+    pub(crate) fn gate_features(&self, ds: &Dataset, rows: &[&Row]) -> Result<Tensor> {
         Ok(self.student_view(ds, rows)?.0)
     }
 
@@ -416,7 +418,7 @@ impl Teacher {
     /// placeholders get `projected[item index]`, and with a `cue` each
     /// candidate's title tokens and placeholder add the cue vector times
     /// the candidate's standardised student score.
-    fn inputs(
+    pub(crate) fn inputs(
         &self,
         prompts: &[Prompt],
         items: &HashMap<ItemId, usize>,
@@ -480,7 +482,7 @@ impl Teacher {
             mask.push((0..t).map(|j| j >= off).collect());
         }
         let tokens = prompts.iter().map(|p| p.input.len() + p.answer.len()).sum();
-        let idt = Tensor::from_vec(ids, (prompts.len(), t), self.llm.model.device())?;
+        let idt = Tensor::from_vec(ids.clone(), (prompts.len(), t), self.llm.model.device())?;
         let mut embeds = self
             .llm
             .model
@@ -500,6 +502,7 @@ impl Teacher {
         }
         Ok(Inputs {
             embeds,
+            ids,
             mask,
             slots,
             cue_at,
@@ -509,7 +512,7 @@ impl Teacher {
     }
 
     /// The distinct placeholder items of `prompts`, in first-seen order.
-    fn placeholder_items(prompts: &[Prompt]) -> (Vec<ItemId>, HashMap<ItemId, usize>) {
+    pub(crate) fn placeholder_items(prompts: &[Prompt]) -> (Vec<ItemId>, HashMap<ItemId, usize>) {
         let mut order = Vec::new();
         let mut index = HashMap::new();
         for p in prompts {
@@ -828,7 +831,12 @@ impl Teacher {
     }
 
     /// Evaluation prompts (hybrid, template drawn per row key).
-    fn eval_prompt(&self, ds: &Dataset, row: &Row, candidates: Option<&[ItemId]>) -> Prompt {
+    pub(crate) fn eval_prompt(
+        &self,
+        ds: &Dataset,
+        row: &Row,
+        candidates: Option<&[ItemId]>,
+    ) -> Prompt {
         let mut rng = ChaCha8Rng::seed_from_u64(row_seed(self.seed, streams::EVAL, &row.key));
         let hist = ds.history(row);
         match candidates {
@@ -872,7 +880,7 @@ impl Teacher {
         Ok(scores.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn project_items(&self, live: &Live, order: &[ItemId]) -> Result<Vec<f32>> {
+    pub(crate) fn project_items(&self, live: &Live, order: &[ItemId]) -> Result<Vec<f32>> {
         if order.is_empty() {
             return Ok(Vec::new());
         }
@@ -903,7 +911,7 @@ impl Teacher {
     /// The generative evaluation prompt of `row` with `candidates` (no
     /// answer) laid out for the backbone, its placeholder items (what the
     /// slots index), and the row's gate.
-    fn answer_inputs(
+    pub(crate) fn answer_inputs(
         &self,
         ds: &Dataset,
         row: &Row,

@@ -740,12 +740,21 @@ pub struct EmbedItemsArgs {
 pub enum LlmStepArg {
     /// One forward over a single row (logits of the last position).
     Prefill,
-    /// The causal-LM adapter step (forward, backward, AdamW).
+    /// The plain causal-LM adapter step (forward, backward, AdamW), compared with PEFT.
     Lm,
-    /// The teacher's ranking step (MoE-LoRA with a per-sample gate, ranking loss over the item table).
+    /// The real teacher's training micro-step and AdamW update (gate from the student's representation, projector at the placeholders, MoE-LoRA, the `--objective`'s loss).
     Teacher,
-    /// Batched teacher inference: scores over the item table and top-K.
+    /// The real teacher's inference: ranking scores and top-K, or greedy answers (`--objective generative`).
     Infer,
+}
+
+/// The teacher objective `bench llm --step teacher | infer` times.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchObjectiveArg {
+    /// Ranking head over the catalogue (infer: scores and top-K).
+    Ranking,
+    /// Causal-LM loss on the answer (infer: greedy answers).
+    Generative,
 }
 
 /// Adapter kind of `bench llm`.
@@ -784,15 +793,21 @@ pub struct BenchLlmArgs {
     /// Rows per batch. Default: 1 for `lm` and `prefill`, 8 for `teacher` and `infer`.
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Positions per row (left padding included).
+    /// Positions per row (left padding included); for `teacher` and `infer`, the mean prompt length aimed at.
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Item-table size of the ranking head.
+    /// Catalogue size of the teacher steps' synthetic dataset (about; the ranking head scores every item).
     #[arg(long, default_value_t = 5000)]
     pub items: usize,
+    /// Objective of `teacher` and `infer`.
+    #[arg(long, value_enum, default_value = "ranking")]
+    pub objective: BenchObjectiveArg,
+    /// `teacher` and `infer`: write the step's inputs and initial weights to this safetensors file (for scripts/bench_llm_torch.py).
+    #[arg(long, value_name = "FILE")]
+    pub dump: Option<PathBuf>,
     /// K of the top-K of `infer`.
     #[arg(long, default_value_t = 20)]
     pub topk: usize,

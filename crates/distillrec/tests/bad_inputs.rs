@@ -510,6 +510,39 @@ fn corpus() -> Vec<Case> {
             ],
             "config key `distill.tau`: 0: must be a finite number > 0",
         ),
+        // issue 28 §1: bench llm's teacher steps (the tiny model of the
+        // 100000-token case)
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "bench", "llm", "--model", "{case}", "--step", "lm", "--dump", "{tmp}/d",
+            ],
+            "--dump is for --step teacher and --step infer",
+        ),
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "bench", "llm", "--model", "{case}", "--step", "teacher", "--items", "5",
+            ],
+            "--items 5 must be in 20..=1000000 for the teacher steps",
+        ),
+        c(
+            "llm",
+            "GENERATED:bench-100000-tokens",
+            &[
+                "bench",
+                "llm",
+                "--model",
+                "{case}",
+                "--step",
+                "infer",
+                "--dump",
+                "{case}/dump.safetensors",
+            ],
+            "--dump lies inside the input",
+        ),
     ]
 }
 

@@ -2,15 +2,18 @@
 
 use anyhow::Result;
 
+use distillrec_config::{AdapterTarget, TeacherObjective};
 use distillrec_data::fsutil;
 use distillrec_data::outguard;
-use distillrec_pipeline::llm::{self, Backbone, BenchSpec, BenchStep, Target};
+use distillrec_pipeline::llm::{
+    self, Backbone, BenchSpec, BenchStep, Target, TeacherBenchSpec, TeacherMode,
+};
 
 use clap::ValueEnum;
 
 use crate::args::{
-    AdapterArg, BenchLlmArgs, EmbedItemsArgs, GenerateArgs, LlmCommand, LlmStepArg, LogitsArgs,
-    ModelArgs,
+    AdapterArg, BenchLlmArgs, BenchObjectiveArg, EmbedItemsArgs, GenerateArgs, LlmCommand,
+    LlmStepArg, LogitsArgs, ModelArgs,
 };
 use crate::common::{device, use_threads};
 
@@ -112,12 +115,8 @@ fn peak_rss() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Runs `bench llm`: one step, timed, printed as the PyTorch script prints it.
-pub fn bench(a: BenchLlmArgs) -> Result<()> {
-    tune_threads();
-    use_threads(a.threads)?;
-    let device = device(&a.device)?;
-    let training = matches!(a.step, LlmStepArg::Lm | LlmStepArg::Teacher);
+/// The adapter settings of `bench llm`: kind, experts, alpha.
+fn bench_adapter(a: &BenchLlmArgs) -> Result<(AdapterArg, usize, f64)> {
     let adapter = a.adapter.unwrap_or(match a.step {
         LlmStepArg::Teacher | LlmStepArg::Infer => AdapterArg::Moe,
         _ => AdapterArg::Lora,
@@ -127,61 +126,161 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
         (AdapterArg::Lora, Some(e)) => anyhow::bail!("--adapter lora has one expert, not {e}"),
         (AdapterArg::Moe, e) => e.unwrap_or(4),
     };
+    let alpha = a.alpha.unwrap_or(if adapter == AdapterArg::Lora {
+        2.0 * a.rank as f64
+    } else {
+        32.0
+    });
+    Ok((adapter, experts, alpha))
+}
+
+/// What one `bench llm` run measured, for its RESULT line.
+struct Measured {
+    secs: f64,
+    rows: usize,
+    /// Mean tokens per row.
+    tokens: f64,
+    /// Teacher steps: objective, catalogue size, first loss.
+    teacher: Option<(BenchObjectiveArg, usize, Option<f64>)>,
+}
+
+/// Runs `bench llm`: one step, timed, printed as the PyTorch script prints it.
+pub fn bench(a: BenchLlmArgs) -> Result<()> {
+    tune_threads();
+    use_threads(a.threads)?;
+    let device = device(&a.device)?;
+    let (adapter, experts, alpha) = bench_adapter(&a)?;
+    let teacher = matches!(a.step, LlmStepArg::Teacher | LlmStepArg::Infer);
+    let batch = a.batch.unwrap_or(if teacher { 8 } else { 1 });
+    let repeats = a.repeats.unwrap_or(
+        if a.step == LlmStepArg::Infer || a.step == LlmStepArg::Prefill {
+            5
+        } else {
+            3
+        },
+    );
+    if a.dump.is_some() && !teacher {
+        anyhow::bail!("--dump is for --step teacher and --step infer");
+    }
+    if let Some(p) = &a.dump {
+        outguard::check_file_output(&[p], &[&a.model], "--dump")?;
+    }
+    let m = if teacher {
+        bench_teacher(&a, (experts, alpha), batch, repeats, &device)?
+    } else {
+        bench_backbone(&a, (experts, alpha), batch, repeats, &device)?
+    };
+    let names: Vec<&str> = a.targets.split(',').map(str::trim).collect();
+    let extra = match m.teacher {
+        Some((o, items, loss)) => format!(
+            " objective={} items={items} prompt_tokens={:.1}{}",
+            o.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+            m.tokens,
+            loss.map(|l| format!(" first_loss={l:.6}"))
+                .unwrap_or_default()
+        ),
+        None => String::new(),
+    };
+    println!(
+        "RESULT impl=distillrec step={} batch={} tokens={} adapter={} experts={experts} rank={} targets={} threads={} step_ms={:.1} tok_s={:.1} rows_s={:.1} peak_mb={:.1} blas={}{extra}",
+        a.step.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+        m.rows,
+        a.tokens,
+        if adapter == AdapterArg::Lora { "lora" } else { "moe" },
+        a.rank,
+        names.join(","),
+        a.threads,
+        m.secs * 1e3,
+        m.rows as f64 * m.tokens / m.secs,
+        m.rows as f64 / m.secs,
+        distillrec_run::peak_rss_mb().unwrap_or(0.0),
+        llm::blas_backend(),
+    );
+    Ok(())
+}
+
+/// `--step prefill | lm`: the backbone alone.
+fn bench_backbone(
+    a: &BenchLlmArgs,
+    (experts, alpha): (usize, f64),
+    batch: usize,
+    repeats: usize,
+    device: &candle_core::Device,
+) -> Result<Measured> {
     let targets = a
         .targets
         .split(',')
         .map(|t| t.trim().parse::<Target>())
         .collect::<Result<Vec<_>, _>>()?;
-    let step = match a.step {
-        LlmStepArg::Prefill => BenchStep::Prefill,
-        LlmStepArg::Lm => BenchStep::Lm,
-        LlmStepArg::Teacher => BenchStep::Teacher,
-        LlmStepArg::Infer => BenchStep::Infer,
+    let step = if a.step == LlmStepArg::Prefill {
+        BenchStep::Prefill
+    } else {
+        BenchStep::Lm
     };
     let spec = BenchSpec {
         step,
         experts,
         rank: a.rank,
-        alpha: a.alpha.unwrap_or(if adapter == AdapterArg::Lora {
-            2.0 * a.rank as f64
-        } else {
-            32.0
-        }),
+        alpha,
         targets,
-        batch: a
-            .batch
-            .unwrap_or(if matches!(step, BenchStep::Teacher | BenchStep::Infer) {
-                8
-            } else {
-                1
-            }),
+        batch,
+        tokens: a.tokens,
+        repeats,
+    };
+    let secs = llm::bench(&a.model, &spec, device)?;
+    Ok(Measured {
+        secs,
+        rows: if step == BenchStep::Prefill { 1 } else { batch },
+        tokens: a.tokens as f64,
+        teacher: None,
+    })
+}
+
+/// `--step teacher | infer`: the real teacher (distillrec_teacher::bench).
+fn bench_teacher(
+    a: &BenchLlmArgs,
+    (experts, alpha): (usize, f64),
+    batch: usize,
+    repeats: usize,
+    device: &candle_core::Device,
+) -> Result<Measured> {
+    let targets = a
+        .targets
+        .split(',')
+        .map(|t| t.trim().parse::<AdapterTarget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--targets: {e}"))?;
+    let spec = TeacherBenchSpec {
+        mode: if a.step == LlmStepArg::Teacher {
+            TeacherMode::Train
+        } else {
+            TeacherMode::Infer
+        },
+        objective: match a.objective {
+            BenchObjectiveArg::Ranking => TeacherObjective::Ranking,
+            BenchObjectiveArg::Generative => TeacherObjective::Generative,
+        },
+        experts,
+        rank: a.rank,
+        alpha,
+        targets,
+        batch,
         tokens: a.tokens,
         items: a.items,
         topk: a.topk,
-        repeats: a.repeats.unwrap_or(if training { 3 } else { 5 }),
+        repeats,
+        seed: 0,
+        base: distillrec_config::TeacherConfig::default(),
     };
-    let secs = llm::bench(&a.model, &spec, &device)?;
-    let rows = if step == BenchStep::Prefill {
-        1
-    } else {
-        spec.batch
-    };
-    let names: Vec<&str> = a.targets.split(',').map(str::trim).collect();
-    println!(
-        "RESULT impl=distillrec step={} batch={rows} tokens={} adapter={} experts={experts} rank={} targets={} threads={} step_ms={:.1} tok_s={:.1} rows_s={:.1} peak_mb={:.1} blas={}",
-        a.step.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
-        spec.tokens,
-        if adapter == AdapterArg::Lora { "lora" } else { "moe" },
-        spec.rank,
-        names.join(","),
-        a.threads,
-        secs * 1e3,
-        (rows * spec.tokens) as f64 / secs,
-        rows as f64 / secs,
-        distillrec_run::peak_rss_mb().unwrap_or(0.0),
-        llm::blas_backend(),
-    );
-    Ok(())
+    let t = llm::bench_teacher(&a.model, &spec, a.dump.as_deref(), device)?;
+    Ok(Measured {
+        secs: t.secs,
+        rows: batch,
+        tokens: t.prompt_tokens,
+        teacher: Some((a.objective, t.items, t.first_loss)),
+    })
 }
 
 /// `model fetch`: a known backbone into `--dir`, checked by SHA-256.

@@ -1,0 +1,143 @@
+//! `bench llm --step teacher | infer` times the real teacher: on a tiny
+//! random backbone, the timed training step's loss is
+//! `Teacher::micro_step`'s on the same rows, repeated steps train the
+//! adapters, the gate and the ranking head, inference runs for both
+//! objectives, and the dump records the first losses and the inputs.
+
+#[path = "../../distillrec-llm/tests/common/mod.rs"]
+mod common;
+
+use distillrec_config::{AdapterTarget, TeacherConfig, TeacherObjective};
+use distillrec_llm::{load, Llm, LoadOptions};
+use distillrec_teacher::bench::{Bench, BenchSpec, Mode};
+
+fn backbone(dir: &std::path::Path) -> Llm {
+    let cfg = common::llama_config("llama", 2, false);
+    let w = common::random_weights(&cfg, 5);
+    let p = dir.join("backbone");
+    common::write_hf_dir(&p, &cfg, &w);
+    load(&p, &LoadOptions::default()).unwrap()
+}
+
+fn spec(mode: Mode, objective: TeacherObjective) -> BenchSpec {
+    BenchSpec {
+        mode,
+        objective,
+        experts: 2,
+        rank: 4,
+        alpha: 8.0,
+        targets: vec![AdapterTarget::Q, AdapterTarget::V],
+        batch: 3,
+        tokens: 40,
+        items: 40,
+        topk: 5,
+        repeats: 1,
+        seed: 3,
+        // prompts that fit the tiny backbone's 128 positions
+        base: TeacherConfig {
+            prompts: vec!["H: {history} C: {candidates} A:".into()],
+            ranking_prompts: vec!["H: {history} ->".into()],
+            candidates: 3,
+            max_title_tokens: 4,
+            gate_hidden: 8,
+            ..TeacherConfig::default()
+        },
+    }
+}
+
+fn bench(mode: Mode, objective: TeacherObjective) -> Bench {
+    let dir = tempfile::tempdir().unwrap();
+    Bench::new(backbone(dir.path()), &spec(mode, objective)).unwrap()
+}
+
+#[test]
+fn the_timed_training_step_is_the_teachers_micro_step() {
+    for objective in [TeacherObjective::Ranking, TeacherObjective::Generative] {
+        let mut b = bench(Mode::Train, objective);
+        let want = b
+            .teacher
+            .micro_step(&b.ds, &b.rows(), 0, 1.0, 0)
+            .unwrap()
+            .loss;
+        let got = b.step().unwrap().expect("a training step has a loss");
+        assert_eq!(got, want, "{objective}: timed step vs micro_step");
+        let t = b.time().unwrap();
+        assert!(t.secs > 0.0 && t.prompt_tokens > 0.0, "{t:?}");
+    }
+}
+
+#[test]
+fn repeated_timed_steps_train_adapters_gate_and_head() {
+    let mut b = bench(Mode::Train, TeacherObjective::Ranking);
+    let before: Vec<(String, Vec<f32>)> = b
+        .teacher
+        .named_params()
+        .into_iter()
+        .map(|(n, _, v)| (n, v.to_vec()))
+        .collect();
+    let first = b.step().unwrap().unwrap();
+    let mut last = first;
+    for _ in 0..10 {
+        last = b.step().unwrap().unwrap();
+    }
+    assert!(last < first, "loss {first} -> {last}");
+    let after = b.teacher.named_params();
+    for want in [
+        "adapter.1.v.lora_B",
+        "gate.2.weight",
+        "head.map",
+        "projector.0.weight",
+    ] {
+        let (_, old) = before.iter().find(|(n, _)| n == want).unwrap();
+        let (_, _, new) = after.iter().find(|(n, _, _)| n == want).unwrap();
+        assert!(
+            old.iter().zip(new.iter()).any(|(a, b)| a != b),
+            "{want} did not move"
+        );
+    }
+}
+
+#[test]
+fn inference_runs_for_both_objectives() {
+    for objective in [TeacherObjective::Ranking, TeacherObjective::Generative] {
+        let mut b = bench(Mode::Infer, objective);
+        assert_eq!(b.step().unwrap(), None);
+        assert!(b.time().unwrap().prompt_tokens > 0.0);
+    }
+}
+
+#[test]
+fn the_dump_records_the_first_losses_and_leaves_the_weights_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Bench::new(
+        backbone(dir.path()),
+        &spec(Mode::Train, TeacherObjective::Generative),
+    )
+    .unwrap();
+    let before: Vec<Vec<f32>> = b.teacher.params_mut().iter().map(|p| p.to_vec()).collect();
+    let want = b
+        .teacher
+        .micro_step(&b.ds, &b.rows(), 0, 1.0, 0)
+        .unwrap()
+        .loss;
+    let path = dir.path().join("dump.safetensors");
+    b.dump(&path).unwrap();
+    let after: Vec<Vec<f32>> = b.teacher.params_mut().iter().map(|p| p.to_vec()).collect();
+    assert_eq!(before, after, "dumping restores the initial weights");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let first: f64 = meta["first_loss"].parse().unwrap();
+    assert!((first - want).abs() < 1e-6, "{first} vs {want}");
+    assert!(meta.contains_key("second_loss"));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in [
+        "input_ids",
+        "slot_pos",
+        "student_rep",
+        "answer_tok",
+        "param.gate.0.weight",
+    ] {
+        assert!(st.tensor(name).is_ok(), "{name} missing");
+    }
+}
