@@ -6,7 +6,7 @@ use distillrec_config::{AdapterTarget, TeacherObjective};
 use distillrec_data::fsutil;
 use distillrec_data::outguard;
 use distillrec_pipeline::llm::{
-    self, Backbone, BenchSpec, BenchStep, Target, TeacherBenchSpec, TeacherMode,
+    self, Backbone, BenchSpec, BenchStep, TeacherBenchSpec, TeacherMode,
 };
 
 use clap::ValueEnum;
@@ -201,6 +201,14 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
     Ok(())
 }
 
+/// The adapted projections of `--targets` (`q,v`).
+fn parse_targets(list: &str) -> Result<Vec<AdapterTarget>> {
+    list.split(',')
+        .map(|t| t.trim().parse::<AdapterTarget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--targets: {e}"))
+}
+
 /// `--step prefill | lm`: the backbone alone.
 fn bench_backbone(
     a: &BenchLlmArgs,
@@ -209,11 +217,7 @@ fn bench_backbone(
     repeats: usize,
     device: &candle_core::Device,
 ) -> Result<Measured> {
-    let targets = a
-        .targets
-        .split(',')
-        .map(|t| t.trim().parse::<Target>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let targets = parse_targets(&a.targets)?;
     let step = if a.step == LlmStepArg::Prefill {
         BenchStep::Prefill
     } else {
@@ -246,12 +250,7 @@ fn bench_teacher(
     repeats: usize,
     device: &candle_core::Device,
 ) -> Result<Measured> {
-    let targets = a
-        .targets
-        .split(',')
-        .map(|t| t.trim().parse::<AdapterTarget>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--targets: {e}"))?;
+    let targets = parse_targets(&a.targets)?;
     let spec = TeacherBenchSpec {
         mode: if a.step == LlmStepArg::Teacher {
             TeacherMode::Train
