@@ -6,7 +6,7 @@
 //! without a gate is plain LoRA, LLaRA); and [`Dropout`], the LoRA dropout
 //! of one training step.
 //!
-//! The explicit path ([`crate::pass`]) trains these buffers directly;
+//! The explicit path (`pass`) trains these buffers directly;
 //! [`AdapterSet::to_candle`] attaches the same adapters to the model's
 //! linears for the composed path. Fresh adapters change nothing (`B = 0`).
 
@@ -16,8 +16,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::dropmask::mix;
 use crate::error::{Error, Result};
+use crate::kernels::{real, Real};
 use crate::model::{Model, Target};
-use crate::tape::kernels::{real, Real};
 
 /// The projections in slot order (a layer's adapters are `[_; 7]`).
 pub(crate) const TARGETS: [Target; 7] = Target::ALL;
@@ -162,7 +162,7 @@ impl<T: Real> AdapterSet<T> {
 
     /// [`AdapterSet::to_candle`] for a training step with LoRA dropout:
     /// each attached adapter applies, in training mode, the same masks the
-    /// explicit path's [`crate::pass::forward`] draws for `dropout`.
+    /// explicit path's `pass::forward` draws for `dropout`.
     pub fn to_candle_dropout(
         &self,
         model: &mut Model,

@@ -28,7 +28,8 @@
 //! - [`embed`] — item-title embeddings for a whole catalogue.
 //! - `tape` — the explicit forward/backward of the decoder stack that
 //!   trains adapters on the CPU (hand-written backward, saved activations
-//!   only), with its kernels, attention and layers in private submodules;
+//!   only), with its attention and layers in private submodules over the
+//!   crate-private `kernels` (float trait, matrix views, the one matmul);
 //!   reached through [`pass`] (public only, hidden, for the f64 gradient
 //!   checks of `tests/tape.rs`). AdamW lives there for now: [`AdamW`].
 //! - [`adapters`] — [`AdapterSet`] (the mixture-of-experts LoRA) and
@@ -55,6 +56,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod infer;
+mod kernels;
 pub mod loader;
 pub mod lora;
 pub mod loss;

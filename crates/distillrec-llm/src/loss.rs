@@ -2,13 +2,13 @@
 //! next-token cross-entropy of the LM head ([`lm_head_loss`]), computed in
 //! blocks of rows so that the `[rows, vocab]` logits never exist at once,
 //! with its gradient with respect to the hidden states (what
-//! [`crate::pass::backward`] takes).
+//! `pass::backward` takes).
 
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::kernels::{mm, real, weight_view, Mat, MatMut, Real};
 use crate::model::Model;
-use crate::tape::kernels::{mm, real, weight_view, Mat, MatMut, Real};
 
 /// Mean next-token cross-entropy of the LM head over `(row, target)`
 /// pairs, computed in blocks of rows so the `[rows, vocab]` logits never

@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{mm, real, sum8, Mat, MatMut, Real};
 use super::Dims;
+use crate::kernels::{mm, real, sum8, Mat, MatMut, Real};
 
 /// Query rows per block of the attention.
 pub(crate) const QBLOCK: usize = 32;

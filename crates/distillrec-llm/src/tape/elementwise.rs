@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{real, sum8, Real};
+use crate::kernels::{real, sum8, Real};
 
 /// `y = x · inv · w` per row, returning `inv = 1/√(mean(x²) + eps)`.
 pub(crate) fn rms_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T]) -> Vec<T> {

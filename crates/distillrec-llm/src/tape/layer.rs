@@ -13,12 +13,12 @@ use super::attention::{attention_backward, attention_forward, attention_packed, 
 use super::elementwise::{
     rms_apply, rms_backward, rms_forward, rope_inplace, swiglu_backward, swiglu_forward,
 };
-use super::kernels::{mm, real, vector, weight_view, Mat, MatMut, Real};
 use super::lora::{adapter_backward, adapter_forward, dropped_input, AdapterSaved};
 use super::{gather_rows, Dims};
 use crate::adapters::{target_index, Dropout, LoraWeights};
 use crate::dropmask::{drop_threshold, kept, mix};
 use crate::error::{Error, Result};
+use crate::kernels::{mm, real, vector, weight_view, Mat, MatMut, Real};
 use crate::model::{DecoderLayer, Mlp, Norm, Target};
 
 /// What one layer's forward keeps for its backward.

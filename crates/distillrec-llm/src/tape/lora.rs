@@ -5,9 +5,9 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{mm, real, Mat, MatMut, Real};
 use crate::adapters::LoraWeights;
 use crate::dropmask::{drop_threshold, kept};
+use crate::kernels::{mm, real, Mat, MatMut, Real};
 
 /// Per-row gate column factors: `gc[n·r + j] = gate[n / t, j / (r/E)]`,
 /// or `None` (all ones) without a gate.

@@ -38,11 +38,11 @@
 //!
 //! This module holds the stack (inputs, the pass over the layers, the final
 //! norm, the packed last-row inference); its private submodules hold one
-//! concept each, depending one way (`kernels` ← `elementwise`, `lora` ←
-//! `attention` ← `layer` ← this module):
+//! concept each, depending one way (`elementwise`, `lora` ← `attention` ←
+//! `layer` ← this module), all on the crate's `kernels` (the [`Real`] float
+//! trait, strided matrix views and the one matmul `mm`: gemm or the system
+//! BLAS, column-blocked over threads):
 //!
-//! - `kernels` — the [`Real`] float trait, strided matrix views and the one
-//!   matmul (`mm`: gemm or the system BLAS, column-blocked over threads).
 //! - `elementwise` — RMSNorm, SwiGLU and RoPE, forward and backward.
 //! - `lora` — the adapters' forward and backward on one projection (gate
 //!   columns, LoRA dropout recomputed from its seed).
@@ -53,12 +53,13 @@
 //! - `adamw` — AdamW over flat buffers (re-exported at the crate root).
 //!
 //! The adapter types are [`crate::adapters`]; the LM-head loss is
-//! [`crate::loss`]. Both build on `kernels`.
+//! `crate::loss`. Both build on `kernels`, not on this module, so modules
+//! import one way: `kernels` ← `adapters` ← `tape` ← `pass`, and `kernels`
+//! ← `loss`.
 
 mod adamw;
 mod attention;
 mod elementwise;
-pub(crate) mod kernels;
 mod layer;
 pub(crate) mod lora;
 
@@ -67,14 +68,14 @@ use candle_core::Tensor;
 pub use self::adamw::AdamW;
 use self::attention::Attend;
 use self::elementwise::{rms_backward, rms_forward};
-pub use self::kernels::Real;
-use self::kernels::{real, vector};
 use self::layer::{layer_backward, layer_forward, BackCtx, LayerSaved, Proj};
 use self::lora::gate_cols;
 use crate::adapters::{AdapterSet, Dropout};
 use crate::config::Family;
 use crate::dropmask::mix;
 use crate::error::{Error, Result};
+pub use crate::kernels::Real;
+use crate::kernels::{real, vector};
 use crate::model::{Mlp, Model, Norm, Target};
 
 // ---------------------------------------------------------------------------
