@@ -64,6 +64,7 @@ pub mod model;
 pub mod ops;
 pub mod parmatmul;
 pub mod pass;
+mod shape;
 pub mod source;
 /// Public only for the f64 finite-difference checks of `tests/tape.rs`,
 /// which need the generic explicit pass ([`pass`] is the f32 interface).
@@ -79,7 +80,7 @@ pub use adapters::{AdapterSet, Dropout};
 pub use chat::ChatTemplate;
 pub use config::{Config, Family};
 pub use error::{Error, Result};
-pub use loader::{load, Llm, LoadOptions};
+pub use loader::{load, read_config, read_tokenizer, Llm, LoadOptions};
 pub use loss::lm_head_loss;
 pub use model::{KvCache, Model};
 pub use source::{MapSource, WeightSource};

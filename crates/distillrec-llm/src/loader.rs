@@ -63,6 +63,59 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Llm> {
     }
 }
 
+/// The backbone's [`Config`] alone, no weights: from a Hugging Face
+/// directory's `config.json`, a `config.json` file itself, or a GGUF file's
+/// metadata (its tensors are not read). `num_layers` truncates as loading
+/// would.
+pub fn read_config(path: &Path, num_layers: Option<usize>) -> Result<Config> {
+    let mut cfg = if path.is_dir() {
+        Config::from_hf_json(&path.join("config.json"))?
+    } else if path.extension().is_some_and(|e| e == "json") {
+        Config::from_hf_json(path)?
+    } else if path.is_file() {
+        let (_, content) = read_content(path)?;
+        config_from_gguf(&content, path)?
+    } else {
+        return Err(Error::file(path, "no such file or directory"));
+    };
+    if let Some(n) = num_layers {
+        cfg.truncate_layers(n)?;
+    }
+    Ok(cfg)
+}
+
+/// The backbone's tokenizer and chat template alone, no weights: from a
+/// Hugging Face directory (or the directory of its `config.json`) or a GGUF
+/// file's metadata; `None` when a `config.json` stands alone.
+pub fn read_tokenizer(path: &Path) -> Result<Option<(Tokenizer, ChatTemplate)>> {
+    let dir = if path.is_dir() {
+        path
+    } else if path.extension().is_some_and(|e| e == "json") {
+        match path.parent() {
+            Some(d) if d.join("tokenizer.json").is_file() => d,
+            _ => return Ok(None),
+        }
+    } else {
+        let (_, content) = read_content(path)?;
+        let tokenizer = Tokenizer::from_gguf(&content.metadata, path)?;
+        let chat = ChatTemplate::detect(gguf_chat_template(&content).as_deref(), &tokenizer);
+        return Ok(Some((tokenizer, chat)));
+    };
+    let cfg = Config::from_hf_json(&dir.join("config.json"))?;
+    let tokenizer = Tokenizer::from_hf_dir(dir, &cfg)?;
+    let template = read_chat_template(&dir.join("tokenizer_config.json"))?;
+    let chat = ChatTemplate::detect(template.as_deref(), &tokenizer);
+    Ok(Some((tokenizer, chat)))
+}
+
+/// The chat template in a GGUF file's metadata, if any.
+fn gguf_chat_template(content: &candle_core::quantized::gguf_file::Content) -> Option<String> {
+    match content.metadata.get("tokenizer.chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// Loads a Hugging Face directory: `config.json`, safetensors, `tokenizer.json`
 /// (and the chat template of `tokenizer_config.json`, if any).
 pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Llm> {
@@ -132,11 +185,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Llm> {
         cfg.rope_freq_factors = Some(f);
     }
     let tokenizer = Tokenizer::from_gguf(&content.metadata, path)?;
-    let template = match content.metadata.get("tokenizer.chat_template") {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let chat = ChatTemplate::detect(template.as_deref(), &tokenizer);
+    let chat = ChatTemplate::detect(gguf_chat_template(&content).as_deref(), &tokenizer);
     let arch = match content.metadata.get("general.architecture") {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),

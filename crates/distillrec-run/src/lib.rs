@@ -163,6 +163,15 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Resident memory (VmRSS) of this process now, in MB: with
+/// [`peak_rss_mb`], what a stage added on top of what was already there.
+pub fn rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// The larger of two optional peaks.
 fn max_mb(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {

@@ -26,6 +26,7 @@ pub mod infer;
 pub mod keys;
 pub mod model;
 pub mod nets;
+pub mod plan;
 pub mod prompt;
 pub mod setup;
 pub mod train;

@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use distillrec_config::TeacherConfig;
+use distillrec_config::{TeacherConfig, TeacherObjective};
 use distillrec_data::{Dataset, ItemId};
 use distillrec_llm::{ChatTemplate, Tokenizer};
 
@@ -168,6 +168,41 @@ impl Prompter {
             .map(|&i| self.titles[i as usize].len() + 1)
             .sum::<usize>()
             + h.len().saturating_sub(1) * self.sep.len()
+    }
+
+    /// An upper bound of the input and answer tokens of a prompt for
+    /// `history` under `objective` (the longest template; for generative
+    /// prompts every candidate and the answer counted at the longest title):
+    /// what `teacher plan` sizes activations and epochs by.
+    pub fn length_bound(&self, history: &[ItemId], objective: TeacherObjective) -> usize {
+        let text = |ts: &[Template]| {
+            ts.iter()
+                .map(|t| {
+                    t.0.iter()
+                        .map(|p| match p {
+                            Part::Text(ids) => ids.len(),
+                            _ => 0,
+                        })
+                        .sum::<usize>()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let history = self.history_len(history);
+        let longest_title = self.titles.iter().map(Vec::len).max().unwrap_or(0);
+        let cands = self.candidates;
+        let generative = text(&self.generative)
+            + history
+            + cands * (longest_title + 1)
+            + cands.saturating_sub(1) * self.sep.len()
+            + longest_title
+            + 1;
+        let ranking = text(&self.ranking) + history;
+        match objective {
+            TeacherObjective::Ranking => ranking,
+            TeacherObjective::Generative => generative,
+            TeacherObjective::Both => ranking.max(generative),
+        }
     }
 
     /// The title tokens of `item` (cut to the budget).

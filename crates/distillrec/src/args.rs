@@ -367,6 +367,34 @@ pub enum TeacherCommand {
     Merge(MergeArgs),
     /// Build a teacher cache from an LLM teacher checkpoint (ranking head: d = −log p; generative: BIGRec grounding).
     Infer(TeacherInferArgs),
+    /// Size a teacher run from the backbone's config alone (no weights): parameters, memory per part, tokens per step, time per epoch; refuses a run that will not fit.
+    Plan(TeacherPlanArgs),
+}
+
+/// Arguments of `teacher plan`.
+#[derive(Args, Debug)]
+pub struct TeacherPlanArgs {
+    /// A prepared dataset directory (overrides dataset.prepared / dataset.raw of the config).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// The backbone: a GGUF file, a Hugging Face directory or its config.json (overrides teacher.backbone); no weights are read.
+    #[arg(long, value_name = "PATH")]
+    pub backbone: Option<PathBuf>,
+    /// The longest prompt in tokens (default: a bound from teacher.max_history, max_title_tokens and candidates).
+    #[arg(long, value_name = "N")]
+    pub prompt_tokens: Option<usize>,
+    /// The device's memory in GB (default: what this machine has available; required for a GPU).
+    #[arg(long, value_name = "GB")]
+    pub memory_gb: Option<f64>,
+    /// Skip the half-second throughput measurement (and the epoch time).
+    #[arg(long)]
+    pub no_measure: bool,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// Arguments of `teacher infer`.

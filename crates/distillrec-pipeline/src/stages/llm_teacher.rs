@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 
 use distillrec_cache::{CacheSource, TeacherCache};
 use distillrec_config::Config;
+use distillrec_data::memory::available_bytes;
 use distillrec_data::outguard::DirOutput;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
-use distillrec_run::{peak_rss_mb, BuildInfo, Metrics, RunKind};
+use distillrec_run::{peak_rss_mb, rss_mb, BuildInfo, Metrics, RunKind};
 use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest, trained_settings};
 use distillrec_teacher::evaluate::{eval_generative, eval_ranking, Answer};
 use distillrec_teacher::infer::{cache_from_teacher, shard_range, InferOptions};
@@ -26,7 +27,7 @@ use distillrec_teacher::Teacher;
 use crate::latency::teacher_latency;
 use crate::prepared::{absolute, load_prepared, run_data, Data};
 use crate::runs::with_run;
-use crate::stages::{selected_rows, CacheBuild, CacheJob};
+use crate::stages::{plan_for, selected_rows, CacheBuild, CacheJob};
 
 /// What `train teacher` reads besides the config.
 pub struct TrainTeacherRequest {
@@ -161,6 +162,9 @@ pub fn train_teacher(
         run.set_device(spec_of(device))?;
         let data = run.stage("data", || run_data(cfg, req.data.as_deref(), &req.out))?;
         let rows = selected_rows(&data, req.selection.as_deref())?;
+        // the plan's memory check, before the backbone loads
+        plan_for(cfg, &backbone, &data.ds, &rows, None, device)?.check(available_bytes())?;
+        let rss_before_load = rss_mb();
         let mut a = run.stage("teacher.load", || {
             assemble(
                 &cfg.teacher,
@@ -172,6 +176,8 @@ pub fn train_teacher(
                 (&req.out, true),
             )
         })?;
+        let rss_after_load = rss_mb();
+        let peak_after_load = peak_rss_mb();
         // the run key: what the weights depend on, by content (the backbone
         // and the student by their SHA-256, not by where they lie, so a
         // moved run directory resumes)
@@ -212,6 +218,9 @@ pub fn train_teacher(
                 "mean_epoch_secs": outcome.mean_epoch_secs,
                 "resumed_after": outcome.resumed_after,
                 "peak_rss_mb": peak_rss_mb(),
+                "rss_before_load_mb": rss_before_load,
+                "rss_after_load_mb": rss_after_load,
+                "peak_after_load_mb": peak_after_load,
                 "num_layers": a.teacher.llm.model.layers.len(),
                 "blas": crate::llm::blas_backend(),
             }),

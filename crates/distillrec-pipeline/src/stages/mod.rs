@@ -9,6 +9,7 @@ mod recommend;
 mod select;
 mod student;
 mod teacher;
+mod teacher_plan;
 
 pub use data::{eval_popularity, popularity, prepare};
 pub use distill::{distill, DistillOutcome, DistillRequest};
@@ -22,3 +23,4 @@ pub use student::{eval_student, train_student, train_student_in, StudentEval, Tr
 pub use teacher::{
     merge_shards, teacher_from_files, teacher_from_student, CacheBuild, CacheJob, CACHE_BUILD_FILE,
 };
+pub use teacher_plan::{plan_for, plan_teacher, PlannedTeacher, TeacherPlanRequest};

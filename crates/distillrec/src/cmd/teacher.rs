@@ -1,4 +1,4 @@
-//! `teacher from-student | from-files | merge | infer`.
+//! `teacher from-student | from-files | merge | infer | plan`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,8 +13,9 @@ use distillrec_run::init_logging;
 
 use crate::args::{
     CacheJobArgs, FromFilesArgs, FromStudentArgs, MergeArgs, TeacherCommand, TeacherInferArgs,
+    TeacherPlanArgs,
 };
-use crate::common::{config_device, load_config};
+use crate::common::{config_device, data_override, load_config};
 
 /// Runs a `teacher` subcommand.
 pub fn run(c: TeacherCommand) -> Result<()> {
@@ -24,6 +25,7 @@ pub fn run(c: TeacherCommand) -> Result<()> {
         TeacherCommand::FromFiles(a) => from_files(a),
         TeacherCommand::Merge(a) => merge(a),
         TeacherCommand::Infer(a) => infer(a),
+        TeacherCommand::Plan(a) => plan(a),
     }
 }
 
@@ -51,6 +53,40 @@ fn print_cache(cache: &TeacherCache, what: &str, rate: String, secs: f64, out: &
         cache.embedding_dim().unwrap_or(0),
         out.display()
     );
+}
+
+/// `teacher plan`: prints the plan, then refuses (exit code 1) a run that
+/// will not fit.
+fn plan(a: TeacherPlanArgs) -> Result<()> {
+    let data = data_override(a.data.as_deref());
+    let mut cfg = load_config(&a.config, data, reads::TRAIN_TEACHER)?;
+    let device = config_device(&mut cfg, &a.device)?;
+    if let Some(gb) = a.memory_gb {
+        anyhow::ensure!(
+            gb.is_finite() && gb > 0.0,
+            "--memory-gb {gb} must be a positive number of gigabytes"
+        );
+    }
+    if a.prompt_tokens == Some(0) {
+        anyhow::bail!("--prompt-tokens must be positive");
+    }
+    let req = stages::TeacherPlanRequest {
+        data: a.data,
+        backbone: a.backbone,
+        prompt_tokens: a.prompt_tokens,
+        memory_gb: a.memory_gb,
+        measure: !a.no_measure,
+    };
+    let p = stages::plan_teacher(&cfg, &req, &device)?;
+    print!("{}", p.plan.render(p.available, p.flops_per_sec));
+    match p.available {
+        Some(avail) => {
+            p.plan.check(avail)?;
+            println!("fits: yes");
+        }
+        None => println!("fits: unknown (pass --memory-gb with the GPU's memory)"),
+    }
+    Ok(())
 }
 
 fn infer(a: TeacherInferArgs) -> Result<()> {
