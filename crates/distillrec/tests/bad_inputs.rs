@@ -543,6 +543,44 @@ fn corpus() -> Vec<Case> {
             ],
             "--dump lies inside the input",
         ),
+        // teacher plan: the backbone config and the flags
+        c(
+            "llm",
+            "plan-bad-config",
+            &[
+                "teacher",
+                "plan",
+                "--backbone",
+                "{case}/config.json",
+                "--no-measure",
+            ],
+            "config.json: bad JSON",
+        ),
+        c(
+            "llm",
+            "plan-bad-config",
+            &[
+                "teacher",
+                "plan",
+                "--backbone",
+                "{case}/config.json",
+                "--memory-gb=-3",
+            ],
+            "--memory-gb -3 must be a positive number of gigabytes",
+        ),
+        c(
+            "llm",
+            "plan-bad-config",
+            &[
+                "teacher",
+                "plan",
+                "--backbone",
+                "{case}/config.json",
+                "--prompt-tokens",
+                "0",
+            ],
+            "--prompt-tokens must be positive",
+        ),
     ]
 }
 
