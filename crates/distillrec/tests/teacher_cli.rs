@@ -239,16 +239,51 @@ fn train_eval_and_infer_a_teacher() {
         s(&d.join("c0")),
         s(&d.join("c1")),
     ]);
+    // scripts/launch-shards.sh: two shards at once, then the merge
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/launch-shards.sh"
+    );
+    let launched = std::process::Command::new("bash")
+        .args([script, "2", env!("CARGO_BIN_EXE_distillrec")])
+        .args([
+            "teacher",
+            "infer",
+            "--checkpoint",
+            s(&best),
+            "--data",
+            s(&data),
+            "--selection",
+            s(&sel),
+            "--k",
+            "5",
+            "--out",
+            s(&d.join("cl")),
+        ])
+        .env("DEVICE", "cpu")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        launched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&launched.stderr)
+    );
+    assert!(!d.join("cl.shards").exists(), "shards are removed");
     for f in [
         "manifest.json",
         "keys.txt",
         "rows.safetensors",
         "item_embeddings.safetensors",
     ] {
+        let one = std::fs::read(d.join("c").join(f)).unwrap();
         assert!(
-            std::fs::read(d.join("c").join(f)).unwrap()
-                == std::fs::read(d.join("cm").join(f)).unwrap(),
+            one == std::fs::read(d.join("cm").join(f)).unwrap(),
             "{f} differs"
+        );
+        assert!(
+            one == std::fs::read(d.join("cl").join(f)).unwrap(),
+            "{f} differs after launch-shards.sh"
         );
     }
 
