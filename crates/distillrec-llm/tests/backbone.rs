@@ -639,12 +639,27 @@ fn sharded_safetensors_load() {
     write_hf_dir(dir.path(), &cfg, &w);
     let single = load(dir.path(), &opts()).unwrap().model;
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let (a, b): (Vec<_>, Vec<_>) = w.iter().partition(|(k, _)| k.contains("layers.1"));
+    // three shards as Hugging Face writes them: layer 0, layer 1, the rest
+    let shard_of = |k: &str| {
+        if k.contains("layers.0.") {
+            0
+        } else if k.contains("layers.1.") {
+            1
+        } else {
+            2
+        }
+    };
     let mut map = serde_json::Map::new();
-    for (part, file) in [
-        (a, "model-00001-of-00002.safetensors"),
-        (b, "model-00002-of-00002.safetensors"),
-    ] {
+    for (i, file) in [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let part: Vec<_> = w.iter().filter(|(k, _)| shard_of(k) == i).collect();
+        assert!(!part.is_empty(), "shard {i} is empty");
         let part: std::collections::BTreeMap<String, Tensor> = part
             .into_iter()
             .map(|(k, v)| (k.clone(), v.clone()))
