@@ -41,6 +41,7 @@ mod checks;
 mod files;
 mod history;
 mod plot;
+mod report;
 pub mod runs;
 mod tables;
 
@@ -53,7 +54,8 @@ pub use plot::{
     plot_budget_curve, plot_costs, plot_learning_curves, plot_metric_bars, LearningCurve,
     PlotFiles, ReferenceLine, PLOT_HEIGHT, PLOT_WIDTH,
 };
-pub use runs::{budget_points, write_report, ReportRequest, RunDir, RunKind, RunSpec};
+pub use report::{budget_points, write_report, ReportRequest};
+pub use runs::{RunDir, RunKind, RunSpec};
 pub use tables::{
     budget_csv, budget_markdown, cost_markdown, csv_table, markdown_table, results_csv,
     COST_METRICS,
