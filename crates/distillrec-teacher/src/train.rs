@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use distillrec_config::{EvalOptions, TeacherTrain};
 use distillrec_data::{Dataset, SplitName};
-use distillrec_llm::AdamW;
+use distillrec_models::optim::{AdamW, AdamWConfig};
 use distillrec_train::commit::{self, LastRef};
 use distillrec_train::DatasetRef;
 
@@ -265,9 +265,9 @@ fn commit_epoch(
     out_dir: &Path,
 ) -> Result<()> {
     let ckpt = out_dir.join("checkpoints");
-    let (step, m, v) = opt.state();
+    let (m, v) = opt.moments();
     let o = OptState {
-        step,
+        step: opt.step,
         m: m.to_vec(),
         v: v.to_vec(),
     };
@@ -298,7 +298,10 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
     let steps_per_epoch = t.rows.len().div_ceil(per_step) as u64;
     let total = steps_per_epoch * tr.max_epochs as u64;
     let warm = ((tr.warmup * total as f64).ceil() as u64).max(1);
-    let mut opt = AdamW::new(&teacher.param_sizes(), tr.lr, tr.weight_decay);
+    let mut opt = AdamW::new(
+        AdamWConfig::new(tr.lr, tr.weight_decay, tr.grad_clip),
+        &teacher.param_sizes(),
+    );
     let mut st = resume(teacher, t, run_key, &mut opt)?;
     let (be, se) = (&t.backbone, &t.student);
     let resumed_after = st.epoch;
@@ -368,21 +371,9 @@ pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<T
             add_scaled(&mut acc, &out.grads, w);
             in_acc += 1;
             if in_acc == tr.grad_accum || k + 1 == chunks.len() {
-                if tr.grad_clip > 0.0 {
-                    let norm = acc
-                        .iter()
-                        .flatten()
-                        .map(|&g| (g as f64) * (g as f64))
-                        .sum::<f64>()
-                        .sqrt();
-                    if norm > tr.grad_clip {
-                        let s = (tr.grad_clip / norm) as f32;
-                        acc.iter_mut().flatten().for_each(|g| *g *= s);
-                    }
-                }
-                opt.lr = lr_at(tr.lr, st.step, warm, total);
+                opt.config.lr = lr_at(tr.lr, st.step, warm, total);
                 let gs: Vec<&[f32]> = acc.iter().map(Vec::as_slice).collect();
-                opt.step(&mut teacher.params_mut(), &gs);
+                opt.step(&mut teacher.params_mut(), &gs)?;
                 acc.iter_mut().for_each(|a| a.fill(0.0));
                 in_acc = 0;
                 st.step += 1;

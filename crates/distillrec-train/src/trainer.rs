@@ -589,7 +589,7 @@ impl<'a> TrainRun<'a> {
         tracing::info!(epoch, train_loss, metric = %stage.metric, value = metric, epoch_secs, "epoch done");
         let state = &mut self.state;
         state.epoch = epoch;
-        state.step = self.opt.step;
+        state.step = self.opt.steps();
         state.epoch_secs.push(epoch_secs);
         if metric > state.best_metric {
             state.best_metric = metric;
