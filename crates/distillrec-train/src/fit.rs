@@ -357,3 +357,142 @@ fn resume<T: Trainee>(
     tracing::info!(epoch = after, "resuming after the last finished epoch");
     Ok((saved, Some(after)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-number "model": each epoch adds 1 to the weight; the scores
+    /// of the epochs are given; checkpoints are text files.
+    struct Counter {
+        w: u64,
+        scores: Vec<f64>,
+        trained: Vec<usize>,
+    }
+
+    impl Counter {
+        fn new(scores: &[f64]) -> Self {
+            Counter {
+                w: 0,
+                scores: scores.to_vec(),
+                trained: Vec::new(),
+            }
+        }
+    }
+
+    impl Trainee for Counter {
+        type Row = (usize, f64);
+        fn stage_name(&self) -> &str {
+            "train.counter"
+        }
+        fn train_epoch(&mut self, epoch: usize, progress: &mut Progress) -> Result<f64> {
+            progress.begin(1, "rows");
+            self.w += 1;
+            self.trained.push(epoch);
+            progress.advance(1, Some(self.w), 1.0, None);
+            Ok(1.0 / epoch as f64)
+        }
+        fn steps(&self) -> u64 {
+            self.w
+        }
+        fn validate(&mut self) -> Result<(f64, BTreeMap<String, f64>)> {
+            let s = self.scores[self.w as usize - 1];
+            Ok((s, BTreeMap::from([("score".to_string(), s)])))
+        }
+        fn history_row(&self, r: &EpochRecord) -> (usize, f64) {
+            (r.epoch, r.metrics["score"])
+        }
+        fn history_csv(&self, rows: &[(usize, f64)]) -> Result<String> {
+            Ok(rows.iter().map(|(e, s)| format!("{e},{s}\n")).collect())
+        }
+        fn save_best(&mut self, r: &EpochRecord) -> Result<()> {
+            let _ = r;
+            Ok(())
+        }
+        fn save_last(&mut self, dir: &Path, stem: &str, r: &EpochRecord) -> Result<String> {
+            let text = format!("{} {}", r.epoch, self.w);
+            std::fs::write(dir.join(format!("{stem}.safetensors")), &text)?;
+            Ok(format!("sha:{text}"))
+        }
+        fn load_last(&mut self, path: &Path, step: u64) -> Result<(usize, String)> {
+            let text = std::fs::read_to_string(path)?;
+            let (epoch, w) = text.split_once(' ').context("bad")?;
+            self.w = w.parse()?;
+            assert_eq!(self.w, step);
+            Ok((epoch.parse()?, format!("sha:{text}")))
+        }
+    }
+
+    fn options(dir: &Path, key: &str) -> FitOptions<'_> {
+        FitOptions {
+            out_dir: dir,
+            run_key: key.into(),
+            max_epochs: 5,
+            patience: 2,
+            progress: false,
+            halt_after_epoch: None,
+            legacy_state: Some(dir.join("state.json")),
+        }
+    }
+
+    #[test]
+    fn early_stopping_and_an_exact_resume() {
+        let d = tempfile::tempdir().unwrap();
+        let scores = [0.1, 0.3, 0.2, 0.25, 0.9];
+        let mut whole = Counter::new(&scores);
+        let done = fit(&mut whole, &options(d.path(), "k")).unwrap();
+        // two epochs without beating 0.3 stop the run before epoch 5
+        assert_eq!((done.state.epoch, done.state.best_epoch), (4, 2));
+        assert!(done.state.finished);
+        let cut = tempfile::tempdir().unwrap();
+        let mut o = options(cut.path(), "k");
+        o.halt_after_epoch = Some(3);
+        let e = fit(&mut Counter::new(&scores), &o).err().unwrap();
+        assert!(e.to_string().contains("halted after epoch 3"), "{e}");
+        let mut rest = Counter::new(&scores);
+        let resumed = fit(&mut rest, &options(cut.path(), "k")).unwrap();
+        assert_eq!(resumed.resumed_after, Some(3));
+        assert_eq!(rest.trained, [4], "only the missing epoch is trained");
+        assert_eq!(resumed.state, done.state);
+        let csv = |p: &Path| std::fs::read_to_string(p.join("history.csv")).unwrap();
+        assert_eq!(csv(cut.path()), csv(d.path()));
+    }
+
+    #[test]
+    fn another_runs_state_is_refused_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = options(d.path(), "k");
+        o.max_epochs = 1;
+        fit(&mut Counter::new(&[0.5]), &o).unwrap();
+        let state = d.path().join("checkpoints/state.json");
+        let before = std::fs::read(&state).unwrap();
+        let mut other = Counter::new(&[0.5]);
+        let e = fit(&mut other, &options(d.path(), "other")).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: this run directory holds training state for a different config, dataset, seed or teacher; use another --out",
+                state.display()
+            )
+        );
+        assert!(other.trained.is_empty());
+        assert_eq!(std::fs::read(&state).unwrap(), before);
+    }
+
+    #[test]
+    fn an_old_teacher_state_at_the_run_root_resumes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("checkpoints")).unwrap();
+        std::fs::write(d.path().join("checkpoints/last.safetensors"), "2 2").unwrap();
+        // the layout `distillrec-teacher` wrote before the loop was shared
+        let old = r#"{"key": "k", "epoch": 2, "step": 2, "best": 0.3, "best_epoch": 2,
+            "bad_epochs": 0, "history": [[1, 0.1], [2, 0.3]]}"#;
+        std::fs::write(d.path().join("state.json"), old).unwrap();
+        let mut c = Counter::new(&[0.1, 0.3, 0.2, 0.25, 0.9]);
+        let r = fit(&mut c, &options(d.path(), "k")).unwrap();
+        assert_eq!(r.resumed_after, Some(2));
+        assert_eq!(c.trained, [3, 4]);
+        assert_eq!((r.state.epoch, r.state.best_epoch), (4, 2));
+        assert!(d.path().join("checkpoints/state.json").exists());
+    }
+}
