@@ -423,7 +423,7 @@ mod tests {
         }
     }
 
-    fn options(dir: &Path, key: &str) -> FitOptions<'_> {
+    fn options<'a>(dir: &'a Path, key: &str) -> FitOptions<'a> {
         FitOptions {
             out_dir: dir,
             run_key: key.into(),
