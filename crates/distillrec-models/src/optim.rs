@@ -97,7 +97,7 @@ impl AdamW {
             .enumerate()
             .map(|(index, (p, &g))| Update {
                 index,
-                param: &mut **p,
+                param: p,
                 grad: g,
             })
             .collect();
