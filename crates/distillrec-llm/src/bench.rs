@@ -13,7 +13,7 @@ use crate::lora::AdapterCtx;
 use crate::loss::lm_head_loss;
 use crate::model::{Model, Target};
 use crate::tape;
-use crate::AdamW;
+use distillrec_models::optim::{AdamW, AdamWConfig};
 
 /// Deterministic benchmark token ids `(i * 997 + 13) mod vocab` (the PyTorch
 /// script uses the same formula).
@@ -138,14 +138,20 @@ impl Batch {
     }
 }
 
-fn adam_step(opt: &mut AdamW, adapters: &mut AdapterSet<f32>, grads: &AdapterSet<f32>) {
+fn adam_step(
+    opt: &mut AdamW,
+    adapters: &mut AdapterSet<f32>,
+    grads: &AdapterSet<f32>,
+) -> Result<()> {
     let mut params: Vec<&mut [f32]> = Vec::new();
     for w in adapters.weights_mut() {
         params.push(&mut w.a);
         params.push(&mut w.b);
     }
     let gs: Vec<&[f32]> = grads.weights().flat_map(|w| [&w.a[..], &w.b[..]]).collect();
-    opt.step(&mut params, &gs);
+    opt.step(&mut params, &gs)
+        .map_err(|e| Error::Input(e.to_string()))?;
+    Ok(())
 }
 
 fn adam_for(adapters: &AdapterSet<f32>, lr: f64, wd: f64) -> AdamW {
@@ -153,7 +159,7 @@ fn adam_for(adapters: &AdapterSet<f32>, lr: f64, wd: f64) -> AdamW {
         .weights()
         .flat_map(|w| [w.a.len(), w.b.len()])
         .collect();
-    AdamW::new(&sizes, lr, wd)
+    AdamW::new(AdamWConfig::new(lr, wd, 0.0), &sizes)
 }
 
 /// The causal-LM step: mean next-token cross-entropy, backward through
@@ -186,7 +192,7 @@ impl LmStep {
         let pairs = batch.next_token_pairs();
         let (loss, dh) = lm_head_loss(model, &hidden, &pairs)?;
         let g = tape::backward(model, &self.adapters, tp, &dh)?;
-        adam_step(&mut self.opt, &mut self.adapters, &g.adapters);
+        adam_step(&mut self.opt, &mut self.adapters, &g.adapters)?;
         Ok(loss)
     }
 }

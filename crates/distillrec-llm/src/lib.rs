@@ -31,7 +31,8 @@
 //!   only), with its attention and layers in private submodules over the
 //!   crate-private `kernels` (float trait, matrix views, the one matmul);
 //!   reached through [`pass`] (public only, hidden, for the f64 gradient
-//!   checks of `tests/tape.rs`). AdamW lives there for now: [`AdamW`].
+//!   checks of `tests/tape.rs`). The optimiser is
+//!   `distillrec_models::optim::AdamW`, shared with the students.
 //! - [`adapters`] — [`AdapterSet`] (the mixture-of-experts LoRA) and
 //!   [`Dropout`] (LoRA dropout), the trainable state of the teacher.
 //! - [`loss`] — [`lm_head_loss`], the blocked LM-head cross-entropy and its
@@ -84,5 +85,5 @@ pub use loader::{load, read_config, read_tokenizer, Llm, LoadOptions};
 pub use loss::lm_head_loss;
 pub use model::{KvCache, Model};
 pub use source::{MapSource, WeightSource};
-pub use tape::{AdamW, Real};
+pub use tape::Real;
 pub use tokenizer::Tokenizer;

@@ -18,6 +18,7 @@ pub mod gru4rec;
 pub mod loss;
 pub mod net;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod sasrec;
 pub mod student;

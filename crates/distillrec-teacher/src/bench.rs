@@ -27,8 +27,8 @@ use distillrec_config::{AdapterTarget, StudentConfig, TeacherConfig, TeacherObje
 use distillrec_data::prepare::{prepare, PrepareOptions};
 use distillrec_data::synthetic::{generate, SyntheticOptions};
 use distillrec_data::{Dataset, ItemId, Row};
-use distillrec_llm::tape::AdamW;
 use distillrec_llm::Llm;
+use distillrec_models::optim::{AdamW, AdamWConfig};
 use distillrec_models::{Student, StudentSpec};
 
 use crate::model::{has_generative, has_ranking, row_seed, streams, Teacher};
@@ -131,7 +131,10 @@ impl Bench {
         if spec.mode == Mode::Infer && has_generative(spec.objective) {
             teacher.attach()?;
         }
-        let opt = AdamW::new(&teacher.param_sizes(), LR, WEIGHT_DECAY);
+        let opt = AdamW::new(
+            AdamWConfig::new(LR, WEIGHT_DECAY, 0.0),
+            &teacher.param_sizes(),
+        );
         Ok(Bench {
             teacher,
             ds,
@@ -282,7 +285,10 @@ impl Bench {
             .iter()
             .map(|p| p.to_vec())
             .collect();
-        let fresh = AdamW::new(&self.teacher.param_sizes(), LR, WEIGHT_DECAY);
+        let fresh = AdamW::new(
+            AdamWConfig::new(LR, WEIGHT_DECAY, 0.0),
+            &self.teacher.param_sizes(),
+        );
         let kept = std::mem::replace(&mut self.opt, fresh);
         let first = self.train_once()?;
         let second = self.train_once()?;
@@ -298,7 +304,7 @@ impl Bench {
         let rows: Vec<&Row> = self.rows.iter().map(|&i| &self.ds.train[i]).collect();
         let out = self.teacher.micro_step(&self.ds, &rows, 0, 1.0, 0)?;
         let gs: Vec<&[f32]> = out.grads.iter().map(Vec::as_slice).collect();
-        self.opt.step(&mut self.teacher.params_mut(), &gs);
+        self.opt.step(&mut self.teacher.params_mut(), &gs)?;
         Ok(out.loss)
     }
 

@@ -1,14 +1,15 @@
-//! Training the teacher: AdamW over every trainable tensor, linear warm-up
-//! then cosine decay, gradient accumulation, global-norm clipping, early
-//! stopping on the validation metric, `checkpoints/best` and
-//! `checkpoints/last-e<epoch>` after every epoch and an exact resume from
-//! `state.json`, which names the `last` it belongs to (the epoch commit of
-//! `distillrec_train::commit`; every random choice is a function of the
-//! seed, the epoch and the step, so a resumed run takes the same steps as an
-//! uninterrupted one).
+//! Training the teacher: a [`Trainee`] of the one training loop
+//! (`distillrec_train::fit`, which owns the epochs, early stopping on the
+//! validation metric, `checkpoints/best`, the epoch commit of
+//! `checkpoints/last-e<epoch>` and `checkpoints/state.json`, and the exact
+//! resume) with the one AdamW (`distillrec_models::optim`: global-norm
+//! clipping included) over every trainable tensor, linear warm-up then
+//! cosine decay, and gradient accumulation. Every random choice is a
+//! function of the seed, the epoch and the step, so a resumed run takes the
+//! same steps as an uninterrupted one. Runs from before the shared loop
+//! kept `state.json` at the run root; it is still read there.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,12 +17,12 @@ use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use distillrec_config::{EvalOptions, TeacherTrain};
 use distillrec_data::{Dataset, SplitName};
-use distillrec_llm::AdamW;
-use distillrec_train::commit::{self, LastRef};
+use distillrec_models::optim::{AdamW, AdamWConfig};
+use distillrec_train::fit::{fit, EpochRecord, FitOptions, Progress, Trainee};
 use distillrec_train::DatasetRef;
 
 use crate::checkpoint::{self, OptState, Pinned, TeacherManifest, FORMAT, VERSION};
@@ -73,26 +74,6 @@ pub struct TeacherOutcome {
     /// Training rows.
     pub rows: usize,
 }
-
-/// Progress saved after every epoch.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct State {
-    key: String,
-    epoch: usize,
-    step: u64,
-    best: Option<f64>,
-    best_epoch: usize,
-    bad_epochs: usize,
-    history: Vec<BTreeMap<String, f64>>,
-    /// The `last` checkpoint of `epoch` (absent in states written before
-    /// the epoch commit named it: `last.safetensors` then).
-    #[serde(default)]
-    last: Option<LastRef>,
-}
-
-/// Optimiser steps between two progress log lines when stderr is not a
-/// terminal (PyTorch Lightning's `log_every_n_steps` default).
-pub const LOG_EVERY: u64 = 50;
 
 /// Per-epoch columns that are not validation metrics.
 const EPOCH_COLUMNS: [&str; 3] = ["train_loss", "epoch_secs", "tokens_per_sec"];
@@ -199,274 +180,235 @@ fn score_of(teacher: &Teacher, t: &TrainTeacher, m: &BTreeMap<String, f64>) -> R
         .with_context(|| format!("validation gave no `{key}`"))
 }
 
-/// The loop state to start from: a fresh one, or the one in `state.json`
-/// when it belongs to this run (`run_key`) and has a finished epoch, with
-/// the weights and optimiser moments of exactly the `last` checkpoint it
-/// names loaded into `teacher` and `opt`.
-fn resume(
-    teacher: &mut Teacher,
-    t: &TrainTeacher,
-    run_key: &str,
-    opt: &mut AdamW,
-) -> Result<State> {
-    let fresh = State {
-        key: run_key.to_string(),
-        epoch: 0,
-        step: 0,
-        best: None,
-        best_epoch: 0,
-        bad_epochs: 0,
-        history: Vec::new(),
-        last: None,
-    };
-    let state_path = t.out_dir.join("state.json");
-    let text = match std::fs::read_to_string(&state_path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fresh),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", state_path.display())),
-    };
-    let old: State =
-        serde_json::from_str(&text).with_context(|| format!("{}", state_path.display()))?;
-    if old.key != run_key || old.epoch == 0 {
-        return Ok(fresh);
-    }
-    let last = t
-        .out_dir
-        .join("checkpoints")
-        .join(commit::last_file(old.last.as_ref()));
-    let (m, o) = checkpoint::load_into(
-        &last,
-        teacher,
-        &t.backbone.sha256,
-        &t.student.sha256,
-        &t.reference.fingerprint,
-    )?;
-    commit::check_last(
-        &last,
-        m.epoch,
-        &m.weights_sha256,
-        old.epoch,
-        old.last.as_ref(),
-    )?;
-    let o = o.context("the `last` checkpoint holds no optimiser state")?;
-    opt.restore(o.step, o.m, o.v)?;
-    tracing::info!("resuming the teacher after epoch {}", old.epoch);
-    Ok(old)
+/// The teacher in the shared loop: its optimiser, its schedule and the
+/// tokens it trained on.
+struct TeacherRun<'a, 'b> {
+    teacher: &'a mut Teacher,
+    t: &'a TrainTeacher<'b>,
+    opt: AdamW,
+    /// Warm-up steps and total steps of the learning-rate schedule.
+    warm: u64,
+    total: u64,
+    /// Training tokens of this process's epochs, and of the current one.
+    tokens: usize,
+    epoch_tokens: usize,
 }
 
-/// Commits the epoch `st.epoch` (`distillrec_train::commit`): writes
-/// `last-e<epoch>` with the optimiser state, then `state.json` naming it,
-/// then removes the older `last` files.
-fn commit_epoch(
-    teacher: &Teacher,
-    opt: &AdamW,
-    manifest: &TeacherManifest,
-    st: &mut State,
-    out_dir: &Path,
-) -> Result<()> {
-    let ckpt = out_dir.join("checkpoints");
-    let (step, m, v) = opt.state();
-    let o = OptState {
-        step,
-        m: m.to_vec(),
-        v: v.to_vec(),
-    };
-    let stem = commit::last_stem(st.epoch);
-    let wpath = checkpoint::save(&ckpt, &stem, teacher, manifest, Some(&o))?;
-    let (saved, _) = checkpoint::read_manifest(&wpath)?;
-    st.last = Some(LastRef {
-        file: format!("{stem}.safetensors"),
-        sha256: saved.weights_sha256,
-    });
-    distillrec_data::fsutil::atomic_write(
-        &out_dir.join("state.json"),
-        serde_json::to_string_pretty(&st)?.as_bytes(),
-    )?;
-    commit::remove_stale_last(&ckpt, &stem)
-}
-
-/// Trains `teacher` in `t.out_dir`, resuming from `state.json` when it
-/// belongs to the same run (`run_key`); leaves the best weights loaded.
-pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<TeacherOutcome> {
-    let tr = t.train;
-    if t.rows.is_empty() {
-        bail!("no training rows for the teacher");
-    }
-    let ckpt = t.out_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt)?;
-    let per_step = tr.batch_size * tr.grad_accum;
-    let steps_per_epoch = t.rows.len().div_ceil(per_step) as u64;
-    let total = steps_per_epoch * tr.max_epochs as u64;
-    let warm = ((tr.warmup * total as f64).ceil() as u64).max(1);
-    let mut opt = AdamW::new(&teacher.param_sizes(), tr.lr, tr.weight_decay);
-    let mut st = resume(teacher, t, run_key, &mut opt)?;
-    let (be, se) = (&t.backbone, &t.student);
-    let resumed_after = st.epoch;
-    let manifest =
-        |teacher: &Teacher, st: &State, metrics: BTreeMap<String, f64>| TeacherManifest {
+impl TeacherRun<'_, '_> {
+    /// The manifest of a checkpoint of this run after `epoch`.
+    fn manifest(&self, epoch: usize, metrics: &BTreeMap<String, f64>) -> TeacherManifest {
+        let (teacher, t) = (&*self.teacher, self.t);
+        TeacherManifest {
             format: FORMAT.into(),
             version: VERSION,
             spec: teacher.spec(),
             teacher: teacher.cfg.clone(),
             seed: teacher.seed,
-            backbone: be.clone(),
-            student: se.clone(),
+            backbone: t.backbone.clone(),
+            student: t.student.clone(),
             dataset: t.reference.clone(),
-            epoch: st.epoch,
-            step: st.step,
-            metrics,
+            epoch,
+            step: self.opt.step,
+            metrics: metrics.clone(),
             weights: String::new(),
             weights_sha256: String::new(),
             config_sha256: None, // filled by checkpoint::save
-        };
-    let (mut tokens, mut train_secs, mut epochs_here) = (0usize, 0.0f64, 0usize);
-    // without a terminal (nohup, a batch scheduler) the bar is not drawn:
-    // a log line every LOG_EVERY optimiser steps says how the epoch goes
-    let log_steps = t.progress && !std::io::stderr().is_terminal();
-    while st.epoch < tr.max_epochs && (st.best.is_none() || st.bad_epochs < tr.patience.max(1)) {
-        let epoch = st.epoch;
-        let start = Instant::now();
-        let order = epoch_order(teacher, t, epoch);
-        let bar = if t.progress {
-            indicatif::ProgressBar::new(t.rows.len() as u64).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "teacher epoch {prefix} [{bar:30}] {pos}/{len} rows, {msg} · ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            )
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_prefix(format!("{}", epoch + 1));
-        let mut acc = teacher.zero_grads();
-        let (mut loss_sum, mut loss_n, mut in_acc) = (0.0, 0usize, 0usize);
-        let chunks: Vec<&[usize]> = order.iter().map(Vec::as_slice).collect();
-        let epoch_tokens_start = tokens;
-        for (k, chunk) in chunks.iter().enumerate() {
-            let rows: Vec<_> = chunk.iter().map(|&r| &t.ds.train[r]).collect();
-            let hybrid_p = if teacher.cfg.curriculum {
-                st.step as f64 / total.max(1) as f64
-            } else {
-                1.0
-            };
-            let drop_seed = teacher.seed
-                ^ ((epoch as u64) << 40)
-                ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let out = teacher.micro_step(t.ds, &rows, epoch, hybrid_p, drop_seed)?;
-            if !out.loss.is_finite() {
-                bail!(
-                    "the teacher's loss became {} at epoch {} step {}",
-                    out.loss,
-                    epoch + 1,
-                    st.step
-                );
-            }
-            loss_sum += out.loss;
-            loss_n += 1;
-            tokens += out.tokens;
-            let w = 1.0 / tr.grad_accum as f32;
-            add_scaled(&mut acc, &out.grads, w);
-            in_acc += 1;
-            if in_acc == tr.grad_accum || k + 1 == chunks.len() {
-                if tr.grad_clip > 0.0 {
-                    let norm = acc
-                        .iter()
-                        .flatten()
-                        .map(|&g| (g as f64) * (g as f64))
-                        .sum::<f64>()
-                        .sqrt();
-                    if norm > tr.grad_clip {
-                        let s = (tr.grad_clip / norm) as f32;
-                        acc.iter_mut().flatten().for_each(|g| *g *= s);
-                    }
-                }
-                opt.lr = lr_at(tr.lr, st.step, warm, total);
-                let gs: Vec<&[f32]> = acc.iter().map(Vec::as_slice).collect();
-                opt.step(&mut teacher.params_mut(), &gs);
-                acc.iter_mut().for_each(|a| a.fill(0.0));
-                in_acc = 0;
-                st.step += 1;
-            }
-            bar.inc(chunk.len() as u64);
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            let rate = (tokens - epoch_tokens_start) as f64 / secs;
-            let mean_loss = loss_sum / loss_n as f64;
-            bar.set_message(format!("loss {mean_loss:.3}, {rate:.0} tokens/s"));
-            if log_steps && in_acc == 0 && st.step.is_multiple_of(LOG_EVERY) {
-                let done = chunks[..=k].iter().map(|c| c.len()).sum::<usize>();
-                let eta = secs / done as f64 * (t.rows.len() - done) as f64;
-                tracing::info!(
-                    epoch = epoch + 1,
-                    step = st.step,
-                    rows = done,
-                    of = t.rows.len(),
-                    loss = format!("{mean_loss:.4}"),
-                    tokens_per_sec = format!("{rate:.0}"),
-                    eta_secs = format!("{eta:.0}"),
-                    "teacher training"
-                );
-            }
-        }
-        bar.finish_and_clear();
-        let secs = start.elapsed().as_secs_f64();
-        train_secs += secs;
-        epochs_here += 1;
-        let mut metrics = validate(teacher, t)?;
-        let score = score_of(teacher, t, &metrics)?;
-        metrics.insert("train_loss".into(), loss_sum / loss_n.max(1) as f64);
-        metrics.insert("epoch_secs".into(), secs);
-        metrics.insert(
-            "tokens_per_sec".into(),
-            (tokens - epoch_tokens_start) as f64 / secs.max(1e-9),
-        );
-        tracing::info!("teacher epoch {}: {metrics:?}", epoch + 1);
-        st.epoch += 1;
-        st.history.push(metrics.clone());
-        if st.best.is_none_or(|b| score > b) {
-            st.best = Some(score);
-            st.best_epoch = st.epoch;
-            st.bad_epochs = 0;
-            checkpoint::save(
-                &ckpt,
-                "best",
-                teacher,
-                &manifest(teacher, &st, metrics.clone()),
-                None,
-            )?;
-        } else {
-            st.bad_epochs += 1;
-        }
-        distillrec_data::fsutil::atomic_write(
-            &t.out_dir.join("history.csv"),
-            history_csv(&st.history).as_bytes(),
-        )?;
-        commit_epoch(
-            teacher,
-            &opt,
-            &manifest(teacher, &st, metrics),
-            &mut st,
-            t.out_dir,
-        )?;
-        if t.halt_after_epoch == Some(st.epoch) {
-            bail!("halted after epoch {} (as asked)", st.epoch);
         }
     }
-    let best = ckpt.join("best.safetensors");
-    checkpoint::load_into(
-        &best,
+
+    /// Loads the checkpoint `path` after checking that it belongs to this
+    /// backbone, student and dataset.
+    fn load(&mut self, path: &Path) -> Result<(TeacherManifest, Option<OptState>)> {
+        let t = self.t;
+        checkpoint::load_into(
+            path,
+            self.teacher,
+            &t.backbone.sha256,
+            &t.student.sha256,
+            &t.reference.fingerprint,
+        )
+    }
+
+    /// One micro-batch (`k`-th of epoch `e0`, 0-based): forward and
+    /// backward, its gradients added to `acc`; returns the loss.
+    fn micro_batch(
+        &mut self,
+        e0: usize,
+        k: usize,
+        chunk: &[usize],
+        acc: &mut [Vec<f32>],
+    ) -> Result<f64> {
+        let t = self.t;
+        let rows: Vec<_> = chunk.iter().map(|&r| &t.ds.train[r]).collect();
+        let hybrid_p = if self.teacher.cfg.curriculum {
+            self.opt.step as f64 / self.total.max(1) as f64
+        } else {
+            1.0
+        };
+        let drop_seed = self.teacher.seed
+            ^ ((e0 as u64) << 40)
+            ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let out = self
+            .teacher
+            .micro_step(t.ds, &rows, e0, hybrid_p, drop_seed)?;
+        if !out.loss.is_finite() {
+            bail!(
+                "the teacher's loss became {} at epoch {} step {}",
+                out.loss,
+                e0 + 1,
+                self.opt.step
+            );
+        }
+        self.epoch_tokens += out.tokens;
+        add_scaled(acc, &out.grads, 1.0 / t.train.grad_accum as f32);
+        Ok(out.loss)
+    }
+
+    /// One AdamW step with the accumulated gradients (clipped by the
+    /// optimiser) at the scheduled learning rate; clears them.
+    fn update(&mut self, acc: &mut [Vec<f32>]) -> Result<()> {
+        let tr = self.t.train;
+        self.opt.config.lr = lr_at(tr.lr, self.opt.step, self.warm, self.total);
+        let gs: Vec<&[f32]> = acc.iter().map(Vec::as_slice).collect();
+        self.opt.step(&mut self.teacher.params_mut(), &gs)?;
+        acc.iter_mut().for_each(|a| a.fill(0.0));
+        Ok(())
+    }
+}
+
+impl Trainee for TeacherRun<'_, '_> {
+    /// The validation metrics plus `train_loss`, `epoch_secs` and
+    /// `tokens_per_sec`.
+    type Row = BTreeMap<String, f64>;
+
+    fn stage_name(&self) -> &str {
+        "train.teacher"
+    }
+
+    /// The epoch's micro-batches ([`epoch_order`]), one optimiser step
+    /// every `grad_accum` of them and after the last.
+    fn train_epoch(&mut self, epoch: usize, progress: &mut Progress) -> Result<f64> {
+        let e0 = epoch - 1;
+        let order = epoch_order(self.teacher, self.t, e0);
+        progress.begin(self.t.rows.len() as u64, "rows");
+        let start = Instant::now();
+        self.epoch_tokens = 0;
+        let mut acc = self.teacher.zero_grads();
+        let (mut loss_sum, mut in_acc) = (0.0, 0usize);
+        for (k, chunk) in order.iter().enumerate() {
+            loss_sum += self.micro_batch(e0, k, chunk, &mut acc)?;
+            in_acc += 1;
+            if in_acc == self.t.train.grad_accum || k + 1 == order.len() {
+                self.update(&mut acc)?;
+                in_acc = 0;
+            }
+            let rate = self.epoch_tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            let stepped = (in_acc == 0).then_some(self.opt.step);
+            let loss = loss_sum / (k + 1) as f64;
+            progress.advance(chunk.len() as u64, stepped, loss, Some(rate));
+        }
+        self.tokens += self.epoch_tokens;
+        Ok(loss_sum / order.len().max(1) as f64)
+    }
+
+    fn steps(&self) -> u64 {
+        self.opt.step
+    }
+
+    fn validate(&mut self) -> Result<(f64, BTreeMap<String, f64>)> {
+        let metrics = validate(self.teacher, self.t)?;
+        Ok((score_of(self.teacher, self.t, &metrics)?, metrics))
+    }
+
+    fn history_row(&self, r: &EpochRecord) -> BTreeMap<String, f64> {
+        let mut row = r.metrics.clone();
+        row.insert("train_loss".into(), r.train_loss);
+        row.insert("epoch_secs".into(), r.epoch_secs);
+        let rate = self.epoch_tokens as f64 / r.epoch_secs.max(1e-9);
+        row.insert("tokens_per_sec".into(), rate);
+        row
+    }
+
+    fn history_csv(&self, rows: &[BTreeMap<String, f64>]) -> Result<String> {
+        Ok(history_csv(rows))
+    }
+
+    /// Saves `best`; its manifest records the epoch's history row.
+    fn save_best(&mut self, record: &EpochRecord) -> Result<()> {
+        let dir = self.t.out_dir.join("checkpoints");
+        let manifest = self.manifest(record.epoch, &self.history_row(record));
+        checkpoint::save(&dir, "best", self.teacher, &manifest, None)?;
+        Ok(())
+    }
+
+    fn save_last(&mut self, dir: &Path, stem: &str, record: &EpochRecord) -> Result<String> {
+        let (m, v) = self.opt.moments();
+        let o = OptState {
+            step: self.opt.step,
+            m: m.to_vec(),
+            v: v.to_vec(),
+        };
+        let manifest = self.manifest(record.epoch, &self.history_row(record));
+        let wpath = checkpoint::save(dir, stem, self.teacher, &manifest, Some(&o))?;
+        let (saved, _) = checkpoint::read_manifest(&wpath)?;
+        Ok(saved.weights_sha256)
+    }
+
+    fn load_last(&mut self, path: &Path, _step: u64) -> Result<(usize, String)> {
+        let (m, o) = self.load(path)?;
+        let o = o.context("the `last` checkpoint holds no optimiser state")?;
+        self.opt.restore(o.step, o.m, o.v)?;
+        Ok((m.epoch, m.weights_sha256))
+    }
+}
+
+/// Trains `teacher` in `t.out_dir`, resuming after the last committed epoch
+/// of the same run (`run_key`; another run's state is refused); leaves the
+/// best weights loaded.
+pub fn train(teacher: &mut Teacher, t: &TrainTeacher, run_key: &str) -> Result<TeacherOutcome> {
+    let tr = t.train;
+    if t.rows.is_empty() {
+        bail!("no training rows for the teacher");
+    }
+    let per_step = tr.batch_size * tr.grad_accum;
+    let total = t.rows.len().div_ceil(per_step) as u64 * tr.max_epochs as u64;
+    let opt = AdamW::new(
+        AdamWConfig::new(tr.lr, tr.weight_decay, tr.grad_clip),
+        &teacher.param_sizes(),
+    );
+    let mut run = TeacherRun {
         teacher,
-        &be.sha256,
-        &se.sha256,
-        &t.reference.fingerprint,
+        t,
+        opt,
+        warm: ((tr.warmup * total as f64).ceil() as u64).max(1),
+        total,
+        tokens: 0,
+        epoch_tokens: 0,
+    };
+    let report = fit(
+        &mut run,
+        &FitOptions {
+            out_dir: t.out_dir,
+            run_key: run_key.to_string(),
+            max_epochs: tr.max_epochs,
+            patience: tr.patience,
+            progress: t.progress,
+            halt_after_epoch: t.halt_after_epoch,
+            legacy_state: Some(t.out_dir.join("state.json")),
+        },
     )?;
+    let best = t.out_dir.join("checkpoints/best.safetensors");
+    run.load(&best)?;
+    let train_secs: f64 = report.secs_here.iter().sum();
+    let st = report.state;
     Ok(TeacherOutcome {
         epochs: st.epoch,
         best_epoch: st.best_epoch,
         history: st.history,
         best,
-        tokens_per_sec: tokens as f64 / train_secs.max(1e-9),
-        mean_epoch_secs: train_secs / epochs_here.max(1) as f64,
-        resumed_after,
+        tokens_per_sec: run.tokens as f64 / train_secs.max(1e-9),
+        mean_epoch_secs: train_secs / report.secs_here.len().max(1) as f64,
+        resumed_after: report.resumed_after.unwrap_or(0),
         rows: t.rows.len(),
     })
 }

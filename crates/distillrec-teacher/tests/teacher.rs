@@ -338,6 +338,26 @@ fn an_interrupted_run_resumes_to_the_same_metrics() {
             .collect::<Vec<_>>()
     );
 
+    // the state of another run (another key) is refused, not silently
+    // trained over, and left as it was
+    let state = cut.join("checkpoints/state.json");
+    let kept = std::fs::read(&state).unwrap();
+    let mut e = teacher(&f, &cfg, "t");
+    let err = {
+        let tt = trainer(&f, &cfg, &e, &cut, None);
+        train(&mut e.teacher, &tt, "another run")
+    }
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}: this run directory holds training state",
+            state.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), kept);
+
     // another backbone, another student: refused in one line
     let best = whole.join("checkpoints/best.safetensors");
     let other_backbone = write_backbone(f.dir.path(), 6);

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod commit;
+pub mod fit;
 pub mod optim;
 pub mod trainer;
 pub mod units;

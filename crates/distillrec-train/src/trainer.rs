@@ -2,11 +2,11 @@
 //! by distillation): AdamW, shuffling from the run seed, early stopping on a
 //! validation metric, best and last checkpoints, resume, per-epoch history.
 //!
-//! Resume: after every epoch `checkpoints/last-e<epoch>.safetensors` holds
-//! the weights and optimizer moments and `checkpoints/state.json` the loop
-//! state (epoch, step, best so far, patience, history, and the `last` file
-//! it belongs to); writing the state commits the epoch ([`crate::commit`]).
-//! Each epoch's generator is derived from `(seed, epoch)` alone, so a run
+//! The epochs, early stopping, checkpoints and resume are the one loop of
+//! [`crate::fit`]; a student run is its [`Trainee`]: after every epoch
+//! `checkpoints/last-e<epoch>.safetensors` holds the weights, the optimizer
+//! moments (`adam.m.<name>`, `adam.v.<name>`) and the objective's extra
+//! tensors (`extra.<name>`). Each epoch's generator is derived from `(seed, epoch)` alone, so a run
 //! killed at any point and restarted with the same command continues from
 //! the last committed epoch and ends exactly as an uninterrupted run would.
 
@@ -18,10 +18,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use distillrec_config::{EvalOptions, LossKind, Objective, StudentConfig, TrainStage};
-use distillrec_data::fsutil::{atomic_write, atomic_write_json};
 use distillrec_data::{Dataset, Row, SplitName};
 use distillrec_eval::{evaluate_all, EvalError, EvalReport};
 use distillrec_models::loss::{bce_sampled, cross_entropy};
@@ -30,7 +29,7 @@ use distillrec_models::{ForwardCtx, SeqBatch, Student, StudentSpec};
 use distillrec_run::History;
 
 use crate::checkpoint::{self, DatasetRef, Expect};
-use crate::commit::{self, LastRef};
+use crate::fit::{fit, EpochRecord, FitOptions, FitReport, Progress, Trainee};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::units::{units, Batcher, HostBatch, Unit};
 
@@ -95,50 +94,6 @@ impl From<&EvalReport> for EvalCost {
             rows: r.rows,
             wall_secs: r.wall_secs,
             rows_per_sec: r.rows_per_sec,
-        }
-    }
-}
-
-/// Loop state saved after every epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct LoopState {
-    /// What this state belongs to; a resume with anything else is refused.
-    run_key: String,
-    epoch: usize,
-    step: u64,
-    best_metric: f64,
-    best_epoch: usize,
-    bad_epochs: usize,
-    finished: bool,
-    history_columns: Vec<String>,
-    history: Vec<Vec<f64>>,
-    epoch_secs: Vec<f64>,
-    /// The `last` checkpoint of `epoch` (absent in states written before
-    /// the epoch commit named it: `last.safetensors` then).
-    #[serde(default)]
-    last: Option<LastRef>,
-}
-
-impl LoopState {
-    /// The state before the first epoch; `history.csv` gets the columns
-    /// epoch, train loss, `valid_<metric>` for each of `metric_cols`, and
-    /// the epoch's training and validation seconds.
-    fn fresh(run_key: String, metric_cols: &[String]) -> Self {
-        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
-        columns.extend(metric_cols.iter().map(|c| format!("valid_{c}")));
-        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
-        LoopState {
-            run_key,
-            epoch: 0,
-            step: 0,
-            best_metric: f64::NEG_INFINITY,
-            best_epoch: 0,
-            bad_epochs: 0,
-            finished: false,
-            history_columns: columns,
-            history: Vec::new(),
-            epoch_secs: Vec::new(),
-            last: None,
         }
     }
 }
@@ -349,9 +304,9 @@ pub fn train_student(ds: &Dataset, data: &DatasetRef, opts: &TrainOptions) -> Re
     train_with(ds, data, opts, &BaseObjective { cfg: opts.student })
 }
 
-/// The shared loop with any [`StageObjective`]: trains, keeps the best
-/// exported student by validation metric, and evaluates it on validation
-/// and test once at the end.
+/// The shared loop ([`crate::fit`]) with any [`StageObjective`]: trains,
+/// keeps the best exported student by validation metric, and evaluates it
+/// on validation and test once at the end.
 pub fn train_with(
     ds: &Dataset,
     data: &DatasetRef,
@@ -359,40 +314,49 @@ pub fn train_with(
     objective: &dyn StageObjective,
 ) -> Result<TrainOutcome> {
     let mut run = TrainRun::start(ds, data, opts, objective)?;
-    let resumed_after = run.resume()?;
-    run.train_epochs()?;
-    run.final_evaluation(resumed_after)
+    let stage = opts.stage;
+    let run_key = run.run_key.clone();
+    let report = fit(
+        &mut run,
+        &FitOptions {
+            out_dir: opts.out_dir,
+            run_key,
+            max_epochs: stage.max_epochs,
+            patience: stage.patience,
+            progress: opts.progress,
+            halt_after_epoch: opts.halt_after_epoch,
+            legacy_state: None,
+        },
+    )?;
+    run.final_evaluation(&report)
 }
 
-/// Where a run keeps its checkpoints and loop state.
-struct CheckpointPaths {
-    best: PathBuf,
-    /// `checkpoints/`, where each epoch's `last-e<epoch>` goes.
-    dir: PathBuf,
-    state: PathBuf,
-}
-
-/// One training run in progress: what it trains, where it writes, and
-/// where the loop stands.
+/// One student training run: what it trains, with what, and where it
+/// writes; the [`Trainee`] of the shared loop.
 struct TrainRun<'a> {
     ds: &'a Dataset,
     data: &'a DatasetRef,
     opts: &'a TrainOptions<'a>,
     objective: &'a dyn StageObjective,
     device: Device,
-    paths: CheckpointPaths,
+    run_key: String,
     student: Student,
     /// The objective's trainable tensors besides the student's.
     extra: Params,
+    /// The student's and the extra tensors, as the optimizer sees them.
+    params: Params,
     opt: AdamW,
-    state: LoopState,
+    units: Vec<Unit>,
+    batcher: Batcher<'a>,
+    /// The student the last validation evaluated (distillation's export).
+    exported: Option<Student>,
     /// Validation metrics written to `history.csv`.
     metric_cols: Vec<String>,
 }
 
 impl<'a> TrainRun<'a> {
-    /// Checks the stage settings against the student, builds the student
-    /// from the seed and a fresh loop state, creates `checkpoints/`.
+    /// Checks the stage settings against the student and the data, and
+    /// builds the student from the seed; writes nothing.
     fn start(
         ds: &'a Dataset,
         data: &'a DatasetRef,
@@ -409,30 +373,32 @@ impl<'a> TrainRun<'a> {
                 student.name()
             );
         }
-        let ckpt_dir = opts.out_dir.join("checkpoints");
-        std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("{}", ckpt_dir.display()))?;
-        let paths = CheckpointPaths {
-            best: ckpt_dir.join("best.safetensors"),
-            dir: ckpt_dir.clone(),
-            state: ckpt_dir.join("state.json"),
+        let units = units(ds, cfg.objective, cfg.max_len);
+        if units.is_empty() {
+            bail!("no training units for objective {}", cfg.objective);
+        }
+        let negatives = if cfg.loss == LossKind::Bce {
+            cfg.negatives.max(1)
+        } else {
+            0
         };
-        let metric_cols = metric_columns(&opts.eval.ks);
-        let key = run_key(opts, &spec, &data.fingerprint, objective.key());
-        let state = LoopState::fresh(key, &metric_cols);
         let extra = objective.extra_params().cloned().unwrap_or_default();
-        let opt = optimizer(stage, &trainable(&student, &extra));
+        let params = trainable(&student, &extra);
         Ok(TrainRun {
             ds,
             data,
             opts,
             objective,
             device,
-            paths,
+            run_key: run_key(opts, &spec, &data.fingerprint, objective.key()),
+            opt: optimizer(stage, &params),
             student,
             extra,
-            opt,
-            state,
-            metric_cols,
+            params,
+            units,
+            batcher: Batcher::new(ds, cfg.objective, cfg.max_len, negatives),
+            exported: None,
+            metric_cols: metric_columns(&opts.eval.ks),
         })
     }
 
@@ -444,227 +410,159 @@ impl<'a> TrainRun<'a> {
         }
     }
 
-    /// Continues from `state.json` if there is one: refuses another run's
-    /// state, and after a finished epoch restores the weights, the extra
-    /// tensors and the optimizer moments from `last`. Returns the epoch it
-    /// resumed after.
-    fn resume(&mut self) -> Result<Option<usize>> {
-        let path = &self.paths.state;
-        if !path.exists() {
-            return Ok(None);
-        }
-        let saved: LoopState = serde_json::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("{}: unreadable training state", path.display()))?;
-        if saved.run_key != self.state.run_key {
-            bail!(
-                "{}: this run directory holds training state for a different config, dataset, seed or teacher; use another --out",
-                path.display()
-            );
-        }
-        let mut resumed_after = None;
-        if saved.epoch > 0 {
-            let last = &self.paths.dir.join(commit::last_file(saved.last.as_ref()));
-            let loaded = checkpoint::load(last, &self.expect(), &self.device)?;
-            let m = &loaded.manifest;
-            commit::check_last(
-                last,
-                m.epoch,
-                &m.weights_sha256,
-                saved.epoch,
-                saved.last.as_ref(),
-            )?;
-            self.student = loaded.student;
-            let saved_extra: BTreeMap<String, Tensor> = loaded
-                .extra
-                .iter()
-                .filter_map(|(k, t)| {
-                    k.strip_prefix(EXTRA_PREFIX)
-                        .map(|name| (name.to_string(), t.clone()))
-                })
-                .collect();
-            self.extra.load_from(&saved_extra, last)?;
-            self.opt = optimizer(self.opts.stage, &trainable(&self.student, &self.extra));
-            self.opt.load_state(&loaded.extra, saved.step)?;
-            resumed_after = Some(saved.epoch);
-            tracing::info!(
-                epoch = saved.epoch,
-                "resuming after the last finished epoch"
-            );
-        }
-        self.state = saved;
-        Ok(resumed_after)
+    fn best_path(&self) -> PathBuf {
+        self.opts.out_dir.join("checkpoints/best.safetensors")
     }
 
-    /// Runs epochs until early stopping or `max_epochs`; after each one,
-    /// validation, the best checkpoint if it improved, `history.csv`, and
-    /// the `last` checkpoint with `state.json`.
-    fn train_epochs(&mut self) -> Result<()> {
-        let cfg = self.opts.student;
-        let mut all_units = units(self.ds, cfg.objective, cfg.max_len);
-        if all_units.is_empty() {
-            bail!("no training units for objective {}", cfg.objective);
-        }
-        let negatives = if cfg.loss == LossKind::Bce {
-            cfg.negatives.max(1)
-        } else {
-            0
-        };
-        let mut batcher = Batcher::new(self.ds, cfg.objective, cfg.max_len, negatives);
-        let params = trainable(&self.student, &self.extra);
-        while !self.state.finished && self.state.epoch < self.opts.stage.max_epochs {
-            let epoch = self.state.epoch + 1;
-            let t0 = Instant::now();
-            let train_loss = self.run_epoch(epoch, &mut all_units, &mut batcher, &params)?;
-            let epoch_secs = t0.elapsed().as_secs_f64();
-            let valid = self.validate(epoch, train_loss, epoch_secs)?;
-            self.save_last(epoch, &valid)?;
-            if self.opts.halt_after_epoch == Some(epoch) && !self.state.finished {
-                bail!("halted after epoch {epoch} (halt_after_epoch); re-run to resume");
-            }
-        }
-        if self.state.best_epoch == 0 {
-            bail!(
-                "no epoch was trained ({}.max_epochs = {})",
-                self.objective.stage_name(),
-                self.opts.stage.max_epochs
-            );
-        }
-        Ok(())
+    /// Model selection is done; the test split is touched once, here, on
+    /// the best checkpoint (validation is re-evaluated on it too).
+    fn final_evaluation(&self, report: &FitReport<Vec<f64>>) -> Result<TrainOutcome> {
+        let best_path = self.best_path();
+        let best = checkpoint::load(&best_path, &self.expect(), &self.device)?;
+        let valid = evaluate_student(&best.student, self.ds, SplitName::Valid, self.opts.eval)?;
+        let test = evaluate_student(&best.student, self.ds, SplitName::Test, self.opts.eval)?;
+        let st = &report.state;
+        // every row ends with the epoch's training and validation seconds
+        let secs: Vec<f64> = st.history.iter().map(|r| r[r.len() - 2]).collect();
+        Ok(TrainOutcome {
+            best_epoch: st.best_epoch,
+            epochs: st.epoch,
+            resumed_after: report.resumed_after,
+            valid_cost: EvalCost::from(&valid),
+            test_cost: EvalCost::from(&test),
+            valid: valid.metrics,
+            test: test.metrics,
+            mean_epoch_secs: secs.iter().sum::<f64>() / secs.len().max(1) as f64,
+            best_checkpoint: best_path,
+        })
+    }
+}
+
+impl Trainee for TrainRun<'_> {
+    /// `epoch, train_loss, valid_<metric>…, epoch_secs, eval_secs`.
+    type Row = Vec<f64>;
+
+    fn stage_name(&self) -> &str {
+        self.objective.stage_name()
     }
 
     /// One pass over the units in this epoch's shuffled order, one AdamW
-    /// step per batch; returns the mean batch loss.
-    fn run_epoch(
-        &mut self,
-        epoch: usize,
-        all_units: &mut [Unit],
-        batcher: &mut Batcher,
-        params: &Params,
-    ) -> Result<f64> {
+    /// step per batch.
+    fn train_epoch(&mut self, epoch: usize, progress: &mut Progress) -> Result<f64> {
         let batch_size = self.opts.stage.batch_size;
-        let n_batches = all_units.len().div_ceil(batch_size);
+        let n_batches = self.units.len().div_ceil(batch_size);
         let mut rng = epoch_rng(self.opts.seed, epoch);
-        all_units.sort_by_key(|u| u.row);
-        Batcher::shuffle(all_units, &mut rng);
-        let bar = progress_bar(self.opts.progress, n_batches, epoch);
+        self.units.sort_by_key(|u| u.row);
+        Batcher::shuffle(&mut self.units, &mut rng);
+        progress.begin(n_batches as u64, "batches");
         let mut loss_sum = 0f64;
-        for chunk in all_units.chunks(batch_size) {
-            let hb = batcher.batch(chunk, &mut rng);
+        for (k, chunk) in self.units.chunks(batch_size).enumerate() {
+            let hb = self.batcher.batch(chunk, &mut rng);
             let step = train_step(
                 self.objective,
                 &self.student,
-                params,
+                &self.params,
                 &mut self.opt,
                 &hb,
                 &mut rng,
             )
             .with_context(|| format!("epoch {epoch}"))?;
             loss_sum += step.loss;
-            bar.inc(1);
+            let loss = loss_sum / (k + 1) as f64;
+            progress.advance(1, Some(self.opt.steps()), loss, None);
         }
-        bar.finish_and_clear();
         Ok(loss_sum / n_batches as f64)
     }
 
-    /// Evaluates the exported student on validation, updates the best
-    /// epoch and the patience count (saving `best` on improvement),
-    /// appends the epoch to `history.csv` and decides whether to stop.
-    /// Returns the validation metrics.
-    fn validate(
-        &mut self,
-        epoch: usize,
-        train_loss: f64,
-        epoch_secs: f64,
-    ) -> Result<BTreeMap<String, f64>> {
+    fn steps(&self) -> u64 {
+        self.opt.steps()
+    }
+
+    /// Evaluates the exported student on validation; the score is the
+    /// stage's metric.
+    fn validate(&mut self) -> Result<(f64, BTreeMap<String, f64>)> {
         let stage = self.opts.stage;
-        let t1 = Instant::now();
-        let exported = self.objective.export(&self.student)?;
-        let plain = exported.as_ref().unwrap_or(&self.student);
+        self.exported = self.objective.export(&self.student)?;
+        let plain = self.exported.as_ref().unwrap_or(&self.student);
         let valid = evaluate_student(plain, self.ds, SplitName::Valid, self.opts.eval)?;
-        let eval_secs = t1.elapsed().as_secs_f64();
         let metric = *valid
             .metrics
             .get(&stage.metric.to_string())
             .with_context(|| format!("validation metric '{}' was not computed", stage.metric))?;
-        tracing::info!(epoch, train_loss, metric = %stage.metric, value = metric, epoch_secs, "epoch done");
-        let state = &mut self.state;
-        state.epoch = epoch;
-        state.step = self.opt.step;
-        state.epoch_secs.push(epoch_secs);
-        if metric > state.best_metric {
-            state.best_metric = metric;
-            state.best_epoch = epoch;
-            state.bad_epochs = 0;
-            checkpoint::save(
-                &self.paths.best,
-                plain,
-                BTreeMap::new(),
-                self.data,
-                epoch,
-                &valid.metrics,
-            )?;
-        } else {
-            state.bad_epochs += 1;
-        }
-        let mut row = vec![epoch as f64, train_loss];
+        Ok((metric, valid.metrics))
+    }
+
+    fn history_row(&self, r: &EpochRecord) -> Vec<f64> {
+        let mut row = vec![r.epoch as f64, r.train_loss];
         row.extend(
             self.metric_cols
                 .iter()
-                .map(|c| valid.metrics.get(c).copied().unwrap_or(f64::NAN)),
+                .map(|c| r.metrics.get(c).copied().unwrap_or(f64::NAN)),
         );
-        row.extend([epoch_secs, eval_secs]);
-        state.history.push(row);
-        write_history(self.opts.out_dir, state)?;
-        if state.bad_epochs >= stage.patience.max(1) || epoch >= stage.max_epochs {
-            state.finished = true;
-        }
-        Ok(valid.metrics)
+        row.extend([r.epoch_secs, r.eval_secs]);
+        row
     }
 
-    /// Commits the epoch ([`crate::commit`]): writes `last-e<epoch>`
-    /// (weights, optimizer moments, extra tensors), then `state.json`
-    /// naming it, then removes the older `last` files.
-    fn save_last(&mut self, epoch: usize, valid: &BTreeMap<String, f64>) -> Result<()> {
+    fn history_csv(&self, rows: &[Vec<f64>]) -> Result<String> {
+        let mut columns = vec!["epoch".to_string(), "train_loss".to_string()];
+        columns.extend(self.metric_cols.iter().map(|c| format!("valid_{c}")));
+        columns.extend(["epoch_secs".to_string(), "eval_secs".to_string()]);
+        let mut h = History::new(columns.clone());
+        for r in rows {
+            let row: Vec<(&str, f64)> = columns
+                .iter()
+                .map(String::as_str)
+                .zip(r.iter().copied())
+                .collect();
+            h.push(&row)?;
+        }
+        Ok(h.to_csv())
+    }
+
+    /// Saves the exported student as `best`.
+    fn save_best(&mut self, r: &EpochRecord) -> Result<()> {
+        let plain = self.exported.as_ref().unwrap_or(&self.student);
+        let path = self.best_path();
+        checkpoint::save(&path, plain, BTreeMap::new(), self.data, r.epoch, r.metrics)?;
+        Ok(())
+    }
+
+    /// Saves the student with the optimizer moments and the extra tensors.
+    fn save_last(&mut self, dir: &Path, stem: &str, r: &EpochRecord) -> Result<String> {
         let mut saved_state = self.opt.state_tensors()?;
         for (name, t) in self.extra.tensors() {
             saved_state.insert(format!("{EXTRA_PREFIX}{name}"), t);
         }
-        let stem = commit::last_stem(epoch);
-        let file = format!("{stem}.safetensors");
+        let path = dir.join(format!("{stem}.safetensors"));
         let m = checkpoint::save(
-            &self.paths.dir.join(&file),
+            &path,
             &self.student,
             saved_state,
             self.data,
-            epoch,
-            valid,
+            r.epoch,
+            r.metrics,
         )?;
-        self.state.last = Some(LastRef {
-            file,
-            sha256: m.weights_sha256,
-        });
-        atomic_write_json(&self.paths.state, &self.state)?;
-        commit::remove_stale_last(&self.paths.dir, &stem)
+        Ok(m.weights_sha256)
     }
 
-    /// Model selection is done; the test split is touched once, here, on
-    /// the best checkpoint (validation is re-evaluated on it too).
-    fn final_evaluation(&self, resumed_after: Option<usize>) -> Result<TrainOutcome> {
-        let best = checkpoint::load(&self.paths.best, &self.expect(), &self.device)?;
-        let valid = evaluate_student(&best.student, self.ds, SplitName::Valid, self.opts.eval)?;
-        let test = evaluate_student(&best.student, self.ds, SplitName::Test, self.opts.eval)?;
-        let secs = &self.state.epoch_secs;
-        Ok(TrainOutcome {
-            best_epoch: self.state.best_epoch,
-            epochs: self.state.epoch,
-            resumed_after,
-            valid_cost: EvalCost::from(&valid),
-            test_cost: EvalCost::from(&test),
-            valid: valid.metrics,
-            test: test.metrics,
-            mean_epoch_secs: secs.iter().sum::<f64>() / secs.len().max(1) as f64,
-            best_checkpoint: self.paths.best.clone(),
-        })
+    /// Restores the student, the extra tensors and the optimizer moments.
+    fn load_last(&mut self, path: &Path, step: u64) -> Result<(usize, String)> {
+        let loaded = checkpoint::load(path, &self.expect(), &self.device)?;
+        let saved_extra: BTreeMap<String, Tensor> = loaded
+            .extra
+            .iter()
+            .filter_map(|(k, t)| {
+                k.strip_prefix(EXTRA_PREFIX)
+                    .map(|name| (name.to_string(), t.clone()))
+            })
+            .collect();
+        self.extra.load_from(&saved_extra, path)?;
+        self.student = loaded.student;
+        self.params = trainable(&self.student, &self.extra);
+        self.opt = optimizer(self.opts.stage, &self.params);
+        self.opt.load_state(&loaded.extra, step)?;
+        let m = loaded.manifest;
+        Ok((m.epoch, m.weights_sha256))
     }
 }
 
@@ -684,36 +582,6 @@ fn optimizer(stage: &TrainStage, params: &Params) -> AdamW {
         AdamWConfig::new(stage.lr, stage.weight_decay, stage.grad_clip),
         params,
     )
-}
-
-/// The per-epoch progress bar (hidden unless `show`).
-fn progress_bar(show: bool, n_batches: usize, epoch: usize) -> indicatif::ProgressBar {
-    let bar = if show {
-        indicatif::ProgressBar::new(n_batches as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(epoch.to_string());
-    bar
-}
-
-fn write_history(dir: &Path, state: &LoopState) -> Result<()> {
-    let mut h = History::new(state.history_columns.clone());
-    for r in &state.history {
-        let row: Vec<(&str, f64)> = state
-            .history_columns
-            .iter()
-            .map(|c| c.as_str())
-            .zip(r.iter().copied())
-            .collect();
-        h.push(&row)?;
-    }
-    atomic_write(&dir.join("history.csv"), h.to_csv().as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]

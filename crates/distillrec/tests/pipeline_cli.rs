@@ -229,7 +229,7 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let state = out.join("teacher/state.json");
+    let state = out.join("teacher/checkpoints/state.json");
     let t = Instant::now();
     while !state.exists() {
         assert!(

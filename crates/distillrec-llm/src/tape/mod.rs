@@ -50,14 +50,12 @@
 //!   the softmax weights), packed forward (inference), backward.
 //! - `layer` — one decoder layer's forward (named steps: attention block,
 //!   MLP block) and its hand-written backward, over the fused projections.
-//! - `adamw` — AdamW over flat buffers (re-exported at the crate root).
 //!
 //! The adapter types are [`crate::adapters`]; the LM-head loss is
 //! `crate::loss`. Both build on `kernels`, not on this module, so modules
 //! import one way: `kernels` ← `adapters` ← `tape` ← `pass`, and `kernels`
 //! ← `loss`.
 
-mod adamw;
 mod attention;
 mod elementwise;
 mod layer;
@@ -65,7 +63,6 @@ pub(crate) mod lora;
 
 use candle_core::Tensor;
 
-pub use self::adamw::AdamW;
 use self::attention::Attend;
 use self::elementwise::{rms_backward, rms_forward};
 use self::layer::{layer_backward, layer_forward, BackCtx, LayerSaved, Proj};
