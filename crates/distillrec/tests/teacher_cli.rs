@@ -206,8 +206,8 @@ fn train_eval_and_infer_a_teacher() {
     assert!(shown.contains(&want), "{shown} lacks {want}");
 
     // one go, and two shards merged: the same cache
-    let infer = |out: &Path, shard: Option<&str>| {
-        let mut a = vec![
+    let infer_args = |out: &Path| -> Vec<String> {
+        [
             "teacher",
             "infer",
             "--checkpoint",
@@ -220,11 +220,16 @@ fn train_eval_and_infer_a_teacher() {
             "5",
             "--out",
             s(out),
-        ];
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let infer = |out: &Path, shard: Option<&str>| {
+        let mut a = infer_args(out);
         if let Some(sh) = shard {
-            a.extend(["--shard", sh]);
+            a.extend(["--shard".to_string(), sh.to_string()]);
         }
-        ok(&a)
+        ok(&args(&a))
     };
     infer(&d.join("c"), None);
     infer(&d.join("c0"), Some("0/2"));
@@ -246,20 +251,7 @@ fn train_eval_and_infer_a_teacher() {
     );
     let launched = std::process::Command::new("bash")
         .args([script, "2", env!("CARGO_BIN_EXE_distillrec")])
-        .args([
-            "teacher",
-            "infer",
-            "--checkpoint",
-            s(&best),
-            "--data",
-            s(&data),
-            "--selection",
-            s(&sel),
-            "--k",
-            "5",
-            "--out",
-            s(&d.join("cl")),
-        ])
+        .args(infer_args(&d.join("cl")))
         .env("DEVICE", "cpu")
         .env("RUST_LOG", "warn")
         .output()

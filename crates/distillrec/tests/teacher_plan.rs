@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 
 /// The tiny teacher preset (short prompts, small adapters).
@@ -13,24 +11,6 @@ const TEACHER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../configs/synthetic-teacher-tiny.toml"
 );
-
-/// The synthetic dataset of the teacher tests in `dir/data`.
-fn data(dir: &Path) -> std::path::PathBuf {
-    let data = dir.join("data");
-    ok(&[
-        "data",
-        "prepare",
-        "--dataset",
-        "synthetic",
-        "--set",
-        "dataset.synthetic.users=60",
-        "--set",
-        "dataset.synthetic.topics=2",
-        "--out",
-        s(&data),
-    ]);
-    data
-}
 
 /// The total of a printed plan (`  62 GB  in all (...)`) in bytes.
 fn planned_total(text: &str) -> f64 {
@@ -55,7 +35,8 @@ fn planned_total(text: &str) -> f64 {
 fn a_7b_config_is_planned_without_weights_and_refused_where_it_cannot_fit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let data = data(d);
+    let data = d.join("data");
+    prepare_synthetic(&data, 60, "42");
     let cfg = d.join("llama-2-7b.json");
     std::fs::write(
         &cfg,
