@@ -427,3 +427,85 @@ fn the_dev_image_rebuilds_only_when_the_lock_file_or_a_source_is_newer_than_the_
         .unwrap();
     assert_refused(&out, "Cargo.lock is absent");
 }
+
+/// `scripts/container.sh args...` in `dir` with `CONTAINER_ENGINE=engine`.
+fn container_sh(dir: &Path, engine: &str, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/container.sh"))
+        .args(args)
+        .env("CONTAINER_ENGINE", engine)
+        .env_remove("CONTAINER_RUN_ARGS")
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn container_sh_runs_the_image_as_you_with_the_project_mounted_and_folders_read_only() {
+    let d = tempfile::tempdir().unwrap();
+    let (models, data) = (d.path().join("m"), d.path().join("d"));
+    let project = d.path().join("project");
+    for p in [&models, &data, &project] {
+        std::fs::create_dir(p).unwrap();
+    }
+    // SAFETY: getuid and getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (m, dd) = (models.to_str().unwrap(), data.to_str().unwrap());
+    let args = [
+        "--gpu", "--models", m, "--data", dd, "--", "pipeline", "--out", "r",
+    ];
+    // `echo` stands in for docker: the line it would run
+    let out = container_sh(&project, "echo", &args);
+    let line = lines_of(&out, 0).join("\n");
+    let p = project.to_str().unwrap();
+    for want in [
+        format!("run --rm -v {p}:/workspace -w /workspace -e HOST_UID={uid} -e HOST_GID={gid} "),
+        " --gpus all ".into(),
+        format!(" -v {m}:/workspace/models:ro -v {dd}:/workspace/data:ro "),
+        " distillrec:cuda distillrec pipeline --out r".into(),
+    ] {
+        assert!(line.contains(&want), "want `{want}` in: {line}");
+    }
+    assert_eq!(line.contains("-e ALLOW_ROOT=1"), uid == 0, "{line}");
+    // the mount points are made by the caller, so they are the caller's
+    for sub in ["models", "data"] {
+        let meta = std::fs::metadata(project.join(sub)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{sub}");
+    }
+
+    let out = container_sh(
+        &project,
+        "podman",
+        &["--dry-run", "--gpu", "--", "--version"],
+    );
+    let line = lines_of(&out, 0).join("\n");
+    assert!(line.starts_with("podman run "), "{line}");
+    assert!(line.contains(" --device nvidia.com/gpu=all "), "{line}");
+    assert!(!line.contains("--gpus"), "{line}");
+    assert!(
+        line.ends_with(" distillrec:cuda distillrec --version "),
+        "{line}"
+    );
+
+    let out = container_sh(&project, "docker", &["--dry-run", "--dev"]);
+    let line = lines_of(&out, 0).join("\n");
+    assert!(
+        line.ends_with(" distillrec:dev distillrec --help "),
+        "{line}"
+    );
+    assert!(!line.contains("--gpus"), "{line}");
+
+    for (args, want) in [
+        (&["--gpu", "--dev"][..], "no CUDA development image"),
+        (
+            &["--models", "/absent/models"][..],
+            "--models /absent/models is not a folder",
+        ),
+        (&["--shell"][..], "unknown option --shell"),
+    ] {
+        let out = container_sh(&project, "echo", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "{args:?} ran: {}", text(&out.stdout));
+    }
+}
