@@ -13,6 +13,12 @@
 #                      which does not exist without a GPU)
 #   CARGO_BUILD_ARGS   extra arguments for cargo build (e.g. "-p distillrec-models")
 #   FEATURES           cargo features to build (default "cuda")
+#   CUDA_LINK_LIBS     folders (colon-separated) holding the driver's
+#                      libcuda.so.1 and cuBLAS, cuBLASLt, cuRAND and NVRTC,
+#                      as an NVIDIA CUDA runtime image has them
+#                      (/usr/local/cuda/lib64:/usr/local/cuda/compat): then the
+#                      binary alone is built and linked against them, into
+#                      target/cuda/release/distillrec (Dockerfile.cuda)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +52,30 @@ export LD_LIBRARY_PATH="$root/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
 echo "== nvcc: $("$NVCC" --version | tail -n 2 | head -n 1)"
 echo "== CUDA_ROOT=$CUDA_ROOT CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
+
+# link_cuda_libs DIR: unversioned names (libcublas.so, ...) in DIR, which
+# cudarc's build script searches, for the libraries in $CUDA_LINK_LIBS.
+link_cuda_libs() {
+  local dir=$1 lib found
+  local -a dirs
+  IFS=: read -r -a dirs <<<"$CUDA_LINK_LIBS"
+  for lib in cuda cublas cublasLt curand nvrtc; do
+    found=$(find -L "${dirs[@]}" -maxdepth 1 -name "lib$lib.so.*" -print 2>/dev/null | sort | head -n 1)
+    [ -n "$found" ] || { echo "error: no lib$lib.so.* in CUDA_LINK_LIBS=$CUDA_LINK_LIBS" >&2; exit 1; }
+    ln -sfn "$found" "$dir/lib$lib.so"
+    echo "== lib$lib.so -> $found"
+  done
+}
+
+if [ -n "${CUDA_LINK_LIBS:-}" ]; then
+  link_cuda_libs "$root/lib"
+  echo "== cargo build --release --features ${FEATURES:-cuda} --bin distillrec (linked; target/cuda)"
+  start=$(date +%s)
+  # shellcheck disable=SC2086  # CARGO_BUILD_ARGS is a list of words
+  cargo build --release --locked --target-dir target/cuda --features "${FEATURES:-cuda}" -p distillrec --bin distillrec ${CARGO_BUILD_ARGS:-}
+  echo "== CUDA binary built in $(( $(date +%s) - start )) s: target/cuda/release/distillrec"
+  exit 0
+fi
 
 # Every library crate is compiled to machine code with CUDA (candle's
 # kernels through nvcc); the binary is type-checked but not linked: linking

@@ -1,5 +1,6 @@
 //! Records the git commit, dirty flag and rustc version for `run.json`, and
-//! tells the tests whether the shared data sets are beside the checkout.
+//! tells the tests whether the shared data sets are beside the checkout and
+//! whether they run as root.
 use std::path::Path;
 use std::process::Command;
 
@@ -26,6 +27,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=build.rs");
     shared_data_cfg();
+    as_root_cfg();
 }
 
 /// Sets `cfg(shared_data)` when `<workspace>/../shared/data` exists, so the
@@ -55,5 +57,15 @@ fn shared_data_cfg() {
             data.display()
         );
         println!("cargo:rustc-cfg=shared_data");
+    }
+}
+
+/// Sets `cfg(as_root)` when the build runs as root (CI does), so the tests
+/// of `docker/entrypoint.sh` that switch users run there and are reported as
+/// *ignored* elsewhere. They check at run time that they are still root.
+fn as_root_cfg() {
+    println!("cargo:rustc-check-cfg=cfg(as_root)");
+    if output("id", &["-u"]).as_deref() == Some("0") {
+        println!("cargo:rustc-cfg=as_root");
     }
 }
