@@ -632,8 +632,11 @@ pub fn init_logging(log_file: Option<&Path>) -> Result<(), DataError> {
     INSTALLED.call_once(|| {
         let filter =
             || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // colours only for a terminal: redirected logs (nohup, a batch
+        // scheduler, a container's log) stay plain text
         let stderr = fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .with_filter(filter());
         let files = fmt::layer()

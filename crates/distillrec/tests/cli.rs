@@ -753,3 +753,26 @@ fn train_kill_resume_eval_and_recommend() {
         "holds the results of a run with a different config (key differs: student.hidden)",
     );
 }
+
+/// Logs written to a pipe or a file (nohup, a scheduler, a container) are
+/// plain text: no terminal colour codes.
+#[test]
+fn redirected_logs_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    prepare_synthetic(&data, 20, "1");
+    let run = dir.path().join("run");
+    let out = bin()
+        .env("RUST_LOG", "info")
+        .args(train_small_args(
+            &data,
+            &run,
+            &["--set", "train.student.max_epochs=1"],
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
