@@ -42,6 +42,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Print a trained student's top items for a history.
     Recommend(RecommendArgs),
+    /// Serve a trained student over HTTP (micro-batched; /recommend, /recommend/batch, /healthz, /readyz, /metrics, /admin/reload).
+    Serve(ServeArgs),
     /// Run every stage from one config (the main job); re-running skips finished stages.
     Pipeline(PipelineArgs),
     /// Run the pipeline over a grid of config values and seeds, sharing the stages they have in common, with one report.
@@ -300,6 +302,47 @@ pub struct RecommendArgs {
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Arguments of `serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (default: the one recorded when the checkpoint was trained).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (port 0: any free port); the bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Most history rows in one forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its forward pass, in microseconds.
+    #[arg(long, default_value_t = 500)]
+    pub max_wait_us: u64,
+    /// Worker threads of the forward pass (rayon and the matmul kernels).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 65536)]
+    pub max_body_bytes: usize,
+    /// Longest history accepted, in items.
+    #[arg(long, default_value_t = 1000)]
+    pub max_history: usize,
+    /// Largest `k` accepted.
+    #[arg(long, default_value_t = 1000)]
+    pub max_k: usize,
+    /// Longest a request may take, in milliseconds (longer: 503).
+    #[arg(long, default_value_t = 10000)]
+    pub timeout_ms: u64,
+    /// Most connections open at once (more wait to be accepted).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most requests waiting for the model (more: 503).
+    #[arg(long, default_value_t = 4096)]
+    pub queue: usize,
 }
 
 /// Arguments of `eval popularity`.

@@ -25,6 +25,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Distill(a) => cmd::distill::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Recommend(a) => cmd::recommend::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Sweep(a) => cmd::pipeline::sweep(a),
         Command::Llm(c) => cmd::llm::run(c),

@@ -581,6 +581,31 @@ fn corpus() -> Vec<Case> {
             ],
             "--prompt-tokens must be positive",
         ),
+        // <helper serve>: `serve` refuses before it listens
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["serve", "--checkpoint", "{case}", "--addr", "127.0.0.1:0"],
+            "is a directory; give a checkpoint file (<run>/checkpoints/best.json)",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["serve", "--checkpoint", "{case}", "--max-batch", "0"],
+            "--max-batch must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:teacher-manifest",
+            &["serve", "--checkpoint", "{case}/best.json", "--max-connections", "0"],
+            "--max-connections must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:teacher-manifest",
+            &["serve", "--checkpoint", "{case}/best.json", "--addr", "127.0.0.1:0"],
+            "this is a teacher checkpoint, but a student checkpoint is expected",
+        ),
     ]
 }
 
