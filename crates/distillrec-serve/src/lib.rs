@@ -16,6 +16,7 @@
 mod api;
 mod batcher;
 mod limits;
+pub mod loadgen;
 mod metrics;
 mod model;
 mod routes;

@@ -89,7 +89,12 @@ pub fn run(opts: &LoadOptions) -> Result<Vec<LoadResult>> {
 }
 
 /// One level: `workers` threads until the deadline or the request cap.
-fn level(addr: SocketAddr, request: &[u8], workers: usize, opts: &LoadOptions) -> Result<LoadResult> {
+fn level(
+    addr: SocketAddr,
+    request: &[u8],
+    workers: usize,
+    opts: &LoadOptions,
+) -> Result<LoadResult> {
     let sent = AtomicU64::new(0);
     let start = Instant::now();
     let deadline = start + opts.duration;
@@ -97,7 +102,10 @@ fn level(addr: SocketAddr, request: &[u8], workers: usize, opts: &LoadOptions) -
         let handles: Vec<_> = (0..workers)
             .map(|_| s.spawn(|| worker(addr, request, deadline, &sent, opts.max_requests)))
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let seconds = start.elapsed().as_secs_f64();
     let errors = per_worker.iter().map(|(_, e)| e).sum();
@@ -120,7 +128,13 @@ fn level(addr: SocketAddr, request: &[u8], workers: usize, opts: &LoadOptions) -
 
 /// One closed-loop worker: latencies (µs) of its good answers and its
 /// error count.
-fn worker(addr: SocketAddr, request: &[u8], deadline: Instant, sent: &AtomicU64, cap: u64) -> (Vec<u32>, u64) {
+fn worker(
+    addr: SocketAddr,
+    request: &[u8],
+    deadline: Instant,
+    sent: &AtomicU64,
+    cap: u64,
+) -> (Vec<u32>, u64) {
     let (mut lat, mut errors) = (Vec::new(), 0);
     let mut conn: Option<BufReader<TcpStream>> = None;
     while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < cap {
@@ -160,7 +174,10 @@ fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
 
 /// Sends one request on a kept-alive connection and reads its answer
 /// (status line, headers, `Content-Length` body).
-fn exchange(mut c: BufReader<TcpStream>, request: &[u8]) -> std::io::Result<(BufReader<TcpStream>, u16)> {
+fn exchange(
+    mut c: BufReader<TcpStream>,
+    request: &[u8],
+) -> std::io::Result<(BufReader<TcpStream>, u16)> {
     c.get_mut().write_all(request)?;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut line = String::new();

@@ -85,6 +85,8 @@ pub enum BenchCommand {
     Distill(BenchDistillArgs),
     /// Full-ranking evaluation (score, mask history, rank) of every row of a split of a prepared dataset with a random SASRec, comparable with scripts/bench_eval_torch.py.
     Eval(BenchEvalArgs),
+    /// A closed-loop HTTP load on a running `distillrec serve` (loopback only): throughput, p50/p99/p999 latency and errors per concurrency.
+    Serve(BenchServeArgs),
     /// One LLM step the teacher runs (prefill, causal-LM adapter step, ranking step, batched inference), comparable with scripts/bench_llm_torch.py.
     Llm(BenchLlmArgs),
 }
@@ -343,6 +345,26 @@ pub struct ServeArgs {
     /// Most requests waiting for the model (more: 503).
     #[arg(long, default_value_t = 4096)]
     pub queue: usize,
+}
+
+/// Arguments of `bench serve`.
+#[derive(Args, Debug)]
+pub struct BenchServeArgs {
+    /// The endpoint, on a loopback address.
+    #[arg(long, default_value = "http://127.0.0.1:8080/recommend")]
+    pub url: String,
+    /// Concurrency levels (closed-loop workers), run one after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub concurrency: Vec<usize>,
+    /// How long each level runs, in seconds (`10` or `10s`; at most 600).
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Most requests per level.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_requests: u64,
+    /// The JSON body of every request.
+    #[arg(long, default_value = r#"{"history": ["1", "2", "3"], "k": 10}"#)]
+    pub body: String,
 }
 
 /// Arguments of `eval popularity`.

@@ -34,6 +34,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Student(a)) => cmd::bench::student(a),
         Command::Bench(BenchCommand::Distill(a)) => cmd::bench::distill(a),
         Command::Bench(BenchCommand::Eval(a)) => cmd::bench::eval(a),
+        Command::Bench(BenchCommand::Serve(a)) => cmd::serve::bench(a),
     }
 }
 

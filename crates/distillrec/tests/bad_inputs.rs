@@ -606,6 +606,18 @@ fn corpus() -> Vec<Case> {
             &["serve", "--checkpoint", "{case}/best.json", "--addr", "127.0.0.1:0"],
             "this is a teacher checkpoint, but a student checkpoint is expected",
         ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["bench", "serve", "--url", "http://10.1.2.3:80/recommend", "--duration", "1s"],
+            "only targets loopback addresses",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["bench", "serve", "--duration", "900s"],
+            "--duration 900s: give a time in (0, 600] seconds",
+        ),
     ]
 }
 

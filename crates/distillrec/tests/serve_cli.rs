@@ -499,3 +499,39 @@ fn reload_refuses_bad_checkpoints_and_switches_to_good_ones_without_failing_requ
     );
     assert!(srv.alive());
 }
+
+#[test]
+fn bench_serve_reports_every_level_without_errors() {
+    let f = fixture(&[]);
+    let srv = Server::start(&["--checkpoint", s(&f.ckpt)]);
+    let url = format!("http://{}/recommend", srv.addr);
+    let out = ok(&[
+        "bench",
+        "serve",
+        "--url",
+        &url,
+        "--concurrency",
+        "1,4",
+        "--duration",
+        "500ms",
+        "--max-requests",
+        "2000",
+    ]);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("RESULT")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, c) in lines.iter().zip(["concurrency=1 ", "concurrency=4 "]) {
+        assert!(line.contains(c) && line.contains(" errors=0 "), "{line}");
+        let n: u64 = line
+            .split("requests=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n > 0 && n <= 2000, "{line}");
+    }
+    let served = srv.metric("distillrec_http_requests_total{route=\"/recommend\",status=\"200\"}");
+    assert!(served >= 2.0);
+}
