@@ -195,3 +195,62 @@ pub fn recommend(
         ranked: ranked.into_iter().map(|(i, s)| (item(i), s)).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order `recommend` printed before `top_k` existed: sort every
+    /// finite item, best first, ties by lower id, then cut.
+    fn full_sort(
+        scores: &[f32],
+        history: &[ItemId],
+        top: usize,
+        include: bool,
+    ) -> Vec<(ItemId, f32)> {
+        let mut s = scores.to_vec();
+        if !include {
+            for &h in history {
+                s[h as usize] = f32::NEG_INFINITY;
+            }
+        }
+        let mut order: Vec<usize> = (1..s.len()).filter(|&i| s[i].is_finite()).collect();
+        order.sort_by(|&x, &y| s[y].total_cmp(&s[x]).then(x.cmp(&y)));
+        order
+            .iter()
+            .take(top)
+            .map(|&i| (i as ItemId, s[i]))
+            .collect()
+    }
+
+    #[test]
+    fn top_k_is_the_head_of_the_full_sort_with_ties_by_lower_id() {
+        // column 0 is padding; many ties, a NaN-free row with -inf holes
+        let row: Vec<f32> = (0..200u32)
+            .map(|i| match i {
+                0 => f32::NEG_INFINITY,
+                i if i % 17 == 0 => f32::NEG_INFINITY,
+                i => ((i * 37) % 11) as f32 * 0.5,
+            })
+            .collect();
+        let history = [3, 5, 150];
+        for top in [0, 1, 5, 10, 64, 199, 500] {
+            for include in [false, true] {
+                let want = full_sort(&row, &history, top, include);
+                let got = top_k(&mut row.clone(), &history, top, include);
+                assert_eq!(got, want, "top {top} include {include}");
+            }
+        }
+        let got = top_k(&mut row.clone(), &history, 10, false);
+        assert!(got.iter().all(|(i, _)| !history.contains(i) && *i != 0));
+        assert!(got
+            .windows(2)
+            .all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+    }
+
+    #[test]
+    fn top_k_ignores_history_ids_outside_the_row() {
+        let mut row = vec![f32::NEG_INFINITY, 1.0, 2.0];
+        assert_eq!(top_k(&mut row, &[7], 5, false), vec![(2, 2.0), (1, 1.0)]);
+    }
+}
