@@ -28,24 +28,31 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME CMD...: runs a server, waits for its "listening on" line.
+# start NAME CMD...: runs a server in the background of this shell (so the
+# exit trap can stop it).
 start() {
     local name=$1
     shift
     "$@" >"$work/$name.out" 2>"$work/$name.err" &
     pids+=($!)
+}
+
+# addr NAME: waits for NAME's "listening on" line and prints its address.
+addr() {
     for _ in $(seq 300); do
-        grep -q '^listening on ' "$work/$name.out" 2>/dev/null && break
+        grep -q '^listening on ' "$work/$1.out" 2>/dev/null && break
         sleep 0.1
     done
-    grep -q '^listening on ' "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
-    sed -n 's/^listening on //p' "$work/$name.out" | head -1
+    grep -q '^listening on ' "$work/$1.out" || { cat "$work/$1.err" >&2; exit 1; }
+    sed -n 's/^listening on //p' "$work/$1.out" | head -1
 }
 
 data_args=()
 [ -n "$data" ] && data_args=(--data "$data")
-rust=$(start rust "$bin" serve --checkpoint "$ckpt" "${data_args[@]}" --addr 127.0.0.1:0 --threads "$THREADS")
-torch=$(start torch "$PYTHON" "$here/serve_torch.py" --checkpoint "$ckpt" "${data_args[@]}" --addr 127.0.0.1:0 --threads "$THREADS")
+start rust "$bin" serve --checkpoint "$ckpt" "${data_args[@]}" --addr 127.0.0.1:0 --threads "$THREADS"
+start torch "$PYTHON" "$here/serve_torch.py" --checkpoint "$ckpt" "${data_args[@]}" --addr 127.0.0.1:0 --threads "$THREADS"
+rust=$(addr rust)
+torch=$(addr torch)
 echo "distillrec serve: $rust   serve_torch.py: $torch   concurrency $CONCURRENCY, $DURATION per level, $ROUNDS rounds"
 
 for r in $(seq "$ROUNDS"); do
