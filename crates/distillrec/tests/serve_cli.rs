@@ -535,3 +535,48 @@ fn bench_serve_reports_every_level_without_errors() {
     let served = srv.metric("distillrec_http_requests_total{route=\"/recommend\",status=\"200\"}");
     assert!(served >= 2.0);
 }
+
+#[test]
+fn a_request_past_the_timeout_gets_503_and_the_server_keeps_serving() {
+    let f = fixture(&[]);
+    // a request waits up to 2 s for its batch, far past the 100 ms bound
+    let srv = Server::start(&[
+        "--checkpoint",
+        s(&f.ckpt),
+        "--timeout-ms",
+        "100",
+        "--max-wait-us",
+        "2000000",
+    ]);
+    let r = srv.post("/recommend", r#"{"history": ["1"]}"#);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("--timeout-ms"),
+        "{}",
+        r.body
+    );
+    assert_eq!(srv.get("/healthz").status, 200);
+    assert_eq!(
+        srv.metric("distillrec_http_requests_total{route=\"/recommend\",status=\"503\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn connections_past_the_limit_wait_until_one_closes() {
+    let f = fixture(&[]);
+    let srv = Server::start(&["--checkpoint", s(&f.ckpt), "--max-connections", "2"]);
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&srv.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let addr = srv.addr.clone();
+    let waiting = std::thread::spawn(move || {
+        let h = vec!["1".to_string()];
+        ask(&addr, &h, 3)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "a third connection was served");
+    drop(idle);
+    assert_eq!(waiting.join().unwrap().len(), 3);
+}
