@@ -94,7 +94,8 @@ async fn run(opts: ServeOptions, holder: Arc<model::ModelHolder>) -> Result<()> 
         eprintln!("shutting down: finishing in-flight requests");
     };
     let app = routes::router(state).into_make_service_with_connect_info::<limits::PeerAddr>();
-    let listener = limits::LimitedListener::new(listener, opts.limits.max_connections);
+    let listener =
+        limits::LimitedListener::new(listener, opts.limits.max_connections, opts.limits.idle);
     println!("listening on http://{bound}");
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -1,6 +1,7 @@
 //! Bounds on what one request or the whole server may take, and a listener
 //! that holds at most `max_connections` connections open at once.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,6 +31,9 @@ pub struct Limits {
     pub timeout: Duration,
     /// Most connections open at once (`--max-connections`); more wait.
     pub max_connections: usize,
+    /// A connection with no byte read or written for this long is closed
+    /// (`--idle-timeout-ms`), so idle peers cannot hold every slot.
+    pub idle: Duration,
     /// Most requests waiting for the model (`--queue`); more get 503.
     pub queue: usize,
 }
@@ -46,11 +50,19 @@ impl Limits {
             ("--max-connections", self.max_connections),
             ("--queue", self.queue),
             ("--timeout-ms", self.timeout.as_millis() as usize),
+            ("--idle-timeout-ms", self.idle.as_millis() as usize),
         ];
         for (flag, v) in flags {
             if v == 0 {
                 bail!("{flag} must be at least 1");
             }
+        }
+        if self.idle <= self.timeout {
+            bail!(
+                "--idle-timeout-ms {} must be above --timeout-ms {} (a connection waiting for its answer is not idle)",
+                self.idle.as_millis(),
+                self.timeout.as_millis()
+            );
         }
         if max_batch > 4096 {
             bail!("--max-batch {max_batch} is too large; use at most 4096");
@@ -70,18 +82,22 @@ impl Connected<IncomingStream<'_, LimitedListener>> for PeerAddr {
 }
 
 /// A TCP listener that accepts only while fewer than its bound of
-/// connections are open (the rest wait in the kernel's backlog).
+/// connections are open (the rest wait in the kernel's backlog), and closes
+/// connections idle for longer than `idle`.
 pub struct LimitedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    idle: Duration,
 }
 
 impl LimitedListener {
-    /// Wraps `inner`, allowing `max` connections at once.
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// Wraps `inner`, allowing `max` connections at once, each idle at most
+    /// `idle`.
+    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Self {
         LimitedListener {
             inner,
             slots: Arc::new(Semaphore::new(max)),
+            idle,
         }
     }
 }
@@ -104,6 +120,8 @@ impl Listener for LimitedListener {
             HeldStream {
                 stream,
                 _slot: permit,
+                idle: self.idle,
+                deadline: Box::pin(tokio::time::sleep(self.idle)),
             },
             addr,
         )
@@ -114,10 +132,21 @@ impl Listener for LimitedListener {
     }
 }
 
-/// A connection that frees its slot when dropped.
+/// A connection that frees its slot when dropped and fails its reads once
+/// it has moved no byte for `idle` (the server then closes it).
 pub struct HeldStream {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HeldStream {
+    /// Pushes the idle deadline back after bytes moved.
+    fn touch(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
 }
 
 impl AsyncRead for HeldStream {
@@ -126,7 +155,19 @@ impl AsyncRead for HeldStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                io::Error::new(io::ErrorKind::TimedOut, "idle connection closed"),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -136,7 +177,13 @@ impl AsyncWrite for HeldStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.touch();
+            }
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -342,6 +342,9 @@ pub struct ServeArgs {
     /// Most connections open at once (more wait to be accepted).
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Close a connection that moved no byte for this long, in milliseconds (keep it above --timeout-ms).
+    #[arg(long, default_value_t = 30000)]
+    pub idle_timeout_ms: u64,
     /// Most requests waiting for the model (more: 503).
     #[arg(long, default_value_t = 4096)]
     pub queue: usize,

@@ -618,6 +618,12 @@ fn corpus() -> Vec<Case> {
             &["bench", "serve", "--duration", "900s"],
             "--duration 900s: give a time in (0, 600] seconds",
         ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["serve", "--checkpoint", "{case}", "--idle-timeout-ms", "5000"],
+            "--idle-timeout-ms 5000 must be above --timeout-ms 10000",
+        ),
     ]
 }
 

@@ -580,3 +580,26 @@ fn connections_past_the_limit_wait_until_one_closes() {
     drop(idle);
     assert_eq!(waiting.join().unwrap().len(), 3);
 }
+
+#[test]
+fn idle_connections_are_closed_so_they_cannot_hold_every_slot() {
+    let f = fixture(&[]);
+    let srv = Server::start(&[
+        "--checkpoint",
+        s(&f.ckpt),
+        "--max-connections",
+        "2",
+        "--idle-timeout-ms",
+        "300",
+        "--timeout-ms",
+        "200",
+    ]);
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&srv.addr).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let h = vec!["1".to_string()];
+    assert_eq!(ask(&srv.addr, &h, 3).len(), 3);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(idle);
+}

@@ -27,6 +27,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_histories: a.max_batch,
             timeout: Duration::from_millis(a.timeout_ms),
             max_connections: a.max_connections,
+            idle: Duration::from_millis(a.idle_timeout_ms),
             queue: a.queue,
         },
     })
