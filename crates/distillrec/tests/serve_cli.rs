@@ -352,7 +352,7 @@ fn every_bad_request_gets_its_4xx_and_the_server_keeps_serving() {
 #[test]
 fn sigterm_lets_in_flight_requests_finish() {
     let f = fixture(&[]);
-    let mut srv = Server::start(&["--checkpoint", s(&f.ckpt), "--max-wait-us", "1000000"]);
+    let mut srv = Server::start(&["--checkpoint", s(&f.ckpt), "--max-wait-us", "3000000"]);
     let hs = histories();
     let want: Vec<_> = hs[..8].iter().map(|h| cli_top(&f.ckpt, h, 5)).collect();
     let threads: Vec<_> = hs[..8]
@@ -363,8 +363,8 @@ fn sigterm_lets_in_flight_requests_finish() {
             std::thread::spawn(move || ask(&addr, &h, 5))
         })
         .collect();
-    // the requests wait up to a second for their batch to fill
-    std::thread::sleep(Duration::from_millis(400));
+    // the requests wait up to 3 s for their batch to fill
+    std::thread::sleep(Duration::from_millis(1000));
     srv.signal(libc::SIGTERM);
     for (t, want) in threads.into_iter().zip(&want) {
         assert_same_top(&t.join().unwrap(), want, "in flight at SIGTERM");

@@ -37,7 +37,13 @@ pub fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Res
         body.len()
     )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    // a server that answers before reading the whole body (413) may reset
+    // the connection after its answer: keep what arrived
+    if let Err(e) = s.read_to_end(&mut raw) {
+        if raw.is_empty() {
+            return Err(e);
+        }
+    }
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text
         .split_once("\r\n\r\n")
