@@ -42,6 +42,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Print a trained student's top items for a history.
     Recommend(RecommendArgs),
+    /// Serve a trained student over HTTP (micro-batched; /recommend, /recommend/batch, /healthz, /readyz, /metrics, /admin/reload).
+    Serve(ServeArgs),
     /// Run every stage from one config (the main job); re-running skips finished stages.
     Pipeline(PipelineArgs),
     /// Run the pipeline over a grid of config values and seeds, sharing the stages they have in common, with one report.
@@ -83,6 +85,8 @@ pub enum BenchCommand {
     Distill(BenchDistillArgs),
     /// Full-ranking evaluation (score, mask history, rank) of every row of a split of a prepared dataset with a random SASRec, comparable with scripts/bench_eval_torch.py.
     Eval(BenchEvalArgs),
+    /// A closed-loop HTTP load on a running `distillrec serve` (loopback only): throughput, p50/p99/p999 latency and errors per concurrency.
+    Serve(BenchServeArgs),
     /// One LLM step the teacher runs (prefill, causal-LM adapter step, ranking step, batched inference), comparable with scripts/bench_llm_torch.py.
     Llm(BenchLlmArgs),
 }
@@ -300,6 +304,70 @@ pub struct RecommendArgs {
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Arguments of `serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// The prepared dataset (default: the one recorded when the checkpoint was trained).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (port 0: any free port); the bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Most history rows in one forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its forward pass, in microseconds.
+    #[arg(long, default_value_t = 500)]
+    pub max_wait_us: u64,
+    /// Worker threads of the forward pass (rayon and the matmul kernels).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long, default_value_t = 65536)]
+    pub max_body_bytes: usize,
+    /// Longest history accepted, in items.
+    #[arg(long, default_value_t = 1000)]
+    pub max_history: usize,
+    /// Largest `k` accepted.
+    #[arg(long, default_value_t = 1000)]
+    pub max_k: usize,
+    /// Longest a request may take, in milliseconds (longer: 503).
+    #[arg(long, default_value_t = 10000)]
+    pub timeout_ms: u64,
+    /// Most connections open at once (more wait to be accepted).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Close a connection that moved no byte for this long, in milliseconds (keep it above --timeout-ms).
+    #[arg(long, default_value_t = 30000)]
+    pub idle_timeout_ms: u64,
+    /// Most requests waiting for the model (more: 503).
+    #[arg(long, default_value_t = 4096)]
+    pub queue: usize,
+}
+
+/// Arguments of `bench serve`.
+#[derive(Args, Debug)]
+pub struct BenchServeArgs {
+    /// The endpoint, on a loopback address.
+    #[arg(long, default_value = "http://127.0.0.1:8080/recommend")]
+    pub url: String,
+    /// Concurrency levels (closed-loop workers), run one after another.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub concurrency: Vec<usize>,
+    /// How long each level runs, in seconds (`10` or `10s`; at most 600).
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Most requests per level.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_requests: u64,
+    /// The JSON body of every request.
+    #[arg(long, default_value = r#"{"history": ["1", "2", "3"], "k": 10}"#)]
+    pub body: String,
 }
 
 /// Arguments of `eval popularity`.

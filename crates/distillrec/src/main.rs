@@ -25,6 +25,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Distill(a) => cmd::distill::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Recommend(a) => cmd::recommend::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Pipeline(a) => cmd::pipeline::run(a),
         Command::Sweep(a) => cmd::pipeline::sweep(a),
         Command::Llm(c) => cmd::llm::run(c),
@@ -33,6 +34,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Student(a)) => cmd::bench::student(a),
         Command::Bench(BenchCommand::Distill(a)) => cmd::bench::distill(a),
         Command::Bench(BenchCommand::Eval(a)) => cmd::bench::eval(a),
+        Command::Bench(BenchCommand::Serve(a)) => cmd::serve::bench(a),
     }
 }
 

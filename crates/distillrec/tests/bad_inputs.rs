@@ -581,6 +581,49 @@ fn corpus() -> Vec<Case> {
             ],
             "--prompt-tokens must be positive",
         ),
+        // <helper serve>: `serve` refuses before it listens
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["serve", "--checkpoint", "{case}", "--addr", "127.0.0.1:0"],
+            "is a directory; give a checkpoint file (<run>/checkpoints/best.json)",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["serve", "--checkpoint", "{case}", "--max-batch", "0"],
+            "--max-batch must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:teacher-manifest",
+            &["serve", "--checkpoint", "{case}/best.json", "--max-connections", "0"],
+            "--max-connections must be at least 1",
+        ),
+        c(
+            "clear",
+            "GENERATED:teacher-manifest",
+            &["serve", "--checkpoint", "{case}/best.json", "--addr", "127.0.0.1:0"],
+            "this is a teacher checkpoint, but a student checkpoint is expected",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["bench", "serve", "--url", "http://10.1.2.3:80/recommend", "--duration", "1s"],
+            "only targets loopback addresses",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["bench", "serve", "--duration", "900s"],
+            "--duration 900s: give a time in (0, 600] seconds",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-checkpoint-dir",
+            &["serve", "--checkpoint", "{case}", "--idle-timeout-ms", "5000"],
+            "--idle-timeout-ms 5000 must be above --timeout-ms 10000",
+        ),
     ]
 }
 

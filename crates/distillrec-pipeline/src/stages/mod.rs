@@ -17,7 +17,9 @@ pub use llm_teacher::{
     eval_teacher, load_teacher, teacher_infer, train_teacher, TeacherInferRequest,
     TrainTeacherRequest, TrainedTeacher,
 };
-pub use recommend::{recommend, resolve_item, Recommendation};
+pub use recommend::{
+    checkpoint_data, load_for, rank_batch, recommend, resolve_item, top_k, Query, Recommendation,
+};
 pub use select::{select, selected_rows, SelectOutcome, SelectRequest};
 pub use student::{eval_student, train_student, train_student_in, StudentEval, TrainedStudent};
 pub use teacher::{

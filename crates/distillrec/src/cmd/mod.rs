@@ -10,5 +10,6 @@ pub mod pipeline;
 pub mod recommend;
 pub mod report;
 pub mod select;
+pub mod serve;
 pub mod teacher;
 pub mod train;
