@@ -891,10 +891,11 @@ impl Teacher {
             .to_vec1::<f32>()?)
     }
 
-    /// Attaches the adapters to the backbone's composed path (generation
-    /// with a KV cache); [`Teacher::detach`] removes them.
+    /// Attaches the adapters to the backbone's composed path for inference
+    /// (generation with a KV cache; frozen, so no autograd graph is kept);
+    /// [`Teacher::detach`] removes them.
     pub fn attach(&mut self) -> Result<()> {
-        self.adapters.to_candle(&mut self.llm.model)?;
+        self.adapters.to_candle_frozen(&mut self.llm.model)?;
         Ok(())
     }
 
