@@ -345,10 +345,12 @@ impl MoeLora {
         }
     }
 
-    /// The adapter for inference: its weights enter the product as
-    /// constants, so a forward builds no autograd graph. With trainable
-    /// weights every intermediate of every layer stays alive until the
-    /// output is dropped (a 320-token prefill of SmolLM2-135M held 1.5 GB).
+    /// The adapter for inference: its weights and the gate enter the
+    /// product as constants, so a forward builds no autograd graph. With
+    /// trainable weights, or a gate still tied to the gate network's graph,
+    /// every intermediate of every layer stays alive until the output is
+    /// dropped, and the inference kernels (which take untracked tensors
+    /// only) are skipped: a 320-token prefill of SmolLM2-135M held 1.5 GB.
     pub fn frozen(self) -> MoeLora {
         MoeLora {
             frozen: true,
@@ -388,6 +390,7 @@ impl Adapter for MoeLora {
                 if e != self.experts {
                     candle_core::bail!("moe-lora: gate has {e} experts, adapter {}", self.experts);
                 }
+                let g = if self.frozen { g.detach() } else { g.clone() };
                 let cols = g
                     .unsqueeze(2)?
                     .broadcast_as((bsz, e, r / e))?
