@@ -108,9 +108,10 @@ fn cpu_has_avx2() -> bool {
 /// between products the explicit path runs attention and element-wise work
 /// on rayon's threads, which a spinning worker then shares its core with
 /// (on two cores, three busy threads). 4, the minimum, lets it sleep almost
-/// at once; a product then pays a thread wake-up (microseconds). Measured
-/// on a loaded 2-core VM, teacher generative step, 2 threads: 20–25% less
-/// CPU time per step.
+/// at once; a product then pays a thread wake-up (microseconds). On a
+/// loaded 2-core VM (load 7–8), teacher generative step, 2 threads: less
+/// CPU time in 3 of 4 back-to-back pairs (10–20%), wall time unchanged in
+/// the later two; a quiet machine has to confirm the gain.
 const THREAD_TIMEOUT: (&str, &str) = ("OPENBLAS_THREAD_TIMEOUT", "4");
 
 /// Sets [`THREAD_TIMEOUT`] before the library loads, unless the user set it.
