@@ -160,6 +160,14 @@ impl<T: Real> AdapterSet<T> {
         self.to_candle_dropout(model, None)
     }
 
+    /// Attaches the same adapters to `model`'s linears for inference on the
+    /// composed path: their weights are constants, so a forward builds no
+    /// autograd graph and frees each layer's intermediates as it goes
+    /// (generation, `pass::infer_last`).
+    pub fn to_candle_frozen(&self, model: &mut Model) -> Result<()> {
+        self.attach(model, None, true).map(drop)
+    }
+
     /// [`AdapterSet::to_candle`] for a training step with LoRA dropout:
     /// each attached adapter applies, in training mode, the same masks the
     /// explicit path's `pass::forward` draws for `dropout`.
@@ -167,6 +175,17 @@ impl<T: Real> AdapterSet<T> {
         &self,
         model: &mut Model,
         dropout: Option<Dropout>,
+    ) -> Result<Vec<candle_core::Var>> {
+        self.attach(model, dropout, false)
+    }
+
+    /// Attaches one `MoeLora` per adapted projection (frozen for
+    /// inference) and returns their variables.
+    fn attach(
+        &self,
+        model: &mut Model,
+        dropout: Option<Dropout>,
+        frozen: bool,
     ) -> Result<Vec<candle_core::Var>> {
         let (dtype, device) = (model.dtype(), model.device().clone());
         let mut vars = Vec::new();
@@ -180,6 +199,9 @@ impl<T: Real> AdapterSet<T> {
                 let mut ad = crate::lora::MoeLora::from_tensors(&a, &b, self.experts, self.alpha)?;
                 if let Some(dr) = dropout.filter(|dr| dr.p > 0.0) {
                     ad = ad.with_dropout(dr.p, mix(mix(dr.seed, li), ti));
+                }
+                if frozen {
+                    ad = ad.frozen();
                 }
                 vars.extend(crate::lora::Adapter::vars(&ad));
                 model

@@ -232,7 +232,7 @@ pub fn infer_last(
         Path::Composed => {
             let inp = composed_inputs(model, adapters, embeds, mask, gate)?;
             let mut m = model.clone();
-            adapters.to_candle(&mut m)?;
+            adapters.to_candle_frozen(&mut m)?;
             let ctx = AdapterCtx {
                 gate: inp.gate.as_ref(),
                 train: false,

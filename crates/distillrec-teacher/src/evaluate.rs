@@ -132,10 +132,10 @@ pub fn eval_generative(
     let result = (|| -> Result<Vec<Answer>> {
         let mut answers = Vec::with_capacity(n);
         for (row, c) in rows.iter().zip(&cands).take(n) {
-            let answer = teacher.answer(ds, row, c)?;
+            // one student pass feeds the gate, the cue and the student's pick
+            let (answer, scores) = teacher.answer_scored(ds, row, c)?;
             let named = named_candidates(ds, &answer, c);
             let target = ds.target(row);
-            let scores = teacher.student.score_histories(&[ds.history(row)])?;
             let of_cands: Vec<f32> = c.iter().map(|&x| scores[x as usize]).collect();
             let student_pick = c.get(argmax(&of_cands)).copied().unwrap_or(0);
             answers.push(Answer {

@@ -19,6 +19,7 @@
 //! - [`infer`] — the teacher cache;
 //! - [`mod@bench`] — what `distillrec bench llm --step teacher | infer` times.
 
+pub mod answer;
 pub mod bench;
 pub mod checkpoint;
 pub mod evaluate;

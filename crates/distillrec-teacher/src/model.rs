@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use distillrec_config::{AdapterTarget, BackbonePath, TeacherConfig, TeacherObjective};
 use distillrec_data::{Dataset, ItemId, Row};
-use distillrec_llm::generate::{generate_from_embeds, GenerateOptions};
-use distillrec_llm::lora::AdapterCtx;
 use distillrec_llm::model::Target;
 use distillrec_llm::pass::{self, Grads, Path};
 use distillrec_llm::Llm;
@@ -177,6 +175,21 @@ fn answer_pairs(prompts: &[Prompt], t: usize) -> Vec<(usize, u32)> {
         }
     }
     pairs
+}
+
+/// What the frozen student and the gate give a batch of rows, from one
+/// student pass.
+pub(crate) struct RowView {
+    /// The gate `[B, E]` (a graph over the live networks); `None` with one
+    /// expert.
+    pub(crate) gate: Option<Tensor>,
+    /// The gate's values.
+    pub(crate) gate_v: Option<Vec<f32>>,
+    /// With `teacher.student_prior`, the student's scores `[B, N + 1]`
+    /// with column 0 set to 0 (the head masks it).
+    pub(crate) prior: Option<Tensor>,
+    /// The student's scores `[B, N + 1]` (column 0 −∞).
+    pub(crate) scores: Vec<f32>,
 }
 
 /// The result of one micro-step.
@@ -358,45 +371,49 @@ impl Teacher {
     }
 
     /// The student's sequence representations `[B, d]` of the rows'
-    /// histories (the gate's input) and, with `teacher.student_prior`, its
-    /// scores `[B, N + 1]` (column 0 set to 0; the head masks it).
-    fn student_view(&self, ds: &Dataset, rows: &[&Row]) -> Result<(Tensor, Option<Tensor>)> {
+    /// histories (the gate's input) and its scores `[B, N + 1]` (column 0
+    /// −∞, as `Student::score_histories` gives them), from one pass.
+    fn student_view(&self, ds: &Dataset, rows: &[&Row]) -> Result<(Tensor, Vec<f32>)> {
         let hist: Vec<&[ItemId]> = rows.iter().map(|r| ds.history(r)).collect();
-        let (rep, mut scores) = self.student.represent_and_score(&hist)?;
-        let b = rows.len();
-        let z = Tensor::from_vec(rep, (b, self.student.spec.hidden), &Device::Cpu)?;
-        let prior = if self.cfg.student_prior {
-            let w = self.student.spec.num_items + 1;
-            for row in scores.chunks_mut(w) {
-                row[0] = 0.0;
-            }
-            Some(Tensor::from_vec(scores, (b, w), &Device::Cpu)?)
-        } else {
-            None
-        };
-        Ok((z, prior))
+        let (rep, scores) = self.student.represent_and_score(&hist)?;
+        let z = Tensor::from_vec(rep, (rows.len(), self.student.spec.hidden), &Device::Cpu)?;
+        Ok((z, scores))
     }
 
-    /// The gate `[B, E]` (a graph over the live networks), its values, and
-    /// the student prior of `rows`.
-    #[allow(clippy::type_complexity)]
-    fn gate_and_prior(
+    /// The gate of `rows` and, from the same student pass, its prior and
+    /// scores (see [`RowView`]).
+    pub(crate) fn gate_and_prior(
         &self,
         live: &Live,
         ds: &Dataset,
         rows: &[&Row],
-    ) -> Result<(Option<Tensor>, Option<Vec<f32>>, Option<Tensor>)> {
-        let (z, prior) = self.student_view(ds, rows)?;
+    ) -> Result<RowView> {
+        let (z, scores) = self.student_view(ds, rows)?;
         let gate = live.gate(&z)?;
-        let values = gate
+        let gate_v = gate
             .as_ref()
             .map(|g| g.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
-        Ok((gate, values, prior))
+        let prior = if self.cfg.student_prior {
+            let w = self.student.spec.num_items + 1;
+            let mut p = scores.clone();
+            for row in p.chunks_mut(w) {
+                row[0] = 0.0;
+            }
+            Some(Tensor::from_vec(p, (rows.len(), w), &Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok(RowView {
+            gate,
+            gate_v,
+            prior,
+            scores,
+        })
     }
 
     /// The student prior's values, when this teacher has a cue to weigh.
-    fn cue_scores(&self, prior: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    pub(crate) fn cue_scores(&self, prior: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
         match (prior, self.nets.cue_index()) {
             (Some(p), Some(_)) => Ok(Some(p.flatten_all()?.to_vec1::<f32>()?)),
             _ => Ok(None),
@@ -405,7 +422,7 @@ impl Teacher {
 
     /// The candidate cue over the student scores `scores` `[B, N + 1]`,
     /// when this teacher has one.
-    fn cue<'a>(&'a self, scores: Option<&'a [f32]>) -> Option<Cue<'a>> {
+    pub(crate) fn cue<'a>(&'a self, scores: Option<&'a [f32]>) -> Option<Cue<'a>> {
         let dir = &self.nets.params[self.nets.cue_index()?].value;
         scores.map(|scores| Cue { dir, scores })
     }
@@ -605,7 +622,12 @@ impl Teacher {
     ) -> Result<StepOut> {
         let model = &self.llm.model;
         let live = self.nets.live()?;
-        let (gate, gate_v, prior) = self.gate_and_prior(&live, ds, rows)?;
+        let RowView {
+            gate,
+            gate_v,
+            prior,
+            ..
+        } = self.gate_and_prior(&live, ds, rows)?;
         let emb = self.embed_prompts(&live, prompts, generative, prior.as_ref())?;
         let drop = Dropout {
             p: self.cfg.lora_dropout,
@@ -858,7 +880,7 @@ impl Teacher {
         }
         let h = self.llm.model.config().hidden_size;
         let live = self.nets.live()?;
-        let (_, gate_v, prior) = self.gate_and_prior(&live, ds, rows)?;
+        let RowView { gate_v, prior, .. } = self.gate_and_prior(&live, ds, rows)?;
         let prompts: Vec<Prompt> = rows.iter().map(|r| self.eval_prompt(ds, r, None)).collect();
         let (order, index) = Self::placeholder_items(&prompts);
         let projected = self.project_items(&live, &order)?;
@@ -889,90 +911,6 @@ impl Teacher {
             .project(&self.student_items.index_select(&idx, 0)?)?
             .flatten_all()?
             .to_vec1::<f32>()?)
-    }
-
-    /// Attaches the adapters to the backbone's composed path (generation
-    /// with a KV cache); [`Teacher::detach`] removes them.
-    pub fn attach(&mut self) -> Result<()> {
-        self.adapters.to_candle(&mut self.llm.model)?;
-        Ok(())
-    }
-
-    /// Removes adapters attached by [`Teacher::attach`].
-    pub fn detach(&mut self) -> Result<()> {
-        for li in 0..self.llm.model.layers.len() {
-            for &t in &self.cfg.targets {
-                self.llm.model.linear_mut(li, t)?.set_adapter(None);
-            }
-        }
-        Ok(())
-    }
-
-    /// The generative evaluation prompt of `row` with `candidates` (no
-    /// answer) laid out for the backbone, its placeholder items (what the
-    /// slots index), and the row's gate.
-    pub(crate) fn answer_inputs(
-        &self,
-        ds: &Dataset,
-        row: &Row,
-        candidates: &[ItemId],
-    ) -> Result<(Inputs, Vec<ItemId>, Option<Tensor>)> {
-        let live = self.nets.live()?;
-        let (gate, _, prior) = self.gate_and_prior(&live, ds, &[row])?;
-        let prior_v = self.cue_scores(prior.as_ref())?;
-        let prompt = Prompt {
-            answer: Vec::new(),
-            ..self.eval_prompt(ds, row, Some(candidates))
-        };
-        let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
-        let projected = self.project_items(&live, &order)?;
-        let inp = self.inputs(
-            std::slice::from_ref(&prompt),
-            &index,
-            &projected,
-            self.cue(prior_v.as_deref()),
-        )?;
-        Ok((inp, order, gate))
-    }
-
-    /// The input embeddings `[T, H]` of `row`'s generative evaluation
-    /// prompt with `candidates` and its placeholders as `(position, item)`:
-    /// what [`Teacher::answer`] decodes from.
-    pub fn answer_prompt_inputs(
-        &self,
-        ds: &Dataset,
-        row: &Row,
-        candidates: &[ItemId],
-    ) -> Result<PromptInputs> {
-        let (inp, order, _) = self.answer_inputs(ds, row, candidates)?;
-        let slots = inp.slots.iter().map(|&(p, k)| (p, order[k])).collect();
-        Ok((inp.embeds, slots))
-    }
-
-    /// Greedy answer (at most 64 new tokens, first line) to the generative
-    /// prompt of `row` with `candidates`; the adapters must be attached.
-    pub fn answer(&self, ds: &Dataset, row: &Row, candidates: &[ItemId]) -> Result<String> {
-        let h = self.llm.model.config().hidden_size;
-        let (inp, _, gate) = self.answer_inputs(ds, row, candidates)?;
-        let embeds = Tensor::from_vec(inp.embeds, (1, inp.t, h), &Device::Cpu)?
-            .to_dtype(self.llm.model.dtype())?;
-        let ctx = AdapterCtx {
-            gate: gate.as_ref(),
-            train: false,
-        };
-        let mut stop = self.llm.chat.stop_strings();
-        stop.push("\n".into());
-        let g = generate_from_embeds(
-            &self.llm.model,
-            &self.llm.tokenizer,
-            &embeds,
-            &ctx,
-            &GenerateOptions {
-                max_tokens: 64,
-                stop,
-            },
-        )?;
-        Ok(g.text.lines().next().unwrap_or("").trim().to_string())
     }
 }
 

@@ -691,6 +691,38 @@ fn a_generative_teacher_answers_and_grounds_its_answers() {
         .all(|l| a.teacher.llm.model.layers[l].attn.q_proj.is_plain()));
 }
 
+/// `answer_scored` gives `answer`'s answer and, from the student pass that
+/// fed the gate and the cue, the student's scores of the row exactly as
+/// `score_histories` computes them (generative evaluation reads the
+/// student's pick from them instead of running the student twice per row).
+#[test]
+fn one_student_pass_gives_the_answer_and_the_students_scores() {
+    let f = fixture();
+    let cfg = config(&[
+        "teacher.objective=\"generative\"",
+        "teacher.student_prior=true",
+    ]);
+    let mut a = teacher(&f, &cfg, "t");
+    a.teacher.attach().unwrap();
+    for row in f.ds.valid.iter().take(2) {
+        let target = f.ds.target(row);
+        let cands: Vec<u32> = (1..=f.ds.num_items() as u32)
+            .filter(|&c| c != target)
+            .take(3)
+            .chain([target])
+            .collect();
+        let (answer, scores) = a.teacher.answer_scored(&f.ds, row, &cands).unwrap();
+        assert_eq!(answer, a.teacher.answer(&f.ds, row, &cands).unwrap());
+        let want = a
+            .teacher
+            .student
+            .score_histories(&[f.ds.history(row)])
+            .unwrap();
+        assert_eq!(scores, want);
+    }
+    a.teacher.detach().unwrap();
+}
+
 /// With `teacher.student_prior`, a generative teacher's candidate
 /// placeholders carry the projector's output plus the cue vector times the
 /// frozen student's score of that candidate, standardised over the
