@@ -81,7 +81,7 @@ pub use adapters::{AdapterSet, Dropout};
 pub use chat::ChatTemplate;
 pub use config::{Config, Family};
 pub use error::{Error, Result};
-pub use loader::{load, read_config, read_tokenizer, Llm, LoadOptions};
+pub use loader::{load, read_meta, BackboneMeta, Llm, LoadOptions};
 pub use loss::lm_head_loss;
 pub use model::{KvCache, Model};
 pub use source::{MapSource, WeightSource};

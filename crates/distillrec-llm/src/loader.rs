@@ -63,49 +63,61 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Llm> {
     }
 }
 
-/// The backbone's [`Config`] alone, no weights: from a Hugging Face
-/// directory's `config.json`, a `config.json` file itself, or a GGUF file's
-/// metadata (its tensors are not read). `num_layers` truncates as loading
-/// would.
-pub fn read_config(path: &Path, num_layers: Option<usize>) -> Result<Config> {
-    let mut cfg = if path.is_dir() {
-        Config::from_hf_json(&path.join("config.json"))?
+/// What a backbone is without its weights: its [`Config`] and, when it has
+/// one beside it, its tokenizer and chat template.
+pub struct BackboneMeta {
+    /// The shape (after `num_layers`).
+    pub config: Config,
+    /// Tokenizer and chat template (`None` for a `config.json` alone).
+    pub tokenizer: Option<(Tokenizer, ChatTemplate)>,
+}
+
+/// A backbone's [`BackboneMeta`], no weights read: from a Hugging Face
+/// directory, a `config.json` file (with the tokenizer of its directory
+/// when there is one), or a GGUF file's metadata, read once. `num_layers`
+/// truncates as loading would.
+pub fn read_meta(path: &Path, num_layers: Option<usize>) -> Result<BackboneMeta> {
+    let (mut config, tokenizer) = if path.is_dir() {
+        let c = Config::from_hf_json(&path.join("config.json"))?;
+        let t = hf_tokenizer(path, &c)?;
+        (c, Some(t))
     } else if path.extension().is_some_and(|e| e == "json") {
-        Config::from_hf_json(path)?
+        let c = Config::from_hf_json(path)?;
+        let t = match path.parent() {
+            Some(d) if d.join("tokenizer.json").is_file() => Some(hf_tokenizer(d, &c)?),
+            _ => None,
+        };
+        (c, t)
     } else if path.is_file() {
         let (_, content) = read_content(path)?;
-        config_from_gguf(&content, path)?
+        let c = config_from_gguf(&content, path)?;
+        let t = gguf_tokenizer(&content, path)?;
+        (c, Some(t))
     } else {
         return Err(Error::file(path, "no such file or directory"));
     };
     if let Some(n) = num_layers {
-        cfg.truncate_layers(n)?;
+        config.truncate_layers(n)?;
     }
-    Ok(cfg)
+    Ok(BackboneMeta { config, tokenizer })
 }
 
-/// The backbone's tokenizer and chat template alone, no weights: from a
-/// Hugging Face directory (or the directory of its `config.json`) or a GGUF
-/// file's metadata; `None` when a `config.json` stands alone.
-pub fn read_tokenizer(path: &Path) -> Result<Option<(Tokenizer, ChatTemplate)>> {
-    let dir = if path.is_dir() {
-        path
-    } else if path.extension().is_some_and(|e| e == "json") {
-        match path.parent() {
-            Some(d) if d.join("tokenizer.json").is_file() => d,
-            _ => return Ok(None),
-        }
-    } else {
-        let (_, content) = read_content(path)?;
-        let tokenizer = Tokenizer::from_gguf(&content.metadata, path)?;
-        let chat = ChatTemplate::detect(gguf_chat_template(&content).as_deref(), &tokenizer);
-        return Ok(Some((tokenizer, chat)));
-    };
-    let cfg = Config::from_hf_json(&dir.join("config.json"))?;
-    let tokenizer = Tokenizer::from_hf_dir(dir, &cfg)?;
+/// The tokenizer and chat template of a Hugging Face directory.
+fn hf_tokenizer(dir: &Path, cfg: &Config) -> Result<(Tokenizer, ChatTemplate)> {
+    let tokenizer = Tokenizer::from_hf_dir(dir, cfg)?;
     let template = read_chat_template(&dir.join("tokenizer_config.json"))?;
     let chat = ChatTemplate::detect(template.as_deref(), &tokenizer);
-    Ok(Some((tokenizer, chat)))
+    Ok((tokenizer, chat))
+}
+
+/// The tokenizer and chat template in a GGUF file's metadata.
+fn gguf_tokenizer(
+    content: &candle_core::quantized::gguf_file::Content,
+    path: &Path,
+) -> Result<(Tokenizer, ChatTemplate)> {
+    let tokenizer = Tokenizer::from_gguf(&content.metadata, path)?;
+    let chat = ChatTemplate::detect(gguf_chat_template(content).as_deref(), &tokenizer);
+    Ok((tokenizer, chat))
 }
 
 /// The chat template in a GGUF file's metadata, if any.
@@ -129,9 +141,7 @@ pub fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Llm> {
     }
     let mut src = SafetensorsSource::open(dir)?;
     let model = Model::new(&cfg, &mut src, opts.dtype, &opts.device)?;
-    let tokenizer = Tokenizer::from_hf_dir(dir, &cfg)?;
-    let template = read_chat_template(&dir.join("tokenizer_config.json"))?;
-    let chat = ChatTemplate::detect(template.as_deref(), &tokenizer);
+    let (tokenizer, chat) = hf_tokenizer(dir, &cfg)?;
     Ok(Llm {
         model,
         tokenizer,
@@ -184,8 +194,7 @@ pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Llm> {
         }
         cfg.rope_freq_factors = Some(f);
     }
-    let tokenizer = Tokenizer::from_gguf(&content.metadata, path)?;
-    let chat = ChatTemplate::detect(gguf_chat_template(&content).as_deref(), &tokenizer);
+    let (tokenizer, chat) = gguf_tokenizer(&content, path)?;
     let arch = match content.metadata.get("general.architecture") {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),

@@ -91,6 +91,9 @@ pub struct Plan {
     pub epoch: Option<(usize, u64)>,
     /// The longest prompt the plan assumed.
     pub prompt_tokens: usize,
+    /// `(hidden, intermediate)`: the backbone's MLP product, on which
+    /// [`measure_flops`] measures the device.
+    pub mlp_shape: (usize, usize),
 }
 
 /// An upper bound of the length in tokens of `t`'s prompt for a row with
@@ -213,6 +216,7 @@ impl Plan {
             train_flops_per_token: 4.0 * parameters as f64 + 3.0 * attention_flops,
             epoch: input.epoch,
             prompt_tokens: input.prompt_tokens,
+            mlp_shape: (c.hidden_size, c.intermediate_size),
         }
     }
 
@@ -308,10 +312,10 @@ fn duration(secs: f64) -> String {
 }
 
 /// FLOP/s of matrix products of the backbone's MLP shape (`[256, H] ×
-/// [H, I]`) on `device`, timed over about half a second: the throughput the
-/// epoch estimate divides by.
-pub fn measure_flops(c: &LlmConfig, device: &Device) -> candle_core::Result<f64> {
-    let (m, k, n) = (256, c.hidden_size, c.intermediate_size);
+/// [H, I]` for `mlp_shape = (H, I)`, [`Plan::mlp_shape`]) on `device`, timed
+/// over about half a second: the throughput the epoch estimate divides by.
+pub fn measure_flops(mlp_shape: (usize, usize), device: &Device) -> candle_core::Result<f64> {
+    let (m, (k, n)) = (256, mlp_shape);
     let a = Tensor::ones((m, k), DType::F32, device)?;
     let b = Tensor::ones((k, n), DType::F32, device)?;
     a.matmul(&b)?.sum_all()?.to_scalar::<f32>()?; // warm-up

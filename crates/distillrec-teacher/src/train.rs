@@ -46,7 +46,7 @@ pub struct TrainTeacher<'a> {
     pub backbone: Pinned,
     /// The student checkpoint.
     pub student: Pinned,
-    /// Run directory (`checkpoints/`, `state.json`, `history.csv`).
+    /// Run directory (`checkpoints/` with `state.json`, `history.csv`).
     pub out_dir: &'a Path,
     /// Show a progress bar.
     pub progress: bool,

@@ -1,5 +1,5 @@
 //! The one training loop of distillrec: students and distillation
-//! ([`crate::trainer`]) and the LLM teacher (`distillrec_teacher::train`)
+//! (`trainer`) and the LLM teacher (`distillrec_teacher::train`)
 //! plug into [`fit`] through [`Trainee`].
 //!
 //! The loop owns the epochs, early stopping (patience on a score, higher is

@@ -9,6 +9,7 @@ use candle_core::Device;
 use distillrec_config::Config;
 use distillrec_data::memory::available_bytes;
 use distillrec_data::Dataset;
+use distillrec_llm::{ChatTemplate, Tokenizer};
 use distillrec_teacher::plan::{longest_prompt, measure_flops, prompt_bound, Plan, PlanInput};
 use distillrec_teacher::prompt::Prompter;
 
@@ -57,14 +58,14 @@ fn weight_bytes(device: &Device) -> u64 {
 /// [`prompt_bound`].
 fn prompt_lengths(
     cfg: &Config,
-    backbone: &Path,
+    tokenizer: Option<&(Tokenizer, ChatTemplate)>,
     ds: &Dataset,
     rows: &[usize],
 ) -> Result<Vec<usize>> {
     let history = |r: usize| ds.history(&ds.train[r]);
-    Ok(match distillrec_llm::read_tokenizer(backbone)? {
+    Ok(match tokenizer {
         Some((tok, chat)) => {
-            let p = Prompter::new(&tok, &chat, ds, &cfg.teacher)?;
+            let p = Prompter::new(tok, chat, ds, &cfg.teacher)?;
             rows.iter()
                 .map(|&r| p.length_bound(history(r), cfg.teacher.objective))
                 .collect()
@@ -87,8 +88,8 @@ pub fn plan_for(
     prompt_tokens: Option<usize>,
     device: &Device,
 ) -> Result<Plan> {
-    let llm = distillrec_llm::read_config(backbone, cfg.teacher.num_layers)?;
-    let lengths = prompt_lengths(cfg, backbone, ds, rows)?;
+    let meta = distillrec_llm::read_meta(backbone, cfg.teacher.num_layers)?;
+    let lengths = prompt_lengths(cfg, meta.tokenizer.as_ref(), ds, rows)?;
     let longest = lengths
         .iter()
         .copied()
@@ -96,7 +97,7 @@ pub fn plan_for(
         .unwrap_or_else(|| longest_prompt(&cfg.teacher));
     let tokens = lengths.iter().map(|&n| n as u64).sum::<u64>();
     Ok(Plan::new(&PlanInput {
-        backbone: &llm,
+        backbone: &meta.config,
         teacher: &cfg.teacher,
         train: &cfg.train.teacher,
         student_hidden: cfg.student.hidden,
@@ -131,8 +132,7 @@ pub fn plan_teacher(
         None => None,
     };
     let flops_per_sec = if req.measure {
-        let llm = distillrec_llm::read_config(&backbone, cfg.teacher.num_layers)?;
-        Some(measure_flops(&llm, device)?)
+        Some(measure_flops(plan.mlp_shape, device)?)
     } else {
         None
     };
