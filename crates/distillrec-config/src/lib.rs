@@ -9,6 +9,7 @@
 //! key (`train.student.max_epoch: unknown field ...`) and the resolved
 //! config written into a run directory is always complete.
 
+pub mod active;
 mod device;
 mod memory;
 pub mod reads;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use active::{ActiveConfig, TeacherRows, Until};
 pub use device::DeviceSpec;
 pub use distillrec_data::synthetic::SyntheticOptions;
 use distillrec_data::PrepareOptions;
@@ -356,9 +358,19 @@ pub struct TrainStage {
     pub metric: Metric,
     /// Global gradient-norm clip (0: off).
     pub grad_clip: f64,
+    /// What ends the stage: `budget` (`max_epochs`, or `patience` first) or
+    /// `converged` (`patience` alone). Left out of configs and run keys
+    /// when `budget`, so both read as before the key existed.
+    #[serde(default, skip_serializing_if = "Until::is_budget")]
+    pub until: Until,
 }
 
 impl TrainStage {
+    /// The epoch limit `until` gives this stage.
+    pub fn epoch_limit(&self) -> usize {
+        self.until.epoch_limit(self.max_epochs)
+    }
+
     fn with(max_epochs: usize, batch_size: usize, lr: f64) -> Self {
         TrainStage {
             max_epochs,
@@ -371,6 +383,7 @@ impl TrainStage {
                 k: 10,
             },
             grad_clip: 5.0,
+            until: Until::Budget,
         }
     }
 }
@@ -427,6 +440,10 @@ pub struct Config {
     pub train: TrainConfig,
     /// Evaluation protocol.
     pub eval: EvalOptions,
+    /// Active distillation in rounds (absent: one round, one-shot
+    /// selection); left out of the resolved config when it is the default.
+    #[serde(default, skip_serializing_if = "ActiveConfig::is_default")]
+    pub active: ActiveConfig,
 }
 
 impl Default for Config {
@@ -442,6 +459,7 @@ impl Default for Config {
             selection: SelectionConfig::default(),
             train: TrainConfig::default(),
             eval: EvalOptions::default(),
+            active: ActiveConfig::default(),
         }
     }
 }
@@ -721,6 +739,11 @@ impl Config {
         }
         if reads.covers("distill") {
             self.distill.check(source_name)?;
+        }
+        if reads.covers("active") {
+            if let Err((key, msg)) = self.active.check(&self.selection) {
+                return bad(&key, msg);
+            }
         }
         if reads.covers("teacher") {
             self.check_teacher(source_name, &reads)?;

@@ -28,6 +28,7 @@ impl Reads {
         "selection",
         "train",
         "eval",
+        "active",
     ]);
 
     /// Whether `key` (dotted) lies in a group read, or is a group that
@@ -98,6 +99,20 @@ pub const DISTILL: Reads = Reads(&[
     "distill",
     "train.distill",
     "eval",
+]);
+/// The groups `active` reads: a round selects, labels (`teacher` for an LLM
+/// teacher's inference) and distils.
+pub const ACTIVE: Reads = Reads(&[
+    "seed",
+    "device",
+    "dataset",
+    "student",
+    "teacher",
+    "selection",
+    "distill",
+    "train.distill",
+    "eval",
+    "active",
 ]);
 /// The groups the pipeline's `report` stage reads (`train.student` for the
 /// metric it ranks by).

@@ -13,6 +13,8 @@
 //!   item embeddings, speed).
 //! - [`latency`] — per-user top-20 latency of a student or the teacher.
 //! - [`models`] — backbones known by name (`smollm2`), fetched with pip.
+//! - [`active`] — rounds of select, label and distil that spend the
+//!   teacher where the current student is unsure.
 //! - [`pipeline`] — every stage from one config, each keyed by what it
 //!   reads, with a report.
 //! - [`sweep`] — the pipeline over a grid of config values and seeds,
@@ -21,6 +23,7 @@
 //! Every function takes the `candle_core::Device` its models run on; runs
 //! record it in `run.json`.
 
+pub mod active;
 pub mod latency;
 pub mod llm;
 pub mod models;

@@ -150,7 +150,7 @@ pub enum Layout {
 }
 
 /// The stages of one invocation, with their state on disk.
-struct Stages<'a> {
+pub(crate) struct Stages<'a> {
     out: &'a Path,
     layout: Layout,
     done: Vec<StageReport>,
@@ -159,7 +159,22 @@ struct Stages<'a> {
     rerun_rest: bool,
 }
 
-impl Stages<'_> {
+impl<'a> Stages<'a> {
+    /// The stages of one invocation in `out`'s named layout.
+    pub(crate) fn named(out: &'a Path) -> Self {
+        Stages {
+            out,
+            layout: Layout::Named,
+            done: Vec::new(),
+            rerun_rest: false,
+        }
+    }
+
+    /// What ran or was skipped so far, in order.
+    pub(crate) fn into_reports(self) -> Vec<StageReport> {
+        self.done
+    }
+
     /// The directory of stage `name` (of `kind`) under `key`: by name in
     /// the named layout, by kind and key in the shared one (so two stages of
     /// one kind with one key are one directory).
@@ -199,7 +214,7 @@ impl Stages<'_> {
 
     /// Runs stage `name` under `key` unless it finished under that key;
     /// `f` gets the stage's directory, which is returned.
-    fn run(
+    pub(crate) fn run(
         &mut self,
         name: &str,
         kind: &str,
@@ -288,7 +303,7 @@ impl Stages<'_> {
 
 /// The key of a stage: its kind, its projected config (device left out)
 /// and the keys of its inputs.
-fn stage_key(kind: &str, projected: &Config, inputs: &[&str]) -> String {
+pub(crate) fn stage_key(kind: &str, projected: &Config, inputs: &[&str]) -> String {
     let mut p = projected.clone();
     p.device = Config::default().device;
     let mut text = format!("{kind}\n{}\n", p.to_toml());
@@ -352,7 +367,7 @@ pub(crate) fn prepared_fingerprint(cfg: &Config) -> Result<Option<String>> {
 }
 
 /// `cfg` projected onto the groups a stage reads, trained with `seed`.
-fn projected(cfg: &Config, reads: Reads, seed: u64) -> Config {
+pub(crate) fn projected(cfg: &Config, reads: Reads, seed: u64) -> Config {
     let mut p = cfg.project_stage(reads);
     p.seed = seed;
     p.student_seed = None;
@@ -566,6 +581,7 @@ pub fn run(
                         student: Some(ts_ckpt.clone()),
                         teacher_cache: None,
                         out: dir.join(SELECTION_FILE),
+                        exclude: Default::default(),
                     };
                     let o = select(&c, &req, device)?;
                     tracing::info!(selected = o.selected, pool = o.pool, "rows for the teacher");
@@ -629,6 +645,7 @@ pub fn run(
                 selection: selection.clone(),
                 data: Some(data_dir.clone()),
                 out: dir.to_path_buf(),
+                init: None,
             };
             distill(&c, &req, build.clone(), device).map(drop)
         })?;

@@ -52,6 +52,10 @@ pub struct TrainOptions<'a> {
     /// Stop with an error right after this epoch's checkpoint, exactly where
     /// a killed run would stop (tests of resume; time-boxed runs).
     pub halt_after_epoch: Option<usize>,
+    /// Start from this checkpoint's weights instead of the seed's (active
+    /// distillation's warm start); it must be the same student on the same
+    /// dataset, and its digest is part of the run key.
+    pub init: Option<&'a Path>,
 }
 
 /// What a finished training run reports.
@@ -125,6 +129,7 @@ fn run_key(
     spec: &StudentSpec,
     fingerprint: &str,
     objective: serde_json::Value,
+    init: Option<String>,
 ) -> String {
     let mut key = serde_json::json!({
         "spec": spec,
@@ -143,7 +148,39 @@ fn run_key(
     if !objective.is_null() {
         key["objective_extra"] = objective;
     }
+    if let Some(digest) = init {
+        key["init"] = digest.into();
+    }
     key.to_string()
+}
+
+/// The student a run starts from: the seed's, or the weights of
+/// `opts.init` (same dataset and architecture, else refused), with that
+/// checkpoint's weight digest.
+fn initial_student(
+    spec: &StudentSpec,
+    data: &DatasetRef,
+    opts: &TrainOptions,
+    device: &Device,
+) -> Result<(Student, Option<String>)> {
+    let Some(path) = opts.init else {
+        return Ok((Student::new(spec, opts.seed, device)?, None));
+    };
+    let expect = Expect {
+        fingerprint: Some(&data.fingerprint),
+        kind: Some(spec.kind),
+    };
+    let loaded = crate::checkpoint::load(path, &expect, device)
+        .with_context(|| format!("the warm-start checkpoint {}", path.display()))?;
+    if loaded.manifest.spec != *spec {
+        bail!(
+            "{}: the warm-start checkpoint is another student ({:?}) than the configured one ({:?})",
+            path.display(),
+            loaded.manifest.spec,
+            spec
+        );
+    }
+    Ok((loaded.student, Some(loaded.manifest.weights_sha256)))
 }
 
 /// The epoch generator: a function of the seed and the epoch only.
@@ -321,7 +358,7 @@ pub fn train_with(
         &FitOptions {
             out_dir: opts.out_dir,
             run_key,
-            max_epochs: stage.max_epochs,
+            max_epochs: stage.epoch_limit(),
             patience: stage.patience,
             progress: opts.progress,
             halt_after_epoch: opts.halt_after_epoch,
@@ -366,7 +403,7 @@ impl<'a> TrainRun<'a> {
         let (cfg, stage) = (opts.student, opts.stage);
         let device = opts.device.clone();
         let spec = StudentSpec::from_config(cfg, ds.num_items());
-        let student = Student::new(&spec, opts.seed, &device)?;
+        let (student, init_digest) = initial_student(&spec, data, opts, &device)?;
         if cfg.objective == Objective::AllPositions && !student.has_all_positions() {
             bail!(
                 "student.objective = \"all_positions\" needs a per-position model; {} supports only \"last\"",
@@ -390,7 +427,7 @@ impl<'a> TrainRun<'a> {
             opts,
             objective,
             device,
-            run_key: run_key(opts, &spec, &data.fingerprint, objective.key()),
+            run_key: run_key(opts, &spec, &data.fingerprint, objective.key(), init_digest),
             opt: optimizer(stage, &params),
             student,
             extra,
@@ -623,6 +660,7 @@ mod tests {
             device: &Device::Cpu,
             progress: false,
             halt_after_epoch: None,
+            init: None,
         };
         let err = train_student(&ds, &data, &opts).unwrap_err().to_string();
         assert_eq!(

@@ -62,6 +62,7 @@ fn train(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path) -> TrainOutcome
         device: &Device::Cpu,
         progress: false,
         halt_after_epoch: None,
+        init: None,
     };
     train_student(ds, r, &opts).unwrap()
 }
@@ -236,6 +237,7 @@ fn train_until(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path, epochs: u
         device: &Device::Cpu,
         progress: false,
         halt_after_epoch: Some(epochs),
+        init: None,
     };
     let err = train_student(ds, r, &opts).expect_err("halt hook stops training");
     assert!(err.to_string().contains("halted after epoch"), "{err}");

@@ -38,6 +38,8 @@ pub enum Command {
     Select(SelectArgs),
     /// Distil a teacher cache into a student (DLLM2Rec: ranking, embedding, DRO).
     Distill(DistillArgs),
+    /// Active distillation ([active]): rounds that give teacher output to the rows where the current student is unsure, distilling after each.
+    Active(ActiveArgs),
     /// Aggregate finished runs into tables (CSV, Markdown) and plots (models, budget curve).
     Report(ReportArgs),
     /// Print a trained student's top items for a history.
@@ -604,6 +606,37 @@ pub struct SelectArgs {
     pub config: ConfigArgs,
 }
 
+/// Arguments of `active`: exactly one of `--teacher`, `--teacher-student`
+/// and `--teacher-cache` says who labels the rows.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("labeller").required(true).args(["teacher", "teacher_student", "teacher_cache"])))]
+pub struct ActiveArgs {
+    /// The prepared dataset.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The baseline student checkpoint: round 1's signals (and the student that feeds an LLM teacher).
+    #[arg(long, value_name = "FILE")]
+    pub student: PathBuf,
+    /// An LLM teacher checkpoint: `teacher infer` labels each round's rows.
+    #[arg(long, value_name = "FILE")]
+    pub teacher: Option<PathBuf>,
+    /// A student checkpoint as the teacher: `teacher from-student` labels each round's rows.
+    #[arg(long, value_name = "FILE")]
+    pub teacher_student: Option<PathBuf>,
+    /// A cache with teacher output for every training row (e.g. from `teacher from-files`): each round copies its rows out of it.
+    #[arg(long, value_name = "DIR")]
+    pub teacher_cache: Option<PathBuf>,
+    /// Output directory (one `round-<r>` per round, `active.csv`); re-running continues where it stopped.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Device option.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Config file and overrides (`[active]`, `[selection]`, `[distill]`, `[train.distill]`, ...).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
 /// Arguments of `distill`.
 #[derive(Args, Debug)]
 pub struct DistillArgs {
@@ -613,6 +646,9 @@ pub struct DistillArgs {
     /// Distil only the rows of this selection file (others train on the base loss).
     #[arg(long, value_name = "FILE")]
     pub selection: Option<PathBuf>,
+    /// Start from this student checkpoint's weights (same student and dataset) instead of the seed's.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
     /// A prepared dataset directory (overrides dataset.prepared / dataset.raw).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,

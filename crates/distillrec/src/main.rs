@@ -23,6 +23,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Teacher(c) => cmd::teacher::run(c),
         Command::Select(a) => cmd::select::run(a),
         Command::Distill(a) => cmd::distill::run(a),
+        Command::Active(a) => cmd::active::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Recommend(a) => cmd::recommend::run(a),
         Command::Serve(a) => cmd::serve::run(a),

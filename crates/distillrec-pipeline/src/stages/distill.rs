@@ -28,6 +28,9 @@ pub struct DistillRequest {
     pub data: Option<PathBuf>,
     /// Run directory.
     pub out: PathBuf,
+    /// Start from this student checkpoint's weights instead of the seed's
+    /// (an active round's warm start).
+    pub init: Option<PathBuf>,
 }
 
 /// A distilled student.
@@ -103,6 +106,7 @@ pub fn distill(
                     .as_ref()
                     .map(|p| absolute(p).display().to_string()),
                 "selection_rows": selection_rows,
+                "init": req.init.as_ref().map(|p| absolute(p).display().to_string()),
                 "teacher_rows": terms.teacher_rows,
                 "trained_rows": terms.trained_rows,
                 "train_rows": data.ds.train.len(),
@@ -121,6 +125,7 @@ pub fn distill(
             device,
             progress: true,
             halt_after_epoch: None,
+            init: req.init.as_deref(),
         };
         let outcome = run.stage("train.distill", || {
             train_with(&data.ds, &data.reference, &opts, &objective)

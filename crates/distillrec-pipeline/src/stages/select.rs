@@ -1,6 +1,7 @@
 //! Which training rows get the teacher (SPEC 8), and reading a selection
 //! back as training rows.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -56,6 +57,9 @@ pub struct SelectRequest {
     pub teacher_cache: Option<PathBuf>,
     /// Output selection file (CSV `key,score`, plus `<file>.json`).
     pub out: PathBuf,
+    /// Keys of rows that already have teacher output (an active round's
+    /// earlier rounds): left out of the pool.
+    pub exclude: HashSet<String>,
 }
 
 /// What `select` chose.
@@ -130,8 +134,10 @@ pub fn select(cfg: &Config, req: &SelectRequest, device: &Device) -> Result<Sele
         None => None,
     };
     let t0 = Instant::now();
-    // the rows the configured student actually trains on
-    let pool = trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len);
+    // the rows the configured student actually trains on, less those that
+    // already have teacher output
+    let mut pool = trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len);
+    pool.retain(|&r| !req.exclude.contains(&data.ds.train[r].key));
     let signals = match (&student, policy.needs_signals()) {
         (Some(s), true) => Some(RowSignals::compute(
             s,

@@ -46,6 +46,7 @@ pub fn train_student_in(
         device,
         progress: true,
         halt_after_epoch: None,
+        init: None,
     };
     let outcome = run.stage("train.student", || train(&data.ds, &data.reference, &opts))?;
     record_training(run, "student.train", &outcome, data, device)?;

@@ -17,6 +17,7 @@ pub fn run(a: DistillArgs) -> Result<()> {
         selection: a.selection,
         data: a.data,
         out: a.out,
+        init: a.init,
     };
     let d = stages::distill(&cfg, &req, build_info(), &device)?;
     let name = format!(

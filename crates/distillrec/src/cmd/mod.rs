@@ -1,6 +1,7 @@
 //! One module per command group: each parses its arguments into library
 //! calls and prints the result.
 
+pub mod active;
 pub mod bench;
 pub mod data;
 pub mod distill;

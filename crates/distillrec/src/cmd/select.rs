@@ -25,6 +25,7 @@ pub fn run(a: SelectArgs) -> Result<()> {
         student: a.student,
         teacher_cache: a.teacher_cache,
         out: a.out,
+        exclude: Default::default(),
     };
     let o = stages::select(&cfg, &req, &device)?;
     println!(

@@ -1,0 +1,444 @@
+//! Active distillation (`[active]`): rounds that spend the teacher where
+//! the current student is unsure.
+//!
+//! Round r picks, with the configured policy and the student of round r−1
+//! (the baseline student in round 1), `round_rows[r]` of the trained rows
+//! that have no teacher output yet; the teacher labels those rows only; the
+//! labels join the cache of the rounds before (by key); then a student is
+//! distilled from that cache (afresh from the seed, or from round r−1's
+//! student with `warm_start`) and evaluated. Each round is a pipeline stage
+//! (`out/round-<r>`, marked in `out/stages/round-<r>.json`) keyed by its
+//! config, its inputs and the round before, so a killed run continues in
+//! the round it was in and a finished round is never redone.
+//!
+//! One round with the `[selection]` budget is one-shot selection: the same
+//! selection, the same cache and the same distilled student as `select`,
+//! `teacher infer --selection` and `distill`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use distillrec_cache::TeacherCache;
+use distillrec_config::{reads, Budget, Config, TeacherRows};
+use distillrec_data::fsutil::{
+    atomic_write, atomic_write_json, read_text_limited, sha256_of_file, MAX_SMALL_FILE_BYTES,
+};
+use distillrec_data::lock::DirLock;
+use distillrec_run::{open_log_file, BuildInfo};
+use distillrec_train::units::trained_rows;
+
+use crate::pipeline::{projected, stage_key, StageReport, Stages};
+use crate::prepared::{load_prepared, Data};
+use crate::stages::{
+    distill, select, teacher_from_student, teacher_infer, CacheBuild, CacheJob, DistillRequest,
+    SelectRequest, TeacherInferRequest,
+};
+
+/// Who labels a round's rows.
+#[derive(Clone, Debug)]
+pub enum Labeller {
+    /// An LLM teacher checkpoint (`teacher infer` on the new rows), with the
+    /// student checkpoint that feeds its gate and projector.
+    Llm {
+        /// The teacher checkpoint.
+        checkpoint: PathBuf,
+        /// The student it was trained with.
+        student: PathBuf,
+    },
+    /// A student checkpoint as the teacher (`teacher from-student` on the
+    /// new rows).
+    Student(PathBuf),
+    /// A cache holding teacher output for every pool row, built once (for
+    /// instance with `teacher from-files`): a round copies its rows out of
+    /// it, and its teacher seconds are the cache's build time pro rata.
+    Cache(PathBuf),
+}
+
+impl Labeller {
+    /// The file whose digest identifies the teacher.
+    fn identity(&self) -> PathBuf {
+        match self {
+            Labeller::Llm { checkpoint, .. } | Labeller::Student(checkpoint) => checkpoint.clone(),
+            Labeller::Cache(dir) => dir.join("manifest.json"),
+        }
+    }
+}
+
+/// What `active` reads and writes.
+#[derive(Clone, Debug)]
+pub struct ActiveRequest {
+    /// The prepared dataset.
+    pub data: PathBuf,
+    /// The baseline student checkpoint: round 1's signals.
+    pub student: PathBuf,
+    /// Who labels the rows.
+    pub labeller: Labeller,
+    /// Output directory (`round-<r>/`, `stages/`, `active.json`, `active.csv`).
+    pub out: PathBuf,
+}
+
+/// One finished round, as `round-<r>/round.json` and a row of `active.csv`
+/// record it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: usize,
+    /// Rows labelled in this round.
+    pub new_rows: usize,
+    /// Rows with teacher output after this round.
+    pub labelled_rows: usize,
+    /// Rows the student trains on (the pool every round draws from).
+    pub pool_rows: usize,
+    /// Teacher seconds of this round (estimated pro rata for a given cache).
+    pub teacher_secs: f64,
+    /// Teacher seconds of this round and every round before.
+    pub teacher_secs_total: f64,
+    /// Wall seconds of the round's distillation.
+    pub distill_secs: f64,
+    /// Best validation epoch of the round's student.
+    pub best_epoch: usize,
+    /// Validation metrics of the round's student.
+    pub valid: BTreeMap<String, f64>,
+    /// Test metrics of the round's student.
+    pub test: BTreeMap<String, f64>,
+}
+
+/// What `active` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveOutcome {
+    /// Every round, in order.
+    pub rounds: Vec<RoundRecord>,
+    /// The round stages, skipped or run.
+    pub stages: Vec<StageReport>,
+}
+
+/// The round file in a round's directory.
+const ROUND_FILE: &str = "round.json";
+
+/// The rows each round labels, checked against the pool before anything
+/// runs: every round labels at least one row, and the rounds together no
+/// more than the pool.
+pub fn plan_rounds(cfg: &Config, pool: usize) -> Result<Vec<usize>> {
+    let rows = cfg.active.round_rows(&cfg.selection, pool);
+    let total: usize = rows.iter().sum();
+    if let Some(r) = rows.iter().position(|&n| n == 0) {
+        bail!(
+            "config key `active.budget`: round {} of {} would label no rows (a pool of {pool} rows, {} in all); raise the budget or lower active.rounds",
+            r + 1,
+            rows.len(),
+            total
+        );
+    }
+    if let Some(b) = cfg.active.budget {
+        if total > pool {
+            bail!(
+                "config key `active.budget`: {} rounds of {b} ask for {total} rows, more than the {pool} rows of the pool; lower active.budget or active.rounds",
+                rows.len()
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs the rounds of `cfg.active` in `req.out`.
+pub fn active(
+    cfg: &Config,
+    req: &ActiveRequest,
+    build: BuildInfo,
+    device: &Device,
+) -> Result<ActiveOutcome> {
+    if cfg.active.teacher_rows == TeacherRows::Retrain {
+        bail!("config key `active.teacher_rows`: 'retrain' (fine-tuning the teacher again each round) is not built yet; use 'infer_only'");
+    }
+    for (what, path) in [
+        ("--student", req.student.clone()),
+        ("the teacher", req.labeller.identity()),
+    ] {
+        if !path.is_file() {
+            bail!("{what}: {} is not a file", path.display());
+        }
+    }
+    let data = load_prepared(&req.data)?;
+    let pool = trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len).len();
+    let plan = plan_rounds(cfg, pool)?;
+    if let Labeller::Cache(dir) = &req.labeller {
+        let full = TeacherCache::load(dir)?;
+        full.check_against(&data.reference.fingerprint, &data.ds)?;
+    }
+    let _lock = DirLock::acquire(&req.out)?;
+    let _log = open_log_file(&req.out.join("active.log"))?;
+    atomic_write(&req.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let inputs = [
+        data.reference.fingerprint.clone(),
+        sha256_of_file(&req.student)?,
+        sha256_of_file(&req.labeller.identity())?,
+    ];
+    let config = projected(cfg, reads::ACTIVE, cfg.seed);
+    let mut st = Stages::named(&req.out);
+    let mut records: Vec<RoundRecord> = Vec::new();
+    let mut prev: Option<(String, PathBuf)> = None;
+    for (i, &rows) in plan.iter().enumerate() {
+        let r = i + 1;
+        let prev_key = prev.as_ref().map_or("", |(k, _)| k.as_str());
+        let round_no = r.to_string();
+        let key = stage_key(
+            "round",
+            &config,
+            &[&inputs[0], &inputs[1], &inputs[2], prev_key, &round_no],
+        );
+        let job = Round {
+            cfg,
+            req,
+            data: &data,
+            number: r,
+            rows,
+            prev: prev.as_ref().map(|(_, d)| d.as_path()),
+            teacher_secs_before: records.last().map_or(0.0, |x| x.teacher_secs_total),
+            device,
+            build: build.clone(),
+        };
+        let dir = st.run(&format!("round-{r}"), "round", &key, |dir| job.run(dir))?;
+        let record = read_round(&dir)?;
+        tracing::info!(
+            round = r,
+            labelled = record.labelled_rows,
+            teacher_secs = record.teacher_secs_total,
+            "round finished"
+        );
+        records.push(record);
+        prev = Some((key, dir));
+    }
+    write_summary(&req.out, &records)?;
+    Ok(ActiveOutcome {
+        rounds: records,
+        stages: st.into_reports(),
+    })
+}
+
+/// A round's `round.json`.
+fn read_round(dir: &Path) -> Result<RoundRecord> {
+    let path = dir.join(ROUND_FILE);
+    let text = read_text_limited(&path, MAX_SMALL_FILE_BYTES)
+        .map_err(|_| anyhow::anyhow!("{}: missing or unreadable", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a round record", path.display()))
+}
+
+/// `active.json` and `active.csv`: every round's rows, teacher seconds and
+/// metrics.
+fn write_summary(out: &Path, records: &[RoundRecord]) -> Result<()> {
+    atomic_write_json(&out.join("active.json"), &records)?;
+    // the cut-offs' HR and NDCG (the other metrics stay in active.json)
+    let metrics: Vec<String> = records
+        .first()
+        .map(|r| {
+            r.test
+                .keys()
+                .filter(|k| k.starts_with("hr@") || k.starts_with("ndcg@"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut csv = String::from(
+        "round,new_rows,labelled_rows,pool_rows,teacher_secs,teacher_secs_total,distill_secs,best_epoch",
+    );
+    for m in &metrics {
+        csv.push_str(&format!(",valid_{m},test_{m}"));
+    }
+    csv.push('\n');
+    for r in records {
+        csv.push_str(&format!(
+            "{},{},{},{},{:.3},{:.3},{:.3},{}",
+            r.round,
+            r.new_rows,
+            r.labelled_rows,
+            r.pool_rows,
+            r.teacher_secs,
+            r.teacher_secs_total,
+            r.distill_secs,
+            r.best_epoch
+        ));
+        for m in &metrics {
+            let v = |x: &BTreeMap<String, f64>| x.get(m).map_or(String::new(), |v| v.to_string());
+            csv.push_str(&format!(",{},{}", v(&r.valid), v(&r.test)));
+        }
+        csv.push('\n');
+    }
+    atomic_write(&out.join("active.csv"), csv.as_bytes())?;
+    Ok(())
+}
+
+/// One round's inputs.
+struct Round<'a> {
+    cfg: &'a Config,
+    req: &'a ActiveRequest,
+    data: &'a Data,
+    /// From 1.
+    number: usize,
+    /// Rows to label.
+    rows: usize,
+    /// The round before's directory.
+    prev: Option<&'a Path>,
+    teacher_secs_before: f64,
+    device: &'a Device,
+    build: BuildInfo,
+}
+
+impl Round<'_> {
+    /// Select, label, merge, distil, record; every step reruns safely in a
+    /// round that was killed (the selection and caches are written
+    /// atomically, and the distillation resumes from its last epoch).
+    fn run(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        let before = match self.prev {
+            Some(p) => Some(TeacherCache::load(&p.join("cache"))?),
+            None => None,
+        };
+        let labelled: HashSet<String> = before
+            .as_ref()
+            .map(|c| c.keys.iter().cloned().collect())
+            .unwrap_or_default();
+        let selection = self.select(dir, labelled)?;
+        let (labels, teacher_secs) = self.label(dir, &selection)?;
+        let cache = match before {
+            Some(b) => TeacherCache::merge(
+                vec![b, labels],
+                &self.data.reference.fingerprint,
+                &self.data.ds,
+            )?,
+            None => labels,
+        };
+        let cache_dir = dir.join("cache");
+        cache.save(&cache_dir)?;
+        let t = Instant::now();
+        let init = match (self.cfg.active.warm_start, self.prev) {
+            (true, Some(p)) => Some(p.join("distill/checkpoints/best.safetensors")),
+            _ => None,
+        };
+        let d = distill(
+            self.cfg,
+            &DistillRequest {
+                teacher_cache: cache_dir,
+                selection: None,
+                data: Some(self.req.data.clone()),
+                out: dir.join("distill"),
+                init,
+            },
+            self.build.clone(),
+            self.device,
+        )?;
+        let pool = trained_rows(
+            &self.data.ds,
+            self.cfg.student.objective,
+            self.cfg.student.max_len,
+        )
+        .len();
+        let record = RoundRecord {
+            round: self.number,
+            new_rows: selection.len(),
+            labelled_rows: cache.rows(),
+            pool_rows: pool,
+            teacher_secs,
+            teacher_secs_total: self.teacher_secs_before + teacher_secs,
+            distill_secs: t.elapsed().as_secs_f64(),
+            best_epoch: d.outcome.best_epoch,
+            valid: d.metrics.valid.clone(),
+            test: d.metrics.test.clone(),
+        };
+        atomic_write_json(&dir.join(ROUND_FILE), &record)?;
+        Ok(())
+    }
+
+    /// Chooses this round's rows among those without teacher output, with
+    /// the round before's student; returns their keys.
+    fn select(&self, dir: &Path, labelled: HashSet<String>) -> Result<HashSet<String>> {
+        let cfg = self.cfg;
+        let student = match self.prev {
+            Some(p) => p.join("distill/checkpoints/best.safetensors"),
+            None => self.req.student.clone(),
+        };
+        // one round of the [selection] budget is exactly one-shot selection
+        let budget = match (cfg.active.rounds, cfg.active.budget) {
+            (1, None) => cfg.selection.budget,
+            _ => Budget::Count(self.rows),
+        };
+        let out = dir.join("selection.csv");
+        select(
+            cfg,
+            &SelectRequest {
+                policy: cfg.active.policy(&cfg.selection),
+                budget,
+                threshold: cfg.selection.threshold,
+                data: self.req.data.clone(),
+                student: Some(student),
+                teacher_cache: None,
+                out: out.clone(),
+                exclude: labelled,
+            },
+            self.device,
+        )?;
+        Ok(distillrec_cache::read_selection(&out)?
+            .into_iter()
+            .collect())
+    }
+
+    /// The teacher's output for `keys` (in `dir/labels`) and its seconds.
+    fn label(&self, dir: &Path, keys: &HashSet<String>) -> Result<(TeacherCache, f64)> {
+        let out = dir.join("labels");
+        let job = CacheJob {
+            checkpoint: PathBuf::new(),
+            data: self.req.data.clone(),
+            out: out.clone(),
+            selection: Some(dir.join("selection.csv")),
+            shard: None,
+            k: None,
+        };
+        let t = Instant::now();
+        let cache = match &self.req.labeller {
+            Labeller::Llm {
+                checkpoint,
+                student,
+            } => {
+                let req = TeacherInferRequest {
+                    job: CacheJob {
+                        checkpoint: checkpoint.clone(),
+                        ..job
+                    },
+                    backbone: None,
+                    student: Some(student.clone()),
+                };
+                teacher_infer(self.cfg, &req, self.device)?.0
+            }
+            Labeller::Student(checkpoint) => {
+                let job = CacheJob {
+                    checkpoint: checkpoint.clone(),
+                    ..job
+                };
+                teacher_from_student(self.cfg, &job, self.device)?
+            }
+            Labeller::Cache(full_dir) => {
+                let full = TeacherCache::load(full_dir)?;
+                let part = full.restrict(keys);
+                if part.rows() < keys.len() {
+                    bail!(
+                        "{}: the cache has no teacher output for {} of the {} rows round {} selected; give a cache over every training row",
+                        full_dir.display(),
+                        keys.len() - part.rows(),
+                        keys.len(),
+                        self.number
+                    );
+                }
+                part.save(&out)?;
+                let secs = CacheBuild::read(full_dir).map_or(0.0, |b| {
+                    b.wall_secs * part.rows() as f64 / full.rows().max(1) as f64
+                });
+                return Ok((part, secs));
+            }
+        };
+        Ok((cache, t.elapsed().as_secs_f64()))
+    }
+}
