@@ -3,6 +3,11 @@
 //! confidence distance `d = −log p` under its softmax over the catalogue,
 //! and its item table as the embedding table. Serves model-to-model
 //! distillation and testing; an LLM teacher writes the same format.
+//!
+//! Several students make an ensemble teacher ([`cache_from_students`]):
+//! its log-probabilities are the mean of theirs (the normalised geometric
+//! mean of their distributions) and its item table their tables side by
+//! side.
 
 use anyhow::Result;
 use rayon::prelude::*;
@@ -39,6 +44,46 @@ pub fn cache_from_student(
     rows: &[usize],
     opts: &FromStudent,
 ) -> Result<TeacherCache> {
+    cache_from_students(&[student], ds, fingerprint, rows, opts)
+}
+
+/// The scores of `students` on `hist`, `[rows, N + 1]`: one student's as
+/// they are, several students' mean log-softmax over items `1..=N`.
+fn ensemble_scores(students: &[&Student], hist: &[&[u32]], n: usize) -> Result<Vec<f32>> {
+    if let [one] = students {
+        return Ok(one.score_histories(hist)?);
+    }
+    let mut mean = vec![0f32; hist.len() * (n + 1)];
+    let w = 1.0 / students.len() as f32;
+    for s in students {
+        let scores = s.score_histories(hist)?;
+        mean.par_chunks_mut(n + 1)
+            .zip(scores.par_chunks(n + 1))
+            .for_each_init(
+                || vec![0f32; n],
+                |scratch, (m, row)| {
+                    let items = &row[1..];
+                    let mx = fastmath::max(items);
+                    let log_z = mx + fastmath::exp_shift_sum(items, mx, scratch).ln();
+                    for (acc, &x) in m[1..].iter_mut().zip(items) {
+                        *acc += w * (x - log_z);
+                    }
+                },
+            );
+    }
+    Ok(mean)
+}
+
+/// [`cache_from_student`] for an ensemble of `students` (one student gives
+/// exactly its own cache); they must share the catalogue.
+pub fn cache_from_students(
+    students: &[&Student],
+    ds: &Dataset,
+    fingerprint: &str,
+    rows: &[usize],
+    opts: &FromStudent,
+) -> Result<TeacherCache> {
+    anyhow::ensure!(!students.is_empty(), "an ensemble needs a student");
     let n = ds.num_items();
     anyhow::ensure!(
         opts.k >= 1 && opts.k <= n,
@@ -60,7 +105,7 @@ pub fn cache_from_student(
     };
     for chunk in rows.chunks(opts.batch_size.max(1)) {
         let hist: Vec<&[u32]> = chunk.iter().map(|&r| ds.history(&ds.train[r])).collect();
-        let scores = student.score_histories(&hist)?;
+        let scores = ensemble_scores(students, &hist, n)?;
         let out: Vec<(Vec<u32>, Vec<f32>)> = chunk
             .par_iter()
             .enumerate()
@@ -99,9 +144,22 @@ pub fn cache_from_student(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let mut table = student.item_table().flatten_all()?.to_vec1::<f32>()?;
-    let dim = student.spec.hidden;
-    table[..dim].fill(0.0); // row 0 is padding
+    // the students' item tables side by side, row 0 (padding) zeros
+    let dim: usize = students.iter().map(|s| s.spec.hidden).sum();
+    let mut table = vec![0f32; (n + 1) * dim];
+    let mut at = 0;
+    for s in students {
+        let h = s.spec.hidden;
+        let t = s.item_table().flatten_all()?.to_vec1::<f32>()?;
+        anyhow::ensure!(
+            t.len() == (n + 1) * h,
+            "a student's item table is not [N + 1, hidden]"
+        );
+        for (row, src) in table.chunks_mut(dim).zip(t.chunks(h)).skip(1) {
+            row[at..at + h].copy_from_slice(src);
+        }
+        at += h;
+    }
     cache.set_embeddings(table, dim)?;
     Ok(cache)
 }

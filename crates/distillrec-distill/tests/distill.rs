@@ -82,6 +82,7 @@ fn opts<'a>(cfg: &'a Config, out: &'a Path, distill: bool) -> TrainOptions<'a> {
         device: &candle_core::Device::Cpu,
         progress: false,
         halt_after_epoch: None,
+        init: None,
     }
 }
 

@@ -418,7 +418,7 @@ impl Round<'_> {
                     checkpoint: checkpoint.clone(),
                     ..job
                 };
-                teacher_from_student(self.cfg, &job, self.device)?
+                teacher_from_student(self.cfg, &job, &[], self.device)?
             }
             Labeller::Cache(full_dir) => {
                 let full = TeacherCache::load(full_dir)?;

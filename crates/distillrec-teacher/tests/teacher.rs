@@ -83,6 +83,7 @@ fn train_a_student(ds: &Dataset, r: &DatasetRef, cfg: &Config, out: &Path) -> Pa
         device: &candle_core::Device::Cpu,
         progress: false,
         halt_after_epoch: None,
+        init: None,
     };
     train_student(ds, r, &opts).unwrap();
     out.join("checkpoints/best.safetensors")

@@ -514,9 +514,9 @@ pub struct CacheJobArgs {
 /// Arguments of `teacher from-student`.
 #[derive(Args, Debug)]
 pub struct FromStudentArgs {
-    /// The teacher: a student checkpoint (`.safetensors` or its `.json` manifest).
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    /// The teacher: a student checkpoint (`.safetensors` or its `.json` manifest); repeat it for an ensemble (mean log-probabilities, item tables side by side).
+    #[arg(long, value_name = "FILE", required = true)]
+    pub checkpoint: Vec<PathBuf>,
     /// Dataset, output, rows, K, device, config.
     #[command(flatten)]
     pub job: CacheJobArgs,

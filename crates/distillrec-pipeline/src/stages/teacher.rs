@@ -15,7 +15,8 @@ use distillrec_cache::{
 use distillrec_config::Config;
 use distillrec_data::fsutil::atomic_write_json;
 use distillrec_data::outguard::{check_dir_output, DirOutput, OutputKind};
-use distillrec_distill::teacher::{cache_from_student, FromStudent};
+use distillrec_distill::teacher::{cache_from_students, FromStudent};
+use distillrec_models::Student;
 use distillrec_train::checkpoint::{self, Expect};
 
 use crate::prepared::{absolute, load_prepared};
@@ -99,19 +100,39 @@ impl CacheJob {
 
 /// A teacher cache from a student checkpoint (top-K of its scores,
 /// `d = −log p`, its item table, history masked per
-/// `teacher.mask_history`), saved under `req.out`.
-pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Result<TeacherCache> {
-    let guard = req.check_out("teacher from-student", &[])?;
+/// `teacher.mask_history`), saved under `req.out`. With `more` checkpoints,
+/// the teacher is the ensemble of `req.checkpoint` and them (mean
+/// log-probabilities, item tables side by side; source `ensemble:<paths>`).
+pub fn teacher_from_student(
+    cfg: &Config,
+    req: &CacheJob,
+    more: &[PathBuf],
+    device: &Device,
+) -> Result<TeacherCache> {
+    let more_refs: Vec<&Path> = more.iter().map(PathBuf::as_path).collect();
+    let guard = req.check_out("teacher from-student", &more_refs)?;
     let t0 = Instant::now();
     let data = load_prepared(&req.data)?;
-    let loaded = checkpoint::load(
-        &req.checkpoint,
-        &Expect {
-            fingerprint: Some(&data.reference.fingerprint),
-            kind: None,
-        },
-        device,
-    )?;
+    let expect = Expect {
+        fingerprint: Some(&data.reference.fingerprint),
+        kind: None,
+    };
+    let paths: Vec<&Path> = std::iter::once(req.checkpoint.as_path())
+        .chain(more_refs.iter().copied())
+        .collect();
+    let mut students = Vec::with_capacity(paths.len());
+    for p in &paths {
+        students.push(checkpoint::load(p, &expect, device)?.student);
+    }
+    let source = if more.is_empty() {
+        CacheSource::Student(absolute(&req.checkpoint))
+    } else {
+        let all: Vec<String> = paths
+            .iter()
+            .map(|p| absolute(p).display().to_string())
+            .collect();
+        CacheSource::Other(format!("ensemble:{}", all.join(",")))
+    };
     let mut rows = selected_rows(&data, req.selection.as_deref())?;
     if let Some(sh) = &req.shard {
         rows = rows[sh.range(rows.len())].to_vec();
@@ -120,16 +141,12 @@ pub fn teacher_from_student(cfg: &Config, req: &CacheJob, device: &Device) -> Re
         k: req.k.unwrap_or(cfg.teacher.top_k),
         mask_history: cfg.teacher.mask_history,
         batch_size: BATCH,
-        source: CacheSource::Student(absolute(&req.checkpoint)),
+        source,
         progress: true,
     };
-    let mut cache = cache_from_student(
-        &loaded.student,
-        &data.ds,
-        &data.reference.fingerprint,
-        &rows,
-        &opts,
-    )?;
+    let refs: Vec<&Student> = students.iter().collect();
+    let mut cache =
+        cache_from_students(&refs, &data.ds, &data.reference.fingerprint, &rows, &opts)?;
     cache.manifest.shard = req.shard;
     guard.claim()?;
     cache.save(&req.out)?;

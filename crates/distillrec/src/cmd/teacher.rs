@@ -106,8 +106,11 @@ fn infer(a: TeacherInferArgs) -> Result<()> {
 
 fn from_student(a: FromStudentArgs) -> Result<()> {
     let t0 = Instant::now();
-    let (cfg, device, job) = cache_job(a.checkpoint, a.job)?;
-    let cache = stages::teacher_from_student(&cfg, &job, &device)?;
+    let mut checkpoints = a.checkpoint.into_iter();
+    let first = checkpoints.next().expect("clap requires --checkpoint");
+    let more: Vec<_> = checkpoints.collect();
+    let (cfg, device, job) = cache_job(first, a.job)?;
+    let cache = stages::teacher_from_student(&cfg, &job, &more, &device)?;
     let secs = t0.elapsed().as_secs_f64();
     print_cache(&cache, "item embeddings", String::new(), secs, &job.out);
     Ok(())
