@@ -178,31 +178,74 @@ pub fn active(
         sha256_of_file(&req.student)?,
         sha256_of_file(&req.labeller.identity())?,
     ];
-    let config = projected(cfg, reads::ACTIVE, cfg.seed);
     let mut st = Stages::named(&req.out);
-    let mut records: Vec<RoundRecord> = Vec::new();
-    let mut prev: Option<(String, PathBuf)> = None;
-    for (i, &rows) in plan.iter().enumerate() {
-        let r = i + 1;
-        let prev_key = prev.as_ref().map_or("", |(k, _)| k.as_str());
-        let round_no = r.to_string();
-        let key = stage_key(
-            "round",
-            &config,
-            &[&inputs[0], &inputs[1], &inputs[2], prev_key, &round_no],
-        );
-        let job = Round {
+    let rounds = run_rounds(
+        &mut st,
+        &Rounds {
             cfg,
             req,
             data: &data,
+            plan: &plan,
+            inputs: &inputs,
+            device,
+            build,
+        },
+    )?;
+    let records: Vec<RoundRecord> = rounds.into_iter().map(|(r, _)| r).collect();
+    write_summary(&req.out, &records)?;
+    Ok(ActiveOutcome {
+        rounds: records,
+        stages: st.into_reports(),
+    })
+}
+
+/// What every round shares: the config (its seed is the students'), the
+/// request, the rows per round and the keys of the inputs (dataset,
+/// baseline student, teacher).
+pub(crate) struct Rounds<'a> {
+    pub cfg: &'a Config,
+    pub req: &'a ActiveRequest,
+    pub data: &'a Data,
+    pub plan: &'a [usize],
+    pub inputs: &'a [String],
+    pub device: &'a Device,
+    pub build: BuildInfo,
+}
+
+/// The key of each round (`plan.len()` of them), chained: round r's key
+/// holds round r−1's.
+pub(crate) fn round_keys(cfg: &Config, inputs: &[String], rounds: usize) -> Vec<String> {
+    let config = projected(cfg, reads::ACTIVE, cfg.seed);
+    let mut keys: Vec<String> = Vec::with_capacity(rounds);
+    for r in 1..=rounds {
+        let mut all: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        all.push(keys.last().map_or("", String::as_str));
+        let no = r.to_string();
+        all.push(&no);
+        keys.push(stage_key("round", &config, &all));
+    }
+    keys
+}
+
+/// Runs (or skips, when finished under the same key) every round as a
+/// stage of `st`; returns each round's record and directory.
+pub(crate) fn run_rounds(st: &mut Stages, rs: &Rounds) -> Result<Vec<(RoundRecord, PathBuf)>> {
+    let keys = round_keys(rs.cfg, rs.inputs, rs.plan.len());
+    let mut done: Vec<(RoundRecord, PathBuf)> = Vec::new();
+    for (i, (&rows, key)) in rs.plan.iter().zip(&keys).enumerate() {
+        let r = i + 1;
+        let job = Round {
+            cfg: rs.cfg,
+            req: rs.req,
+            data: rs.data,
             number: r,
             rows,
-            prev: prev.as_ref().map(|(_, d)| d.as_path()),
-            teacher_secs_before: records.last().map_or(0.0, |x| x.teacher_secs_total),
-            device,
-            build: build.clone(),
+            prev: done.last().map(|(_, d)| d.as_path()),
+            teacher_secs_before: done.last().map_or(0.0, |(x, _)| x.teacher_secs_total),
+            device: rs.device,
+            build: rs.build.clone(),
         };
-        let dir = st.run(&format!("round-{r}"), "round", &key, |dir| job.run(dir))?;
+        let dir = st.run(&format!("round-{r}"), "round", key, |dir| job.run(dir))?;
         let record = read_round(&dir)?;
         tracing::info!(
             round = r,
@@ -210,14 +253,9 @@ pub fn active(
             teacher_secs = record.teacher_secs_total,
             "round finished"
         );
-        records.push(record);
-        prev = Some((key, dir));
+        done.push((record, dir));
     }
-    write_summary(&req.out, &records)?;
-    Ok(ActiveOutcome {
-        rounds: records,
-        stages: st.into_reports(),
-    })
+    Ok(done)
 }
 
 /// A round's `round.json`.
@@ -230,7 +268,7 @@ fn read_round(dir: &Path) -> Result<RoundRecord> {
 
 /// `active.json` and `active.csv`: every round's rows, teacher seconds and
 /// metrics.
-fn write_summary(out: &Path, records: &[RoundRecord]) -> Result<()> {
+pub(crate) fn write_summary(out: &Path, records: &[RoundRecord]) -> Result<()> {
     atomic_write_json(&out.join("active.json"), &records)?;
     // the cut-offs' HR and NDCG (the other metrics stay in active.json)
     let metrics: Vec<String> = records

@@ -36,7 +36,9 @@ use distillrec_data::lock::DirLock;
 use distillrec_data::store;
 use distillrec_run::{open_log_file, reset_peak_rss, BuildInfo, Metrics};
 use distillrec_select::Policy;
+use distillrec_train::units::trained_rows;
 
+use crate::active::{run_rounds, write_summary, ActiveRequest, Labeller, RoundRecord, Rounds};
 use crate::stages::{
     distill, eval_popularity, select, teacher_infer, train_student, train_teacher, CacheJob,
     DistillRequest, SelectRequest, TeacherInferRequest, TrainTeacherRequest,
@@ -403,6 +405,9 @@ pub struct LlmKeys {
     pub cache: String,
     /// The distilled student.
     pub distill: String,
+    /// The active rounds, in order, replacing `cache` and `distill` when
+    /// `active.rounds > 1` (empty otherwise).
+    pub rounds: Vec<String>,
 }
 
 impl StageKeys {
@@ -439,12 +444,20 @@ impl StageKeys {
             let cache = stage_key("cache", &c, &[&teacher, k_sel]);
             let c = projected(cfg, reads::DISTILL, student_seed);
             let distill = stage_key("distill", &c, &[&data, &cache, k_sel]);
+            let rounds = if cfg.active.rounds > 1 {
+                let c = projected(cfg, reads::ACTIVE, student_seed);
+                let inputs = [data.clone(), k_ts.to_string(), teacher.clone()];
+                crate::active::round_keys(&c, &inputs, cfg.active.rounds)
+            } else {
+                Vec::new()
+            };
             LlmKeys {
                 teacher_student,
                 selection,
                 teacher,
                 cache,
                 distill,
+                rounds,
             }
         });
         StageKeys {
@@ -466,11 +479,12 @@ impl StageKeys {
         if let Some(l) = &self.llm {
             out.extend(l.teacher_student.as_deref().map(|k| ("student", k)));
             out.extend(l.selection.as_deref().map(|k| ("selection", k)));
-            out.extend([
-                ("teacher", l.teacher.as_str()),
-                ("cache", &l.cache),
-                ("distill", &l.distill),
-            ]);
+            out.push(("teacher", l.teacher.as_str()));
+            if l.rounds.is_empty() {
+                out.extend([("cache", l.cache.as_str()), ("distill", &l.distill)]);
+            } else {
+                out.extend(l.rounds.iter().map(|k| ("round", k.as_str())));
+            }
         }
         out
     }
@@ -536,6 +550,15 @@ pub fn run(
         Ok(())
     })?;
     let data_dir = cfg.dataset.prepared.clone().unwrap_or(built);
+    // the rounds' budgets against the pool, before anything trains
+    let round_plan = match (&keys.llm, cfg.active.rounds > 1) {
+        (Some(_), true) => {
+            let data = crate::prepared::load_prepared(&data_dir)?;
+            let pool = trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len).len();
+            Some((data, crate::active::plan_rounds(cfg, pool)?))
+        }
+        _ => None,
+    };
 
     let pop = project(reads::EVAL_POPULARITY, run_seed);
     let k_pop = keys.popularity.clone();
@@ -613,44 +636,84 @@ pub fn run(
         };
         add_model(teacher_label, &teacher_dir);
 
-        let c = project(reads::TEACHER_CACHE, run_seed);
-        let k_cache = lk.cache.clone();
-        let cache_dir = st.run("cache", "cache", &k_cache, |dir| {
-            let req = TeacherInferRequest {
-                job: CacheJob {
-                    checkpoint: teacher_dir.join("checkpoints/best.safetensors"),
-                    data: data_dir.clone(),
-                    out: dir.to_path_buf(),
-                    selection: selection.clone(),
-                    shard: None,
-                    k: None,
+        let teacher_ckpt = teacher_dir.join("checkpoints/best.safetensors");
+        if let Some((data, plan)) = &round_plan {
+            // the [active] rounds give the teacher's output in place of the
+            // one-shot cache and distillation
+            let req = ActiveRequest {
+                data: data_dir.clone(),
+                student: ts_ckpt.clone(),
+                labeller: Labeller::Llm {
+                    checkpoint: teacher_ckpt,
+                    student: ts_ckpt.clone(),
                 },
-                backbone: None,
-                student: Some(ts_ckpt.clone()),
+                out: out.to_path_buf(),
             };
-            let (cache, rps) = teacher_infer(&c, &req, device)?;
-            tracing::info!(
-                rows = cache.rows(),
-                rows_per_sec = rps,
-                "teacher cache built"
-            );
-            Ok(())
-        })?;
+            let k_ts = lk.teacher_student.as_deref().unwrap_or(&k_student);
+            let inputs = [keys.data.clone(), k_ts.to_string(), k_teacher.clone()];
+            let rounds = run_rounds(
+                &mut st,
+                &Rounds {
+                    cfg: &project(reads::ACTIVE, student_seed),
+                    req: &req,
+                    data,
+                    plan,
+                    inputs: &inputs,
+                    device,
+                    build: build.clone(),
+                },
+            )?;
+            let n = rounds.len();
+            for (i, (_, dir)) in rounds.iter().enumerate() {
+                let label = format!("{student_name} + DLLM2Rec, round {}/{n}", i + 1);
+                add_model(&label, &dir.join("distill"));
+            }
+            if named {
+                let records: Vec<RoundRecord> = rounds.into_iter().map(|(r, _)| r).collect();
+                write_summary(out, &records)?;
+            }
+            report_inputs.push(k_teacher);
+            report_inputs.extend(lk.rounds.iter().cloned());
+        } else {
+            let c = project(reads::TEACHER_CACHE, run_seed);
+            let k_cache = lk.cache.clone();
+            let cache_dir = st.run("cache", "cache", &k_cache, |dir| {
+                let req = TeacherInferRequest {
+                    job: CacheJob {
+                        checkpoint: teacher_ckpt.clone(),
+                        data: data_dir.clone(),
+                        out: dir.to_path_buf(),
+                        selection: selection.clone(),
+                        shard: None,
+                        k: None,
+                    },
+                    backbone: None,
+                    student: Some(ts_ckpt.clone()),
+                };
+                let (cache, rps) = teacher_infer(&c, &req, device)?;
+                tracing::info!(
+                    rows = cache.rows(),
+                    rows_per_sec = rps,
+                    "teacher cache built"
+                );
+                Ok(())
+            })?;
 
-        let c = project(reads::DISTILL, student_seed);
-        let k_distill = lk.distill.clone();
-        let distill_dir = st.run("distill", "distill", &k_distill, |dir| {
-            let req = DistillRequest {
-                teacher_cache: cache_dir.clone(),
-                selection: selection.clone(),
-                data: Some(data_dir.clone()),
-                out: dir.to_path_buf(),
-                init: None,
-            };
-            distill(&c, &req, build.clone(), device).map(drop)
-        })?;
-        add_model(&format!("{student_name} + DLLM2Rec"), &distill_dir);
-        report_inputs.extend([k_teacher, k_cache, k_distill]);
+            let c = project(reads::DISTILL, student_seed);
+            let k_distill = lk.distill.clone();
+            let distill_dir = st.run("distill", "distill", &k_distill, |dir| {
+                let req = DistillRequest {
+                    teacher_cache: cache_dir.clone(),
+                    selection: selection.clone(),
+                    data: Some(data_dir.clone()),
+                    out: dir.to_path_buf(),
+                    init: None,
+                };
+                distill(&c, &req, build.clone(), device).map(drop)
+            })?;
+            add_model(&format!("{student_name} + DLLM2Rec"), &distill_dir);
+            report_inputs.extend([k_teacher, k_cache, k_distill]);
+        }
     } else {
         tracing::info!("no `teacher.backbone` in the config: the teacher, cache and distillation stages are skipped");
     }

@@ -355,6 +355,54 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
 }
 
 #[test]
+fn a_sweep_over_active_rounds_shares_the_teacher_and_runs_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = backbone(dir.path());
+    let out = dir.path().join("sweep");
+    let mut a = pipeline_args(&b, &out, &[]);
+    a[0] = "sweep".into();
+    a.extend(["--grid", "active.rounds=1,2"].map(String::from));
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&args);
+    let stages = out.join("stages");
+    let count = |prefix: &str| {
+        std::fs::read_dir(&stages)
+            .unwrap()
+            .filter(|e| {
+                let e = e.as_ref().unwrap();
+                e.path().is_dir() && e.file_name().to_string_lossy().starts_with(prefix)
+            })
+            .count()
+    };
+    // one teacher for both settings; one round is the one-shot cache and
+    // distillation, two rounds are two round stages
+    assert_eq!(count("teacher-"), 1);
+    assert_eq!(count("cache-"), 1);
+    assert_eq!(count("distill-"), 1);
+    assert_eq!(count("round-"), 2);
+    // the two rounds label the selection's 40 rows between them, each only
+    // rows the other did not
+    let mut keys = std::collections::BTreeSet::new();
+    let mut labelled = 0;
+    for e in std::fs::read_dir(&stages).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("round-") {
+            let text = std::fs::read_to_string(p.join("labels/keys.txt")).unwrap();
+            for k in text.lines() {
+                assert!(keys.insert(k.to_string()), "{k} labelled twice");
+            }
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("round.json")).unwrap())
+                    .unwrap();
+            labelled = labelled.max(r["labelled_rows"].as_u64().unwrap());
+        }
+    }
+    assert_eq!((keys.len(), labelled), (40, 40));
+    let csv = std::fs::read_to_string(out.join("report/models.csv")).unwrap();
+    assert!(csv.contains("round 2/2"), "{csv}");
+}
+
+#[test]
 fn a_refused_pipeline_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p");
