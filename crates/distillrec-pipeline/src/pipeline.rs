@@ -732,6 +732,8 @@ pub fn run(
                     })
                     .collect(),
                 ablation_runs: Vec::new(),
+                active_runs: Vec::new(),
+                converged: None,
                 budget_runs: Vec::new(),
                 baseline: Some(student_name.to_string()),
                 metric: metric.clone(),

@@ -429,6 +429,8 @@ pub fn run(
     let req = distillrec_report::ReportRequest {
         runs: specs,
         ablation_runs: Vec::new(),
+        active_runs: Vec::new(),
+        converged: None,
         budget_runs: Vec::new(),
         baseline,
         metric: metric.unwrap_or_else(|| "ndcg@10".into()),

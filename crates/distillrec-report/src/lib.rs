@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod active;
 mod aggregate;
 mod canvas;
 mod checks;

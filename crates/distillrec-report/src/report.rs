@@ -33,6 +33,12 @@ pub struct ReportRequest {
     pub budget_runs: Vec<PathBuf>,
     /// Label (among `runs`) drawn as a dashed baseline on the budget plot.
     pub baseline: Option<String>,
+    /// `active` output directories (`[LABEL=]DIR`, same label = seeds):
+    /// their rounds as curves against teacher rows.
+    pub active_runs: Vec<RunSpec>,
+    /// Label (among `runs`) of the baseline trained to convergence, drawn
+    /// as a second dashed line on the budget and active plots.
+    pub converged: Option<String>,
     /// Metric of the plots and the budget table (`ndcg@10`).
     pub metric: String,
     /// Output directory.
@@ -151,8 +157,12 @@ const TABLE_METRICS: [&str; 4] = ["hr@10", "hr@20", "ndcg@10", "ndcg@20"];
 /// `<metric>` is the request's metric without `@` (`ndcg10`). Every file is
 /// written atomically; nothing depends on the clock.
 pub fn write_report(req: &ReportRequest) -> Result<String> {
-    if req.runs.is_empty() && req.budget_runs.is_empty() && req.ablation_runs.is_empty() {
-        bail!("nothing to report: give --runs and/or --budget-runs");
+    if req.runs.is_empty()
+        && req.budget_runs.is_empty()
+        && req.ablation_runs.is_empty()
+        && req.active_runs.is_empty()
+    {
+        bail!("nothing to report: give --runs, --budget-runs and/or --active-runs");
     }
     check_specs(req)?;
     let named: Vec<(&RunSpec, bool)> = req
@@ -205,7 +215,7 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
     }
     if !budget.is_empty() {
         let points = budget_points(&budget, metric)?;
-        let references = reference_lines(&runs, req.baseline.as_deref(), metric)?;
+        let references = reference_lines(&runs, req, metric)?;
         md.push_str(&format!("## Budget curve (test {metric})\n\n"));
         md.push_str(&budget_markdown(&points, metric));
         md.push('\n');
@@ -217,6 +227,29 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
             &req.out.join(format!("budget_{stem}")),
         )?;
         md.push_str(&embed(&format!("{metric} against teacher budget"), &files));
+    }
+    if !req.active_runs.is_empty() {
+        let points = crate::active::active_points(&req.active_runs, metric)?;
+        let references = reference_lines(&runs, req, metric)?;
+        md.push_str(&format!(
+            "## Active distillation (test {metric} against teacher rows)\n\n"
+        ));
+        md.push_str(&crate::active::active_markdown(&points, metric));
+        md.push('\n');
+        atomic_write(
+            &req.out.join("active.csv"),
+            crate::active::active_csv(&points).as_bytes(),
+        )?;
+        let files = plot_budget_curve(
+            &crate::active::as_budget_points(&points),
+            metric,
+            &references,
+            &req.out.join(format!("active_{stem}")),
+        )?;
+        md.push_str(&embed(
+            &format!("{metric} against teacher rows, by round"),
+            &files,
+        ));
     }
     if !warnings.is_empty() {
         md.push_str(
@@ -243,7 +276,12 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
 fn check_specs(req: &ReportRequest) -> Result<()> {
     let canonical = |d: &Path| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf());
     let mut seen: BTreeMap<PathBuf, String> = BTreeMap::new();
-    for spec in req.runs.iter().chain(&req.ablation_runs) {
+    for spec in req
+        .runs
+        .iter()
+        .chain(&req.ablation_runs)
+        .chain(&req.active_runs)
+    {
         let label = spec.label();
         if label.trim().is_empty() {
             bail!(
@@ -409,7 +447,7 @@ pub fn learning_curves(runs: &[(&str, &RunDir)], metric: &str) -> Vec<LearningCu
 /// (an error when no run with that label reports `metric`).
 fn reference_lines(
     runs: &[RunSummary],
-    baseline: Option<&str>,
+    req: &ReportRequest,
     metric: &str,
 ) -> Result<Vec<ReferenceLine>> {
     let mut lines = Vec::new();
@@ -430,19 +468,29 @@ fn reference_lines(
             value: mean,
         });
     }
-    if let Some(label) = baseline {
+    for (flag, label, title) in [
+        ("--baseline", &req.baseline, "baseline"),
+        (
+            "--converged",
+            &req.converged,
+            "baseline trained to convergence",
+        ),
+    ] {
+        let Some(label) = label else {
+            continue;
+        };
         let vals: Vec<f64> = runs
             .iter()
-            .filter(|r| r.label == label)
+            .filter(|r| r.label == *label)
             .filter_map(|r| r.test.get(metric).copied())
             .collect();
         match mean_std(&vals) {
             Some((mean, _)) => lines.push(ReferenceLine {
-                label: format!("baseline: {label}"),
+                label: format!("{title}: {label}"),
                 value: mean,
             }),
             None => {
-                bail!("--baseline {label}: no run with that label among --runs reports {metric}")
+                bail!("{flag} {label}: no run with that label among --runs reports {metric}")
             }
         }
     }

@@ -302,7 +302,7 @@ pub(crate) fn percent(fraction: f64) -> String {
 }
 
 /// `mean ± std` with 4 decimals, or just the mean when there is no std.
-fn mean_cell(mean: f64, std: Option<f64>) -> String {
+pub(crate) fn mean_cell(mean: f64, std: Option<f64>) -> String {
     match std {
         Some(s) => format!("{mean:.4} ± {s:.4}"),
         None => format!("{mean:.4}"),

@@ -678,6 +678,12 @@ pub struct ReportArgs {
     /// Label of the baseline drawn as a dashed line on the budget plot.
     #[arg(long)]
     pub baseline: Option<String>,
+    /// `active` output directories (`[LABEL=]DIR`, same label = seeds): test metric against teacher rows per round (table, active.csv, plot).
+    #[arg(long, value_name = "[LABEL=]DIR", num_args = 1.., value_parser = run_spec)]
+    pub active_runs: Vec<RunSpec>,
+    /// Label (among --runs) of the baseline trained to convergence: a second dashed line on the budget and active plots.
+    #[arg(long)]
+    pub converged: Option<String>,
     /// Metric of the plots and the budget table (`kind@K`: hr, ndcg, recall or mrr at a cut-off).
     #[arg(long, value_name = "KIND@K", default_value = "ndcg@10")]
     pub metric: Metric,

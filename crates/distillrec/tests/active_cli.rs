@@ -366,6 +366,74 @@ fn warm_start_continues_from_the_previous_rounds_student() {
 }
 
 #[test]
+fn the_report_draws_rounds_against_teacher_rows_over_seeds() {
+    let d = tempfile::tempdir().unwrap();
+    let su = setup(d.path());
+    let cache = ["--teacher-cache", s(&su.full)];
+    let runs: Vec<PathBuf> = ["1", "2"]
+        .iter()
+        .map(|seed| {
+            let out = d.path().join(format!("act-s{seed}"));
+            let set = format!("seed={seed}");
+            let extra = [
+                "--set",
+                "active.rounds=2",
+                "--set",
+                "selection.budget=0.2",
+                "--set",
+                &set,
+            ];
+            ok(&active_args(&su, cache, &out, &extra));
+            out
+        })
+        .collect();
+    let spec = |p: &PathBuf| format!("entropy={}", p.display());
+    let (a, b) = (&spec(&runs[0]), &spec(&runs[1]));
+    let base = format!("base={}", d.path().join("student").display());
+    let rep = d.path().join("rep");
+    let md = ok(&[
+        "report",
+        "--runs",
+        &base,
+        "--active-runs",
+        a,
+        b,
+        "--converged",
+        "base",
+        "--out",
+        s(&rep),
+    ]);
+    assert!(md.contains("## Active distillation"), "{md}");
+    let csv = std::fs::read_to_string(rep.join("active.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    for (i, l) in lines[1..].iter().enumerate() {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(
+            (f[0], f[1], f[5]),
+            ("entropy", &*(i + 1).to_string(), "2"),
+            "{l}"
+        );
+        assert!(!f[7].is_empty(), "two seeds but no spread: {l}");
+    }
+    assert!(rep.join("active_ndcg10.png").is_file());
+    clean_error(
+        &[
+            "report",
+            "--runs",
+            &base,
+            "--active-runs",
+            a,
+            "--converged",
+            "nope",
+            "--out",
+            s(&rep),
+        ],
+        "--converged nope",
+    );
+}
+
+#[test]
 fn bad_active_settings_are_refused_before_anything_is_written() {
     let d = tempfile::tempdir().unwrap();
     let su = setup(d.path());

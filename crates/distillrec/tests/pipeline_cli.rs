@@ -386,7 +386,11 @@ fn a_sweep_over_active_rounds_shares_the_teacher_and_runs_rounds() {
     let mut labelled = 0;
     for e in std::fs::read_dir(&stages).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("round-") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("round-")
+        {
             let text = std::fs::read_to_string(p.join("labels/keys.txt")).unwrap();
             for k in text.lines() {
                 assert!(keys.insert(k.to_string()), "{k} labelled twice");

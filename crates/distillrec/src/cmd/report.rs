@@ -13,6 +13,8 @@ pub fn run(a: ReportArgs) -> Result<()> {
         ablation_runs: a.ablation_runs,
         budget_runs: a.budget_runs,
         baseline: a.baseline,
+        active_runs: a.active_runs,
+        converged: a.converged,
         metric: a.metric.to_string(),
         out: a.out,
     };
