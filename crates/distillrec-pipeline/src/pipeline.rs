@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use distillrec_config::{reads, Config, Reads};
+use distillrec_config::{reads, Config, Reads, Until};
 use distillrec_data::fsutil::{atomic_write, atomic_write_json, sha256_of, sha256_of_file};
 use distillrec_data::lock::DirLock;
 use distillrec_data::store;
@@ -376,6 +376,13 @@ pub(crate) fn projected(cfg: &Config, reads: Reads, seed: u64) -> Config {
     p
 }
 
+/// `cfg` with the baseline student trained to convergence.
+fn converged_config(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    c.train.student.until = Until::Converged;
+    c
+}
+
 /// The key of every stage one config runs (see [`stage_key`]), the one
 /// place they are derived: [`run`] keys its stages with them, and a sweep
 /// counts its distinct stages with them before running anything.
@@ -387,6 +394,10 @@ pub struct StageKeys {
     pub popularity: String,
     /// The baseline student (student seed).
     pub student: String,
+    /// The same student trained to convergence (`until = "converged"`),
+    /// shown beside any distilled result; `None` without an LLM teacher or
+    /// when the baseline is already trained to convergence.
+    pub converged: Option<String>,
     /// The LLM stages, when `teacher.backbone` is set.
     pub llm: Option<LlmKeys>,
 }
@@ -430,6 +441,15 @@ impl StageKeys {
             )
         };
         let student = student_key(student_seed);
+        let converged = (cfg.teacher.backbone.is_some()
+            && cfg.train.student.until == Until::Budget)
+            .then(|| {
+                stage_key(
+                    "student",
+                    &projected(&converged_config(cfg), reads::TRAIN_STUDENT, student_seed),
+                    &[&data],
+                )
+            });
         let llm = cfg.teacher.backbone.as_ref().map(|_| {
             let teacher_student = (student_seed != run_seed).then(|| student_key(run_seed));
             let k_ts = teacher_student.as_deref().unwrap_or(&student);
@@ -464,6 +484,7 @@ impl StageKeys {
             data,
             popularity,
             student,
+            converged,
             llm,
         }
     }
@@ -476,6 +497,7 @@ impl StageKeys {
             ("popularity", &self.popularity),
             ("student", &self.student),
         ];
+        out.extend(self.converged.as_deref().map(|k| ("student", k)));
         if let Some(l) = &self.llm {
             out.extend(l.teacher_student.as_deref().map(|k| ("student", k)));
             out.extend(l.selection.as_deref().map(|k| ("selection", k)));
@@ -578,10 +600,26 @@ pub fn run(
         };
     let (k_student, student_dir) =
         train_student_stage(&mut st, "student", student_seed, &keys.student)?;
+    let mut report_inputs_extra: Vec<String> = Vec::new();
     let student_name = cfg.student.model.name();
     add_model(student_name, &student_dir);
+    let mut converged_label = None;
+    if let Some(k) = &keys.converged {
+        // the fair baseline of any distilled result: the same student given
+        // every epoch it can use
+        let c = project(reads::TRAIN_STUDENT, student_seed);
+        let c = converged_config(&c);
+        let dir = st.run("student-converged", "student", k, |dir| {
+            train_student(&c, Some(&data_dir), dir, build.clone(), device).map(drop)
+        })?;
+        let label = format!("{student_name}, converged");
+        add_model(&label, &dir);
+        converged_label = Some(label);
+        report_inputs_extra.push(k.clone());
+    }
 
     let mut report_inputs = vec![k_pop.clone(), k_student.clone()];
+    report_inputs.append(&mut report_inputs_extra);
 
     if let Some(lk) = &keys.llm {
         // the student that feeds the teacher and the selection: the run seed's
@@ -733,7 +771,7 @@ pub fn run(
                     .collect(),
                 ablation_runs: Vec::new(),
                 active_runs: Vec::new(),
-                converged: None,
+                converged: converged_label.clone(),
                 budget_runs: Vec::new(),
                 baseline: Some(student_name.to_string()),
                 metric: metric.clone(),

@@ -86,10 +86,11 @@ fn backbone(dir: &Path) -> std::path::PathBuf {
     b
 }
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "data",
     "popularity",
     "student",
+    "student-converged",
     "selection",
     "teacher",
     "cache",
@@ -104,7 +105,13 @@ fn stages_run_once_and_a_changed_key_reruns_only_what_depends_on_it() {
     let out = dir.path().join("p");
     let text = run_pipeline(&b, &out, &[]);
     assert_eq!(ran(&out), ALL);
-    for label in ["popularity", "sasrec", "iLoRA teacher", "sasrec + DLLM2Rec"] {
+    for label in [
+        "popularity",
+        "sasrec",
+        "sasrec, converged",
+        "iLoRA teacher",
+        "sasrec + DLLM2Rec",
+    ] {
         assert!(text.contains(&format!("| {label} |")), "{label}: {text}");
     }
     let report = std::fs::read_to_string(out.join("report/report.md")).unwrap();
@@ -198,6 +205,7 @@ fn stages_run_once_and_a_changed_key_reruns_only_what_depends_on_it() {
         ran(&out),
         [
             "student",
+            "student-converged",
             "selection",
             "teacher",
             "cache",
@@ -264,8 +272,14 @@ fn a_pipeline_killed_in_teacher_training_continues_the_teacher() {
     run_pipeline(&b, &out, &extra);
     let st = stages(&out);
     for (name, skipped) in &st {
-        let before_teacher =
-            ["data", "popularity", "student", "selection"].contains(&name.as_str());
+        let before_teacher = [
+            "data",
+            "popularity",
+            "student",
+            "student-converged",
+            "selection",
+        ]
+        .contains(&name.as_str());
         assert_eq!(*skipped, before_teacher, "{st:?}");
     }
     assert_eq!(
@@ -328,11 +342,12 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
             })
             .count()
     };
-    // one teacher and one cache for all four runs; the two student seeds plus
-    // the run seed's student that feeds the teacher; a distillation per run
+    // one teacher and one cache for all four runs; the two student seeds
+    // (each also trained to convergence) plus the run seed's student that
+    // feeds the teacher; a distillation per run
     assert_eq!(count("teacher-"), 1);
     assert_eq!(count("cache-"), 1);
-    assert_eq!(count("student-"), 3);
+    assert_eq!(count("student-"), 5);
     assert_eq!(count("distill-"), 4);
     let csv = std::fs::read_to_string(out.join("report/models.csv")).unwrap();
     let row = |label: &str| {
