@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use distillrec_cache::{sort_row, CacheSource, DistanceKind, TeacherCache};
 use distillrec_data::Dataset;
+use distillrec_models::student::ensemble_scores;
 use distillrec_models::Student;
 
 use distillrec_models::fastmath;
@@ -47,33 +48,6 @@ pub fn cache_from_student(
     cache_from_students(&[student], ds, fingerprint, rows, opts)
 }
 
-/// The scores of `students` on `hist`, `[rows, N + 1]`: one student's as
-/// they are, several students' mean log-softmax over items `1..=N`.
-fn ensemble_scores(students: &[&Student], hist: &[&[u32]], n: usize) -> Result<Vec<f32>> {
-    if let [one] = students {
-        return Ok(one.score_histories(hist)?);
-    }
-    let mut mean = vec![0f32; hist.len() * (n + 1)];
-    let w = 1.0 / students.len() as f32;
-    for s in students {
-        let scores = s.score_histories(hist)?;
-        mean.par_chunks_mut(n + 1)
-            .zip(scores.par_chunks(n + 1))
-            .for_each_init(
-                || vec![0f32; n],
-                |scratch, (m, row)| {
-                    let items = &row[1..];
-                    let mx = fastmath::max(items);
-                    let log_z = mx + fastmath::exp_shift_sum(items, mx, scratch).ln();
-                    for (acc, &x) in m[1..].iter_mut().zip(items) {
-                        *acc += w * (x - log_z);
-                    }
-                },
-            );
-    }
-    Ok(mean)
-}
-
 /// [`cache_from_student`] for an ensemble of `students` (one student gives
 /// exactly its own cache); they must share the catalogue.
 pub fn cache_from_students(
@@ -105,7 +79,7 @@ pub fn cache_from_students(
     };
     for chunk in rows.chunks(opts.batch_size.max(1)) {
         let hist: Vec<&[u32]> = chunk.iter().map(|&r| ds.history(&ds.train[r])).collect();
-        let scores = ensemble_scores(students, &hist, n)?;
+        let scores = ensemble_scores(students, &hist)?;
         let out: Vec<(Vec<u32>, Vec<f32>)> = chunk
             .par_iter()
             .enumerate()

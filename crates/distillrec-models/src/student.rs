@@ -158,6 +158,50 @@ impl Student {
     }
 }
 
+/// The scores of an ensemble on `histories`, `[B, N + 1]` as
+/// [`Student::score_histories`] gives them: one student's as they are,
+/// several students' mean log-softmax over items `1..=N` (the normalised
+/// geometric mean of their distributions), column 0 −∞. An ensemble of
+/// seeds is a teacher stronger than any of them.
+pub fn ensemble_scores(students: &[&Student], histories: &[&[ItemId]]) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
+    match students {
+        [] => candle_core::bail!("an ensemble needs at least one student"),
+        [one] => return one.score_histories(histories),
+        _ => {}
+    }
+    let n = students[0].spec.num_items;
+    if let Some(s) = students.iter().find(|s| s.spec.num_items != n) {
+        candle_core::bail!(
+            "the ensemble's students score {} and {} items: they were trained on different catalogues",
+            n,
+            s.spec.num_items
+        );
+    }
+    let mut mean = vec![0f32; histories.len() * (n + 1)];
+    let w = 1.0 / students.len() as f32;
+    for s in students {
+        let scores = s.score_histories(histories)?;
+        mean.par_chunks_mut(n + 1)
+            .zip(scores.par_chunks(n + 1))
+            .for_each_init(
+                || vec![0f32; n],
+                |scratch, (m, row)| {
+                    let items = &row[1..];
+                    let mx = crate::fastmath::max(items);
+                    let log_z = mx + crate::fastmath::exp_shift_sum(items, mx, scratch).ln();
+                    for (acc, &x) in m[1..].iter_mut().zip(items) {
+                        *acc += w * (x - log_z);
+                    }
+                },
+            );
+    }
+    for m in mean.chunks_mut(n + 1) {
+        m[0] = f32::NEG_INFINITY;
+    }
+    Ok(mean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,6 @@ pub mod units;
 
 pub use checkpoint::DatasetRef;
 pub use trainer::{
-    base_loss, evaluate_student, forward_rep, train_step, train_student, train_with, BaseObjective,
-    EvalCost, StageObjective, StepReport, TrainOptions, TrainOutcome,
+    base_loss, evaluate_ensemble, evaluate_student, forward_rep, train_step, train_student,
+    train_with, BaseObjective, EvalCost, StageObjective, StepReport, TrainOptions, TrainOutcome,
 };

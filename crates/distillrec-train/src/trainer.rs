@@ -25,6 +25,7 @@ use distillrec_data::{Dataset, Row, SplitName};
 use distillrec_eval::{evaluate_all, EvalError, EvalReport};
 use distillrec_models::loss::{bce_sampled, cross_entropy};
 use distillrec_models::params::Params;
+use distillrec_models::student::ensemble_scores;
 use distillrec_models::{ForwardCtx, SeqBatch, Student, StudentSpec};
 use distillrec_run::History;
 
@@ -116,11 +117,20 @@ pub fn evaluate_student(
     split: SplitName,
     opts: &EvalOptions,
 ) -> Result<EvalReport, EvalError> {
+    evaluate_ensemble(&[student], ds, split, opts)
+}
+
+/// Evaluates the ensemble of `students` (their mean log-probabilities,
+/// see [`ensemble_scores`]; one student is itself) on one split of `ds`.
+pub fn evaluate_ensemble(
+    students: &[&Student],
+    ds: &Dataset,
+    split: SplitName,
+    opts: &EvalOptions,
+) -> Result<EvalReport, EvalError> {
     evaluate_all(ds, split, opts, |rows: &[&Row]| {
         let hist: Vec<&[u32]> = rows.iter().map(|r| ds.history(r)).collect();
-        student
-            .score_histories(&hist)
-            .map_err(|e| EvalError::Model(e.to_string()))
+        ensemble_scores(students, &hist).map_err(|e| EvalError::Model(e.to_string()))
     })
 }
 

@@ -265,9 +265,9 @@ pub struct EvalStudentArgs {
     /// Print the result as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Checkpoint weights (`.safetensors`) or manifest (`.json`).
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: PathBuf,
+    /// Checkpoint weights (`.safetensors`) or manifest (`.json`); repeat it to evaluate an ensemble (mean log-probabilities).
+    #[arg(long, value_name = "FILE", required = true)]
+    pub checkpoint: Vec<PathBuf>,
     /// The prepared dataset the checkpoint was trained on (fingerprints must match).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,

@@ -434,6 +434,48 @@ fn the_report_draws_rounds_against_teacher_rows_over_seeds() {
 }
 
 #[test]
+fn an_ensemble_teacher_is_evaluated_and_cached_from_several_checkpoints() {
+    let d = tempfile::tempdir().unwrap();
+    let su = setup(d.path());
+    let eval = |ckpts: &[&Path]| {
+        let mut a = vec!["eval", "student", "--data", s(&su.data), "--json"];
+        for c in ckpts {
+            a.extend(["--checkpoint", s(c)]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&ok(&a)).unwrap();
+        v["test"].clone()
+    };
+    // a student with itself is that student; with another, something else
+    let one = eval(&[&su.teacher]);
+    let twice = eval(&[&su.teacher, &su.teacher]);
+    for k in ["hr@10", "ndcg@10"] {
+        let (x, y) = (one[k].as_f64().unwrap(), twice[k].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-9, "{k}: {x} vs {y}");
+    }
+    assert_ne!(eval(&[&su.teacher, &su.student]), one);
+    let cache = d.path().join("ens");
+    ok(&[
+        "teacher",
+        "from-student",
+        "--checkpoint",
+        s(&su.teacher),
+        "--checkpoint",
+        s(&su.student),
+        "--data",
+        s(&su.data),
+        "--out",
+        s(&cache),
+    ]);
+    let m = json(&cache.join("manifest.json"));
+    assert!(
+        m["source"].as_str().unwrap().starts_with("ensemble:"),
+        "{m}"
+    );
+    // item tables side by side: 32 + 16
+    assert_eq!(m["embedding_dim"], 48, "{m}");
+}
+
+#[test]
 fn bad_active_settings_are_refused_before_anything_is_written() {
     let d = tempfile::tempdir().unwrap();
     let su = setup(d.path());

@@ -1,6 +1,6 @@
 //! Training and evaluating a student.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::Device;
@@ -9,10 +9,11 @@ use distillrec_config::{Config, EvalOptions, StudentKind};
 use distillrec_data::SplitName;
 use distillrec_eval::EvalReport;
 use distillrec_models::device::spec_of;
+use distillrec_models::Student;
 use distillrec_run::{BuildInfo, Metrics, Run, RunKind};
 use distillrec_train::checkpoint::{self, Expect};
 use distillrec_train::{
-    evaluate_student, train_student as train, EvalCost, TrainOptions, TrainOutcome,
+    evaluate_ensemble, train_student as train, EvalCost, TrainOptions, TrainOutcome,
 };
 
 use crate::prepared::{load_prepared, run_data, Data};
@@ -96,30 +97,35 @@ impl StudentEval {
 }
 
 /// `eval student`: evaluates `checkpoint` (refused unless it was trained on
-/// the prepared dataset `data`) with `eval`; with `out`, also writes a run
-/// directory (`metrics.json`, costs in `run.json`).
+/// the prepared dataset `data`) with `eval`, or with `more` checkpoints the
+/// ensemble of them all (mean log-probabilities); with `out`, also writes a
+/// run directory (`metrics.json`, costs in `run.json`).
 pub fn eval_student(
     cfg: &Config,
     checkpoint_path: &Path,
+    more: &[PathBuf],
     data: &Path,
     out: Option<&Path>,
     build: BuildInfo,
     device: &Device,
 ) -> Result<StudentEval> {
     let data = load_prepared(data)?;
-    let loaded = checkpoint::load(
-        checkpoint_path,
-        &Expect {
-            fingerprint: Some(&data.reference.fingerprint),
-            kind: None,
-        },
-        device,
-    )?;
+    let expect = Expect {
+        fingerprint: Some(&data.reference.fingerprint),
+        kind: None,
+    };
+    let first = checkpoint::load(checkpoint_path, &expect, device)?;
+    let kind = first.manifest.spec.kind;
+    let mut students = vec![first.student];
+    for p in more {
+        students.push(checkpoint::load(p, &expect, device)?.student);
+    }
+    let refs: Vec<&Student> = students.iter().collect();
     let eval: &EvalOptions = &cfg.eval;
     let result = StudentEval {
-        kind: loaded.manifest.spec.kind,
-        valid: evaluate_student(&loaded.student, &data.ds, SplitName::Valid, eval)?,
-        test: evaluate_student(&loaded.student, &data.ds, SplitName::Test, eval)?,
+        kind,
+        valid: evaluate_ensemble(&refs, &data.ds, SplitName::Valid, eval)?,
+        test: evaluate_ensemble(&refs, &data.ds, SplitName::Test, eval)?,
     };
     if let Some(out) = out {
         with_run(out, cfg, build, |run| {

@@ -63,9 +63,14 @@ fn student(a: EvalStudentArgs) -> Result<()> {
     if a.out.is_none() {
         init_logging(None)?; // with --out, the run directory's log starts once it is opened
     }
+    let (first, more) = a
+        .checkpoint
+        .split_first()
+        .expect("clap requires --checkpoint");
     let e = stages::eval_student(
         &cfg,
-        &a.checkpoint,
+        first,
+        more,
         &a.data,
         a.out.as_deref(),
         build_info(),
