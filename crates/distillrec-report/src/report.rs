@@ -451,7 +451,12 @@ fn reference_lines(
     metric: &str,
 ) -> Result<Vec<ReferenceLine>> {
     let mut lines = Vec::new();
-    let teachers: Vec<&RunSummary> = runs.iter().filter(|r| r.group == "teacher").collect();
+    // the teacher group, and a run labelled `teacher` (an ensemble's
+    // evaluation, which no single checkpoint owns)
+    let teachers: Vec<&RunSummary> = runs
+        .iter()
+        .filter(|r| r.group == "teacher" || r.label == "teacher")
+        .collect();
     let vals: Vec<f64> = teachers
         .iter()
         .filter_map(|r| r.test.get(metric).copied())

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Active distillation on MovieLens-100k (docs/results/active): a teacher
+# stronger than the converged student (an ensemble of three converged
+# SASRec seeds, cached once over every training row), the baseline at the
+# distillation's epoch budget and trained to convergence, distillation from
+# every row, and `active` rounds under several policies, budgets and round
+# counts (one round is one-shot selection of the same total budget).
+#   scripts/active_experiment.sh [distillrec binary] [work dir]
+# Subsets through the environment (defaults: the full grid, many hours on
+# 2 cores):
+#   SEEDS="1 2 3" BUDGETS="0.05 0.1 0.25" ROUNDS="1 3 5"
+#   POLICIES="entropy loss badge random"
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+B="${1:-$here/target/release/distillrec}"
+W="${2:-runs/active-ml100k}"
+C="$here/configs/ml-100k-distill.toml"
+SEEDS=${SEEDS:-"1 2 3"}
+BUDGETS=${BUDGETS:-"0.05 0.1 0.25"}
+ROUNDS=${ROUNDS:-"1 3 5"}
+POLICIES=${POLICIES:-"entropy loss badge random"}
+mkdir -p "$W"
+cd "$W"
+D=(--data data)
+[ -f data/dataset.json ] || "$B" data prepare --dataset ml-100k --raw "$here/../shared/data/raw/ml-100k" --out data
+CONVERGED=(--set train.student.until=converged --set train.student.patience=10)
+# converged students: the teacher's members (seeds 11-13) and the fair
+# baselines (the student seeds)
+for s in 11 12 13 $SEEDS; do
+  name=conv-s$s
+  [ -f "$name/metrics.json" ] || "$B" train student --config "$C" "${D[@]}" --out "$name" --set "seed=$s" "${CONVERGED[@]}"
+done
+members=(--checkpoint conv-s11/checkpoints/best.safetensors --checkpoint conv-s12/checkpoints/best.safetensors
+         --checkpoint conv-s13/checkpoints/best.safetensors)
+[ -f teacher/metrics.json ] || "$B" eval student "${members[@]}" "${D[@]}" --out teacher
+[ -f cache/manifest.json ] || "$B" teacher from-student "${members[@]}" "${D[@]}" --out cache
+runs=(teacher=teacher)
+active=()
+for s in $SEEDS; do
+  [ -f "base-s$s/metrics.json" ] || "$B" train student --config "$C" "${D[@]}" --out "base-s$s" --set "seed=$s"
+  [ -f "all-s$s/metrics.json" ] || "$B" distill --config "$C" "${D[@]}" --teacher-cache cache --out "all-s$s" --set "seed=$s"
+  runs+=("baseline=base-s$s" "converged=conv-s$s" "all rows=all-s$s")
+  for pol in $POLICIES; do
+    for b in $BUDGETS; do
+      for r in $ROUNDS; do
+        out=act-$pol-$b-r$r-s$s
+        "$B" active --config "$C" "${D[@]}" --student "base-s$s/checkpoints/best.safetensors" --teacher-cache cache \
+          --out "$out" --set "seed=$s" --set "selection.policy=$pol" --set "selection.budget=$b" --set "active.rounds=$r"
+        active+=("$pol, $b, $r rounds=$out")
+      done
+    done
+  done
+done
+"$B" report --runs "${runs[@]}" --active-runs "${active[@]}" --baseline baseline --converged converged --out report
