@@ -32,7 +32,7 @@ use distillrec_data::lock::DirLock;
 use distillrec_run::{open_log_file, BuildInfo};
 use distillrec_train::units::trained_rows;
 
-use crate::pipeline::{projected, stage_key, StageReport, Stages};
+use crate::keyed::{projected, stage_key, StageReport, Stages};
 use crate::prepared::{load_prepared, Data};
 use crate::stages::{
     distill, select, teacher_from_student, teacher_infer, CacheBuild, CacheJob, DistillRequest,

@@ -24,6 +24,7 @@
 //! record it in `run.json`.
 
 pub mod active;
+mod keyed;
 pub mod latency;
 pub mod llm;
 pub mod models;
