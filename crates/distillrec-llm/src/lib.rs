@@ -82,7 +82,7 @@ pub use chat::ChatTemplate;
 pub use config::{Config, Family};
 pub use error::{Error, Result};
 pub use loader::{load, read_meta, BackboneMeta, Llm, LoadOptions};
-pub use loss::lm_head_loss;
+pub use loss::{lm_head_loss, lm_head_loss_composed};
 pub use model::{KvCache, Model};
 pub use source::{MapSource, WeightSource};
 pub use tape::Real;

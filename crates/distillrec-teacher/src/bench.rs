@@ -220,7 +220,7 @@ impl Bench {
                 .collect(),
         };
         let (order, index) = Teacher::placeholder_items(&prompts);
-        let projected = t.project_items(&t.nets.live()?, &order)?;
+        let projected = t.project_items(&t.live()?, &order)?;
         let inp = t.inputs(&prompts, &index, &projected, None)?;
         Ok((inp, order, prompts))
     }

@@ -252,6 +252,9 @@ pub struct EvalTeacherArgs {
     /// Optional run directory for metrics.json and run.json.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Device option (the backbone, adapters and networks run there).
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Config file and overrides for the `[eval]` group.
     #[command(flatten)]
     pub config: ConfigArgs,
