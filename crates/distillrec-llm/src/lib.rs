@@ -65,6 +65,7 @@ pub mod model;
 pub mod ops;
 pub mod parmatmul;
 pub mod pass;
+pub mod random;
 mod shape;
 pub mod source;
 /// Public only for the f64 finite-difference checks of `tests/tape.rs`,

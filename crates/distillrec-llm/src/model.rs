@@ -475,6 +475,9 @@ impl Loader<'_> {
                 format!("shape {:?}, expected {:?}", t.dims(), shape),
             ));
         }
+        if self.src.generated() {
+            return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
+        }
         if let Some(i) = first_non_finite(&t)? {
             return Err(Error::tensor(
                 self.src.path(),
