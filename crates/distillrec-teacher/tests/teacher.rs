@@ -1071,10 +1071,17 @@ fn a_bf16_backbone_trains_like_the_f32_one() {
         let n = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
         dot / (n(x) * n(y)).max(1e-30)
     };
+    // every adapter moves the same way (a fresh A's first updates are the
+    // smallest and noisiest: 0.92 here), and all of them together closely
+    let (mut all32, mut all16) = (Vec::new(), Vec::new());
     for ((name, a), b) in names.iter().zip(m32).zip(m16) {
         if name.starts_with("adapter.") {
             let c = cos(a, b);
-            assert!(c > 0.9, "{name}: cosine of the updates {c}");
+            assert!(c > 0.8, "{name}: cosine of the updates {c}");
+            all32.extend_from_slice(a);
+            all16.extend_from_slice(b);
         }
     }
+    let c = cos(&all32, &all16);
+    assert!(c > 0.95, "cosine of all the adapters' updates {c}");
 }
