@@ -316,7 +316,10 @@ impl Bench {
             }
         }
         let mut meta = self.meta();
-        meta.insert("device".into(), format!("{:?}", t.dev().location()));
+        meta.insert(
+            "device".into(),
+            distillrec_models::device::spec_of(t.dev()).to_string(),
+        );
         meta.insert("dtype".into(), t.llm.model.dtype().as_str().to_string());
         write_safetensors(path, &m, meta)
     }
