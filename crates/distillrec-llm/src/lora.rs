@@ -395,8 +395,9 @@ impl Adapter for MoeLora {
         let dropped;
         let x = match self.dropout {
             Some((p, seed)) if ctx.train => {
-                let f = crate::dropmask::factors(p, seed, x.elem_count());
-                let f = Tensor::from_vec(f, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                // off the CPU the mask travels as bytes and is scaled there
+                let bytes = !x.device().is_cpu();
+                let f = crate::dropmask::factor_tensor(p, seed, x, bytes)?;
                 dropped = (x * f)?;
                 &dropped
             }
