@@ -249,6 +249,9 @@ impl Teacher {
             BackbonePath::Auto => Path::auto(&llm.model),
             BackbonePath::Composed => Path::Composed,
         };
+        if cfg.recompute && path == Path::Explicit {
+            tracing::warn!("teacher.recompute applies to the composed path; the explicit CPU path keeps only what its backward reads and ignores it");
+        }
         let dev = llm.model.device().clone();
         let n = ds.num_items();
         ensure!(
