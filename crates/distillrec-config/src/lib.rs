@@ -30,8 +30,8 @@ pub use distillrec_eval::{EvalOptions, Metric, MetricKind};
 pub use reads::Reads;
 pub use selection::{Budget, BudgetError, Policy};
 pub use teacher::{
-    AdapterTarget, BackbonePath, TeacherConfig, TeacherObjective, TeacherTrain, DEFAULT_PROMPTS,
-    DEFAULT_RANKING_PROMPTS,
+    AdapterTarget, BackbonePath, TeacherConfig, TeacherDtype, TeacherObjective, TeacherTrain,
+    DEFAULT_PROMPTS, DEFAULT_RANKING_PROMPTS,
 };
 
 /// Largest width or length a config (or a checkpoint) may set:

@@ -87,7 +87,7 @@ pub const TRAIN_TEACHER: Reads = Reads(&[
 ]);
 /// The groups `eval teacher` reads (the teacher's settings come from its
 /// checkpoint).
-pub const EVAL_TEACHER: Reads = Reads(&["eval"]);
+pub const EVAL_TEACHER: Reads = Reads(&["device", "eval"]);
 /// The groups `teacher infer | from-student` (the `cache` stage) read.
 pub const TEACHER_CACHE: Reads = Reads(&["device", "teacher"]);
 /// The groups `distill` (the `distill` stage) reads.

@@ -32,6 +32,30 @@ distillrec_data::named_enum! {
     }
 }
 
+distillrec_data::named_enum! {
+    /// The dtype the teacher's frozen backbone is held in (`teacher.dtype`);
+    /// adapters, gate, projector, optimiser state and losses stay f32.
+    pub enum TeacherDtype {
+        /// bf16 on CUDA, f32 on the CPU.
+        Auto = "auto",
+        /// f32 (the CPU's explicit path needs it).
+        F32 = "f32",
+        /// bfloat16 (half the memory of f32, f32's range).
+        Bf16 = "bf16",
+        /// float16 (half the memory, a narrow range).
+        F16 = "f16",
+    }
+}
+
+impl TeacherDtype {
+    /// Whether this is the default (`auto`): the manifests and the run key
+    /// leave a default out, so checkpoints written before the key existed
+    /// keep their bytes and their run keys.
+    pub fn is_auto(&self) -> bool {
+        *self == TeacherDtype::Auto
+    }
+}
+
 /// A projection of a decoder layer that can carry an adapter (one table,
 /// shared with the LLM and the teacher's checkpoint names).
 pub use distillrec_data::AdapterTarget;
@@ -112,6 +136,18 @@ pub struct TeacherConfig {
     /// Which implementation runs the backbone (`auto`: the explicit CPU
     /// path where it can, `composed`: the candle graph).
     pub path: BackbonePath,
+    /// The dtype the frozen backbone is held in on the composed path
+    /// (`auto`: bf16 on CUDA, f32 on the CPU). Not f32, or not the CPU,
+    /// runs the composed path.
+    #[serde(skip_serializing_if = "TeacherDtype::is_auto")]
+    pub dtype: TeacherDtype,
+    /// On the composed path, keep only each decoder layer's input during
+    /// the forward and recompute the layer in the backward (activation
+    /// memory of one layer instead of all; about a third more compute). The
+    /// explicit CPU path ignores it (its tape already keeps only what its
+    /// hand-written backward reads).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recompute: bool,
 }
 
 impl Default for TeacherConfig {
@@ -142,6 +178,8 @@ impl Default for TeacherConfig {
             infer_batch: 16,
             student_prior: false,
             path: BackbonePath::Auto,
+            dtype: TeacherDtype::Auto,
+            recompute: false,
         }
     }
 }

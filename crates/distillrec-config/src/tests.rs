@@ -312,3 +312,53 @@ mod preset_tests {
         assert_eq!(c.student.max_len, 200);
     }
 }
+
+mod teacher_dtype_tests {
+    use crate::*;
+
+    #[test]
+    fn teacher_dtype_takes_its_four_names_and_refuses_others_in_one_line() {
+        for (name, want) in [
+            ("auto", TeacherDtype::Auto),
+            ("f32", TeacherDtype::F32),
+            ("bf16", TeacherDtype::Bf16),
+            ("f16", TeacherDtype::F16),
+        ] {
+            let c = Config::from_toml_str("", "t.toml", &[format!("teacher.dtype=\"{name}\"")])
+                .unwrap();
+            assert_eq!(c.teacher.dtype, want);
+        }
+        assert_eq!(TeacherConfig::default().dtype, TeacherDtype::Auto);
+        for bad in ["\"f64\"", "\"BF16\"", "16"] {
+            let e = Config::from_toml_str("", "t.toml", &[format!("teacher.dtype={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`teacher.dtype`"), "{e}");
+            assert!(!e.trim_end().contains('\n'), "one line: {e}");
+        }
+        let e = Config::from_toml_str("[teacher]\ndtype = \"f64\"\n", "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`teacher.dtype`") && e.contains("f64"), "{e}");
+        assert!(e.contains("`auto`, `f32`, `bf16`, `f16`"), "{e}");
+    }
+
+    #[test]
+    fn default_dtype_and_recompute_leave_the_serialised_settings_unchanged() {
+        let t = TeacherConfig::default();
+        let s = serde_json::to_string(&t).unwrap();
+        assert!(!s.contains("dtype") && !s.contains("recompute"), "{s}");
+        let back: TeacherConfig = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, t);
+        let bf = TeacherConfig {
+            dtype: TeacherDtype::Bf16,
+            recompute: true,
+            ..TeacherConfig::default()
+        };
+        let s = serde_json::to_string(&bf).unwrap();
+        assert!(
+            s.contains("\"dtype\":\"bf16\"") && s.contains("\"recompute\":true"),
+            "{s}"
+        );
+    }
+}

@@ -10,7 +10,7 @@
 //! [`AdapterSet::to_candle`] attaches the same adapters to the model's
 //! linears for the composed path. Fresh adapters change nothing (`B = 0`).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -187,7 +187,7 @@ impl<T: Real> AdapterSet<T> {
         dropout: Option<Dropout>,
         frozen: bool,
     ) -> Result<Vec<candle_core::Var>> {
-        let (dtype, device) = (model.dtype(), model.device().clone());
+        let (dtype, device) = (adapter_dtype(model.dtype()), model.device().clone());
         let mut vars = Vec::new();
         for (li, slots) in self.layers.iter().enumerate() {
             for (ti, w) in slots.iter().enumerate() {
@@ -210,6 +210,16 @@ impl<T: Real> AdapterSet<T> {
             }
         }
         Ok(vars)
+    }
+}
+
+/// The dtype adapters attached to a backbone held in `backbone` run in:
+/// f32 over half precision (f16, bf16: `MoeLora` casts its input and
+/// output), else the backbone's own.
+pub fn adapter_dtype(backbone: DType) -> DType {
+    match backbone {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
     }
 }
 

@@ -65,6 +65,7 @@ pub mod model;
 pub mod ops;
 pub mod parmatmul;
 pub mod pass;
+pub mod random;
 mod shape;
 pub mod source;
 /// Public only for the f64 finite-difference checks of `tests/tape.rs`,
@@ -82,7 +83,7 @@ pub use chat::ChatTemplate;
 pub use config::{Config, Family};
 pub use error::{Error, Result};
 pub use loader::{load, read_meta, BackboneMeta, Llm, LoadOptions};
-pub use loss::lm_head_loss;
+pub use loss::{lm_head_loss, lm_head_loss_composed};
 pub use model::{KvCache, Model};
 pub use source::{MapSource, WeightSource};
 pub use tape::Real;

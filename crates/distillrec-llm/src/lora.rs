@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use candle_core::{
-    CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor, Var,
+    CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Result, Shape, Storage, Tensor, Var,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -165,8 +165,8 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// over all `batch * seq` rows.
 ///
 /// When `x` tracks gradients but `Wt` does not (a frozen weight on the
-/// training path), the product goes through [`FrozenMatmul`], whose backward
-/// computes only `dx`: candle's own matmul backward would also compute the
+/// training path), the product goes through [`FrozenMatmul`] (CPU and CUDA),
+/// whose backward computes only `dx`: candle's own matmul backward would also compute the
 /// (discarded) weight gradient, a third of the step's work and a weight-sized
 /// buffer per layer.
 pub fn matmul_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
@@ -175,7 +175,7 @@ pub fn matmul_t(x: &Tensor, wt: &Tensor) -> Result<Tensor> {
     if let Some(y) = crate::parmatmul::par_matmul(&x2, wt)? {
         return y.reshape((b, t, wt.dim(1)?));
     }
-    let y = if x2.track_op() && !wt.track_op() && x2.device().is_cpu() {
+    let y = if x2.track_op() && !wt.track_op() && !x2.device().is_metal() {
         x2.contiguous()?
             .apply_op1(FrozenMatmul { wt: wt.clone() })?
     } else {
@@ -217,6 +217,21 @@ impl CustomOp1 for FrozenMatmul {
             (Storage::Cpu(s), Some((0, _))) => Ok((s.clone(), y.shape().clone())),
             _ => candle_core::bail!("frozen-matmul: unexpected output layout"),
         }
+    }
+
+    /// The product on the GPU with candle's own matmul (cuBLAS); without
+    /// the `cuda` feature this compiles against candle's stand-in backend
+    /// and is never reached.
+    fn cuda_fwd(&self, x: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = layout.shape().dims2()?;
+        let n = self.wt.dim(1)?;
+        let (ws, wl) = self.wt.storage_and_layout();
+        let Storage::Cuda(w) = &*ws else {
+            candle_core::bail!("frozen-matmul: the input is on the GPU, the weight is not")
+        };
+        let y = x.matmul(w, (1, m, n, k), layout, wl)?;
+        Ok((y, Shape::from((m, n))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -299,7 +314,9 @@ impl Adapter for Lora {
 /// columns `e·r/E .. (e+1)·r/E`), and the per-sample gate `(batch, E)` of
 /// [`AdapterCtx::gate`] scales each expert's columns:
 /// `delta(x) = s · ((x Aᵀ) ⊙ gate_cols) Bᵀ`, `s = α / (r/E)`. Without a
-/// gate every expert counts fully; `E = 1` is plain LoRA.
+/// gate every expert counts fully; `E = 1` is plain LoRA. The branch runs
+/// in the dtype of `A` and `B` (f32 for the teacher, whatever the
+/// backbone's dtype): its input is cast to it and its output back.
 #[derive(Debug)]
 pub struct MoeLora {
     a: Var,
@@ -371,11 +388,16 @@ impl MoeLora {
 
 impl Adapter for MoeLora {
     fn delta(&self, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
+        // the branch runs in the adapter's dtype (f32 over a bf16 or f16
+        // backbone) and hands its output back in the backbone's
+        let out_dtype = x.dtype();
+        let x = &x.to_dtype(self.a.dtype())?;
         let dropped;
         let x = match self.dropout {
             Some((p, seed)) if ctx.train => {
-                let f = crate::dropmask::factors(p, seed, x.elem_count());
-                let f = Tensor::from_vec(f, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                // off the CPU the mask travels as bytes and is scaled there
+                let bytes = !x.device().is_cpu();
+                let f = crate::dropmask::factor_tensor(p, seed, x, bytes)?;
                 dropped = (x * f)?;
                 &dropped
             }
@@ -399,7 +421,7 @@ impl Adapter for MoeLora {
             }
             None => u,
         };
-        matmul_wt(&u, &b)? * self.scale
+        (matmul_wt(&u, &b)? * self.scale)?.to_dtype(out_dtype)
     }
 
     fn vars(&self) -> Vec<Var> {

@@ -87,3 +87,55 @@ pub fn lm_head_loss<T: Real>(
     }
     Ok((loss, dh))
 }
+
+/// [`lm_head_loss`] as a candle graph on the model's device and dtype (the
+/// composed path: any device, any backbone dtype): the answer rows are
+/// gathered on the host, multiplied with the LM head in the backbone's
+/// dtype, and the cross-entropy taken in f32. Returns the loss and
+/// `d loss / d hidden` `[N, hidden]` (zero off the answer rows).
+pub fn lm_head_loss_composed(
+    model: &Model,
+    hidden: &[f32],
+    pairs: &[(usize, u32)],
+) -> Result<(f64, Vec<f32>)> {
+    use candle_core::{DType, Tensor, Var};
+    let h = model.config().hidden_size;
+    let vocab = model.config().vocab_size;
+    if pairs.is_empty() {
+        return Err(Error::Input(
+            "no target tokens for the language-model loss".into(),
+        ));
+    }
+    let mut x = Vec::with_capacity(pairs.len() * h);
+    for &(row, tok) in pairs {
+        if tok as usize >= vocab || (row + 1) * h > hidden.len() {
+            return Err(Error::Input(format!(
+                "target token {tok} or row {row} out of range"
+            )));
+        }
+        x.extend_from_slice(&hidden[row * h..(row + 1) * h]);
+    }
+    let dev = model.device();
+    let n = pairs.len();
+    let x = Var::from_vec(x, (1, n, h), dev)?;
+    let logits = model
+        .logits(&x.as_tensor().to_dtype(model.dtype())?)?
+        .to_dtype(DType::F32)?
+        .reshape((n, vocab))?;
+    let targets: Vec<u32> = pairs.iter().map(|&(_, t)| t).collect();
+    let loss = candle_nn::loss::cross_entropy(&logits, &Tensor::from_vec(targets, n, dev)?)?;
+    let dx = match loss.backward()?.get(x.as_tensor()) {
+        Some(g) => g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        None => vec![0.0; n * h],
+    };
+    let mut dh = vec![0f32; hidden.len()];
+    for (i, &(row, _)) in pairs.iter().enumerate() {
+        for (o, &v) in dh[row * h..(row + 1) * h]
+            .iter_mut()
+            .zip(&dx[i * h..(i + 1) * h])
+        {
+            *o += v;
+        }
+    }
+    Ok((loss.to_scalar::<f32>()? as f64, dh))
+}

@@ -475,6 +475,9 @@ impl Loader<'_> {
                 format!("shape {:?}, expected {:?}", t.dims(), shape),
             ));
         }
+        if self.src.generated() {
+            return Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?);
+        }
         if let Some(i) = first_non_finite(&t)? {
             return Err(Error::tensor(
                 self.src.path(),
@@ -724,12 +727,36 @@ impl Model {
         }
         let s = past + t;
         let pos = self.positions(&full_mask, &full_pos, past, t)?;
+        let mut h = self.input_stage(embeds, &full_pos, past, ctx)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            h = layer.forward(&h, &pos, slot, ctx, self.allow_fused)?;
+        }
+        h = self.output_stage(&h, ctx)?;
+        if let Some(c) = cache {
+            c.mask = full_mask;
+            c.positions = full_pos;
+            debug_assert_eq!(c.len(), s);
+        }
+        Ok(h)
+    }
+
+    /// What runs before the decoder layers: OPT's `project_in` and learned
+    /// positions (offset by 2) of the `t` new positions after `past`;
+    /// nothing for the RoPE families.
+    fn input_stage(
+        &self,
+        embeds: &Tensor,
+        full_pos: &[Vec<u32>],
+        past: usize,
+        ctx: &AdapterCtx,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
         let mut h = embeds.clone();
         if let Some(p) = &self.project_in {
             h = p.forward(&h, ctx)?;
         }
         if let Some(table) = &self.embed_positions {
-            // OPT's learned positions are offset by 2.
             let ids: Vec<u32> = full_pos
                 .iter()
                 .flat_map(|p| p[past..].iter().map(|&x| x + 2))
@@ -751,22 +778,43 @@ impl Model {
                 self.cfg.hidden_size,
             ))?)?;
         }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            h = layer.forward(&h, &pos, slot, ctx, self.allow_fused)?;
-        }
+        Ok(h)
+    }
+
+    /// What runs after the decoder layers: the final norm and OPT's
+    /// `project_out`.
+    fn output_stage(&self, h: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
+        let mut h = h.clone();
         if let Some(n) = &self.final_norm {
             h = n.forward(&h, self.allow_fused)?;
         }
         if let Some(p) = &self.project_out {
             h = p.forward(&h, ctx)?;
         }
-        if let Some(c) = cache {
-            c.mask = full_mask;
-            c.positions = full_pos;
-            debug_assert_eq!(c.len(), s);
-        }
         Ok(h)
+    }
+
+    /// An uncached forward over rows with real-token `mask` split into
+    /// stages (input, each decoder layer, output) that can run one at a
+    /// time: [`Stages::run`] of every stage in order is
+    /// [`Model::forward_hidden_with`]. Training with recomputation keeps
+    /// only each stage's input and reruns one stage at a time in the
+    /// backward.
+    pub fn stages(&self, mask: &[Vec<bool>]) -> Result<Stages<'_>> {
+        let t = mask.first().map_or(0, Vec::len);
+        if t == 0 || mask.iter().any(|m| m.len() != t) {
+            return Err(Error::Input(
+                "the batch needs rows of equal, positive length".into(),
+            ));
+        }
+        self.check_context(0, t)?;
+        let full_pos = positions_of(mask);
+        let pos = self.positions(mask, &full_pos, 0, t)?;
+        Ok(Stages {
+            model: self,
+            pos,
+            full_pos,
+        })
     }
 
     /// RoPE tables for the new positions and the additive mask over all keys.
@@ -850,19 +898,7 @@ impl Model {
     /// side): the same positions and visibility as [`Model::forward_hidden`].
     pub fn rope_and_mask(&self, mask: &[Vec<bool>]) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let t = mask.first().map_or(0, Vec::len);
-        let pos: Vec<Vec<u32>> = mask
-            .iter()
-            .map(|m| {
-                let mut next = 0u32;
-                m.iter()
-                    .map(|&x| {
-                        let p = if x { next } else { 0 };
-                        next += x as u32;
-                        p
-                    })
-                    .collect()
-            })
-            .collect();
+        let pos = positions_of(mask);
         let p = self.positions(mask, &pos, 0, t)?;
         let (cos, sin) = p
             .rope
@@ -942,6 +978,56 @@ impl Model {
                     .ok_or_else(|| Error::Input(format!("row {r} has no real token")))
             })
             .collect()
+    }
+}
+
+/// Each row's positions in an uncached pass: real tokens count up from 0,
+/// padding sits at 0 (as [`Model::forward_hidden`] numbers them).
+fn positions_of(mask: &[Vec<bool>]) -> Vec<Vec<u32>> {
+    mask.iter()
+        .map(|m| {
+            let mut next = 0u32;
+            m.iter()
+                .map(|&x| {
+                    let p = if x { next } else { 0 };
+                    next += x as u32;
+                    p
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// An uncached forward in stages (see [`Model::stages`]): stage 0 is the
+/// input (OPT's projection and positions), stages `1..=L` the decoder
+/// layers, stage `L + 1` the final norm (and OPT's output projection).
+pub struct Stages<'a> {
+    model: &'a Model,
+    pos: Positions,
+    full_pos: Vec<Vec<u32>>,
+}
+
+impl Stages<'_> {
+    /// Number of stages: the decoder layers plus the input and the output.
+    pub fn len(&self) -> usize {
+        self.model.layers.len() + 2
+    }
+
+    /// Never empty (input and output stages always exist).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Runs stage `i` on its input `x` `(batch, seq, width)`.
+    pub fn run(&self, i: usize, x: &Tensor, ctx: &AdapterCtx) -> Result<Tensor> {
+        let m = self.model;
+        let l = m.layers.len();
+        match i {
+            0 => m.input_stage(x, &self.full_pos, 0, ctx),
+            i if i <= l => Ok(m.layers[i - 1].forward(x, &self.pos, None, ctx, m.allow_fused)?),
+            i if i == l + 1 => m.output_stage(x, ctx),
+            _ => Err(Error::Input(format!("stage {i} of {}", l + 2))),
+        }
     }
 }
 

@@ -15,15 +15,27 @@ pub fn can_fuse(allow: bool, xs: &[&Tensor]) -> bool {
     allow && xs.iter().all(|t| !t.track_op())
 }
 
-/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w`.
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * w` (the
+/// composed form normalises half-precision inputs in f32).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
     if fused && x.is_contiguous() && x.dtype() != DType::F64 {
         return candle_nn::ops::rms_norm(x, w, eps as f32);
     }
+    // half precision: normalise in f32 (as Hugging Face does), so the
+    // mean of squares neither overflows nor loses the small rows
+    let (dt, x) = (x.dtype(), widen(x)?);
     let dim = x.dim(D::Minus1)? as f64;
     let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
+    x.broadcast_mul(&inv)?.to_dtype(dt)?.broadcast_mul(w)
+}
+
+/// `x` in f32 when it is a half-precision float (f16, bf16), else `x`.
+fn widen(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32),
+        _ => Ok(x.clone()),
+    }
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
@@ -39,15 +51,17 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, fused: bool) -> 
     xc.broadcast_mul(&inv)?.broadcast_mul(w)?.broadcast_add(b)
 }
 
-/// Softmax over the last dimension, stabilised by subtracting the row max.
+/// Softmax over the last dimension, stabilised by subtracting the row max
+/// (in f32 for half-precision inputs, as Hugging Face's attention does).
 pub fn softmax_last_dim(x: &Tensor, fused: bool) -> Result<Tensor> {
     if fused && x.is_contiguous() && x.dtype() != DType::F64 {
         return candle_nn::ops::softmax_last_dim(x);
     }
+    let (dt, x) = (x.dtype(), widen(x)?);
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&sum)
+    e.broadcast_div(&sum)?.to_dtype(dt)
 }
 
 /// Rotary position embedding, Hugging Face "rotate_half" layout: the first

@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::adapters::{AdapterSet, Dropout};
+use crate::adapters::{adapter_dtype, AdapterSet, Dropout};
 use crate::error::{Error, Result};
 use crate::lora::AdapterCtx;
 use crate::model::Model;
@@ -53,6 +53,26 @@ impl Path {
     }
 }
 
+/// How a training pass runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOpts {
+    /// LoRA dropout of the step.
+    pub dropout: Dropout,
+    /// Composed path: keep only each stage's input (see [`Model::stages`])
+    /// during the forward and recompute one stage at a time in the
+    /// backward. The explicit path ignores it.
+    pub recompute: bool,
+}
+
+impl From<Dropout> for StepOpts {
+    fn from(dropout: Dropout) -> StepOpts {
+        StepOpts {
+            dropout,
+            recompute: false,
+        }
+    }
+}
+
 /// A forward pass waiting for its [`backward`].
 pub struct Pass {
     inner: Inner,
@@ -67,6 +87,21 @@ enum Inner {
         gate: Option<Var>,
         hidden: Tensor,
     },
+    Recomputed(Box<Recomputed>),
+}
+
+/// A composed forward that kept only each stage's input.
+struct Recomputed {
+    /// The model with the step's adapters attached.
+    model: Model,
+    /// `A`, `B` per adapted projection, in [`AdapterSet::weights`] order.
+    vars: Vec<Var>,
+    gate: Option<Var>,
+    mask: Vec<Vec<bool>>,
+    /// The input of every stage (detached), the embeddings first.
+    inputs: Vec<Tensor>,
+    /// The last stage's output (detached).
+    hidden: Tensor,
 }
 
 /// The composed path's inputs on the model's device, after the same checks
@@ -107,8 +142,9 @@ fn composed_inputs(
     let flat: Vec<u32> = mask.iter().flatten().map(|&x| x as u32).collect();
     Ok(Inputs {
         embeds: Tensor::from_vec(embeds.to_vec(), (b, t, h), dev)?.to_dtype(dtype)?,
+        // the gate feeds the adapters, which run in their own dtype
         gate: gate
-            .map(|g| Tensor::from_vec(g.to_vec(), (b, e), dev)?.to_dtype(dtype))
+            .map(|g| Tensor::from_vec(g.to_vec(), (b, e), dev)?.to_dtype(adapter_dtype(dtype)))
             .transpose()?,
         mask: Tensor::from_vec(flat, (b, t), dev)?,
     })
@@ -127,8 +163,9 @@ pub fn forward(
     embeds: &[f32],
     mask: &[Vec<bool>],
     gate: Option<&[f32]>,
-    dropout: Dropout,
+    opts: StepOpts,
 ) -> Result<(Vec<f32>, Pass)> {
+    let dropout = opts.dropout;
     match path.check(model)? {
         Path::Explicit => {
             let (hidden, tp) = tape::forward_dropout(model, adapters, embeds, mask, gate, dropout)?;
@@ -149,6 +186,9 @@ pub fn forward(
             let inp = composed_inputs(model, adapters, embeds, mask, gate)?;
             let mut m = model.clone();
             let vars = adapters.to_candle_dropout(&mut m, Some(dropout))?;
+            if opts.recompute {
+                return forward_recomputed(m, vars, inp, mask);
+            }
             let embeds = Var::from_tensor(&inp.embeds)?;
             let gate = inp.gate.map(|g| Var::from_tensor(&g)).transpose()?;
             let ctx = AdapterCtx {
@@ -171,6 +211,124 @@ pub fn forward(
     }
 }
 
+/// The composed forward of [`StepOpts::recompute`]: each stage runs on a
+/// fresh variable (the same ops as the backward's rerun) and only its
+/// detached input is kept, so one stage's graph lives at a time.
+fn forward_recomputed(
+    mut model: Model,
+    vars: Vec<Var>,
+    inp: Inputs,
+    mask: &[Vec<bool>],
+) -> Result<(Vec<f32>, Pass)> {
+    // training never fuses (every input tracks); keep it so on the reruns
+    model.set_allow_fused(false);
+    let gate = inp.gate.map(|g| Var::from_tensor(&g)).transpose()?;
+    let ctx = AdapterCtx {
+        gate: gate.as_ref().map(Var::as_tensor),
+        train: true,
+    };
+    let stages = model.stages(mask)?;
+    let mut inputs = Vec::with_capacity(stages.len());
+    let mut h = inp.embeds;
+    for i in 0..stages.len() {
+        let x = Var::from_tensor(&h)?;
+        inputs.push(h);
+        h = stages.run(i, x.as_tensor(), &ctx)?.detach();
+    }
+    drop(stages);
+    Ok((
+        host(&h)?,
+        Pass {
+            inner: Inner::Recomputed(Box::new(Recomputed {
+                model,
+                vars,
+                gate,
+                mask: mask.to_vec(),
+                inputs,
+                hidden: h,
+            })),
+        },
+    ))
+}
+
+/// The backward of [`forward_recomputed`]: from the last stage down, rerun
+/// the stage on its kept input as a variable, take the gradient of
+/// `Σ out ⊙ d_out`, add the adapters' and the gate's, and pass the input's
+/// gradient down.
+fn backward_recomputed(
+    adapters: &AdapterSet<f32>,
+    r: Recomputed,
+    d_hidden: Tensor,
+) -> Result<Grads<f32>> {
+    let ctx = AdapterCtx {
+        gate: r.gate.as_ref().map(Var::as_tensor),
+        train: true,
+    };
+    let stages = r.model.stages(&r.mask)?;
+    let mut acc: Vec<Option<Tensor>> = vec![None; r.vars.len()];
+    let mut d_gate: Option<Tensor> = None;
+    let add = |slot: &mut Option<Tensor>, g: &Tensor| -> Result<()> {
+        *slot = Some(match slot.take() {
+            Some(a) => (a + g)?,
+            None => g.clone(),
+        });
+        Ok(())
+    };
+    let mut g = d_hidden;
+    for (i, input) in r.inputs.iter().enumerate().rev() {
+        let x = Var::from_tensor(input)?;
+        let out = stages.run(i, x.as_tensor(), &ctx)?;
+        let store = (out * &g)?.sum_all()?.backward()?;
+        for (slot, v) in acc.iter_mut().zip(&r.vars) {
+            if let Some(dv) = store.get(v.as_tensor()) {
+                add(slot, dv)?;
+            }
+        }
+        if let Some(dg) = r.gate.as_ref().and_then(|v| store.get(v.as_tensor())) {
+            add(&mut d_gate, dg)?;
+        }
+        g = match store.get(x.as_tensor()) {
+            Some(dx) => dx.clone(),
+            None => x.as_tensor().zeros_like()?,
+        };
+    }
+    let grad_of = |t: &Option<Tensor>, n: usize| -> Result<Vec<f32>> {
+        match t {
+            Some(t) => host(t),
+            None => Ok(vec![0.0; n]),
+        }
+    };
+    let mut grads = adapters.zeros_like();
+    for (w, (d, v)) in grads.weights_mut().zip(acc.chunks(2).zip(r.vars.chunks(2))) {
+        w.a = grad_of(&d[0], v[0].elem_count())?;
+        w.b = grad_of(&d[1], v[1].elem_count())?;
+    }
+    Ok(Grads {
+        adapters: grads,
+        gate: r
+            .gate
+            .as_ref()
+            .map(|v| grad_of(&d_gate, v.elem_count()))
+            .transpose()?,
+        embeds: host(&g)?,
+    })
+}
+
+/// `d_hidden` as a tensor shaped like the pass's output `hidden`.
+fn d_hidden_like(hidden: &Tensor, d_hidden: &[f32]) -> Result<Tensor> {
+    if d_hidden.len() != hidden.elem_count() {
+        return Err(Error::Input(format!(
+            "hidden-state gradient holds {} values, expected {}",
+            d_hidden.len(),
+            hidden.elem_count()
+        )));
+    }
+    Ok(
+        Tensor::from_vec(d_hidden.to_vec(), hidden.shape(), hidden.device())?
+            .to_dtype(hidden.dtype())?,
+    )
+}
+
 /// Gradients of the adapters, the gate and the input embeddings, given
 /// `d_hidden` (the loss gradient with respect to [`forward`]'s output).
 pub fn backward(
@@ -181,21 +339,17 @@ pub fn backward(
 ) -> Result<Grads<f32>> {
     match pass.inner {
         Inner::Explicit(tp) => tape::backward(model, adapters, *tp, d_hidden),
+        Inner::Recomputed(r) => {
+            let dh = d_hidden_like(&r.hidden, d_hidden)?;
+            backward_recomputed(adapters, *r, dh)
+        }
         Inner::Composed {
             vars,
             embeds,
             gate,
             hidden,
         } => {
-            if d_hidden.len() != hidden.elem_count() {
-                return Err(Error::Input(format!(
-                    "hidden-state gradient holds {} values, expected {}",
-                    d_hidden.len(),
-                    hidden.elem_count()
-                )));
-            }
-            let dh = Tensor::from_vec(d_hidden.to_vec(), hidden.shape(), hidden.device())?
-                .to_dtype(hidden.dtype())?;
+            let dh = d_hidden_like(&hidden, d_hidden)?;
             let store = (hidden * dh)?.sum_all()?.backward()?;
             let grad_of = |v: &Var| -> Result<Vec<f32>> {
                 match store.get(v.as_tensor()) {

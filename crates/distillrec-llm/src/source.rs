@@ -19,6 +19,11 @@ pub trait WeightSource {
     /// Reads tensor `name` (any float dtype, CPU). `shape` is the shape the
     /// model expects; sources check it before reading when they can.
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether the values are generated (known finite), so the loader
+    /// skips its scan for NaN and infinity.
+    fn generated(&self) -> bool {
+        false
+    }
 }
 
 /// Tensors held in memory (tests, tools that build models programmatically).

@@ -413,7 +413,7 @@ fn both_paths_give_the_same_training_pass() {
         let dr = Dropout { p, seed: 9 };
         let run = |path| {
             let (hidden, ps) =
-                pass::forward(path, &model, &set, &embeds, &m, Some(&gate), dr).unwrap();
+                pass::forward(path, &model, &set, &embeds, &m, Some(&gate), dr.into()).unwrap();
             (hidden, pass::backward(&model, &set, ps, &r).unwrap())
         };
         let (he, ge) = run(Path::Explicit);

@@ -195,22 +195,47 @@ pub fn bench(path: &Path, spec: &BenchSpec, device: &Device) -> Result<f64> {
 }
 
 /// Times the real teacher's training micro-step or inference
-/// (`distillrec_teacher::bench`) on the backbone at `path`; with `dump`,
-/// first writes the step's inputs and initial weights there.
+/// (`distillrec_teacher::bench`) on the backbone at `path`, loaded onto
+/// `device` in `spec.base.dtype` (`auto`: bf16 on CUDA, f32 on the CPU);
+/// first writes the [`BenchFiles`] asked for.
 pub fn bench_teacher(
     path: &Path,
     spec: &TeacherBenchSpec,
-    dump: Option<&Path>,
+    files: BenchFiles<'_>,
     device: &Device,
 ) -> Result<Timing> {
-    let llm = Backbone {
-        path: path.to_path_buf(),
+    let opts = LoadOptions {
         num_layers: None,
+        dtype: distillrec_teacher::setup::backbone_dtype(spec.base.dtype, device),
+        device: device.clone(),
+    };
+    let llm = if files.random_weights {
+        distillrec_llm::random::random_backbone(path, &opts, spec.seed)
+    } else {
+        load(path, &opts)
     }
-    .load(device)?;
+    .with_context(|| format!("loading {}", path.display()))?;
     let mut b = distillrec_teacher::bench::Bench::new(llm, spec)?;
-    if let Some(p) = dump {
+    if let Some(p) = files.dump {
         b.dump(p)?;
     }
+    if let Some(p) = files.grads_out {
+        b.write_grads(p)?;
+    }
     b.time()
+}
+
+/// Where a teacher benchmark's weights come from and the files it writes
+/// besides its timing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BenchFiles<'a> {
+    /// Seeded random weights of the shape of the `config.json` at the
+    /// path, built on the device in the compute dtype
+    /// (`distillrec_llm::random`), instead of the weight files.
+    pub random_weights: bool,
+    /// The step's inputs and initial weights (`--dump`).
+    pub dump: Option<&'a Path>,
+    /// The first step's loss and gradients, or the first batch's scores
+    /// (`--grads-out`).
+    pub grads_out: Option<&'a Path>,
 }

@@ -80,7 +80,9 @@ fn metrics_of(dir: &Path) -> Option<Metrics> {
 fn preflight(cfg: &Config, device: &Device) -> Result<Option<String>> {
     if let Some(backbone) = &cfg.teacher.backbone {
         if !device.is_cpu() {
-            bail!("the LLM teacher trains and infers on the CPU path only for now: run the pipeline with --device cpu, or leave `teacher.backbone` unset to run the student stages on the GPU");
+            // the teacher stages run on the device; the distillation stage
+            // after them does not, so refuse before anything is written
+            bail!("the pipeline's distillation stage runs on the CPU only for now: run the pipeline with --device cpu, or run `train teacher` and `teacher infer` with --device cuda and then `distill` on the CPU");
         }
         if cfg.selection.policy == Policy::Kl {
             bail!("config key `selection.policy`: 'kl' filters rows by an existing teacher cache, which the pipeline builds only after selection; run `distillrec select --policy kl` by hand");

@@ -5,7 +5,7 @@
 //! pick ([`Teacher::answer_scored`]).
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use distillrec_data::{Dataset, ItemId, Row};
 use distillrec_llm::generate::{generate_from_embeds, GenerateOptions};
@@ -54,7 +54,7 @@ impl Teacher {
         row: &Row,
         candidates: &[ItemId],
     ) -> Result<AnswerInputs> {
-        let live = self.nets.live()?;
+        let live = self.live()?;
         let RowView {
             gate,
             prior,
@@ -116,7 +116,7 @@ impl Teacher {
         let AnswerInputs {
             inp, gate, scores, ..
         } = self.answer_inputs(ds, row, candidates)?;
-        let embeds = Tensor::from_vec(inp.embeds, (1, inp.t, h), &Device::Cpu)?
+        let embeds = Tensor::from_vec(inp.embeds, (1, inp.t, h), self.dev())?
             .to_dtype(self.llm.model.dtype())?;
         let ctx = AdapterCtx {
             gate: gate.as_ref(),

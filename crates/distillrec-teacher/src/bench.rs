@@ -220,7 +220,7 @@ impl Bench {
                 .collect(),
         };
         let (order, index) = Teacher::placeholder_items(&prompts);
-        let projected = t.project_items(&t.nets.live()?, &order)?;
+        let projected = t.project_items(&t.live()?, &order)?;
         let inp = t.inputs(&prompts, &index, &projected, None)?;
         Ok((inp, order, prompts))
     }
@@ -272,6 +272,55 @@ impl Bench {
             meta.insert("first_loss".into(), format!("{first:.8}"));
             meta.insert("second_loss".into(), format!("{second:.8}"));
         }
+        write_safetensors(path, &m, meta)
+    }
+
+    /// Writes to `path` what one run computes from the current weights,
+    /// without an update: for training the loss (`loss`, f32 `[1]`) and the
+    /// gradient of every trainable tensor (`grad.<name>`, names and shapes
+    /// of [`Teacher::named_params`]); for ranking inference the scores
+    /// (`scores`, f32 `[rows, N + 1]`, column 0 the padding item). A CPU
+    /// and a GPU run of the same seeded bench compare through these files
+    /// (`scripts/device-check.sh`).
+    pub fn write_grads(&self, path: &Path) -> Result<()> {
+        let t = &self.teacher;
+        let rows = self.rows();
+        let mut m: HashMap<String, Tensor> = HashMap::new();
+        let cpu = Device::Cpu;
+        match self.spec.mode {
+            Mode::Train => {
+                let out = t.micro_step(&self.ds, &rows, 0, 1.0, 0)?;
+                m.insert(
+                    "loss".into(),
+                    Tensor::from_vec(vec![out.loss as f32], 1, &cpu)?,
+                );
+                for ((name, shape, _), g) in t.named_params().into_iter().zip(out.grads) {
+                    m.insert(
+                        format!("grad.{name}"),
+                        Tensor::from_vec(g, shape.as_slice(), &cpu)?,
+                    );
+                }
+            }
+            Mode::Infer => {
+                ensure!(
+                    has_ranking(self.spec.objective),
+                    "--grads-out with --step infer writes ranking scores: use --objective ranking"
+                );
+                let table = t.eval_table()?;
+                let scores = t.rank_scores(&self.ds, &rows, &table)?;
+                let w = self.ds.num_items() + 1;
+                m.insert(
+                    "scores".into(),
+                    Tensor::from_vec(scores, (rows.len(), w), &cpu)?,
+                );
+            }
+        }
+        let mut meta = self.meta();
+        meta.insert(
+            "device".into(),
+            distillrec_models::device::spec_of(t.dev()).to_string(),
+        );
+        meta.insert("dtype".into(), t.llm.model.dtype().as_str().to_string());
         write_safetensors(path, &m, meta)
     }
 

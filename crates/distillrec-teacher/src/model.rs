@@ -1,9 +1,17 @@
 //! The teacher: the frozen backbone with MoE-LoRA adapters, the frozen
 //! student that feeds the gate and the projector, and the small networks.
 //! One micro-step computes the loss and the gradients of every trainable
-//! tensor: the backbone runs on the explicit path (`distillrec_llm::pass`,
-//! adapters, gate and input-embedding gradients), the small networks are
-//! candle graphs fed by the tape's `d gate` and `d embeddings`.
+//! tensor: the backbone runs on one of `distillrec_llm::pass`'s paths
+//! (adapters, gate and input-embedding gradients), the small networks are
+//! candle graphs fed by the pass's `d gate` and `d embeddings`.
+//!
+//! Which path: the explicit one (hand-written backward) on the CPU with an
+//! f32 backbone of a family it runs, unless `teacher.path = "composed"`;
+//! the composed one (candle autograd on `Model`) anywhere else: a CUDA
+//! device, a bf16 or f16 backbone (`teacher.dtype`), OPT. The backbone,
+//! the adapters and the networks live on the backbone's device; the
+//! adapters, the networks, their gradients and the losses are f32 whatever
+//! the backbone's dtype; the frozen student runs on the CPU.
 
 use std::collections::HashMap;
 
@@ -16,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use distillrec_config::{AdapterTarget, BackbonePath, TeacherConfig, TeacherObjective};
 use distillrec_data::{Dataset, ItemId, Row};
 use distillrec_llm::model::Target;
-use distillrec_llm::pass::{self, Grads, Path};
+use distillrec_llm::pass::{self, Grads, Path, StepOpts};
 use distillrec_llm::Llm;
-use distillrec_llm::{lm_head_loss, AdapterSet, Dropout};
+use distillrec_llm::{lm_head_loss, lm_head_loss_composed, AdapterSet, Dropout};
 use distillrec_models::Student;
 
 use crate::nets::{Live, NetSizes, Nets, INIT_SCALE};
@@ -235,15 +243,16 @@ impl Teacher {
         cfg: &TeacherConfig,
         seed: u64,
     ) -> Result<Teacher> {
-        ensure!(
-            llm.model.device().is_cpu() && llm.model.dtype() == DType::F32,
-            "the teacher runs its backbone in f32 on the CPU; {} was loaded otherwise",
-            llm.source.display()
-        );
+        // the explicit path where it can run (the CPU, f32, its families),
+        // else the composed one
         let path = match cfg.path {
             BackbonePath::Auto => Path::auto(&llm.model),
             BackbonePath::Composed => Path::Composed,
         };
+        if cfg.recompute && path == Path::Explicit {
+            tracing::warn!("teacher.recompute applies to the composed path; the explicit CPU path keeps only what its backward reads and ignores it");
+        }
+        let dev = llm.model.device().clone();
         let n = ds.num_items();
         ensure!(
             student.spec.num_items == n,
@@ -273,15 +282,13 @@ impl Teacher {
             },
             seed,
         );
-        let mut items = student
-            .item_table()
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?;
+        let mut items = student.item_table().to_dtype(DType::F32)?.to_device(&dev)?;
         // row 0 is padding: never a placeholder, and its score is masked
         items = items.slice_assign(
             &[0..1, 0..student.spec.hidden],
-            &Tensor::zeros((1, student.spec.hidden), DType::F32, &Device::Cpu)?,
+            &Tensor::zeros((1, student.spec.hidden), DType::F32, &dev)?,
         )?;
+        let titles = titles.to_dtype(DType::F32)?.to_device(&dev)?;
         let prompter = Prompter::new(&llm.tokenizer, &llm.chat, ds, cfg)?;
         Ok(Teacher {
             llm,
@@ -295,6 +302,16 @@ impl Teacher {
             seed,
             path,
         })
+    }
+
+    /// The device the backbone, the adapters and the networks run on.
+    pub fn dev(&self) -> &Device {
+        self.llm.model.device()
+    }
+
+    /// The networks as one step's candle variables on [`Teacher::dev`].
+    pub fn live(&self) -> Result<Live> {
+        self.nets.live(self.dev())
     }
 
     /// The teacher's identity for manifests.
@@ -376,7 +393,7 @@ impl Teacher {
     fn student_view(&self, ds: &Dataset, rows: &[&Row]) -> Result<(Tensor, Vec<f32>)> {
         let hist: Vec<&[ItemId]> = rows.iter().map(|r| ds.history(r)).collect();
         let (rep, scores) = self.student.represent_and_score(&hist)?;
-        let z = Tensor::from_vec(rep, (rows.len(), self.student.spec.hidden), &Device::Cpu)?;
+        let z = Tensor::from_vec(rep, (rows.len(), self.student.spec.hidden), self.dev())?;
         Ok((z, scores))
     }
 
@@ -400,7 +417,7 @@ impl Teacher {
             for row in p.chunks_mut(w) {
                 row[0] = 0.0;
             }
-            Some(Tensor::from_vec(p, (rows.len(), w), &Device::Cpu)?)
+            Some(Tensor::from_vec(p, (rows.len(), w), self.dev())?)
         } else {
             None
         };
@@ -621,7 +638,7 @@ impl Teacher {
         drop_seed: u64,
     ) -> Result<StepOut> {
         let model = &self.llm.model;
-        let live = self.nets.live()?;
+        let live = self.live()?;
         let RowView {
             gate,
             gate_v,
@@ -629,9 +646,12 @@ impl Teacher {
             ..
         } = self.gate_and_prior(&live, ds, rows)?;
         let emb = self.embed_prompts(&live, prompts, generative, prior.as_ref())?;
-        let drop = Dropout {
-            p: self.cfg.lora_dropout,
-            seed: drop_seed,
+        let opts = StepOpts {
+            dropout: Dropout {
+                p: self.cfg.lora_dropout,
+                seed: drop_seed,
+            },
+            recompute: self.cfg.recompute,
         };
         let (hidden, tp) = pass::forward(
             self.path,
@@ -640,7 +660,7 @@ impl Teacher {
             &emb.inp.embeds,
             &emb.inp.mask,
             gate_v.as_deref(),
-            drop,
+            opts,
         )?;
         let mut net_grads: Vec<Vec<f32>> = self
             .nets
@@ -649,7 +669,11 @@ impl Teacher {
             .map(|p| vec![0.0; p.value.len()])
             .collect();
         let (loss, dh) = if generative {
-            lm_head_loss(model, &hidden, &answer_pairs(prompts, emb.inp.t))?
+            let pairs = answer_pairs(prompts, emb.inp.t);
+            match self.path {
+                Path::Explicit => lm_head_loss(model, &hidden, &pairs)?,
+                Path::Composed => lm_head_loss_composed(model, &hidden, &pairs)?,
+            }
         } else {
             let head = RankingHead {
                 live: &live,
@@ -686,7 +710,7 @@ impl Teacher {
         prior: Option<&Tensor>,
     ) -> Result<Embedded> {
         let (order, index) = Self::placeholder_items(prompts);
-        let dev = Device::Cpu;
+        let dev = self.dev().clone();
         // projector outputs: the whole table for the ranking head, else
         // only the placeholders' items
         let p_all = if generative {
@@ -736,7 +760,7 @@ impl Teacher {
     ) -> Result<(f64, Vec<f32>)> {
         let h = self.llm.model.config().hidden_size;
         let b = rows.len();
-        let dev = Device::Cpu;
+        let dev = self.dev().clone();
         let last: Vec<usize> = (0..b).map(|r| r * inp.t + inp.t - 1).collect();
         let hl: Vec<f32> = last
             .iter()
@@ -793,7 +817,7 @@ impl Teacher {
         net_grads: &mut [Vec<f32>],
     ) -> Result<()> {
         let h = self.llm.model.config().hidden_size;
-        let dev = Device::Cpu;
+        let dev = self.dev().clone();
         let slots = &emb.inp.slots;
         let mut surrogate: Option<Tensor> = None;
         if let (Some(p_u), false) = (&emb.p_u, slots.is_empty()) {
@@ -822,7 +846,7 @@ impl Teacher {
     /// The gate vectors `[B, E]` of `rows` (row-major), `None` with one
     /// expert.
     pub fn gates(&self, ds: &Dataset, rows: &[&Row]) -> Result<Option<Vec<f32>>> {
-        let live = self.nets.live()?;
+        let live = self.live()?;
         Ok(live
             .gate(&self.gate_features(ds, rows)?)?
             .map(|g| g.flatten_all()?.to_vec1::<f32>())
@@ -832,7 +856,7 @@ impl Teacher {
     /// The input embeddings `[T, H]` of `row`'s evaluation ranking prompt
     /// and its placeholders as `(position, item)`.
     pub fn prompt_inputs(&self, ds: &Dataset, row: &Row) -> Result<PromptInputs> {
-        let live = self.nets.live()?;
+        let live = self.live()?;
         let prompt = self.eval_prompt(ds, row, None);
         let (order, index) = Self::placeholder_items(std::slice::from_ref(&prompt));
         let projected = self.project_items(&live, &order)?;
@@ -843,12 +867,12 @@ impl Teacher {
 
     /// `projector(e_item)` `[H]` with the current weights.
     pub fn projected(&self, item: ItemId) -> Result<Vec<f32>> {
-        self.project_items(&self.nets.live()?, &[item])
+        self.project_items(&self.live()?, &[item])
     }
 
     /// The ranking head's item table `[N + 1, H]` with the current weights.
     pub fn eval_table(&self) -> Result<Tensor> {
-        let live = self.nets.live()?;
+        let live = self.live()?;
         live.item_table(&self.titles, &live.project(&self.student_items)?)
     }
 
@@ -879,7 +903,7 @@ impl Teacher {
             );
         }
         let h = self.llm.model.config().hidden_size;
-        let live = self.nets.live()?;
+        let live = self.live()?;
         let RowView { gate_v, prior, .. } = self.gate_and_prior(&live, ds, rows)?;
         let prompts: Vec<Prompt> = rows.iter().map(|r| self.eval_prompt(ds, r, None)).collect();
         let (order, index) = Self::placeholder_items(&prompts);
@@ -894,7 +918,7 @@ impl Teacher {
             &inp.mask,
             gate_v.as_deref(),
         )?;
-        let hl = Tensor::from_vec(hl, (rows.len(), h), &Device::Cpu)?;
+        let hl = Tensor::from_vec(hl, (rows.len(), h), self.dev())?;
         let mut scores = live.scores(&hl, table)?;
         if let Some(p) = &prior {
             scores = (scores + p)?;
@@ -906,7 +930,7 @@ impl Teacher {
         if order.is_empty() {
             return Ok(Vec::new());
         }
-        let idx = Tensor::from_vec(order.to_vec(), order.len(), &Device::Cpu)?;
+        let idx = Tensor::from_vec(order.to_vec(), order.len(), self.dev())?;
         Ok(live
             .project(&self.student_items.index_select(&idx, 0)?)?
             .flatten_all()?

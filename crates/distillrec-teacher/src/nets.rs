@@ -137,12 +137,13 @@ impl Nets {
             .then_some(if self.sizes.experts > 1 { 8 } else { 4 })
     }
 
-    /// Candle variables holding the current values (one step's graph).
-    pub fn live(&self) -> Result<Live> {
+    /// Candle variables on `dev` holding the current values (one step's
+    /// graph; always f32).
+    pub fn live(&self, dev: &Device) -> Result<Live> {
         let vars = self
             .params
             .iter()
-            .map(|p| Var::from_vec(p.value.clone(), p.shape.as_slice(), &Device::Cpu))
+            .map(|p| Var::from_vec(p.value.clone(), p.shape.as_slice(), dev))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Live {
             sizes: self.sizes,

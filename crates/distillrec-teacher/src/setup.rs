@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 
-use distillrec_config::TeacherConfig;
+use distillrec_config::{TeacherConfig, TeacherDtype};
 use distillrec_data::Dataset;
 use distillrec_llm::{embed, LoadOptions};
 use distillrec_train::checkpoint::{self, Expect};
@@ -31,10 +31,29 @@ pub struct Assembled {
 /// File name of the cached title table.
 pub const TITLES: &str = "titles.safetensors";
 
-/// Loads the backbone and the student, reuses the title table of
-/// `titles.0` when it matches (dataset, backbone, layers) or computes it,
-/// saving it there when `titles.1` (training writes it into its run;
-/// evaluation and inference only read), and builds a fresh teacher.
+/// The dtype the backbone is held in for `teacher.dtype` on `dev`: `auto`
+/// is bf16 on a GPU and f32 on the CPU.
+pub fn backbone_dtype(d: TeacherDtype, dev: &Device) -> DType {
+    match d {
+        TeacherDtype::Auto if dev.is_cpu() => DType::F32,
+        TeacherDtype::Auto | TeacherDtype::Bf16 => DType::BF16,
+        TeacherDtype::F32 => DType::F32,
+        TeacherDtype::F16 => DType::F16,
+    }
+}
+
+/// The title table's record of the backbone dtype it was computed in:
+/// none for f32 (tables written before `teacher.dtype` existed are f32).
+fn dtype_tag(d: DType) -> Option<String> {
+    (d != DType::F32).then(|| d.as_str().to_string())
+}
+
+/// Loads the backbone (on `dev`, in `teacher.dtype`) and the student (on
+/// the CPU), reuses the title table of `titles.0` when it matches (dataset,
+/// backbone, layers, dtype) or computes it, saving it there when `titles.1`
+/// (training writes it into its run; evaluation and inference only read),
+/// and builds a fresh teacher.
+#[allow(clippy::too_many_arguments)]
 pub fn assemble(
     cfg: &TeacherConfig,
     seed: u64,
@@ -43,6 +62,7 @@ pub fn assemble(
     ds: &Dataset,
     reference: &DatasetRef,
     titles: (&Path, bool),
+    dev: &Device,
 ) -> Result<Assembled> {
     let (titles_dir, write) = titles;
     let loaded = checkpoint::load(
@@ -58,9 +78,11 @@ pub fn assemble(
         backbone,
         &LoadOptions {
             num_layers: cfg.num_layers,
-            ..LoadOptions::default()
+            dtype: backbone_dtype(cfg.dtype, dev),
+            device: dev.clone(),
         },
     )?;
+    let tag = dtype_tag(llm.model.dtype());
     let sha = backbone_sha256(backbone)?;
     let layers = llm.model.layers.len();
     let path = titles_dir.join(TITLES);
@@ -69,7 +91,8 @@ pub fn assemble(
             if meta.get("fingerprint") == Some(&reference.fingerprint)
                 && meta.get("backbone_sha256") == Some(&sha)
                 && meta.get("num_layers") == Some(&layers.to_string())
-                && meta.get("max_title_tokens") == Some(&cfg.max_title_tokens.to_string()) =>
+                && meta.get("max_title_tokens") == Some(&cfg.max_title_tokens.to_string())
+                && meta.get("dtype") == tag.as_ref() =>
         {
             Some(t)
         }
@@ -91,6 +114,7 @@ pub fn assemble(
                 ("max_title_tokens", cfg.max_title_tokens.to_string()),
             ]
             .into_iter()
+            .chain(tag.map(|t| ("dtype", t)))
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             embed::save_table(&path, &t, meta)?;

@@ -141,3 +141,79 @@ fn the_dump_records_the_first_losses_and_leaves_the_weights_alone() {
         assert!(st.tensor(name).is_ok(), "{name} missing");
     }
 }
+
+/// `bench llm --grads-out`: the file holds the first micro-step's loss and
+/// every trainable tensor's gradient by name (training), or the first
+/// batch's ranking scores (inference), from the initial weights.
+#[test]
+fn the_grads_file_holds_the_first_steps_loss_gradients_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bench(Mode::Train, TeacherObjective::Ranking);
+    let path = dir.path().join("grads.safetensors");
+    b.write_grads(&path).unwrap();
+    let got = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let want = b.teacher.micro_step(&b.ds, &b.rows(), 0, 1.0, 0).unwrap();
+    let loss = got["loss"].to_vec1::<f32>().unwrap();
+    assert_eq!(loss, vec![want.loss as f32]);
+    let named = b.teacher.named_params();
+    assert_eq!(got.len(), named.len() + 1);
+    for ((name, shape, _), g) in named.iter().zip(&want.grads) {
+        let t = &got[&format!("grad.{name}")];
+        assert_eq!(t.dims(), shape.as_slice(), "{name}");
+        assert_eq!(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g);
+    }
+    let b = bench(Mode::Infer, TeacherObjective::Ranking);
+    b.write_grads(&path).unwrap();
+    let got = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let table = b.teacher.eval_table().unwrap();
+    let want = b.teacher.rank_scores(&b.ds, &b.rows(), &table).unwrap();
+    let s = &got["scores"];
+    assert_eq!(s.dims(), &[3, b.ds.num_items() + 1]);
+    assert_eq!(s.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    let g = bench(Mode::Infer, TeacherObjective::Generative);
+    let e = g.write_grads(&path).unwrap_err().to_string();
+    assert!(e.contains("--objective ranking"), "{e}");
+}
+
+/// `bench llm --random-weights`: a backbone of a `config.json`'s shape with
+/// seeded weights (the same seed the same model, another seed another),
+/// built in the asked dtype, that the teacher trains on.
+#[test]
+fn a_random_weight_backbone_is_seeded_shaped_and_trainable() {
+    use candle_core::DType;
+    use distillrec_llm::random::random_backbone;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::llama_config("llama", 2, false);
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let opts = |dtype| LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
+    let emb = |l: &Llm| {
+        l.model
+            .embed_table()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let a = random_backbone(dir.path(), &opts(DType::F32), 1).unwrap();
+    let b = random_backbone(&dir.path().join("config.json"), &opts(DType::F32), 1).unwrap();
+    let c = random_backbone(dir.path(), &opts(DType::F32), 2).unwrap();
+    assert_eq!(a.model.layers.len(), 2);
+    assert_eq!(
+        a.model.embed_table().dims(),
+        &[cfg["vocab_size"].as_u64().unwrap() as usize, 32]
+    );
+    assert_eq!(emb(&a), emb(&b));
+    assert_ne!(emb(&a), emb(&c));
+    let sd = (emb(&a).iter().map(|x| x * x).sum::<f32>() / emb(&a).len() as f32).sqrt();
+    assert!((sd - 0.02).abs() < 0.002, "standard deviation {sd}");
+    let h = random_backbone(dir.path(), &opts(DType::BF16), 1).unwrap();
+    assert_eq!(h.model.dtype(), DType::BF16);
+    let mut bench = Bench::new(h, &spec(Mode::Train, TeacherObjective::Ranking)).unwrap();
+    let l = bench.step().unwrap().unwrap();
+    assert!(l.is_finite() && l > 0.0, "{l}");
+}

@@ -254,6 +254,9 @@ pub struct EvalTeacherArgs {
     /// Optional run directory for metrics.json and run.json.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Device option (the backbone, adapters and networks run there).
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Config file and overrides for the `[eval]` group.
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -952,9 +955,24 @@ pub struct BenchLlmArgs {
     /// Timed repetitions, after one warm-up (the median is reported). Default: 3 for training steps, 5 otherwise.
     #[arg(long)]
     pub repeats: Option<usize>,
+    /// `teacher` and `infer`: the backbone's dtype, auto | f32 | bf16 | f16 (auto: bf16 on CUDA, f32 on the CPU; adapters and networks stay f32).
+    #[arg(long, value_name = "DTYPE", value_parser = parse_teacher_dtype)]
+    pub dtype: Option<distillrec_config::TeacherDtype>,
+    /// `teacher` and `infer`: seeded random weights of the shape of `--model` (a `config.json`, or a directory holding one), built one tensor at a time in the compute dtype on the device; no weight files are read (a `tokenizer.json` beside the config is used, else bytes).
+    #[arg(long)]
+    pub random_weights: bool,
+    /// `teacher` and `infer`: write one step's loss and gradients (`loss`, `grad.<name>`) or the first batch's ranking scores (`scores`) from the seeded initial weights to this safetensors file, to compare devices.
+    #[arg(long, value_name = "FILE")]
+    pub grads_out: Option<PathBuf>,
     /// Device option.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Parses `--dtype` by the one name table of `teacher.dtype`.
+fn parse_teacher_dtype(s: &str) -> Result<distillrec_config::TeacherDtype, String> {
+    s.parse()
+        .map_err(|e: distillrec_data::names::UnknownName| e.to_string())
 }
 
 /// Parses `DIR` or `LABEL=DIR`, refusing an empty label or directory

@@ -624,6 +624,37 @@ fn corpus() -> Vec<Case> {
             &["serve", "--checkpoint", "{case}", "--idle-timeout-ms", "5000"],
             "--idle-timeout-ms 5000 must be above --timeout-ms 10000",
         ),
+        // <helper gpu>: the teacher's backbone dtype and the device bench flags
+        c(
+            "clear",
+            "GENERATED:empty-gpu",
+            &["train", "teacher", "--set", "teacher.dtype=\"f64\"", "--out", "{tmp}/run"],
+            "config key `teacher.dtype`: unknown variant `f64`, expected one of `auto`, `f32`, `bf16`, `f16`",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-gpu",
+            &["bench", "llm", "--model", "{case}", "--step", "teacher", "--dtype", "f64"],
+            "--dtype 'f64': 'f64' is not one of auto, f32, bf16, f16",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-gpu",
+            &["bench", "llm", "--model", "{case}", "--step", "lm", "--grads-out", "{tmp}/g.safetensors"],
+            "--grads-out is for --step teacher and --step infer",
+        ),
+        c(
+            "clear",
+            "GENERATED:empty-gpu",
+            &["bench", "llm", "--model", "{case}", "--step", "teacher", "--random-weights"],
+            "config.json: file not found",
+        ),
+        c(
+            "clear",
+            "GENERATED:gpu-small-vocab",
+            &["bench", "llm", "--model", "{case}", "--step", "teacher", "--random-weights"],
+            "vocab_size 100 is below the 257 ids of the byte tokenizer",
+        ),
     ]
 }
 
@@ -907,6 +938,14 @@ fn generate(name: &str, tmp: &Path) -> PathBuf {
         ),
         // cases that need no files, only a directory to run in
         empty if empty.starts_with("empty-") => std::fs::create_dir_all(&p).unwrap(),
+        // a `config.json` alone, too small a vocabulary for random weights
+        "gpu-small-vocab" => write_files(
+            &p,
+            &[(
+                "config.json",
+                r#"{"model_type": "llama", "vocab_size": 100, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5}"#,
+            )],
+        ),
         // issue 27 §4, §6: an empty case directory for the sweeps, one
         // finished run for the reports
         n if n.starts_with("sweep-") => std::fs::create_dir_all(&p).unwrap(),

@@ -167,6 +167,9 @@ fn every_model_command_documents_device() {
     for args in [
         &["train", "student", "--help"][..],
         &["eval", "student", "--help"],
+        &["eval", "teacher", "--help"],
+        &["train", "teacher", "--help"],
+        &["teacher", "infer", "--help"],
         &["recommend", "--help"],
         &["teacher", "from-student", "--help"],
         &["select", "--help"],

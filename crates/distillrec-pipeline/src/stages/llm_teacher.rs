@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 
@@ -51,13 +51,6 @@ pub struct TrainedTeacher {
     pub metrics: Metrics,
     /// How training went.
     pub outcome: TeacherOutcome,
-}
-
-fn cpu_only(device: &Device) -> Result<()> {
-    if !device.is_cpu() {
-        bail!("the LLM teacher trains and infers on the CPU explicit path; --device cuda is not supported by the teacher commands yet");
-    }
-    Ok(())
 }
 
 fn required(
@@ -141,7 +134,6 @@ pub fn train_teacher(
     build: BuildInfo,
     device: &Device,
 ) -> Result<TrainedTeacher> {
-    cpu_only(device)?;
     let backbone = crate::models::resolve_backbone(
         &required(
             req.backbone.as_deref(),
@@ -174,6 +166,7 @@ pub fn train_teacher(
                 &data.ds,
                 &data.reference,
                 (&req.out, true),
+                device,
             )
         })?;
         let rss_after_load = rss_mb();
@@ -238,14 +231,15 @@ pub fn train_teacher(
     })
 }
 
-/// A trained teacher loaded from `checkpoint` for `data`: its settings from
-/// the manifest, its backbone and student from the manifest (or the given
-/// overrides), both checked against the pinned SHA-256.
+/// A trained teacher loaded from `checkpoint` for `data` onto `device`: its
+/// settings from the manifest, its backbone and student from the manifest
+/// (or the given overrides), both checked against the pinned SHA-256.
 pub fn load_teacher(
     checkpoint: &Path,
     data: &Data,
     backbone: Option<&Path>,
     student: Option<&Path>,
+    device: &Device,
 ) -> Result<Teacher> {
     let (m, weights) = read_manifest(checkpoint)?;
     let recorded = |given: Option<&Path>, path: &Path, what: &str, flag: &str| -> Result<PathBuf> {
@@ -275,6 +269,7 @@ pub fn load_teacher(
         &data.ds,
         &data.reference,
         (run_dir, false),
+        device,
     )?;
     load_into(
         checkpoint,
@@ -286,8 +281,8 @@ pub fn load_teacher(
     Ok(a.teacher)
 }
 
-/// `eval teacher`: validation and test metrics of a teacher checkpoint
-/// (and a run record in `out` when given).
+/// `eval teacher`: validation and test metrics of a teacher checkpoint on
+/// `device` (and a run record in `out` when given).
 pub fn eval_teacher(
     cfg: &Config,
     checkpoint: &Path,
@@ -295,9 +290,10 @@ pub fn eval_teacher(
     overrides: (Option<&Path>, Option<&Path>),
     out: Option<&Path>,
     build: BuildInfo,
+    device: &Device,
 ) -> Result<Metrics> {
     let data = load_prepared(data)?;
-    let mut teacher = load_teacher(checkpoint, &data, overrides.0, overrides.1)?;
+    let mut teacher = load_teacher(checkpoint, &data, overrides.0, overrides.1, device)?;
     // an `eval.sampled_negatives` this teacher cannot honour is refused
     // before any row is evaluated
     teacher
@@ -343,7 +339,6 @@ pub fn teacher_infer(
     req: &TeacherInferRequest,
     device: &Device,
 ) -> Result<(TeacherCache, f64)> {
-    cpu_only(device)?;
     let guard = check_infer_out(req)?;
     let t0 = std::time::Instant::now();
     let data = load_prepared(&req.job.data)?;
@@ -364,6 +359,7 @@ pub fn teacher_infer(
         &data,
         req.backbone.as_deref(),
         req.student.as_deref(),
+        device,
     )?;
     let mut rows = selected_rows(&data, req.job.selection.as_deref())?;
     if let Some(sh) = &req.job.shard {

@@ -22,7 +22,8 @@ pub fn run(c: EvalCommand) -> Result<()> {
 }
 
 fn teacher(a: EvalTeacherArgs) -> Result<()> {
-    let cfg = load_config(&a.config, vec![], reads::EVAL_TEACHER)?;
+    let mut cfg = load_config(&a.config, vec![], reads::EVAL_TEACHER)?;
+    let device = config_device(&mut cfg, &a.device)?;
     if a.out.is_none() {
         init_logging(None)?;
     }
@@ -33,6 +34,7 @@ fn teacher(a: EvalTeacherArgs) -> Result<()> {
         (a.backbone.as_deref(), a.student.as_deref()),
         a.out.as_deref(),
         build_info(),
+        &device,
     )?;
     if a.json {
         return print_json(

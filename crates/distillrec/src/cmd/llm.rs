@@ -159,11 +159,24 @@ pub fn bench(a: BenchLlmArgs) -> Result<()> {
             3
         },
     );
-    if a.dump.is_some() && !teacher {
-        anyhow::bail!("--dump is for --step teacher and --step infer");
+    for (given, flag) in [
+        (a.dump.is_some(), "--dump"),
+        (a.grads_out.is_some(), "--grads-out"),
+        (a.dtype.is_some(), "--dtype"),
+        (a.random_weights, "--random-weights"),
+    ] {
+        if given && !teacher {
+            anyhow::bail!("{flag} is for --step teacher and --step infer");
+        }
     }
     if let Some(p) = &a.dump {
         outguard::check_file_output(&[p], &[&a.model], "--dump")?;
+    }
+    if let Some(p) = &a.grads_out {
+        outguard::check_file_output(&[p], &[&a.model], "--grads-out")?;
+        if a.dump.as_ref() == Some(p) {
+            anyhow::bail!("--grads-out and --dump name the same file {}", p.display());
+        }
     }
     let m = if teacher {
         bench_teacher(&a, (experts, alpha), batch, repeats, &device)?
@@ -271,9 +284,17 @@ fn bench_teacher(
         topk: a.topk,
         repeats,
         seed: 0,
-        base: distillrec_config::TeacherConfig::default(),
+        base: distillrec_config::TeacherConfig {
+            dtype: a.dtype.unwrap_or(distillrec_config::TeacherDtype::Auto),
+            ..Default::default()
+        },
     };
-    let t = llm::bench_teacher(&a.model, &spec, a.dump.as_deref(), device)?;
+    let files = llm::BenchFiles {
+        random_weights: a.random_weights,
+        dump: a.dump.as_deref(),
+        grads_out: a.grads_out.as_deref(),
+    };
+    let t = llm::bench_teacher(&a.model, &spec, files, device)?;
     Ok(Measured {
         secs: t.secs,
         rows: batch,
