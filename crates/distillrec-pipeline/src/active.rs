@@ -35,8 +35,8 @@ use distillrec_train::units::trained_rows;
 use crate::keyed::{projected, stage_key, StageReport, Stages};
 use crate::prepared::{load_prepared, Data};
 use crate::stages::{
-    distill, select, teacher_from_student, teacher_infer, CacheBuild, CacheJob, DistillRequest,
-    SelectRequest, TeacherInferRequest,
+    distill, distill_device, select, teacher_from_student, teacher_infer, CacheBuild, CacheJob,
+    DistillRequest, SelectRequest, TeacherInferRequest,
 };
 
 /// Who labels a round's rows.
@@ -367,7 +367,7 @@ impl Round<'_> {
                 init,
             },
             self.build.clone(),
-            self.device,
+            &distill_device(self.device),
         )?;
         let pool = trained_rows(
             &self.data.ds,

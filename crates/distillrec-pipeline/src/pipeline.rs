@@ -40,6 +40,7 @@ use distillrec_train::units::trained_rows;
 use crate::active::{run_rounds, write_summary, ActiveRequest, Labeller, RoundRecord, Rounds};
 use crate::keyed::{projected, stage_key, Stages};
 pub use crate::keyed::{Layout, StageReport};
+use crate::stages::distill_device;
 use crate::stages::{
     distill, eval_popularity, select, teacher_infer, train_student, train_teacher, CacheJob,
     DistillRequest, SelectRequest, TeacherInferRequest, TrainTeacherRequest,
@@ -77,13 +78,8 @@ fn metrics_of(dir: &Path) -> Option<Metrics> {
 /// source, and the backbone (a known name is fetched now, once, rather than
 /// after the student has trained). Returns the prepared dataset's
 /// fingerprint when the config names one.
-fn preflight(cfg: &Config, device: &Device) -> Result<Option<String>> {
+fn preflight(cfg: &Config) -> Result<Option<String>> {
     if let Some(backbone) = &cfg.teacher.backbone {
-        if !device.is_cpu() {
-            // the teacher stages run on the device; the distillation stage
-            // after them does not, so refuse before anything is written
-            bail!("the pipeline's distillation stage runs on the CPU only for now: run the pipeline with --device cpu, or run `train teacher` and `teacher infer` with --device cuda and then `distill` on the CPU");
-        }
         if cfg.selection.policy == Policy::Kl {
             bail!("config key `selection.policy`: 'kl' filters rows by an existing teacher cache, which the pipeline builds only after selection; run `distillrec select --policy kl` by hand");
         }
@@ -273,7 +269,7 @@ pub fn run(
     device: &Device,
     on_model: &mut dyn FnMut(&str, &Metrics),
 ) -> Result<PipelineOutcome> {
-    let given = preflight(cfg, device)?.unwrap_or_default();
+    let given = preflight(cfg)?.unwrap_or_default();
     let t0 = Instant::now();
     let _lock = DirLock::acquire(out)?;
     // open for this run only: a sweep's runs each get their own
@@ -481,7 +477,7 @@ pub fn run(
                     out: dir.to_path_buf(),
                     init: None,
                 };
-                distill(&c, &req, build.clone(), device).map(drop)
+                distill(&c, &req, build.clone(), &distill_device(device)).map(drop)
             })?;
             add_model(&format!("{student_name} + DLLM2Rec"), &distill_dir);
             report_inputs.extend([k_teacher, k_cache, k_distill]);

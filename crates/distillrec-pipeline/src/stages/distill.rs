@@ -43,6 +43,19 @@ pub struct DistillOutcome {
     pub teacher_rows: usize,
 }
 
+/// The device a distillation stage of a pipeline or an active round runs
+/// on: the CPU, whatever device the teacher stages use (the distillation
+/// objective builds its tensors there; the student is small, and its
+/// checkpoint loads on any device afterwards).
+pub fn distill_device(device: &Device) -> Device {
+    if !device.is_cpu() {
+        tracing::info!(
+            "the distillation stage runs on the CPU; the teacher stages keep the requested device"
+        );
+    }
+    Device::Cpu
+}
+
 /// Distils the teacher cache (restricted to the selection, if any) into the
 /// configured student in the run directory `req.out`. Rows without teacher
 /// output train on the student's own loss.
