@@ -81,6 +81,9 @@ try:
 except ImportError:
     pass
 libs = sorted({os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "nvidia", "**", "lib*.so.*"), recursive=True)})
+# the driver's libcuda.so.1, where the loader's cache may not list it
+libs += [d for d in ("/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/local/cuda/compat")
+         if os.path.exists(os.path.join(d, "libcuda.so.1"))]
 print(":".join(libs))
 PY
 )

@@ -195,6 +195,18 @@ def decoder_params(cfg):
     return layers * (h * heads * hd * 2 + 2 * h * kv + 3 * h * i + 2 * h)
 
 
+def plan_mb(total):
+    """MB of a plan's total as `teacher plan` prints it (`7.5GB`), or None."""
+    units = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3, "TB": 1e6}
+    for u in sorted(units, key=len, reverse=True):
+        if total and total.endswith(u):
+            try:
+                return round(float(total[:-len(u)]) * units[u], 1)
+            except ValueError:
+                return None
+    return None
+
+
 def kv_line(line):
     return dict(t.split("=", 1) for t in line.split()[1:] if "=" in t)
 
@@ -242,7 +254,8 @@ def summary(a):
                 out["ratios"].append({"shape": shape, "step": step, "distillrec_tok_s": d,
                                       "pytorch_tok_s": t, "speed": round(d / t, 3),
                                       "gpu_mb_distillrec": med("distillrec", "gpu_peak_mb"),
-                                      "gpu_mb_pytorch": med("pytorch", "gpu_peak_mb")})
+                                      "gpu_mb_pytorch": med("pytorch", "gpu_peak_mb"),
+                                      "plan_train_mb": plan_mb(out["plan"].get(shape, {}).get("total"))})
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
