@@ -30,7 +30,8 @@
 # the CPU: the reference twice, the tiny shape for the timing, PyTorch on the
 # CPU), DISTILLREC (the binary; default target/cuda/release/distillrec, else
 # target/release/distillrec), PYTHON (python3), RUNS (alternations, 2),
-# DEADLINE_S (no timing run starts after this many seconds, 420), TOTAL_S
+# WORK (the scratch folder; default a new one in $TMPDIR), DEADLINE_S (no
+# timing run starts after this many seconds, 420), TOTAL_S
 # (every timed command is killed at this many seconds, 480), SHAPES (default
 # "1b 7b").
 set -euo pipefail
@@ -41,11 +42,13 @@ runs=${RUNS:-2}
 deadline=${DEADLINE_S:-420}
 total=${TOTAL_S:-480}
 results=${1:-${OUT:-$root/target/device-check}/device-check.json}
-work=$(dirname "$results")/device-check-work
+# inputs, dumps and gradients (a 7B dump is hundreds of MB): kept out of the
+# results folder, which may be copied back from the GPU machine
+work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/device-check.XXXXXX")}
 log="${results%.json}.log"
 lines="$work/lines.txt"
 targets=q,k,v,o,gate,up,down
-mkdir -p "$work"
+mkdir -p "$work" "$(dirname "$results")"
 : >"$lines"
 exec > >(tee "$log") 2>&1
 
@@ -221,4 +224,4 @@ header
 agreement
 timing
 "$py" "$root/scripts/device_check.py" summary "$lines" "$results"
-echo "== done in ${SECONDS} s; log: $log"
+echo "== done in ${SECONDS} s; log: $log; scratch: $work"

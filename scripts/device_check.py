@@ -240,8 +240,9 @@ def summary(a):
         n = int(r["batch"]) * float(r.get("prompt_tokens", r["tokens"]))
         flops = (4 if r["step"] == "teacher" else 2) * p * n
         r["decoder_params"] = p
-        r["tflops"] = round(flops / (float(r["step_ms"]) / 1e3) / 1e12, 2)
-        r["peak_share"] = round(flops / (float(r["step_ms"]) / 1e3) / PEAK_BF16, 4)
+        rate = flops / (float(r["step_ms"]) / 1e3)
+        r["tflops"] = float(f"{rate / 1e12:.4g}")
+        r["peak_share"] = float(f"{rate / PEAK_BF16:.4g}")
     for shape in sorted({r.get("shape") for r in out["timing"]} - {None}):
         for step in ("teacher", "infer"):
             def med(impl, key):
@@ -266,7 +267,7 @@ def summary(a):
     for r in out["timing"]:
         if "peak_share" in r:
             print(f"SHARE shape={r['shape']} step={r['step']} impl={r['impl']} "
-                  f"{r['tflops']} TFLOP/s = {100 * r['peak_share']:.1f}% of the bf16 peak")
+                  f"{r['tflops']:.3g} TFLOP/s = {100 * r['peak_share']:.3g}% of the bf16 peak")
     print(f"results: {a.out}")
 
 

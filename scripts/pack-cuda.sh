@@ -15,7 +15,7 @@
 #   target/cuda/distillrec-cuda.tar.gz   (at most 60 MiB)
 #     distillrec-cuda/target/cuda/release/distillrec   (stripped)
 #     distillrec-cuda/scripts/device-check.sh, device_check.py, bench_llm_torch.py
-#     distillrec-cuda/configs/lastfm-ilora-smollm2.toml, deploy/configs/*.json
+#     distillrec-cuda/configs/{synthetic-teacher-tiny,lastfm-ilora-smollm2}.toml, deploy/configs/*.json
 #
 # On the GPU machine: tar xzf distillrec-cuda.tar.gz && distillrec-cuda/scripts/device-check.sh
 set -euo pipefail
@@ -40,7 +40,7 @@ smoke_test() {
     --set student.max_len=10 --set train.student.max_epochs=1)
   "$bin" "${student[@]}" --out "$tmp/run" | tail -n 1
   [ -s "$tmp/run/checkpoints/best.safetensors" ] || { echo "error: no checkpoint from the CPU run" >&2; return 1; }
-  err=$("$bin" "${student[@]}" --out "$tmp/cuda" --device cuda 2>&1) && {
+  err=$(env -u RUST_BACKTRACE "$bin" "${student[@]}" --out "$tmp/cuda" --device cuda 2>&1) && {
     echo "error: --device cuda succeeded against the driver stub" >&2; return 1; }
   echo "== --device cuda with the stub: $err"
   if [ "$(printf '%s\n' "$err" | wc -l)" -ne 1 ] || grep -q panicked <<<"$err"; then
@@ -60,7 +60,7 @@ pack() {
   strip -o "$stage/distillrec-cuda/target/cuda/release/distillrec" "$bin"
   cp scripts/device-check.sh scripts/device_check.py scripts/bench_llm_torch.py \
     "$stage/distillrec-cuda/scripts/"
-  cp configs/lastfm-ilora-smollm2.toml "$stage/distillrec-cuda/configs/"
+  cp configs/synthetic-teacher-tiny.toml configs/lastfm-ilora-smollm2.toml "$stage/distillrec-cuda/configs/"
   cp deploy/configs/*.json "$stage/distillrec-cuda/deploy/configs/"
   tar -C "$stage" -czf "$out.tmp" distillrec-cuda
   mv "$out.tmp" "$out"
