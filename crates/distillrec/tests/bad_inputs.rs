@@ -624,6 +624,23 @@ fn corpus() -> Vec<Case> {
             &["serve", "--checkpoint", "{case}", "--idle-timeout-ms", "5000"],
             "--idle-timeout-ms 5000 must be above --timeout-ms 10000",
         ),
+        // <helper cuda>: `teacher plan --device cuda` measuring a GPU this
+        // (CPU) build cannot open names --no-measure, which plans without it
+        c(
+            "llm",
+            "plan-gpu-not-here",
+            &[
+                "teacher",
+                "plan",
+                "--backbone",
+                "{case}/config.json",
+                "--device",
+                "cuda",
+                "--memory-gb",
+                "80",
+            ],
+            "measuring the throughput (--no-measure plans without opening the device)",
+        ),
     ]
 }
 
