@@ -24,7 +24,8 @@
 #    memory.
 # 4. One results file (JSON: agreement, every RESULT line, plans, speed
 #    ratios, each step's share of the 790 TFLOP/s bf16 peak with the FLOPs
-#    formula of device_check.py) and a log beside it.
+#    formula of device_check.py) and a log beside it. Exit status 1 when
+#    CPU and CUDA disagree (the results are written all the same).
 #
 # Environment: DEVICE (cuda, default; `cpu` is a dry run of the plumbing on
 # the CPU: the reference twice, the tiny shape for the timing, PyTorch on the
@@ -62,9 +63,10 @@ if [ -z "$bin" ] || [ ! -x "$bin" ]; then
   echo "error: no distillrec binary; set DISTILLREC" >&2
   exit 1
 fi
+# the dtypes checked against the CPU's f32; the timed dtype, batch and tokens
 case $device in
-  cuda) dtypes=(f32 bf16) ;;
-  cpu) dtypes=(f32) ;;
+  cuda) dtypes=(f32 bf16) dt=bf16 batch=8 tokens=256 ;;
+  cpu) dtypes=(f32) dt=f32 batch=2 tokens=32 ;;
   *) echo "error: DEVICE=$device; use cuda or cpu" >&2; exit 2 ;;
 esac
 
@@ -110,13 +112,18 @@ header() {
   echo "== $("$bin" --version); $("$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')"
 }
 
-# supports FLAG: whether this binary's `bench llm` has FLAG.
-supports() { "$bin" bench llm --help | grep -q -- "$1"; }
+# supports FLAG: whether this binary's `bench llm` has FLAG (the help read
+# whole: `grep -q` in a pipe can end it early, a failure under pipefail).
+supports() {
+  local help
+  help=$("$bin" bench llm --help)
+  grep -q -- "$1" <<<"$help"
+}
 
 # agreement: the tiny backbone's teacher step and inference, CPU f32 against
 # each CUDA dtype (DEVICE=cpu: against a second CPU run).
 agreement() {
-  local tiny=$work/tiny step dt out ok=1
+  local tiny=$work/tiny step dt out
   echo "== agreement on a tiny random-weight Llama"
   "$py" "$root/scripts/device_check.py" selftest
   "$py" "$root/scripts/device_check.py" tiny "$tiny"
@@ -131,11 +138,11 @@ agreement() {
       out=$work/$step-$device-$dt.safetensors
       "$bin" "${common[@]}" --step "$step" --device "$device" --dtype "$dt" --grads-out "$out" | tail -n 1
       "$py" "$root/scripts/device_check.py" compare "$work/$step-ref.safetensors" "$out" \
-        --dtype "$dt" --label "$step-$device" | tee -a "$lines" | grep -v ' ok=1 ' || true
-      grep -q "label=$step-$device dtype=$dt tensor=ALL ok=1" "$lines" || ok=0
+        --dtype "$dt" --label "$step-$device" | tee -a "$lines" | grep -E ' ok=0 |tensor=ALL' || true
+      grep -q "label=$step-$device dtype=$dt tensor=ALL ok=1" "$lines" || agreed=0
     done
   done
-  if [ "$ok" = 1 ]; then echo "== agreement: passed"; else echo "== agreement: FAILED (see AGREE lines)"; fi
+  if [ "$agreed" = 1 ]; then echo "== agreement: passed"; else echo "== agreement: FAILED (see AGREE lines)"; fi
 }
 
 # left: seconds a timed command may still run (at least 1).
@@ -171,57 +178,79 @@ plan() {
   note "PLAN shape=$shape total=${total:-unknown} params=$(awk '/^backbone:/ {print $2; exit}' <<<"$text")"
 }
 
-# timing: ours then PyTorch on each shape and step, RUNS times.
+# shape_config SHAPE: the config.json of a timed shape.
+shape_config() {
+  case $1 in
+    1b) echo "$root/deploy/configs/llama-3.2-1b.json" ;;
+    7b) echo "$root/deploy/configs/llama-2-7b.json" ;;
+    tiny) echo "$work/tiny/config.json" ;;
+    *) echo "error: shape $1; use 1b, 7b (or tiny with DEVICE=cpu)" >&2; return 2 ;;
+  esac
+}
+
+# time_pair SHAPE STEP RUN OURS...: ours, then PyTorch on ours' --dump.
+time_pair() {
+  local shape=$1 step=$2 i=$3 cfg dump line
+  shift 3
+  cfg=$(shape_config "$shape")
+  dump=$work/$shape-$step.safetensors
+  rm -f "$dump"
+  if ! line=$(gpu_peak "$bin" "$@" --step "$step" --dump "$dump"); then
+    note "SKIPPED distillrec shape=$shape step=$step run=$i: failed"
+    return 0
+  fi
+  note "$line shape=$shape run=$i"
+  if [ ! -s "$dump" ]; then
+    note "SKIPPED pytorch shape=$shape step=$step run=$i: distillrec wrote no --dump"
+  elif line=$(gpu_peak "$py" "$root/scripts/bench_llm_torch.py" --random-weights-config "$cfg" \
+    --step "$step" --dump "$dump" --device "$device" --dtype "$dt" --tokens "$tokens" --threads 8); then
+    note "$line shape=$shape run=$i"
+  else
+    note "SKIPPED pytorch shape=$shape step=$step run=$i: failed"
+  fi
+}
+
+# timing: the plans, then ours and PyTorch alternating, each run over every
+# shape and step (so that a run cut by the deadline still covers each shape
+# once).
 timing() {
-  local shape cfg step i dump model dt=bf16 batch=8 tokens=256 line
-  local -a shapes
+  local shape cfg step i
+  local -a shapes model ours
   read -r -a shapes <<<"${SHAPES:-1b 7b}"
-  if [ "$device" = cpu ]; then shapes=(tiny); dt=f32; batch=2; tokens=32; fi
+  [ "$device" = cpu ] && shapes=(tiny)
   for shape in "${shapes[@]}"; do
-    case $shape in
-      1b) cfg=$root/deploy/configs/llama-3.2-1b.json ;;
-      7b) cfg=$root/deploy/configs/llama-2-7b.json ;;
-      tiny) cfg=$work/tiny/config.json ;;
-      *) echo "error: shape $shape; use 1b, 7b (or tiny with DEVICE=cpu)" >&2; return 2 ;;
-    esac
+    cfg=$(shape_config "$shape")
     note "CONFIG shape=$shape file=$cfg"
     plan "$shape" "$cfg"
-    model=(--random-weights --model "$cfg")
-    [ "$shape" = tiny ] && model=(--model "$work/tiny")
-    if [ "${model[0]}" = --random-weights ] && ! supports --random-weights; then
-      note "SKIPPED timing shape=$shape: this binary's bench llm has no --random-weights"
-      continue
-    fi
-    local ours=(bench llm "${model[@]}" --device "$device" --batch "$batch" --tokens "$tokens"
-      --experts 4 --rank 8 --targets "$targets" --threads 8)
-    supports --dtype && ours+=(--dtype "$dt")
-    for i in $(seq "$runs"); do
+  done
+  if [ "$device" = cuda ] && ! supports --random-weights; then
+    note "SKIPPED timing: this binary's bench llm has no --random-weights"
+    return 0
+  fi
+  for i in $(seq "$runs"); do
+    for shape in "${shapes[@]}"; do
+      model=(--random-weights --model "$(shape_config "$shape")")
+      [ "$shape" = tiny ] && model=(--model "$work/tiny")
+      ours=(bench llm "${model[@]}" --device "$device" --batch "$batch" --tokens "$tokens"
+        --experts 4 --rank 8 --targets "$targets" --threads 8)
+      supports --dtype && ours+=(--dtype "$dt")
       for step in teacher infer; do
         if [ "$SECONDS" -gt "$deadline" ]; then
           note "SKIPPED timing shape=$shape step=$step run=$i: past DEADLINE_S=$deadline"
-          continue
-        fi
-        dump=$work/$shape-$step.safetensors
-        rm -f "$dump"
-        if line=$(gpu_peak "$bin" "${ours[@]}" --step "$step" --dump "$dump"); then
-          note "$line shape=$shape run=$i"
         else
-          note "SKIPPED distillrec shape=$shape step=$step run=$i: failed"
-          continue
-        fi
-        if line=$(gpu_peak "$py" "$root/scripts/bench_llm_torch.py" --random-weights-config "$cfg" \
-          --step "$step" --dump "$dump" --device "$device" --dtype "$dt" --tokens "$tokens" --threads 8); then
-          note "$line shape=$shape run=$i"
-        else
-          note "SKIPPED pytorch shape=$shape step=$step run=$i: failed"
+          time_pair "$shape" "$step" "$i" "${ours[@]}"
         fi
       done
     done
   done
 }
 
+agreed=1
 header
 agreement
 timing
 "$py" "$root/scripts/device_check.py" summary "$lines" "$results"
 echo "== done in ${SECONDS} s; log: $log; scratch: $work"
+# the results are written either way; the exit status says whether CPU and
+# CUDA agreed
+[ "$agreed" = 1 ]
