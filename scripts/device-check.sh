@@ -75,8 +75,9 @@ note() { echo "$*" | tee -a "$lines"; }
 
 # find_libs: torch's cu13 libraries on LD_LIBRARY_PATH if the binary misses any.
 find_libs() {
-  if ! ldd "$bin" | grep -q 'not found'; then return 0; fi
-  local dirs
+  local dirs found
+  found=$(ldd "$bin")
+  grep -q 'not found' <<<"$found" || return 0
   dirs=$("$py" - <<'PY'
 import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
@@ -94,8 +95,9 @@ PY
 )
   export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "== LD_LIBRARY_PATH += $dirs"
-  if ldd "$bin" | grep 'not found'; then
-    echo "error: $bin misses the libraries above (CUDA 13: cuBLAS 13, cuRAND 10, NVRTC 13)" >&2
+  found=$(ldd "$bin")
+  if grep 'not found' <<<"$found"; then
+    echo "error: $bin misses the libraries above (the NVIDIA driver's libcuda.so.1; CUDA 13's cuBLAS, cuRAND, cudart)" >&2
     exit 1
   fi
 }
@@ -120,25 +122,37 @@ supports() {
   grep -q -- "$1" <<<"$help"
 }
 
+# grads STEP DEVICE DTYPE OUT: one `bench llm --grads-out` run on the tiny
+# backbone; its RESULT line, or a failed AGREE line for the results.
+grads() {
+  local step=$1 dev=$2 dt=$3 out=$4
+  if ! timeout 300 "$bin" bench llm --model "$work/tiny" --tokens 64 --targets "$targets" --repeats 1 \
+    --threads 4 --step "$step" --device "$dev" --dtype "$dt" --grads-out "$out" | grep '^RESULT'; then
+    note "AGREE label=$step-$device dtype=$dt tensor=ALL ok=0 failed=run-on-$dev"
+    agreed=0
+    return 1
+  fi
+}
+
 # agreement: the tiny backbone's teacher step and inference, CPU f32 against
 # each CUDA dtype (DEVICE=cpu: against a second CPU run).
 agreement() {
-  local tiny=$work/tiny step dt out
+  local step dt ref out
   echo "== agreement on a tiny random-weight Llama"
   "$py" "$root/scripts/device_check.py" selftest
-  "$py" "$root/scripts/device_check.py" tiny "$tiny"
+  "$py" "$root/scripts/device_check.py" tiny "$work/tiny"
   if ! supports --grads-out; then
     note "SKIPPED agreement: this binary's bench llm has no --grads-out"
     return 0
   fi
-  local common=(bench llm --model "$tiny" --tokens 64 --targets "$targets" --repeats 1 --threads 4)
   for step in teacher infer; do
-    "$bin" "${common[@]}" --step "$step" --device cpu --dtype f32 --grads-out "$work/$step-ref.safetensors" | tail -n 1
+    ref=$work/$step-ref.safetensors
+    grads "$step" cpu f32 "$ref" || continue
     for dt in "${dtypes[@]}"; do
       out=$work/$step-$device-$dt.safetensors
-      "$bin" "${common[@]}" --step "$step" --device "$device" --dtype "$dt" --grads-out "$out" | tail -n 1
-      "$py" "$root/scripts/device_check.py" compare "$work/$step-ref.safetensors" "$out" \
-        --dtype "$dt" --label "$step-$device" | tee -a "$lines" | grep -E ' ok=0 |tensor=ALL' || true
+      grads "$step" "$device" "$dt" "$out" || continue
+      "$py" "$root/scripts/device_check.py" compare "$ref" "$out" --dtype "$dt" --label "$step-$device" \
+        | tee -a "$lines" | grep -E ' ok=0 |tensor=ALL' || true
       grep -q "label=$step-$device dtype=$dt tensor=ALL ok=1" "$lines" || agreed=0
     done
   done
