@@ -116,6 +116,10 @@ print(next(os.path.dirname(p["manifest_path"]) for p in pkgs if p["name"] == "cu
   } >"$stubs/libcuda_stub.c"
   cc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/libcuda_stub.c"
   ln -sfn libcuda.so "$stubs/libcuda.so.1"
+  # also as lib/libcuda.so: cudarc's build script searches only the folders
+  # that exist when it first runs (a target/cuda built before the stub
+  # existed does not search lib/stubs), and lib always does
+  ln -sfn stubs/libcuda.so "$root/lib/libcuda.so"
   echo "== driver stub: $stubs/libcuda.so ($(grep -c '^int ' "$stubs/libcuda_stub.c") functions, soname libcuda.so.1)"
 }
 
