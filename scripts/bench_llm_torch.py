@@ -34,6 +34,13 @@ The teacher steps build the Llama decoder themselves from the GGUF (weights
 dequantized with the `gguf` package, rotary embedding on adjacent pairs as
 the GGUF layout stores q/k, grouped-query attention, RMSNorm, SwiGLU), in
 float32; position ids start at 0 on each row's first real token.
+`--random-weights-config CONFIG.json` replaces the GGUF of the teacher
+steps with random weights of that Llama shape (timing only: the weights are
+not distillrec's, so no --check); `--device cuda` and `--dtype bf16` hold the
+frozen decoder on the GPU in bf16 (activations bf16, RMSNorm statistics,
+adapters, gate, projector, head and loss in float32, as PEFT keeps its
+adapters), and the times are taken after a CUDA synchronisation. The default
+`--device cpu --dtype f32` is the computation described above, unchanged.
 `--check` prints the losses of the first two training steps next to
 distillrec's (the dump's `first_loss`, `second_loss`; the second comes after
 one AdamW update, when the adapters' B is no longer zero and the gate
@@ -44,7 +51,8 @@ Output is one line on stdout (everything else goes to stderr):
          targets=q,v threads=N step_ms=... tok_s=... rows_s=... peak_mb=...
          [objective=... items=N prompt_tokens=...]
 tok_s = B * (mean real tokens per row) / step time (lm: B*T, padding
-included); rows_s = B / step time; peak_mb is ru_maxrss (MiB).
+included); rows_s = B / step time; peak_mb is ru_maxrss (MiB); on CUDA also
+cuda_alloc_mb (torch.cuda.max_memory_allocated, MiB).
 
     distillrec bench llm --model M.gguf --step teacher --dump /tmp/t.st
     /work/torchenv/bin/python scripts/bench_llm_torch.py \
@@ -91,7 +99,12 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--gguf", required=True, help="path of the GGUF model")
+    ap.add_argument("--gguf", help="path of the GGUF model")
+    ap.add_argument("--random-weights-config", metavar="CONFIG_JSON",
+                    help="teacher, infer: random weights of this Llama config.json instead of --gguf")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--dtype", choices=("f32", "bf16"), default="f32",
+                    help="the frozen decoder's dtype (bf16 needs --device cuda)")
     ap.add_argument("--step", choices=STEPS, required=True)
     ap.add_argument("--dump", help="teacher, infer: the file `distillrec bench llm --dump` wrote")
     ap.add_argument("--check", action="store_true", help="teacher: compare the first loss with distillrec's")
@@ -111,6 +124,14 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.repeats is None:
         a.repeats = 5 if a.step == "infer" else 3
+    if (a.gguf is None) == (a.random_weights_config is None):
+        ap.error("give one of --gguf and --random-weights-config")
+    if a.random_weights_config and (a.step == "lm" or a.check):
+        ap.error("--random-weights-config is for timing --step teacher and infer (no --check)")
+    if a.dtype == "bf16" and not a.device.startswith("cuda"):
+        ap.error("--dtype bf16 is for --device cuda")
+    if a.step == "lm" and a.device != "cpu":
+        ap.error("--step lm runs on the CPU")
     if a.step == "lm":
         if a.adapter == "moe":
             ap.error("--step lm compares plain LoRA with PEFT; the MoE-LoRA is in --step teacher")
@@ -221,6 +242,34 @@ def gguf_weights(path):
     return w, cfg
 
 
+def random_weights(path, device, dtype):
+    """Random weights (seeded, scaled 1/sqrt(fan-in)) of the Llama of a
+    config.json, named as in a GGUF file, created on `device` in `dtype`."""
+    with open(path) as f:
+        c = json.load(f)
+    h, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    kv = c.get("num_key_value_heads", heads) * (h // heads)
+    cfg = dict(layers=c["num_hidden_layers"], heads=heads, kv_heads=c.get("num_key_value_heads", heads),
+               theta=float(c.get("rope_theta", 10000.0)), eps=float(c.get("rms_norm_eps", 1e-5)))
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype) / math.sqrt(shape[-1])
+
+    ones = lambda: torch.ones(h, device=device, dtype=dtype)  # noqa: E731
+    w = {"token_embd.weight": rand(vocab, h), "output_norm.weight": ones()}
+    if not c.get("tie_word_embeddings", False):
+        w["output.weight"] = rand(vocab, h)
+    shapes = {"attn_q": (h, h), "attn_k": (kv, h), "attn_v": (kv, h), "attn_output": (h, h),
+              "ffn_gate": (inter, h), "ffn_up": (inter, h), "ffn_down": (h, inter)}
+    for i in range(cfg["layers"]):
+        w[f"blk.{i}.attn_norm.weight"], w[f"blk.{i}.ffn_norm.weight"] = ones(), ones()
+        for name, shape in shapes.items():
+            w[f"blk.{i}.{name}.weight"] = rand(*shape)
+    return w, cfg
+
+
 class Adapted(nn.Module):
     """A frozen linear layer with the teacher's MoE-LoRA (A [r, in], B [out, r])."""
 
@@ -233,10 +282,11 @@ class Adapted(nn.Module):
         self.gate = None  # [B, E] (None: one expert), set before each forward
 
     def forward(self, x):
-        u = x @ self.a.t()
+        # the adapter in float32 (a no-op cast for a float32 decoder)
+        u = x.to(self.a.dtype) @ self.a.t()
         if self.gate is not None:
             u = u * self.gate.repeat_interleave(self.per_expert, dim=1)[:, None, :]
-        return x @ self.w.t() + self.scale * (u @ self.b.t())
+        return x @ self.w.t() + (self.scale * (u @ self.b.t())).to(x.dtype)
 
 
 class Frozen(nn.Module):
@@ -249,17 +299,19 @@ class Frozen(nn.Module):
 
 
 def rms(x, w, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    """RMSNorm, its statistics in float32 (no-op casts for float32 x)."""
+    y = x.float()
+    return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
 
 
 def rope(x, pos, theta):
     """Rotary embedding on adjacent pairs (the GGUF layout of q and k)."""
     d = x.shape[-1]
-    inv = theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    inv = theta ** (-torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d)
     ang = pos[..., None].float() * inv  # [B, T, d/2]
     cos, sin = ang.cos()[:, None], ang.sin()[:, None]
     x0, x1 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), -1).flatten(-2).to(x.dtype)
 
 
 class Llama(nn.Module):
@@ -301,9 +353,9 @@ class Llama(nn.Module):
         nh, nkv = c["heads"], c["kv_heads"]
         hd = h // nh
         if cache is None or not cache:
-            causal = torch.ones(t, t, dtype=torch.bool).tril()
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             allow = causal[None] & mask.bool()[:, None, :]
-            allow = allow | torch.eye(t, dtype=torch.bool)[None]  # pads see themselves
+            allow = allow | torch.eye(t, dtype=torch.bool, device=x.device)[None]  # pads see themselves
             allow = allow[:, None]
         else:
             allow = None  # one new token attends to everything cached
@@ -342,8 +394,15 @@ class TeacherStep:
 
     def __init__(self, a):
         d, self.meta = read_dump(a.dump)
+        self.dev = torch.device(a.device)
+        d = {k: v.to(self.dev) for k, v in d.items()}
         self.d = d
-        w, cfg = gguf_weights(a.gguf)
+        dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+        if a.random_weights_config:
+            w, cfg = random_weights(a.random_weights_config, self.dev, dtype)
+        else:
+            w, cfg = gguf_weights(a.gguf)
+            w = {k: v.to(self.dev, dtype) for k, v in w.items()}
         self.params = {k[len("param."):]: v for k, v in d.items() if k.startswith("param.")}
         self.nets = {k: nn.Parameter(v) for k, v in self.params.items() if not k.startswith("adapter.")}
         self.model = Llama(w, cfg, self.params, self.meta)
@@ -367,7 +426,7 @@ class TeacherStep:
         d = self.d
         x = F.embedding(d["input_ids"], self.model.embed)
         b, t, h = x.shape
-        x = x.reshape(b * t, h).index_copy(0, d["slot_pos"], projected_of_slots)
+        x = x.reshape(b * t, h).index_copy(0, d["slot_pos"], projected_of_slots.to(x.dtype))
         return x.reshape(b, t, h)
 
     def loss(self):
@@ -381,8 +440,8 @@ class TeacherStep:
         hid = self.model(self.embeds(p_slots), self.mask, self.pos)
         if gen:
             flat = hid.reshape(-1, hid.shape[-1])[d["answer_pos"]]
-            return F.cross_entropy(flat @ self.model.head.t(), d["answer_tok"])
-        scores = unit(hid[:, -1]) @ unit(self.table(p_all)).t() * self.nets["head.log_scale"].exp()
+            return F.cross_entropy((flat @ self.model.head.t()).float(), d["answer_tok"])
+        scores = unit(hid[:, -1].float()) @ unit(self.table(p_all)).t() * self.nets["head.log_scale"].exp()
         scores[:, 0] += -1e9
         return F.cross_entropy(scores, d["targets"])
 
@@ -406,7 +465,7 @@ class TeacherStep:
         table = self.table(mlp(d["student_items"], self.nets, "projector"))
         p_slots = mlp(d["student_items"][d["slot_item"]], self.nets, "projector")
         hid = self.model(self.embeds(p_slots), self.mask, self.pos)
-        scores = unit(hid[:, -1]) @ unit(table).t() * self.nets["head.log_scale"].exp()
+        scores = unit(hid[:, -1].float()) @ unit(table).t() * self.nets["head.log_scale"].exp()
         scores[:, 0] += -1e9
         return torch.topk(scores, self.topk).indices
 
@@ -426,7 +485,8 @@ class TeacherStep:
             x = x_all[r:r + 1, keep]
             n = x.shape[1]
             cache = []
-            hid = self.model(x, torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], cache)
+            hid = self.model(x, torch.ones(1, n, dtype=torch.long, device=self.dev),
+                             torch.arange(n, device=self.dev)[None], cache)
             toks = []
             for _ in range(MAX_NEW_TOKENS):
                 tok = int((hid[0, -1] @ self.model.head.t()).argmax())
@@ -436,7 +496,7 @@ class TeacherStep:
                 if len(toks) == MAX_NEW_TOKENS:
                     break
                 e = self.model.embed[tok][None, None]
-                hid = self.model(e, None, torch.tensor([[n + len(toks) - 1]]), cache)
+                hid = self.model(e, None, torch.tensor([[n + len(toks) - 1]], device=self.dev), cache)
             out.append(toks)
         return out
 
@@ -487,16 +547,21 @@ def main(argv=None):
         step, ts = build_teacher_step(a)
         a.batch = ts.mask.shape[0]
         tokens = ts.real_tokens()
+    cuda = a.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     out = step()  # warm-up
     if a.step != "infer":
         log(f"# warm-up loss {out.item():.4f}")
     times = []
     for _ in range(a.repeats):
+        sync()
         t = time.perf_counter()
         out = step()
+        sync()
         times.append(time.perf_counter() - t)
     s = statistics.median(times)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    gpu = f" cuda_alloc_mb={torch.cuda.max_memory_allocated() / 2**20:.1f}" if cuda else ""
     if ts is None:
         cfg = f"adapter=lora experts=1 rank={a.rank} targets={','.join(a.targets)}"
         extra = ""
@@ -509,7 +574,7 @@ def main(argv=None):
     print(
         f"RESULT impl=pytorch step={a.step} batch={a.batch} tokens={a.tokens} {cfg} "
         f"threads={a.threads} step_ms={s * 1e3:.1f} tok_s={tokens / s:.1f} "
-        f"rows_s={a.batch / s:.1f} peak_mb={peak_mb:.1f}{extra}",
+        f"rows_s={a.batch / s:.1f} peak_mb={peak_mb:.1f}{gpu}{extra}",
         flush=True,
     )
 

@@ -655,6 +655,23 @@ fn corpus() -> Vec<Case> {
             &["bench", "llm", "--model", "{case}", "--step", "teacher", "--random-weights"],
             "vocab_size 100 is below the 257 ids of the byte tokenizer",
         ),
+        // <helper cuda>: `teacher plan --device cuda` measuring a GPU this
+        // (CPU) build cannot open names --no-measure, which plans without it
+        c(
+            "llm",
+            "plan-gpu-not-here",
+            &[
+                "teacher",
+                "plan",
+                "--backbone",
+                "{case}/config.json",
+                "--device",
+                "cuda",
+                "--memory-gb",
+                "80",
+            ],
+            "measuring the throughput (--no-measure plans without opening the device)",
+        ),
     ]
 }
 

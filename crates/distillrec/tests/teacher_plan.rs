@@ -31,13 +31,9 @@ fn planned_total(text: &str) -> f64 {
     x * unit
 }
 
-#[test]
-fn a_7b_config_is_planned_without_weights_and_refused_where_it_cannot_fit() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let data = d.join("data");
-    prepare_synthetic(&data, 60, "42");
-    let cfg = d.join("llama-2-7b.json");
+/// A Llama-2-7B `config.json` (no weights) in `dir`.
+fn llama_2_7b(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("llama-2-7b.json");
     std::fs::write(
         &cfg,
         r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -47,6 +43,48 @@ fn a_7b_config_is_planned_without_weights_and_refused_where_it_cannot_fit() {
             "tie_word_embeddings": false}"#,
     )
     .unwrap();
+    cfg
+}
+
+/// `--device cuda --no-measure` plans a GPU run on a machine without one
+/// (this CPU build cannot open a GPU): the device is opened only to measure
+/// its throughput, and the frozen weights are sized in bf16, half the CPU's
+/// f32.
+#[test]
+fn a_gpu_run_is_planned_without_opening_the_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    prepare_synthetic(&data, 60, "42");
+    let cfg = llama_2_7b(dir.path());
+    let text = ok(&[
+        "teacher",
+        "plan",
+        "--config",
+        TEACHER,
+        "--data",
+        s(&data),
+        "--backbone",
+        s(&cfg),
+        "--device",
+        "cuda",
+        "--no-measure",
+        "--memory-gb",
+        "80",
+        "--prompt-tokens",
+        "512",
+    ]);
+    assert!(text.contains("backbone: 6.74B parameters"), "{text}");
+    assert!(text.contains("13 GB  the frozen backbone"), "{text}");
+    assert!(text.contains("fits: yes"), "{text}");
+}
+
+#[test]
+fn a_7b_config_is_planned_without_weights_and_refused_where_it_cannot_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    prepare_synthetic(&data, 60, "42");
+    let cfg = llama_2_7b(d);
     let base = [
         "teacher",
         "plan",

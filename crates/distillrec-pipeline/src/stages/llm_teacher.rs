@@ -155,7 +155,8 @@ pub fn train_teacher(
         let data = run.stage("data", || run_data(cfg, req.data.as_deref(), &req.out))?;
         let rows = selected_rows(&data, req.selection.as_deref())?;
         // the plan's memory check, before the backbone loads
-        plan_for(cfg, &backbone, &data.ds, &rows, None, device)?.check(available_bytes())?;
+        plan_for(cfg, &backbone, &data.ds, &rows, None, spec_of(device))?
+            .check(available_bytes())?;
         let rss_before_load = rss_mb();
         let mut a = run.stage("teacher.load", || {
             assemble(

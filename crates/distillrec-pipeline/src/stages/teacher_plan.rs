@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 
-use distillrec_config::Config;
+use distillrec_config::{Config, DeviceSpec};
 use distillrec_data::memory::available_bytes;
 use distillrec_data::Dataset;
 use distillrec_llm::{ChatTemplate, Tokenizer};
@@ -44,11 +43,10 @@ pub struct PlannedTeacher {
 
 /// Bytes of a frozen backbone weight on `device`: f32 on the CPU, bf16 on a
 /// GPU (`teacher.dtype`'s default there).
-fn weight_bytes(device: &Device) -> u64 {
-    if device.is_cpu() {
-        4
-    } else {
-        2
+fn weight_bytes(device: DeviceSpec) -> u64 {
+    match device {
+        DeviceSpec::Cpu => 4,
+        DeviceSpec::Cuda(_) => 2,
     }
 }
 
@@ -79,14 +77,14 @@ fn prompt_lengths(
 
 /// The plan of the configured teacher on `backbone` for the training rows
 /// `rows` (indices into `ds.train`) of `ds`; `prompt_tokens` replaces the
-/// longest prompt.
+/// longest prompt. The plan is for `device` but opens nothing on it.
 pub fn plan_for(
     cfg: &Config,
     backbone: &Path,
     ds: &Dataset,
     rows: &[usize],
     prompt_tokens: Option<usize>,
-    device: &Device,
+    device: DeviceSpec,
 ) -> Result<Plan> {
     let meta = distillrec_llm::read_meta(backbone, cfg.teacher.num_layers)?;
     let lengths = prompt_lengths(cfg, meta.tokenizer.as_ref(), ds, rows)?;
@@ -109,10 +107,12 @@ pub fn plan_for(
 }
 
 /// `teacher plan`: sizes the configured run without loading any weights.
+/// The device is opened only to measure its throughput (`req.measure`), so
+/// that a GPU run can be planned on a machine without one (a login node).
 pub fn plan_teacher(
     cfg: &Config,
     req: &TeacherPlanRequest,
-    device: &Device,
+    device: DeviceSpec,
 ) -> Result<PlannedTeacher> {
     let backbone = req
         .backbone
@@ -128,11 +128,13 @@ pub fn plan_teacher(
     let plan = plan_for(cfg, &backbone, &ds, &rows, req.prompt_tokens, device)?;
     let available = match req.memory_gb {
         Some(gb) => Some((gb * 1e9) as u64),
-        None if device.is_cpu() => Some(available_bytes()),
+        None if device == DeviceSpec::Cpu => Some(available_bytes()),
         None => None,
     };
     let flops_per_sec = if req.measure {
-        Some(measure_flops(plan.mlp_shape, device)?)
+        let opened = distillrec_models::device::open(device)
+            .context("measuring the throughput (--no-measure plans without opening the device)")?;
+        Some(measure_flops(plan.mlp_shape, &opened)?)
     } else {
         None
     };

@@ -60,7 +60,10 @@ fn print_cache(cache: &TeacherCache, what: &str, rate: String, secs: f64, out: &
 fn plan(a: TeacherPlanArgs) -> Result<()> {
     let data = data_override(a.data.as_deref());
     let mut cfg = load_config(&a.config, data, reads::TRAIN_TEACHER)?;
-    let device = config_device(&mut cfg, &a.device)?;
+    // not opened here: only the throughput measurement needs the device
+    if let Some(d) = a.device.device {
+        cfg.device = d;
+    }
     if let Some(gb) = a.memory_gb {
         anyhow::ensure!(
             gb.is_finite() && gb > 0.0,
@@ -77,7 +80,7 @@ fn plan(a: TeacherPlanArgs) -> Result<()> {
         memory_gb: a.memory_gb,
         measure: !a.no_measure,
     };
-    let p = stages::plan_teacher(&cfg, &req, &device)?;
+    let p = stages::plan_teacher(&cfg, &req, cfg.device)?;
     print!("{}", p.plan.render(p.available, p.flops_per_sec));
     match p.available {
         Some(avail) => {
