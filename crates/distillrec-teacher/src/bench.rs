@@ -275,26 +275,32 @@ impl Bench {
         write_safetensors(path, &m, meta)
     }
 
-    /// Writes to `path` what one run computes from the current weights,
-    /// without an update: for training the loss (`loss`, f32 `[1]`) and the
-    /// gradient of every trainable tensor (`grad.<name>`, names and shapes
-    /// of [`Teacher::named_params`]); for ranking inference the scores
-    /// (`scores`, f32 `[rows, N + 1]`, column 0 the padding item). A CPU
-    /// and a GPU run of the same seeded bench compare through these files
+    /// Writes what a device comparison needs to `path` (safetensors): for
+    /// training, after one AdamW update from the seeded initial weights (a
+    /// fresh adapter's `B` is zero, so at the very first step the gradients
+    /// of `A` and of the gate are exactly zero and would compare nothing),
+    /// the next micro-step's `loss` (f32 `[1]`) and the gradient of every
+    /// trainable tensor (`grad.<name>`, names and shapes of
+    /// [`Teacher::named_params`]); the weights are restored afterwards. For
+    /// ranking inference, the scores (`scores`, f32 `[rows, N + 1]`, column
+    /// 0 the padding item) of the initial weights. A CPU and a GPU run of
+    /// the same seeded bench compare through these files
     /// (`scripts/device-check.sh`).
-    pub fn write_grads(&self, path: &Path) -> Result<()> {
-        let t = &self.teacher;
-        let rows = self.rows();
+    pub fn write_grads(&mut self, path: &Path) -> Result<()> {
         let mut m: HashMap<String, Tensor> = HashMap::new();
         let cpu = Device::Cpu;
         match self.spec.mode {
             Mode::Train => {
-                let out = t.micro_step(&self.ds, &rows, 0, 1.0, 0)?;
+                let out = self.after_one_update(|b, _| {
+                    let rows = b.rows();
+                    Ok(b.teacher.micro_step(&b.ds, &rows, 0, 1.0, 0)?)
+                })?;
                 m.insert(
                     "loss".into(),
                     Tensor::from_vec(vec![out.loss as f32], 1, &cpu)?,
                 );
-                for ((name, shape, _), g) in t.named_params().into_iter().zip(out.grads) {
+                let named = self.teacher.named_params();
+                for ((name, shape, _), g) in named.into_iter().zip(out.grads) {
                     m.insert(
                         format!("grad.{name}"),
                         Tensor::from_vec(g, shape.as_slice(), &cpu)?,
@@ -306,28 +312,33 @@ impl Bench {
                     has_ranking(self.spec.objective),
                     "--grads-out with --step infer writes ranking scores: use --objective ranking"
                 );
+                let t = &self.teacher;
                 let table = t.eval_table()?;
-                let scores = t.rank_scores(&self.ds, &rows, &table)?;
+                let scores = t.rank_scores(&self.ds, &self.rows(), &table)?;
                 let w = self.ds.num_items() + 1;
                 m.insert(
                     "scores".into(),
-                    Tensor::from_vec(scores, (rows.len(), w), &cpu)?,
+                    Tensor::from_vec(scores, (self.rows.len(), w), &cpu)?,
                 );
             }
         }
+        let t = &self.teacher;
         let mut meta = self.meta();
         meta.insert(
             "device".into(),
             distillrec_models::device::spec_of(t.dev()).to_string(),
         );
         meta.insert("dtype".into(), t.llm.model.dtype().as_str().to_string());
+        if self.spec.mode == Mode::Train {
+            meta.insert("updates_before".into(), "1".into());
+        }
         write_safetensors(path, &m, meta)
     }
 
-    /// The losses of the first two training steps (the second after one
-    /// AdamW update, when the fresh adapters' `B` is no longer zero and the
-    /// gate matters); the weights are restored afterwards.
-    fn two_losses(&mut self) -> Result<(f64, f64)> {
+    /// `f` after one training step (micro-step and AdamW update with a fresh
+    /// optimiser), given that step's loss; the weights and the optimiser are
+    /// restored afterwards.
+    pub fn after_one_update<T>(&mut self, f: impl FnOnce(&Self, f64) -> Result<T>) -> Result<T> {
         let saved: Vec<Vec<f32>> = self
             .teacher
             .params_mut()
@@ -339,13 +350,21 @@ impl Bench {
             &self.teacher.param_sizes(),
         );
         let kept = std::mem::replace(&mut self.opt, fresh);
-        let first = self.train_once()?;
-        let second = self.train_once()?;
+        let result = self.train_once().and_then(|loss| f(self, loss));
         self.opt = kept;
         for (p, v) in self.teacher.params_mut().into_iter().zip(saved) {
             p.copy_from_slice(&v);
         }
-        Ok((first, second))
+        result
+    }
+    /// The losses of the first two training steps (the second after one
+    /// AdamW update, when the fresh adapters' `B` is no longer zero and the
+    /// gate matters); the weights are restored afterwards.
+    fn two_losses(&mut self) -> Result<(f64, f64)> {
+        self.after_one_update(|b, first| {
+            let rows = b.rows();
+            Ok((first, b.teacher.micro_step(&b.ds, &rows, 0, 1.0, 0)?.loss))
+        })
     }
 
     /// One micro-step and its AdamW update; returns the loss.

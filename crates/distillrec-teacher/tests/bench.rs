@@ -142,17 +142,28 @@ fn the_dump_records_the_first_losses_and_leaves_the_weights_alone() {
     }
 }
 
-/// `bench llm --grads-out`: the file holds the first micro-step's loss and
-/// every trainable tensor's gradient by name (training), or the first
-/// batch's ranking scores (inference), from the initial weights.
+/// `bench llm --grads-out`: the file holds, after one update, the next
+/// micro-step's loss and every trainable tensor's gradient by name, none of
+/// them all zero (training), or the first batch's ranking scores
+/// (inference), from the initial weights; the weights are left as they were.
 #[test]
-fn the_grads_file_holds_the_first_steps_loss_gradients_and_scores() {
+fn the_grads_file_holds_the_second_steps_loss_gradients_and_scores() {
     let dir = tempfile::tempdir().unwrap();
-    let b = bench(Mode::Train, TeacherObjective::Ranking);
+    let mut b = bench(Mode::Train, TeacherObjective::Ranking);
     let path = dir.path().join("grads.safetensors");
+    let before: Vec<Vec<f32>> = b.teacher.params_mut().iter().map(|p| p.to_vec()).collect();
     b.write_grads(&path).unwrap();
+    let after: Vec<Vec<f32>> = b.teacher.params_mut().iter().map(|p| p.to_vec()).collect();
+    assert_eq!(before, after, "write_grads left the weights changed");
     let got = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-    let want = b.teacher.micro_step(&b.ds, &b.rows(), 0, 1.0, 0).unwrap();
+    let want = b
+        .after_one_update(|b, _| Ok(b.teacher.micro_step(&b.ds, &b.rows(), 0, 1.0, 0)?))
+        .unwrap();
+    for (name, _, _) in b.teacher.named_params() {
+        let g = got[&format!("grad.{name}")].flatten_all().unwrap();
+        let g = g.to_vec1::<f32>().unwrap();
+        assert!(g.iter().any(|&x| x != 0.0), "grad.{name} is all zero");
+    }
     let loss = got["loss"].to_vec1::<f32>().unwrap();
     assert_eq!(loss, vec![want.loss as f32]);
     let named = b.teacher.named_params();
@@ -162,7 +173,7 @@ fn the_grads_file_holds_the_first_steps_loss_gradients_and_scores() {
         assert_eq!(t.dims(), shape.as_slice(), "{name}");
         assert_eq!(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g);
     }
-    let b = bench(Mode::Infer, TeacherObjective::Ranking);
+    let mut b = bench(Mode::Infer, TeacherObjective::Ranking);
     b.write_grads(&path).unwrap();
     let got = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
     let table = b.teacher.eval_table().unwrap();
@@ -170,7 +181,7 @@ fn the_grads_file_holds_the_first_steps_loss_gradients_and_scores() {
     let s = &got["scores"];
     assert_eq!(s.dims(), &[3, b.ds.num_items() + 1]);
     assert_eq!(s.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
-    let g = bench(Mode::Infer, TeacherObjective::Generative);
+    let mut g = bench(Mode::Infer, TeacherObjective::Generative);
     let e = g.write_grads(&path).unwrap_err().to_string();
     assert!(e.contains("--objective ranking"), "{e}");
 }
