@@ -49,6 +49,17 @@ fn pipeline_args(backbone: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// Stage directories of a sweep's store whose name starts with `prefix`.
+fn stage_dirs(stages: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(stages)
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.path().is_dir() && e.file_name().to_string_lossy().starts_with(prefix)
+        })
+        .count()
+}
+
 fn run_pipeline(backbone: &Path, out: &Path, extra: &[&str]) -> String {
     let a = pipeline_args(backbone, out, extra);
     ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
@@ -333,15 +344,7 @@ fn a_sweep_shares_one_teacher_and_reports_mean_and_spread_per_setting() {
         stderr.lines().any(|l| l == line),
         "{line:?} not in {stderr}"
     );
-    let count = |prefix: &str| {
-        std::fs::read_dir(&stages)
-            .unwrap()
-            .filter(|e| {
-                let e = e.as_ref().unwrap();
-                e.path().is_dir() && e.file_name().to_string_lossy().starts_with(prefix)
-            })
-            .count()
-    };
+    let count = |prefix: &str| stage_dirs(&stages, prefix);
     // one teacher and one cache for all four runs; the two student seeds
     // (each also trained to convergence) plus the run seed's student that
     // feeds the teacher; a distillation per run
@@ -380,15 +383,7 @@ fn a_sweep_over_active_rounds_shares_the_teacher_and_runs_rounds() {
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
     ok(&args);
     let stages = out.join("stages");
-    let count = |prefix: &str| {
-        std::fs::read_dir(&stages)
-            .unwrap()
-            .filter(|e| {
-                let e = e.as_ref().unwrap();
-                e.path().is_dir() && e.file_name().to_string_lossy().starts_with(prefix)
-            })
-            .count()
-    };
+    let count = |prefix: &str| stage_dirs(&stages, prefix);
     // one teacher for both settings; one round is the one-shot cache and
     // distillation, two rounds are two round stages
     assert_eq!(count("teacher-"), 1);
