@@ -147,6 +147,9 @@ impl ActiveConfig {
         if self.rounds > 1 && policy == Policy::All {
             return bad(key, "policy 'all' takes every row at once: rounds need a policy that picks a budget (random, entropy, loss, badge, ...)".into());
         }
+        if self.teacher_rows == TeacherRows::Retrain {
+            return bad("teacher_rows", "'retrain' (fine-tuning the teacher again each round) is not built yet; use 'infer_only'".into());
+        }
         if self.rounds > 1 && policy == Policy::Kl {
             return bad(key, "policy 'kl' needs a teacher cache in round 1, which rounds build only as they go: pick another policy".into());
         }

@@ -24,11 +24,12 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use distillrec_cache::TeacherCache;
-use distillrec_config::{reads, Budget, Config, TeacherRows};
+use distillrec_config::{reads, Budget, Config};
 use distillrec_data::fsutil::{
     atomic_write, atomic_write_json, read_text_limited, sha256_of_file, MAX_SMALL_FILE_BYTES,
 };
 use distillrec_data::lock::DirLock;
+use distillrec_data::outguard::check_not_input;
 use distillrec_run::{open_log_file, BuildInfo};
 use distillrec_train::units::trained_rows;
 
@@ -145,6 +146,26 @@ pub fn plan_rounds(cfg: &Config, pool: usize) -> Result<Vec<usize>> {
     Ok(rows)
 }
 
+/// Refuses an `--out` that is one of the inputs or lies inside one, and an
+/// existing directory that is neither empty nor an earlier `active` output
+/// (it has `stages/`), before anything is written.
+fn check_out(req: &ActiveRequest) -> Result<()> {
+    let teacher = match &req.labeller {
+        Labeller::Llm { checkpoint, .. } | Labeller::Student(checkpoint) => checkpoint,
+        Labeller::Cache(dir) => dir,
+    };
+    let inputs = [req.data.as_path(), req.student.as_path(), teacher.as_path()];
+    check_not_input(&req.out, &inputs, "--out")?;
+    let empty = std::fs::read_dir(&req.out).map_or(true, |mut d| d.next().is_none());
+    if !empty && !req.out.join("stages").is_dir() {
+        bail!(
+            "--out {}: exists, is not empty and is not an earlier `active` output; choose another --out",
+            req.out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs the rounds of `cfg.active` in `req.out`.
 pub fn active(
     cfg: &Config,
@@ -152,9 +173,7 @@ pub fn active(
     build: BuildInfo,
     device: &Device,
 ) -> Result<ActiveOutcome> {
-    if cfg.active.teacher_rows == TeacherRows::Retrain {
-        bail!("config key `active.teacher_rows`: 'retrain' (fine-tuning the teacher again each round) is not built yet; use 'infer_only'");
-    }
+    check_out(req)?;
     for (what, path) in [
         ("--student", req.student.clone()),
         ("the teacher", req.labeller.identity()),

@@ -504,10 +504,24 @@ fn bad_active_settings_are_refused_before_anything_is_written() {
         ),
         (&["--set", "active.rounds=-1"], &["active.rounds"]),
     ];
+    let data = s(&su.data).to_string();
+    let inside = format!("{data}/act");
     for (extra, want) in cases {
         clean_error(&active_args(&su, cache, &out, extra), *want);
         assert!(!out.exists(), "{extra:?} wrote {}", out.display());
     }
+    // an --out inside an input, or a directory of something else
+    let before = snapshot(&su.data);
+    clean_error(
+        &active_args(&su, cache, Path::new(&inside), &[]),
+        &["--out", "lies inside the input"][..],
+    );
+    assert_eq!(snapshot(&su.data), before, "the dataset was written to");
+    let student_dir = d.path().join("student");
+    clean_error(
+        &active_args(&su, cache, &student_dir, &[]),
+        &["--out", "not an earlier `active` output"][..],
+    );
 }
 
 #[test]
