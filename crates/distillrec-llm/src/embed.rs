@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use distillrec_data::Dataset;
 
 use crate::error::{Error, Result};
-use crate::model::{gather_rows, Model};
+use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
 /// Name of the table inside the safetensors file.
@@ -176,4 +176,21 @@ pub fn load_table(path: &Path) -> Result<(Tensor, HashMap<String, String>)> {
         &candle_core::Device::Cpu,
     )?;
     Ok((t, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Picks `hidden[r, idx[r], :]` for each row: `(batch, hidden)`.
+pub fn gather_rows(hidden: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let (b, t, h) = hidden.dims3()?;
+    if idx.len() != b || idx.iter().any(|&i| i >= t) {
+        return Err(Error::Input(format!(
+            "gather indices {idx:?} for a batch of {b}×{t}"
+        )));
+    }
+    let flat: Vec<u32> = idx
+        .iter()
+        .enumerate()
+        .map(|(r, &i)| (r * t + i) as u32)
+        .collect();
+    let flat = Tensor::from_vec(flat, b, hidden.device())?;
+    Ok(hidden.reshape((b * t, h))?.index_select(&flat, 0)?)
 }

@@ -62,6 +62,7 @@ pub mod loader;
 pub mod lora;
 pub mod loss;
 pub mod model;
+mod norm;
 pub mod ops;
 pub mod parmatmul;
 pub mod pass;

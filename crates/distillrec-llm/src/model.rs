@@ -19,56 +19,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::config::{Activation, Config, Family};
 use crate::error::{Error, Result};
 use crate::lora::{matmul_wt, Adapter, AdapterCtx, Fused, Linear, Lora};
+pub use crate::norm::Norm;
 use crate::ops;
 use crate::source::WeightSource;
-
-/// A normalisation layer with its (frozen) parameters.
-#[derive(Clone, Debug)]
-pub enum Norm {
-    /// RMSNorm (Llama, Qwen2).
-    Rms {
-        /// Scale.
-        weight: Tensor,
-        /// Epsilon.
-        eps: f64,
-    },
-    /// LayerNorm (OPT).
-    Layer {
-        /// Scale.
-        weight: Tensor,
-        /// Shift.
-        bias: Tensor,
-        /// Epsilon.
-        eps: f64,
-    },
-}
-
-impl Norm {
-    fn load(cfg: &Config, src: &mut Loader, name: &str) -> Result<Norm> {
-        let h = cfg.hidden_size;
-        Ok(match cfg.family {
-            Family::Opt => Norm::Layer {
-                weight: src.get(&format!("{name}.weight"), &[h])?,
-                bias: src.get(&format!("{name}.bias"), &[h])?,
-                eps: cfg.norm_eps,
-            },
-            _ => Norm::Rms {
-                weight: src.get(&format!("{name}.weight"), &[h])?,
-                eps: cfg.norm_eps,
-            },
-        })
-    }
-
-    /// Normalises the last dimension; `allow_fused` lets untracked inputs use
-    /// candle's fused kernel.
-    pub fn forward(&self, x: &Tensor, allow_fused: bool) -> candle_core::Result<Tensor> {
-        let fused = ops::can_fuse(allow_fused, &[x]);
-        match self {
-            Norm::Rms { weight, eps } => ops::rms_norm(x, weight, *eps, fused),
-            Norm::Layer { weight, bias, eps } => ops::layer_norm(x, weight, bias, *eps, fused),
-        }
-    }
-}
 
 /// Which linear layer of a decoder layer (adapter targets): the one
 /// [`distillrec_data::AdapterTarget`] table, whose `ALL` order is the order of
@@ -309,9 +262,9 @@ impl DecoderLayer {
             _ => ("input_layernorm", "post_attention_layernorm"),
         };
         Ok(DecoderLayer {
-            attn_norm: Norm::load(cfg, src, &format!("{p}.{attn_norm}"))?,
+            attn_norm: Norm::load(cfg, &mut |n, s| src.get(n, s), &format!("{p}.{attn_norm}"))?,
             attn: Attention::load(cfg, src, &format!("{p}.self_attn"))?,
-            mlp_norm: Norm::load(cfg, src, &format!("{p}.{mlp_norm}"))?,
+            mlp_norm: Norm::load(cfg, &mut |n, s| src.get(n, s), &format!("{p}.{mlp_norm}"))?,
             mlp: Mlp::load(cfg, src, p)?,
             pre_norm: cfg.do_layer_norm_before,
         })
@@ -544,11 +497,15 @@ impl Model {
         let final_norm = match cfg.family {
             Family::Opt if cfg.final_norm => Some(Norm::load(
                 cfg,
-                &mut l,
+                &mut |n, s| l.get(n, s),
                 &format!("{prefix}.final_layer_norm"),
             )?),
             Family::Opt => None,
-            _ => Some(Norm::load(cfg, &mut l, &format!("{prefix}.norm"))?),
+            _ => Some(Norm::load(
+                cfg,
+                &mut |n, s| l.get(n, s),
+                &format!("{prefix}.norm"),
+            )?),
         };
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
@@ -1029,21 +986,4 @@ impl Stages<'_> {
             _ => Err(Error::Input(format!("stage {i} of {}", l + 2))),
         }
     }
-}
-
-/// Picks `hidden[r, idx[r], :]` for each row: `(batch, hidden)`.
-pub fn gather_rows(hidden: &Tensor, idx: &[usize]) -> Result<Tensor> {
-    let (b, t, h) = hidden.dims3()?;
-    if idx.len() != b || idx.iter().any(|&i| i >= t) {
-        return Err(Error::Input(format!(
-            "gather indices {idx:?} for a batch of {b}×{t}"
-        )));
-    }
-    let flat: Vec<u32> = idx
-        .iter()
-        .enumerate()
-        .map(|(r, &i)| (r * t + i) as u32)
-        .collect();
-    let flat = Tensor::from_vec(flat, b, hidden.device())?;
-    Ok(hidden.reshape((b * t, h))?.index_select(&flat, 0)?)
 }

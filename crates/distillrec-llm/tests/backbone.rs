@@ -11,10 +11,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use distillrec_llm::bench::lm_loss;
 use distillrec_llm::chat::ChatTemplate;
+use distillrec_llm::embed::gather_rows;
 use distillrec_llm::embed::{item_table, load_table, save_table, title_embeddings, TitleCut};
 use distillrec_llm::generate::{argmax, generate, next_logits, Finish, GenerateOptions};
 use distillrec_llm::lora::{Adapter, AdapterCtx, Lora};
-use distillrec_llm::model::{gather_rows, Target};
+use distillrec_llm::model::Target;
 use distillrec_llm::source::MapSource;
 use distillrec_llm::{load, Config, KvCache, LoadOptions, Model};
 
