@@ -4,7 +4,8 @@
 # SASRec seeds, cached once over every training row), the baseline at the
 # distillation's epoch budget and trained to convergence, distillation from
 # every row, and `active` rounds under several policies, budgets and round
-# counts (one round is one-shot selection of the same total budget).
+# counts (one round is one-shot selection of the same total budget; policy
+# `all` with budget 1.0 is every row).
 #   scripts/active_experiment.sh [distillrec binary] [work dir]
 # Subsets through the environment (defaults: the full grid, many hours on
 # 2 cores):
@@ -34,21 +35,42 @@ members=(--checkpoint conv-s11/checkpoints/best.safetensors --checkpoint conv-s1
          --checkpoint conv-s13/checkpoints/best.safetensors)
 [ -f teacher/metrics.json ] || "$B" eval student "${members[@]}" "${D[@]}" --out teacher
 [ -f cache/manifest.json ] || "$B" teacher from-student "${members[@]}" "${D[@]}" --out cache
-runs=(teacher=teacher)
-active=()
 for s in $SEEDS; do
+  # the baseline at the distillation's epoch budget; distillation from every
+  # row at that budget and trained to convergence
   [ -f "base-s$s/metrics.json" ] || "$B" train student --config "$C" "${D[@]}" --out "base-s$s" --set "seed=$s"
   [ -f "all-s$s/metrics.json" ] || "$B" distill --config "$C" "${D[@]}" --teacher-cache cache --out "all-s$s" --set "seed=$s"
-  runs+=("baseline=base-s$s" "converged=conv-s$s" "all rows=all-s$s")
+  [ -f "allconv-s$s/metrics.json" ] || "$B" distill --config "$C" "${D[@]}" --teacher-cache cache --out "allconv-s$s" \
+    --set "seed=$s" --set train.distill.until=converged --set train.distill.patience=10
+  # every row as one round: the all-rows point of the curves
+  "$B" active --config "$C" "${D[@]}" --student "base-s$s/checkpoints/best.safetensors" --teacher-cache cache \
+    --out "act-all-1.0-r1-s$s" --set "seed=$s" --set selection.policy=all --set selection.budget=1.0
   for pol in $POLICIES; do
     for b in $BUDGETS; do
       for r in $ROUNDS; do
-        out=act-$pol-$b-r$r-s$s
         "$B" active --config "$C" "${D[@]}" --student "base-s$s/checkpoints/best.safetensors" --teacher-cache cache \
-          --out "$out" --set "seed=$s" --set "selection.policy=$pol" --set "selection.budget=$b" --set "active.rounds=$r"
-        active+=("$pol, $b, $r rounds=$out")
+          --out "act-$pol-$b-r$r-s$s" --set "seed=$s" --set "selection.policy=$pol" --set "selection.budget=$b" \
+          --set "active.rounds=$r"
       done
     done
   done
 done
-"$B" report --runs "${runs[@]}" --active-runs "${active[@]}" --baseline baseline --converged converged --out report
+# every finished run in the work dir, whatever subset made it: same label =
+# seeds (labels avoid parentheses, which Markdown escaping shows)
+runs=(teacher=teacher)
+for d in base-s*; do [ -f "$d/metrics.json" ] && runs+=("baseline, 15 epochs=$d"); done
+for d in conv-s*; do
+  case $d in conv-s1? ) continue ;; esac # the teacher's members
+  [ -f "$d/metrics.json" ] && runs+=("converged=$d")
+done
+for d in all-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, 15 epochs=$d"); done
+for d in allconv-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, converged=$d"); done
+active=()
+for d in act-*; do
+  [ -f "$d/active.json" ] || continue
+  IFS=- read -r _ pol b r _ <<< "$d"
+  n=${r#r}; word=rounds; [ "$n" = 1 ] && word=round
+  active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word=$d")
+done
+"$B" report --runs "${runs[@]}" --active-runs "${active[@]}" --baseline "baseline, 15 epochs" \
+  --converged converged --out report
