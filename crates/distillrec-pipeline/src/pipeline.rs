@@ -1,6 +1,9 @@
 //! `pipeline`: every stage of SPEC 1 from one config, each in its own
-//! directory under `out` — `data`, `popularity`, `student`, `selection`,
-//! `teacher`, `cache`, `distill`, `report`.
+//! directory under `out` — `data`, `popularity`, `student`,
+//! `student-converged`, `selection`, `teacher`, `cache`, `distill`,
+//! `report`; with `active.rounds > 1`, `round-1` … `round-<R>` (see
+//! `active`) in place of `cache` and `distill`. The stage records and the
+//! rule below live in `keyed`.
 //!
 //! Each stage is keyed by a content hash of the config groups it reads (the
 //! config *projected* onto them, which is also what its run directory's
@@ -18,9 +21,11 @@
 //!   does everything downstream (their keys contain this one).
 //!
 //! A stage that fails is named in the error and leaves the finished stages
-//! as they were. The LLM stages (teacher, cache, distill) run when
+//! as they were. The LLM stages (teacher, cache, distill or the rounds) and
+//! `student-converged` (when the baseline is a budget run) run when
 //! `teacher.backbone` is set; selection runs when `selection.policy` is not
-//! `all`.
+//! `all`. With `--device cuda` the teacher stages run on the GPU and the
+//! distillation stages on the CPU.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
