@@ -11,6 +11,8 @@
 # 2 cores):
 #   SEEDS="1 2 3" BUDGETS="0.05 0.1 0.25" ROUNDS="1 3 5"
 #   POLICIES="entropy loss badge random"
+# and UNTIL=converged for active runs whose distillation is trained to
+# convergence (directories actconv-*, instead of act-*).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 B="${1:-$here/target/release/distillrec}"
@@ -20,6 +22,13 @@ SEEDS=${SEEDS:-"1 2 3"}
 BUDGETS=${BUDGETS:-"0.05 0.1 0.25"}
 ROUNDS=${ROUNDS:-"1 3 5"}
 POLICIES=${POLICIES:-"entropy loss badge random"}
+UNTIL=${UNTIL:-budget}
+prefix=act
+CONVERGED_DISTILL=()
+if [ "$UNTIL" = converged ]; then
+  prefix=actconv
+  CONVERGED_DISTILL=(--set train.distill.until=converged --set train.distill.patience=10)
+fi
 mkdir -p "$W"
 cd "$W"
 D=(--data data)
@@ -44,13 +53,14 @@ for s in $SEEDS; do
     --set "seed=$s" --set train.distill.until=converged --set train.distill.patience=10
   # every row as one round: the all-rows point of the curves
   "$B" active --config "$C" "${D[@]}" --student "base-s$s/checkpoints/best.safetensors" --teacher-cache cache \
-    --out "act-all-1.0-r1-s$s" --set "seed=$s" --set selection.policy=all --set selection.budget=1.0
+    --out "$prefix-all-1.0-r1-s$s" --set "seed=$s" --set selection.policy=all --set selection.budget=1.0 \
+    "${CONVERGED_DISTILL[@]}"
   for pol in $POLICIES; do
     for b in $BUDGETS; do
       for r in $ROUNDS; do
         "$B" active --config "$C" "${D[@]}" --student "base-s$s/checkpoints/best.safetensors" --teacher-cache cache \
-          --out "act-$pol-$b-r$r-s$s" --set "seed=$s" --set "selection.policy=$pol" --set "selection.budget=$b" \
-          --set "active.rounds=$r"
+          --out "$prefix-$pol-$b-r$r-s$s" --set "seed=$s" --set "selection.policy=$pol" --set "selection.budget=$b" \
+          --set "active.rounds=$r" "${CONVERGED_DISTILL[@]}"
       done
     done
   done
@@ -66,11 +76,12 @@ done
 for d in all-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, 15 epochs=$d"); done
 for d in allconv-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, converged=$d"); done
 active=()
-for d in act-*; do
+for d in act-* actconv-*; do
   [ -f "$d/active.json" ] || continue
-  IFS=- read -r _ pol b r _ <<< "$d"
+  IFS=- read -r kind pol b r _ <<< "$d"
   n=${r#r}; word=rounds; [ "$n" = 1 ] && word=round
-  active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word=$d")
+  until=""; [ "$kind" = actconv ] && until=", converged"
+  active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word$until=$d")
 done
 "$B" report --runs "${runs[@]}" --active-runs "${active[@]}" --baseline "baseline, 15 epochs" \
   --converged converged --out report
