@@ -75,13 +75,18 @@ for d in conv-s*; do
 done
 for d in all-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, 15 epochs=$d"); done
 for d in allconv-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, converged=$d"); done
-active=()
-for d in act-* actconv-*; do
-  [ -f "$d/active.json" ] || continue
-  IFS=- read -r kind pol b r _ <<< "$d"
-  n=${r#r}; word=rounds; [ "$n" = 1 ] && word=round
-  until=""; [ "$kind" = actconv ] && until=", converged"
-  active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word$until=$d")
+# one report per distillation protocol: 15 epochs (act-*) in report/,
+# trained to convergence (actconv-*) in report-converged/
+for kind in act actconv; do
+  active=()
+  for d in "$kind"-*; do
+    [ -f "$d/active.json" ] || continue
+    IFS=- read -r _ pol b r _ <<< "$d"
+    n=${r#r}; word=rounds; [ "$n" = 1 ] && word=round
+    active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word=$d")
+  done
+  [ ${#active[@]} -gt 0 ] || continue
+  out=report; [ "$kind" = actconv ] && out=report-converged
+  "$B" report --runs "${runs[@]}" --active-runs "${active[@]}" --baseline "baseline, 15 epochs" \
+    --converged converged --out "$out"
 done
-"$B" report --runs "${runs[@]}" --active-runs "${active[@]}" --baseline "baseline, 15 epochs" \
-  --converged converged --out report
