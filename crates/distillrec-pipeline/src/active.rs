@@ -146,9 +146,14 @@ pub fn plan_rounds(cfg: &Config, pool: usize) -> Result<Vec<usize>> {
     Ok(rows)
 }
 
+/// The log `active` opens first in its `--out` (after the lock): what marks
+/// a directory as an earlier `active` output, even one killed before its
+/// first round started.
+const LOG_FILE: &str = "active.log";
+
 /// Refuses an `--out` that is one of the inputs or lies inside one, and an
-/// existing directory that is neither empty nor an earlier `active` output
-/// (it has `stages/`), before anything is written.
+/// existing directory that is neither empty (the lock aside) nor an earlier
+/// `active` output (it has [`LOG_FILE`]), before anything is written.
 fn check_out(req: &ActiveRequest) -> Result<()> {
     let teacher = match &req.labeller {
         Labeller::Llm { checkpoint, .. } | Labeller::Student(checkpoint) => checkpoint,
@@ -156,8 +161,11 @@ fn check_out(req: &ActiveRequest) -> Result<()> {
     };
     let inputs = [req.data.as_path(), req.student.as_path(), teacher.as_path()];
     check_not_input(&req.out, &inputs, "--out")?;
-    let empty = std::fs::read_dir(&req.out).map_or(true, |mut d| d.next().is_none());
-    if !empty && !req.out.join("stages").is_dir() {
+    let empty = std::fs::read_dir(&req.out).map_or(true, |d| {
+        d.filter_map(|e| e.ok())
+            .all(|e| e.file_name() == distillrec_data::lock::LOCK_FILE)
+    });
+    if !empty && !req.out.join(LOG_FILE).is_file() {
         bail!(
             "--out {}: exists, is not empty and is not an earlier `active` output; choose another --out",
             req.out.display()
@@ -190,7 +198,7 @@ pub fn active(
         full.check_against(&data.reference.fingerprint, &data.ds)?;
     }
     let _lock = DirLock::acquire(&req.out)?;
-    let _log = open_log_file(&req.out.join("active.log"))?;
+    let _log = open_log_file(&req.out.join(LOG_FILE))?;
     atomic_write(&req.out.join("config.toml"), cfg.to_toml().as_bytes())?;
     let inputs = [
         data.reference.fingerprint.clone(),

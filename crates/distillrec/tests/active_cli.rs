@@ -522,6 +522,22 @@ fn bad_active_settings_are_refused_before_anything_is_written() {
         &active_args(&su, cache, &student_dir, &[]),
         &["--out", "not an earlier `active` output"][..],
     );
+    // a pipeline's directory has `stages/` too, but is no active output
+    let pipeline_like = d.path().join("pipeline-out");
+    std::fs::create_dir_all(pipeline_like.join("stages")).unwrap();
+    std::fs::write(pipeline_like.join("pipeline.log"), "").unwrap();
+    clean_error(
+        &active_args(&su, cache, &pipeline_like, &[]),
+        &["--out", "not an earlier `active` output"][..],
+    );
+    // killed before its first round: only the lock, the log and the config
+    // are there, and the same command continues
+    let early = d.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::write(early.join("active.log"), "").unwrap();
+    std::fs::write(early.join("config.toml"), "").unwrap();
+    std::fs::write(early.join(".distillrec.lock"), "").unwrap();
+    ok(&active_args(&su, cache, &early, &[]));
 }
 
 #[test]
