@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::aggregate::{mean_std, BudgetPoint};
 use crate::files::read_small;
 use crate::runs::RunSpec;
-use crate::tables::{md_escape, mean_cell};
+use crate::tables::{csv_field, csv_number, md_escape, mean_cell};
 
 /// One round of `active.json`, as far as the report reads it.
 #[derive(Deserialize)]
@@ -128,26 +128,23 @@ pub fn active_markdown(points: &[ActivePoint], metric: &str) -> String {
     out
 }
 
-/// `active.csv`: one line per label and round.
+/// `active.csv`: one line per label and round (text cells through the
+/// report's one CSV escaping, numbers in full precision).
 pub fn active_csv(points: &[ActivePoint]) -> String {
     let mut out =
         String::from("label,round,teacher_rows,pool_rows,teacher_secs,seeds,metric,spread\n");
     for p in points {
-        let label = if p.label.contains([',', '"']) {
-            format!("\"{}\"", p.label.replace('"', "\"\""))
-        } else {
-            p.label.clone()
-        };
         let _ = writeln!(
             out,
-            "{label},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
+            csv_field(&p.label),
             p.round,
             p.teacher_rows,
             p.pool_rows,
             p.teacher_secs,
             p.seeds,
             p.metric,
-            p.spread.map_or(String::new(), |s| s.to_string())
+            csv_number(p.spread)
         );
     }
     out

@@ -337,7 +337,7 @@ pub(crate) fn md_escape(s: &str) -> String {
 /// with `=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'` and
 /// quotes, as OWASP advises. Numbers go through [`csv_number`] instead and
 /// stay numbers.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
     if formula {
         format!("\"'{}\"", s.replace('"', "\"\""))
@@ -349,7 +349,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// A number in round-trip precision, or an empty cell.
-fn csv_number(v: Option<f64>) -> String {
+pub(crate) fn csv_number(v: Option<f64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
