@@ -30,6 +30,7 @@ use distillrec_data::fsutil::{
 };
 use distillrec_data::lock::DirLock;
 use distillrec_data::outguard::check_not_input;
+use distillrec_data::Dataset;
 use distillrec_run::{open_log_file, BuildInfo};
 use distillrec_train::units::trained_rows;
 
@@ -121,10 +122,20 @@ pub struct ActiveOutcome {
 /// The round file in a round's directory.
 const ROUND_FILE: &str = "round.json";
 
-/// The rows each round labels, checked against the pool before anything
-/// runs: every round labels at least one row, and the rounds together no
-/// more than the pool.
-pub fn plan_rounds(cfg: &Config, pool: usize) -> Result<Vec<usize>> {
+/// What the rounds draw from and how much: the pool (the rows the
+/// configured student trains on) and the rows of each round.
+pub(crate) struct RoundPlan {
+    /// Rows in the pool.
+    pub pool: usize,
+    /// Rows each round labels.
+    pub rows: Vec<usize>,
+}
+
+/// The rows each round labels, checked against the pool of `ds` before
+/// anything runs: every round labels at least one row, and the rounds
+/// together no more than the pool.
+pub(crate) fn plan_rounds(cfg: &Config, ds: &Dataset) -> Result<RoundPlan> {
+    let pool = trained_rows(ds, cfg.student.objective, cfg.student.max_len).len();
     let rows = cfg.active.round_rows(&cfg.selection, pool);
     let total: usize = rows.iter().sum();
     if let Some(r) = rows.iter().position(|&n| n == 0) {
@@ -143,7 +154,7 @@ pub fn plan_rounds(cfg: &Config, pool: usize) -> Result<Vec<usize>> {
             );
         }
     }
-    Ok(rows)
+    Ok(RoundPlan { pool, rows })
 }
 
 /// The log `active` opens first in its `--out` (after the lock): what marks
@@ -191,12 +202,16 @@ pub fn active(
         }
     }
     let data = load_prepared(&req.data)?;
-    let pool = trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len).len();
-    let plan = plan_rounds(cfg, pool)?;
-    if let Labeller::Cache(dir) = &req.labeller {
-        let full = TeacherCache::load(dir)?;
-        full.check_against(&data.reference.fingerprint, &data.ds)?;
-    }
+    let plan = plan_rounds(cfg, &data.ds)?;
+    // a given cache is read and checked once, and every round copies out of it
+    let full = match &req.labeller {
+        Labeller::Cache(dir) => {
+            let full = TeacherCache::load(dir)?;
+            full.check_against(&data.reference.fingerprint, &data.ds)?;
+            Some(full)
+        }
+        _ => None,
+    };
     let _lock = DirLock::acquire(&req.out)?;
     let _log = open_log_file(&req.out.join(LOG_FILE))?;
     atomic_write(&req.out.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -213,6 +228,7 @@ pub fn active(
             req,
             data: &data,
             plan: &plan,
+            full: full.as_ref(),
             inputs: &inputs,
             device,
             build,
@@ -233,7 +249,9 @@ pub(crate) struct Rounds<'a> {
     pub cfg: &'a Config,
     pub req: &'a ActiveRequest,
     pub data: &'a Data,
-    pub plan: &'a [usize],
+    pub plan: &'a RoundPlan,
+    /// The loaded cache of a [`Labeller::Cache`].
+    pub full: Option<&'a TeacherCache>,
     pub inputs: &'a [String],
     pub device: &'a Device,
     pub build: BuildInfo,
@@ -257,9 +275,9 @@ pub(crate) fn round_keys(cfg: &Config, inputs: &[String], rounds: usize) -> Vec<
 /// Runs (or skips, when finished under the same key) every round as a
 /// stage of `st`; returns each round's record and directory.
 pub(crate) fn run_rounds(st: &mut Stages, rs: &Rounds) -> Result<Vec<(RoundRecord, PathBuf)>> {
-    let keys = round_keys(rs.cfg, rs.inputs, rs.plan.len());
+    let keys = round_keys(rs.cfg, rs.inputs, rs.plan.rows.len());
     let mut done: Vec<(RoundRecord, PathBuf)> = Vec::new();
-    for (i, (&rows, key)) in rs.plan.iter().zip(&keys).enumerate() {
+    for (i, (&rows, key)) in rs.plan.rows.iter().zip(&keys).enumerate() {
         let r = i + 1;
         let job = Round {
             cfg: rs.cfg,
@@ -267,6 +285,8 @@ pub(crate) fn run_rounds(st: &mut Stages, rs: &Rounds) -> Result<Vec<(RoundRecor
             data: rs.data,
             number: r,
             rows,
+            pool: rs.plan.pool,
+            full: rs.full,
             prev: done.last().map(|(_, d)| d.as_path()),
             teacher_secs_before: done.last().map_or(0.0, |(x, _)| x.teacher_secs_total),
             device: rs.device,
@@ -346,6 +366,10 @@ struct Round<'a> {
     number: usize,
     /// Rows to label.
     rows: usize,
+    /// Rows in the pool.
+    pool: usize,
+    /// The loaded cache of a [`Labeller::Cache`].
+    full: Option<&'a TeacherCache>,
     /// The round before's directory.
     prev: Option<&'a Path>,
     teacher_secs_before: f64,
@@ -396,17 +420,11 @@ impl Round<'_> {
             self.build.clone(),
             &distill_device(self.device),
         )?;
-        let pool = trained_rows(
-            &self.data.ds,
-            self.cfg.student.objective,
-            self.cfg.student.max_len,
-        )
-        .len();
         let record = RoundRecord {
             round: self.number,
             new_rows: selection.len(),
             labelled_rows: cache.rows(),
-            pool_rows: pool,
+            pool_rows: self.pool,
             teacher_secs,
             teacher_secs_total: self.teacher_secs_before + teacher_secs,
             distill_secs: t.elapsed().as_secs_f64(),
@@ -486,7 +504,9 @@ impl Round<'_> {
                 teacher_from_student(self.cfg, &job, &[], self.device)?
             }
             Labeller::Cache(full_dir) => {
-                let full = TeacherCache::load(full_dir)?;
+                let full = self
+                    .full
+                    .context("the rounds of a given cache need it loaded")?;
                 let part = full.restrict(keys);
                 if part.rows() < keys.len() {
                     bail!(

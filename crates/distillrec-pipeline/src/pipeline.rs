@@ -40,7 +40,6 @@ use distillrec_data::lock::DirLock;
 use distillrec_data::store;
 use distillrec_run::{open_log_file, BuildInfo, Metrics};
 use distillrec_select::Policy;
-use distillrec_train::units::trained_rows;
 
 use crate::active::{run_rounds, write_summary, ActiveRequest, Labeller, RoundRecord, Rounds};
 use crate::keyed::{projected, stage_key, Stages};
@@ -311,8 +310,8 @@ pub fn run(
     let round_plan = match (&keys.llm, cfg.active.rounds > 1) {
         (Some(_), true) => {
             let data = crate::prepared::load_prepared(&data_dir)?;
-            let pool = trained_rows(&data.ds, cfg.student.objective, cfg.student.max_len).len();
-            Some((data, crate::active::plan_rounds(cfg, pool)?))
+            let plan = crate::active::plan_rounds(cfg, &data.ds)?;
+            Some((data, plan))
         }
         _ => None,
     };
@@ -431,6 +430,7 @@ pub fn run(
                     req: &req,
                     data,
                     plan,
+                    full: None,
                     inputs: &inputs,
                     device,
                     build: build.clone(),
