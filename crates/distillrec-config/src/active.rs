@@ -123,9 +123,20 @@ impl ActiveConfig {
         }
     }
 
-    /// Checks what the group can know alone; `Err((key, message))`.
-    pub fn check(&self, selection: &crate::SelectionConfig) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((format!("active.{k}"), m));
+    /// Checks what the group can know alone (as `DistillConfig::check`
+    /// does for `[distill]`), naming the key.
+    pub fn check(
+        &self,
+        selection: &crate::SelectionConfig,
+        source_name: &str,
+    ) -> Result<(), crate::ConfigError> {
+        let bad = |k: &str, msg: String| {
+            Err(crate::ConfigError::Key {
+                source_name: source_name.to_string(),
+                key: format!("active.{k}"),
+                msg,
+            })
+        };
         if self.rounds == 0 {
             return bad(
                 "rounds",

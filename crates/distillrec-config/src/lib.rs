@@ -741,9 +741,7 @@ impl Config {
             self.distill.check(source_name)?;
         }
         if reads.covers("active") {
-            if let Err((key, msg)) = self.active.check(&self.selection) {
-                return bad(&key, msg);
-            }
+            self.active.check(&self.selection, source_name)?;
         }
         if reads.covers("teacher") {
             self.check_teacher(source_name, &reads)?;
