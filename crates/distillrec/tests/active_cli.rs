@@ -12,18 +12,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// Two epochs, batches of 64 (with [`SMALL_STUDENT`]).
-const EPOCHS: &[&str] = &[
-    "--set",
-    "train.student.max_epochs=2",
-    "--set",
-    "train.distill.max_epochs=2",
-    "--set",
-    "train.student.batch_size=64",
-    "--set",
-    "train.distill.batch_size=64",
-];
-
 /// A prepared dataset, a baseline student and a wider teacher student with
 /// its cache over every row, in `d`.
 struct Setup {
@@ -37,7 +25,7 @@ fn setup(d: &Path) -> Setup {
     let data = d.join("data");
     prepare_synthetic(&data, 150, "1");
     let train = |out: &Path, extra: &[&str]| {
-        let mut a = train_small_args(&data, out, EPOCHS);
+        let mut a = train_small_args(&data, out, TWO_EPOCHS);
         a.extend_from_slice(extra);
         ok(&a);
         out.join("checkpoints/best.safetensors")
@@ -77,7 +65,7 @@ fn active_args<'a>(
         s(out),
     ];
     a.extend_from_slice(SMALL_STUDENT);
-    a.extend_from_slice(EPOCHS);
+    a.extend_from_slice(TWO_EPOCHS);
     a.extend_from_slice(&["--set", "selection.policy=entropy"]);
     a.extend_from_slice(extra);
     a
@@ -263,7 +251,7 @@ fn one_round_is_one_shot_selection_byte_for_byte() {
         s(&one),
     ];
     a.extend_from_slice(SMALL_STUDENT);
-    a.extend_from_slice(EPOCHS);
+    a.extend_from_slice(TWO_EPOCHS);
     ok(&a);
 
     let out = p("act");

@@ -9,19 +9,6 @@ use std::path::Path;
 
 use common::*;
 
-/// Two epochs of student training and distillation, batches of 64 (with
-/// [`SMALL_STUDENT`]).
-const EPOCHS: &[&str] = &[
-    "--set",
-    "train.student.max_epochs=2",
-    "--set",
-    "train.distill.max_epochs=2",
-    "--set",
-    "train.student.batch_size=64",
-    "--set",
-    "train.distill.batch_size=64",
-];
-
 fn prepare(dir: &Path, seed: &str) {
     prepare_synthetic(dir, 150, seed);
 }
@@ -51,7 +38,7 @@ fn caches_selections_and_distillation_end_to_end() {
     let t = p("teacher");
     args.push(s(&t));
     args.extend_from_slice(SMALL_STUDENT);
-    args.extend_from_slice(EPOCHS);
+    args.extend_from_slice(TWO_EPOCHS);
     ok(&args);
     let ckpt = t.join("checkpoints/best.safetensors");
 
@@ -195,7 +182,7 @@ fn caches_selections_and_distillation_end_to_end() {
     let r = p("refused");
     args.push(s(&r));
     args.extend_from_slice(SMALL_STUDENT);
-    args.extend_from_slice(EPOCHS);
+    args.extend_from_slice(TWO_EPOCHS);
     clean_error(&args, "the teacher cache was built for dataset");
 
     // selection: 25% of the rows by entropy, as a key file
@@ -329,7 +316,7 @@ fn caches_selections_and_distillation_end_to_end() {
         s(&run_dir),
     ];
     args.extend_from_slice(SMALL_STUDENT);
-    args.extend_from_slice(EPOCHS);
+    args.extend_from_slice(TWO_EPOCHS);
     ok(&args);
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();

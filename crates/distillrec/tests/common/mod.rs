@@ -118,6 +118,19 @@ pub const SMALL_STUDENT: &[&str] = &[
     "student.max_len=10",
 ];
 
+/// Two epochs of student training and distillation, batches of 64 (with
+/// [`SMALL_STUDENT`]).
+pub const TWO_EPOCHS: &[&str] = &[
+    "--set",
+    "train.student.max_epochs=2",
+    "--set",
+    "train.distill.max_epochs=2",
+    "--set",
+    "train.student.batch_size=64",
+    "--set",
+    "train.distill.batch_size=64",
+];
+
 /// The arguments of `data prepare` for the built-in synthetic data set with
 /// `users` users, split with `seed`, into `out`.
 pub fn prepare_args(out: &Path, users: usize, seed: &str) -> Vec<String> {
