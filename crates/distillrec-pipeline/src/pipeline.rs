@@ -334,7 +334,7 @@ pub fn run(
         };
     let (k_student, student_dir) =
         train_student_stage(&mut st, "student", student_seed, &keys.student)?;
-    let mut report_inputs_extra: Vec<String> = Vec::new();
+    let mut report_inputs = vec![k_pop.clone(), k_student.clone()];
     let student_name = cfg.student.model.name();
     add_model(student_name, &student_dir);
     let mut converged_label = None;
@@ -349,11 +349,8 @@ pub fn run(
         let label = format!("{student_name}, converged");
         add_model(&label, &dir);
         converged_label = Some(label);
-        report_inputs_extra.push(k.clone());
+        report_inputs.push(k.clone());
     }
-
-    let mut report_inputs = vec![k_pop.clone(), k_student.clone()];
-    report_inputs.append(&mut report_inputs_extra);
 
     if let Some(lk) = &keys.llm {
         // the student that feeds the teacher and the selection: the run seed's
