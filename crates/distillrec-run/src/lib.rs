@@ -25,6 +25,8 @@
 //! - A `run.json` still saying `running` whose process is gone (its lock is
 //!   free) is marked `interrupted` by the next command that opens the run.
 
+pub mod heap;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -138,6 +140,7 @@ pub struct RunRecord {
 /// reports its own peak. Elsewhere, or when refused, the peak stays the
 /// process's (an over-estimate, never an under-estimate).
 pub fn reset_peak_rss() {
+    heap::reset_peak_heap();
     if let Some(release) = RELEASE_FREED_MEMORY.get() {
         release();
     }

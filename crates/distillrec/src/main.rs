@@ -3,7 +3,8 @@
 //! crates (mostly `distillrec-pipeline`) and prints; errors end as one line.
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: distillrec_run::heap::CountingAlloc<mimalloc::MiMalloc> =
+    distillrec_run::heap::CountingAlloc(mimalloc::MiMalloc);
 
 mod args;
 mod cmd;

@@ -2,6 +2,10 @@
 //! its published parameter count and refused on a machine too small for
 //! it.
 
+#[path = "../../distillrec-llm/tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod tiny;
+
 mod common;
 
 use common::*;
@@ -111,4 +115,93 @@ fn a_7b_config_is_planned_without_weights_and_refused_where_it_cannot_fit() {
     let mut small = base.to_vec();
     small.extend(["--memory-gb", "8"]);
     clean_error(&small, &["needs about", "8.0 GB available"][..]);
+}
+
+/// `train teacher` records its plan beside what it measured: the plan's
+/// total is within 25% of the run's counted peak of live allocations
+/// above what was live before the backbone loaded, at two batch sizes. The
+/// backbone is small enough for a test but large enough that the model,
+/// not the program, fills the memory (8 layers of hidden 512: 94 MB of f32
+/// weights). The resident peak (`peak_rss_mb`) is recorded too; it is
+/// larger, by the pages the allocator keeps for reuse.
+#[test]
+fn a_training_run_peaks_within_a_quarter_of_its_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    prepare_synthetic(&data, 60, "42");
+    let mut cfg = tiny::llama_config("llama", 8, false);
+    cfg["hidden_size"] = 512.into();
+    cfg["intermediate_size"] = 1376.into();
+    cfg["num_attention_heads"] = 8.into();
+    cfg["num_key_value_heads"] = 4.into();
+    let backbone = d.join("backbone");
+    tiny::write_hf_dir(&backbone, &cfg, &tiny::random_weights(&cfg, 3));
+    let student = d.join("student");
+    ok(&[
+        "train",
+        "student",
+        "--data",
+        s(&data),
+        "--out",
+        s(&student),
+        "--set",
+        "student.hidden=16",
+        "--set",
+        "student.layers=1",
+        "--set",
+        "student.max_len=10",
+        "--set",
+        "train.student.max_epochs=1",
+    ]);
+    let ckpt = student.join("checkpoints/best.safetensors");
+    let sel = d.join("sel.csv");
+    ok(&[
+        "select",
+        "--policy",
+        "random",
+        "--budget",
+        "40",
+        "--data",
+        s(&data),
+        "--student",
+        s(&ckpt),
+        "--out",
+        s(&sel),
+    ]);
+    for batch in [8, 16] {
+        let out = d.join(format!("teacher-{batch}"));
+        let batch = format!("train.teacher.batch_size={batch}");
+        ok(&[
+            "train",
+            "teacher",
+            "--config",
+            TEACHER,
+            "--data",
+            s(&data),
+            "--student",
+            s(&ckpt),
+            "--backbone",
+            s(&backbone),
+            "--selection",
+            s(&sel),
+            "--out",
+            s(&out),
+            "--set",
+            &batch,
+        ]);
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        let c = &run["costs"]["teacher.train"];
+        let mb = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {c}"));
+        let planned = mb("planned_mb");
+        let measured = mb("peak_heap_mb") - mb("heap_before_load_mb");
+        let resident = mb("peak_rss_mb") - mb("rss_before_load_mb");
+        assert!(
+            (planned - measured).abs() <= 0.25 * measured,
+            "{batch}: planned {planned:.1} MiB, measured {measured:.1} MiB (resident {resident:.1})"
+        );
+        // the weights alone are 90 MiB: the model fills the memory
+        assert!(measured > 150.0 && resident >= measured, "{c}");
+    }
 }

@@ -15,6 +15,7 @@ use distillrec_data::memory::available_bytes;
 use distillrec_data::outguard::DirOutput;
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
+use distillrec_run::heap::{heap_mb, peak_heap_mb};
 use distillrec_run::{peak_rss_mb, rss_mb, BuildInfo, Metrics, RunKind};
 use distillrec_teacher::checkpoint::{backbone_sha256, load_into, read_manifest, trained_settings};
 use distillrec_teacher::evaluate::{eval_generative, eval_ranking, Answer};
@@ -155,9 +156,10 @@ pub fn train_teacher(
         let data = run.stage("data", || run_data(cfg, req.data.as_deref(), &req.out))?;
         let rows = selected_rows(&data, req.selection.as_deref())?;
         // the plan's memory check, before the backbone loads
-        plan_for(cfg, &backbone, &data.ds, &rows, None, spec_of(device))?
-            .check(available_bytes())?;
+        let plan = plan_for(cfg, &backbone, &data.ds, &rows, None, spec_of(device))?;
+        plan.check(available_bytes())?;
         let rss_before_load = rss_mb();
+        let heap_before_load = heap_mb();
         let mut a = run.stage("teacher.load", || {
             assemble(
                 &cfg.teacher,
@@ -215,6 +217,9 @@ pub fn train_teacher(
                 "rss_before_load_mb": rss_before_load,
                 "rss_after_load_mb": rss_after_load,
                 "peak_after_load_mb": peak_after_load,
+                "planned_mb": plan.total() as f64 / (1024.0 * 1024.0),
+                "heap_before_load_mb": heap_before_load,
+                "peak_heap_mb": peak_heap_mb(),
                 "num_layers": a.teacher.llm.model.layers.len(),
                 "blas": crate::llm::blas_backend(),
             }),
