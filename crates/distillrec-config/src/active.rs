@@ -49,7 +49,11 @@ distillrec_data::named_enum! {
         /// outputs.
         #[default]
         InferOnly = "infer_only",
-        /// The teacher is also fine-tuned on the rows gathered so far.
+        /// The teacher is also fine-tuned each round, before it labels the
+        /// round's rows, on every row the rounds have chosen so far (from
+        /// the round before's teacher, with `[train.teacher]`); rows
+        /// labelled in earlier rounds keep their labels. An LLM teacher
+        /// only.
         Retrain = "retrain",
     }
 }
@@ -157,9 +161,6 @@ impl ActiveConfig {
         };
         if self.rounds > 1 && policy == Policy::All {
             return bad(key, "policy 'all' takes every row at once: rounds need a policy that picks a budget (random, entropy, loss, badge, ...)".into());
-        }
-        if self.teacher_rows == TeacherRows::Retrain {
-            return bad("teacher_rows", "'retrain' (fine-tuning the teacher again each round) is not built yet; use 'infer_only'".into());
         }
         if self.rounds > 1 && policy == Policy::Kl {
             return bad(key, "policy 'kl' needs a teacher cache in round 1, which rounds build only as they go: pick another policy".into());

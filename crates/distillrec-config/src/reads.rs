@@ -101,7 +101,8 @@ pub const DISTILL: Reads = Reads(&[
     "eval",
 ]);
 /// The groups `active` reads: a round selects, labels (`teacher` for an LLM
-/// teacher's inference) and distils.
+/// teacher's inference; `train.teacher` when `active.teacher_rows =
+/// "retrain"` fine-tunes it first) and distils.
 pub const ACTIVE: Reads = Reads(&[
     "seed",
     "device",
@@ -110,6 +111,7 @@ pub const ACTIVE: Reads = Reads(&[
     "teacher",
     "selection",
     "distill",
+    "train.teacher",
     "train.distill",
     "eval",
     "active",

@@ -11,6 +11,12 @@
 //! config, its inputs and the round before, so a killed run continues in
 //! the round it was in and a finished round is never redone.
 //!
+//! With `active.teacher_rows = "retrain"` (an LLM teacher), each round
+//! first fine-tunes the teacher on every row the rounds have chosen so far,
+//! from the round before's teacher (`train teacher --init`, in
+//! `round-<r>/teacher`), and labels the round's rows with it; its training
+//! time counts as teacher seconds.
+//!
 //! One round with the `[selection]` budget is one-shot selection: the same
 //! selection, the same cache and the same distilled student as `select`,
 //! `teacher infer --selection` and `distill`.
@@ -23,8 +29,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use distillrec_cache::TeacherCache;
-use distillrec_config::{reads, Budget, Config};
+use distillrec_cache::{write_selection, CacheSource, SelectionMeta, TeacherCache};
+use distillrec_config::{reads, Budget, Config, TeacherRows};
 use distillrec_data::fsutil::{
     atomic_write, atomic_write_json, read_text_limited, sha256_of_file, MAX_SMALL_FILE_BYTES,
 };
@@ -32,13 +38,14 @@ use distillrec_data::lock::DirLock;
 use distillrec_data::outguard::check_not_input;
 use distillrec_data::Dataset;
 use distillrec_run::{open_log_file, BuildInfo};
+use distillrec_teacher::checkpoint::{read_manifest, trained_settings};
 use distillrec_train::units::trained_rows;
 
 use crate::keyed::{projected, stage_key, StageReport, Stages};
 use crate::prepared::{load_prepared, Data};
 use crate::stages::{
-    distill, distill_device, select, teacher_from_student, teacher_infer, CacheBuild, CacheJob,
-    DistillRequest, SelectRequest, TeacherInferRequest,
+    distill, distill_device, select, teacher_from_student, teacher_infer, train_teacher,
+    CacheBuild, CacheJob, DistillRequest, SelectRequest, TeacherInferRequest, TrainTeacherRequest,
 };
 
 /// Who labels a round's rows.
@@ -96,8 +103,15 @@ pub struct RoundRecord {
     pub labelled_rows: usize,
     /// Rows the student trains on (the pool every round draws from).
     pub pool_rows: usize,
-    /// Teacher seconds of this round (estimated pro rata for a given cache).
+    /// Teacher seconds of this round (estimated pro rata for a given cache;
+    /// with `retrain`, the fine-tuning included).
     pub teacher_secs: f64,
+    /// Seconds of this round's teacher fine-tuning (`retrain`; else 0).
+    #[serde(default)]
+    pub teacher_train_secs: f64,
+    /// Test metrics of this round's fine-tuned teacher (`retrain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_test: Option<BTreeMap<String, f64>>,
     /// Teacher seconds of this round and every round before.
     pub teacher_secs_total: f64,
     /// Wall seconds of the round's distillation.
@@ -201,6 +215,11 @@ pub fn active(
             bail!("{what}: {} is not a file", path.display());
         }
     }
+    if cfg.active.teacher_rows == TeacherRows::Retrain
+        && !matches!(req.labeller, Labeller::Llm { .. })
+    {
+        bail!("config key `active.teacher_rows`: 'retrain' fine-tunes an LLM teacher each round, and a student or a cache has none to fine-tune; pass --teacher <checkpoint> or use 'infer_only'");
+    }
     let data = load_prepared(&req.data)?;
     let plan = plan_rounds(cfg, &data.ds)?;
     // a given cache is read and checked once, and every round copies out of it
@@ -260,7 +279,12 @@ pub(crate) struct Rounds<'a> {
 /// The key of each round (`plan.len()` of them), chained: round r's key
 /// holds round r−1's.
 pub(crate) fn round_keys(cfg: &Config, inputs: &[String], rounds: usize) -> Vec<String> {
-    let config = projected(cfg, reads::ACTIVE, cfg.seed);
+    let mut config = projected(cfg, reads::ACTIVE, cfg.seed);
+    if cfg.active.teacher_rows == TeacherRows::InferOnly {
+        // only a fine-tuning round reads [train.teacher]; the keys of the
+        // other rounds stay what they were before it was read
+        config.train.teacher = Default::default();
+    }
     let mut keys: Vec<String> = Vec::with_capacity(rounds);
     for r in 1..=rounds {
         let mut all: Vec<&str> = inputs.iter().map(String::as_str).collect();
@@ -357,6 +381,20 @@ pub(crate) fn write_summary(out: &Path, records: &[RoundRecord]) -> Result<()> {
     Ok(())
 }
 
+/// A round's fine-tuned teacher (`teacher_rows = "retrain"`), in its
+/// directory.
+const RETRAINED_CHECKPOINT: &str = "teacher/checkpoints/best.safetensors";
+
+/// What a round's fine-tuning gave.
+struct Retrained {
+    /// Its best checkpoint.
+    checkpoint: PathBuf,
+    /// Wall seconds of the fine-tuning (its evaluation included).
+    secs: f64,
+    /// Its test metrics.
+    test: BTreeMap<String, f64>,
+}
+
 /// One round's inputs.
 struct Round<'a> {
     cfg: &'a Config,
@@ -391,15 +429,27 @@ impl Round<'_> {
             .as_ref()
             .map(|c| c.keys.iter().cloned().collect())
             .unwrap_or_default();
-        let selection = self.select(dir, labelled)?;
-        let (labels, teacher_secs) = self.label(dir, &selection)?;
-        let cache = match before {
-            Some(b) => TeacherCache::merge(
-                vec![b, labels],
-                &self.data.reference.fingerprint,
-                &self.data.ds,
-            )?,
-            None => labels,
+        let selection = self.select(dir, labelled.clone())?;
+        let retrained = self.retrain(dir, &labelled, &selection)?;
+        let (labels, infer_secs) = self.label(dir, &selection, retrained.as_ref())?;
+        let teacher_train_secs = retrained.as_ref().map_or(0.0, |r| r.secs);
+        let teacher_secs = infer_secs + teacher_train_secs;
+        let fingerprint = &self.data.reference.fingerprint;
+        let cache = match (before, &retrained) {
+            (Some(b), None) => TeacherCache::merge(vec![b, labels], fingerprint, &self.data.ds)?,
+            (Some(mut b), Some(_)) => {
+                // each round's rows keep the labels of the teacher of their
+                // round; the item embeddings are the newest teacher's
+                b.manifest.source = labels.manifest.source.clone();
+                b.embeddings = labels.embeddings.clone();
+                let mut c = TeacherCache::merge(vec![b, labels], fingerprint, &self.data.ds)?;
+                c.manifest.source = CacheSource::Other(format!(
+                    "active rounds 1-{} with teacher_rows = retrain: each round's rows from the teacher fine-tuned in that round",
+                    self.number
+                ));
+                c
+            }
+            (None, _) => labels,
         };
         let cache_dir = dir.join("cache");
         cache.save(&cache_dir)?;
@@ -426,6 +476,8 @@ impl Round<'_> {
             labelled_rows: cache.rows(),
             pool_rows: self.pool,
             teacher_secs,
+            teacher_train_secs,
+            teacher_test: retrained.map(|r| r.test),
             teacher_secs_total: self.teacher_secs_before + teacher_secs,
             distill_secs: t.elapsed().as_secs_f64(),
             best_epoch: d.outcome.best_epoch,
@@ -469,8 +521,83 @@ impl Round<'_> {
             .collect())
     }
 
+    /// With `teacher_rows = "retrain"`: fine-tunes the teacher (the round
+    /// before's, else the given one) on every row chosen so far, `labelled`
+    /// and `new`, in `dir/teacher`, with the checkpoint's own teacher
+    /// settings and the config's `[train.teacher]`. `None` otherwise.
+    fn retrain(
+        &self,
+        dir: &Path,
+        labelled: &HashSet<String>,
+        new: &HashSet<String>,
+    ) -> Result<Option<Retrained>> {
+        let Labeller::Llm {
+            checkpoint,
+            student,
+        } = &self.req.labeller
+        else {
+            return Ok(None);
+        };
+        if self.cfg.active.teacher_rows != TeacherRows::Retrain {
+            return Ok(None);
+        }
+        let init = match self.prev {
+            Some(p) => p.join(RETRAINED_CHECKPOINT),
+            None => checkpoint.clone(),
+        };
+        let (m, weights) = read_manifest(checkpoint)?;
+        let mut cfg = self.cfg.clone();
+        cfg.teacher = trained_settings(&m, &weights)?;
+        let mut keys: Vec<&String> = labelled.union(new).collect();
+        keys.sort();
+        let rows = dir.join("teacher-rows.csv");
+        let keyed: Vec<(String, f64)> = keys.into_iter().map(|k| (k.clone(), f64::NAN)).collect();
+        let round_meta = distillrec_cache::read_selection_meta(&dir.join("selection.csv"))?
+            .context("the round's selection has no sidecar")?;
+        write_selection(
+            &rows,
+            &keyed,
+            // every row the rounds chose, no policy's ranking of its own
+            &SelectionMeta {
+                policy: None,
+                budget: serde_json::json!({ "count": keyed.len() }),
+                threshold: None,
+                pool: self.pool,
+                selected: Some(keyed.len()),
+                fraction: keyed.len() as f64 / self.pool.max(1) as f64,
+                student: None,
+                ..round_meta
+            },
+        )?;
+        let t = Instant::now();
+        let trained = train_teacher(
+            &cfg,
+            &TrainTeacherRequest {
+                data: Some(self.req.data.clone()),
+                selection: Some(rows),
+                backbone: Some(m.backbone.path.clone()),
+                student: Some(student.clone()),
+                out: dir.join("teacher"),
+                halt_after_epoch: None,
+                init: Some(init),
+            },
+            self.build.clone(),
+            self.device,
+        )?;
+        Ok(Some(Retrained {
+            checkpoint: dir.join(RETRAINED_CHECKPOINT),
+            secs: t.elapsed().as_secs_f64(),
+            test: trained.metrics.test,
+        }))
+    }
+
     /// The teacher's output for `keys` (in `dir/labels`) and its seconds.
-    fn label(&self, dir: &Path, keys: &HashSet<String>) -> Result<(TeacherCache, f64)> {
+    fn label(
+        &self,
+        dir: &Path,
+        keys: &HashSet<String>,
+        retrained: Option<&Retrained>,
+    ) -> Result<(TeacherCache, f64)> {
         let out = dir.join("labels");
         let job = CacheJob {
             checkpoint: PathBuf::new(),
@@ -486,6 +613,7 @@ impl Round<'_> {
                 checkpoint,
                 student,
             } => {
+                let checkpoint = retrained.map_or(checkpoint, |r| &r.checkpoint);
                 let req = TeacherInferRequest {
                     job: CacheJob {
                         checkpoint: checkpoint.clone(),

@@ -395,6 +395,7 @@ pub fn run(
                 student: Some(ts_ckpt.clone()),
                 out: dir.to_path_buf(),
                 halt_after_epoch: None,
+                init: None,
             };
             train_teacher(&c, &req, build.clone(), device).map(drop)
         })?;

@@ -194,6 +194,9 @@ pub struct TrainTeacherArgs {
     /// The frozen student checkpoint of the same dataset (overrides teacher.student).
     #[arg(long, value_name = "FILE")]
     pub student: Option<PathBuf>,
+    /// Start from this teacher checkpoint's weights (fresh optimiser and schedule): fine-tune a trained teacher further.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
     /// Run directory (config.toml, run.json, metrics.json, checkpoints/, titles.safetensors, run.log).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -488,7 +488,11 @@ fn bad_active_settings_are_refused_before_anything_is_written() {
         ),
         (
             &["--set", "active.teacher_rows=retrain"],
-            &["active.teacher_rows", "not built yet"],
+            &[
+                "active.teacher_rows",
+                "LLM teacher",
+                "--teacher <checkpoint>",
+            ],
         ),
         (&["--set", "active.rounds=-1"], &["active.rounds"]),
     ];

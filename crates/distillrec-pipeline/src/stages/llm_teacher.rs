@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 
 use distillrec_cache::{CacheSource, TeacherCache};
 use distillrec_config::Config;
+use distillrec_data::fsutil::sha256_of_file;
 use distillrec_data::memory::available_bytes;
-use distillrec_data::outguard::DirOutput;
+use distillrec_data::outguard::{check_not_input, DirOutput};
 use distillrec_data::SplitName;
 use distillrec_models::device::spec_of;
 use distillrec_run::heap::{heap_mb, peak_heap_mb};
@@ -44,6 +45,12 @@ pub struct TrainTeacherRequest {
     pub out: PathBuf,
     /// Stop after this epoch (tests of resume).
     pub halt_after_epoch: Option<usize>,
+    /// Start from this teacher checkpoint's weights (adapters, gate,
+    /// projector, heads) instead of a fresh initialisation, with a fresh
+    /// optimiser and schedule: fine-tuning a trained teacher further (an
+    /// active round's `teacher_rows = "retrain"`). It must belong to the same
+    /// backbone, student, dataset and teacher settings.
+    pub init: Option<PathBuf>,
 }
 
 /// A trained teacher's metrics and training record.
@@ -150,6 +157,15 @@ pub fn train_teacher(
         "student",
         "teacher.student",
     )?;
+    if let Some(init) = &req.init {
+        // training writes its checkpoints into --out
+        check_not_input(&req.out, &[init.as_path()], "--out")?;
+        ensure!(
+            init.is_file(),
+            "--init {}: not a teacher checkpoint file",
+            init.display()
+        );
+    }
     with_run(&req.out, cfg, build, |run| {
         run.set_kind(RunKind::Teacher)?;
         run.set_device(spec_of(device))?;
@@ -172,6 +188,15 @@ pub fn train_teacher(
                 device,
             )
         })?;
+        if let Some(init) = &req.init {
+            load_into(
+                init,
+                &mut a.teacher,
+                &a.backbone.sha256,
+                &a.student.sha256,
+                &data.reference.fingerprint,
+            )?;
+        }
         let rss_after_load = rss_mb();
         let peak_after_load = peak_rss_mb();
         // the run key: what the weights depend on, by content (the backbone
@@ -189,6 +214,11 @@ pub fn train_teacher(
         for &r in &rows {
             h.update(data.ds.train[r].key.as_bytes());
             h.update(b"\n");
+        }
+        if let Some(init) = &req.init {
+            // what the weights start from (absent: a fresh start, as before)
+            h.update(b"init:");
+            h.update(sha256_of_file(init)?.as_bytes());
         }
         let key: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let t = TrainTeacher {

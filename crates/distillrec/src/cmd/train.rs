@@ -29,6 +29,7 @@ fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
         student: a.student,
         out: a.out,
         halt_after_epoch: None,
+        init: a.init,
     };
     let t = stages::train_teacher(&cfg, &req, build_info(), &device)?;
     let name = format!(
