@@ -101,6 +101,7 @@ pub fn as_budget_points(points: &[ActivePoint]) -> Vec<BudgetPoint> {
             teacher_rows: p.teacher_rows.round() as usize,
             metric: p.metric,
             spread: p.spread,
+            teacher_secs: Some(p.teacher_secs),
         })
         .collect()
 }

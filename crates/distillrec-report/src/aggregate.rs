@@ -88,6 +88,9 @@ pub struct BudgetPoint {
     pub metric: f64,
     /// Standard deviation of the metric over seeds, if there was more than one seed.
     pub spread: Option<f64>,
+    /// Teacher seconds spent on those rows (mean over seeds), when known:
+    /// the x of the cost curve ([`crate::plot_cost_curve`]).
+    pub teacher_secs: Option<f64>,
 }
 
 /// Mean and sample standard deviation of some metrics over the runs of one label.

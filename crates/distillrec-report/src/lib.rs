@@ -52,8 +52,8 @@ pub use aggregate::{
 };
 pub use history::History;
 pub use plot::{
-    plot_budget_curve, plot_costs, plot_learning_curves, plot_metric_bars, LearningCurve,
-    PlotFiles, ReferenceLine, PLOT_HEIGHT, PLOT_WIDTH,
+    plot_budget_curve, plot_cost_curve, plot_costs, plot_learning_curves, plot_metric_bars,
+    LearningCurve, PlotFiles, ReferenceLine, PLOT_HEIGHT, PLOT_WIDTH,
 };
 pub use report::{budget_points, write_report, ReportRequest};
 pub use runs::{RunDir, RunKind, RunSpec};

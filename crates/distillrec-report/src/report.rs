@@ -132,6 +132,7 @@ pub fn budget_points(runs: &[RunDir], metric: &str) -> Result<Vec<BudgetPoint>> 
                 teacher_rows: *rows,
                 metric: mean,
                 spread,
+                teacher_secs: None,
             });
         }
     }
@@ -240,14 +241,25 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
             &req.out.join("active.csv"),
             crate::active::active_csv(&points).as_bytes(),
         )?;
+        let curve = crate::active::as_budget_points(&points);
         let files = plot_budget_curve(
-            &crate::active::as_budget_points(&points),
+            &curve,
             metric,
             &references,
             &req.out.join(format!("active_{stem}")),
         )?;
         md.push_str(&embed(
             &format!("{metric} against teacher rows, by round"),
+            &files,
+        ));
+        let files = crate::plot::plot_cost_curve(
+            &curve,
+            metric,
+            &references,
+            &req.out.join(format!("active_secs_{stem}")),
+        )?;
+        md.push_str(&embed(
+            &format!("{metric} against teacher seconds, by round"),
             &files,
         ));
     }

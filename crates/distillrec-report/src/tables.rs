@@ -457,6 +457,7 @@ mod tests {
             teacher_rows: rows,
             metric,
             spread,
+            teacher_secs: None,
         }
     }
 

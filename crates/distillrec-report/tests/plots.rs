@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use distillrec_report::{
-    aggregate, plot_budget_curve, plot_costs, plot_learning_curves, plot_metric_bars, AggregateRow,
-    BudgetPoint, LearningCurve, PlotFiles, ReferenceLine, RunCosts, RunSummary, TeacherCosts,
-    COST_METRICS, PLOT_HEIGHT, PLOT_WIDTH,
+    aggregate, plot_budget_curve, plot_cost_curve, plot_costs, plot_learning_curves,
+    plot_metric_bars, AggregateRow, BudgetPoint, LearningCurve, PlotFiles, ReferenceLine, RunCosts,
+    RunSummary, TeacherCosts, COST_METRICS, PLOT_HEIGHT, PLOT_WIDTH,
 };
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
@@ -83,6 +83,7 @@ fn budget_points() -> Vec<BudgetPoint> {
                 teacher_rows: (fraction * 10_000.0) as usize,
                 metric: 0.20 + gain * (1.0 - (-4.0 * fraction).exp()),
                 spread: if k % 2 == 0 { Some(0.006) } else { None },
+                teacher_secs: None,
             });
         }
     }
@@ -174,9 +175,52 @@ fn budget_curve_with_a_single_point_and_flat_values_still_draws() {
         teacher_rows: 0,
         metric: 0.0,
         spread: None,
+        teacher_secs: None,
     }];
     plot_budget_curve(&points, "hr@10", &[], &path).unwrap();
     assert!(ink(&decode(&path)) > 1_000);
+}
+
+/// The cost curve puts teacher seconds on the x axis (its ticks in
+/// seconds, not percent), moves its points with them, and refuses a point
+/// without seconds.
+#[test]
+fn cost_curve_draws_against_teacher_seconds_and_needs_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = out_dir(&tmp);
+    let with_secs = |scale: f64| -> Vec<BudgetPoint> {
+        budget_points()
+            .into_iter()
+            .map(|p| BudgetPoint {
+                teacher_secs: Some(p.fraction * scale),
+                ..p
+            })
+            .collect()
+    };
+    let a = dir.join("cost_curve_a.png");
+    let b = dir.join("cost_curve_b.png");
+    let files = plot_cost_curve(&with_secs(600.0), "ndcg@10", &[], &a).unwrap();
+    let texts = svg_texts(&files.svg);
+    assert!(texts.contains("ndcg@10 vs teacher seconds"), "{texts}");
+    assert!(
+        texts.contains("600 s") || texts.contains("500 s"),
+        "{texts}"
+    );
+    assert!(!texts.contains('%'), "{texts}");
+    // the same points with the seconds of one policy tripled
+    let mut skewed = with_secs(600.0);
+    for p in skewed.iter_mut().filter(|p| p.policy == "random") {
+        p.teacher_secs = p.teacher_secs.map(|x| 3.0 * x);
+    }
+    plot_cost_curve(&skewed, "ndcg@10", &[], &b).unwrap();
+    assert_ne!(decode(&a), decode(&b));
+    let e =
+        plot_cost_curve(&budget_points(), "ndcg@10", &[], &dir.join("cost_none.png")).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("cost_none") && msg.contains("teacher seconds"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -405,6 +405,8 @@ fn the_report_draws_rounds_against_teacher_rows_over_seeds() {
         assert!(!f[7].is_empty(), "two seeds but no spread: {l}");
     }
     assert!(rep.join("active_ndcg10.png").is_file());
+    assert!(rep.join("active_secs_ndcg10.png").is_file());
+    assert!(md.contains("against teacher seconds"), "{md}");
     clean_error(
         &[
             "report",

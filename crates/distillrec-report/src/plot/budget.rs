@@ -36,6 +36,9 @@ const REFERENCE_STYLES: [(RGBColor, u32, u32); 3] = [
 pub(crate) const BUDGET_X_DESC: &str = "fraction of training rows given to the teacher";
 
 /// The tick label of the full budget.
+/// The x axis of [`plot_cost_curve`].
+const SECONDS_X_DESC: &str = "teacher seconds (inference, and training in rounds that retrain)";
+
 pub(crate) const FULL_BUDGET_LABEL: &str = "100% (all rows)";
 
 /// Plots a budget curve: the distilled student's metric against the fraction of
@@ -60,15 +63,69 @@ pub fn plot_budget_curve(
     references: &[ReferenceLine],
     path: &Path,
 ) -> Result<PlotFiles> {
+    plot_curve(points, metric_name, references, path, Axis::Share)
+}
+
+/// The same curves against teacher seconds (`BudgetPoint::teacher_secs`,
+/// required on every point): what the rows cost rather than how many they
+/// are, which differs when a teacher is also trained in rounds.
+pub fn plot_cost_curve(
+    points: &[BudgetPoint],
+    metric_name: &str,
+    references: &[ReferenceLine],
+    path: &Path,
+) -> Result<PlotFiles> {
+    plot_curve(points, metric_name, references, path, Axis::TeacherSeconds)
+}
+
+/// What a curve's x axis measures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Axis {
+    /// The share of the training rows given to the teacher.
+    Share,
+    /// Teacher seconds.
+    TeacherSeconds,
+}
+
+impl Axis {
+    fn x(self, p: &BudgetPoint) -> f64 {
+        match self {
+            Axis::Share => p.fraction,
+            Axis::TeacherSeconds => p.teacher_secs.unwrap_or(f64::NAN),
+        }
+    }
+}
+
+fn plot_curve(
+    points: &[BudgetPoint],
+    metric_name: &str,
+    references: &[ReferenceLine],
+    path: &Path,
+    axis: Axis,
+) -> Result<PlotFiles> {
     let what = || format!("cannot plot budget curve to {}", path.display());
     if points.is_empty() {
         return Err(anyhow!("no points to plot")).with_context(what);
     }
     validate(points, references).with_context(what)?;
+    if axis == Axis::TeacherSeconds {
+        if let Some(p) = points
+            .iter()
+            .find(|p| !p.teacher_secs.is_some_and(|s| s.is_finite() && s >= 0.0))
+        {
+            return Err(anyhow!(
+                "point of {:?} at fraction {}: no finite, non-negative teacher seconds",
+                p.policy,
+                p.fraction
+            ))
+            .with_context(what);
+        }
+    }
     let figure = BudgetFigure {
         points,
         metric_name,
         references,
+        axis,
     };
     save(&figure, path).with_context(what)
 }
@@ -103,6 +160,7 @@ struct BudgetFigure<'a> {
     points: &'a [BudgetPoint],
     metric_name: &'a str,
     references: &'a [ReferenceLine],
+    axis: Axis,
 }
 
 impl Figure for BudgetFigure<'_> {
@@ -125,22 +183,36 @@ impl Figure for BudgetFigure<'_> {
         }
         let (y0, y1) = padded_range(lo, hi);
         let decimals = decimals_for(y1 - y0);
-        // A little room left and right so markers at 0% and 100% are not cut in half.
-        let (x0, x1) = (-0.02, 1.02);
+        // A little room left and right so markers at 0% and 100% (or at 0
+        // and the most seconds) are not cut in half.
+        let (x0, x1) = match self.axis {
+            Axis::Share => (-0.02, 1.02),
+            Axis::TeacherSeconds => {
+                let most = self
+                    .points
+                    .iter()
+                    .map(|p| self.axis.x(p))
+                    .fold(0.0, f64::max)
+                    .max(1e-9);
+                (-0.02 * most, 1.04 * most)
+            }
+        };
+        let (caption, x_desc) = match self.axis {
+            Axis::Share => ("teacher budget", BUDGET_X_DESC),
+            Axis::TeacherSeconds => ("teacher seconds", SECONDS_X_DESC),
+        };
 
         let mut chart = ChartBuilder::on(root)
-            .caption(format!("{} vs teacher budget", self.metric_name), text(22))
+            .caption(format!("{} vs {caption}", self.metric_name), text(22))
             .margin(15)
             .margin_right(45) // room for the "100% (all rows)" tick label
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(x0..x1, y0..y1)?;
-        let x_formatter = |x: &f64| {
-            if fraction_key(*x) == fraction_key(1.0) {
-                FULL_BUDGET_LABEL.to_string()
-            } else {
-                percent(*x)
-            }
+        let x_formatter = |x: &f64| match self.axis {
+            Axis::TeacherSeconds => format!("{x:.0} s"),
+            Axis::Share if fraction_key(*x) == fraction_key(1.0) => FULL_BUDGET_LABEL.to_string(),
+            Axis::Share => percent(*x),
         };
         let y_formatter = |y: &f64| format!("{y:.decimals$}");
         let mut mesh = chart.configure_mesh();
@@ -148,7 +220,7 @@ impl Figure for BudgetFigure<'_> {
             .y_labels(8)
             .x_label_formatter(&x_formatter)
             .y_label_formatter(&y_formatter)
-            .x_desc(BUDGET_X_DESC)
+            .x_desc(x_desc)
             .y_desc(self.metric_name);
         style_mesh(&mut mesh);
         mesh.draw()?;
@@ -180,7 +252,7 @@ impl Figure for BudgetFigure<'_> {
             .map(|policy| {
                 let mut pts: Vec<&BudgetPoint> =
                     self.points.iter().filter(|p| &p.policy == policy).collect();
-                pts.sort_by(|a, b| a.fraction.total_cmp(&b.fraction));
+                pts.sort_by(|a, b| self.axis.x(a).total_cmp(&self.axis.x(b)));
                 (policy.as_str(), pts)
             })
             .collect();
@@ -192,11 +264,11 @@ impl Figure for BudgetFigure<'_> {
                 .iter()
                 .filter_map(|p| {
                     let s = p.spread.filter(|s| *s > 0.0)?;
-                    Some((p.fraction, p.metric - s, p.metric + s))
+                    Some((self.axis.x(p), p.metric - s, p.metric + s))
                 })
                 .collect();
             draw_error_bars(&mut chart, &spreads, color.mix(0.8).stroke_width(1))?;
-            let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.fraction, p.metric)).collect();
+            let xy: Vec<(f64, f64)> = pts.iter().map(|p| (self.axis.x(p), p.metric)).collect();
             let anno = chart
                 .draw_series(LineSeries::new(xy.iter().copied(), color.stroke_width(2)))?
                 .label(*policy);

@@ -25,7 +25,7 @@ use plotters::prelude::*;
 use crate::canvas::{font, Canvas, SvgCanvas};
 
 pub use bars::plot_metric_bars;
-pub use budget::{plot_budget_curve, ReferenceLine};
+pub use budget::{plot_budget_curve, plot_cost_curve, ReferenceLine};
 pub use cost::plot_costs;
 pub use curves::{plot_learning_curves, LearningCurve};
 
