@@ -44,8 +44,9 @@ use distillrec_train::units::trained_rows;
 use crate::keyed::{projected, stage_key, StageReport, Stages};
 use crate::prepared::{load_prepared, Data};
 use crate::stages::{
-    distill, distill_device, select, teacher_from_student, teacher_infer, train_teacher,
-    CacheBuild, CacheJob, DistillRequest, SelectRequest, TeacherInferRequest, TrainTeacherRequest,
+    distill, distill_device, select, teacher_from_student, teacher_infer, teacher_run_secs,
+    train_teacher, CacheBuild, CacheJob, DistillRequest, SelectRequest, TeacherInferRequest,
+    TrainTeacherRequest,
 };
 
 /// Who labels a round's rows.
@@ -389,7 +390,8 @@ const RETRAINED_CHECKPOINT: &str = "teacher/checkpoints/best.safetensors";
 struct Retrained {
     /// Its best checkpoint.
     checkpoint: PathBuf,
-    /// Wall seconds of the fine-tuning (its evaluation included).
+    /// Wall seconds of the fine-tuning run (`run.json`: its evaluation
+    /// included, as for the pipeline's teacher).
     secs: f64,
     /// Its test metrics.
     test: BTreeMap<String, f64>,
@@ -569,7 +571,6 @@ impl Round<'_> {
                 ..round_meta
             },
         )?;
-        let t = Instant::now();
         let trained = train_teacher(
             &cfg,
             &TrainTeacherRequest {
@@ -584,9 +585,12 @@ impl Round<'_> {
             self.build.clone(),
             self.device,
         )?;
+        let checkpoint = dir.join(RETRAINED_CHECKPOINT);
         Ok(Some(Retrained {
-            checkpoint: dir.join(RETRAINED_CHECKPOINT),
-            secs: t.elapsed().as_secs_f64(),
+            // the run's own record: a round killed while the teacher
+            // trained counts both invocations, as the pipeline's teacher does
+            secs: teacher_run_secs(&checkpoint).context("the fine-tuned teacher's run.json")?,
+            checkpoint,
             test: trained.metrics.test,
         }))
     }

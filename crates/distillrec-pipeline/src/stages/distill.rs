@@ -161,7 +161,14 @@ pub fn distill(
 /// cache came from a checkpoint (`teacher:<run>/checkpoints/<file>` or
 /// `student:...`) whose run directory still holds its `run.json`.
 fn teacher_train_secs(source: &CacheSource) -> Option<f64> {
-    let run_dir = source.checkpoint()?.parent()?.parent()?;
+    teacher_run_secs(source.checkpoint()?)
+}
+
+/// The wall seconds of the run that wrote `checkpoint`
+/// (`<run>/checkpoints/<file>`; its `run.json`, every invocation of a
+/// resumed run included), if it is there.
+pub(crate) fn teacher_run_secs(checkpoint: &Path) -> Option<f64> {
+    let run_dir = checkpoint.parent()?.parent()?;
     let text = distillrec_data::fsutil::read_text_limited(
         &run_dir.join("run.json"),
         distillrec_data::fsutil::MAX_SMALL_FILE_BYTES,

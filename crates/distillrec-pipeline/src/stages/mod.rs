@@ -12,6 +12,7 @@ mod teacher;
 mod teacher_plan;
 
 pub use data::{eval_popularity, popularity, prepare};
+pub(crate) use distill::teacher_run_secs;
 pub use distill::{distill, distill_device, DistillOutcome, DistillRequest};
 pub use llm_teacher::{
     eval_teacher, load_teacher, teacher_infer, train_teacher, TeacherInferRequest,
