@@ -49,44 +49,20 @@ fn retrain_fine_tunes_the_teacher_each_round_on_the_rows_so_far() {
     let cfg = tiny::llama_config("llama", 2, false);
     let backbone = d.join("backbone");
     tiny::write_hf_dir(&backbone, &cfg, &tiny::random_weights(&cfg, 3));
-    let student_run = d.join("student");
-    let mut a = vec!["train", "student", "--config", TEACHER, "--data", s(&data)];
-    a.extend_from_slice(&["--out", s(&student_run)]);
-    ok(&a);
-    let student = student_run.join("checkpoints/best.safetensors");
+    let student = one_epoch_student(&data, &d.join("student"));
     // the teacher of round 1's start, trained on 30 random rows
     let sel = d.join("sel.csv");
-    ok(&[
-        "select",
-        "--policy",
-        "random",
-        "--budget",
-        "30",
-        "--data",
-        s(&data),
-        "--student",
-        s(&student),
-        "--out",
-        s(&sel),
-    ]);
-    let t0 = d.join("t0");
-    ok(&[
-        "train",
-        "teacher",
-        "--config",
-        TEACHER,
-        "--data",
-        s(&data),
-        "--student",
-        s(&student),
-        "--backbone",
-        s(&backbone),
-        "--selection",
-        s(&sel),
-        "--out",
-        s(&t0),
-    ]);
-    let t0_ckpt = t0.join("checkpoints/best.safetensors");
+    random_selection(&data, &student, 30, &sel);
+    // `train teacher` on the rows of `selection` into `out`, then `extra`
+    let train_teacher = |selection: &Path, out: &Path, extra: &[&str]| {
+        let mut a = vec!["train", "teacher", "--config", TEACHER, "--data", s(&data)];
+        a.extend_from_slice(&["--student", s(&student), "--backbone", s(&backbone)]);
+        a.extend_from_slice(&["--selection", s(selection), "--out", s(out)]);
+        a.extend_from_slice(extra);
+        ok(&a);
+        out.join("checkpoints/best.safetensors")
+    };
+    let t0_ckpt = train_teacher(&sel, &d.join("t0"), &[]);
 
     let out = d.join("active");
     let rounds = [
@@ -131,29 +107,15 @@ fn retrain_fine_tunes_the_teacher_each_round_on_the_rows_so_far() {
     }
 
     // round 2's teacher is `train teacher --init <round 1's>` on those rows
-    let by_hand = d.join("by-hand");
     let r1_teacher = r1.join("teacher/checkpoints/best.safetensors");
     let r2_teacher = r2.join("teacher/checkpoints/best.safetensors");
-    ok(&[
-        "train",
-        "teacher",
-        "--config",
-        TEACHER,
-        "--data",
-        s(&data),
-        "--student",
-        s(&student),
-        "--backbone",
-        s(&backbone),
-        "--selection",
-        s(&r2.join("teacher-rows.csv")),
-        "--init",
-        s(&r1_teacher),
-        "--out",
-        s(&by_hand),
-    ]);
+    let by_hand = train_teacher(
+        &r2.join("teacher-rows.csv"),
+        &d.join("by-hand"),
+        &["--init", s(&r1_teacher)],
+    );
     assert_eq!(
-        read(&by_hand.join("checkpoints/best.safetensors")),
+        read(&by_hand),
         read(&r2_teacher),
         "round 2's teacher differs from train teacher --init"
     );

@@ -137,38 +137,9 @@ fn a_training_run_peaks_within_a_quarter_of_its_plan() {
     cfg["num_key_value_heads"] = 4.into();
     let backbone = d.join("backbone");
     tiny::write_hf_dir(&backbone, &cfg, &tiny::random_weights(&cfg, 3));
-    let student = d.join("student");
-    ok(&[
-        "train",
-        "student",
-        "--data",
-        s(&data),
-        "--out",
-        s(&student),
-        "--set",
-        "student.hidden=16",
-        "--set",
-        "student.layers=1",
-        "--set",
-        "student.max_len=10",
-        "--set",
-        "train.student.max_epochs=1",
-    ]);
-    let ckpt = student.join("checkpoints/best.safetensors");
+    let ckpt = one_epoch_student(&data, &d.join("student"));
     let sel = d.join("sel.csv");
-    ok(&[
-        "select",
-        "--policy",
-        "random",
-        "--budget",
-        "40",
-        "--data",
-        s(&data),
-        "--student",
-        s(&ckpt),
-        "--out",
-        s(&sel),
-    ]);
+    random_selection(&data, &ckpt, 40, &sel);
     for batch in [8, 16] {
         let out = d.join(format!("teacher-{batch}"));
         let batch = format!("train.teacher.batch_size={batch}");

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The binary under test, with warnings-only logging.
@@ -164,6 +164,35 @@ pub fn train_small_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) ->
     a.extend_from_slice(SMALL_STUDENT);
     a.extend_from_slice(extra);
     a
+}
+
+/// Trains the [`SMALL_STUDENT`] for one epoch on `data` into `out` and
+/// returns its best checkpoint: the frozen student of the LLM teacher tests.
+pub fn one_epoch_student(data: &Path, out: &Path) -> PathBuf {
+    let mut a = train_small_args(data, out, &["--set", "train.student.max_epochs=1"]);
+    a.push("--set");
+    a.push("seed=42");
+    ok(&a);
+    out.join("checkpoints/best.safetensors")
+}
+
+/// `select --policy random --budget <rows>` on `data` with `student` into
+/// the selection file `out`, asserting success.
+pub fn random_selection(data: &Path, student: &Path, rows: usize, out: &Path) {
+    let rows = rows.to_string();
+    ok(&[
+        "select",
+        "--policy",
+        "random",
+        "--budget",
+        &rows,
+        "--data",
+        s(data),
+        "--student",
+        s(student),
+        "--out",
+        s(out),
+    ]);
 }
 
 /// Builds the teacher cache of the student checkpoint `ckpt` on `data` into
