@@ -12,7 +12,9 @@
 #   SEEDS="1 2 3" BUDGETS="0.05 0.1 0.25" ROUNDS="1 3 5"
 #   POLICIES="entropy loss badge random"
 # and UNTIL=converged for active runs whose distillation is trained to
-# convergence (directories actconv-*, instead of act-*).
+# convergence (directories actconv-*, instead of act-*), WARM=1 for rounds
+# that continue from the round before's student (active.warm_start;
+# directories actws-*, in the 15-epoch report).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 B="${1:-$here/target/release/distillrec}"
@@ -23,11 +25,16 @@ BUDGETS=${BUDGETS:-"0.05 0.1 0.25"}
 ROUNDS=${ROUNDS:-"1 3 5"}
 POLICIES=${POLICIES:-"entropy loss badge random"}
 UNTIL=${UNTIL:-budget}
+WARM=${WARM:-0}
 prefix=act
 CONVERGED_DISTILL=()
 if [ "$UNTIL" = converged ]; then
   prefix=actconv
   CONVERGED_DISTILL=(--set train.distill.until=converged --set train.distill.patience=10)
+fi
+if [ "$WARM" = 1 ]; then
+  prefix=${prefix/act/actws}
+  CONVERGED_DISTILL+=(--set active.warm_start=true)
 fi
 mkdir -p "$W"
 cd "$W"
@@ -79,11 +86,16 @@ for d in allconv-s*; do [ -f "$d/metrics.json" ] && runs+=("all rows, converged=
 # trained to convergence (actconv-*) in report-converged/
 for kind in act actconv; do
   active=()
-  for d in "$kind"-*; do
+  for d in "$kind"-* actws-*; do
     [ -f "$d/active.json" ] || continue
-    IFS=- read -r _ pol b r _ <<< "$d"
+    IFS=- read -r pk pol b r _ <<< "$d"
+    case $pk in
+      actws) [ "$kind" = act ] || continue; warm=", warm start" ;;
+      actwsconv) continue ;;
+      *) warm="" ;;
+    esac
     n=${r#r}; word=rounds; [ "$n" = 1 ] && word=round
-    active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word=$d")
+    active+=("$pol, $(awk -v b="$b" 'BEGIN { printf "%g%%", b * 100 }') in $n $word$warm=$d")
   done
   [ ${#active[@]} -gt 0 ] || continue
   out=report; [ "$kind" = actconv ] && out=report-converged
