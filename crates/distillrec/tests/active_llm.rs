@@ -16,12 +16,6 @@ use std::path::Path;
 
 use common::*;
 
-/// The tiny teacher preset (short prompts, small adapters, one epoch).
-const TEACHER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../configs/synthetic-teacher-tiny.toml"
-);
-
 /// The keys of a selection file (CSV `key,score` with a header).
 fn selection_keys(path: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(path)
@@ -55,9 +49,8 @@ fn retrain_fine_tunes_the_teacher_each_round_on_the_rows_so_far() {
     random_selection(&data, &student, 30, &sel);
     // `train teacher` on the rows of `selection` into `out`, then `extra`
     let train_teacher = |selection: &Path, out: &Path, extra: &[&str]| {
-        let mut a = vec!["train", "teacher", "--config", TEACHER, "--data", s(&data)];
-        a.extend_from_slice(&["--student", s(&student), "--backbone", s(&backbone)]);
-        a.extend_from_slice(&["--selection", s(selection), "--out", s(out)]);
+        let mut a = train_teacher_args(&data, &student, &backbone, out);
+        a.extend_from_slice(&["--selection", s(selection)]);
         a.extend_from_slice(extra);
         ok(&a);
         out.join("checkpoints/best.safetensors")
@@ -79,7 +72,7 @@ fn retrain_fine_tunes_the_teacher_each_round_on_the_rows_so_far() {
         let mut a = vec![
             "active",
             "--config",
-            TEACHER,
+            TINY_TEACHER,
             "--data",
             s(&data),
             "--student",

@@ -169,28 +169,13 @@ fn the_teacher_resumes_exactly_after_a_kill_at_every_write() {
     let backbone = d.path().join("backbone");
     tiny::write_hf_dir(&backbone, &cfg, &tiny::random_weights(&cfg, 3));
     let teacher = d.path().join("teacher");
-    let preset = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../configs/synthetic-teacher-tiny.toml"
-    );
-    let args = [
-        "train",
-        "teacher",
-        "--config",
-        preset,
-        "--data",
-        s(&data),
-        "--student",
-        s(&ckpt),
-        "--backbone",
-        s(&backbone),
+    let mut args = train_teacher_args(&data, &ckpt, &backbone, &teacher);
+    args.extend_from_slice(&[
         "--set",
         "train.teacher.max_epochs=2",
         "--set",
         "train.teacher.patience=5",
-        "--out",
-        s(&teacher),
-    ];
+    ]);
     // the manifests hold each epoch's wall time: compare the weights
     let n = every_kill_point(&args, &teacher, &["checkpoints/best.safetensors"]);
     assert!(n >= 2 * 4, "{n} kill points");

@@ -10,12 +10,6 @@ mod common;
 
 use common::*;
 
-/// The tiny teacher preset (short prompts, small adapters).
-const TEACHER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../configs/synthetic-teacher-tiny.toml"
-);
-
 /// The total of a printed plan (`  62 GB  in all (...)`) in bytes.
 fn planned_total(text: &str) -> f64 {
     let line = text
@@ -64,7 +58,7 @@ fn a_gpu_run_is_planned_without_opening_the_gpu() {
         "teacher",
         "plan",
         "--config",
-        TEACHER,
+        TINY_TEACHER,
         "--data",
         s(&data),
         "--backbone",
@@ -93,7 +87,7 @@ fn a_7b_config_is_planned_without_weights_and_refused_where_it_cannot_fit() {
         "teacher",
         "plan",
         "--config",
-        TEACHER,
+        TINY_TEACHER,
         "--data",
         s(&data),
         "--backbone",
@@ -143,24 +137,9 @@ fn a_training_run_peaks_within_a_quarter_of_its_plan() {
     for batch in [8, 16] {
         let out = d.join(format!("teacher-{batch}"));
         let batch = format!("train.teacher.batch_size={batch}");
-        ok(&[
-            "train",
-            "teacher",
-            "--config",
-            TEACHER,
-            "--data",
-            s(&data),
-            "--student",
-            s(&ckpt),
-            "--backbone",
-            s(&backbone),
-            "--selection",
-            s(&sel),
-            "--out",
-            s(&out),
-            "--set",
-            &batch,
-        ]);
+        let mut a = train_teacher_args(&data, &ckpt, &backbone, &out);
+        a.extend_from_slice(&["--selection", s(&sel), "--set", &batch]);
+        ok(&a);
         let run: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
         let c = &run["costs"]["teacher.train"];

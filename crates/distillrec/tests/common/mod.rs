@@ -166,6 +166,37 @@ pub fn train_small_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) ->
     a
 }
 
+/// The tiny teacher preset (short prompts, small adapters, one epoch) the
+/// LLM teacher tests train on a random-weight backbone.
+pub const TINY_TEACHER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../configs/synthetic-teacher-tiny.toml"
+);
+
+/// The arguments of `train teacher` with [`TINY_TEACHER`] on `data`, the
+/// frozen `student` checkpoint and `backbone`, into `out`.
+pub fn train_teacher_args<'a>(
+    data: &'a Path,
+    student: &'a Path,
+    backbone: &'a Path,
+    out: &'a Path,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "teacher",
+        "--config",
+        TINY_TEACHER,
+        "--data",
+        s(data),
+        "--student",
+        s(student),
+        "--backbone",
+        s(backbone),
+        "--out",
+        s(out),
+    ]
+}
+
 /// Trains the [`SMALL_STUDENT`] for one epoch on `data` into `out` and
 /// returns its best checkpoint: the frozen student of the LLM teacher tests.
 pub fn one_epoch_student(data: &Path, out: &Path) -> PathBuf {
