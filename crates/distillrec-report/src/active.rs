@@ -106,6 +106,52 @@ pub fn as_budget_points(points: &[ActivePoint]) -> Vec<BudgetPoint> {
         .collect()
 }
 
+/// One total budget of the active runs: the labels whose last round ends
+/// at that share of the pool, for a plot of their own (the plot of every
+/// label at once is unreadable once a grid has a dozen settings).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetGroup {
+    /// The share of the pool labelled after the last round (the labels'
+    /// mean, rounded to 0.1%).
+    pub share: f64,
+    /// The labels, in order of first appearance.
+    pub labels: Vec<String>,
+}
+
+/// Labels grouped by the share of the pool their last round has labelled
+/// (rounded to 0.1%, so 5% spent in 3 rounds and in 1 round are one group),
+/// ascending; every-row labels (share 100%) come last.
+pub fn budget_groups(points: &[ActivePoint]) -> Vec<BudgetGroup> {
+    let mut labels: Vec<&str> = Vec::new();
+    for p in points {
+        if !labels.contains(&p.label.as_str()) {
+            labels.push(&p.label);
+        }
+    }
+    let mut groups: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for label in labels {
+        let Some(last) = points
+            .iter()
+            .filter(|p| p.label == label)
+            .max_by_key(|p| p.round)
+        else {
+            continue;
+        };
+        let share = last.teacher_rows / last.pool_rows.max(1) as f64;
+        groups
+            .entry((share * 1000.0).round() as i64)
+            .or_default()
+            .push(label.to_string());
+    }
+    groups
+        .into_iter()
+        .map(|(key, labels)| BudgetGroup {
+            share: key as f64 / 1000.0,
+            labels,
+        })
+        .collect()
+}
+
 /// The Markdown table: label, round, teacher rows, teacher seconds, seeds,
 /// metric (mean ± sd).
 pub fn active_markdown(points: &[ActivePoint], metric: &str) -> String {
@@ -149,4 +195,94 @@ pub fn active_csv(points: &[ActivePoint]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{write_report, ReportRequest};
+
+    /// An `active.json` with one record per `(labelled rows, test ndcg@10)`.
+    fn write_rounds(dir: &std::path::Path, rounds: &[(usize, f64)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let records: Vec<serde_json::Value> = rounds
+            .iter()
+            .enumerate()
+            .map(|(i, &(rows, ndcg))| {
+                serde_json::json!({
+                    "round": i + 1, "labelled_rows": rows, "pool_rows": 1000,
+                    "teacher_secs_total": rows as f64 / 10.0, "test": {"ndcg@10": ndcg}
+                })
+            })
+            .collect();
+        std::fs::write(
+            dir.join("active.json"),
+            serde_json::to_string(&records).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn spec(root: &std::path::Path, label: &str, dir: &str) -> RunSpec {
+        RunSpec {
+            label: Some(label.into()),
+            dir: root.join(dir),
+        }
+    }
+
+    #[test]
+    fn each_partial_budget_gets_its_own_plot_with_every_row_as_a_reference() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        write_rounds(&root.join("r5a"), &[(50, 0.10)]);
+        write_rounds(&root.join("r5b"), &[(50, 0.12)]);
+        write_rounds(&root.join("e5"), &[(17, 0.09), (33, 0.095), (50, 0.11)]);
+        write_rounds(&root.join("r10"), &[(100, 0.13)]);
+        write_rounds(&root.join("all"), &[(1000, 0.14)]);
+        let active_runs = vec![
+            spec(root, "random, 5% in 1 round", "r5a"),
+            spec(root, "random, 5% in 1 round", "r5b"),
+            spec(root, "entropy, 5% in 3 rounds", "e5"),
+            spec(root, "random, 10% in 1 round", "r10"),
+            spec(root, "every row", "all"),
+        ];
+        let points = active_points(&active_runs, "ndcg@10").unwrap();
+        let groups = budget_groups(&points);
+        let shares: Vec<f64> = groups.iter().map(|g| g.share).collect();
+        assert_eq!(shares, [0.05, 0.1, 1.0]);
+        assert_eq!(
+            groups[0].labels,
+            ["random, 5% in 1 round", "entropy, 5% in 3 rounds"]
+        );
+
+        let mut req = ReportRequest {
+            runs: Vec::new(),
+            ablation_runs: Vec::new(),
+            active_runs,
+            converged: None,
+            budget_runs: Vec::new(),
+            baseline: None,
+            metric: "ndcg@10".into(),
+            out: root.join("report"),
+        };
+        let md = write_report(&req).unwrap();
+        let svg = |name: &str| std::fs::read_to_string(req.out.join(name)).unwrap();
+        let five = svg("active_ndcg10_5pct.svg");
+        assert!(five.contains("entropy, 5% in 3 rounds"), "{five}");
+        assert!(five.contains("random, 5% in 1 round"), "{five}");
+        assert!(!five.contains("random, 10% in 1 round"), "{five}");
+        // every row as a reference line with its value; the x axis ends near 5%
+        assert!(five.contains("every row (0.1400)"), "{five}");
+        assert!(!five.contains("100% (all rows)"), "{five}");
+        let ten = svg("active_ndcg10_10pct.svg");
+        assert!(ten.contains("random, 10% in 1 round") && !ten.contains("in 3 rounds"));
+        assert!(!req.out.join("active_ndcg10_100pct.svg").exists());
+        assert!(md.contains("### 5% of the rows in all") && md.contains("active_ndcg10_10pct.png"));
+
+        // one partial budget: the plot of every label is enough
+        req.active_runs.retain(|s| !s.dir.ends_with("r10"));
+        req.out = root.join("report-one");
+        write_report(&req).unwrap();
+        assert!(req.out.join("active_ndcg10.png").exists());
+        assert!(!req.out.join("active_ndcg10_5pct.png").exists());
+    }
 }

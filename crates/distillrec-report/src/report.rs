@@ -262,6 +262,7 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
             &format!("{metric} against teacher seconds, by round"),
             &files,
         ));
+        write_active_budget_plots(&points, &references, req, &mut md)?;
     }
     if !warnings.is_empty() {
         md.push_str(
@@ -280,6 +281,59 @@ pub fn write_report(req: &ReportRequest) -> Result<String> {
     }
     atomic_write(&req.out.join("report.md"), md.as_bytes())?;
     Ok(md)
+}
+
+/// With two or more partial total budgets among the active runs, one plot
+/// per budget as well (`active_<metric>_<share>pct`): that budget's
+/// settings (policies, one-shot and in rounds) with the every-row runs as
+/// reference lines, so the comparison at equal teacher rows is legible.
+fn write_active_budget_plots(
+    points: &[crate::active::ActivePoint],
+    references: &[ReferenceLine],
+    req: &ReportRequest,
+    md: &mut String,
+) -> Result<()> {
+    let metric = req.metric.as_str();
+    let stem = metric.replace('@', "");
+    let groups = crate::active::budget_groups(points);
+    let (full, partial): (Vec<_>, Vec<_>) = groups.iter().partition(|g| g.share >= 1.0);
+    if partial.len() < 2 {
+        return Ok(());
+    }
+    let mut references = references.to_vec();
+    for label in full.iter().flat_map(|g| &g.labels) {
+        if let Some(last) = points
+            .iter()
+            .filter(|p| &p.label == label)
+            .max_by_key(|p| p.round)
+        {
+            references.push(ReferenceLine {
+                label: label.clone(),
+                value: last.metric,
+            });
+        }
+    }
+    for group in partial {
+        let share = crate::tables::percent(group.share);
+        let mine: Vec<crate::active::ActivePoint> = points
+            .iter()
+            .filter(|p| group.labels.contains(&p.label))
+            .cloned()
+            .collect();
+        let slug = share.replace('%', "pct").replace('.', "_");
+        let files = plot_budget_curve(
+            &crate::active::as_budget_points(&mine),
+            metric,
+            &references,
+            &req.out.join(format!("active_{stem}_{slug}")),
+        )?;
+        md.push_str(&format!("### {share} of the rows in all\n\n"));
+        md.push_str(&embed(
+            &format!("{metric} against teacher rows, {share} in all"),
+            &files,
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses, before anything is read or written, a run with an empty label

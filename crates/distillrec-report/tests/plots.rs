@@ -181,6 +181,73 @@ fn budget_curve_with_a_single_point_and_flat_values_still_draws() {
     assert!(ink(&decode(&path)) > 1_000);
 }
 
+/// x of every `<text>` of the SVG with exactly `want` as its text.
+fn text_x(path: &Path, want: &str) -> Vec<f64> {
+    let xml = std::fs::read_to_string(path).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text") && n.text().map(str::trim) == Some(want))
+        .filter_map(|n| n.attribute("x")?.parse().ok())
+        .collect()
+}
+
+/// A legend too long for the plot (twelve curves and three reference
+/// lines, as an active-distillation grid has) is drawn beside it, every
+/// entry right of the x axis' last tick; a small budget's axis ends at
+/// that budget, not at 100%.
+#[test]
+fn a_long_legend_goes_beside_the_plot_and_the_axis_ends_at_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = out_dir(&tmp);
+    let mut points = Vec::new();
+    for c in 0..12 {
+        for (k, fraction) in [0.02, 0.04, 0.06].into_iter().enumerate() {
+            points.push(BudgetPoint {
+                policy: format!("policy {c}, 6% in 3 rounds"),
+                fraction,
+                teacher_rows: k,
+                metric: 0.10 + 0.001 * c as f64 + 0.002 * k as f64,
+                spread: None,
+                teacher_secs: None,
+            });
+        }
+    }
+    let refs: Vec<ReferenceLine> = ["teacher", "baseline", "converged"]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ReferenceLine {
+            label: l.to_string(),
+            value: 0.09 + 0.01 * i as f64,
+        })
+        .collect();
+    let path = dir.join("budget_long_legend.png");
+    let files = plot_budget_curve(&points, "ndcg@10", &refs, &path).unwrap();
+    assert!(ink(&decode(&path)) > 5_000);
+    let last_tick = text_x(&files.svg, "6%");
+    assert_eq!(last_tick.len(), 1, "one 6% tick: the axis ends at the data");
+    assert!(text_x(&files.svg, "100% (all rows)").is_empty());
+    let mut labels: Vec<String> = (0..12)
+        .map(|c| format!("policy {c}, 6% in 3 rounds"))
+        .collect();
+    labels.push("teacher (0.0900)".into());
+    for label in &labels {
+        let x = text_x(&files.svg, label);
+        assert_eq!(x.len(), 1, "{label} once in the legend");
+        assert!(
+            x[0] > last_tick[0] + 20.0,
+            "{label} at {} is inside the plot",
+            x[0]
+        );
+    }
+
+    // eight entries or fewer stay inside, in the emptiest corner
+    let path = dir.join("budget_short_legend.png");
+    points.retain(|p| p.policy.starts_with("policy 1,") || p.policy.starts_with("policy 2,"));
+    let files = plot_budget_curve(&points, "ndcg@10", &refs, &path).unwrap();
+    let last_tick = text_x(&files.svg, "6%")[0];
+    assert!(text_x(&files.svg, "policy 1, 6% in 3 rounds")[0] < last_tick);
+}
+
 /// The cost curve puts teacher seconds on the x axis (its ticks in
 /// seconds, not percent), moves its points with them, and refuses a point
 /// without seconds.

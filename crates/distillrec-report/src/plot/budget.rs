@@ -8,8 +8,9 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 
 use super::{
-    draw_error_bars, draw_legend, draw_markers, legend_corner, legend_with_marker, polyline_ink,
-    save, style_mesh, text, Figure, PlotFiles, PALETTE,
+    draw_error_bars, draw_legend, draw_legend_sized, draw_markers, legend_corner, legend_size_at,
+    legend_with_marker, polyline_ink, save, style_mesh, text, Figure, PlotFiles, LEGEND_FONT,
+    PALETTE,
 };
 use crate::aggregate::BudgetPoint;
 use crate::plot::{decimals_for, padded_range};
@@ -26,19 +27,30 @@ pub struct ReferenceLine {
 }
 
 /// Colour and dash pattern (dash, gap in pixels) of the reference lines, in order.
-const REFERENCE_STYLES: [(RGBColor, u32, u32); 3] = [
+const REFERENCE_STYLES: [(RGBColor, u32, u32); 4] = [
     (RGBColor(40, 40, 40), 10, 6),
     (RGBColor(130, 130, 130), 4, 4),
     (RGBColor(170, 60, 60), 14, 4),
+    (RGBColor(60, 130, 60), 6, 3),
 ];
 
 /// The x-axis title: what the fraction is a fraction of.
 pub(crate) const BUDGET_X_DESC: &str = "fraction of training rows given to the teacher";
 
-/// The tick label of the full budget.
+/// Legend entries (curves and reference lines) drawn inside the plot; a
+/// longer legend is drawn right of it.
+const LEGEND_INSIDE_MAX: usize = 8;
+
+/// Pixels above a legend drawn beside the plot (level with the plot's top).
+const SIDE_LEGEND_TOP_PX: f64 = 45.0;
+
+/// A legend line's height in units of its text size (plotters' layout).
+const LEGEND_LINE: f64 = 1.25;
+
 /// The x axis of [`plot_cost_curve`].
 const SECONDS_X_DESC: &str = "teacher seconds (inference, and training in rounds that retrain)";
 
+/// The tick label of the full budget.
 pub(crate) const FULL_BUDGET_LABEL: &str = "100% (all rows)";
 
 /// Plots a budget curve: the distilled student's metric against the fraction of
@@ -46,13 +58,14 @@ pub(crate) const FULL_BUDGET_LABEL: &str = "100% (all rows)";
 ///
 /// Writes `path` with its extension replaced by `png` and `svg` ([`PlotFiles`]),
 /// [`PLOT_WIDTH`](super::PLOT_WIDTH)×[`PLOT_HEIGHT`](super::PLOT_HEIGHT). The x axis,
-/// titled "fraction of training rows given to the teacher", spans 0..1 with ticks
-/// printed as percentages and the full budget labelled "100% (all rows)"; the y axis
-/// is `metric_name`, zoomed to the data and the reference lines. Policies are drawn in
+/// titled "fraction of training rows given to the teacher", spans 0 to the largest
+/// fraction drawn, with ticks printed as percentages and the full budget labelled
+/// "100% (all rows)"; the y axis is `metric_name`, zoomed to the data and the reference lines. Policies are drawn in
 /// order of first appearance with distinct colours and marker shapes, points sorted by
 /// fraction, with vertical error bars where a point has a [`BudgetPoint::spread`].
 /// Each of `references` (e.g. the teacher and the baseline student) is a dashed
-/// horizontal line. A legend names every policy and reference with its value.
+/// horizontal line. A legend names every policy and reference with its value (right of the
+/// plot when it has more than eight entries).
 ///
 /// Errors (naming `path`): no points ("no points to plot"), a non-finite metric,
 /// spread or reference value, a negative spread, a fraction outside `[0, 1]`, or a
@@ -185,24 +198,49 @@ impl Figure for BudgetFigure<'_> {
         let decimals = decimals_for(y1 - y0);
         // A little room left and right so markers at 0% and 100% (or at 0
         // and the most seconds) are not cut in half.
+        // The x axis ends at the largest share or time drawn, so the curves
+        // of a small budget are not squeezed into the left of the plot.
+        let most = self
+            .points
+            .iter()
+            .map(|p| self.axis.x(p))
+            .fold(0.0, f64::max)
+            .max(1e-9);
         let (x0, x1) = match self.axis {
-            Axis::Share => (-0.02, 1.02),
-            Axis::TeacherSeconds => {
-                let most = self
-                    .points
-                    .iter()
-                    .map(|p| self.axis.x(p))
-                    .fold(0.0, f64::max)
-                    .max(1e-9);
-                (-0.02 * most, 1.04 * most)
-            }
+            Axis::Share => (-0.02 * most, 1.02 * most),
+            Axis::TeacherSeconds => (-0.02 * most, 1.04 * most),
         };
         let (caption, x_desc) = match self.axis {
             Axis::Share => ("teacher budget", BUDGET_X_DESC),
             Axis::TeacherSeconds => ("teacher seconds", SECONDS_X_DESC),
         };
 
-        let mut chart = ChartBuilder::on(root)
+        let reference_labels: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| format!("{} ({:.4})", r.label, r.value))
+            .collect();
+        let mut entries: Vec<&str> = policies.iter().map(String::as_str).collect();
+        entries.extend(reference_labels.iter().map(String::as_str));
+        // A long legend goes right of the plot, where it hides nothing; a
+        // short one into the emptiest corner of it.
+        let (width, height) = root.dim_in_pixel();
+        let side = (entries.len() > LEGEND_INSIDE_MAX).then(|| {
+            // smaller text when the lines would not fit the height
+            let fit = (f64::from(height) - SIDE_LEGEND_TOP_PX - 40.0)
+                / (LEGEND_LINE * entries.len() as f64);
+            let size = (fit.floor() as u32).clamp(7, LEGEND_FONT);
+            let side = (legend_size_at(&entries, size).0 + 30.0).min(f64::from(width) / 2.0);
+            (side as u32, size)
+        });
+        let (area, legend_area) = match side {
+            Some((side, size)) => {
+                let (plot, legend) = root.split_horizontally(width - side);
+                (plot, Some((legend, size)))
+            }
+            None => (root.clone(), None),
+        };
+        let mut chart = ChartBuilder::on(&area)
             .caption(format!("{} vs {caption}", self.metric_name), text(22))
             .margin(15)
             .margin_right(45) // room for the "100% (all rows)" tick label
@@ -225,11 +263,6 @@ impl Figure for BudgetFigure<'_> {
         style_mesh(&mut mesh);
         mesh.draw()?;
 
-        let reference_labels: Vec<String> = self
-            .references
-            .iter()
-            .map(|r| format!("{} ({:.4})", r.label, r.value))
-            .collect();
         for (i, (r, label)) in self.references.iter().zip(&reference_labels).enumerate() {
             let (color, dash, gap) = REFERENCE_STYLES[i % REFERENCE_STYLES.len()];
             let style = color.stroke_width(2);
@@ -241,9 +274,7 @@ impl Figure for BudgetFigure<'_> {
                     style,
                 ))?
                 .label(label.as_str())
-                .legend(move |(x, y)| {
-                    DashedPathElement::new(vec![(x, y), (x + 20, y)], dash / 2, gap / 2, style)
-                });
+                .legend(reference_glyph(i));
         }
 
         // Each policy's points, sorted by fraction.
@@ -278,12 +309,13 @@ impl Figure for BudgetFigure<'_> {
             ink.extend(spreads.iter().flat_map(|&(x, l, h)| [(x, l), (x, h)]));
         }
 
+        if let Some((legend_area, size)) = legend_area {
+            return draw_side_legend(&legend_area, size, &reference_labels, &policies);
+        }
         // Put the legend in the corner that hides the least of the curves and lines.
         for r in self.references {
             ink.extend((0..=50).map(|k| (x0 + (x1 - x0) * k as f64 / 50.0, r.value)));
         }
-        let mut entries: Vec<&str> = policies.iter().map(String::as_str).collect();
-        entries.extend(reference_labels.iter().map(String::as_str));
         let normalized: Vec<(f64, f64)> = ink
             .iter()
             .map(|&(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)))
@@ -291,4 +323,45 @@ impl Figure for BudgetFigure<'_> {
         let position = legend_corner(&normalized, &entries, chart.plotting_area().dim_in_pixel());
         draw_legend(&mut chart, position)
     }
+}
+
+/// The legend glyph of reference line `i`: a short dashed line in its style.
+fn reference_glyph<DB: DrawingBackend>(
+    i: usize,
+) -> impl Fn((i32, i32)) -> DynElement<'static, DB, (i32, i32)> {
+    let (color, dash, gap) = REFERENCE_STYLES[i % REFERENCE_STYLES.len()];
+    let style = color.stroke_width(2);
+    move |(x, y)| {
+        DashedPathElement::new(vec![(x, y), (x + 20, y)], dash / 2, gap / 2, style).into_dyn()
+    }
+}
+
+/// A legend of its own beside the plot, for more entries than fit inside
+/// it: the same glyphs (reference lines, then curves), on an empty chart
+/// that fills `area`.
+fn draw_side_legend<DB>(
+    area: &DrawingArea<DB, Shift>,
+    size: u32,
+    reference_labels: &[String],
+    curves: &[String],
+) -> Result<()>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin_top(SIDE_LEGEND_TOP_PX as u32)
+        .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
+    let nothing = || std::iter::empty::<Circle<(f64, f64), i32>>();
+    for (i, label) in reference_labels.iter().enumerate() {
+        chart
+            .draw_series(nothing())?
+            .label(label.as_str())
+            .legend(reference_glyph(i));
+    }
+    for (i, label) in curves.iter().enumerate() {
+        let anno = chart.draw_series(nothing())?.label(label.as_str());
+        legend_with_marker(anno, i, PALETTE[i % PALETTE.len()]);
+    }
+    draw_legend_sized(&mut chart, SeriesLabelPosition::UpperLeft, size)
 }

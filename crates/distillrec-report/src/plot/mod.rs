@@ -276,10 +276,23 @@ where
     DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
 {
+    draw_legend_sized(chart, position, LEGEND_FONT)
+}
+
+/// [`draw_legend`] with text of `size` pixels (a long legend beside a plot).
+fn draw_legend_sized<'a, DB>(
+    chart: &mut Chart<'a, DB>,
+    position: SeriesLabelPosition,
+    size: u32,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .position(position)
-        .label_font(text(LEGEND_FONT))
+        .label_font(text(size))
         .background_style(WHITE.mix(0.9))
         .border_style(RGBColor(160, 160, 160))
         .draw()?;
@@ -290,7 +303,12 @@ where
 /// built-in text estimate (0.7 em per character, em = size / 1.24²), lines 1.25 × size
 /// apart, a 30-pixel glyph column and 10-pixel margins, 5 pixels from the area edge.
 fn legend_size(entries: &[&str]) -> (f64, f64) {
-    let size = f64::from(LEGEND_FONT);
+    legend_size_at(entries, LEGEND_FONT)
+}
+
+/// [`legend_size`] with text of `size` pixels.
+fn legend_size_at(entries: &[&str], size: u32) -> (f64, f64) {
+    let size = f64::from(size);
     let em = size / 1.24 / 1.24;
     let chars = entries.iter().map(|e| e.chars().count()).max().unwrap_or(0);
     let lines = entries.len().max(1) as f64;
