@@ -153,7 +153,10 @@ const TABLE_METRICS: [&str; 4] = ["hr@10", "hr@20", "ndcg@10", "ndcg@20"];
 /// - plots, each as PNG and SVG: `models_<metric>` (bars with seed spread),
 ///   `cost` (seconds to get each model), `learning_curves` (validation metric
 ///   per epoch, when some run has a `history.csv` with it) and
-///   `budget_<metric>` (with the teacher and the baseline as reference lines).
+///   `budget_<metric>` (with the teacher and the baseline as reference lines);
+/// - with active runs, `active.csv`, their table, `active_<metric>` and
+///   `active_secs_<metric>` (against teacher rows and seconds) and, with two
+///   or more partial total budgets, `active_<metric>_<share>pct` per budget.
 ///
 /// `<metric>` is the request's metric without `@` (`ndcg10`). Every file is
 /// written atomically; nothing depends on the clock.
