@@ -60,12 +60,13 @@ pub(crate) const FULL_BUDGET_LABEL: &str = "100% (all rows)";
 /// [`PLOT_WIDTH`](super::PLOT_WIDTH)×[`PLOT_HEIGHT`](super::PLOT_HEIGHT). The x axis,
 /// titled "fraction of training rows given to the teacher", spans 0 to the largest
 /// fraction drawn, with ticks printed as percentages and the full budget labelled
-/// "100% (all rows)"; the y axis is `metric_name`, zoomed to the data and the reference lines. Policies are drawn in
-/// order of first appearance with distinct colours and marker shapes, points sorted by
-/// fraction, with vertical error bars where a point has a [`BudgetPoint::spread`].
-/// Each of `references` (e.g. the teacher and the baseline student) is a dashed
-/// horizontal line. A legend names every policy and reference with its value (right of the
-/// plot when it has more than eight entries).
+/// "100% (all rows)"; the y axis is `metric_name`, zoomed to the data and the
+/// reference lines. Policies are drawn in order of first appearance with distinct
+/// colours and marker shapes, points sorted by fraction, with vertical error bars
+/// where a point has a [`BudgetPoint::spread`]. Each of `references` (e.g. the
+/// teacher and the baseline student) is a dashed horizontal line. A legend names
+/// every policy and reference with its value (right of the plot when it has more
+/// than eight entries).
 ///
 /// Errors (naming `path`): no points ("no points to plot"), a non-finite metric,
 /// spread or reference value, a negative spread, a fraction outside `[0, 1]`, or a
@@ -196,10 +197,9 @@ impl Figure for BudgetFigure<'_> {
         }
         let (y0, y1) = padded_range(lo, hi);
         let decimals = decimals_for(y1 - y0);
-        // A little room left and right so markers at 0% and 100% (or at 0
-        // and the most seconds) are not cut in half.
         // The x axis ends at the largest share or time drawn, so the curves
-        // of a small budget are not squeezed into the left of the plot.
+        // of a small budget are not squeezed into the left of the plot, with
+        // a little room either side so no marker is cut in half.
         let most = self
             .points
             .iter()
