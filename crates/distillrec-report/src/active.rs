@@ -106,13 +106,21 @@ pub fn as_budget_points(points: &[ActivePoint]) -> Vec<BudgetPoint> {
         .collect()
 }
 
+/// The last round of `label` among `points`.
+pub fn last_round<'a>(points: &'a [ActivePoint], label: &str) -> Option<&'a ActivePoint> {
+    points
+        .iter()
+        .filter(|p| p.label == label)
+        .max_by_key(|p| p.round)
+}
+
 /// One total budget of the active runs: the labels whose last round ends
 /// at that share of the pool, for a plot of their own (the plot of every
 /// label at once is unreadable once a grid has a dozen settings).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetGroup {
-    /// The share of the pool labelled after the last round (the labels'
-    /// mean, rounded to 0.1%).
+    /// The share of the pool its labels have labelled after their last
+    /// round (rounded to 0.1%).
     pub share: f64,
     /// The labels, in order of first appearance.
     pub labels: Vec<String>,
@@ -130,11 +138,7 @@ pub fn budget_groups(points: &[ActivePoint]) -> Vec<BudgetGroup> {
     }
     let mut groups: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for label in labels {
-        let Some(last) = points
-            .iter()
-            .filter(|p| p.label == label)
-            .max_by_key(|p| p.round)
-        else {
+        let Some(last) = last_round(points, label) else {
             continue;
         };
         let share = last.teacher_rows / last.pool_rows.max(1) as f64;

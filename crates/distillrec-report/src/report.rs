@@ -305,11 +305,7 @@ fn write_active_budget_plots(
     }
     let mut references = references.to_vec();
     for label in full.iter().flat_map(|g| &g.labels) {
-        if let Some(last) = points
-            .iter()
-            .filter(|p| &p.label == label)
-            .max_by_key(|p| p.round)
-        {
+        if let Some(last) = crate::active::last_round(points, label) {
             references.push(ReferenceLine {
                 label: label.clone(),
                 value: last.metric,

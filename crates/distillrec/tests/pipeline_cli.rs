@@ -16,18 +16,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const TEACHER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../configs/synthetic-teacher-tiny.toml"
-);
-
 /// The pipeline's arguments: the tiny preset, a random selection of 40 rows,
 /// one-epoch student and distillation, and `extra` overrides.
 fn pipeline_args(backbone: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "pipeline",
         "--config",
-        TEACHER,
+        TINY_TEACHER,
         "--out",
         s(out),
         "--set",
@@ -141,7 +136,7 @@ fn stages_run_once_and_a_changed_key_reruns_only_what_depends_on_it() {
         "eval",
         "student",
         "--config",
-        TEACHER,
+        TINY_TEACHER,
         "--checkpoint",
         s(&ckpt),
         "--data",

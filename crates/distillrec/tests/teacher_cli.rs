@@ -13,14 +13,8 @@ use std::path::Path;
 
 use common::*;
 
-/// The tiny teacher preset (short prompts, small adapters).
-const TEACHER: &[&str] = &[
-    "--config",
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../configs/synthetic-teacher-tiny.toml"
-    ),
-];
+/// `--config` with the tiny teacher preset.
+const TEACHER: &[&str] = &["--config", TINY_TEACHER];
 
 fn student(data: &Path, out: &Path, seed: &str) {
     ok(&[
