@@ -155,7 +155,9 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// The last hidden states `[batch·seq, hidden]` of a training step with
-/// LoRA `dropout`, and the pass for [`backward`].
+/// LoRA `dropout`, and the pass for [`backward`]. Pad positions hold no
+/// meaningful value (zero on the explicit path, which never computes them)
+/// and a loss must not read them.
 pub fn forward(
     path: Path,
     model: &Model,

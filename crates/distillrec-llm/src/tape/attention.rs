@@ -100,8 +100,15 @@ pub(crate) fn attention_forward<T: Real>(
 /// How a layer's attention sees its rows.
 #[derive(Clone, Copy)]
 pub(crate) enum Attend<'a, T> {
-    /// `b·t` padded rows with the additive mask (training and [`infer`]).
-    Padded(Option<&'a [T]>),
+    /// Attention over the `b·t` padded layout with the additive mask
+    /// (training and [`infer`]). With `src` the layer's rows are packed
+    /// (each row's flat row in the padded layout, pads absent): they are
+    /// scattered into the padded layout for the attention alone, so no
+    /// product runs on a pad row.
+    Padded {
+        mask: Option<&'a [T]>,
+        src: Option<&'a [usize]>,
+    },
     /// Packed sequences without padding, each a causal run of rows
     /// `(first, count)`; with `last`, only each sequence's last row leaves
     /// the layer (the rest is never read).

@@ -13,8 +13,8 @@ use super::attention::{attention_backward, attention_forward, attention_packed, 
 use super::elementwise::{
     rms_apply, rms_backward, rms_forward, rope_inplace, swiglu_backward, swiglu_forward,
 };
-use super::lora::{adapter_backward, adapter_forward, dropped_input, AdapterSaved};
-use super::{gather_rows, Dims};
+use super::lora::{adapter_backward, adapter_forward, dropped_input, mask_index, AdapterSaved};
+use super::{gather_rows, scatter_rows, Dims};
 use crate::adapters::{target_index, Dropout, LoraWeights};
 use crate::dropmask::{drop_threshold, kept, mix};
 use crate::error::{Error, Result};
@@ -45,6 +45,9 @@ pub(crate) struct Proj<'a, T> {
     pub(super) gc: Option<&'a [T]>,
     /// LoRA dropout of this layer (probability, layer seed).
     pub(super) drop: Option<(f64, u64)>,
+    /// In a packed pass, each row's flat row in the padded `b·t` layout
+    /// (which sample it belongs to, which dropout mask it draws).
+    pub(super) src: Option<&'a [usize]>,
 }
 
 /// `y (+)= x·W` for a frozen (fused) projection `W [in, width]` (`acc`:
@@ -79,7 +82,9 @@ pub(crate) fn project<T: Real>(
                 off: c0,
                 ld: width,
             };
-            let dropped = p.drop.map(|(pr, seed)| dropped_input(x, pr, mix(seed, ti)));
+            let dropped = p
+                .drop
+                .map(|(pr, seed)| dropped_input((x, in_dim), pr, mix(seed, ti), p.src));
             saved[ti] = Some(adapter_forward(
                 w,
                 Mat::rows(dropped.as_deref().unwrap_or(x), in_dim),
@@ -141,7 +146,7 @@ pub(crate) fn project_backward<T: Real>(
                     Mat::rows(x, in_dim),
                     dyb,
                     (p.n, p.t, p.r, p.e, p.scale),
-                    p.gc,
+                    (p.gc, p.src),
                     gr,
                     dgate.as_deref_mut(),
                     Some(MatMut::rows(&mut dx, in_dim)),
@@ -150,7 +155,7 @@ pub(crate) fn project_backward<T: Real>(
                     // the adapter saw x ⊙ mask / (1 − p): recompute it, and
                     // send its input gradient back through the same mask
                     let seed = mix(seed, ti);
-                    let xd = dropped_input(x, pr, seed);
+                    let xd = dropped_input((x, in_dim), pr, seed, p.src);
                     let mut dxa = vec![T::zero(); p.n * in_dim];
                     adapter_backward(
                         w,
@@ -158,7 +163,7 @@ pub(crate) fn project_backward<T: Real>(
                         Mat::rows(&xd, in_dim),
                         dyb,
                         (p.n, p.t, p.r, p.e, p.scale),
-                        p.gc,
+                        (p.gc, p.src),
                         gr,
                         dgate.as_deref_mut(),
                         Some(MatMut::rows(&mut dxa, in_dim)),
@@ -169,7 +174,7 @@ pub(crate) fn project_backward<T: Real>(
                         .zip(&dxa)
                         .enumerate()
                         .for_each(|(i, (o, g))| {
-                            if kept(seed, i, th) {
+                            if kept(seed, mask_index(i, in_dim, p.src), th) {
                                 *o += *g * keep;
                             }
                         });
@@ -342,9 +347,18 @@ fn attend_rows<T: Real>(
     x: Vec<T>,
 ) -> (Vec<T>, Vec<Vec<T>>, Vec<T>, Option<Vec<usize>>) {
     match attend {
-        Attend::Padded(mask) => {
+        Attend::Padded { mask, src: None } => {
             let (attn, probs) = attention_forward(qkv, d, mask);
             (attn, probs, x, None)
+        }
+        Attend::Padded {
+            mask,
+            src: Some(src),
+        } => {
+            let pd = d.padded();
+            let full = scatter_rows(qkv, d.w3(), src, pd.n());
+            let (attn, probs) = attention_forward(&full, &pd, mask);
+            (gather_rows(&attn, d.q_cols(), src), probs, x, None)
         }
         Attend::Packed { spans, last: false } => {
             (attention_packed(qkv, d, spans, false), Vec::new(), x, None)
@@ -424,6 +438,8 @@ pub(crate) struct BackCtx<'a, T> {
     pub(super) scale: T,
     pub(super) gc: Option<&'a [T]>,
     pub(super) drop: Option<Dropout>,
+    /// Packed rows' flat rows in the padded layout (see [`Proj::src`]).
+    pub(super) src: Option<&'a [usize]>,
 }
 
 /// Backward of [`layer_forward`] from `dout`, the gradient of the layer's
@@ -449,6 +465,7 @@ pub(crate) fn layer_backward<T: Real>(
         scale: c.scale,
         gc: c.gc,
         drop: c.drop.map(|dr| (dr.p, mix(dr.seed, li))),
+        src: c.src,
     };
     let mut ad_grads = (ad, &s.adapters, grads);
     let dh1 = mlp_backward(&lw, d, &s, dout, &mut ad_grads, dgate.as_deref_mut(), p)?;
@@ -538,9 +555,19 @@ fn attention_block_backward<T: Real>(
         dgate.as_deref_mut(),
         p,
     )?;
-    let mut dqkv = attention_backward(&s.qkv, &s.probs, &dattn, d, c.mask);
-    drop(dattn);
     let w3 = d.w3();
+    let mut dqkv = match c.src {
+        None => attention_backward(&s.qkv, &s.probs, &dattn, d, c.mask),
+        Some(src) => {
+            // packed rows: the attention's backward runs on the padded layout
+            let pd = d.padded();
+            let qkv = scatter_rows(&s.qkv, w3, src, pd.n());
+            let dout = scatter_rows(&dattn, qc, src, pd.n());
+            let dfull = attention_backward(&qkv, &s.probs, &dout, &pd, c.mask);
+            gather_rows(&dfull, w3, src)
+        }
+    };
+    drop(dattn);
     rope_inplace(&mut dqkv, w3, (0, d.nh, d.hd), c.cos, c.sin, true);
     rope_inplace(&mut dqkv, w3, (qc, d.nkv, d.hd), c.cos, c.sin, true);
     let g1 = w1.storage_and_layout();

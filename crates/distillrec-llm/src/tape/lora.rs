@@ -30,14 +30,29 @@ pub(crate) fn gate_cols<T: Real>(
     Some(out)
 }
 
-/// `x ⊙ mask / (1 − p)` for the mask of `seed`.
-pub(crate) fn dropped_input<T: Real>(x: &[T], p: f64, seed: u64) -> Vec<T> {
+/// The mask index of element `i` of a row-major `[_, cols]` buffer: `i`
+/// itself, or in a packed pass (`src`: each row's flat row in the padded
+/// `b·t` layout) the index it has in the padded layout, so a packed pass
+/// draws the masks a padded one draws.
+#[inline]
+pub(crate) fn mask_index(i: usize, cols: usize, src: Option<&[usize]>) -> usize {
+    src.map_or(i, |s| s[i / cols] * cols + i % cols)
+}
+
+/// `x ⊙ mask / (1 − p)` for the mask of `seed` over `x [_, cols]` (rows
+/// mapped by `src` as in [`mask_index`]).
+pub(crate) fn dropped_input<T: Real>(
+    (x, cols): (&[T], usize),
+    p: f64,
+    seed: u64,
+    src: Option<&[usize]>,
+) -> Vec<T> {
     let keep: T = real(1.0 / (1.0 - p));
     let th = drop_threshold(p);
     x.par_iter()
         .enumerate()
         .map(|(i, &v)| {
-            if kept(seed, i, th) {
+            if kept(seed, mask_index(i, cols, src), th) {
                 v * keep
             } else {
                 T::zero()
@@ -83,7 +98,8 @@ pub(crate) fn adapter_forward<T: Real>(
 }
 
 /// Backward of [`adapter_forward`] given `dy` (the output gradient block):
-/// accumulates `dA`, `dB`, `d gate` and (when given) `dx`.
+/// accumulates `dA`, `dB`, `d gate` and (when given) `dx`. Row `i` belongs
+/// to sample `i / t`, or `src[i] / t` in a packed pass.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn adapter_backward<T: Real>(
     w: &LoraWeights<T>,
@@ -91,7 +107,7 @@ pub(crate) fn adapter_backward<T: Real>(
     x: Mat<T>,
     dy: Mat<T>,
     (n, t, r, e, scale): (usize, usize, usize, usize, T),
-    gc: Option<&[T]>,
+    (gc, src): (Option<&[T]>, Option<&[usize]>),
     grad: &mut LoraWeights<T>,
     dgate: Option<&mut [T]>,
     dx: Option<MatMut<T>>,
@@ -121,7 +137,7 @@ pub(crate) fn adapter_backward<T: Real>(
     if let Some(dg) = dgate {
         let per = r / e;
         for row in 0..n {
-            let b = row / t;
+            let b = src.map_or(row, |s| s[row]) / t;
             for j in 0..r {
                 dg[b * e + j / per] += dv[row * r + j] * u[row * r + j] * scale;
             }

@@ -10,7 +10,8 @@
 //! do):
 //!
 //! ```text
-//! forward, per layer (x = layer input, N = batch·seq rows):
+//! forward, per layer (x = layer input, N = the batch's real rows: a
+//! padded batch runs packed, its pad rows never computed):
 //!   xn = RMSNorm(x)                      saves x, 1/rms
 //!   qkv = xn·Wqkv (+ bias) + adapters    saves the adapters' rank-r activations
 //!   q, k = RoPE(q), RoPE(k)              saves q, k (rotated), v
@@ -97,6 +98,13 @@ impl Dims {
     fn n(&self) -> usize {
         self.rows
     }
+    /// The same pass over the whole padded layout (`rows = b·t`).
+    fn padded(&self) -> Dims {
+        Dims {
+            rows: self.b * self.t,
+            ..*self
+        }
+    }
     fn w3(&self) -> usize {
         (self.nh + 2 * self.nkv) * self.hd
     }
@@ -116,6 +124,8 @@ pub struct Tape<T> {
     cos: Vec<T>,
     sin: Vec<T>,
     mask: Option<Vec<T>>,
+    /// The packed rows' flat rows in the padded layout (`None`: unpacked).
+    src: Option<Vec<usize>>,
     layers: Vec<LayerSaved<T>>,
     last: Vec<T>,
     inv_final: Vec<T>,
@@ -186,7 +196,8 @@ fn tensor_vec<T: Real>(t: &Tensor) -> Result<Vec<T>> {
 /// embeddings `embeds [batch·seq, hidden]` (row-major), attention `mask`
 /// (`true` = real token, any padding side) and an optional per-sample
 /// `gate [batch, experts]`. Returns the last hidden states `[batch·seq,
-/// hidden]` and the tape for [`backward`].
+/// hidden]` (zero at pad positions, which are never computed: a loss reads
+/// real rows only) and the tape for [`backward`].
 pub fn forward<T: Real>(
     model: &Model,
     adapters: &AdapterSet<T>,
@@ -287,6 +298,23 @@ fn check_inputs<T: Real>(
     Ok(d)
 }
 
+/// The flat rows `b·t + j` of the real positions of `mask`, in order, when
+/// some position is padding; `None` when every position is real.
+fn real_rows(mask: &[Vec<bool>]) -> Option<Vec<usize>> {
+    let t = mask.first().map_or(0, Vec::len);
+    let rows: Vec<usize> = mask
+        .iter()
+        .enumerate()
+        .flat_map(|(b, m)| (0..t).filter(|&j| m[j]).map(move |j| b * t + j))
+        .collect();
+    (rows.len() < mask.len() * t).then_some(rows)
+}
+
+/// The forward of [`forward`], [`forward_dropout`] and [`infer`]. A batch
+/// with padding runs packed: the row-wise work (norms, products, adapters,
+/// SwiGLU) only on the real rows, the attention on the padded layout they
+/// are scattered into; the hidden states come back in the padded layout
+/// with zeros at the pads (which no loss reads: real rows never see them).
 fn run<T: Real>(
     model: &Model,
     adapters: &AdapterSet<T>,
@@ -296,16 +324,26 @@ fn run<T: Real>(
     drop: Option<Dropout>,
     keep: bool,
 ) -> Result<(Vec<T>, Tape<T>)> {
-    let d = check_inputs(model, adapters, embeds, mask, gate)?;
-    let t = d.t;
+    let full = check_inputs(model, adapters, embeds, mask, gate)?;
+    let t = full.t;
+    let src = real_rows(mask);
+    let pack = |v: Vec<T>, cols: usize| match &src {
+        Some(rows) => gather_rows(&v, cols, rows),
+        None => v,
+    };
+    let d = Dims {
+        rows: src.as_ref().map_or(full.n(), Vec::len),
+        ..full
+    };
     let (cos, sin, mask_add) = model.rope_and_mask(mask)?;
-    let cos = tensor_vec::<T>(&cos)?;
-    let sin = tensor_vec::<T>(&sin)?;
+    let half = d.hd / 2;
+    let cos = pack(tensor_vec::<T>(&cos)?, half);
+    let sin = pack(tensor_vec::<T>(&sin)?, half);
     let mask_add = mask_add.map(|m| tensor_vec::<T>(&m)).transpose()?;
     let r = adapters.rank;
     let scale: T = real(adapters.scale());
-    let gc = gate_cols(gate, d.n(), t, r, adapters.experts);
-    let mut x = embeds.to_vec();
+    let gc = gate_cols(gate, full.n(), t, r, adapters.experts).map(|g| pack(g, r));
+    let mut x = pack(embeds.to_vec(), d.h);
     let mut layers = Vec::with_capacity(model.layers.len());
     for (li, (layer, ad)) in model.layers.iter().zip(&adapters.layers).enumerate() {
         let saved = layer_forward(
@@ -314,7 +352,10 @@ fn run<T: Real>(
             &d,
             x,
             (&cos, &sin),
-            Attend::Padded(mask_add.as_deref()),
+            Attend::Padded {
+                mask: mask_add.as_deref(),
+                src: src.as_deref(),
+            },
             Proj {
                 n: d.n(),
                 t,
@@ -323,6 +364,7 @@ fn run<T: Real>(
                 scale,
                 gc: gc.as_deref(),
                 drop: drop.map(|dr| (dr.p, mix(dr.seed, li))),
+                src: src.as_deref(),
             },
         )?;
         x = saved.1;
@@ -331,6 +373,10 @@ fn run<T: Real>(
         }
     }
     let (out, inv_final) = final_norm(model, &x)?;
+    let out = match &src {
+        Some(rows) => scatter_rows(&out, d.h, rows, full.n()),
+        None => out,
+    };
     Ok((
         out,
         Tape {
@@ -340,6 +386,7 @@ fn run<T: Real>(
             cos,
             sin,
             mask: mask_add,
+            src,
             layers,
             last: x,
             inv_final,
@@ -380,6 +427,16 @@ pub(crate) fn gather_rows<T: Copy>(x: &[T], cols: usize, rows: &[usize]) -> Vec<
     rows.iter()
         .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied())
         .collect()
+}
+
+/// The inverse of [`gather_rows`]: `[total, cols]` holding row `i` of
+/// `x` at row `rows[i]`, zeros elsewhere.
+pub(crate) fn scatter_rows<T: Real>(x: &[T], cols: usize, rows: &[usize], total: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); total * cols];
+    for (src, &r) in x.chunks_exact(cols).zip(rows) {
+        out[r * cols..(r + 1) * cols].copy_from_slice(src);
+    }
+    out
 }
 
 /// Each mask row's real tokens as `(first, count)` when they form one
@@ -456,6 +513,7 @@ pub fn infer_last<T: Real>(
             scale,
             gc: gc.as_deref(),
             drop: None,
+            src: None,
         };
         x = layer_forward(layer, ad, &pd, x, (&cos, &sin), attend, p)?.1;
     }
@@ -475,11 +533,21 @@ pub fn backward<T: Real>(
     d_hidden: &[T],
 ) -> Result<Grads<T>> {
     let d = tape.dims;
-    if d_hidden.len() != d.n() * d.h {
+    let full = d.padded();
+    if d_hidden.len() != full.n() * d.h {
         return Err(Error::Input(
             "hidden-state gradient of the wrong size".into(),
         ));
     }
+    let src = tape.src.as_deref();
+    let packed_dh;
+    let d_hidden = match src {
+        Some(rows) => {
+            packed_dh = gather_rows(d_hidden, d.h, rows);
+            &packed_dh[..]
+        }
+        None => d_hidden,
+    };
     let Some(Norm::Rms { weight, .. }) = model.final_norm() else {
         return Err(Error::Input(
             "the explicit path needs a final RMSNorm".into(),
@@ -489,11 +557,15 @@ pub fn backward<T: Real>(
     let mut dgate = tape.gate.as_ref().map(|g| vec![T::zero(); g.len()]);
     let gc = gate_cols(
         tape.gate.as_deref(),
-        d.n(),
+        full.n(),
         d.t,
         adapters.rank,
         adapters.experts,
-    );
+    )
+    .map(|g| match src {
+        Some(rows) => gather_rows(&g, adapters.rank, rows),
+        None => g,
+    });
     let mut dx = vec![T::zero(); d_hidden.len()];
     {
         let g = weight.storage_and_layout();
@@ -515,6 +587,7 @@ pub fn backward<T: Real>(
         scale: real(adapters.scale()),
         gc: gc.as_deref(),
         drop: tape.drop,
+        src,
     };
     let mut saved = tape.layers;
     for li in (0..model.layers.len()).rev() {
@@ -529,9 +602,13 @@ pub fn backward<T: Real>(
             dgate.as_deref_mut(),
         )?;
     }
+    let embeds = match src {
+        Some(rows) => scatter_rows(&dx, d.h, rows, full.n()),
+        None => dx,
+    };
     Ok(Grads {
         adapters: grads,
         gate: dgate,
-        embeds: dx,
+        embeds,
     })
 }
