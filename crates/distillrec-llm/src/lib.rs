@@ -35,8 +35,9 @@
 //!   `distillrec_models::optim::AdamW`, shared with the students.
 //! - [`adapters`] — [`AdapterSet`] (the mixture-of-experts LoRA) and
 //!   [`Dropout`] (LoRA dropout), the trainable state of the teacher.
-//! - [`loss`] — [`lm_head_loss`], the blocked LM-head cross-entropy and its
-//!   gradient with respect to the last hidden states.
+//! - [`loss`] — [`lm_head_loss`], the LM-head cross-entropy and its
+//!   gradient with respect to the last hidden states, in one pass over the
+//!   head (online softmax per vocabulary chunk).
 //! - [`pass`] — one training pass (forward, backward, last-row inference)
 //!   on the tape or on the composed graph behind one interface, so the
 //!   teacher trains on either and the two can be compared.

@@ -284,7 +284,7 @@ fn blocked_lm_head_loss_matches_cross_entropy() {
     let model = build(&cfg, 13, DType::F64);
     let h = model.config().hidden_size;
     let vocab = model.config().vocab_size;
-    let n = 70; // more than one block of 64 rows
+    let n = 70; // rows, a third of them without a target (the vocabulary chunks: loss.rs)
     let hidden: Vec<f64> = values(n * h, 14, 1.0);
     let pairs: Vec<(usize, u32)> = (0..n)
         .filter(|i| i % 3 != 1)
