@@ -13,7 +13,7 @@ use super::attention::{attention_backward, attention_forward, attention_packed, 
 use super::elementwise::{
     rms_apply, rms_backward, rms_forward, rope_inplace, swiglu_backward, swiglu_forward,
 };
-use super::lora::{adapter_backward, adapter_forward, dropped_input, mask_index, AdapterSaved};
+use super::lora::{adapter_backward, adapter_forward, dropped_input, mask_row, AdapterSaved};
 use super::{gather_rows, scatter_rows, Dims};
 use crate::adapters::{target_index, Dropout, LoraWeights};
 use crate::dropmask::{drop_threshold, kept, mix};
@@ -170,12 +170,15 @@ pub(crate) fn project_backward<T: Real>(
                     );
                     let keep: T = real(1.0 / (1.0 - pr));
                     let th = drop_threshold(pr);
-                    dx.par_iter_mut()
-                        .zip(&dxa)
+                    dx.par_chunks_mut(in_dim)
+                        .zip(dxa.par_chunks(in_dim))
                         .enumerate()
-                        .for_each(|(i, (o, g))| {
-                            if kept(seed, mask_index(i, in_dim, p.src), th) {
-                                *o += *g * keep;
+                        .for_each(|(r, (o, g))| {
+                            let base = mask_row(r, p.src) * in_dim;
+                            for (c, (o, &g)) in o.iter_mut().zip(g).enumerate() {
+                                if kept(seed, base + c, th) {
+                                    *o += g * keep;
+                                }
                             }
                         });
                 }

@@ -30,17 +30,18 @@ pub(crate) fn gate_cols<T: Real>(
     Some(out)
 }
 
-/// The mask index of element `i` of a row-major `[_, cols]` buffer: `i`
-/// itself, or in a packed pass (`src`: each row's flat row in the padded
-/// `b·t` layout) the index it has in the padded layout, so a packed pass
-/// draws the masks a padded one draws.
+/// The row whose dropout mask row `r` of a pass draws: `r` itself, or in a
+/// packed pass (`src`: each row's flat row in the padded `b·t` layout) the
+/// row it has in the padded layout, so a packed pass draws the masks a
+/// padded one draws. Element `(r, c)` of a `[_, cols]` buffer is mask
+/// element `mask_row(r)·cols + c`.
 #[inline]
-pub(crate) fn mask_index(i: usize, cols: usize, src: Option<&[usize]>) -> usize {
-    src.map_or(i, |s| s[i / cols] * cols + i % cols)
+pub(crate) fn mask_row(r: usize, src: Option<&[usize]>) -> usize {
+    src.map_or(r, |s| s[r])
 }
 
 /// `x ⊙ mask / (1 − p)` for the mask of `seed` over `x [_, cols]` (rows
-/// mapped by `src` as in [`mask_index`]).
+/// mapped by `src` as in [`mask_row`]).
 pub(crate) fn dropped_input<T: Real>(
     (x, cols): (&[T], usize),
     p: f64,
@@ -49,16 +50,19 @@ pub(crate) fn dropped_input<T: Real>(
 ) -> Vec<T> {
     let keep: T = real(1.0 / (1.0 - p));
     let th = drop_threshold(p);
-    x.par_iter()
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
         .enumerate()
-        .map(|(i, &v)| {
-            if kept(seed, mask_index(i, cols, src), th) {
-                v * keep
-            } else {
-                T::zero()
+        .for_each(|(r, (o, xr))| {
+            let base = mask_row(r, src) * cols;
+            for (c, (o, &v)) in o.iter_mut().zip(xr).enumerate() {
+                if kept(seed, base + c, th) {
+                    *o = v * keep;
+                }
             }
-        })
-        .collect()
+        });
+    out
 }
 
 /// What one adapter's forward keeps: `u = x Aᵀ` `[N, r]`.
