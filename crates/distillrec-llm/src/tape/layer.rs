@@ -13,7 +13,7 @@ use super::attention::{attention_backward, attention_forward, attention_packed, 
 use super::elementwise::{
     rms_apply, rms_backward, rms_forward, rope_inplace, swiglu_backward, swiglu_forward,
 };
-use super::lora::{adapter_backward, adapter_forward, dropped_input, mask_row, AdapterSaved};
+use super::lora::{adapter_backward, adapter_forward, dropped_input, padded_row, AdapterSaved};
 use super::{gather_rows, scatter_rows, Dims};
 use crate::adapters::{target_index, Dropout, LoraWeights};
 use crate::dropmask::{drop_threshold, kept, mix};
@@ -174,7 +174,7 @@ pub(crate) fn project_backward<T: Real>(
                         .zip(dxa.par_chunks(in_dim))
                         .enumerate()
                         .for_each(|(r, (o, g))| {
-                            let base = mask_row(r, p.src) * in_dim;
+                            let base = padded_row(r, p.src) * in_dim;
                             for (c, (o, &g)) in o.iter_mut().zip(g).enumerate() {
                                 if kept(seed, base + c, th) {
                                     *o += g * keep;

@@ -9,12 +9,13 @@ use crate::adapters::LoraWeights;
 use crate::dropmask::{drop_threshold, kept};
 use crate::kernels::{mm, real, Mat, MatMut, Real};
 
-/// Per-row gate column factors: `gc[n·r + j] = gate[n / t, j / (r/E)]`,
-/// or `None` (all ones) without a gate.
+/// Per-row gate column factors of the `n` rows of a pass:
+/// `gc[i·r + j] = gate[padded_row(i) / t, j / (r/E)]`, or `None` (all
+/// ones) without a gate.
 pub(crate) fn gate_cols<T: Real>(
     gate: Option<&[T]>,
     n: usize,
-    t: usize,
+    (t, src): (usize, Option<&[usize]>),
     r: usize,
     e: usize,
 ) -> Option<Vec<T>> {
@@ -22,7 +23,7 @@ pub(crate) fn gate_cols<T: Real>(
     let per = r / e;
     let mut out = Vec::with_capacity(n * r);
     for row in 0..n {
-        let b = row / t;
+        let b = padded_row(row, src) / t;
         for j in 0..r {
             out.push(g[b * e + j / per]);
         }
@@ -30,18 +31,18 @@ pub(crate) fn gate_cols<T: Real>(
     Some(out)
 }
 
-/// The row whose dropout mask row `r` of a pass draws: `r` itself, or in a
-/// packed pass (`src`: each row's flat row in the padded `b·t` layout) the
-/// row it has in the padded layout, so a packed pass draws the masks a
-/// padded one draws. Element `(r, c)` of a `[_, cols]` buffer is mask
-/// element `mask_row(r)·cols + c`.
+/// Row `r` of a pass in the padded `b·t` layout: `r` itself, or in a packed
+/// pass (`src`: each row's flat row in the padded layout) `src[r]`. It
+/// names the row's sample (`padded_row(r) / t`) and its dropout mask
+/// (element `(r, c)` of a `[_, cols]` buffer draws mask element
+/// `padded_row(r)·cols + c`), so a packed pass draws what a padded one does.
 #[inline]
-pub(crate) fn mask_row(r: usize, src: Option<&[usize]>) -> usize {
+pub(crate) fn padded_row(r: usize, src: Option<&[usize]>) -> usize {
     src.map_or(r, |s| s[r])
 }
 
 /// `x ⊙ mask / (1 − p)` for the mask of `seed` over `x [_, cols]` (rows
-/// mapped by `src` as in [`mask_row`]).
+/// mapped by `src` as in [`padded_row`]).
 pub(crate) fn dropped_input<T: Real>(
     (x, cols): (&[T], usize),
     p: f64,
@@ -55,7 +56,7 @@ pub(crate) fn dropped_input<T: Real>(
         .zip(x.par_chunks(cols))
         .enumerate()
         .for_each(|(r, (o, xr))| {
-            let base = mask_row(r, src) * cols;
+            let base = padded_row(r, src) * cols;
             for (c, (o, &v)) in o.iter_mut().zip(xr).enumerate() {
                 if kept(seed, base + c, th) {
                     *o = v * keep;
@@ -103,7 +104,7 @@ pub(crate) fn adapter_forward<T: Real>(
 
 /// Backward of [`adapter_forward`] given `dy` (the output gradient block):
 /// accumulates `dA`, `dB`, `d gate` and (when given) `dx`. Row `i` belongs
-/// to sample `i / t`, or `src[i] / t` in a packed pass.
+/// to sample `padded_row(i) / t`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn adapter_backward<T: Real>(
     w: &LoraWeights<T>,
@@ -141,7 +142,7 @@ pub(crate) fn adapter_backward<T: Real>(
     if let Some(dg) = dgate {
         let per = r / e;
         for row in 0..n {
-            let b = src.map_or(row, |s| s[row]) / t;
+            let b = padded_row(row, src) / t;
             for j in 0..r {
                 dg[b * e + j / per] += dv[row * r + j] * u[row * r + j] * scale;
             }

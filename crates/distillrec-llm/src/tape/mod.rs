@@ -342,7 +342,7 @@ fn run<T: Real>(
     let mask_add = mask_add.map(|m| tensor_vec::<T>(&m)).transpose()?;
     let r = adapters.rank;
     let scale: T = real(adapters.scale());
-    let gc = gate_cols(gate, full.n(), t, r, adapters.experts).map(|g| pack(g, r));
+    let gc = gate_cols(gate, d.n(), (t, src.as_deref()), r, adapters.experts);
     let mut x = pack(embeds.to_vec(), d.h);
     let mut layers = Vec::with_capacity(model.layers.len());
     for (li, (layer, ad)) in model.layers.iter().zip(&adapters.layers).enumerate() {
@@ -497,7 +497,7 @@ pub fn infer_last<T: Real>(
     let sin = gather_rows(&tensor_vec::<T>(&sin)?, half, &src);
     let (r, e) = (adapters.rank, adapters.experts);
     let scale: T = real(adapters.scale());
-    let gc = gate_cols(gate, d.n(), d.t, r, e).map(|g| gather_rows(&g, r, &src));
+    let gc = gate_cols(gate, pd.n(), (d.t, Some(&src)), r, e);
     let mut x = gather_rows(embeds, d.h, &src);
     let layers = model.layers.len();
     for (li, (layer, ad)) in model.layers.iter().zip(&adapters.layers).enumerate() {
@@ -557,15 +557,11 @@ pub fn backward<T: Real>(
     let mut dgate = tape.gate.as_ref().map(|g| vec![T::zero(); g.len()]);
     let gc = gate_cols(
         tape.gate.as_deref(),
-        full.n(),
-        d.t,
+        d.n(),
+        (d.t, src),
         adapters.rank,
         adapters.experts,
-    )
-    .map(|g| match src {
-        Some(rows) => gather_rows(&g, adapters.rank, rows),
-        None => g,
-    });
+    );
     let mut dx = vec![T::zero(); d_hidden.len()];
     {
         let g = weight.storage_and_layout();
